@@ -1,0 +1,153 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// One target per concern (see docs/architecture.md). The `palisade` executable is a thin shell over PalisadeCLI.
+let strict: [SwiftSetting] = [
+  .enableUpcomingFeature("ExistentialAny"),
+  .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+  name: "Palisade",
+  platforms: [.macOS(.v15)],
+  products: [
+    .executable(name: "palisade", targets: ["palisade"])
+  ],
+  dependencies: [
+    .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+    .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+    .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+    .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+    .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+    .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+    .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+  ],
+  targets: [
+    // Generated protocol code (proto/ -> scripts/generate-protos.sh). Never edited by hand.
+    .target(
+      name: "PalisadeProto",
+      dependencies: [
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ]
+    ),
+    // Errors, tensors, datatypes and the servable-model seam shared by every stage. No networking, no gRPC.
+    .target(name: "PalisadeCore", swiftSettings: strict),
+    // Tensors to and from their Open Inference Protocol wire form (typed contents, raw contents, BYTES framing).
+    .target(name: "PalisadeWire", dependencies: ["PalisadeCore", "PalisadeProto"], swiftSettings: strict),
+    // Strict YAML reading: typed values, unknown keys refused, errors that name the key path and line.
+    .target(name: "PalisadeYAML", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
+    // Caller identity: SPIFFE IDs, certificate thumbprints, client-certificate verification policy.
+    .target(
+      name: "PalisadeIdentity",
+      dependencies: [
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+        .product(name: "Crypto", package: "swift-crypto"),
+      ],
+      swiftSettings: strict
+    ),
+    // The mTLS listener: TLS 1.3 only, client certificates verified, identity bound once per connection.
+    .target(
+      name: "PalisadeTransport",
+      dependencies: [
+        "PalisadeIdentity",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: strict
+    ),
+    // The server: config, RPC services, the request pipeline, metrics, admin HTTP, lifecycle.
+    .target(
+      name: "PalisadeServer",
+      dependencies: [
+        "PalisadeProto", "PalisadeCore", "PalisadeWire", "PalisadeIdentity", "PalisadeTransport", "PalisadeYAML",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
+      swiftSettings: strict
+    ),
+    // A client for operators, the demo and tests (`palisade call`).
+    .target(
+      name: "PalisadeClient",
+      dependencies: [
+        "PalisadeProto", "PalisadeCore", "PalisadeWire",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ],
+      swiftSettings: strict
+    ),
+    // Subcommands. The executable only calls into this.
+    .target(
+      name: "PalisadeCLI",
+      dependencies: [
+        "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ],
+      swiftSettings: strict
+    ),
+    .executableTarget(
+      name: "palisade",
+      dependencies: [
+        "PalisadeCLI", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+      ],
+      swiftSettings: strict
+    ),
+
+    .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
+    .testTarget(
+      name: "PalisadeIdentityTests",
+      dependencies: [
+        "PalisadeIdentity",
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ]
+    ),
+    .testTarget(
+      name: "PalisadeServerTests",
+      dependencies: [
+        "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTransport", "PalisadeWire",
+        "PalisadeIdentity",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ]
+    ),
+  ],
+  swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,45 @@
+public import GRPCCore
+public import GRPCNIOTransportHTTP2
+public import PalisadeProto
+
+/// The client side of mTLS: this caller's certificate and key, and the CA bundle that signs the server.
+public struct ClientTLSFiles: Sendable {
+  public var certificate: String
+  public var privateKey: String
+  public var serverCA: String
+  public init(certificate: String, privateKey: String, serverCA: String) {
+    self.certificate = certificate
+    self.privateKey = privateKey
+    self.serverCA = serverCA
+  }
+}
+
+/// Opens an mTLS gRPC connection to a Palisade (or any Open Inference Protocol) server and runs `body` with a
+/// typed client; the connection closes when `body` returns. The server certificate must name `host`.
+public func withInferenceClient<Result: Sendable>(
+  host: String, port: Int, tls: ClientTLSFiles,
+  _ body: @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>) async throws -> Result
+) async throws -> Result {
+  let transport = try HTTP2ClientTransport.Posix(
+    target: target(host: host, port: port),
+    transportSecurity: .mTLS(
+      certificateChain: [.file(path: tls.certificate, format: .pem)],
+      privateKey: .file(path: tls.privateKey, format: .pem)
+    ) {
+      $0.trustRoots = .certificates([.file(path: tls.serverCA, format: .pem)])
+    },
+    config: .defaults { $0.connection.maxIdleTime = nil }
+  )
+  return try await withGRPCClient(transport: transport) { client in
+    try await body(Inference_GRPCInferenceService.Client(wrapping: client))
+  }
+}
+
+/// An IP literal must not be sent as SNI, so literals get IP targets and names get DNS targets.
+func target(host: String, port: Int) -> any ResolvableTarget {
+  if host.contains(":") { return .ipv6(address: host, port: port) }
+  if host.split(separator: ".").count == 4, host.allSatisfy({ $0.isNumber || $0 == "." }) {
+    return .ipv4(address: host, port: port)
+  }
+  return .dns(host: host, port: port)
+}

@@ -1,0 +1,67 @@
+/// The declared contract of one model input or output.
+public struct TensorSpec: Sendable, Equatable, Hashable {
+  public var name: String
+  public var datatype: DataType
+  /// Dimensions; `-1` marks a variable dimension.
+  public var shape: [Int64]
+
+  public init(name: String, datatype: DataType, shape: [Int64]) {
+    self.name = name
+    self.datatype = datatype
+    self.shape = shape
+  }
+}
+
+/// What a model tells callers about itself (`ModelMetadata`).
+public struct ModelDescriptor: Sendable, Equatable {
+  public var name: String
+  /// A positive integer version, as a string on the wire.
+  public var version: String
+  /// The runtime family, e.g. `onnx`.
+  public var platform: String
+  public var inputs: [TensorSpec]
+  public var outputs: [TensorSpec]
+  /// Free-form properties (OIP `ModelMetadataResponse.properties`).
+  public var properties: [String: String]
+
+  public init(
+    name: String, version: String, platform: String, inputs: [TensorSpec], outputs: [TensorSpec],
+    properties: [String: String] = [:]
+  ) {
+    self.name = name
+    self.version = version
+    self.platform = platform
+    self.inputs = inputs
+    self.outputs = outputs
+    self.properties = properties
+  }
+}
+
+/// One inference: validated inputs in declaration order, and the outputs the caller wants.
+public struct InferenceRequest: Sendable {
+  /// The inputs, exactly one per declared input, already checked against the model's ``TensorSpec``s.
+  public var inputs: [Tensor]
+  /// The outputs the caller asked for; `nil` means every declared output.
+  public var requestedOutputs: [String]?
+
+  public init(inputs: [Tensor], requestedOutputs: [String]? = nil) {
+    self.inputs = inputs
+    self.requestedOutputs = requestedOutputs
+  }
+
+  /// The input called `name`.
+  public func input(_ name: String) -> Tensor? {
+    inputs.first { $0.name == name }
+  }
+}
+
+/// The seam between the RPC layer and whatever computes: the inference engine and signed bundles plug in here.
+///
+/// Implementations must be safe to call concurrently. They receive only inputs that passed validation against
+/// ``descriptor`` and return one tensor per declared output (the server filters to the requested ones).
+public protocol ServableModel: Sendable {
+  /// Name, version, inputs and outputs.
+  var descriptor: ModelDescriptor { get }
+  /// Runs one inference.
+  func infer(_ request: InferenceRequest) async throws -> [Tensor]
+}

@@ -1,0 +1,160 @@
+#if _endian(big)
+#error("Palisade stores tensors in the protocol's little-endian layout and assumes a little-endian host.")
+#endif
+
+/// A named tensor in the protocol's own layout: row-major, little-endian, no padding.
+///
+/// Fixed-width datatypes keep their elements as one contiguous byte array, so a request's
+/// `raw_input_contents` can reach a model without a conversion. BYTES keeps one byte string per element.
+public struct Tensor: Sendable, Equatable {
+  /// Element storage.
+  public enum Storage: Sendable, Equatable {
+    /// `elementCount × datatype.elementSize` bytes, little-endian.
+    case fixed([UInt8])
+    /// One byte string per element (BYTES).
+    case bytes([[UInt8]])
+  }
+
+  public var name: String
+  public var datatype: DataType
+  public var shape: [Int64]
+  public var storage: Storage
+
+  /// Creates a tensor, checking that the storage matches the shape and datatype.
+  public init(name: String, datatype: DataType, shape: [Int64], storage: Storage) throws(PalisadeError) {
+    guard let count = TensorShape.elementCount(shape) else {
+      throw PalisadeError.invalidInput(name, "shape has a negative dimension or its element count overflows")
+    }
+    switch (storage, datatype.elementSize) {
+    case (.fixed(let raw), let width?):
+      guard raw.count == count * width else {
+        throw PalisadeError.invalidInput(
+          name, "expected \(count * width) bytes for \(count) \(datatype.rawValue) elements, got \(raw.count)")
+      }
+    case (.bytes(let elements), nil):
+      guard elements.count == count else {
+        throw PalisadeError.invalidInput(name, "expected \(count) BYTES elements, got \(elements.count)")
+      }
+    default:
+      throw PalisadeError.invalidInput(name, "storage does not match datatype \(datatype.rawValue)")
+    }
+    self.name = name
+    self.datatype = datatype
+    self.shape = shape
+    self.storage = storage
+  }
+
+  /// A tensor of fixed-width scalars.
+  public init<T: TensorScalar>(name: String, shape: [Int64], values: [T]) throws(PalisadeError) {
+    var raw = [UInt8](repeating: 0, count: values.count * MemoryLayout<T>.size)
+    raw.withUnsafeMutableBytes { dst in values.withUnsafeBytes { src in dst.copyMemory(from: src) } }
+    try self.init(name: name, datatype: T.dataType, shape: shape, storage: .fixed(raw))
+  }
+
+  /// The number of elements.
+  public var elementCount: Int {
+    switch storage {
+    case .fixed(let raw): datatype.elementSize.map { raw.count / $0 } ?? 0
+    case .bytes(let elements): elements.count
+    }
+  }
+
+  /// The elements as `T`, or `nil` when `T` is not this tensor's datatype.
+  public func values<T: TensorScalar>(as type: T.Type = T.self) -> [T]? {
+    guard T.dataType == datatype, case .fixed(let raw) = storage else { return nil }
+    let count = raw.count / MemoryLayout<T>.size
+    return [T](unsafeUninitializedCapacity: count) { buffer, initialized in
+      raw.withUnsafeBytes { src in
+        UnsafeMutableRawBufferPointer(buffer).copyMemory(from: src)
+      }
+      initialized = count
+    }
+  }
+
+  /// The BYTES elements, or `nil` for fixed-width tensors.
+  public var byteElements: [[UInt8]]? {
+    if case .bytes(let elements) = storage { return elements }
+    return nil
+  }
+
+  /// The raw protocol encoding: the fixed-width bytes as they are, or for BYTES each element preceded by its
+  /// 4-byte little-endian length.
+  public var rawContents: [UInt8] {
+    switch storage {
+    case .fixed(let raw):
+      return raw
+    case .bytes(let elements):
+      var out: [UInt8] = []
+      out.reserveCapacity(elements.reduce(0) { $0 + 4 + $1.count })
+      for element in elements {
+        let length = UInt32(truncatingIfNeeded: element.count)
+        withUnsafeBytes(of: length.littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: element)
+      }
+      return out
+    }
+  }
+}
+
+/// A Swift scalar type whose in-memory layout is a protocol datatype's raw element layout.
+public protocol TensorScalar: Sendable, BitwiseCopyable {
+  /// The protocol datatype with this layout.
+  static var dataType: DataType { get }
+}
+
+extension Float: TensorScalar { public static var dataType: DataType { .fp32 } }
+extension Double: TensorScalar { public static var dataType: DataType { .fp64 } }
+extension Int8: TensorScalar { public static var dataType: DataType { .int8 } }
+extension Int16: TensorScalar { public static var dataType: DataType { .int16 } }
+extension Int32: TensorScalar { public static var dataType: DataType { .int32 } }
+extension Int64: TensorScalar { public static var dataType: DataType { .int64 } }
+extension UInt8: TensorScalar { public static var dataType: DataType { .uint8 } }
+extension UInt16: TensorScalar { public static var dataType: DataType { .uint16 } }
+extension UInt32: TensorScalar { public static var dataType: DataType { .uint32 } }
+extension UInt64: TensorScalar { public static var dataType: DataType { .uint64 } }
+
+/// IEEE 754 half-precision conversions for FP16 tensors, written out so they behave the same on every platform.
+public enum Half {
+  /// The nearest binary16 value to `value` (round to nearest even), as its bit pattern.
+  public static func bits(from value: Float) -> UInt16 {
+    let x = value.bitPattern
+    let sign = UInt16((x >> 16) & 0x8000)
+    let exponent = Int((x >> 23) & 0xFF)
+    var mantissa = x & 0x7F_FFFF
+    if exponent == 0xFF {  // Inf or NaN
+      return sign | 0x7C00 | (mantissa != 0 ? 0x200 : 0)
+    }
+    let e = exponent - 127 + 15
+    if e >= 0x1F { return sign | 0x7C00 }  // overflow to infinity
+    if e <= 0 {  // subnormal or zero
+      if e < -10 { return sign }
+      mantissa |= 0x80_0000
+      let shift = UInt32(14 - e)
+      var half = mantissa >> shift
+      let rem = mantissa & ((1 << shift) - 1)
+      let halfway = UInt32(1) << (shift - 1)
+      if rem > halfway || (rem == halfway && (half & 1) == 1) { half += 1 }
+      return sign | UInt16(half)
+    }
+    var half = UInt32(e) << 10 | (mantissa >> 13)
+    let rem = mantissa & 0x1FFF
+    if rem > 0x1000 || (rem == 0x1000 && (half & 1) == 1) { half += 1 }  // may carry into the exponent: correct
+    return sign | UInt16(truncatingIfNeeded: half)
+  }
+
+  /// The value of a binary16 bit pattern.
+  public static func float(from bits: UInt16) -> Float {
+    let sign = UInt32(bits & 0x8000) << 16
+    let exponent = UInt32((bits >> 10) & 0x1F)
+    let mantissa = UInt32(bits & 0x3FF)
+    if exponent == 0 {
+      // Subnormal: mantissa × 2^-24.
+      let magnitude = Float(mantissa) * Float(sign: .plus, exponent: -24, significand: 1)
+      return sign != 0 ? -magnitude : magnitude
+    }
+    if exponent == 0x1F {
+      return Float(bitPattern: sign | 0x7F80_0000 | (mantissa << 13))
+    }
+    return Float(bitPattern: sign | ((exponent + 112) << 23) | (mantissa << 13))
+  }
+}

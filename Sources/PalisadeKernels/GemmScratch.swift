@@ -1,0 +1,83 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Cache-blocking parameters of the SGEMM (in elements).
+///
+/// Chosen for this class of machine (32 KiB L1d, 1 MiB L2 per core, large shared L3):
+/// - a KC x NR packed B micro-panel (KC * 16 * 4 B = 16 KiB) stays in L1 while A micro-panels stream past it;
+/// - the MC x KC packed A block (~190 KiB) stays in L2;
+/// - the KC x NC packed B panel lives in L3.
+@usableFromInline
+enum GemmBlocking {
+    /// Micro-tile rows (broadcast A values).
+    static let mr = 6
+    /// Micro-tile columns (two 8-float vectors).
+    static let nr = 16
+    static let mc = tuning("PK_MC", 192)
+    static let kc = tuning("PK_KC", 256)
+    static let nc = tuning("PK_NC", 3072)
+    static func tuning(_ name: String, _ fallback: Int) -> Int {
+        if let v = getenv(name), let n = Int(String(cString: v)) { return n }
+        return fallback
+    }
+}
+
+/// Per-thread packing buffers for SGEMM, allocated once per thread on first use and freed when the thread exits.
+///
+/// Pool threads allocate theirs at start-up; any other thread that calls `sgemm` gets its own on first call.
+final class GemmScratch {
+    /// Packed A block: MC x KC, padded to whole MR panels.
+    let packedA: UnsafeMutablePointer<Float>
+    /// Packed B panel: KC x NC, padded to whole NR panels.
+    let packedB: UnsafeMutablePointer<Float>
+    /// One micro-tile for edge tiles.
+    let tile: UnsafeMutablePointer<Float>
+    private let raw: UnsafeMutableRawPointer
+
+    private init() {
+        let aCount = ((GemmBlocking.mc + GemmBlocking.mr - 1) / GemmBlocking.mr) * GemmBlocking.mr * GemmBlocking.kc
+        let bCount = ((GemmBlocking.nc + GemmBlocking.nr - 1) / GemmBlocking.nr) * GemmBlocking.nr * GemmBlocking.kc
+        let tileCount = GemmBlocking.mr * GemmBlocking.nr
+        // Each region starts on a 64-byte boundary so SIMD8 loads of packed data are aligned.
+        let aBytes = (aCount * 4 + 63) & ~63
+        let bBytes = (bCount * 4 + 63) & ~63
+        raw = UnsafeMutableRawPointer.allocate(byteCount: aBytes + bBytes + tileCount * 4, alignment: 64)
+        packedA = raw.bindMemory(to: Float.self, capacity: aCount)
+        packedB = (raw + aBytes).bindMemory(to: Float.self, capacity: bCount)
+        tile = (raw + aBytes + bBytes).bindMemory(to: Float.self, capacity: tileCount)
+    }
+
+    deinit {
+        raw.deallocate()
+    }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        let rc = pthread_key_create(&key) { value in
+            guard let value else { return }
+            Unmanaged<GemmScratch>.fromOpaque(value).release()
+        }
+        precondition(rc == 0, "pthread_key_create failed")
+        return key
+    }()
+
+    /// The calling thread's buffers.
+    @inline(__always)
+    static func current() -> GemmScratch {
+        if let value = pthread_getspecific(key) {
+            return Unmanaged<GemmScratch>.fromOpaque(value).takeUnretainedValue()
+        }
+        let scratch = GemmScratch()
+        pthread_setspecific(key, Unmanaged.passRetained(scratch).toOpaque())
+        return scratch
+    }
+
+    static func warmUp() {
+        _ = current()
+    }
+}

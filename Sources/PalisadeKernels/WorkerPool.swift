@@ -1,0 +1,226 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Errors from ``WorkerPool``.
+public enum WorkerPoolError: Error, Sendable, Equatable {
+    /// The pool was shut down before the submitted work could run.
+    case shutDown
+}
+
+/// A fixed set of compute threads, created once, shared by all kernels.
+///
+/// - ``parallelFor(_:_:)`` runs a loop body over `0..<count` on the calling thread plus idle pool threads and
+///   returns when every index is done. It allocates nothing and creates no thread. If the pool is already busy
+///   with another `parallelFor` (a concurrent caller, or a nested call), the body runs serially on the calling
+///   thread instead of queueing, so nested and concurrent use can never deadlock.
+/// - ``run(_:)`` is the entry point for Swift concurrency: the closure runs on a pool thread and the calling task
+///   is suspended (not blocked), so the cooperative thread pool stays free.
+///
+/// Large GEMMs called with a pool split their output into one block per thread (see ``sgemm``).
+public final class WorkerPool: @unchecked Sendable {
+    /// Number of compute threads owned by the pool (the caller of `parallelFor` joins them).
+    public let threadCount: Int
+    private let core: PoolCore
+
+    /// A process-wide pool sized to the CPUs this process may run on.
+    public static let shared = WorkerPool()
+
+    /// Creates the pool and starts its threads.
+    /// - Parameter threadCount: number of threads; `nil` means one per CPU in the process's affinity mask.
+    ///   Values below 1 are treated as 1.
+    public init(threadCount: Int? = nil) {
+        let wanted = max(1, threadCount ?? WorkerPool.availableCores())
+        core = PoolCore()
+        var started = 0
+        for index in 0..<wanted {
+            if core.startThread(index: index) { started += 1 }
+        }
+        // If the OS refuses threads we degrade to fewer (possibly zero: callers then run serially).
+        self.threadCount = max(1, started)
+    }
+
+    deinit {
+        core.shutdown()
+    }
+
+    /// Number of online CPUs, at least 1. (Container CPU quotas are not consulted: pass `threadCount`.)
+    public static func availableCores() -> Int {
+        max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+
+    /// Calls `body(i)` for every `i` in `0..<count`, spreading indices over the calling thread and idle pool
+    /// threads, and returns when all calls have finished.
+    ///
+    /// Different indices run concurrently: `body` must only write memory no other index touches.
+    public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
+        if count <= 0 { return }
+        if count == 1 || threadCount <= 1 {
+            for i in 0..<count { body(i) }
+            return
+        }
+        withoutActuallyEscaping(body) { escapable in
+            core.runParallel(count: count, body: escapable)
+        }
+    }
+
+    /// Runs `body` on a pool thread and resumes the calling task with its result, without blocking a
+    /// cooperative-pool thread. `body` may itself call ``parallelFor(_:_:)`` (for example via ``sgemm``).
+    public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            let accepted = core.submit {
+                continuation.resume(with: Result { try body() })
+            }
+            if !accepted { continuation.resume(throwing: WorkerPoolError.shutDown) }
+        }
+    }
+}
+
+/// State shared between the pool object and its threads, guarded by one pthread mutex.
+private final class PoolCore: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let workAvailable: UnsafeMutablePointer<pthread_cond_t>
+    private let jobFinished: UnsafeMutablePointer<pthread_cond_t>
+    private var threads: [pthread_t] = []
+
+    // Guarded by `mutex`.
+    private var jobActive = false
+    private var jobBody: ((Int) -> Void)?
+    private var jobCount = 0
+    private var jobNext = 0
+    private var jobUnfinished = 0
+    private var tasks: [@Sendable () -> Void] = []
+    private var taskHead = 0
+    private var stopping = false
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        workAvailable = .allocate(capacity: 1)
+        workAvailable.initialize(to: pthread_cond_t())
+        pthread_cond_init(workAvailable, nil)
+        jobFinished = .allocate(capacity: 1)
+        jobFinished.initialize(to: pthread_cond_t())
+        pthread_cond_init(jobFinished, nil)
+        tasks.reserveCapacity(64)
+    }
+
+    deinit {
+        pthread_cond_destroy(jobFinished)
+        pthread_cond_destroy(workAvailable)
+        pthread_mutex_destroy(mutex)
+        jobFinished.deallocate()
+        workAvailable.deallocate()
+        mutex.deallocate()
+    }
+
+    private final class ThreadStart {
+        let core: PoolCore
+        let index: Int
+        init(core: PoolCore, index: Int) {
+            self.core = core
+            self.index = index
+        }
+    }
+
+    func startThread(index: Int) -> Bool {
+        let context = Unmanaged.passRetained(ThreadStart(core: self, index: index)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            let start = Unmanaged<ThreadStart>.fromOpaque(raw).takeRetainedValue()
+            start.core.workerLoop(index: start.index)
+            return nil
+        }, context)
+        if rc != 0 {
+            Unmanaged<ThreadStart>.fromOpaque(context).release()
+            return false
+        }
+        threads.append(thread)
+        return true
+    }
+
+    func shutdown() {
+        pthread_mutex_lock(mutex)
+        stopping = true
+        pthread_cond_broadcast(workAvailable)
+        pthread_mutex_unlock(mutex)
+        for thread in threads { pthread_join(thread, nil) }
+        threads.removeAll()
+    }
+
+    private func workerLoop(index: Int) {
+        // Allocate this thread's packing buffers now, not on the first inference.
+        GemmScratch.warmUp()
+        pthread_mutex_lock(mutex)
+        while true {
+            if jobActive, jobNext < jobCount, let body = jobBody {
+                let i = jobNext
+                jobNext += 1
+                pthread_mutex_unlock(mutex)
+                body(i)
+                pthread_mutex_lock(mutex)
+                jobUnfinished -= 1
+                if jobUnfinished == 0 { pthread_cond_signal(jobFinished) }
+                continue
+            }
+            if taskHead < tasks.count {
+                let task = tasks[taskHead]
+                taskHead += 1
+                if taskHead == tasks.count {
+                    tasks.removeAll(keepingCapacity: true)
+                    taskHead = 0
+                }
+                pthread_mutex_unlock(mutex)
+                task()
+                pthread_mutex_lock(mutex)
+                continue
+            }
+            if stopping { break }
+            pthread_cond_wait(workAvailable, mutex)
+        }
+        pthread_mutex_unlock(mutex)
+    }
+
+    func runParallel(count: Int, body: @escaping (Int) -> Void) {
+        pthread_mutex_lock(mutex)
+        if jobActive || stopping {
+            // Busy (nested or concurrent caller): do it ourselves rather than wait.
+            pthread_mutex_unlock(mutex)
+            for i in 0..<count { body(i) }
+            return
+        }
+        jobActive = true
+        jobBody = body
+        jobCount = count
+        jobNext = 0
+        jobUnfinished = count
+        pthread_cond_broadcast(workAvailable)
+        while jobNext < jobCount {
+            let i = jobNext
+            jobNext += 1
+            pthread_mutex_unlock(mutex)
+            body(i)
+            pthread_mutex_lock(mutex)
+            jobUnfinished -= 1
+        }
+        while jobUnfinished > 0 { pthread_cond_wait(jobFinished, mutex) }
+        jobActive = false
+        jobBody = nil
+        pthread_mutex_unlock(mutex)
+    }
+
+    func submit(_ task: @escaping @Sendable () -> Void) -> Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        if stopping || threads.isEmpty { return false }
+        tasks.append(task)
+        pthread_cond_signal(workAvailable)
+        return true
+    }
+}

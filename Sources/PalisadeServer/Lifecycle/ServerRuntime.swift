@@ -1,0 +1,141 @@
+public import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+public import Logging
+import NIOCore
+public import PalisadeCore
+import PalisadeIdentity
+public import PalisadeTransport
+import ServiceLifecycle
+
+/// The assembled server: the gRPC listener with its interceptors and services, and the admin endpoint, run under
+/// swift-service-lifecycle. SIGTERM or SIGINT starts a graceful shutdown: health turns NOT_SERVING, the listener
+/// stops accepting, in-flight calls get `server.shutdown_grace_seconds` to finish, then the rest are cancelled.
+public final class ServerRuntime: Sendable {
+  public let config: ServerConfig
+  public let repository: ModelRepository
+  public let metrics: ServerMetrics
+  public let state: ServingState
+  /// The gRPC listener's bound address.
+  public let grpcAddress = MTLSListenerFactory.BoundAddress()
+  /// The admin endpoint, when enabled.
+  public let admin: AdminHTTPServer?
+  private let grpcServer: GRPCServer<HTTP2ServerTransport.Custom<MTLSListenerFactory>>
+  private let logger: Logger
+  private let shutdownTrigger = ShutdownTrigger()
+
+  /// Builds the server. Throws errors that name the file or setting at fault.
+  public init(config: ServerConfig, repository: ModelRepository? = nil, logger: Logger) throws {
+    self.config = config
+    self.logger = logger
+    let repository = repository ?? ModelRepository(required: Set(config.models.required))
+    self.repository = repository
+    self.metrics = ServerMetrics()
+    self.state = ServingState(repository: repository)
+
+    let roots = try PEMFiles.certificates(at: config.server.tls.clientCABundle)
+    let verifier = ClientCertificateVerifier(roots: roots)
+    let registry = ConnectionRegistry()
+    let listener = try MTLSListenerFactory(
+      host: config.server.listen.host, port: config.server.listen.port,
+      credentials: ServerCredentials(
+        certificateChainPath: config.server.tls.certificateChain, privateKeyPath: config.server.tls.privateKey),
+      verifier: verifier, registry: registry, bound: grpcAddress, logger: logger)
+
+    var transportConfig = HTTP2ServerTransport.Custom<MTLSListenerFactory>.Config.defaults
+    let c = config.server.connection
+    transportConfig.connection.maxAge = .seconds(c.maxAgeSeconds)
+    transportConfig.connection.maxGraceTime = .seconds(c.maxAgeGraceSeconds)
+    transportConfig.connection.maxIdleTime = .seconds(c.maxIdleSeconds)
+    transportConfig.connection.keepalive.time = .seconds(c.keepaliveSeconds)
+    transportConfig.connection.keepalive.timeout = .seconds(c.keepaliveTimeoutSeconds)
+    transportConfig.http2.maxConcurrentStreams = config.server.limits.maxConcurrentStreams
+    transportConfig.rpc.maxRequestPayloadSize = config.server.limits.maxMessageBytes
+    transportConfig.channelDebuggingCallbacks.onAcceptHTTP2Stream = MTLSListenerFactory.streamInitializer
+
+    let statistics = ModelStatisticsStore()
+    self.grpcServer = GRPCServer(
+      transport: HTTP2ServerTransport.Custom(listenerFactory: listener, config: transportConfig),
+      services: [
+        InferenceService(repository: repository, statistics: statistics, logger: logger),
+        HealthService(state: state),
+      ],
+      interceptors: [
+        CallObserverInterceptor(metrics: metrics, logger: logger),
+        CallerIdentityInterceptor(registry: registry, metrics: metrics, logger: logger),
+      ])
+    self.admin =
+      config.admin.enabled
+      ? AdminHTTPServer(
+        host: config.admin.listen.host, port: config.admin.listen.port, state: state, metrics: metrics, logger: logger)
+      : nil
+  }
+
+  /// Runs until SIGTERM/SIGINT or ``shutdown()``, then drains. Returns normally after a graceful shutdown.
+  public func run(handleSignals: Bool = true) async throws {
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+      .init(service: GRPCServerService(server: grpcServer, state: state, logger: logger)),
+      .init(service: shutdownTrigger, successTerminationBehavior: .gracefullyShutdownGroup),
+    ]
+    if let admin { services.append(.init(service: admin)) }
+    var groupConfig = ServiceGroupConfiguration(
+      services: services, gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger)
+    groupConfig.maximumGracefulShutdownDuration = .seconds(config.server.shutdownGraceSeconds)
+    groupConfig.maximumCancellationDuration = .seconds(5)
+    let group = ServiceGroup(configuration: groupConfig)
+    logger.info(
+      "palisade serving",
+      metadata: ["listen": "\(config.server.listen)", "version": "\(PalisadeVersion.current)"])
+    do {
+      try await group.run()
+    } catch let error as ServiceGroupError where state.isDraining {
+      // The grace period ran out and the remaining calls were cancelled: still an orderly exit.
+      logger.warning("shutdown grace period exceeded; remaining calls cancelled", metadata: ["error": "\(error)"])
+    }
+    logger.info("palisade stopped")
+  }
+
+  /// Starts a graceful shutdown, as SIGTERM does.
+  public func shutdown() {
+    shutdownTrigger.fire()
+  }
+}
+
+/// Runs the gRPC server as a lifecycle service.
+struct GRPCServerService: Service {
+  let server: GRPCServer<HTTP2ServerTransport.Custom<MTLSListenerFactory>>
+  let state: ServingState
+  let logger: Logger
+
+  func run() async throws {
+    try await withGracefulShutdownHandler {
+      try await server.serve()
+    } onGracefulShutdown: {
+      logger.info("graceful shutdown: no new calls, draining in-flight calls")
+      state.beginDraining()
+      server.beginGracefulShutdown()
+    }
+  }
+}
+
+/// A service whose only job is to end the group when asked, so that tests and embedders can stop the server
+/// the same way a signal does.
+final class ShutdownTrigger: Service, Sendable {
+  private let stream: AsyncStream<Void>
+  private let continuation: AsyncStream<Void>.Continuation
+
+  init() {
+    (stream, continuation) = AsyncStream.makeStream()
+  }
+
+  func fire() { continuation.yield() }
+
+  func run() async throws {
+    // Registered with `successTerminationBehavior: .gracefullyShutdownGroup`: returning shuts the group down.
+    await withGracefulShutdownHandler {
+      for await _ in stream { return }
+    } onGracefulShutdown: {
+      self.continuation.finish()
+    }
+  }
+}

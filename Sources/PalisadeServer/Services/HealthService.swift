@@ -1,0 +1,65 @@
+public import GRPCCore
+public import PalisadeCore
+public import PalisadeProto
+import Synchronization
+
+/// Serving state shared by the health service, the admin endpoint and shutdown.
+public final class ServingState: Sendable {
+  private let draining = Atomic<Bool>(false)
+  public let repository: ModelRepository
+
+  public init(repository: ModelRepository) {
+    self.repository = repository
+  }
+
+  /// Set when graceful shutdown starts: health turns NOT_SERVING so load balancers stop sending.
+  public func beginDraining() { draining.store(true, ordering: .relaxed) }
+  public var isDraining: Bool { draining.load(ordering: .relaxed) }
+  /// Ready: not draining and every required model loaded.
+  public var isReady: Bool { !isDraining && repository.isServerReady }
+}
+
+/// `grpc.health.v1.Health`: `""` is the process (SERVING while not draining), `inference.GRPCInferenceService`
+/// is readiness. Unknown service names get NOT_FOUND, as the health protocol specifies.
+public struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
+  public static let inferenceServiceName = "inference.GRPCInferenceService"
+  let state: ServingState
+
+  public init(state: ServingState) {
+    self.state = state
+  }
+
+  func status(for service: String) -> Grpc_Health_V1_HealthCheckResponse.ServingStatus? {
+    switch service {
+    case "": state.isDraining ? .notServing : .serving
+    case Self.inferenceServiceName: state.isReady ? .serving : .notServing
+    default: nil
+    }
+  }
+
+  public func check(request: Grpc_Health_V1_HealthCheckRequest, context: ServerContext) async throws
+    -> Grpc_Health_V1_HealthCheckResponse
+  {
+    guard let status = status(for: request.service) else {
+      throw PalisadeError(.notFound, "unknown service '\(request.service.sanitizedForMessage)'")
+    }
+    return .with { $0.status = status }
+  }
+
+  public func watch(
+    request: Grpc_Health_V1_HealthCheckRequest, response: RPCWriter<Grpc_Health_V1_HealthCheckResponse>,
+    context: ServerContext
+  ) async throws {
+    var last: Grpc_Health_V1_HealthCheckResponse.ServingStatus?
+    while !Task.isCancelled {
+      let current = status(for: request.service) ?? .serviceUnknown
+      if current != last {
+        try await response.write(.with { $0.status = current })
+        last = current
+      }
+      // A draining server ends watches so that graceful shutdown is not held open by them.
+      if state.isDraining { return }
+      try await Task.sleep(for: .milliseconds(500))
+    }
+  }
+}

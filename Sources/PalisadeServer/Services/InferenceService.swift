@@ -1,0 +1,163 @@
+import Foundation
+public import GRPCCore
+public import Logging
+public import PalisadeCore
+public import PalisadeProto
+
+/// `inference.GRPCInferenceService`: the Open Inference Protocol over the pipeline.
+///
+/// Handlers stay thin: they read the ``CallContext``, call the pipeline or the repository, and throw
+/// ``PalisadeError``s that ``CallObserverInterceptor`` maps to statuses.
+public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProtocol {
+  public static let serverName = "palisade"
+  /// Extensions advertised in `ServerMetadata`.
+  public static let extensions = ["binary_tensor_data", "statistics", "model_repository"]
+
+  let repository: ModelRepository
+  let pipeline: InferencePipeline
+  let statistics: ModelStatisticsStore
+  let logger: Logger
+
+  public init(repository: ModelRepository, statistics: ModelStatisticsStore, logger: Logger) {
+    self.repository = repository
+    self.statistics = statistics
+    self.pipeline = InferencePipeline(repository: repository, statistics: statistics)
+    self.logger = logger
+  }
+
+  public func serverLive(request: Inference_ServerLiveRequest, context: ServerContext) async throws
+    -> Inference_ServerLiveResponse
+  {
+    _ = try context.callContext()
+    return .with { $0.live = true }
+  }
+
+  public func serverReady(request: Inference_ServerReadyRequest, context: ServerContext) async throws
+    -> Inference_ServerReadyResponse
+  {
+    _ = try context.callContext()
+    return .with { $0.ready = repository.isServerReady }
+  }
+
+  public func modelReady(request: Inference_ModelReadyRequest, context: ServerContext) async throws
+    -> Inference_ModelReadyResponse
+  {
+    _ = try context.callContext()
+    guard !request.name.isEmpty else { throw PalisadeError(.invalidArgument, "model name is required") }
+    return .with { $0.ready = repository.isReady(name: request.name, version: request.version) }
+  }
+
+  public func serverMetadata(request: Inference_ServerMetadataRequest, context: ServerContext) async throws
+    -> Inference_ServerMetadataResponse
+  {
+    _ = try context.callContext()
+    return .with {
+      $0.name = Self.serverName
+      $0.version = PalisadeVersion.current
+      $0.extensions = Self.extensions
+    }
+  }
+
+  public func modelMetadata(request: Inference_ModelMetadataRequest, context: ServerContext) async throws
+    -> Inference_ModelMetadataResponse
+  {
+    _ = try context.callContext()
+    let model = try pipeline.resolver.resolve(name: request.name, version: request.version)
+    let d = model.descriptor
+    func spec(_ s: TensorSpec) -> Inference_ModelMetadataResponse.TensorMetadata {
+      .with {
+        $0.name = s.name
+        $0.datatype = s.datatype.rawValue
+        $0.shape = s.shape
+      }
+    }
+    return .with {
+      $0.name = d.name
+      $0.versions = repository.versions(of: d.name)
+      $0.platform = d.platform
+      $0.inputs = d.inputs.map(spec)
+      $0.outputs = d.outputs.map(spec)
+      $0.properties = d.properties
+    }
+  }
+
+  public func modelInfer(request: Inference_ModelInferRequest, context: ServerContext) async throws
+    -> Inference_ModelInferResponse
+  {
+    let call = try context.callContext()
+    return try await pipeline.infer(request, call: call)
+  }
+
+  public func modelStreamInfer(
+    request: RPCAsyncSequence<Inference_ModelInferRequest, any Error>,
+    response: RPCWriter<Inference_ModelStreamInferResponse>,
+    context: ServerContext
+  ) async throws {
+    let call = try context.callContext()
+    // Triton semantics: a failed request yields a message with error_message set and the stream goes on.
+    for try await message in request {
+      do {
+        let result = try await pipeline.infer(message, call: call)
+        try await response.write(.with { $0.inferResponse = result })
+      } catch let error where !(error is CancellationError) {
+        let status = StatusMapping.rpcError(for: error, logger: logger)
+        try await response.write(
+          .with {
+            $0.errorMessage = "\(StatusMapping.codeName(status.code)): \(status.message)"
+            $0.inferResponse.id = message.id
+            $0.inferResponse.modelName = message.modelName
+          })
+      }
+    }
+  }
+
+  public func modelStatistics(request: Inference_ModelStatisticsRequest, context: ServerContext) async throws
+    -> Inference_ModelStatisticsResponse
+  {
+    _ = try context.callContext()
+    let index = repository.index()
+    if !request.name.isEmpty, !index.contains(where: { $0.name == request.name }) {
+      throw PalisadeError(.notFound, "unknown model '\(request.name.sanitizedForMessage)'")
+    }
+    return .with { $0.modelStats = statistics.statistics(for: index, name: request.name, version: request.version) }
+  }
+
+  public func repositoryIndex(request: Inference_RepositoryIndexRequest, context: ServerContext) async throws
+    -> Inference_RepositoryIndexResponse
+  {
+    _ = try context.callContext()
+    let entries = repository.index().filter { !request.ready || $0.state == .ready }
+    return .with {
+      $0.models = entries.map { entry in
+        .with {
+          $0.name = entry.name
+          $0.version = entry.version
+          $0.state = entry.state.rawValue
+          $0.reason = entry.reason
+        }
+      }
+    }
+  }
+
+  public func repositoryModelLoad(request: Inference_RepositoryModelLoadRequest, context: ServerContext)
+    async throws -> Inference_RepositoryModelLoadResponse
+  {
+    _ = try context.callContext()
+    // Repository changes are administrative; until an admin rule can grant them, they are refused.
+    throw PalisadeError(
+      .permissionDenied, "repository changes require an admin policy rule, and no policy grants one")
+  }
+
+  public func repositoryModelUnload(request: Inference_RepositoryModelUnloadRequest, context: ServerContext)
+    async throws -> Inference_RepositoryModelUnloadResponse
+  {
+    _ = try context.callContext()
+    throw PalisadeError(
+      .permissionDenied, "repository changes require an admin policy rule, and no policy grants one")
+  }
+}
+
+/// The build's version string.
+public enum PalisadeVersion {
+  public static let current = "0.1.0"
+}
