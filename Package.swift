@@ -68,6 +68,7 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+        .product(name: "NIOHPACK", package: "swift-nio-http2"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "Logging", package: "swift-log"),
       ],
@@ -126,11 +127,25 @@ let package = Package(
       swiftSettings: strict
     ),
 
+    // Test-only helpers: an in-process PKI, test models, a server on loopback.
+    .target(
+      name: "PalisadeTestSupport",
+      dependencies: [
+        "PalisadeCore", "PalisadeServer",
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOCore", package: "swift-nio"),
+      ],
+      path: "Tests/PalisadeTestSupport"
+    ),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
+    .testTarget(name: "PalisadeWireTests", dependencies: ["PalisadeWire", "PalisadeCore", "PalisadeProto"]),
     .testTarget(
       name: "PalisadeIdentityTests",
       dependencies: [
-        "PalisadeIdentity",
+        "PalisadeIdentity", "PalisadeTestSupport",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -140,7 +155,7 @@ let package = Package(
       name: "PalisadeServerTests",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTransport", "PalisadeWire",
-        "PalisadeIdentity",
+        "PalisadeIdentity", "PalisadeTestSupport", "PalisadeYAML",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "X509", package: "swift-certificates"),

@@ -1,6 +1,7 @@
 public import GRPCNIOTransportHTTP2
 public import NIOCore
 import NIOHTTP2
+import NIOHPACK
 public import NIOPosix
 import NIOSSL
 public import PalisadeIdentity
@@ -139,12 +140,17 @@ public struct MTLSListenerFactory: HTTP2ServerTransport.ListenerFactory {
     return channel
   }
 
-  /// The `onAcceptHTTP2Stream` callback that stamps every stream with its connection number.
-  public static func streamInitializer(_ stream: any Channel) -> EventLoopFuture<Void> {
-    stream.eventLoop.makeCompletedFuture {
-      guard let parent = stream.parent else { return }
-      let tag = try parent.pipeline.syncOperations.handler(type: ConnectionTag.self)
-      try stream.pipeline.syncOperations.addHandler(StreamConnectionStamp(connection: tag.id), position: .first)
+  /// The `onAcceptHTTP2Stream` callback: stamps every stream with its connection number and answers messages
+  /// larger than `maxMessageBytes` with RESOURCE_EXHAUSTED (the transport itself would only reset the stream).
+  public static func streamInitializer(maxMessageBytes: Int) -> @Sendable (any Channel) -> EventLoopFuture<Void> {
+    { stream in
+      stream.eventLoop.makeCompletedFuture {
+        guard let parent = stream.parent else { return }
+        let tag = try parent.pipeline.syncOperations.handler(type: ConnectionTag.self)
+        try stream.pipeline.syncOperations.addHandler(StreamConnectionStamp(connection: tag.id), position: .first)
+        try stream.pipeline.syncOperations.addHandler(
+          MessageSizeLimitHandler(maxMessageBytes: maxMessageBytes), position: .first)
+      }
     }
   }
 }
@@ -181,5 +187,60 @@ final class StreamConnectionStamp: ChannelInboundHandler, RemovableChannelHandle
       return
     }
     context.fireChannelRead(data)
+  }
+}
+
+/// Reads the 5-byte gRPC length prefix of each request message as it arrives and, when a message declares more
+/// than the limit, ends the call with RESOURCE_EXHAUSTED before its body is buffered.
+final class MessageSizeLimitHandler: ChannelInboundHandler {
+  typealias InboundIn = HTTP2Frame.FramePayload
+  typealias InboundOut = HTTP2Frame.FramePayload
+  typealias OutboundOut = HTTP2Frame.FramePayload
+
+  private let maxMessageBytes: Int
+  /// Bytes of the current message body still to come; while negative, -(prefix bytes seen).
+  private var remaining = 0
+  private var prefix: [UInt8] = []
+  private var refused = false
+
+  init(maxMessageBytes: Int) { self.maxMessageBytes = maxMessageBytes }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    if refused { return }
+    guard case .data(let frame) = unwrapInboundIn(data), case .byteBuffer(var buffer) = frame.data else {
+      context.fireChannelRead(data)
+      return
+    }
+    while buffer.readableBytes > 0 {
+      if remaining > 0 {
+        let n = min(remaining, buffer.readableBytes)
+        buffer.moveReaderIndex(forwardBy: n)
+        remaining -= n
+        continue
+      }
+      while prefix.count < 5, let byte = buffer.readInteger(as: UInt8.self) { prefix.append(byte) }
+      guard prefix.count == 5 else { break }
+      let length = Int(prefix[1]) << 24 | Int(prefix[2]) << 16 | Int(prefix[3]) << 8 | Int(prefix[4])
+      prefix.removeAll(keepingCapacity: true)
+      if length > maxMessageBytes {
+        refuse(context: context, length: length)
+        return
+      }
+      remaining = length
+    }
+    context.fireChannelRead(data)
+  }
+
+  private func refuse(context: ChannelHandlerContext, length: Int) {
+    refused = true
+    let headers: HPACKHeaders = [
+      ":status": "200", "content-type": "application/grpc", "grpc-status": "8",
+      "grpc-message": "request message of \(length) bytes exceeds the limit of \(maxMessageBytes) bytes",
+    ]
+    let trailers = HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))
+    let written = context.eventLoop.makePromise(of: Void.self)
+    context.writeAndFlush(wrapOutboundOut(trailers), promise: written)
+    let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+    written.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
   }
 }

@@ -39,16 +39,19 @@ public final class AdminHTTPServer: Service, Sendable {
       }
     if let address = server.channel.localAddress { bound.set(address) }
     logger.info("admin endpoint listening", metadata: ["address": "\(server.channel.localAddress?.description ?? "")"])
-    try await withGracefulShutdownHandler {
-      try await withThrowingDiscardingTaskGroup { group in
-        try await server.executeThenClose { connections in
-          for try await connection in connections {
-            group.addTask { await self.serve(connection) }
+    // Nothing served here is worth waiting for: on shutdown, open keep-alive connections are cancelled too.
+    do {
+      try await cancelWhenGracefulShutdown {
+        try await withThrowingDiscardingTaskGroup { group in
+          try await server.executeThenClose { connections in
+            for try await connection in connections {
+              group.addTask { await self.serve(connection) }
+            }
           }
         }
       }
-    } onGracefulShutdown: {
-      server.channel.close(promise: nil)
+    } catch is CancellationError {
+      return
     }
   }
 

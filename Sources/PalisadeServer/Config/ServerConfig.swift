@@ -62,6 +62,10 @@ public struct ServerConfig: Sendable, Equatable {
     public var maxMessageBytes: Int
     /// HTTP/2 concurrent streams per connection.
     public var maxConcurrentStreams: Int
+    public init(maxMessageBytes: Int, maxConcurrentStreams: Int) {
+      self.maxMessageBytes = maxMessageBytes
+      self.maxConcurrentStreams = maxConcurrentStreams
+    }
     public static let defaults = Limits(maxMessageBytes: 64 << 20, maxConcurrentStreams: 128)
   }
 
@@ -77,6 +81,16 @@ public struct ServerConfig: Sendable, Equatable {
     public var maxAgeSeconds: Int
     /// Time given to in-flight calls on a connection that reached its maximum age.
     public var maxAgeGraceSeconds: Int
+    public init(
+      keepaliveSeconds: Int, keepaliveTimeoutSeconds: Int, maxIdleSeconds: Int, maxAgeSeconds: Int,
+      maxAgeGraceSeconds: Int
+    ) {
+      self.keepaliveSeconds = keepaliveSeconds
+      self.keepaliveTimeoutSeconds = keepaliveTimeoutSeconds
+      self.maxIdleSeconds = maxIdleSeconds
+      self.maxAgeSeconds = maxAgeSeconds
+      self.maxAgeGraceSeconds = maxAgeGraceSeconds
+    }
     public static let defaults = Connection(
       keepaliveSeconds: 60, keepaliveTimeoutSeconds: 20, maxIdleSeconds: 1800, maxAgeSeconds: 3600,
       maxAgeGraceSeconds: 60)
@@ -85,12 +99,17 @@ public struct ServerConfig: Sendable, Equatable {
   public struct Admin: Sendable, Equatable {
     public var enabled: Bool
     public var listen: HostPort
+    public init(enabled: Bool, listen: HostPort) {
+      self.enabled = enabled
+      self.listen = listen
+    }
     public static let defaults = Admin(enabled: true, listen: HostPort(host: "127.0.0.1", port: 9464))
   }
 
   public struct Models: Sendable, Equatable {
     /// Names that must have a ready version before `/readyz` and `ServerReady` report ready.
     public var required: [String]
+    public init(required: [String]) { self.required = required }
     public static let defaults = Models(required: [])
   }
 
@@ -98,6 +117,10 @@ public struct ServerConfig: Sendable, Equatable {
     public enum Format: String, Sendable, Equatable { case json, text }
     public var level: String
     public var format: Format
+    public init(level: String, format: Format) {
+      self.level = level
+      self.format = format
+    }
     public static let defaults = Logging(level: "info", format: .json)
   }
 

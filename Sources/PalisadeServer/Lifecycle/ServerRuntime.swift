@@ -51,7 +51,8 @@ public final class ServerRuntime: Sendable {
     transportConfig.connection.keepalive.timeout = .seconds(c.keepaliveTimeoutSeconds)
     transportConfig.http2.maxConcurrentStreams = config.server.limits.maxConcurrentStreams
     transportConfig.rpc.maxRequestPayloadSize = config.server.limits.maxMessageBytes
-    transportConfig.channelDebuggingCallbacks.onAcceptHTTP2Stream = MTLSListenerFactory.streamInitializer
+    transportConfig.channelDebuggingCallbacks.onAcceptHTTP2Stream = MTLSListenerFactory.streamInitializer(
+      maxMessageBytes: config.server.limits.maxMessageBytes)
 
     let statistics = ModelStatisticsStore()
     self.grpcServer = GRPCServer(

@@ -1,0 +1,120 @@
+import Testing
+@testable import PalisadeCore
+
+@Suite struct TensorShapeTests {
+  @Test func elementCountMultiplies() {
+    #expect(TensorShape.elementCount([]) == 1)
+    #expect(TensorShape.elementCount([2, 3, 4]) == 24)
+    #expect(TensorShape.elementCount([5, 0]) == 0)
+  }
+
+  @Test func negativeDimensionIsRefused() {
+    #expect(TensorShape.elementCount([2, -1]) == nil)
+  }
+
+  @Test func overflowingShapeIsRefusedNotTrapped() {
+    #expect(TensorShape.elementCount([1 << 32, 1 << 32]) == nil)
+    #expect(TensorShape.elementCount([Int64.max, 2]) == nil)
+    #expect(TensorShape.byteCount(elements: Int.max / 2, of: .fp64) == nil)
+  }
+
+  @Test func declaredShapeMatching() {
+    #expect(TensorShape.matches([3, 4], declared: [-1, 4]))
+    #expect(!TensorShape.matches([3, 5], declared: [-1, 4]))
+    #expect(!TensorShape.matches([3], declared: [-1, 4]))
+  }
+}
+
+@Suite struct TensorTests {
+  @Test func fixedStorageMustMatchShape() throws {
+    #expect(throws: PalisadeError.self) {
+      try Tensor(name: "x", datatype: .fp32, shape: [2], storage: .fixed([0, 0, 0, 0]))
+    }
+    let t = try Tensor(name: "x", shape: [2], values: [Float(1.5), -2])
+    #expect(t.values(as: Float.self) == [1.5, -2])
+    #expect(t.values(as: Int32.self) == nil)
+  }
+
+  @Test func bytesRawContentsCarryLengthPrefixes() throws {
+    let t = try Tensor(name: "s", datatype: .bytes, shape: [2], storage: .bytes([[0x61], [0x62, 0x63]]))
+    #expect(t.rawContents == [1, 0, 0, 0, 0x61, 2, 0, 0, 0, 0x62, 0x63])
+  }
+
+  @Test func errorMessagesNameTheInputButNotItsData() throws {
+    do {
+      _ = try Tensor(name: "secret-input", datatype: .int8, shape: [3], storage: .fixed([42, 42]))
+      Issue.record("expected an error")
+    } catch {
+      #expect(error.code == .invalidArgument)
+      #expect(error.message.contains("secret-input"))
+      #expect(!error.message.contains("42"))
+    }
+  }
+
+  @Test func namesAreSanitisedBeforeEchoing() {
+    let hostile = "a'\u{7}" + String(repeating: "x", count: 500)
+    let safe = hostile.sanitizedForMessage
+    #expect(!safe.contains("'"))
+    #expect(!safe.unicodeScalars.contains { $0.value == 7 })
+    #expect(safe.count < 200)
+  }
+
+  @Test(arguments: [Float(0), 1, -1, 0.5, 65504, 6.1035156e-05, 5.9604645e-08, -2.5, Float.infinity])
+  func halfRoundTrips(_ value: Float) {
+    #expect(Half.float(from: Half.bits(from: value)) == value)
+  }
+
+  @Test func halfRoundsAndSaturates() {
+    #expect(Half.bits(from: 1e6) == 0x7C00)
+    #expect(Half.float(from: Half.bits(from: 0.1)) == 0.099975586)
+    #expect(Half.float(from: Half.bits(from: .nan)).isNaN)
+  }
+}
+
+@Suite struct ModelRepositoryTests {
+  struct Fake: ServableModel {
+    let descriptor: ModelDescriptor
+    init(_ name: String, _ version: String) {
+      descriptor = ModelDescriptor(name: name, version: version, platform: "t", inputs: [], outputs: [])
+    }
+    func infer(_ request: InferenceRequest) async throws -> [Tensor] { [] }
+  }
+
+  @Test func resolvesNewestReadyVersion() throws {
+    let repo = ModelRepository()
+    repo.register(Fake("m", "2"))
+    repo.register(Fake("m", "10"))
+    repo.register(Fake("m", "11"), state: .loading)
+    #expect(try repo.resolve(name: "m", version: "").descriptor.version == "10")
+    #expect(try repo.resolve(name: "m", version: "2").descriptor.version == "2")
+    #expect(repo.versions(of: "m") == ["11", "10", "2"])
+  }
+
+  @Test func unknownModelAndVersionAreNotFound() {
+    let repo = ModelRepository()
+    repo.register(Fake("m", "1"))
+    #expect(throws: PalisadeError(.notFound, "unknown model 'x'")) { try repo.resolve(name: "x", version: "") }
+    #expect { try repo.resolve(name: "m", version: "9") } throws: { ($0 as? PalisadeError)?.code == .notFound }
+    #expect { try repo.resolve(name: "", version: "") } throws: { ($0 as? PalisadeError)?.code == .invalidArgument }
+  }
+
+  @Test func unreadyVersionIsUnavailable() {
+    let repo = ModelRepository()
+    repo.register(Fake("m", "1"), state: .loading)
+    #expect { try repo.resolve(name: "m", version: "1") } throws: { ($0 as? PalisadeError)?.code == .unavailable }
+    #expect(!repo.isReady(name: "m", version: ""))
+  }
+
+  @Test func serverReadinessFollowsRequiredModels() {
+    let repo = ModelRepository(required: ["a", "b"])
+    repo.register(Fake("a", "1"))
+    #expect(!repo.isServerReady)
+    #expect(repo.missingRequired == ["b"])
+    repo.register(Fake("b", "1"))
+    #expect(repo.isServerReady)
+    repo.setState(name: "c", version: "1", .loading)
+    #expect(!repo.isServerReady)
+    #expect(repo.remove(name: "c"))
+    #expect(repo.isServerReady)
+  }
+}

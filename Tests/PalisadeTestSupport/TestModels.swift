@@ -1,0 +1,68 @@
+import PalisadeCore
+
+/// Triton's classic `simple` model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 over INT32 [1, 16].
+/// Test-only: the product serves no built-in model.
+public struct AddSubModel: ServableModel {
+  public let descriptor: ModelDescriptor
+
+  public init(name: String = "simple", version: String = "1") {
+    descriptor = ModelDescriptor(
+      name: name, version: version, platform: "test",
+      inputs: [
+        TensorSpec(name: "INPUT0", datatype: .int32, shape: [1, 16]),
+        TensorSpec(name: "INPUT1", datatype: .int32, shape: [1, 16]),
+      ],
+      outputs: [
+        TensorSpec(name: "OUTPUT0", datatype: .int32, shape: [1, 16]),
+        TensorSpec(name: "OUTPUT1", datatype: .int32, shape: [1, 16]),
+      ])
+  }
+
+  public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
+    guard let a = request.input("INPUT0")?.values(as: Int32.self), let b = request.input("INPUT1")?.values(as: Int32.self)
+    else { throw PalisadeError(.internal, "inputs missing") }
+    return [
+      try Tensor(name: "OUTPUT0", shape: [1, 16], values: zip(a, b).map { $0 &+ $1 }),
+      try Tensor(name: "OUTPUT1", shape: [1, 16], values: zip(a, b).map { $0 &- $1 }),
+    ]
+  }
+}
+
+/// Returns its input unchanged: one model per datatype exercises every wire encoding.
+public struct IdentityModel: ServableModel {
+  public let descriptor: ModelDescriptor
+
+  public init(datatype: DataType, version: String = "1") {
+    descriptor = ModelDescriptor(
+      name: "identity_\(datatype.rawValue.lowercased())", version: version, platform: "test",
+      inputs: [TensorSpec(name: "IN", datatype: datatype, shape: [-1, -1])],
+      outputs: [TensorSpec(name: "OUT", datatype: datatype, shape: [-1, -1])])
+  }
+
+  public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
+    guard var t = request.input("IN") else { throw PalisadeError(.internal, "input missing") }
+    t.name = "OUT"
+    return [t]
+  }
+}
+
+/// Sleeps before echoing: lets tests hold calls in flight (graceful shutdown, hot swap).
+public struct SlowModel: ServableModel {
+  public let descriptor: ModelDescriptor
+  let delay: Duration
+
+  public init(name: String = "slow", delay: Duration) {
+    self.delay = delay
+    descriptor = ModelDescriptor(
+      name: name, version: "1", platform: "test",
+      inputs: [TensorSpec(name: "IN", datatype: .fp32, shape: [-1])],
+      outputs: [TensorSpec(name: "OUT", datatype: .fp32, shape: [-1])])
+  }
+
+  public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
+    try await Task.sleep(for: delay)
+    guard var t = request.input("IN") else { throw PalisadeError(.internal, "input missing") }
+    t.name = "OUT"
+    return [t]
+  }
+}
