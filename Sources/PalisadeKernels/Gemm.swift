@@ -54,7 +54,8 @@ public struct GemmEpilogue {
 ///
 /// `op(A)` is `m x k`, `op(B)` is `k x n`, `C` is `m x n`. With `transA == false`, A is stored `m x k` with row
 /// stride `lda >= k`; with `transA == true` it is stored `k x m` with `lda >= m` (likewise B). `ldc >= n`.
-/// When `beta == 0`, C is not read (NaNs in it do not propagate). `k == 0` gives `beta * C` plus the epilogue.
+/// When `beta == 0`, C is not read (NaNs in it do not propagate). `k == 0` or `alpha == 0` gives `beta * C` plus
+/// the epilogue, without reading A or B.
 /// Any `m, n >= 0` is supported; edge tiles are computed in a scratch tile and copied.
 ///
 /// With a `pool` and enough work, the output is split into one block per pool thread along the longer of
@@ -83,9 +84,9 @@ public func sgemm(
         transA: transA, transB: transB, k: k, alpha: alpha,
         a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, epilogue: epilogue)
 
-    // ~ 2 * 64^3 flops: below this a thread hand-off costs more than it saves.
+    // Below ~2^19 multiply-adds (~10 us on one core) a hand-off to another thread costs more than it saves.
     let work = m * n * max(k, 1)
-    if let pool, pool.threadCount > 1, work >= 1 << 18 {
+    if let pool, pool.threadCount > 1, work >= 1 << 19 {
         let threads = pool.threadCount
         let mr = GemmBlocking.mr
         let nr = GemmBlocking.nr
@@ -191,6 +192,92 @@ func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<F
     }
 }
 
+/// y[0..<64] = x[0..<k] * b[0..<k, 0..<64] + initScale * y (y not read when initScale == 0).
+@inline(__always)
+func rowTimesPanel64(
+    _ x: UnsafePointer<Float>, _ k: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+    _ y: UnsafeMutablePointer<Float>, _ initScale: Float
+) {
+    let ry = UnsafeMutableRawPointer(y)
+    var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
+    var a4 = Float8(), a5 = Float8(), a6 = Float8(), a7 = Float8()
+    if initScale != 0 {
+        let s = Float8(repeating: initScale)
+        a0 = s * ry.loadUnaligned(fromByteOffset: 0, as: Float8.self)
+        a1 = s * ry.loadUnaligned(fromByteOffset: 32, as: Float8.self)
+        a2 = s * ry.loadUnaligned(fromByteOffset: 64, as: Float8.self)
+        a3 = s * ry.loadUnaligned(fromByteOffset: 96, as: Float8.self)
+        a4 = s * ry.loadUnaligned(fromByteOffset: 128, as: Float8.self)
+        a5 = s * ry.loadUnaligned(fromByteOffset: 160, as: Float8.self)
+        a6 = s * ry.loadUnaligned(fromByteOffset: 192, as: Float8.self)
+        a7 = s * ry.loadUnaligned(fromByteOffset: 224, as: Float8.self)
+    }
+    var row = UnsafeRawPointer(b)
+    for p in 0..<k {
+        let xv = Float8(repeating: x[p])
+        a0 = a0.addingProduct(xv, row.loadUnaligned(fromByteOffset: 0, as: Float8.self))
+        a1 = a1.addingProduct(xv, row.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+        a2 = a2.addingProduct(xv, row.loadUnaligned(fromByteOffset: 64, as: Float8.self))
+        a3 = a3.addingProduct(xv, row.loadUnaligned(fromByteOffset: 96, as: Float8.self))
+        a4 = a4.addingProduct(xv, row.loadUnaligned(fromByteOffset: 128, as: Float8.self))
+        a5 = a5.addingProduct(xv, row.loadUnaligned(fromByteOffset: 160, as: Float8.self))
+        a6 = a6.addingProduct(xv, row.loadUnaligned(fromByteOffset: 192, as: Float8.self))
+        a7 = a7.addingProduct(xv, row.loadUnaligned(fromByteOffset: 224, as: Float8.self))
+        row += ldb &* 4
+    }
+    ry.storeBytes(of: a0, toByteOffset: 0, as: Float8.self)
+    ry.storeBytes(of: a1, toByteOffset: 32, as: Float8.self)
+    ry.storeBytes(of: a2, toByteOffset: 64, as: Float8.self)
+    ry.storeBytes(of: a3, toByteOffset: 96, as: Float8.self)
+    ry.storeBytes(of: a4, toByteOffset: 128, as: Float8.self)
+    ry.storeBytes(of: a5, toByteOffset: 160, as: Float8.self)
+    ry.storeBytes(of: a6, toByteOffset: 192, as: Float8.self)
+    ry.storeBytes(of: a7, toByteOffset: 224, as: Float8.self)
+}
+
+/// y[0..<8] = x[0..<k] * b[0..<k, 0..<8] + initScale * y (y not read when initScale == 0).
+@inline(__always)
+func rowTimesPanel8(
+    _ x: UnsafePointer<Float>, _ k: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+    _ y: UnsafeMutablePointer<Float>, _ initScale: Float
+) {
+    let ry = UnsafeMutableRawPointer(y)
+    var acc = initScale == 0 ? Float8() : initScale * ry.loadUnaligned(as: Float8.self)
+    var row = UnsafeRawPointer(b)
+    for p in 0..<k {
+        acc = acc.addingProduct(Float8(repeating: x[p]), row.loadUnaligned(as: Float8.self))
+        row += ldb &* 4
+    }
+    ry.storeBytes(of: acc, as: Float8.self)
+}
+
+/// y += x[0] * b[0, :] + x[1] * b[1, :] + x[2] * b[2, :] + x[3] * b[3, :] (rows of b `ldb` apart).
+@inline(__always)
+func axpy4(
+    _ x: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ ldb: Int, _ y: UnsafeMutablePointer<Float>, _ n: Int
+) {
+    let x0 = Float8(repeating: x[0]), x1 = Float8(repeating: x[1])
+    let x2 = Float8(repeating: x[2]), x3 = Float8(repeating: x[3])
+    let r0 = UnsafeRawPointer(b), r1 = UnsafeRawPointer(b + ldb)
+    let r2 = UnsafeRawPointer(b + 2 * ldb), r3 = UnsafeRawPointer(b + 3 * ldb)
+    let ry = UnsafeMutableRawPointer(y)
+    var j = 0
+    while j + 8 <= n {
+        let o = j * 4
+        var v = ry.loadUnaligned(fromByteOffset: o, as: Float8.self)
+        v = v.addingProduct(x0, r0.loadUnaligned(fromByteOffset: o, as: Float8.self))
+        v = v.addingProduct(x1, r1.loadUnaligned(fromByteOffset: o, as: Float8.self))
+        v = v.addingProduct(x2, r2.loadUnaligned(fromByteOffset: o, as: Float8.self))
+        v = v.addingProduct(x3, r3.loadUnaligned(fromByteOffset: o, as: Float8.self))
+        ry.storeBytes(of: v, toByteOffset: o, as: Float8.self)
+        j += 8
+    }
+    while j < n {
+        y[j] += x[0] * b[j] + x[1] * b[ldb + j] + x[2] * b[2 * ldb + j] + x[3] * b[3 * ldb + j]
+        j += 1
+    }
+}
+
 @inline(__always)
 func scale(_ y: UnsafeMutablePointer<Float>, _ n: Int, _ factor: Float) {
     let ry = UnsafeMutableRawPointer(y)
@@ -224,20 +311,29 @@ struct GemmProblem {
     let epilogue: GemmEpilogue
 
     func compute(rows: Range<Int>, cols: Range<Int>) {
-        if k == 0 {
+        if k == 0 || alpha == 0 {
+            // As in BLAS, alpha == 0 does not read A or B (so NaNs there do not propagate).
             scaleAndFinish(rows: rows, cols: cols)
             return
         }
         let scratch = GemmScratch.current()
+        if rows.count == 1 {
+            // Batch-1 inference: a vector-matrix product; packing and 6-row tiles would waste 5/6 of the work.
+            computeSingleRow(rows.lowerBound, cols: cols, scratch: scratch)
+            return
+        }
         let mr = GemmBlocking.mr, nr = GemmBlocking.nr
         let finish = epilogue.isIdentity ? nil : epilogue
+        // With few rows, packing B costs as much as the multiply (it is read once per 6-row tile only a few
+        // times); row-major B already holds 16 contiguous columns per k, so the kernel can read it in place.
+        let directB = !transB && rows.count <= GemmBlocking.directBMaxRows
         var jc = cols.lowerBound
         while jc < cols.upperBound {
             let nc = min(GemmBlocking.nc, cols.upperBound - jc)
             var pc = 0
             while pc < k {
                 let kc = min(GemmBlocking.kc, k - pc)
-                packB(pc: pc, kc: kc, jc: jc, nc: nc, into: scratch.packedB)
+                if !directB { packB(pc: pc, kc: kc, jc: jc, nc: nc, into: scratch.packedB) }
                 let betaHere = pc == 0 ? beta : 1
                 let epilogueHere = pc + kc == k ? finish : nil
                 var ic = rows.lowerBound
@@ -247,7 +343,20 @@ struct GemmProblem {
                     var jr = 0
                     while jr < nc {
                         let nrHere = min(nr, nc - jr)
-                        let bPanel = UnsafePointer(scratch.packedB + jr * kc)
+                        let bPanel: UnsafePointer<Float>
+                        let bStride: Int
+                        if !directB {
+                            bPanel = UnsafePointer(scratch.packedB + jr * kc)
+                            bStride = nr
+                        } else if nrHere == nr {
+                            bPanel = b + pc * ldb + jc + jr
+                            bStride = ldb
+                        } else {
+                            // The right-edge panel is packed (zero-padded) so the kernel never reads past B.
+                            packB(pc: pc, kc: kc, jc: jc + jr, nc: nrHere, into: scratch.packedB)
+                            bPanel = UnsafePointer(scratch.packedB)
+                            bStride = nr
+                        }
                         var ir = 0
                         while ir < mc {
                             let mrHere = min(mr, mc - ir)
@@ -256,9 +365,10 @@ struct GemmProblem {
                             let cTile = c + row * ldc + col
                             if mrHere == mr && nrHere == nr {
                                 microKernel6x16(
-                                    kc: kc, a: aPanel, b: bPanel, c: cTile, ldc: ldc, beta: betaHere)
+                                    kc: kc, a: aPanel, b: bPanel, bStride: bStride, c: cTile, ldc: ldc, beta: betaHere)
                             } else {
-                                microKernel6x16(kc: kc, a: aPanel, b: bPanel, c: scratch.tile, ldc: nr, beta: 0)
+                                microKernel6x16(
+                                    kc: kc, a: aPanel, b: bPanel, bStride: bStride, c: scratch.tile, ldc: nr, beta: 0)
                                 storeEdgeTile(scratch.tile, into: cTile, rows: mrHere, cols: nrHere, beta: betaHere)
                             }
                             if let epilogueHere {
@@ -274,6 +384,75 @@ struct GemmProblem {
                 pc += kc
             }
             jc += nc
+        }
+    }
+
+    /// One row of C: `c[row, cols] = alpha * x * op(B)[:, cols] + beta * c[row, cols]`, x = op(A)[row, :].
+    private func computeSingleRow(_ row: Int, cols: Range<Int>, scratch: GemmScratch) {
+        let count = cols.count
+        let y = c + row * ldc + cols.lowerBound
+        var pc = 0
+        while pc < k {
+            let kc = min(GemmBlocking.kc, k - pc)
+            // x chunk, contiguous and pre-multiplied by alpha.
+            let x = scratch.packedA
+            if transA {
+                for p in 0..<kc { x[p] = alpha * a[(pc + p) * lda + row] }
+            } else {
+                let src = a + row * lda + pc
+                for p in 0..<kc { x[p] = alpha * src[p] }
+            }
+            let first = pc == 0
+            if !transB {
+                let base = b + pc * ldb + cols.lowerBound
+                if count <= 1024 {
+                    // Column blocks of 64 held in 8 registers across the k chunk: y is read and written once
+                    // per chunk. Best while B's rows are short (B mostly cache-resident).
+                    let initScale: Float = first ? beta : 1
+                    var j = 0
+                    while j + 64 <= count {
+                        rowTimesPanel64(x, kc, base + j, ldb, y + j, initScale)
+                        j += 64
+                    }
+                    while j + 8 <= count {
+                        rowTimesPanel8(x, kc, base + j, ldb, y + j, initScale)
+                        j += 8
+                    }
+                    while j < count {
+                        var sum: Float = 0
+                        for p in 0..<kc { sum += x[p] * base[p * ldb + j] }
+                        y[j] = initScale == 0 ? sum : sum + initScale * y[j]
+                        j += 1
+                    }
+                } else {
+                    // Wide B streams from memory: whole rows, four at a time, are what the prefetchers follow.
+                    if first {
+                        if beta == 0 {
+                            y.update(repeating: 0, count: count)
+                        } else if beta != 1 {
+                            scale(y, count, beta)
+                        }
+                    }
+                    var p = 0
+                    while p + 4 <= kc {
+                        axpy4(x + p, base + p * ldb, ldb, y, count)
+                        p += 4
+                    }
+                    while p < kc {
+                        axpy(x[p], base + p * ldb, y, count)
+                        p += 1
+                    }
+                }
+            } else {
+                for j in 0..<count {
+                    let dot = dotProduct(x, b + (cols.lowerBound + j) * ldb + pc, kc)
+                    y[j] = first ? (beta == 0 ? dot : dot + beta * y[j]) : dot + y[j]
+                }
+            }
+            pc += kc
+        }
+        if !epilogue.isIdentity {
+            applyEpilogue(epilogue, y, ldc: ldc, rows: 1, cols: count, row: row, col: cols.lowerBound)
         }
     }
 
@@ -329,12 +508,25 @@ struct GemmProblem {
             } else {
                 // Stored k x m: row p of storage holds op(A)[*, p] contiguously.
                 let base = a + pc * lda + ic + ir
-                for p in 0..<kc {
-                    let src = base + p * lda
-                    for i in 0..<mr {
-                        d[i] = i < rows ? alpha * src[i] : 0
+                if rows == mr {
+                    for p in 0..<kc {
+                        let src = base + p * lda
+                        d[0] = alpha * src[0]
+                        d[1] = alpha * src[1]
+                        d[2] = alpha * src[2]
+                        d[3] = alpha * src[3]
+                        d[4] = alpha * src[4]
+                        d[5] = alpha * src[5]
+                        d += mr
                     }
-                    d += mr
+                } else {
+                    for p in 0..<kc {
+                        let src = base + p * lda
+                        for i in 0..<mr {
+                            d[i] = i < rows ? alpha * src[i] : 0
+                        }
+                        d += mr
+                    }
                 }
             }
             ir += mr
@@ -404,12 +596,13 @@ struct GemmProblem {
 
 /// The 6 x 16 register-blocked micro-kernel: 12 ymm accumulators, 2 B loads and 6 broadcasts per k step.
 ///
-/// `a` is an MR-panel (6 floats per k), `b` an NR-panel (16 floats per k, 64-byte aligned). The full tile is
+/// `a` is an MR-panel (6 floats per k); `b` holds 16 floats per k, `bStride` floats apart (16 for a packed
+/// panel, `ldb` when reading row-major B in place). The full tile is
 /// written to `c` (row stride `ldc`) as `acc + beta * c`; the caller applies any epilogue afterwards (the tile
 /// is then in L1).
 @inline(__always)
 func microKernel6x16(
-    kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
     c: UnsafeMutablePointer<Float>, ldc: Int, beta: Float
 ) {
     // Start fetching the C tile now; it is needed only after the k loop, so its miss latency is hidden.
@@ -426,8 +619,8 @@ func microKernel6x16(
     var ap = a
     var bp = UnsafeRawPointer(b)
     for _ in 0..<kc {
-        let b0 = bp.load(as: Float8.self)
-        let b1 = bp.load(fromByteOffset: 32, as: Float8.self)
+        let b0 = bp.loadUnaligned(as: Float8.self)
+        let b1 = bp.loadUnaligned(fromByteOffset: 32, as: Float8.self)
         var av = Float8(repeating: ap[0])
         c00 = c00.addingProduct(av, b0)
         c01 = c01.addingProduct(av, b1)
@@ -447,7 +640,7 @@ func microKernel6x16(
         c50 = c50.addingProduct(av, b0)
         c51 = c51.addingProduct(av, b1)
         ap += 6
-        bp += 64
+        bp += bStride &* 4
     }
     storeRow(c00, c01, c, beta: beta)
     storeRow(c10, c11, c + ldc, beta: beta)

@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -96,6 +98,15 @@ private final class PoolCore: @unchecked Sendable {
     private var tasks: [@Sendable () -> Void] = []
     private var taskHead = 0
     private var stopping = false
+    private var sleepers = 0
+    private var spinners = 0
+    /// Bumped (under the mutex) whenever work is posted, so idle workers can spin on it without the lock.
+    private let generation = Atomic<Int>(0)
+
+    /// How long (ns) an idle worker polls for new work before sleeping on the condition variable. Inference
+    /// runs many small parallel ops back to back, and waking a sleeping thread costs tens of microseconds; a
+    /// longer spin would steal the core from the thread doing the work when the caller is outside the pool.
+    private static let spinNanoseconds = 10_000
 
     init() {
         mutex = .allocate(capacity: 1)
@@ -148,6 +159,7 @@ private final class PoolCore: @unchecked Sendable {
     func shutdown() {
         pthread_mutex_lock(mutex)
         stopping = true
+        generation.add(1, ordering: .releasing)
         pthread_cond_broadcast(workAvailable)
         pthread_mutex_unlock(mutex)
         for thread in threads { pthread_join(thread, nil) }
@@ -158,6 +170,10 @@ private final class PoolCore: @unchecked Sendable {
         // Allocate this thread's packing buffers now, not on the first inference.
         GemmScratch.warmUp()
         pthread_mutex_lock(mutex)
+        // Only a worker that just did work spins: it is likely to be needed for the next op of the same
+        // inference. Others sleep at once, so a caller outside the pool plus `threadCount` workers never put
+        // more busy threads than cores on the CPU.
+        var hot = false
         while true {
             if jobActive, jobNext < jobCount, let body = jobBody {
                 let i = jobNext
@@ -167,6 +183,7 @@ private final class PoolCore: @unchecked Sendable {
                 pthread_mutex_lock(mutex)
                 jobUnfinished -= 1
                 if jobUnfinished == 0 { pthread_cond_signal(jobFinished) }
+                hot = true
                 continue
             }
             if taskHead < tasks.count {
@@ -179,10 +196,35 @@ private final class PoolCore: @unchecked Sendable {
                 pthread_mutex_unlock(mutex)
                 task()
                 pthread_mutex_lock(mutex)
+                hot = true
                 continue
             }
             if stopping { break }
+            if hot {
+                // Spin briefly (without the lock) for the next job before paying for a futex sleep and wake-up.
+                hot = false
+                let seen = generation.load(ordering: .acquiring)
+                spinners += 1
+                pthread_mutex_unlock(mutex)
+                let deadline = monotonicNanoseconds() + PoolCore.spinNanoseconds
+                var changed = false
+                spin: while true {
+                    for _ in 0..<64 {
+                        if generation.load(ordering: .relaxed) != seen {
+                            changed = true
+                            break spin
+                        }
+                        spinPause()
+                    }
+                    if monotonicNanoseconds() >= deadline { break }
+                }
+                pthread_mutex_lock(mutex)
+                spinners -= 1
+                if changed || generation.load(ordering: .acquiring) != seen { continue }
+            }
+            sleepers += 1
             pthread_cond_wait(workAvailable, mutex)
+            sleepers -= 1
         }
         pthread_mutex_unlock(mutex)
     }
@@ -200,7 +242,9 @@ private final class PoolCore: @unchecked Sendable {
         jobCount = count
         jobNext = 0
         jobUnfinished = count
-        pthread_cond_broadcast(workAvailable)
+        generation.add(1, ordering: .releasing)
+        // The caller takes a share itself; spinning workers will see the new generation; wake only the rest.
+        wake(count - 1 - spinners)
         while jobNext < jobCount {
             let i = jobNext
             jobNext += 1
@@ -215,12 +259,43 @@ private final class PoolCore: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
+    /// Wakes up to `wanted` sleeping workers. Caller holds the mutex.
+    private func wake(_ wanted: Int) {
+        var n = min(wanted, sleepers)
+        while n > 0 {
+            pthread_cond_signal(workAvailable)
+            n -= 1
+        }
+    }
+
     func submit(_ task: @escaping @Sendable () -> Void) -> Bool {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         if stopping || threads.isEmpty { return false }
         tasks.append(task)
-        pthread_cond_signal(workAvailable)
+        generation.add(1, ordering: .releasing)
+        wake(tasks.count - taskHead - spinners)
         return true
     }
 }
+
+@inline(__always)
+private func monotonicNanoseconds() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int(ts.tv_sec) &* 1_000_000_000 &+ Int(ts.tv_nsec)
+}
+
+// The CPU's spin-wait hint (x86 `pause`, arm64 `yield`), through LLVM intrinsics since Swift exposes neither:
+// it saves power and frees pipeline resources while polling.
+#if arch(x86_64)
+@_silgen_name("llvm.x86.sse2.pause")
+private func llvmPause()
+@inline(__always) private func spinPause() { llvmPause() }
+#elseif arch(arm64)
+@_silgen_name("llvm.aarch64.hint")
+private func llvmHint(_ hint: Int32)
+@inline(__always) private func spinPause() { llvmHint(1) }
+#else
+@inline(__always) private func spinPause() {}
+#endif

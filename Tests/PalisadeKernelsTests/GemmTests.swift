@@ -89,7 +89,8 @@ func expectGemmClose(_ result: (ours: [Float], reference: [Double], scale: [Doub
 
 let gemmShapes: [(Int, Int, Int)] = [
     (1, 1, 1), (1, 7, 13), (7, 1, 5), (2, 3, 1), (6, 16, 8), (7, 17, 9), (13, 31, 7), (31, 13, 127),
-    (127, 129, 3), (64, 64, 64), (5, 33, 300), (197, 20, 11), (3, 3077, 2), (12, 48, 513),
+    (127, 129, 3), (64, 64, 64), (5, 33, 300), (197, 20, 11), (3, 3077, 2), (12, 48, 513), (1, 300, 601),
+    (1, 16, 4), (1, 35, 7), (1, 1100, 5), (96, 40, 9), (97, 40, 9),
 ]
 
 @Suite("SGEMM")
@@ -122,6 +123,15 @@ struct GemmTests {
         expectGemmClose(runGemm(GemmCase(m: 5, n: 9, k: 0), epilogue: (bias, false, .relu)), "k=0 epilogue")
     }
 
+    @Test("alpha = 0 does not read A or B")
+    func alphaZero() {
+        let a = [Float](repeating: .nan, count: 12), b = [Float](repeating: .infinity, count: 12)
+        var c: [Float] = (0..<9).map { Float($0) }
+        sgemm(transA: false, transB: false, m: 3, n: 3, k: 4, alpha: 0, a: a, lda: 4, b: b, ldb: 3,
+              beta: 2, c: &c, ldc: 3)
+        #expect(c == (0..<9).map { Float(2 * $0) })
+    }
+
     @Test("beta = 0 does not read C")
     func betaZeroIgnoresNaN() {
         for (m, n, k) in [(7, 17, 9), (12, 32, 5)] {
@@ -150,6 +160,7 @@ struct GemmTests {
         for t in [
             GemmCase(m: 97, n: 300, k: 70), GemmCase(m: 500, n: 20, k: 40, transB: true),
             GemmCase(m: 64, n: 64, k: 64, transA: true, beta: 0.5), GemmCase(m: 200, n: 7, k: 200),
+            GemmCase(m: 1, n: 2000, k: 300, beta: 0.5), GemmCase(m: 1, n: 1000, k: 700, transA: true, transB: true),
         ] {
             let bias = randomFloats(t.n, seed: 3)
             expectGemmClose(runGemm(t, epilogue: (bias, false, .gelu), pool: pool), "\(threads) threads \(t.testDescription)")

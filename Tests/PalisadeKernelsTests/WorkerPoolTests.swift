@@ -1,5 +1,6 @@
 import Testing
 import PalisadeKernels
+import PalisadeCPUCheck
 
 @Suite("Worker pool")
 struct WorkerPoolTests {
@@ -68,5 +69,10 @@ struct WorkerPoolTests {
     @Test("CPU feature check passes on the build machine")
     func cpuFeatures() throws {
         try CPUFeatures.check()
+        // An Ivy Bridge-class CPU (AVX but no AVX2/FMA/BMI) is rejected with a readable message.
+        let ivyBridge: Set<String> = ["sse4_2", "popcnt", "avx", "f16c"]
+        let missing = CPUFeatures.missingFeatures(given: ivyBridge)
+        #expect(missing == ["avx2", "fma", "bmi1", "bmi2", "movbe", "abm"])
+        #expect(CPUFeatures.Missing(features: missing).description.contains("avx2"))
     }
 }

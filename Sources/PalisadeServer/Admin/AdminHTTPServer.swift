@@ -38,7 +38,7 @@ public final class AdminHTTPServer: Service, Sendable {
         }
       }
     if let address = server.channel.localAddress { bound.set(address) }
-    logger.info("admin endpoint listening", metadata: ["address": "\(server.channel.localAddress?.description ?? "")"])
+    logger.info("admin endpoint listening", metadata: ["listen": "\(host):\(server.channel.localAddress?.port ?? 0)"])
     // Nothing served here is worth waiting for: on shutdown, open keep-alive connections are cancelled too.
     do {
       try await cancelWhenGracefulShutdown {

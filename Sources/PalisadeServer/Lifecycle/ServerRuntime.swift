@@ -84,9 +84,15 @@ public final class ServerRuntime: Sendable {
     groupConfig.maximumGracefulShutdownDuration = .seconds(config.server.shutdownGraceSeconds)
     groupConfig.maximumCancellationDuration = .seconds(5)
     let group = ServiceGroup(configuration: groupConfig)
-    logger.info(
-      "palisade serving",
-      metadata: ["listen": "\(config.server.listen)", "version": "\(PalisadeVersion.current)"])
+    let announce = Task { [grpcAddress, logger] in
+      let address = await grpcAddress.get()
+      logger.info(
+        "palisade serving",
+        metadata: [
+          "listen": "\(config.server.listen.host):\(address.port ?? 0)", "version": "\(PalisadeVersion.current)",
+        ])
+    }
+    defer { announce.cancel() }
     do {
       try await group.run()
     } catch let error as ServiceGroupError where state.isDraining {

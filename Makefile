@@ -1,0 +1,61 @@
+# Palisade: `make run` sets everything up on a fresh machine and starts the demo server; `make test` runs every test.
+SHELL := /bin/bash
+SWIFT ?= swift
+PYTHON ?= python3
+VENV := .venv
+CONFIG ?= deploy/local/palisade.yaml
+# Debian packages the build, the dev PKI and the tests need.
+APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help deps venv build release pki run test check generate clean
+
+help:
+	@echo "make run       install what is missing, build, make the dev PKI, start the server ($(CONFIG))"
+	@echo "make test      run every test (Swift tests, interop with Python clients, real processes)"
+	@echo "make pki       (re)make the dev PKI in certs/out"
+	@echo "make release   release build (.build/release/palisade)"
+	@echo "make generate  regenerate Swift code from proto/ (needs protoc; not needed for building)"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: Tests/Interop/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r Tests/Interop/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+# The dev PKI lives 30 days; it is remade when missing or within a day of expiry.
+pki: deps
+	@if [ ! -f certs/out/server.pem ] || ! openssl x509 -checkend 86400 -noout -in certs/out/server.pem >/dev/null; then \
+	  certs/make-dev-pki.sh certs/out; \
+	fi
+
+run: build pki
+	$(SWIFT) run palisade serve --config $(CONFIG)
+
+check: build pki
+	$(SWIFT) run palisade serve --config $(CONFIG) --check
+
+test: deps venv
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+generate:
+	scripts/generate-protos.sh
+
+clean:
+	rm -rf .build certs/out $(VENV)

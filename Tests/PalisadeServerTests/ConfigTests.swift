@@ -1,0 +1,96 @@
+import PalisadeServer
+import PalisadeYAML
+import Testing
+
+@Suite struct ConfigTests {
+  let minimal = """
+    server:
+      tls:
+        certificate_chain: s.pem
+        private_key: /abs/s.key
+        client_ca_bundle: ca.pem
+    """
+
+  func error(_ text: String) -> YAMLError? {
+    do {
+      _ = try ServerConfig.parse(text, file: "c.yaml", baseDirectory: "/etc/p")
+      return nil
+    } catch { return error }
+  }
+
+  @Test func minimalConfigGetsSafeDefaults() throws {
+    let c = try ServerConfig.parse(minimal, baseDirectory: "/etc/p")
+    #expect(c.server.listen == .init(host: "127.0.0.1", port: 8443))
+    #expect(c.server.tls.certificateChain == "/etc/p/s.pem")
+    #expect(c.server.tls.privateKey == "/abs/s.key")
+    #expect(c.server.limits.maxMessageBytes == 64 << 20)
+    #expect(c.admin.listen == .init(host: "127.0.0.1", port: 9464))
+    #expect(c.server.connection.maxAgeSeconds == 3600)
+    #expect(c.logging.format == .json)
+  }
+
+  @Test func annotatedExampleParses() throws {
+    let c = try ServerConfig.load(path: "\(repositoryRoot)/deploy/palisade.example.yaml")
+    #expect(c.server.limits.maxConcurrentStreams == 128)
+  }
+
+  @Test func everyKeyIsRead() throws {
+    let c = try ServerConfig.parse(
+      minimal + """
+
+          listen: "[::1]:9000"
+          limits: {max_message_bytes: 2048, max_concurrent_streams: 4}
+          connection: {keepalive_seconds: 5, keepalive_timeout_seconds: 2, max_idle_seconds: 9, max_age_seconds: 30, max_age_grace_seconds: 3}
+          shutdown_grace_seconds: 7
+        admin: {enabled: false, listen: "127.0.0.1:1"}
+        models: {required: [a, b]}
+        logging: {level: debug, format: text}
+        """, baseDirectory: "/")
+    #expect(c.server.listen == .init(host: "::1", port: 9000))
+    #expect(c.server.limits == .init(maxMessageBytes: 2048, maxConcurrentStreams: 4))
+    #expect(c.server.connection.maxAgeGraceSeconds == 3)
+    #expect(c.server.shutdownGraceSeconds == 7)
+    #expect(!c.admin.enabled)
+    #expect(c.models.required == ["a", "b"])
+    #expect(c.logging.level == "debug")
+  }
+
+  @Test(arguments: [
+    ("", "server", "is required"),
+    ("server: {}", "server.tls", "is required"),
+    ("server: {tls: {certificate_chain: a, private_key: b}}", "server.tls.client_ca_bundle", "is required"),
+    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c, extra: 1}}", "server.tls.extra", "unknown setting"),
+    ("server: {listen: 'nocolon', tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.listen", "host:port"),
+    ("server: {listen: 'h:70000', tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.listen", "0 to 65535"),
+    ("server: {limits: {max_message_bytes: 10}, tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.limits.max_message_bytes", "between"),
+    ("server: {limits: {max_message_bytes: lots}, tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.limits.max_message_bytes", "integer"),
+    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nlogging: {level: loud}", "logging.level", "one of"),
+    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nadmin: {enabled: yes please}", "admin.enabled", "true or false"),
+    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nmodel: {}", "model", "unknown setting"),
+    ("server: [1, 2]", "server", "mapping"),
+    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nserver: {}", "", "duplicated key"),
+    ("- just a list", "", "mapping"),
+    ("server: {tls: {certificate_chain: [a, b", "", "not valid YAML"),
+  ])
+  func malformedConfigNamesTheKey(text: String, path: String, message: String) {
+    let e = error(text)
+    #expect(e != nil)
+    #expect(e?.path == path, "\(String(describing: e))")
+    #expect(e?.message.contains(message) == true, "\(String(describing: e))")
+    #expect(e?.description.hasPrefix("c.yaml") == true)
+  }
+
+  @Test func errorsCarryLineNumbers() {
+    let e = error("# comment\nserver:\n  tls:\n    certificate_chain: a\n    private_key: b\n    client_ca_bundle: c\n  limits:\n    max_concurrent_streams: 0\n")
+    #expect(e?.line == 8, "\(String(describing: e))")
+  }
+}
+
+/// The repository root, from this file's location.
+let repositoryRoot: String = {
+  var url = URL(fileURLWithPath: #filePath)
+  for _ in 0..<3 { url.deleteLastPathComponent() }
+  return url.path
+}()
+
+import Foundation
