@@ -57,6 +57,12 @@ let package = Package(
       ],
       swiftSettings: strict
     ),
+    // Authorisation policy as code: rules, decisions, rate limits.
+    .target(
+      name: "PalisadePolicy",
+      dependencies: ["PalisadeIdentity", "PalisadeYAML", .product(name: "Crypto", package: "swift-crypto")],
+      swiftSettings: strict
+    ),
     // The mTLS listener: TLS 1.3 only, client certificates verified, identity bound once per connection.
     .target(
       name: "PalisadeTransport",
@@ -79,6 +85,9 @@ let package = Package(
       name: "PalisadeServer",
       dependencies: [
         "PalisadeProto", "PalisadeCore", "PalisadeWire", "PalisadeIdentity", "PalisadeTransport", "PalisadeYAML",
+        "PalisadePolicy",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -110,6 +119,8 @@ let package = Package(
       name: "PalisadeCLI",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
+        "PalisadePolicy",
+        .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -131,7 +142,7 @@ let package = Package(
     .target(
       name: "PalisadeTestSupport",
       dependencies: [
-        "PalisadeCore", "PalisadeServer",
+        "PalisadeCore", "PalisadeServer", "PalisadeIdentity",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -139,6 +150,18 @@ let package = Package(
         .product(name: "NIOCore", package: "swift-nio"),
       ],
       path: "Tests/PalisadeTestSupport"
+    ),
+    // Benchmarks: the serving benchmark's server and load generator (Benchmarks/serving.sh).
+    .executableTarget(
+      name: "serving-bench",
+      dependencies: [
+        "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTestSupport",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ],
+      path: "Benchmarks/ServingBench"
     ),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
     .testTarget(name: "PalisadeWireTests", dependencies: ["PalisadeWire", "PalisadeCore", "PalisadeProto"]),

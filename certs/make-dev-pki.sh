@@ -9,6 +9,7 @@
 #
 # Leaf files (*.pem) hold the leaf followed by the intermediate, so peers can build the chain;
 # ca-bundle.pem is the root: the server's client-CA bundle and the clients' server-CA bundle.
+# issuer.key / issuer-jwks.json: the dev token issuer (`palisade token mint --key certs/out/issuer.key`).
 # Usage: certs/make-dev-pki.sh [OUT_DIR] [DAYS]   (DAYS defaults to 30)
 set -euo pipefail
 out=${1:-"$(dirname "$0")/out"}
@@ -70,7 +71,17 @@ leaf client-b "/O=Palisade Dev/CN=client-b" intermediate-ca \
 ca rogue-ca "/O=Somebody Else/CN=Unrelated CA"
 leaf rogue-client "/O=Somebody Else/CN=rogue" rogue-ca \
   "extendedKeyUsage=clientAuth" "subjectAltName=URI:spiffe://palisade.dev/ns/demo/sa/client-a"
+# The dev token issuer: an ES256 key and its JWKS (kid dev-1). The public point is the last 64 bytes of the
+# DER SubjectPublicKeyInfo (04 || X || Y for P-256).
+key issuer
+point=$(mktemp)
+openssl ec -in issuer.key -pubout -outform DER 2>/dev/null | tail -c 64 > "$point"
+b64url() { basenc --base64url -w0 | tr -d '='; }
+x=$(head -c 32 "$point" | b64url)
+y=$(tail -c 32 "$point" | b64url)
+rm -f "$point"
+printf '{"keys":[{"kty":"EC","crv":"P-256","kid":"dev-1","alg":"ES256","use":"sig","x":"%s","y":"%s"}]}\n' "$x" "$y" > issuer-jwks.json
 cp root-ca.pem ca-bundle.pem
-chmod 644 ./*.pem
+chmod 644 ./*.pem issuer-jwks.json
 rm -f ./*.srl
 echo "dev PKI in $out (valid $days days): $(ls "$out" | tr '\n' ' ')"

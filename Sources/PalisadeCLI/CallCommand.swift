@@ -26,6 +26,19 @@ struct CallCommand: AsyncParsableCommand {
     var key = "certs/out/client-a.key"
     @Option(help: "CA bundle that signs the server certificate (PEM).")
     var ca = "certs/out/ca-bundle.pem"
+    @Option(help: "Bearer token (JWT) bound to --cert; default: $PALISADE_TOKEN. `palisade token mint` makes dev tokens.")
+    var token: String?
+    @Option(help: "Read the bearer token from this file instead.")
+    var tokenFile: String?
+
+    func bearer() throws -> String? {
+      if let tokenFile {
+        do { return try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) } catch {
+          throw ValidationError("cannot read --token-file \(tokenFile)")
+        }
+      }
+      return token ?? ProcessInfo.processInfo.environment["PALISADE_TOKEN"]
+    }
 
     func call<R: Sendable>(
       _ body: @escaping @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>)
@@ -38,7 +51,7 @@ struct CallCommand: AsyncParsableCommand {
       if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
       let tls = ClientTLSFiles(certificate: cert, privateKey: key, serverCA: ca)
       do {
-        return try await withInferenceClient(host: host, port: port, tls: tls, body)
+        return try await withInferenceClient(host: host, port: port, tls: tls, token: try bearer(), body)
       } catch let error as RPCError {
         var message = "\(error.code): \(error.message)"
         if let cause = error.cause { message += " (\(cause))" }

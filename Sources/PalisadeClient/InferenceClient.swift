@@ -17,7 +17,7 @@ public struct ClientTLSFiles: Sendable {
 /// Opens an mTLS gRPC connection to a Palisade (or any Open Inference Protocol) server and runs `body` with a
 /// typed client; the connection closes when `body` returns. The server certificate must name `host`.
 public func withInferenceClient<Result: Sendable>(
-  host: String, port: Int, tls: ClientTLSFiles,
+  host: String, port: Int, tls: ClientTLSFiles, token: String? = nil,
   _ body: @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>) async throws -> Result
 ) async throws -> Result {
   let transport = try HTTP2ClientTransport.Posix(
@@ -30,7 +30,8 @@ public func withInferenceClient<Result: Sendable>(
     },
     config: .defaults { $0.connection.maxIdleTime = nil }
   )
-  return try await withGRPCClient(transport: transport) { client in
+  let interceptors: [any ClientInterceptor] = token.map { [BearerTokenInterceptor(token: $0)] } ?? []
+  return try await withGRPCClient(transport: transport, interceptors: interceptors) { client in
     try await body(Inference_GRPCInferenceService.Client(wrapping: client))
   }
 }
@@ -42,4 +43,20 @@ func target(host: String, port: Int) -> any ResolvableTarget {
     return .ipv4(address: host, port: port)
   }
   return .dns(host: host, port: port)
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+public struct BearerTokenInterceptor: ClientInterceptor {
+  let token: String
+  public init(token: String) { self.token = token }
+
+  public func intercept<Input: Sendable, Output: Sendable>(
+    request: StreamingClientRequest<Input>,
+    context: ClientContext,
+    next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
+  ) async throws -> StreamingClientResponse<Output> {
+    var request = request
+    request.metadata.addString("Bearer \(token)", forKey: "authorization")
+    return try await next(request, context)
+  }
 }

@@ -87,31 +87,22 @@ public func sgemm(
     // Below ~2^19 multiply-adds (~10 us on one core) a hand-off to another thread costs more than it saves.
     let work = m * n * max(k, 1)
     if let pool, pool.threadCount > 1, work >= 1 << 19 {
-        let threads = pool.threadCount
-        let mr = GemmBlocking.mr
-        let nr = GemmBlocking.nr
-        if n >= m {
-            let panels = (n + nr - 1) / nr
-            let parts = min(threads, panels)
-            if parts > 1 {
-                pool.parallelFor(parts) { part in
-                    let first = panels * part / parts * nr
-                    let last = min(n, panels * (part + 1) / parts * nr)
-                    if first < last { problem.compute(rows: 0..<m, cols: first..<last) }
+        // Split along the longer side, in whole micro-panels, one block per thread.
+        let byColumns = n >= m
+        let unit = byColumns ? GemmBlocking.nr : GemmBlocking.mr
+        let extent = byColumns ? n : m
+        let panels = (extent + unit - 1) / unit
+        let parts = min(pool.threadCount, panels)
+        if parts > 1 {
+            var split = GemmSplit(
+                problem: problem, m: m, n: n, byColumns: byColumns, unit: unit, panels: panels, parts: parts)
+            // The context form of parallelFor: no closure box, so a pooled GEMM allocates nothing.
+            withUnsafePointer(to: &split) { pointer in
+                pool.parallelFor(parts, context: UnsafeRawPointer(pointer)) { context, part in
+                    context.assumingMemoryBound(to: GemmSplit.self).pointee.run(part: part)
                 }
-                return
             }
-        } else {
-            let panels = (m + mr - 1) / mr
-            let parts = min(threads, panels)
-            if parts > 1 {
-                pool.parallelFor(parts) { part in
-                    let first = panels * part / parts * mr
-                    let last = min(m, panels * (part + 1) / parts * mr)
-                    if first < last { problem.compute(rows: first..<last, cols: 0..<n) }
-                }
-                return
-            }
+            return
         }
     }
     problem.compute(rows: 0..<m, cols: 0..<n)
@@ -294,6 +285,29 @@ func scale(_ y: UnsafeMutablePointer<Float>, _ n: Int, _ factor: Float) {
 }
 
 // MARK: - Blocked implementation
+
+/// One pooled GEMM: part `p` computes the p-th block of columns (or rows) of C.
+struct GemmSplit {
+    let problem: GemmProblem
+    let m: Int
+    let n: Int
+    let byColumns: Bool
+    let unit: Int
+    let panels: Int
+    let parts: Int
+
+    func run(part: Int) {
+        let extent = byColumns ? n : m
+        let first = panels * part / parts * unit
+        let last = min(extent, panels * (part + 1) / parts * unit)
+        if first >= last { return }
+        if byColumns {
+            problem.compute(rows: 0..<m, cols: first..<last)
+        } else {
+            problem.compute(rows: first..<last, cols: 0..<n)
+        }
+    }
+}
 
 /// The arguments of one SGEMM call; `compute` does the sub-block `rows x cols` of C serially.
 struct GemmProblem {
@@ -702,8 +716,16 @@ func addVector(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n:
 // LLVM's prefetch intrinsic, reached through its symbol name: Swift has no prefetch API, and without it the
 // C tile's cache misses cost ~20% at n = 2048. Arguments: address, rw (0 read / 1 write), locality (3 = keep in
 // all levels), cache type (1 = data). Lowers to `prefetcht0` on x86-64 and `prfm` on arm64.
+//
+// Sanitizer builds (TSan rewrites calls into `invoke`s, which LLVM rejects for intrinsics) must not reference
+// it: debug builds never do, and a release sanitizer build passes `-Xswiftc -DPALISADE_NO_LLVM_INTRINSICS`.
+#if !DEBUG && !PALISADE_NO_LLVM_INTRINSICS
 @_silgen_name("llvm.prefetch.p0")
 func llvmPrefetch(_ address: UnsafeRawPointer, _ rw: Int32, _ locality: Int32, _ cacheType: Int32)
+#else
+@inline(__always)
+func llvmPrefetch(_ address: UnsafeRawPointer, _ rw: Int32, _ locality: Int32, _ cacheType: Int32) {}
+#endif
 
 @inline(__always)
 func prefetch(_ address: UnsafeMutablePointer<Float>) {

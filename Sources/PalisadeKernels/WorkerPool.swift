@@ -16,10 +16,14 @@ public enum WorkerPoolError: Error, Sendable, Equatable {
 
 /// A fixed set of compute threads, created once, shared by all kernels.
 ///
-/// - ``parallelFor(_:_:)`` runs a loop body over `0..<count` on the calling thread plus idle pool threads and
-///   returns when every index is done. It allocates nothing and creates no thread. If the pool is already busy
-///   with another `parallelFor` (a concurrent caller, or a nested call), the body runs serially on the calling
+/// - ``parallelFor(_:context:_:)`` runs `function(context, i)` over `0..<count` on the calling thread plus idle
+///   pool threads and returns when every index is done. It allocates nothing and creates no thread (this is
+///   what ``sgemm`` uses). ``parallelFor(_:_:)`` is the closure form for convenience; it costs one small heap
+///   box per call (Swift boxes a closure whose lifetime it cannot see). If the pool is already busy with
+///   another `parallelFor` (a concurrent caller, or a nested call), the work runs serially on the calling
 ///   thread instead of queueing, so nested and concurrent use can never deadlock.
+/// - Idle workers that just did work spin for ~10 us before sleeping, so back-to-back parallel ops of one
+///   inference do not pay a futex wake-up each; only as many sleeping workers are woken as there are parts.
 /// - ``run(_:)`` is the entry point for Swift concurrency: the closure runs on a pool thread and the calling task
 ///   is suspended (not blocked), so the cooperative thread pool stays free.
 ///
@@ -65,9 +69,31 @@ public final class WorkerPool: @unchecked Sendable {
             for i in 0..<count { body(i) }
             return
         }
+        // The job slot stores a C function pointer plus a pointer to the closure on this stack frame, not the
+        // closure itself: storing a closure in the pool would box it on the heap on every call.
         withoutActuallyEscaping(body) { escapable in
-            core.runParallel(count: count, body: escapable)
+            var box = ClosureBox(body: escapable)
+            withUnsafePointer(to: &box) { pointer in
+                core.runParallel(count: count, context: UnsafeRawPointer(pointer)) { context, index in
+                    context.assumingMemoryBound(to: ClosureBox.self).pointee.body(index)
+                }
+            }
         }
+    }
+
+    /// Allocation-free form for hot paths: calls `function(context, i)` for every `i` in `0..<count`, spread over
+    /// the calling thread and idle pool threads, and returns when all calls have finished. `function` cannot
+    /// capture anything; pass state through `context` (typically a pointer to a struct on the caller's stack).
+    public func parallelFor(
+        _ count: Int, context: UnsafeRawPointer,
+        _ function: @convention(c) (_ context: UnsafeRawPointer, _ index: Int) -> Void
+    ) {
+        if count <= 0 { return }
+        if count == 1 || threadCount <= 1 {
+            for i in 0..<count { function(context, i) }
+            return
+        }
+        core.runParallel(count: count, context: context, function: function)
     }
 
     /// Runs `body` on a pool thread and resumes the calling task with its result, without blocking a
@@ -82,6 +108,10 @@ public final class WorkerPool: @unchecked Sendable {
     }
 }
 
+private struct ClosureBox {
+    let body: (Int) -> Void
+}
+
 /// State shared between the pool object and its threads, guarded by one pthread mutex.
 private final class PoolCore: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
@@ -91,7 +121,8 @@ private final class PoolCore: @unchecked Sendable {
 
     // Guarded by `mutex`.
     private var jobActive = false
-    private var jobBody: ((Int) -> Void)?
+    private var jobFunction: (@convention(c) (UnsafeRawPointer, Int) -> Void)?
+    private var jobContext: UnsafeRawPointer?
     private var jobCount = 0
     private var jobNext = 0
     private var jobUnfinished = 0
@@ -175,11 +206,11 @@ private final class PoolCore: @unchecked Sendable {
         // more busy threads than cores on the CPU.
         var hot = false
         while true {
-            if jobActive, jobNext < jobCount, let body = jobBody {
+            if jobActive, jobNext < jobCount, let function = jobFunction, let context = jobContext {
                 let i = jobNext
                 jobNext += 1
                 pthread_mutex_unlock(mutex)
-                body(i)
+                function(context, i)
                 pthread_mutex_lock(mutex)
                 jobUnfinished -= 1
                 if jobUnfinished == 0 { pthread_cond_signal(jobFinished) }
@@ -229,16 +260,20 @@ private final class PoolCore: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    func runParallel(count: Int, body: @escaping (Int) -> Void) {
+    /// Runs `function(context, i)` for `i < count` on the caller and idle workers; returns when all are done.
+    func runParallel(
+        count: Int, context: UnsafeRawPointer, function: @convention(c) (UnsafeRawPointer, Int) -> Void
+    ) {
         pthread_mutex_lock(mutex)
         if jobActive || stopping {
             // Busy (nested or concurrent caller): do it ourselves rather than wait.
             pthread_mutex_unlock(mutex)
-            for i in 0..<count { body(i) }
+            for i in 0..<count { function(context, i) }
             return
         }
         jobActive = true
-        jobBody = body
+        jobFunction = function
+        jobContext = context
         jobCount = count
         jobNext = 0
         jobUnfinished = count
@@ -249,13 +284,14 @@ private final class PoolCore: @unchecked Sendable {
             let i = jobNext
             jobNext += 1
             pthread_mutex_unlock(mutex)
-            body(i)
+            function(context, i)
             pthread_mutex_lock(mutex)
             jobUnfinished -= 1
         }
         while jobUnfinished > 0 { pthread_cond_wait(jobFinished, mutex) }
         jobActive = false
-        jobBody = nil
+        jobFunction = nil
+        jobContext = nil
         pthread_mutex_unlock(mutex)
     }
 
@@ -288,7 +324,10 @@ private func monotonicNanoseconds() -> Int {
 
 // The CPU's spin-wait hint (x86 `pause`, arm64 `yield`), through LLVM intrinsics since Swift exposes neither:
 // it saves power and frees pipeline resources while polling.
-#if arch(x86_64)
+// (Same sanitizer caveat as `llvmPrefetch` in Gemm.swift.)
+#if DEBUG || PALISADE_NO_LLVM_INTRINSICS
+@inline(__always) private func spinPause() {}
+#elseif arch(x86_64)
 @_silgen_name("llvm.x86.sse2.pause")
 private func llvmPause()
 @inline(__always) private func spinPause() { llvmPause() }

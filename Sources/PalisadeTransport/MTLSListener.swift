@@ -62,31 +62,20 @@ public struct MTLSListenerFactory: HTTP2ServerTransport.ListenerFactory {
     }
   }
 
-  /// Loads the server credentials; errors name the file that is wrong.
+  /// Creates the listener. `certificates` supplies the server's own chain and key at every handshake.
   public init(
-    host: String, port: Int, credentials: ServerCredentials, verifier: ClientCertificateVerifier,
+    host: String, port: Int, certificates: ServerCertificateStore, verifier: ClientCertificateVerifier,
     registry: ConnectionRegistry, bound: BoundAddress = BoundAddress(),
     eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
   ) throws {
-    try PEMFiles.checkPrivateKeyPermissions(at: credentials.privateKeyPath)
-    let chain: [NIOSSLCertificate]
-    let key: NIOSSLPrivateKey
-    do { chain = try NIOSSLCertificate.fromPEMFile(credentials.certificateChainPath) } catch {
-      throw PEMFileError(path: credentials.certificateChainPath, reason: "is not a PEM certificate chain (\(error))")
-    }
-    guard !chain.isEmpty else { throw PEMFileError(path: credentials.certificateChainPath, reason: "holds no certificate") }
-    do { key = try NIOSSLPrivateKey(file: credentials.privateKeyPath, format: .pem) } catch {
-      throw PEMFileError(path: credentials.privateKeyPath, reason: "is not a PEM private key")
-    }
     var tls = TLSConfiguration.makeServerConfiguration(
-      certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+      certificateChain: certificates.chain.map { .certificate($0) }, privateKey: .privateKey(certificates.key))
     tls.minimumTLSVersion = .tlsv13
     tls.certificateVerification = .noHostnameVerification  // requires a client certificate; our callback decides
     tls.applicationProtocols = ["grpc-exp", "h2"]
-    do { self.sslContext = try NIOSSLContext(configuration: tls) } catch {
-      throw PEMFileError(
-        path: credentials.privateKeyPath, reason: "does not match the certificate in \(credentials.certificateChainPath)")
-    }
+    // Read at every ClientHello, so that a rotated certificate is used by the next handshake.
+    tls.sslContextCallback = { _, promise in promise.succeed(certificates.override) }
+    self.sslContext = try NIOSSLContext(configuration: tls)
     self.host = host
     self.port = port
     self.verifier = verifier

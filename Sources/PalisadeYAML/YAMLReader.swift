@@ -74,6 +74,9 @@ public final class YAMLMap {
     return YAMLError(file: file, path: key.map(keyPath) ?? path, line: line, message: message)
   }
 
+  /// The 1-based line where this mapping starts.
+  public var line: Int? { node.mark?.line }
+
   /// The keys present, in file order.
   public var keys: [String] { mapping.compactMap { $0.key.string } }
 

@@ -18,6 +18,19 @@ struct WorkerPoolTests {
         }
     }
 
+    @Test("context form of parallelFor", arguments: [1, 2])
+    func contextForm(threads: Int) {
+        let pool = WorkerPool(threadCount: threads)
+        var hits = [Int](repeating: 0, count: 37)
+        hits.withUnsafeMutableBufferPointer { h in
+            guard let base = h.baseAddress else { return }
+            pool.parallelFor(37, context: UnsafeRawPointer(base)) { context, i in
+                UnsafeMutablePointer(mutating: context.assumingMemoryBound(to: Int.self))[i] += i
+            }
+        }
+        #expect(hits == Array(0..<37))
+    }
+
     @Test("nested parallelFor runs serially instead of deadlocking")
     func nested() {
         let pool = WorkerPool(threadCount: 2)

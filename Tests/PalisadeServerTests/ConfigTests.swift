@@ -3,13 +3,14 @@ import PalisadeYAML
 import Testing
 
 @Suite struct ConfigTests {
+  static let auth = "\nauth: {audience: p, issuers: [{issuer: i, jwks: j.json}]}\npolicy: {file: policy.yaml}"
   let minimal = """
     server:
       tls:
         certificate_chain: s.pem
         private_key: /abs/s.key
         client_ca_bundle: ca.pem
-    """
+    """ + ConfigTests.auth
 
   func error(_ text: String) -> YAMLError? {
     do {
@@ -27,6 +28,12 @@ import Testing
     #expect(c.admin.listen == .init(host: "127.0.0.1", port: 9464))
     #expect(c.server.connection.maxAgeSeconds == 3600)
     #expect(c.logging.format == .json)
+    #expect(c.auth.issuers.first?.jwks == "/etc/p/j.json")
+    #expect(c.auth.issuers.first?.requireCertificateBinding == true)
+    #expect(c.auth.exemptRPCs == ["ServerLive", "Check", "Watch"])
+    #expect(c.auth.maxLifetimeSeconds == 900)
+    #expect(c.policy.file == "/etc/p/policy.yaml")
+    #expect(c.reload.intervalSeconds == 5)
   }
 
   @Test func annotatedExampleParses() throws {
@@ -36,16 +43,28 @@ import Testing
 
   @Test func everyKeyIsRead() throws {
     let c = try ServerConfig.parse(
-      minimal + """
-
-          listen: "[::1]:9000"
-          limits: {max_message_bytes: 2048, max_concurrent_streams: 4}
-          connection: {keepalive_seconds: 5, keepalive_timeout_seconds: 2, max_idle_seconds: 9, max_age_seconds: 30, max_age_grace_seconds: 3}
-          shutdown_grace_seconds: 7
-        admin: {enabled: false, listen: "127.0.0.1:1"}
-        models: {required: [a, b]}
-        logging: {level: debug, format: text}
-        """, baseDirectory: "/")
+      """
+      server:
+        tls: {certificate_chain: s.pem, private_key: /abs/s.key, client_ca_bundle: ca.pem}
+        listen: "[::1]:9000"
+        limits: {max_message_bytes: 2048, max_concurrent_streams: 4}
+        connection: {keepalive_seconds: 5, keepalive_timeout_seconds: 2, max_idle_seconds: 9, max_age_seconds: 30, max_age_grace_seconds: 3}
+        shutdown_grace_seconds: 7
+      admin: {enabled: false, listen: "127.0.0.1:1"}
+      models: {required: [a, b]}
+      logging: {level: debug, format: text}
+      reload: {interval_seconds: 2}
+      auth:
+        audience: p
+        exempt_rpcs: [Check]
+        algorithms: [ES256]
+        types: [JWT]
+        leeway_seconds: 5
+        max_lifetime_seconds: 300
+        issuers:
+          - {issuer: i, kind: spiffe, jwks: j.json, trust_domain: td, require_certificate_binding: true}
+      policy: {file: p.yaml}
+      """, baseDirectory: "/")
     #expect(c.server.listen == .init(host: "::1", port: 9000))
     #expect(c.server.limits == .init(maxMessageBytes: 2048, maxConcurrentStreams: 4))
     #expect(c.server.connection.maxAgeGraceSeconds == 3)
@@ -53,7 +72,15 @@ import Testing
     #expect(!c.admin.enabled)
     #expect(c.models.required == ["a", "b"])
     #expect(c.logging.level == "debug")
+    #expect(c.reload.intervalSeconds == 2)
+    #expect(c.auth.exemptRPCs == ["Check"])
+    #expect(c.auth.issuers.first?.kind == .spiffe)
+    #expect(c.auth.issuers.first?.requireCertificateBinding == true)
+    #expect(c.auth.leewaySeconds == 5)
   }
+
+  static let ok = "server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}"
+  static let authText = "\nauth: {audience: p, issuers: [{issuer: i, jwks: j}]}\npolicy: {file: p.yaml}"
 
   @Test(arguments: [
     ("", "server", "is required"),
@@ -64,9 +91,18 @@ import Testing
     ("server: {listen: 'h:70000', tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.listen", "0 to 65535"),
     ("server: {limits: {max_message_bytes: 10}, tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.limits.max_message_bytes", "between"),
     ("server: {limits: {max_message_bytes: lots}, tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.limits.max_message_bytes", "integer"),
-    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nlogging: {level: loud}", "logging.level", "one of"),
-    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nadmin: {enabled: yes please}", "admin.enabled", "true or false"),
-    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nmodel: {}", "model", "unknown setting"),
+    (Self.ok + Self.authText + "\nlogging: {level: loud}", "logging.level", "one of"),
+    (Self.ok + Self.authText + "\nadmin: {enabled: yes please}", "admin.enabled", "true or false"),
+    (Self.ok + Self.authText + "\nmodel: {}", "model", "unknown setting"),
+    (Self.ok, "auth", "is required"),
+    (Self.ok + "\nauth: {audience: p}", "auth.issuers", "at least one"),
+    (Self.ok + "\nauth: {issuers: [{issuer: i, jwks: j}]}", "auth.audience", "is required"),
+    (Self.ok + "\nauth: {audience: p, algorithms: [HS256], issuers: [{issuer: i, jwks: j}]}", "auth.algorithms", "never"),
+    (Self.ok + "\nauth: {audience: p, algorithms: [none], issuers: [{issuer: i, jwks: j}]}", "auth.algorithms", "not allowed"),
+    (Self.ok + "\nauth: {audience: p, leeway_seconds: 300, issuers: [{issuer: i, jwks: j}]}", "auth.leeway_seconds", "between 0 and 60"),
+    (Self.ok + "\nauth: {audience: p, issuers: [{issuer: i, kind: spiffe, jwks: j}]}", "auth.issuers[0].trust_domain", "required"),
+    (Self.ok + "\nauth: {audience: p, issuers: [{issuer: i, jwks: j, jku: x}]}", "auth.issuers[0].jku", "unknown setting"),
+    (Self.ok + "\nauth: {audience: p, issuers: [{issuer: i, jwks: j}]}", "policy", "is required"),
     ("server: [1, 2]", "server", "mapping"),
     ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nserver: {}", "", "duplicated key"),
     ("- just a list", "", "mapping"),
@@ -81,7 +117,7 @@ import Testing
   }
 
   @Test func errorsCarryLineNumbers() {
-    let e = error("# comment\nserver:\n  tls:\n    certificate_chain: a\n    private_key: b\n    client_ca_bundle: c\n  limits:\n    max_concurrent_streams: 0\n")
+    let e = error("# comment\nserver:\n  tls:\n    certificate_chain: a\n    private_key: b\n    client_ca_bundle: c\n  limits:\n    max_concurrent_streams: 0\n" + Self.authText)
     #expect(e?.line == 8, "\(String(describing: e))")
   }
 }

@@ -9,8 +9,8 @@ import Testing
 @Suite struct EndToEndTests {
   @Test func coreRPCsWork() async throws {
     let server = try await TestServer.start()
-    let (cert, key) = try goodClient(server)
-    try await withClient(server, cert: cert, key: key) { client in
+    let client = try goodClient(server)
+    try await withClient(server, client) { client in
       #expect(try await client.serverLive(.init()).live)
       #expect(try await client.serverReady(.init()).ready)
       #expect(try await client.modelReady(.with { $0.name = "simple" }).ready)
@@ -29,8 +29,8 @@ import Testing
   @Test(arguments: [false, true])
   func inferTypedAndRaw(raw: Bool) async throws {
     let server = try await TestServer.start()
-    let (cert, key) = try goodClient(server)
-    let response = try await withClient(server, cert: cert, key: key) { try await $0.modelInfer(simpleRequest(raw: raw)) }
+    let client = try goodClient(server)
+    let response = try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: raw)) }
     #expect(response.id == "req-1")
     #expect(response.modelName == "simple")
     #expect(response.outputs.map(\.name) == ["OUTPUT0", "OUTPUT1"])
@@ -47,15 +47,15 @@ import Testing
 
   @Test func requestedOutputsAreFiltered() async throws {
     let server = try await TestServer.start()
-    let (cert, key) = try goodClient(server)
+    let client = try goodClient(server)
     var request = simpleRequest(raw: false)
     request.outputs = [.with { $0.name = "OUTPUT1" }]
     let filtered = request
-    let response = try await withClient(server, cert: cert, key: key) { try await $0.modelInfer(filtered) }
+    let response = try await withClient(server, client) { try await $0.modelInfer(filtered) }
     #expect(response.outputs.map(\.name) == ["OUTPUT1"])
     request.outputs = [.with { $0.name = "NOPE" }]
     let unknown = request
-    let error = await rpcError { _ = try await withClient(server, cert: cert, key: key) { try await $0.modelInfer(unknown) } }
+    let error = await rpcError { _ = try await withClient(server, client) { try await $0.modelInfer(unknown) } }
     #expect(error?.code == .invalidArgument)
     try await server.stop()
   }
@@ -63,7 +63,7 @@ import Testing
   @Test(arguments: DataType.allCases)
   func everyDatatypeRoundTrips(datatype: DataType) async throws {
     let server = try await TestServer.start(models: [IdentityModel(datatype: datatype)])
-    let (cert, key) = try goodClient(server)
+    let client = try goodClient(server)
     let raw: Data
     switch datatype {
     case .bytes: raw = Data([3, 0, 0, 0, 0x61, 0x62, 0x63, 0, 0, 0, 0])
@@ -75,7 +75,7 @@ import Testing
       $0.inputs = [.with { $0.name = "IN"; $0.datatype = datatype.rawValue; $0.shape = [1, 2] }]
       $0.rawInputContents = [raw]
     }
-    let response = try await withClient(server, cert: cert, key: key) { try await $0.modelInfer(request) }
+    let response = try await withClient(server, client) { try await $0.modelInfer(request) }
     #expect(response.rawOutputContents == [raw])
     #expect(response.outputs.first?.datatype == datatype.rawValue)
     try await server.stop()
@@ -83,8 +83,8 @@ import Testing
 
   @Test func streamInferAnswersEveryRequestAndReportsErrorsInBand() async throws {
     let server = try await TestServer.start()
-    let (cert, key) = try goodClient(server)
-    let responses = try await withClient(server, cert: cert, key: key) { client in
+    let client = try goodClient(server)
+    let responses = try await withClient(server, client) { client in
       try await client.modelStreamInfer(
         requestProducer: { writer in
           try await writer.write(simpleRequest(raw: true))
@@ -107,8 +107,8 @@ import Testing
 
   @Test func modelStatisticsCountCalls() async throws {
     let server = try await TestServer.start()
-    let (cert, key) = try goodClient(server)
-    let stats = try await withClient(server, cert: cert, key: key) { client in
+    let client = try goodClient(server)
+    let stats = try await withClient(server, client) { client in
       _ = try await client.modelInfer(simpleRequest(raw: true))
       _ = try? await client.modelInfer(.with { $0.modelName = "simple" })
       return try await client.modelStatistics(.with { $0.name = "simple" })
@@ -120,8 +120,8 @@ import Testing
 
   @Test func repositoryIndexListsModelsAndChangesAreRefused() async throws {
     let server = try await TestServer.start(models: [AddSubModel()])
-    let (cert, key) = try goodClient(server)
-    try await withClient(server, cert: cert, key: key) { client in
+    let client = try goodClient(server)
+    try await withClient(server, client) { client in
       let index = try await client.repositoryIndex(.init())
       #expect(index.models.map(\.name) == ["simple"])
       #expect(index.models.first?.state == "READY")

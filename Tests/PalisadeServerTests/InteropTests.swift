@@ -16,7 +16,8 @@ import Testing
     let r = try await ProcessTests.run(
       Self.python,
       ["\(repositoryRoot)/Tests/Interop/oip_interop.py", "--port", "\(server.port)", "--cert", good.cert, "--key",
-       good.key, "--ca", server.pki.path("ca-bundle.pem"), "--bad-cert", bad.cert, "--bad-key", bad.key],
+       good.key, "--ca", server.pki.path("ca-bundle.pem"), "--bad-cert", bad.cert, "--bad-key", bad.key,
+       "--token", try server.pki.token(for: good.issued)],
       timeout: .seconds(120))
     #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
     #expect(r.stdout.contains("interop OK"))

@@ -6,22 +6,24 @@ import Testing
 
 @Suite struct LifecycleTests {
   @Test func gracefulShutdownDrainsInFlightCalls() async throws {
-    let server = try await TestServer.start(models: [SlowModel(delay: .milliseconds(1500))])
-    let (cert, key) = try goodClient(server)
+    let (started, startedContinuation) = AsyncStream<Void>.makeStream()
+    let server = try await TestServer.start(models: [SlowModel(delay: .milliseconds(1500), started: startedContinuation)])
+    let client = try goodClient(server)
     let request = Inference_ModelInferRequest.with {
       $0.modelName = "slow"
       $0.inputs = [.with { $0.name = "IN"; $0.datatype = "FP32"; $0.shape = [1]; $0.contents.fp32Contents = [4] }]
     }
     let inFlight = Task {
-      try await withClient(server, cert: cert, key: key) { try await $0.modelInfer(request) }
+      try await withClient(server, client) { try await $0.modelInfer(request) }
     }
-    try await Task.sleep(for: .milliseconds(500))
+    // Shut down only once the call is inside the model.
+    for await _ in started { break }
     server.runtime.shutdown()
     let response = try await inFlight.value
     #expect(response.outputs.first?.contents.fp32Contents == [4])
     try await server.wait()
     // After shutdown nothing accepts.
-    let after = await rpcError { _ = try await withClient(server, cert: cert, key: key) { try await $0.serverLive(.init()) } }
+    let after = await rpcError { _ = try await withClient(server, client) { try await $0.serverLive(.init()) } }
     #expect(after?.code == .unavailable)
   }
 
@@ -31,8 +33,8 @@ import Testing
     let (status, body) = try await adminGet(server, "/readyz")
     #expect(status == 503)
     #expect(body.contains("later"))
-    let (cert, key) = try goodClient(server)
-    try await withClient(server, cert: cert, key: key) { client in
+    let client = try goodClient(server)
+    try await withClient(server, client) { client in
       #expect(try await !client.serverReady(.init()).ready)
       _ = try await client.modelInfer(simpleRequest(raw: true))
       _ = try? await client.modelInfer(.with { $0.modelName = "nope" })

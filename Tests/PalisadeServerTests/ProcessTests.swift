@@ -42,7 +42,9 @@ import Testing
   }
 
   func config(_ pki: TestPKI, extra: String = "") throws -> String {
-    try pki.write(
+    try pki.write("jwks.json", pki.jwksJSON())
+    try pki.write("policy.yaml", TestServer.allowAllPolicy)
+    return try pki.write(
       "palisade.yaml",
       """
       server:
@@ -52,6 +54,13 @@ import Testing
           private_key: server.key
           client_ca_bundle: ca-bundle.pem
         shutdown_grace_seconds: 5
+      auth:
+        audience: \(TestPKI.audience)
+        issuers:
+          - issuer: \(TestPKI.issuerName)
+            jwks: jwks.json
+      policy:
+        file: policy.yaml
       admin:
         listen: "127.0.0.1:0"
       \(extra)
@@ -116,7 +125,10 @@ import Testing
       }
     }
     #expect(port != 0, "\(log)")
-    let common = ["--target", "127.0.0.1:\(port)", "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem")]
+    let common = [
+      "--target", "127.0.0.1:\(port)", "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"),
+      "--token", try pki.token(for: client.issued),
+    ]
     let live = try await Self.run(Self.binary, ["call", "live"] + common)
     #expect(live.status == 0, "\(live.stderr)")
     #expect(live.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "true")

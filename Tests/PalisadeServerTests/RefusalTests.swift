@@ -57,9 +57,9 @@ import X509
     // A refused certificate sends the internal connection header naming a good connection: the transport
     // overwrites it, so the call stays refused.
     let server = try await TestServer.start()
-    let (cert, key) = try goodClient(server)
+    let client = try goodClient(server)
     let bad = try server.pki.client("no-san", sans: [.dnsName("x.example")])
-    try await withClient(server, cert: cert, key: key) { good in
+    try await withClient(server, client) { good in
       _ = try await good.serverLive(.init())
       for guess in 1...8 {
         let error = await rpcError {
@@ -77,8 +77,8 @@ import X509
 
   @Test func unknownModelIsNotFound() async throws {
     let server = try await TestServer.start()
-    let (cert, key) = try goodClient(server)
-    try await withClient(server, cert: cert, key: key) { client in
+    let client = try goodClient(server)
+    try await withClient(server, client) { client in
       var r = simpleRequest(raw: true)
       r.modelName = "nope"
       #expect(await rpcError { _ = try await client.modelInfer(r) }?.code == .notFound)
@@ -92,7 +92,7 @@ import X509
 
   @Test func badRequestsAreInvalidArgumentNamingTheInput() async throws {
     let server = try await TestServer.start()
-    let (cert, key) = try goodClient(server)
+    let client = try goodClient(server)
     var wrongType = simpleRequest(raw: false)
     wrongType.inputs[1].datatype = "FP32"
     wrongType.inputs[1].contents = .with { $0.fp32Contents = Array(repeating: 9_876.5, count: 16) }
@@ -112,7 +112,7 @@ import X509
       (wrongType, "INPUT1"), (wrongShape, "INPUT0"), (shortRaw, "INPUT1"), (mixed, "INPUT0"), (overflow, "INPUT0"),
       (missing, "INPUT1"), (extra, "INPUT9"),
     ]
-    try await withClient(server, cert: cert, key: key) { client in
+    try await withClient(server, client) { client in
       for (request, input) in cases {
         let error = await rpcError { _ = try await client.modelInfer(request) }
         #expect(error?.code == .invalidArgument, "\(input)")
@@ -125,8 +125,8 @@ import X509
 
   @Test func messageOverTheSizeLimitIsResourceExhausted() async throws {
     let server = try await TestServer.start { $0.server.limits.maxMessageBytes = 4096 }
-    let (cert, key) = try goodClient(server)
-    try await withClient(server, cert: cert, key: key) { client in
+    let client = try goodClient(server)
+    try await withClient(server, client) { client in
       let big = Inference_ModelInferRequest.with {
         $0.modelName = "identity_uint8"
         $0.inputs = [.with { $0.name = "IN"; $0.datatype = "UINT8"; $0.shape = [1, 8192] }]

@@ -8,20 +8,36 @@ import PalisadeClient
 import PalisadeProto
 import PalisadeTestSupport
 
-/// Calls `body` with a client using the named client certificate files.
+/// Calls `body` with a client using the named client certificate files and, when given, a bearer token.
 func withClient<R: Sendable>(
-  _ server: TestServer, cert: String, key: String,
+  _ server: TestServer, cert: String, key: String, token: String? = nil,
   _ body: @escaping @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>) async throws -> R
 ) async throws -> R {
   try await withInferenceClient(
     host: "127.0.0.1", port: server.port,
-    tls: ClientTLSFiles(certificate: cert, privateKey: key, serverCA: server.pki.path("ca-bundle.pem")), body)
+    tls: ClientTLSFiles(certificate: cert, privateKey: key, serverCA: server.pki.path("ca-bundle.pem")), token: token,
+    body)
 }
 
-/// A good client certificate for `spiffe://palisade.test/sa/<name>`.
-func goodClient(_ server: TestServer, _ name: String = "caller") throws -> (cert: String, key: String) {
+/// A caller: certificate files and a token bound to the certificate.
+struct TestClient: Sendable {
+  var cert: String
+  var key: String
+  var token: String?
+  var issued: TestPKI.Issued
+}
+
+func withClient<R: Sendable>(
+  _ server: TestServer, _ client: TestClient,
+  _ body: @escaping @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>) async throws -> R
+) async throws -> R {
+  try await withClient(server, cert: client.cert, key: client.key, token: client.token, body)
+}
+
+/// A good client for `spiffe://palisade.test/sa/<name>` with a valid bound token.
+func goodClient(_ server: TestServer, _ name: String = "caller", scopes: [String] = []) throws -> TestClient {
   let c = try server.pki.client(name, sans: [TestPKI.spiffe("spiffe://palisade.test/sa/\(name)")])
-  return (c.cert, c.key)
+  return TestClient(cert: c.cert, key: c.key, token: try server.pki.token(for: c.issued, scopes: scopes), issued: c.issued)
 }
 
 /// The RPC error `body` throws, or nil if it succeeds.

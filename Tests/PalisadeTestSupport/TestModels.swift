@@ -50,9 +50,12 @@ public struct IdentityModel: ServableModel {
 public struct SlowModel: ServableModel {
   public let descriptor: ModelDescriptor
   let delay: Duration
+  let started: AsyncStream<Void>.Continuation?
 
-  public init(name: String = "slow", delay: Duration) {
+  /// `started` is told each time an inference begins.
+  public init(name: String = "slow", delay: Duration, started: AsyncStream<Void>.Continuation? = nil) {
     self.delay = delay
+    self.started = started
     descriptor = ModelDescriptor(
       name: name, version: "1", platform: "test",
       inputs: [TensorSpec(name: "IN", datatype: .fp32, shape: [-1])],
@@ -60,6 +63,7 @@ public struct SlowModel: ServableModel {
   }
 
   public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
+    started?.yield()
     try await Task.sleep(for: delay)
     guard var t = request.input("IN") else { throw PalisadeError(.internal, "input missing") }
     t.name = "OUT"

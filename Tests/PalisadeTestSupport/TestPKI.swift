@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import SwiftASN1
 import X509
+import PalisadeIdentity
 
 /// A PKI made in-process for tests: a root and intermediate CA, server and client leaves with whatever SANs,
 /// validity and usages a test needs, and an unrelated CA. Files are written with the modes the server demands.
@@ -14,6 +15,10 @@ public final class TestPKI: @unchecked Sendable {
     public var keyPEM: String { key.pemRepresentation }
   }
 
+  public static let audience = "palisade-test"
+  public static let issuerName = "https://issuer.palisade.test"
+  /// The test token issuer's signing key (kid `test-1`).
+  public let issuerKey = P256.Signing.PrivateKey()
   public let directory: URL
   public let root: Issued
   public let intermediate: Issued
@@ -34,6 +39,25 @@ public final class TestPKI: @unchecked Sendable {
   }
 
   public func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+  /// The JWKS publishing ``issuerKey`` under kid `test-1`.
+  public func jwksJSON(kid: String = "test-1") throws -> String {
+    let jwk = TokenSigningKey.es256(issuerKey).jwk(kid: kid)
+    return String(decoding: try JSONSerialization.data(withJSONObject: ["keys": [jwk]]), as: UTF8.self)
+  }
+
+  /// A token for `client`, bound to its certificate, signed by ``issuerKey``.
+  public func token(
+    for client: Issued, subject: String? = nil, scopes: [String] = [], ttl: TimeInterval = 300,
+    claims extra: [String: Any] = [:], header: [String: Any] = [:]
+  ) throws -> String {
+    let identity = try PeerIdentity(certificate: client.certificate)
+    var claims = TokenMinter.claims(
+      issuer: Self.issuerName, subject: subject ?? identity.spiffeID.description, audience: Self.audience, ttl: ttl,
+      scopes: scopes, certificateThumbprint: identity.thumbprint)
+    claims.merge(extra) { $1 }
+    return try TokenMinter.mint(claims: claims, key: .es256(issuerKey), kid: "test-1", header: header)
+  }
 
   /// Writes `contents` to a file in the PKI directory.
   @discardableResult

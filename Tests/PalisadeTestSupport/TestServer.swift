@@ -15,15 +15,22 @@ public final class TestServer: @unchecked Sendable {
   /// Starts a server with `models` registered; `configure` may adjust the config first.
   public static func start(
     pki: TestPKI? = nil, models: [any ServableModel] = TestServer.defaultModels(),
-    required: [String] = [], configure: (inout ServerConfig) -> Void = { _ in }
+    required: [String] = [], policy: String = TestServer.allowAllPolicy,
+    configure: (inout ServerConfig) -> Void = { _ in }
   ) async throws -> TestServer {
     let pki = try pki ?? TestPKI()
+    try pki.write("jwks.json", pki.jwksJSON())
+    try pki.write("policy.yaml", policy)
     var config = ServerConfig(
       server: .init(
         listen: .init(host: "127.0.0.1", port: 0),
         tls: .init(
           certificateChain: pki.path("server.pem"), privateKey: pki.path("server.key"),
           clientCABundle: pki.path("ca-bundle.pem"))),
+      auth: .init(
+        audience: TestPKI.audience,
+        issuers: [.init(issuer: TestPKI.issuerName, kind: .oauth, jwks: pki.path("jwks.json"))]),
+      policy: .init(file: pki.path("policy.yaml")),
       admin: .init(enabled: true, listen: .init(host: "127.0.0.1", port: 0)))
     config.models.required = required
     config.server.shutdownGraceSeconds = 5
@@ -38,6 +45,15 @@ public final class TestServer: @unchecked Sendable {
     let adminPort = await runtime.admin?.bound.get().port ?? 0
     return TestServer(pki: pki, runtime: runtime, port: port, adminPort: adminPort, task: task)
   }
+
+  /// Every non-admin RPC on every model for any caller in the test trust domain.
+  public static let allowAllPolicy = """
+    version: 1
+    rules:
+      - name: test-callers
+        principals: [{spiffe_prefix: "spiffe://palisade.test"}]
+        rpcs: ["*"]
+    """
 
   public static func defaultModels() -> [any ServableModel] {
     [AddSubModel()] + DataType.allCases.map { IdentityModel(datatype: $0) }

@@ -12,12 +12,85 @@ public struct ServerConfig: Sendable, Equatable {
   public var models: Models
   /// Log output.
   public var logging: Logging
+  /// Token checks.
+  public var auth: Auth
+  /// The authorisation policy file.
+  public var policy: PolicySettings
+  /// How credential and policy files are watched.
+  public var reload: Reload
 
-  public init(server: Server, admin: Admin = .defaults, models: Models = .defaults, logging: Logging = .defaults) {
+  public init(
+    server: Server, auth: Auth, policy: PolicySettings, admin: Admin = .defaults, models: Models = .defaults,
+    logging: Logging = .defaults, reload: Reload = .defaults
+  ) {
     self.server = server
+    self.auth = auth
+    self.policy = policy
     self.admin = admin
     self.models = models
     self.logging = logging
+    self.reload = reload
+  }
+
+  /// Every call except the exempt RPCs must carry `authorization: Bearer <JWT>`; see ``TokenVerifier``.
+  public struct Auth: Sendable, Equatable {
+    public struct Issuer: Sendable, Equatable {
+      public enum Kind: String, Sendable { case oauth, spiffe }
+      /// The token's `iss`.
+      public var issuer: String
+      public var kind: Kind
+      /// JWKS file with this issuer's public keys.
+      public var jwks: String
+      /// SPIFFE issuers: the trust domain of the JWT-SVIDs (tokens without `iss` are matched by it).
+      public var trustDomain: String?
+      /// RFC 8705 binding required (default: yes for oauth, no for spiffe, whose `sub` must equal the
+      /// certificate's SPIFFE ID instead).
+      public var requireCertificateBinding: Bool
+
+      public init(issuer: String, kind: Kind, jwks: String, trustDomain: String? = nil, requireCertificateBinding: Bool? = nil) {
+        self.issuer = issuer
+        self.kind = kind
+        self.jwks = jwks
+        self.trustDomain = trustDomain
+        self.requireCertificateBinding = requireCertificateBinding ?? (kind == .oauth)
+      }
+    }
+    /// This server's audience: tokens must name it in `aud`.
+    public var audience: String
+    public var issuers: [Issuer]
+    /// RPCs that need no token (still mTLS): by default liveness and health.
+    public var exemptRPCs: [String]
+    public var algorithms: [String]
+    public var types: [String]
+    public var leewaySeconds: Int
+    public var maxLifetimeSeconds: Int
+
+    public init(
+      audience: String, issuers: [Issuer], exemptRPCs: [String] = ["ServerLive", "Check", "Watch"],
+      algorithms: [String] = ["ES256", "ES384", "EdDSA"], types: [String] = ["JWT", "at+jwt"], leewaySeconds: Int = 30,
+      maxLifetimeSeconds: Int = 900
+    ) {
+      self.audience = audience
+      self.issuers = issuers
+      self.exemptRPCs = exemptRPCs
+      self.algorithms = algorithms
+      self.types = types
+      self.leewaySeconds = leewaySeconds
+      self.maxLifetimeSeconds = maxLifetimeSeconds
+    }
+  }
+
+  public struct PolicySettings: Sendable, Equatable {
+    /// The policy YAML file (see `palisade policy check`).
+    public var file: String
+    public init(file: String) { self.file = file }
+  }
+
+  public struct Reload: Sendable, Equatable {
+    /// How often the certificate, key, CA bundle, JWKS and policy files are checked for changes (SIGHUP checks at once).
+    public var intervalSeconds: Int
+    public init(intervalSeconds: Int) { self.intervalSeconds = intervalSeconds }
+    public static let defaults = Reload(intervalSeconds: 5)
   }
 
   public struct Server: Sendable, Equatable {
@@ -197,6 +270,48 @@ extension ServerConfig {
       models.required = try m.strings("required") ?? []
       try m.finish()
     }
+    guard let authMap = try root.map("auth") else { throw root.error("auth", "is required") }
+    guard let audience = try authMap.string("audience"), !audience.isEmpty else {
+      throw authMap.error("audience", "is required")
+    }
+    var issuers: [Auth.Issuer] = []
+    for m in try authMap.maps("issuers") ?? [] {
+      guard let iss = try m.string("issuer"), !iss.isEmpty else { throw m.error("issuer", "is required") }
+      let kind = Auth.Issuer.Kind(rawValue: try m.choice("kind", ["oauth", "spiffe"]) ?? "oauth") ?? .oauth
+      guard let jwks = try m.string("jwks"), !jwks.isEmpty else { throw m.error("jwks", "is required") }
+      let trustDomain = try m.string("trust_domain")
+      if kind == .spiffe && trustDomain == nil { throw m.error("trust_domain", "is required for spiffe issuers") }
+      let binding = try m.bool("require_certificate_binding")
+      try m.finish()
+      issuers.append(
+        Auth.Issuer(
+          issuer: iss, kind: kind, jwks: resolve(jwks), trustDomain: trustDomain, requireCertificateBinding: binding))
+    }
+    guard !issuers.isEmpty else { throw authMap.error("issuers", "is required: at least one token issuer") }
+    var auth = Auth(audience: audience, issuers: issuers)
+    if let exempt = try authMap.strings("exempt_rpcs") { auth.exemptRPCs = exempt }
+    if let algs = try authMap.strings("algorithms") {
+      for alg in algs where !["ES256", "ES384", "EdDSA"].contains(alg) {
+        throw authMap.error("algorithms", "'\(alg)' is not allowed (ES256, ES384, EdDSA; none and HS* never)")
+      }
+      auth.algorithms = algs
+    }
+    if let types = try authMap.strings("types") { auth.types = types }
+    auth.leewaySeconds = try authMap.int("leeway_seconds", in: 0...60) ?? auth.leewaySeconds
+    auth.maxLifetimeSeconds = try authMap.int("max_lifetime_seconds", in: 60...86_400) ?? auth.maxLifetimeSeconds
+    try authMap.finish()
+
+    guard let policyMap = try root.map("policy") else { throw root.error("policy", "is required") }
+    guard let policyFile = try policyMap.string("file"), !policyFile.isEmpty else {
+      throw policyMap.error("file", "is required")
+    }
+    try policyMap.finish()
+    var reload = Reload.defaults
+    if let m = try root.map("reload") {
+      reload.intervalSeconds = try m.int("interval_seconds", in: 1...3600) ?? reload.intervalSeconds
+      try m.finish()
+    }
+
     var logging = Logging.defaults
     if let m = try root.map("logging") {
       logging.level =
@@ -209,7 +324,8 @@ extension ServerConfig {
       server: Server(
         listen: listen ?? HostPort(host: "127.0.0.1", port: 8443), tls: tls, limits: limits,
         connection: connection, shutdownGraceSeconds: grace),
-      admin: admin, models: models, logging: logging)
+      auth: auth, policy: PolicySettings(file: resolve(policyFile)), admin: admin, models: models, logging: logging,
+      reload: reload)
     if admin.enabled, admin.listen == config.server.listen, admin.listen.port != 0 {
       throw root.map_error("admin.listen", "must differ from server.listen")
     }

@@ -23,6 +23,8 @@ public final class ServerRuntime: Sendable {
   private let grpcServer: GRPCServer<HTTP2ServerTransport.Custom<MTLSListenerFactory>>
   private let logger: Logger
   private let shutdownTrigger = ShutdownTrigger()
+  /// Watches credential and policy files; `checkNow()` is what SIGHUP does.
+  public let reloader: CredentialReloader
 
   /// Builds the server. Throws errors that name the file or setting at fault.
   public init(config: ServerConfig, repository: ModelRepository? = nil, logger: Logger) throws {
@@ -36,11 +38,23 @@ public final class ServerRuntime: Sendable {
     let roots = try PEMFiles.certificates(at: config.server.tls.clientCABundle)
     let verifier = ClientCertificateVerifier(roots: roots)
     let registry = ConnectionRegistry()
-    let listener = try MTLSListenerFactory(
-      host: config.server.listen.host, port: config.server.listen.port,
+    let certificates = try ServerCertificateStore(
       credentials: ServerCredentials(
-        certificateChainPath: config.server.tls.certificateChain, privateKeyPath: config.server.tls.privateKey),
+        certificateChainPath: config.server.tls.certificateChain, privateKeyPath: config.server.tls.privateKey))
+    let listener = try MTLSListenerFactory(
+      host: config.server.listen.host, port: config.server.listen.port, certificates: certificates,
       verifier: verifier, registry: registry, bound: grpcAddress, logger: logger)
+    let tokens = TokenVerifier(
+      settings: TokenVerifier.Settings(
+        audience: config.auth.audience, algorithms: Set(config.auth.algorithms), types: Set(config.auth.types),
+        leewaySeconds: config.auth.leewaySeconds, maxLifetimeSeconds: config.auth.maxLifetimeSeconds),
+      issuers: try CredentialFiles.issuers(config.auth))
+    let policy = PolicyStore(try CredentialFiles.policy(config.policy.file))
+    let exempt = Set(config.auth.exemptRPCs)
+    let authorizer = Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: exempt)
+    self.reloader = CredentialReloader(
+      config: config, certificates: certificates, verifier: verifier, tokens: tokens, policy: policy, metrics: metrics,
+      logger: logger)
 
     var transportConfig = HTTP2ServerTransport.Custom<MTLSListenerFactory>.Config.defaults
     let c = config.server.connection
@@ -58,12 +72,13 @@ public final class ServerRuntime: Sendable {
     self.grpcServer = GRPCServer(
       transport: HTTP2ServerTransport.Custom(listenerFactory: listener, config: transportConfig),
       services: [
-        InferenceService(repository: repository, statistics: statistics, logger: logger),
+        InferenceService(repository: repository, statistics: statistics, authorizer: authorizer, logger: logger),
         HealthService(state: state),
       ],
       interceptors: [
         CallObserverInterceptor(metrics: metrics, logger: logger),
         CallerIdentityInterceptor(registry: registry, metrics: metrics, logger: logger),
+        TokenAuthenticationInterceptor(verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger),
       ])
     self.admin =
       config.admin.enabled
@@ -77,6 +92,7 @@ public final class ServerRuntime: Sendable {
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
       .init(service: GRPCServerService(server: grpcServer, state: state, logger: logger)),
       .init(service: shutdownTrigger, successTerminationBehavior: .gracefullyShutdownGroup),
+      .init(service: reloader),
     ]
     if let admin { services.append(.init(service: admin)) }
     var groupConfig = ServiceGroupConfiguration(

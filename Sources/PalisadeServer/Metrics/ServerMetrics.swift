@@ -46,6 +46,44 @@ public final class ServerMetrics: Sendable {
     ).increment()
   }
 
+  /// Counts a refused token by reason label.
+  public func recordTokenRefused(reason: String) {
+    counter("token_refusals", "Calls refused because the bearer token is missing or invalid", [("reason", reason)])
+  }
+
+  /// Counts a policy denial.
+  public func recordPolicyDenied(rpc: String) {
+    counter("policy_denials", "Calls the authorisation policy refused", [("rpc", rpc)])
+  }
+
+  /// Counts a rate-limited call.
+  public func recordRateLimited(rpc: String) {
+    counter("rate_limited", "Calls refused by a per-principal rate limit", [("rpc", rpc)])
+  }
+
+  /// Counts a credential or policy reload attempt.
+  public func recordReload(kind: String, success: Bool) {
+    counter(
+      "credential_reloads", "Reloads of certificates, CA bundles, JWKS and policy by kind and result",
+      [("kind", kind), ("result", success ? "success" : "failure")])
+  }
+
+  /// Sets the seconds until the server certificate expires.
+  public func setServerCertificateExpiry(seconds: Double) {
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "server_certificate_expiry", unitName: "seconds",
+        helpText: "Seconds until the server's TLS certificate expires")
+    ).set(to: seconds)
+  }
+
+  private func counter(_ name: String, _ help: String, _ labels: [(String, String)]) {
+    registry.makeCounter(
+      descriptor: MetricNameDescriptor(namespace: "palisade", metricName: name, unitName: "total", helpText: help),
+      labels: labels
+    ).increment()
+  }
+
   /// The exposition text.
   public func render() -> [UInt8] {
     registry.emitToBuffer()

@@ -11,6 +11,8 @@ public struct CallContext: ServerContext.TransportSpecific {
   public let identity: PeerIdentity
   /// A server-assigned id for correlating logs (and, later, audit records).
   public let requestID: String
+  /// The verified token; nil only on RPCs exempt from tokens.
+  public var token: TokenVerifier.Verified?
 }
 
 extension ServerContext {

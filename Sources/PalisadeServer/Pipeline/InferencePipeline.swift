@@ -4,16 +4,18 @@ import PalisadeWire
 
 /// The stages of one inference, in the order of the design brief: resolve, validate, compute, encode.
 ///
-/// Authentication already happened in ``CallerIdentityInterceptor``; authorisation, screening, scheduling,
-/// hardening and audit slot in here as they land, each a small type of its own.
+/// Authentication already happened in ``CallerIdentityInterceptor`` and ``TokenAuthenticationInterceptor``;
+/// screening, scheduling, hardening and audit slot in here as they land, each a small type of its own.
 public struct InferencePipeline: Sendable {
   public let resolver: ModelResolver
   public let validator: InputValidator
   public let executor: ModelExecutor
   public let encoder: ResponseEncoder
   public let statistics: ModelStatisticsStore
+  public let authorizer: Authorizer
 
-  public init(repository: ModelRepository, statistics: ModelStatisticsStore) {
+  public init(repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer) {
+    self.authorizer = authorizer
     self.resolver = ModelResolver(repository: repository)
     self.validator = InputValidator()
     self.executor = ModelExecutor()
@@ -22,10 +24,12 @@ public struct InferencePipeline: Sendable {
   }
 
   /// Runs one `ModelInfer` request for `call`.
-  public func infer(_ request: Inference_ModelInferRequest, call: CallContext) async throws
+  public func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String) async throws
     -> Inference_ModelInferResponse
   {
+    let decision = try authorizer.authorize(call, rpc: rpc, model: request.modelName)
     let model = try resolver.resolve(name: request.modelName, version: request.modelVersion)
+    try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.modelName)
     let descriptor = model.descriptor
     let started = ContinuousClock.now
     do {

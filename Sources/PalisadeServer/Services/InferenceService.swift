@@ -16,41 +16,51 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   let repository: ModelRepository
   let pipeline: InferencePipeline
   let statistics: ModelStatisticsStore
+  let authorizer: Authorizer
   let logger: Logger
 
-  public init(repository: ModelRepository, statistics: ModelStatisticsStore, logger: Logger) {
+  public init(repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, logger: Logger) {
     self.repository = repository
     self.statistics = statistics
-    self.pipeline = InferencePipeline(repository: repository, statistics: statistics)
+    self.authorizer = authorizer
+    self.pipeline = InferencePipeline(repository: repository, statistics: statistics, authorizer: authorizer)
     self.logger = logger
+  }
+
+  /// Authorises an RPC for the call in `context` (stage 3).
+  @discardableResult
+  private func authorize(_ context: ServerContext, model: String? = nil) throws -> CallContext {
+    let call = try context.callContext()
+    try authorizer.authorize(call, rpc: context.descriptor.method, model: model)
+    return call
   }
 
   public func serverLive(request: Inference_ServerLiveRequest, context: ServerContext) async throws
     -> Inference_ServerLiveResponse
   {
-    _ = try context.callContext()
+    try authorize(context)
     return .with { $0.live = true }
   }
 
   public func serverReady(request: Inference_ServerReadyRequest, context: ServerContext) async throws
     -> Inference_ServerReadyResponse
   {
-    _ = try context.callContext()
+    try authorize(context)
     return .with { $0.ready = repository.isServerReady }
   }
 
   public func modelReady(request: Inference_ModelReadyRequest, context: ServerContext) async throws
     -> Inference_ModelReadyResponse
   {
-    _ = try context.callContext()
     guard !request.name.isEmpty else { throw PalisadeError(.invalidArgument, "model name is required") }
+    try authorize(context, model: request.name)
     return .with { $0.ready = repository.isReady(name: request.name, version: request.version) }
   }
 
   public func serverMetadata(request: Inference_ServerMetadataRequest, context: ServerContext) async throws
     -> Inference_ServerMetadataResponse
   {
-    _ = try context.callContext()
+    try authorize(context)
     return .with {
       $0.name = Self.serverName
       $0.version = PalisadeVersion.current
@@ -61,8 +71,10 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func modelMetadata(request: Inference_ModelMetadataRequest, context: ServerContext) async throws
     -> Inference_ModelMetadataResponse
   {
-    _ = try context.callContext()
+    let call = try context.callContext()
+    let decision = try authorizer.authorize(call, rpc: context.descriptor.method, model: request.name)
     let model = try pipeline.resolver.resolve(name: request.name, version: request.version)
+    try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.name)
     let d = model.descriptor
     func spec(_ s: TensorSpec) -> Inference_ModelMetadataResponse.TensorMetadata {
       .with {
@@ -85,7 +97,7 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     -> Inference_ModelInferResponse
   {
     let call = try context.callContext()
-    return try await pipeline.infer(request, call: call)
+    return try await pipeline.infer(request, call: call, rpc: context.descriptor.method)
   }
 
   public func modelStreamInfer(
@@ -97,7 +109,7 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     // Triton semantics: a failed request yields a message with error_message set and the stream goes on.
     for try await message in request {
       do {
-        let result = try await pipeline.infer(message, call: call)
+        let result = try await pipeline.infer(message, call: call, rpc: context.descriptor.method)
         try await response.write(.with { $0.inferResponse = result })
       } catch let error where !(error is CancellationError) {
         let status = StatusMapping.rpcError(for: error, logger: logger)
@@ -114,7 +126,7 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func modelStatistics(request: Inference_ModelStatisticsRequest, context: ServerContext) async throws
     -> Inference_ModelStatisticsResponse
   {
-    _ = try context.callContext()
+    try authorize(context, model: request.name.isEmpty ? nil : request.name)
     let index = repository.index()
     if !request.name.isEmpty, !index.contains(where: { $0.name == request.name }) {
       throw PalisadeError(.notFound, "unknown model '\(request.name.sanitizedForMessage)'")
@@ -125,7 +137,7 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func repositoryIndex(request: Inference_RepositoryIndexRequest, context: ServerContext) async throws
     -> Inference_RepositoryIndexResponse
   {
-    _ = try context.callContext()
+    try authorize(context)
     let entries = repository.index().filter { !request.ready || $0.state == .ready }
     return .with {
       $0.models = entries.map { entry in
@@ -142,18 +154,20 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func repositoryModelLoad(request: Inference_RepositoryModelLoadRequest, context: ServerContext)
     async throws -> Inference_RepositoryModelLoadResponse
   {
-    _ = try context.callContext()
-    // Repository changes are administrative; until an admin rule can grant them, they are refused.
-    throw PalisadeError(
-      .permissionDenied, "repository changes require an admin policy rule, and no policy grants one")
+    try authorize(context, model: request.modelName)
+    // Loading needs a source of verified models; signed bundles (issue 4) provide it.
+    throw PalisadeError(.failedPrecondition, "no signed-bundle source is configured to load '\(request.modelName.sanitizedForMessage)' from")
   }
 
   public func repositoryModelUnload(request: Inference_RepositoryModelUnloadRequest, context: ServerContext)
     async throws -> Inference_RepositoryModelUnloadResponse
   {
-    _ = try context.callContext()
-    throw PalisadeError(
-      .permissionDenied, "repository changes require an admin policy rule, and no policy grants one")
+    try authorize(context, model: request.modelName)
+    guard repository.remove(name: request.modelName) else {
+      throw PalisadeError(.notFound, "unknown model '\(request.modelName.sanitizedForMessage)'")
+    }
+    logger.notice("model unloaded", metadata: ["model": "\(request.modelName)"])
+    return .init()
   }
 }
 

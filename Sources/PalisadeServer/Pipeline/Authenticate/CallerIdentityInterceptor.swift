@@ -32,7 +32,7 @@ public struct CallerIdentityInterceptor: ServerInterceptor {
     switch registry.identity(forHeader: header) {
     case .success(let identity):
       var context = context
-      context.transportSpecific = CallContext(identity: identity, requestID: counter.next())
+      context.transportSpecific = CallContext(identity: identity, requestID: counter.next(), token: nil)
       var request = request
       request.metadata.removeAllValues(forKey: ConnectionRegistry.connectionHeader)
       return try await next(request, context)

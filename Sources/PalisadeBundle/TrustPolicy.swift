@@ -1,0 +1,154 @@
+public import X509
+import SwiftASN1
+
+/// Which signers may publish which models. The first rule whose `modelPattern` matches the model name decides; a name
+/// no rule matches is refused ("no trust rule for model 'x'").
+public struct TrustPolicy: Sendable {
+  /// One rule: a model-name glob and the signers allowed for the names it matches.
+  public struct Rule: Sendable {
+    /// A glob over model names: `*` matches within one `/`-separated segment, `**` across segments, `?` one character.
+    public let modelPattern: String
+    public let signers: [TrustedSigner]
+
+    public init(modelPattern: String, signers: [TrustedSigner]) {
+      self.modelPattern = modelPattern
+      self.signers = signers
+    }
+  }
+
+  public let rules: [Rule]
+
+  public init(rules: [Rule]) {
+    self.rules = rules
+  }
+
+  /// The index of the rule deciding for `modelName`, if any.
+  public func ruleIndex(for modelName: String) -> Int? {
+    rules.firstIndex { Glob.matches(pattern: $0.modelPattern, modelName, separator: "/") }
+  }
+}
+
+/// One allowed signer.
+public enum TrustedSigner: Sendable {
+  /// The key method: a raw ECDSA public key.
+  case publicKey(BundlePublicKey)
+  /// The certificate method: a chain to one of `roots` (self-signed CA certificates) whose leaf satisfies `identity`.
+  case certificate(roots: [Certificate], identity: SignerIdentityRequirement)
+
+  /// Convenience: the key method from a PEM `PUBLIC KEY`.
+  public static func publicKey(pem: String) throws(BundleError) -> TrustedSigner { .publicKey(try BundlePublicKey(pem: pem)) }
+
+  /// Convenience: the certificate method from a PEM file's text holding one or more root certificates. Each must be a
+  /// self-signed CA certificate (anything else could never anchor a chain: partial chains are refused).
+  public static func certificate(rootsPEM: String, identity: SignerIdentityRequirement) throws(BundleError) -> TrustedSigner {
+    let roots: [Certificate]
+    do {
+      roots = try PEMDocument.parseMultiple(pemString: rootsPEM).map { try Certificate(pemDocument: $0) }
+    } catch {
+      throw BundleError(.invalidInput, "trust policy: roots are not PEM certificates")
+    }
+    guard !roots.isEmpty else { throw BundleError(.invalidInput, "trust policy: no root certificate given") }
+    for root in roots {
+      let isCA: Bool
+      if case .isCertificateAuthority = try? root.extensions.basicConstraints { isCA = true } else { isCA = false }
+      guard isCA, root.issuer == root.subject, root.publicKey.isValidSignature(root.signature, for: root) else {
+        throw BundleError(.invalidInput, "trust policy: root \(root.subject) is not a self-signed CA certificate")
+      }
+    }
+    return .certificate(roots: roots, identity: identity)
+  }
+}
+
+/// What the leaf certificate of a certificate-method signature must say about its holder. At least one of the two
+/// patterns is required: a chain to a trusted root alone does not say *who* signed.
+public struct SignerIdentityRequirement: Sendable, Hashable {
+  /// A SAN pattern (glob); DNS patterns use `.` as the segment separator, URI and email patterns `/`.
+  public enum SANPattern: Sendable, Hashable {
+    case dns(String)
+    case uri(String)
+    case email(String)
+  }
+
+  /// A glob the leaf subject's common name must match, if set.
+  public let subjectCommonName: String?
+  /// A glob one of the leaf's SANs of that type must match, if set.
+  public let san: SANPattern?
+
+  /// - Throws: if neither pattern is given.
+  public init(subjectCommonName: String? = nil, san: SANPattern? = nil) throws(BundleError) {
+    guard subjectCommonName != nil || san != nil else {
+      throw BundleError(.invalidInput, "trust policy: a certificate signer needs a subject common-name or SAN pattern")
+    }
+    self.subjectCommonName = subjectCommonName
+    self.san = san
+  }
+
+  /// Nil if `leaf` satisfies the requirement, else why not.
+  func mismatch(_ leaf: Certificate) -> String? {
+    if let pattern = subjectCommonName {
+      let names = leaf.subject.flatMap { $0 }.filter { $0.type == .RDNAttributeType.commonName }.compactMap { String($0.value) }
+      guard names.count == 1, let cn = names.first else {
+        return "leaf certificate must have exactly one subject common name (found \(names.count))"
+      }
+      guard Glob.matches(pattern: pattern, cn, separator: "/") else {
+        return "leaf subject CN '\(cn)' does not match '\(pattern)'"
+      }
+    }
+    if let san {
+      let sans: SubjectAlternativeNames?
+      do {
+        sans = try leaf.extensions.subjectAlternativeNames
+      } catch {
+        return "leaf certificate has a malformed SAN extension"
+      }
+      let all = Array(sans ?? SubjectAlternativeNames([]))
+      let (values, pattern, separator, label): ([String], String, Character, String) =
+        switch san {
+        case .dns(let p): (all.compactMap { if case .dnsName(let v) = $0 { v } else { nil } }, p, ".", "DNS")
+        case .uri(let p): (all.compactMap { if case .uniformResourceIdentifier(let v) = $0 { v } else { nil } }, p, "/", "URI")
+        case .email(let p): (all.compactMap { if case .rfc822Name(let v) = $0 { v } else { nil } }, p, "/", "email")
+        }
+      guard values.contains(where: { Glob.matches(pattern: pattern, $0, separator: separator) }) else {
+        return "no \(label) SAN of the leaf certificate matches '\(pattern)'"
+      }
+    }
+    return nil
+  }
+}
+
+/// Minimal glob: `*` = any run of characters except the separator, `**` = any run, `?` = one non-separator character.
+/// Everything else is literal, compared by Unicode scalar (not canonical equivalence).
+enum Glob {
+  static func matches(pattern: String, _ text: String, separator: Character) -> Bool {
+    let p = Array(pattern.unicodeScalars)
+    let t = Array(text.unicodeScalars)
+    guard let sep = separator.unicodeScalars.first else { return false }
+    // Memoised recursion over (pattern index, text index); sizes are tiny.
+    var memo = [Int: Bool]()
+    func go(_ i: Int, _ j: Int) -> Bool {
+      let key = i * (t.count + 1) + j
+      if let v = memo[key] { return v }
+      let result: Bool
+      if i == p.count {
+        result = j == t.count
+      } else if p[i] == "*" {
+        let double = i + 1 < p.count && p[i + 1] == "*"
+        let next = double ? i + 2 : i + 1
+        var k = j
+        var found = go(next, k)
+        while !found && k < t.count && (double || t[k] != sep) {
+          k += 1
+          found = go(next, k)
+        }
+        result = found
+      } else if j < t.count && ((p[i] == "?" && t[j] != sep) || p[i] == t[j]) {
+        result = go(i + 1, j + 1)
+      } else {
+        result = false
+      }
+      memo[key] = result
+      return result
+    }
+    return go(0, 0)
+  }
+}

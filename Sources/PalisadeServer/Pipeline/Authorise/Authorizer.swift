@@ -1,0 +1,68 @@
+public import Logging
+public import PalisadeCore
+public import PalisadePolicy
+import Synchronization
+
+/// The policy in force, replaceable at runtime by the reloader.
+public final class PolicyStore: Sendable {
+  private let current: Mutex<Policy>
+  public init(_ policy: Policy) { current = Mutex(policy) }
+  public var policy: Policy { current.withLock { $0 } }
+  public func replace(_ policy: Policy) { current.withLock { $0 = policy } }
+}
+
+/// Pipeline stage 3: the policy decides principal × RPC × model; quarantined principals are refused; an allowing
+/// rule's rate limit is enforced per principal. PERMISSION_DENIED for policy, RESOURCE_EXHAUSTED with a retry
+/// hint for rate limits.
+public struct Authorizer: Sendable {
+  let store: PolicyStore
+  let limiter: RateLimiter
+  let metrics: ServerMetrics
+  let logger: Logger
+  let exempt: Set<String>
+
+  public init(store: PolicyStore, metrics: ServerMetrics, logger: Logger, exemptRPCs: Set<String>) {
+    self.store = store
+    self.limiter = RateLimiter()
+    self.metrics = metrics
+    self.logger = logger
+    self.exempt = exemptRPCs
+  }
+
+  /// Authorises `rpc` on `model` (nil for model-less RPCs) for `call`. Returns the decision, whose version
+  /// constraint the caller checks with ``checkVersion(_:version:model:)`` once the model is resolved.
+  @discardableResult
+  public func authorize(_ call: CallContext, rpc: String, model: String?) throws(PalisadeError) -> Policy.Decision? {
+    if exempt.contains(rpc) { return nil }
+    let facts = Policy.CallFacts(
+      spiffeID: call.identity.spiffeID, subject: call.token?.subject, scopes: call.token?.scopes ?? [], rpc: rpc,
+      model: model)
+    let decision = store.policy.decide(facts)
+    guard decision.allowed else {
+      metrics.recordPolicyDenied(rpc: rpc)
+      logger.notice(
+        "policy denied",
+        metadata: [
+          "rpc": "\(rpc)", "principal": "\(call.identity)", "model": "\(model ?? "")", "request_id": "\(call.requestID)",
+          "reason": "\(decision.reason)",
+        ])
+      throw PalisadeError(.permissionDenied, "the policy does not allow \(rpc)\(model.map { " on model '\($0.sanitizedForMessage)'" } ?? "")")
+    }
+    if let limit = decision.rateLimit, let rule = decision.rule,
+      let wait = limiter.acquire("\(rule)\u{0}\(call.identity.spiffeID)", limit: limit)
+    {
+      metrics.recordRateLimited(rpc: rpc)
+      let seconds = (wait * 1000).rounded(.up) / 1000
+      throw PalisadeError(.resourceExhausted, "rate limit exceeded; retry after \(seconds)s")
+    }
+    return decision
+  }
+
+  /// Refuses a resolved version outside the deciding rule's constraint.
+  public func checkVersion(_ decision: Policy.Decision?, version: String, model: String) throws(PalisadeError) {
+    guard let constraint = decision?.versions, !constraint.allows(version) else { return }
+    throw PalisadeError(
+      .permissionDenied,
+      "the policy does not allow version \(version.sanitizedForMessage) of model '\(model.sanitizedForMessage)'")
+  }
+}
