@@ -7,6 +7,15 @@ let strict: [SwiftSetting] = [
   .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+// The kernels are compiled for x86-64-v3 (AVX2, FMA, BMI2); Swift's -target-cpu takes LLVM CPU names, and
+// haswell is that level. An older CPU is refused at start by PalisadeCPUCheck (built without these flags).
+// The check tests the build machine, so cross-compiling from x86-64 to arm64 needs this removed.
+#if arch(x86_64)
+let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+#else
+let kernelFlags: [SwiftSetting] = []
+#endif
+
 let package = Package(
   name: "Palisade",
   platforms: [.macOS(.v15)],
@@ -61,6 +70,23 @@ let package = Package(
     .target(
       name: "PalisadePolicy",
       dependencies: ["PalisadeIdentity", "PalisadeYAML", .product(name: "Crypto", package: "swift-crypto")],
+      swiftSettings: strict
+    ),
+    // SIMD compute kernels and the worker pool. Standard library only.
+    .target(name: "PalisadeKernels", swiftSettings: strict + kernelFlags),
+    // CPU feature check, deliberately built without the kernel flags so that it runs on the CPUs it refuses.
+    .target(name: "PalisadeCPUCheck", swiftSettings: strict),
+    // libzstd, for packed bundles.
+    .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+    // Signed model bundles: OMS signatures, trust policy, manifest, rollback state, .tar.zst packing.
+    .target(
+      name: "PalisadeBundle",
+      dependencies: [
+        "CZstd",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ],
       swiftSettings: strict
     ),
     // The mTLS listener: TLS 1.3 only, client certificates verified, identity bound once per connection.
@@ -163,7 +189,22 @@ let package = Package(
       ],
       path: "Benchmarks/ServingBench"
     ),
+    .executableTarget(
+      name: "kernel-bench", dependencies: ["PalisadeKernels", "PalisadeCPUCheck"], path: "Benchmarks/kernels/KernelBench",
+      swiftSettings: strict + kernelFlags),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
+    .testTarget(
+      name: "PalisadeKernelsTests", dependencies: ["PalisadeKernels", "PalisadeCPUCheck"], swiftSettings: strict),
+    .testTarget(
+      name: "PalisadeBundleTests",
+      dependencies: [
+        "PalisadeBundle", "CZstd",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ]
+    ),
+    .testTarget(name: "PalisadePolicyTests", dependencies: ["PalisadePolicy", "PalisadeIdentity", "PalisadeYAML"]),
     .testTarget(name: "PalisadeWireTests", dependencies: ["PalisadeWire", "PalisadeCore", "PalisadeProto"]),
     .testTarget(
       name: "PalisadeIdentityTests",
