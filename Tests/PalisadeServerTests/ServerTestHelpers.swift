@@ -15,7 +15,7 @@ func withClient<R: Sendable>(
 ) async throws -> R {
   try await withInferenceClient(
     host: "127.0.0.1", port: server.port,
-    tls: ClientTLSFiles(certificate: cert, privateKey: key, serverCA: server.pki.path("ca-bundle.pem")), token: token,
+    tls: ClientTLSFiles(certificate: cert, privateKey: key, serverCA: server.pki.path("server-ca.pem")), token: token,
     body)
 }
 

@@ -30,7 +30,10 @@ public final class TestPKI: @unchecked Sendable {
     root = try Self.makeCA(name: "Test Root", issuer: nil)
     intermediate = try Self.makeCA(name: "Test Intermediate", issuer: root)
     rogueRoot = try Self.makeCA(name: "Rogue Root", issuer: nil)
+    // The server's client-CA bundle, and (separately, so that tests can rotate one without the other) the CA
+    // clients use to verify the server.
     try write("ca-bundle.pem", Self.pem(root.certificate))
+    try write("server-ca.pem", Self.pem(root.certificate))
     let server = try issue(
       commonName: "localhost", issuer: intermediate, sans: [.dnsName("localhost"), .ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1]))],
       usage: .serverAuth)
@@ -113,7 +116,7 @@ public final class TestPKI: @unchecked Sendable {
     return (cert, key, issued)
   }
 
-  static func makeCA(name: String, issuer: Issued?) throws -> Issued {
+  public static func makeCA(name: String, issuer: Issued?) throws -> Issued {
     let key = P256.Signing.PrivateKey()
     let subject = try DistinguishedName { CommonName(name) }
     let certificate = try Certificate(
