@@ -1,0 +1,83 @@
+import Foundation
+import PalisadeTestSupport
+import Testing
+
+/// `palisade policy` and `palisade token`, as operators run them.
+@Suite struct CLITests {
+  var bin: String { ProcessTests.binary }
+
+  @Test func policyCheckAcceptsTheExampleAndNamesErrorLines() async throws {
+    let ok = try await ProcessTests.run(bin, ["policy", "check", "\(repositoryRoot)/deploy/policy.example.yaml"])
+    #expect(ok.status == 0, "\(ok.stderr)")
+    #expect(ok.stdout.contains("policy OK"))
+    let local = try await ProcessTests.run(bin, ["policy", "check", "\(repositoryRoot)/deploy/local/policy.yaml"])
+    #expect(local.status == 0, "\(local.stderr)")
+    let pki = try TestPKI()
+    let bad = try pki.write("bad.yaml", "version: 1\nrules:\n  - name: r\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: [ModelInfr]\n")
+    let r = try await ProcessTests.run(bin, ["policy", "check", bad])
+    #expect(r.status == 1)
+    #expect(r.stderr.contains("bad.yaml:5") && r.stderr.contains("ModelInfr"), "\(r.stderr)")
+  }
+
+  @Test func policyTestReportsEachCaseAndFailsOnMismatch() async throws {
+    let pki = try TestPKI()
+    let policy = "\(repositoryRoot)/deploy/policy.example.yaml"
+    let good = try pki.write(
+      "cases.yaml",
+      """
+      cases:
+        - {principal: "spiffe://palisade.dev/ns/demo/sa/client-a", rpc: ModelInfer, model: digits, expect: allow, rule: demo-callers}
+        - {principal: "spiffe://palisade.dev/ns/demo/sa/client-b", rpc: ModelInfer, model: digits, expect: deny, rule: client-b-no-infer}
+        - {principal: "spiffe://palisade.dev/ns/demo/sa/client-a", rpc: RepositoryModelLoad, model: digits, expect: deny}
+        - {principal: "spiffe://palisade.dev/ns/ops/sa/operator", rpc: RepositoryModelLoad, model: digits, expect: allow}
+        - {principal: "spiffe://elsewhere/x", scopes: ["inference:demo"], rpc: ModelMetadata, model: demo/a/b, expect: allow}
+      """)
+    let r = try await ProcessTests.run(bin, ["policy", "test", policy, good])
+    #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+    #expect(r.stdout.contains("5 passed, 0 failed"))
+    let wrong = try pki.write(
+      "wrong.yaml", "cases:\n  - {principal: \"spiffe://palisade.dev/ns/demo/sa/client-b\", rpc: ModelInfer, model: digits, expect: allow}\n")
+    let w = try await ProcessTests.run(bin, ["policy", "test", policy, wrong])
+    #expect(w.status == 1)
+    #expect(w.stdout.contains("FAIL") && w.stdout.contains("0 passed, 1 failed"), "\(w.stdout)")
+  }
+
+  @Test func policyExplainNamesTheDecidingRule() async throws {
+    let r = try await ProcessTests.run(
+      bin,
+      ["policy", "explain", "\(repositoryRoot)/deploy/policy.example.yaml", "--principal",
+       "spiffe://palisade.dev/ns/demo/sa/client-b", "--rpc", "ModelInfer", "--model", "digits"])
+    #expect(r.status == 0)
+    #expect(r.stdout.contains("DENY") && r.stdout.contains("client-b-no-infer"), "\(r.stdout)")
+  }
+
+  @Test func mintedTokensWorkAgainstAServerTrustingTheirJWKS() async throws {
+    let pki = try TestPKI()
+    let key = pki.path("issuer.key")
+    let gen = try await ProcessTests.run("/usr/bin/openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key])
+    #expect(gen.status == 0)
+    let jwks = try await ProcessTests.run(bin, ["token", "jwks", "--key", key, "--kid", "cli-1"])
+    #expect(jwks.status == 0, "\(jwks.stderr)")
+    let jwksPath = try pki.write("cli-jwks.json", jwks.stdout)
+    let server = try await TestServer.start(pki: pki) {
+      $0.auth.issuers = [.init(issuer: "https://cli.issuer", kind: .oauth, jwks: jwksPath)]
+    }
+    let client = try pki.client("cli", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/cli")])
+    let mint = try await ProcessTests.run(
+      bin,
+      ["token", "mint", "--key", key, "--kid", "cli-1", "--issuer", "https://cli.issuer", "--aud", TestPKI.audience,
+       "--bind-cert", client.cert, "--scope", "a", "--scope", "b", "--ttl", "120"])
+    #expect(mint.status == 0, "\(mint.stderr)")
+    let token = mint.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    let inspect = try await ProcessTests.run(bin, ["token", "inspect", token])
+    #expect(inspect.stdout.contains("x5t#S256") && inspect.stdout.contains("spiffe:\\/\\/palisade.test\\/sa\\/cli"), "\(inspect.stdout)")
+    #expect(inspect.stdout.contains("\"verified\" : false"))
+    let call = try await ProcessTests.run(
+      bin,
+      ["call", "metadata", "--target", "127.0.0.1:\(server.port)", "--cert", client.cert, "--key", client.key, "--ca",
+       pki.path("server-ca.pem"), "--token", token])
+    #expect(call.status == 0, "\(call.stderr)")
+    #expect(call.stdout.contains("palisade"))
+    try await server.stop()
+  }
+}
