@@ -84,4 +84,4 @@ printf '{"keys":[{"kty":"EC","crv":"P-256","kid":"dev-1","alg":"ES256","use":"si
 cp root-ca.pem ca-bundle.pem
 chmod 644 ./*.pem issuer-jwks.json
 rm -f ./*.srl
-echo "dev PKI in $out (valid $days days): $(ls "$out" | tr '\n' ' ')"
+echo "dev PKI in $out (valid $days days): $(ls . | tr '\n' ' ')"
