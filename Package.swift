@@ -111,7 +111,7 @@ let package = Package(
       name: "PalisadeServer",
       dependencies: [
         "PalisadeProto", "PalisadeCore", "PalisadeWire", "PalisadeIdentity", "PalisadeTransport", "PalisadeYAML",
-        "PalisadePolicy",
+        "PalisadePolicy", "PalisadeBundle",
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -168,7 +168,7 @@ let package = Package(
     .target(
       name: "PalisadeTestSupport",
       dependencies: [
-        "PalisadeCore", "PalisadeServer", "PalisadeIdentity",
+        "PalisadeCore", "PalisadeServer", "PalisadeIdentity", "PalisadeBundle",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "SwiftASN1", package: "swift-asn1"),

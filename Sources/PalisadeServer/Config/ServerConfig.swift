@@ -180,9 +180,48 @@ public struct ServerConfig: Sendable, Equatable {
   }
 
   public struct Models: Sendable, Equatable {
+    /// Who may sign bundles for which model names: the first rule whose pattern matches decides.
+    public struct TrustRule: Sendable, Equatable {
+      /// Model-name glob (`*` within a path segment, `**` across).
+      public var models: String
+      /// PEM public keys (the model_signing "key" method).
+      public var publicKeys: [String]
+      /// PEM CA roots for the "certificate" method; the leaf must also match `signerSubject` / `signerSAN`.
+      public var certificateRoots: [String]
+      /// Glob on the signing certificate's subject common name.
+      public var signerSubject: String?
+      /// `dns:GLOB`, `uri:GLOB` or `email:GLOB` on the signing certificate's SANs.
+      public var signerSAN: String?
+      public init(
+        models: String, publicKeys: [String] = [], certificateRoots: [String] = [], signerSubject: String? = nil,
+        signerSAN: String? = nil
+      ) {
+        self.models = models
+        self.publicKeys = publicKeys
+        self.certificateRoots = certificateRoots
+        self.signerSubject = signerSubject
+        self.signerSAN = signerSAN
+      }
+    }
     /// Names that must have a ready version before `/readyz` and `ServerReady` report ready.
     public var required: [String]
-    public init(required: [String]) { self.required = required }
+    /// Directories holding signed bundles as `<name>/<version>/` or `<name>/<version>.tar.zst`.
+    public var directories: [String]
+    public var trust: [TrustRule]
+    /// Highest accepted version per model (rollback protection), written atomically.
+    public var stateFile: String?
+    /// Where packed bundles are unpacked (a private 0700 directory is made inside).
+    public var unpackDirectory: String?
+    public init(
+      required: [String], directories: [String] = [], trust: [TrustRule] = [], stateFile: String? = nil,
+      unpackDirectory: String? = nil
+    ) {
+      self.required = required
+      self.directories = directories
+      self.trust = trust
+      self.stateFile = stateFile
+      self.unpackDirectory = unpackDirectory
+    }
     public static let defaults = Models(required: [])
   }
 
@@ -268,6 +307,32 @@ extension ServerConfig {
     var models = Models.defaults
     if let m = try root.map("models") {
       models.required = try m.strings("required") ?? []
+      models.directories = (try m.strings("directories") ?? []).map(resolve)
+      models.stateFile = try m.string("state_file").map(resolve)
+      models.unpackDirectory = try m.string("unpack_directory").map(resolve)
+      for t in try m.maps("trust") ?? [] {
+        guard let pattern = try t.string("models"), !pattern.isEmpty else { throw t.error("models", "is required") }
+        var rule = Models.TrustRule(models: pattern)
+        rule.publicKeys = (try t.strings("public_keys") ?? []).map(resolve)
+        rule.certificateRoots = (try t.strings("certificate_roots") ?? []).map(resolve)
+        rule.signerSubject = try t.string("signer_subject")
+        rule.signerSAN = try t.string("signer_san")
+        if let san = rule.signerSAN, !["dns:", "uri:", "email:"].contains(where: { san.hasPrefix($0) }) {
+          throw t.error("signer_san", "must start with dns:, uri: or email:")
+        }
+        if rule.publicKeys.isEmpty && rule.certificateRoots.isEmpty {
+          throw t.error(nil, "needs public_keys or certificate_roots")
+        }
+        if !rule.certificateRoots.isEmpty && rule.signerSubject == nil && rule.signerSAN == nil {
+          throw t.error("certificate_roots", "needs signer_subject or signer_san: a CA alone does not say who may sign")
+        }
+        try t.finish()
+        models.trust.append(rule)
+      }
+      if !models.directories.isEmpty {
+        if models.trust.isEmpty { throw m.error("trust", "is required when directories are set") }
+        if models.stateFile == nil { throw m.error("state_file", "is required when directories are set") }
+      }
       try m.finish()
     }
     guard let authMap = try root.map("auth") else { throw root.error("auth", "is required") }

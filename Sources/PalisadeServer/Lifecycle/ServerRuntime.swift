@@ -7,6 +7,7 @@ public import PalisadeCore
 import PalisadeIdentity
 public import PalisadeTransport
 import ServiceLifecycle
+public import PalisadeBundle
 
 /// The assembled server: the gRPC listener with its interceptors and services, and the admin endpoint, run under
 /// swift-service-lifecycle. SIGTERM or SIGINT starts a graceful shutdown: health turns NOT_SERVING, the listener
@@ -26,8 +27,14 @@ public final class ServerRuntime: Sendable {
   /// Watches credential and policy files; `checkNow()` is what SIGHUP does.
   public let reloader: CredentialReloader
 
-  /// Builds the server. Throws errors that name the file or setting at fault.
-  public init(config: ServerConfig, repository: ModelRepository? = nil, logger: Logger) throws {
+  /// Loads signed bundles, when `models.directories` is configured.
+  public let bundles: BundleLoader?
+
+  /// Builds the server. Throws errors that name the file or setting at fault. `runtimes` turn verified model
+  /// files into servable models.
+  public init(
+    config: ServerConfig, repository: ModelRepository? = nil, runtimes: [any ModelRuntime] = [], logger: Logger
+  ) throws {
     self.config = config
     self.logger = logger
     let repository = repository ?? ModelRepository(required: Set(config.models.required))
@@ -68,11 +75,23 @@ public final class ServerRuntime: Sendable {
     transportConfig.channelDebuggingCallbacks.onAcceptHTTP2Stream = MTLSListenerFactory.streamInitializer(
       maxMessageBytes: config.server.limits.maxMessageBytes)
 
+    if config.models.directories.isEmpty {
+      self.bundles = nil
+    } else {
+      let unpack = config.models.unpackDirectory ?? FileManager.default.temporaryDirectory.path
+      self.bundles = try BundleLoader(
+        settings: .init(
+          directories: config.models.directories, trust: try Self.trustPolicy(config.models.trust),
+          stateFile: config.models.stateFile ?? "accepted-versions.json",
+          unpackDirectory: try Self.privateDirectory(in: unpack)),
+        runtimes: runtimes, repository: repository, logger: logger)
+    }
     let statistics = ModelStatisticsStore()
     self.grpcServer = GRPCServer(
       transport: HTTP2ServerTransport.Custom(listenerFactory: listener, config: transportConfig),
       services: [
-        InferenceService(repository: repository, statistics: statistics, authorizer: authorizer, logger: logger),
+        InferenceService(
+          repository: repository, statistics: statistics, authorizer: authorizer, bundles: bundles, logger: logger),
         HealthService(state: state),
       ],
       interceptors: [
@@ -100,6 +119,9 @@ public final class ServerRuntime: Sendable {
     groupConfig.maximumGracefulShutdownDuration = .seconds(config.server.shutdownGraceSeconds)
     groupConfig.maximumCancellationDuration = .seconds(5)
     let group = ServiceGroup(configuration: groupConfig)
+    // Bundles load while the listener starts: /readyz and ServerReady say when they are in.
+    let loadModels = Task { [bundles] in await bundles?.loadAll() }
+    defer { loadModels.cancel() }
     let announce = Task { [grpcAddress, logger] in
       let address = await grpcAddress.get()
       logger.info(
@@ -116,6 +138,53 @@ public final class ServerRuntime: Sendable {
       logger.warning("shutdown grace period exceeded; remaining calls cancelled", metadata: ["error": "\(error)"])
     }
     logger.info("palisade stopped")
+  }
+
+  /// The bundle trust policy from the configuration's trust rules; errors name the key file.
+  static func trustPolicy(_ rules: [ServerConfig.Models.TrustRule]) throws -> TrustPolicy {
+    try TrustPolicy(
+      rules: rules.map { rule in
+        var signers: [TrustedSigner] = []
+        for path in rule.publicKeys {
+          let pem: String
+          do { pem = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw PEMFileError(path: path, reason: "cannot be read")
+          }
+          do { signers.append(try TrustedSigner.publicKey(pem: pem)) } catch {
+            throw PEMFileError(path: path, reason: "\(error)")
+          }
+        }
+        if !rule.certificateRoots.isEmpty {
+          let san: SignerIdentityRequirement.SANPattern? = rule.signerSAN.map { s in
+            if s.hasPrefix("dns:") { return .dns(String(s.dropFirst(4))) }
+            if s.hasPrefix("uri:") { return .uri(String(s.dropFirst(4))) }
+            return .email(String(s.drop { $0 != ":" }.dropFirst()))
+          }
+          let identity = try SignerIdentityRequirement(subjectCommonName: rule.signerSubject, san: san)
+          var pems = ""
+          for path in rule.certificateRoots {
+            do { pems += try String(contentsOfFile: path, encoding: .utf8) + "\n" } catch {
+              throw PEMFileError(path: path, reason: "cannot be read")
+            }
+          }
+          do { signers.append(try TrustedSigner.certificate(rootsPEM: pems, identity: identity)) } catch {
+            throw PEMFileError(path: rule.certificateRoots.joined(separator: ", "), reason: "\(error)")
+          }
+        }
+        return TrustPolicy.Rule(modelPattern: rule.models, signers: signers)
+      })
+  }
+
+  /// A fresh 0700 directory inside `parent` for unpacked bundles.
+  static func privateDirectory(in parent: String) throws -> String {
+    let path = "\(parent)/palisade-unpack-\(UUID().uuidString)"
+    do {
+      try FileManager.default.createDirectory(
+        atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    } catch {
+      throw PEMFileError(path: parent, reason: "cannot hold the private unpack directory (\(error))")
+    }
+    return path
   }
 
   /// Starts a graceful shutdown, as SIGTERM does.

@@ -17,9 +17,14 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   let pipeline: InferencePipeline
   let statistics: ModelStatisticsStore
   let authorizer: Authorizer
+  let bundles: BundleLoader?
   let logger: Logger
 
-  public init(repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, logger: Logger) {
+  public init(
+    repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, bundles: BundleLoader?,
+    logger: Logger
+  ) {
+    self.bundles = bundles
     self.repository = repository
     self.statistics = statistics
     self.authorizer = authorizer
@@ -154,19 +159,23 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func repositoryModelLoad(request: Inference_RepositoryModelLoadRequest, context: ServerContext)
     async throws -> Inference_RepositoryModelLoadResponse
   {
-    try authorize(context, model: request.modelName)
-    // Loading needs a source of verified models; signed bundles (issue 4) provide it.
-    throw PalisadeError(.failedPrecondition, "no signed-bundle source is configured to load '\(request.modelName.sanitizedForMessage)' from")
+    let call = try authorize(context, model: request.modelName)
+    guard let bundles else {
+      throw PalisadeError(.failedPrecondition, "no model directories are configured (models.directories)")
+    }
+    logger.notice("model load requested", metadata: ["model": "\(request.modelName)", "principal": "\(call.identity)"])
+    try await bundles.load(name: request.modelName)
+    return .init()
   }
 
   public func repositoryModelUnload(request: Inference_RepositoryModelUnloadRequest, context: ServerContext)
     async throws -> Inference_RepositoryModelUnloadResponse
   {
-    try authorize(context, model: request.modelName)
+    let call = try authorize(context, model: request.modelName)
     guard repository.remove(name: request.modelName) else {
       throw PalisadeError(.notFound, "unknown model '\(request.modelName.sanitizedForMessage)'")
     }
-    logger.notice("model unloaded", metadata: ["model": "\(request.modelName)"])
+    logger.notice("model unloaded", metadata: ["model": "\(request.modelName)", "principal": "\(call.identity)"])
     return .init()
   }
 }

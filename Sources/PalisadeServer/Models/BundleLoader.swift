@@ -1,0 +1,192 @@
+public import Foundation
+public import Logging
+public import PalisadeBundle
+public import PalisadeCore
+import Synchronization
+
+/// Loads signed bundles into the ``ModelRepository``: verify (signature, every file digest, trust rule for the
+/// model name), check the manifest (name, version, expiry, rollback), load with the runtime for the model file,
+/// warm up, then take traffic and retire older versions. Nothing of a bundle is parsed before it verified.
+///
+/// Layout, one directory per model name and one per version (as in Triton's model repository):
+/// `<dir>/<name>/<version>/` holding the bundle files and `model.sig`, or `<dir>/<name>/<version>.tar.zst`.
+public final class BundleLoader: Sendable {
+  public struct Settings: Sendable {
+    public var directories: [String]
+    public var trust: TrustPolicy
+    public var stateFile: String
+    public var unpackDirectory: String
+    public var unpackLimits: UnpackLimits
+    public init(
+      directories: [String], trust: TrustPolicy, stateFile: String, unpackDirectory: String,
+      unpackLimits: UnpackLimits = UnpackLimits()
+    ) {
+      self.directories = directories
+      self.trust = trust
+      self.stateFile = stateFile
+      self.unpackDirectory = unpackDirectory
+      self.unpackLimits = unpackLimits
+    }
+  }
+
+  /// One bundle found on disk.
+  public struct Candidate: Sendable, Equatable {
+    public var name: String
+    public var version: Int
+    public var path: String
+    public var packed: Bool
+  }
+
+  let settings: Settings
+  let runtimes: [any ModelRuntime]
+  let repository: ModelRepository
+  let accepted: AcceptedVersions
+  let logger: Logger
+  private let loading = Mutex<Set<String>>([])
+
+  public init(settings: Settings, runtimes: [any ModelRuntime], repository: ModelRepository, logger: Logger) throws {
+    self.settings = settings
+    self.runtimes = runtimes
+    self.repository = repository
+    self.logger = logger
+    do {
+      try FileManager.default.createDirectory(
+        atPath: URL(fileURLWithPath: settings.stateFile).deletingLastPathComponent().path,
+        withIntermediateDirectories: true)
+    } catch {
+      throw PalisadeError(.failedPrecondition, "cannot create the directory of models.state_file \(settings.stateFile)")
+    }
+    self.accepted = try AcceptedVersions(path: settings.stateFile)
+  }
+
+  /// Every bundle under the configured directories.
+  public func discover() -> [Candidate] {
+    var out: [Candidate] = []
+    let fm = FileManager.default
+    for dir in settings.directories {
+      for name in ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).sorted() where !name.hasPrefix(".") {
+        let modelDir = "\(dir)/\(name)"
+        for entry in (try? fm.contentsOfDirectory(atPath: modelDir)) ?? [] {
+          if let v = Int(entry), v > 0 {
+            out.append(Candidate(name: name, version: v, path: "\(modelDir)/\(entry)", packed: false))
+          } else if entry.hasSuffix(".tar.zst"), let v = Int(entry.dropLast(8)), v > 0 {
+            out.append(Candidate(name: name, version: v, path: "\(modelDir)/\(entry)", packed: true))
+          }
+        }
+      }
+    }
+    return out.sorted { ($0.name, $0.version) < ($1.name, $1.version) }
+  }
+
+  /// Loads the newest bundle of every model; a bad bundle is reported (and shown in RepositoryIndex) and skipped.
+  public func loadAll() async {
+    let newest = Dictionary(grouping: discover(), by: \.name).compactMap { $0.value.max { $0.version < $1.version } }
+    for candidate in newest.sorted(by: { $0.name < $1.name }) {
+      do { try await load(candidate) } catch {
+        logger.error(
+          "bundle refused", metadata: ["model": "\(candidate.name)", "version": "\(candidate.version)", "reason": "\(error.message)"])
+      }
+    }
+  }
+
+  /// Loads the newest bundle for `name` (RepositoryModelLoad).
+  public func load(name: String) async throws(PalisadeError) {
+    guard let candidate = discover().filter({ $0.name == name }).max(by: { $0.version < $1.version }) else {
+      throw PalisadeError(.notFound, "no bundle for model '\(name.sanitizedForMessage)' in the model directories")
+    }
+    try await load(candidate)
+  }
+
+  /// Verifies, loads, warms and installs one bundle, then retires older versions of the model.
+  public func load(_ candidate: Candidate) async throws(PalisadeError) {
+    let name = candidate.name
+    let version = String(candidate.version)
+    guard loading.withLock({ $0.insert(name).inserted }) else {
+      throw PalisadeError(.unavailable, "model '\(name.sanitizedForMessage)' is already being loaded")
+    }
+    defer { _ = loading.withLock { $0.remove(name) } }
+    let wasReady = repository.isReady(name: name, version: version)
+    if !wasReady { repository.setState(name: name, version: version, .loading) }
+    do {
+      let model = try await verifyAndBuild(candidate)
+      repository.register(model)
+      for old in repository.versions(of: name) where old != version {
+        repository.remove(name: name, version: old)  // in-flight calls hold their model and finish on it
+      }
+      logger.notice(
+        "model loaded",
+        metadata: ["model": "\(name)", "version": "\(version)", "signer": "\(model.descriptor.properties["signer"] ?? "")"])
+    } catch let error as PalisadeError {
+      if !wasReady { repository.setState(name: name, version: version, .unavailable, reason: error.message) }
+      throw error
+    } catch {
+      let e = PalisadeError(.internal, "loading failed", detail: "\(error)")
+      if !wasReady { repository.setState(name: name, version: version, .unavailable, reason: e.message) }
+      throw e
+    }
+  }
+
+  private func verifyAndBuild(_ candidate: Candidate) async throws -> any ServableModel {
+    func refuse(_ error: BundleError) -> PalisadeError {
+      PalisadeError(.failedPrecondition, "bundle \(candidate.name)/\(candidate.version) refused: \(error.reason)")
+    }
+    var directory = candidate.path
+    var unpacked: String?
+    if candidate.packed {
+      let target = "\(settings.unpackDirectory)/\(candidate.name)-\(candidate.version)-\(UUID().uuidString)"
+      do { directory = try BundleUnpacker.unpack(archive: candidate.path, into: target, limits: settings.unpackLimits).directory } catch {
+        throw refuse(error)
+      }
+      unpacked = directory
+    }
+    defer { if let unpacked { try? FileManager.default.removeItem(atPath: unpacked) } }
+    let verified: VerifiedBundle
+    let manifest: BundleManifest
+    do throws(BundleError) {
+      verified = try await BundleVerifier.verify(directory: directory, trust: settings.trust, modelName: candidate.name, now: Date())
+      manifest = try verified.manifest(now: Date())
+      guard manifest.version == candidate.version else {
+        throw BundleError(.invalidManifest, "manifest version \(manifest.version) differs from the directory's \(candidate.version)")
+      }
+      try accepted.check(name: candidate.name, version: manifest.version)
+    } catch {
+      throw refuse(error)
+    }
+    let ext = URL(fileURLWithPath: manifest.modelFile).pathExtension.lowercased()
+    guard let runtime = runtimes.first(where: { $0.fileExtensions.contains(ext) }) else {
+      throw PalisadeError(.failedPrecondition, "no runtime loads '.\(ext)' model files")
+    }
+    let bytes: [UInt8]
+    do { bytes = try verified.readFile(manifest.modelFile) } catch { throw refuse(error) }
+    let descriptor = ModelDescriptor(
+      name: manifest.name, version: String(manifest.version), platform: ext,
+      inputs: manifest.inputs.compactMap(Self.spec), outputs: manifest.outputs.compactMap(Self.spec),
+      properties: [
+        "signer": verified.signer.description, "bundle_digest": verified.rootDigest,
+        "expires": ISO8601DateFormatter().string(from: manifest.expires),
+      ])
+    let model = try await runtime.load(modelFile: bytes, directory: directory, descriptor: descriptor)
+    try await Self.warmUp(model)
+    do { try accepted.checkAndRecord(name: candidate.name, version: manifest.version) } catch { throw refuse(error) }
+    return model
+  }
+
+  static func spec(_ t: BundleManifest.Tensor) -> TensorSpec? {
+    DataType(rawValue: t.datatype.rawValue).map { TensorSpec(name: t.name, datatype: $0, shape: t.shape) }
+  }
+
+  /// One inference on zeros (variable dimensions as 1) before the model takes traffic.
+  static func warmUp(_ model: any ServableModel) async throws {
+    var inputs: [Tensor] = []
+    for spec in model.descriptor.inputs {
+      let shape = spec.shape.map { $0 < 0 ? 1 : $0 }
+      let count = TensorShape.elementCount(shape) ?? 0
+      if let width = spec.datatype.elementSize {
+        inputs.append(try Tensor(name: spec.name, datatype: spec.datatype, shape: shape, storage: .fixed([UInt8](repeating: 0, count: count * width))))
+      } else {
+        inputs.append(try Tensor(name: spec.name, datatype: .bytes, shape: shape, storage: .bytes(Array(repeating: [], count: count))))
+      }
+    }
+    _ = try await model.infer(InferenceRequest(inputs: inputs))
+  }
+}

@@ -1,0 +1,300 @@
+import Foundation
+import PalisadeCore
+import PalisadeONNXProto
+import SwiftProtobuf
+import Testing
+@testable import PalisadeRuntime
+
+/// Builders for small hand-made models.
+enum Build {
+  static func value(_ name: String, _ type: Int32 = 1, _ dims: [Int64?]) -> Onnx_ValueInfoProto {
+    var v = Onnx_ValueInfoProto()
+    v.name = name
+    var tt = Onnx_TypeProto.Tensor()
+    tt.elemType = type
+    var shape = Onnx_TensorShapeProto()
+    for d in dims {
+      var dim = Onnx_TensorShapeProto.Dimension()
+      if let d { dim.dimValue = d } else { dim.dimParam = "batch" }
+      shape.dim.append(dim)
+    }
+    tt.shape = shape
+    v.type.tensorType = tt
+    return v
+  }
+
+  static func node(_ op: String, _ inputs: [String], _ outputs: [String], domain: String = "", ints: [String: [Int64]] = [:]) -> Onnx_NodeProto {
+    var n = Onnx_NodeProto()
+    n.opType = op
+    n.input = inputs
+    n.output = outputs
+    n.name = outputs.first ?? op
+    if !domain.isEmpty { n.domain = domain }
+    for (k, v) in ints {
+      var a = Onnx_AttributeProto()
+      a.name = k
+      a.type = .ints
+      a.ints = v
+      n.attribute.append(a)
+    }
+    return n
+  }
+
+  static func floats(_ name: String, _ dims: [Int64], _ values: [Float]) -> Onnx_TensorProto {
+    var t = Onnx_TensorProto()
+    t.name = name
+    t.dataType = 1
+    t.dims = dims
+    t.floatData = values
+    return t
+  }
+
+  static func model(
+    nodes: [Onnx_NodeProto], inputs: [Onnx_ValueInfoProto], outputs: [Onnx_ValueInfoProto],
+    initializers: [Onnx_TensorProto] = [], opsets: [(String, Int64)] = [("", 17)]
+  ) throws -> [UInt8] {
+    var g = Onnx_GraphProto()
+    g.name = "test"
+    g.node = nodes
+    g.input = inputs
+    g.output = outputs
+    g.initializer = initializers
+    var m = Onnx_ModelProto()
+    m.irVersion = 8
+    m.graph = g
+    m.opsetImport = opsets.map { d, v in
+      var o = Onnx_OperatorSetIdProto()
+      o.domain = d
+      o.version = v
+      return o
+    }
+    return try m.serializedBytes()
+  }
+
+  /// Loads and returns the error, or nil when the load succeeded.
+  static func loadError(_ bytes: [UInt8], directory: URL? = nil) -> RuntimeError? {
+    do {
+      _ = try ONNXModel.load(data: bytes, externalDataDirectory: directory)
+      return nil
+    } catch {
+      return error
+    }
+  }
+}
+
+@Suite("Malformed and hostile models fail the load with a clear error")
+struct BadInputTests {
+  @Test func truncatedFile() throws {
+    let bytes = try Fixtures.bytes("mlp_torch.onnx")
+    for length in [0, 1, 2, 7, 100, bytes.count / 4, bytes.count / 2, bytes.count - 100, bytes.count - 1] {
+      let error = Build.loadError(Array(bytes.prefix(length)))
+      #expect(error != nil, "truncated to \(length) bytes loaded")
+    }
+    #expect(Build.loadError(Array(bytes.prefix(bytes.count / 2)))?.kind == .malformedModel)
+  }
+
+  @Test func corruptBytes() throws {
+    let bytes = try Fixtures.bytes("cnn_torch.onnx")
+    // Garbage header: not a protobuf.
+    var garbage = bytes
+    for i in 0..<16 { garbage[i] = 0xFF }
+    #expect(Build.loadError(garbage)?.kind == .malformedModel)
+    #expect(Build.loadError([UInt8](repeating: 0x0A, count: 64)) != nil)
+    // Random single-byte and burst corruption anywhere: an error or a clean load, never a crash.
+    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    func next() -> Int {
+      state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+      return Int(truncatingIfNeeded: state >> 33)
+    }
+    var failures = 0
+    for trial in 0..<200 {
+      var copy = bytes
+      let burst = trial % 4 == 0 ? 8 : 1
+      let at = next() % (copy.count - burst)
+      for j in 0..<burst { copy[at + j] = UInt8(truncatingIfNeeded: next()) }
+      if Build.loadError(copy) != nil { failures += 1 }
+    }
+    #expect(failures > 0)
+  }
+
+  @Test func graphWithCycle() throws {
+    let bytes = try Build.model(
+      nodes: [Build.node("Add", ["x", "b"], ["a"]), Build.node("Relu", ["a"], ["b"]), Build.node("Relu", ["b"], ["y"])],
+      inputs: [Build.value("x", 1, [nil, 4])], outputs: [Build.value("y", 1, [nil, 4])])
+    let error = try #require(Build.loadError(bytes))
+    #expect(error.kind == .invalidGraph)
+    #expect(error.message.contains("cycle"))
+  }
+
+  @Test func undefinedAndDuplicateValues() throws {
+    let undefined = try Build.model(
+      nodes: [Build.node("Relu", ["nowhere"], ["y"])], inputs: [Build.value("x", 1, [2])],
+      outputs: [Build.value("y", 1, [2])])
+    #expect(Build.loadError(undefined)?.kind == .invalidGraph)
+    let twice = try Build.model(
+      nodes: [Build.node("Relu", ["x"], ["y"]), Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, [2])],
+      outputs: [Build.value("y", 1, [2])])
+    #expect(Build.loadError(twice)?.kind == .invalidGraph)
+  }
+
+  @Test func mismatchedShapes() throws {
+    let add = try Build.model(
+      nodes: [Build.node("Add", ["a", "b"], ["y"])],
+      inputs: [Build.value("a", 1, [nil, 3]), Build.value("b", 1, [nil, 5])], outputs: [Build.value("y", 1, [nil, 3])])
+    let e1 = try #require(Build.loadError(add))
+    #expect(e1.kind == .shapeMismatch)
+    #expect(e1.message.contains("Add"))
+    let matmul = try Build.model(
+      nodes: [Build.node("MatMul", ["a", "w"], ["y"])], inputs: [Build.value("a", 1, [nil, 3])],
+      outputs: [Build.value("y", 1, [nil, 2])], initializers: [Build.floats("w", [4, 2], [Float](repeating: 1, count: 8))])
+    #expect(Build.loadError(matmul)?.kind == .shapeMismatch)
+    // The declared output shape must agree with inference.
+    let declared = try Build.model(
+      nodes: [Build.node("Relu", ["a"], ["y"])], inputs: [Build.value("a", 1, [nil, 3])],
+      outputs: [Build.value("y", 1, [nil, 4])])
+    #expect(Build.loadError(declared)?.kind == .shapeMismatch)
+  }
+
+  @Test func declaredSizeDisagreesWithData() throws {
+    func model(_ t: Onnx_TensorProto) throws -> [UInt8] {
+      try Build.model(
+        nodes: [Build.node("Add", ["x", t.name], ["y"])], inputs: [Build.value("x", 1, [10])],
+        outputs: [Build.value("y", 1, [10])], initializers: [t])
+    }
+    var raw = Onnx_TensorProto()
+    raw.name = "w"
+    raw.dataType = 1
+    raw.dims = [10]
+    raw.rawData = Data(count: 8)
+    let e1 = try #require(Build.loadError(try model(raw)))
+    #expect(e1.kind == .shapeMismatch)
+    #expect(e1.message.contains("'w'"))
+    let typed = Build.floats("w", [10], [1, 2, 3])
+    #expect(Build.loadError(try model(typed))?.kind == .shapeMismatch)
+    var empty = Onnx_TensorProto()
+    empty.name = "w"
+    empty.dataType = 1
+    empty.dims = [10]
+    #expect(Build.loadError(try model(empty))?.kind == .shapeMismatch)
+    // And the well-formed version loads.
+    #expect(Build.loadError(try model(Build.floats("w", [10], [Float](repeating: 1, count: 10)))) == nil)
+  }
+
+  @Test func dimensionsWhoseProductOverflows() throws {
+    var huge = Onnx_TensorProto()
+    huge.name = "w"
+    huge.dataType = 1
+    huge.dims = [1 << 40, 1 << 40]
+    let weights = try Build.model(
+      nodes: [Build.node("Identity", ["w"], ["y"])], inputs: [], outputs: [Build.value("y", 1, [1 << 40, 1 << 40])],
+      initializers: [huge])
+    #expect(Build.loadError(weights)?.kind == .limitExceeded)
+    let input = try Build.model(
+      nodes: [Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, [1 << 31, 1 << 31, 1 << 31])],
+      outputs: [Build.value("y", 1, [1 << 31, 1 << 31, 1 << 31])])
+    #expect(Build.loadError(input)?.kind == .limitExceeded)
+    // A reshape to an overflowing target.
+    var shape = Onnx_TensorProto()
+    shape.name = "s"
+    shape.dataType = 7
+    shape.dims = [3]
+    shape.int64Data = [Int64.max / 2, 4, -1]
+    let reshape = try Build.model(
+      nodes: [Build.node("Reshape", ["x", "s"], ["y"])], inputs: [Build.value("x", 1, [4])],
+      outputs: [Build.value("y", 1, [nil, 4, nil])], initializers: [shape])
+    #expect(Build.loadError(reshape) != nil)
+  }
+
+  @Test func unsupportedEverythingInOneError() throws {
+    var str = Onnx_TensorProto()
+    str.name = "names"
+    str.dataType = 8
+    str.dims = [1]
+    str.stringData = [Data("a".utf8)]
+    let bytes = try Build.model(
+      nodes: [
+        Build.node("LSTM", ["x"], ["a"]), Build.node("NonMaxSuppression", ["a"], ["b"]),
+        Build.node("Relu", ["b"], ["c"]), Build.node("FancyOp", ["c"], ["y"], domain: "com.example"),
+        Build.node("LSTM", ["x"], ["z"]),
+      ],
+      inputs: [Build.value("x", 1, [nil, 4]), Build.value("f16", 10, [2])], outputs: [Build.value("y", 1, [nil, 4])],
+      initializers: [str], opsets: [("", 17), ("com.example", 1)])
+    let error = try #require(Build.loadError(bytes))
+    #expect(error.kind == .unsupported)
+    for needle in ["LSTM (2 nodes)", "NonMaxSuppression", "com.example.FancyOp", "FLOAT16", "STRING", "opset domain 'com.example'"] {
+      #expect(error.message.contains(needle), "missing \(needle) in: \(error.message)")
+    }
+    #expect(!error.message.contains("Relu"))
+  }
+
+  @Test func unsupportedOpset() throws {
+    let bytes = try Build.model(
+      nodes: [Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, [2])], outputs: [Build.value("y", 1, [2])],
+      opsets: [("", 5)])
+    let error = try #require(Build.loadError(bytes))
+    #expect(error.kind == .unsupported)
+    #expect(error.message.contains("opset ai.onnx 5"))
+  }
+}
+
+@Suite("External data stays inside the model's directory")
+struct ExternalDataTests {
+  /// A model reading one [4] FLOAT initializer from external data with the given location/offset/length.
+  static func model(location: String, offset: Int? = nil, length: Int? = nil) throws -> [UInt8] {
+    var t = Onnx_TensorProto()
+    t.name = "w"
+    t.dataType = 1
+    t.dims = [4]
+    t.dataLocation = .external
+    var entries = [("location", location)]
+    if let offset { entries.append(("offset", String(offset))) }
+    if let length { entries.append(("length", String(length))) }
+    t.externalData = entries.map { k, v in
+      var e = Onnx_StringStringEntryProto()
+      e.key = k
+      e.value = v
+      return e
+    }
+    return try Build.model(
+      nodes: [Build.node("Add", ["x", "w"], ["y"])], inputs: [Build.value("x", 1, [4])],
+      outputs: [Build.value("y", 1, [4])], initializers: [t])
+  }
+
+  static func sandbox() throws -> (root: URL, models: URL) {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("palisade-ext-\(UUID().uuidString)")
+    let models = root.appendingPathComponent("models")
+    try FileManager.default.createDirectory(at: models, withIntermediateDirectories: true)
+    var floats: [Float] = [1, 2, 3, 4, 5, 6]
+    let data = Data(bytes: &floats, count: 24)
+    try data.write(to: models.appendingPathComponent("weights.bin"))
+    try data.write(to: root.appendingPathComponent("secret.bin"))
+    return (root, models)
+  }
+
+  @Test func readsInsideTheDirectory() throws {
+    let (root, models) = try Self.sandbox()
+    defer { try? FileManager.default.removeItem(at: root) }
+    let model = try ONNXModel.load(data: try Self.model(location: "weights.bin", offset: 8, length: 16), externalDataDirectory: models)
+    let out = try model.predict([try Tensor(name: "x", shape: [4], values: [Float](repeating: 0, count: 4))])
+    #expect(out[0].values(as: Float.self) == [3, 4, 5, 6])
+  }
+
+  @Test func refusesEscapes() throws {
+    let (root, models) = try Self.sandbox()
+    defer { try? FileManager.default.removeItem(at: root) }
+    try FileManager.default.createSymbolicLink(
+      at: models.appendingPathComponent("link.bin"), withDestinationURL: root.appendingPathComponent("secret.bin"))
+    try FileManager.default.createDirectory(at: models.appendingPathComponent("sub"), withIntermediateDirectories: true)
+    for location in ["../secret.bin", "sub/../../secret.bin", "/etc/passwd", root.appendingPathComponent("secret.bin").path, "link.bin", "./weights.bin", ""] {
+      let error = Build.loadError(try Self.model(location: location), directory: models)
+      #expect(error?.kind == .externalData, "location \(location): \(String(describing: error))")
+    }
+    // Offsets and lengths beyond the file, or disagreeing with the declared size.
+    #expect(Build.loadError(try Self.model(location: "weights.bin", offset: 16), directory: models)?.kind == .externalData)
+    #expect(Build.loadError(try Self.model(location: "weights.bin", offset: 1 << 62), directory: models)?.kind == .externalData)
+    #expect(Build.loadError(try Self.model(location: "weights.bin", length: 12), directory: models)?.kind == .shapeMismatch)
+    #expect(Build.loadError(try Self.model(location: "missing.bin"), directory: models)?.kind == .externalData)
+    // No directory given: refused.
+    #expect(Build.loadError(try Self.model(location: "weights.bin"), directory: nil)?.kind == .externalData)
+  }
+}
