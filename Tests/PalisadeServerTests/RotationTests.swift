@@ -25,7 +25,8 @@ import Testing
     guard rename(tmp, link) == 0 else { throw CocoaError(.fileWriteUnknown) }
   }
 
-  /// Calls ModelInfer in a loop on one long-lived connection per credential, counting failures.
+  /// Calls ModelInfer in a loop, a new connection (so a new handshake) for each call, counting failures. Aging
+  /// of long-lived connections is checked separately below.
   final class Caller: Sendable {
     let calls = Atomic<Int>(0)
     let failures = Mutex<[String]>([])
@@ -38,18 +39,12 @@ import Testing
       while !stop.load(ordering: .relaxed) {
         let client = credential.withLock { $0 }
         do {
-          try await withClient(server, client) { c in
-            // Stay on this connection until the credential changes.
-            while !self.stop.load(ordering: .relaxed), self.credential.withLock({ $0.cert == client.cert && $0.token == client.token }) {
-              _ = try await c.modelInfer(simpleRequest(raw: true))
-              self.calls.add(1, ordering: .relaxed)
-              try await Task.sleep(for: .milliseconds(20))
-            }
-          }
+          _ = try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }
+          calls.add(1, ordering: .relaxed)
         } catch {
           failures.withLock { $0.append("\(error)") }
-          try? await Task.sleep(for: .milliseconds(50))
         }
+        try? await Task.sleep(for: .milliseconds(20))
       }
     }
   }
