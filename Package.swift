@@ -145,7 +145,7 @@ let package = Package(
       name: "PalisadeCLI",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
-        "PalisadePolicy",
+        "PalisadePolicy", "PalisadeBundle",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),

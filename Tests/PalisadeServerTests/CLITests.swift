@@ -81,3 +81,56 @@ import Testing
     try await server.stop()
   }
 }
+
+/// `palisade bundle`, against the OpenSSF `model_signing` CLI.
+@Suite struct BundleCLITests {
+  var bin: String { ProcessTests.binary }
+  var modelSigning: String { URL(fileURLWithPath: InteropTests.python).deletingLastPathComponent().appendingPathComponent("model_signing").path }
+
+  @Test func initSignVerifyInspectPackAndModelSigningAgrees() async throws {
+    let pki = try TestPKI()
+    let key = pki.path("publisher.key")
+    #expect(try await ProcessTests.run("/usr/bin/openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]).status == 0)
+    let pubResult = try await ProcessTests.run("/usr/bin/openssl", ["ec", "-in", key, "-pubout"])
+    let pub = try pki.write("publisher.pub.pem", pubResult.stdout)
+    let model = try pki.write("model.testmodel", #"{"kind": "addsub"}"#)
+    let dir = pki.path("bundle")
+    let made = try await ProcessTests.run(
+      bin,
+      ["bundle", "init", "--model", model, "--name", "simple", "--version", "4", "--input", "INPUT0:INT32:1,16",
+       "--input", "INPUT1:INT32:1,16", "--output", "OUTPUT0:INT32:1,16", "--output", "OUTPUT1:INT32:1,16", "--out", dir])
+    #expect(made.status == 0, "\(made.stderr)")
+    let signed = try await ProcessTests.run(bin, ["bundle", "sign", dir, "--key", key])
+    #expect(signed.status == 0, "\(signed.stderr)")
+    // The reference tool accepts our signature.
+    let theirs = try await ProcessTests.run(
+      modelSigning, ["verify", "key", dir, "--signature", "\(dir)/model.sig", "--public_key", pub], timeout: .seconds(120))
+    #expect(theirs.status == 0, "\(theirs.stdout)\(theirs.stderr)")
+    let ours = try await ProcessTests.run(bin, ["bundle", "verify", dir, "--name", "simple", "--public-key", pub])
+    #expect(ours.status == 0, "\(ours.stderr)")
+    #expect(ours.stdout.contains("simple v4"))
+    let wrongName = try await ProcessTests.run(bin, ["bundle", "verify", dir, "--name", "other", "--public-key", pub])
+    #expect(wrongName.status == 1)
+    let inspect = try await ProcessTests.run(bin, ["bundle", "inspect", dir])
+    #expect(inspect.stdout.contains("UNVERIFIED") && inspect.stdout.contains("manifest.json"))
+    let packed = try await ProcessTests.run(bin, ["bundle", "pack", dir, "--out", pki.path("4.tar.zst")])
+    #expect(packed.status == 0, "\(packed.stderr)")
+
+    // Tampering after signing: both tools refuse.
+    try Data(#"{"kind": "slow"}"#.utf8).write(to: URL(fileURLWithPath: "\(dir)/model.testmodel"))
+    let tamperedOurs = try await ProcessTests.run(bin, ["bundle", "verify", dir, "--name", "simple", "--public-key", pub])
+    #expect(tamperedOurs.status == 1)
+    #expect(tamperedOurs.stderr.contains("model.testmodel"), "\(tamperedOurs.stderr)")
+    let tamperedTheirs = try await ProcessTests.run(
+      modelSigning, ["verify", "key", dir, "--signature", "\(dir)/model.sig", "--public_key", pub], timeout: .seconds(120))
+    #expect(tamperedTheirs.status != 0)
+
+    // A bundle signed by model_signing is accepted by ours.
+    try Data(#"{"kind": "addsub"}"#.utf8).write(to: URL(fileURLWithPath: "\(dir)/model.testmodel"))
+    let resigned = try await ProcessTests.run(
+      modelSigning, ["sign", "key", dir, "--private_key", key, "--signature", "\(dir)/model.sig"], timeout: .seconds(120))
+    #expect(resigned.status == 0, "\(resigned.stderr)")
+    let accepted = try await ProcessTests.run(bin, ["bundle", "verify", dir, "--name", "simple", "--public-key", pub])
+    #expect(accepted.status == 0, "\(accepted.stderr)")
+  }
+}

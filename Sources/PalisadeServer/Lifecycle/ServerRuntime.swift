@@ -141,7 +141,7 @@ public final class ServerRuntime: Sendable {
   }
 
   /// The bundle trust policy from the configuration's trust rules; errors name the key file.
-  static func trustPolicy(_ rules: [ServerConfig.Models.TrustRule]) throws -> TrustPolicy {
+  public static func trustPolicy(_ rules: [ServerConfig.Models.TrustRule]) throws -> TrustPolicy {
     try TrustPolicy(
       rules: rules.map { rule in
         var signers: [TrustedSigner] = []

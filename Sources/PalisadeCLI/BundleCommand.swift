@@ -1,0 +1,141 @@
+import ArgumentParser
+import Foundation
+import PalisadeBundle
+import PalisadeServer
+
+/// `palisade bundle`: make, sign, verify, inspect and pack model bundles.
+struct BundleCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "bundle",
+    abstract: "Make, sign, verify, inspect and pack signed model bundles (OpenSSF Model Signing format).",
+    discussion: """
+      A bundle is a directory holding the model file(s), manifest.json and model.sig. Signatures interoperate with
+      the `model_signing` CLI (key and certificate methods, ECDSA P-256/P-384/P-521). The server serves bundles laid
+      out as <models-dir>/<name>/<version>/ or <models-dir>/<name>/<version>.tar.zst.
+      """,
+    subcommands: [Init.self, Sign.self, Verify.self, Inspect.self, Pack.self]
+  )
+
+  static func fail(_ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data("palisade bundle: \(message)\n".utf8))
+    return ExitCode(1)
+  }
+
+  struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Make an unsigned bundle directory: copy the model file and write manifest.json.",
+      discussion: "Tensors are NAME:DATATYPE:DIMS, e.g. input:FP32:-1,64 (-1 = variable dimension).")
+    @Option(help: "The model file (e.g. model.onnx).") var model: String
+    @Option(help: "The model name the server serves it under.") var name: String
+    @Option(help: "The version, a positive integer.") var version: Int
+    @Option(help: "An input tensor (repeatable).") var input: [String] = []
+    @Option(help: "An output tensor (repeatable).") var output: [String] = []
+    @Option(help: "Days until the bundle expires.") var expiresDays = 90
+    @Option(help: "Largest batch the model accepts.") var maxBatch: Int?
+    @Option(help: "The bundle directory to create.") var out: String
+
+    func run() throws {
+      func tensors(_ specs: [String]) throws -> [BundleManifest.Tensor] {
+        try specs.map { s in
+          let parts = s.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+          guard parts.count == 3, let dt = BundleManifest.Datatype(rawValue: parts[1]) else {
+            throw ValidationError("tensor '\(s)' must be NAME:DATATYPE:DIMS with an OIP datatype")
+          }
+          let dims = parts[2].isEmpty ? [] : try parts[2].split(separator: ",").map { d -> Int64 in
+            guard let v = Int64(d), v >= -1 else { throw ValidationError("bad dimension '\(d)' in '\(s)'") }
+            return v
+          }
+          return BundleManifest.Tensor(name: parts[0], datatype: dt, shape: dims)
+        }
+      }
+      guard !input.isEmpty, !output.isEmpty else { throw ValidationError("give at least one --input and one --output") }
+      let fileName = URL(fileURLWithPath: model).lastPathComponent
+      let manifest = BundleManifest(
+        name: name, version: version, created: Date(), expires: Date().addingTimeInterval(Double(expiresDays) * 86_400),
+        modelFile: fileName, inputs: try tensors(input), outputs: try tensors(output), maxBatch: maxBatch)
+      do {
+        try manifest.validate()
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: model, toPath: "\(out)/\(fileName)")
+        try Data(try manifest.encodedJSON()).write(to: URL(fileURLWithPath: "\(out)/manifest.json"))
+      } catch {
+        throw BundleCommand.fail("\(error)")
+      }
+      print("bundle \(name) v\(version) in \(out); sign it with `palisade bundle sign \(out) --key KEY.pem`")
+    }
+  }
+
+  struct Sign: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Sign a bundle directory, writing model.sig inside it (verifiable by `model_signing verify`).")
+    @Argument(help: "The bundle directory.") var directory: String
+    @Option(help: "The signer's private key (PEM, ECDSA P-256/P-384/P-521).") var key: String
+    @Option(help: "Certificate chain (PEM, leaf first): sign with the certificate method instead of the key method.")
+    var certificateChain: String?
+
+    func run() async throws {
+      do {
+        let keyPEM = try String(contentsOfFile: key, encoding: .utf8)
+        let chain = try certificateChain.map { try String(contentsOfFile: $0, encoding: .utf8) }
+        let result = try await BundleSigner.sign(directory: directory, keyPEM: keyPEM, certificateChainPEM: chain)
+        print("signed \(result.files.count) files, root digest \(result.rootDigest): \(result.signaturePath)")
+      } catch {
+        throw BundleCommand.fail("\(error)")
+      }
+    }
+  }
+
+  struct Verify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Verify a bundle as the server would: signature, every file, trust for the name, manifest, expiry.")
+    @Argument(help: "The bundle directory.") var directory: String
+    @Option(help: "The model name the bundle must be for.") var name: String
+    @Option(help: "A trusted public key (PEM; repeatable).") var publicKey: [String] = []
+    @Option(help: "A trusted CA root for the certificate method (PEM; repeatable).") var caRoot: [String] = []
+    @Option(help: "Glob the signing certificate's subject CN must match.") var signerSubject: String?
+    @Option(help: "dns:GLOB, uri:GLOB or email:GLOB the signing certificate's SANs must match.") var signerSan: String?
+
+    func run() async throws {
+      guard !publicKey.isEmpty || !caRoot.isEmpty else { throw ValidationError("give --public-key or --ca-root") }
+      do {
+        let trust = try ServerRuntime.trustPolicy([
+          .init(models: name, publicKeys: publicKey, certificateRoots: caRoot, signerSubject: signerSubject, signerSAN: signerSan)
+        ])
+        let verified = try await BundleVerifier.verify(directory: directory, trust: trust, modelName: name)
+        let manifest = try verified.manifest()
+        print("verified: \(manifest.name) v\(manifest.version), signer \(verified.signer), \(verified.files.count) files, expires \(manifest.expires)")
+      } catch {
+        throw BundleCommand.fail("refused: \(error)")
+      }
+    }
+  }
+
+  struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Show what a bundle's signature claims (signer hint, files, digests) WITHOUT verifying it.")
+    @Argument(help: "The bundle directory.") var directory: String
+    func run() throws {
+      do {
+        let s = try BundleInspector.unverifiedSignatureSummary(directory: directory)
+        print("UNVERIFIED claims of \(directory)/model.sig")
+        print("method: \(s.method.rawValue)\(s.keyHint.map { ", key hint \($0)" } ?? "")")
+        for subject in s.certificateSubjects { print("certificate: \(subject)") }
+        print("root digest: \(s.rootDigest)")
+        print("ignore_paths: \(s.ignorePaths.joined(separator: ", "))")
+        for r in s.resources { print("  \(r.sha256)  \(r.name)") }
+      } catch {
+        throw BundleCommand.fail("\(error)")
+      }
+    }
+  }
+
+  struct Pack: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Pack a signed bundle directory into a .tar.zst file.")
+    @Argument(help: "The bundle directory.") var directory: String
+    @Option(help: "The archive to write, e.g. models/digits/3.tar.zst.") var out: String
+    func run() throws {
+      do { try BundlePacker.pack(directory: directory, to: out) } catch { throw BundleCommand.fail("\(error)") }
+      print("packed \(directory) into \(out)")
+    }
+  }
+}
