@@ -9,6 +9,8 @@ import PalisadeCore
 import PalisadeProto
 import PalisadeServer
 import PalisadeTestSupport
+import PalisadeIdentity
+import PalisadePolicy
 
 /// Serving benchmark: `serving-bench server` runs Palisade over mTLS with a tiny test model (the `simple`
 /// add/sub model: two INT32 [1,16] inputs); `serving-bench client` calls it from another process and prints
@@ -19,12 +21,13 @@ enum ServingBench {
     _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
     let args = CommandLine.arguments.dropFirst()
     guard let mode = args.first else {
-      print("usage: serving-bench server DIR | client DIR PORT CALLS CONCURRENCY [raw|typed]")
+      print("usage: serving-bench server DIR | client DIR PORT CALLS CONCURRENCY [raw|typed] | auth [ITERATIONS]")
       exit(2)
     }
     let dir = args.dropFirst().first ?? "/tmp/palisade-bench"
     switch mode {
     case "server": try await server(dir: dir)
+    case "auth": try authBench(iterations: Int(dir) ?? 20_000)
     case "client":
       let rest = Array(args.dropFirst(2))
       try await client(
@@ -52,6 +55,39 @@ enum ServingBench {
     stop.setEventHandler { server.runtime.shutdown() }
     stop.resume()
     try await server.wait()
+  }
+
+  /// Per-call cost of authentication (token verification, cached and uncached) plus authorisation (a policy
+  /// decision and a rate-limit bucket), in process.
+  static func authBench(iterations: Int) throws {
+    let pki = try TestPKI()
+    let client = try pki.client("bench", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/bench")])
+    let identity = try PeerIdentity(certificate: client.issued.certificate)
+    let jwks = try JWKS.parse(Data(try pki.jwksJSON().utf8))
+    let verifier = TokenVerifier(
+      settings: .init(audience: TestPKI.audience),
+      issuers: [.init(issuer: TestPKI.issuerName, kind: .oauth, keys: jwks, requireCertificateBinding: true)])
+    let policy = try Policy.parse(
+      TestServer.allowAllPolicy + "\n    models: [\"simple*\"]\n    rate_limit: {per_second: 1000000, burst: 1000000}\n")
+    let limiter = RateLimiter()
+    let tokens = try (0..<iterations).map { _ in "Bearer " + (try pki.token(for: client.issued)) }
+    func time(_ body: () throws -> Void) rethrows -> Double {
+      let start = ContinuousClock.now
+      try body()
+      let d = ContinuousClock.now - start
+      return (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(iterations)
+    }
+    let uncached = try time { for t in tokens { _ = try verifier.verify(authorization: t, identity: identity) } }
+    let cached = try time { for _ in 0..<iterations { _ = try verifier.verify(authorization: tokens[0], identity: identity) } }
+    let facts = Policy.CallFacts(
+      spiffeID: identity.spiffeID, subject: nil, scopes: [], rpc: "ModelInfer", model: "simple")
+    let authorise = time {
+      for _ in 0..<iterations {
+        let d = policy.decide(facts)
+        if let limit = d.rateLimit { _ = limiter.acquire("\(d.rule ?? "")\u{0}\(facts.spiffeID)", limit: limit) }
+      }
+    }
+    print(String(format: "token_uncached_us=%.2f token_cached_us=%.2f authorise_us=%.2f cached_total_us=%.2f", uncached, cached, authorise, cached + authorise))
   }
 
   static func client(dir: String, port: Int, calls: Int, concurrency: Int, raw: Bool) async throws {
