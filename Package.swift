@@ -76,6 +76,16 @@ let package = Package(
     .target(name: "PalisadeKernels", swiftSettings: strict + kernelFlags),
     // CPU feature check, deliberately built without the kernel flags so that it runs on the CPUs it refuses.
     .target(name: "PalisadeCPUCheck", swiftSettings: strict),
+    // Generated from proto/onnx.proto (scripts/generate-onnx-proto.sh). Never edited by hand.
+    .target(name: "PalisadeONNXProto", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+    // The ONNX model runtime: loading, planning and executing graphs on the kernels.
+    .target(
+      name: "PalisadeRuntime",
+      dependencies: [
+        "PalisadeCore", "PalisadeKernels", "PalisadeONNXProto", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ],
+      swiftSettings: strict + kernelFlags
+    ),
     // libzstd, for packed bundles.
     .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
     // Signed model bundles: OMS signatures, trust policy, manifest, rollback state, .tar.zst packing.
@@ -145,7 +155,7 @@ let package = Package(
       name: "PalisadeCLI",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeBundle",
+        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -193,7 +203,16 @@ let package = Package(
     .executableTarget(
       name: "kernel-bench", dependencies: ["PalisadeKernels", "PalisadeCPUCheck"], path: "Benchmarks/kernels/KernelBench",
       swiftSettings: strict + kernelFlags),
+    .executableTarget(
+      name: "runtime-bench", dependencies: ["PalisadeRuntime", "PalisadeCore", "PalisadeKernels"],
+      path: "Benchmarks/runtime/RuntimeBench", swiftSettings: strict + kernelFlags),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
+    .testTarget(
+      name: "PalisadeRuntimeTests",
+      dependencies: [
+        "PalisadeRuntime", "PalisadeCore", "PalisadeKernels", "PalisadeONNXProto",
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ]),
     .testTarget(
       name: "PalisadeKernelsTests", dependencies: ["PalisadeKernels", "PalisadeCPUCheck"], swiftSettings: strict),
     .testTarget(

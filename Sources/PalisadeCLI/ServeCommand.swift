@@ -4,6 +4,8 @@ import Logging
 import PalisadeServer
 import PalisadeYAML
 import PalisadeIdentity
+import PalisadeRuntime
+import PalisadeCPUCheck
 
 /// `palisade serve`: run the server from one YAML file.
 struct ServeCommand: AsyncParsableCommand {
@@ -26,6 +28,11 @@ struct ServeCommand: AsyncParsableCommand {
   var check = false
 
   func run() async throws {
+    // The kernels need AVX2/FMA: say so instead of dying on an illegal instruction.
+    do { try CPUFeatures.check() } catch {
+      FileHandle.standardError.write(Data("palisade: \(error)\n".utf8))
+      throw ExitCode(1)
+    }
     let settings: ServerConfig
     do {
       settings = try ServerConfig.load(path: config)
@@ -35,7 +42,7 @@ struct ServeCommand: AsyncParsableCommand {
     let logger = Self.makeLogger(settings.logging)
     let runtime: ServerRuntime
     do {
-      runtime = try ServerRuntime(config: settings, logger: logger)
+      runtime = try ServerRuntime(config: settings, runtimes: [ONNXModelRuntime()], logger: logger)
     } catch let error as PEMFileError {
       Self.fail("config error: \(error)")
     } catch {

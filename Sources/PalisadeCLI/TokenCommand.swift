@@ -37,6 +37,7 @@ struct TokenCommand: ParsableCommand {
 
     func run() throws {
       guard ttl > 0 else { throw ValidationError("--ttl must be positive") }
+      do { try PEMFiles.checkPrivateKeyPermissions(at: key) } catch { throw ValidationError("\(error)") }
       let keyPEM: String
       do { keyPEM = try String(contentsOfFile: key, encoding: .utf8) } catch {
         throw ValidationError("cannot read --key \(key)")

@@ -1,5 +1,6 @@
-import PalisadeCore
-import PalisadeKernels
+import Dispatch
+public import PalisadeCore
+public import PalisadeKernels
 import Synchronization
 
 /// Where a kernel finds one tensor: a fixed address (a constant) or an offset into the per-inference arena.
@@ -75,6 +76,29 @@ public final class ExecutionPlan: Sendable {
     self.freeArenas = Mutex([])
   }
 
+  /// Runs the plan `iterations` times and returns each step's label and fastest time in nanoseconds
+  /// (diagnostics; the minimum is robust to preemption on a shared machine).
+  public func profile(_ inputs: [Tensor], iterations: Int, pool: WorkerPool?) throws(RuntimeError) -> [(String, Double)] {
+    _ = try execute(inputs, pool: pool)
+    let arena = ArenaBuffer(byteCount: arenaBytes)
+    for (i, tensor) in inputs.enumerated() {
+      if case .fixed(let bytes) = tensor.storage, bytes.count <= arenaBytes - inputOffsets[i] {
+        bytes.withUnsafeBytes { src in
+          if let s = src.baseAddress, src.count > 0 { (arena.raw + inputOffsets[i]).copyMemory(from: s, byteCount: src.count) }
+        }
+      }
+    }
+    var totals = [Double](repeating: .infinity, count: steps.count)
+    for _ in 0..<max(iterations, 1) {
+      for (i, step) in steps.enumerated() {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try step.run(arena.raw, pool)
+        totals[i] = min(totals[i], Double(DispatchTime.now().uptimeNanoseconds - t0))
+      }
+    }
+    return zip(steps, totals).map { ($0.label, $1) }
+  }
+
   /// Runs the plan. `inputs` are in the model's input order and already match ``inputShapes``.
   func execute(_ inputs: [Tensor], pool: WorkerPool?) throws(RuntimeError) -> [Tensor] {
     let arena = freeArenas.withLock { $0.popLast() } ?? ArenaBuffer(byteCount: arenaBytes)
@@ -112,7 +136,7 @@ public final class ExecutionPlan: Sendable {
       case .constant(let t): src = UnsafeRawPointer(t.storage.raw)
       }
       let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-        if count > 0 { UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: src, byteCount: count) }
+        if let dst = buffer.baseAddress, count > 0 { UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: count) }
         initialized = count
       }
       do {

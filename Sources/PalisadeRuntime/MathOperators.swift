@@ -182,7 +182,11 @@ func lowerMath(
     return .compute(outputs: [x], scratchBytes: 0) { ins, outs, _ in
       { base, _ in
         let o = outs[0].f(base)
-        softmax(ins[0].f(base), o, outer: outer, axisLength: len, inner: max(inner, 1))
+        if inner <= 1 {
+          softmaxRows(ins[0].f(base), o, rows: outer, n: len)
+        } else {
+          softmax(ins[0].f(base), o, outer: outer, axisLength: len, inner: inner)
+        }
         if log { for i in 0..<n { o[i] = Foundation.log(o[i]) } }
       }
     }
@@ -371,6 +375,10 @@ func lowerMath(
     return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in
       { base, pool in
         let bias: UnsafePointer<Float>? = hasBias ? UnsafePointer(ins[2].f(base)) : nil
+        if act == .gelu {
+          denseGelu(m: m, n: n, k: k, a: ins[0].f(base), w: ins[1].f(base), bias: bias, c: outs[0].f(base), pool: pool)
+          return
+        }
         sgemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: ins[0].f(base), lda: max(k, 1),
               b: ins[1].f(base), ldb: max(n, 1), beta: 0, c: outs[0].f(base), ldc: max(n, 1),
               epilogue: GemmEpilogue(bias: bias.map { .perColumn($0) } ?? .none, activation: act), pool: pool)
@@ -420,15 +428,14 @@ func lowerMath(
     }
     let batch = x.shape[0]
     let spatial = product(x.shape[2...])
+    let factors = HostTensor.floats(mul + add, shape: [2 * c])
+    let total = x.count
     return .compute(outputs: [x], scratchBytes: 0) { ins, outs, _ in
-      { base, _ in
+      { base, pool in
         let (s, o) = (ins[0].f(base), outs[0].f(base))
-        for b in 0..<batch {
-          for ch in 0..<c {
-            let off = (b * c + ch) * spatial
-            let (p, q) = (mul[ch], add[ch])
-            for j in 0..<spatial { o[off + j] = s[off + j] * p + q }
-          }
+        let f = factors.floatPointer
+        parallelRanges(batch * c, work: total, pool: pool) { range in
+          channelAffine(s, o, mul: f, add: f + c, channels: c, spatial: spatial, planes: range)
         }
       }
     }
@@ -462,10 +469,45 @@ func lowerMath(
       ).validated()
     } catch { throw kernelError(error) }
     let out = try ctx.value(.float32, [x.shape[0], w.shape[0], params.outHeight, params.outWidth])
-    let scratch = try checkedCount([params.workspaceCount, 4], limit: ctx.limits.maxArenaBytes, what: "Conv workspace")
+    // Batches run one image per pool part (each with its own workspace); one image parallelises inside its GEMM.
+    let batch = x.shape[0]
+    let parts = min(batch, 8)
+    var single = params
+    single.batch = 1
+    do { single = try single.validated() } catch { throw kernelError(error) }
     let act = try fusedActivation()
+    let direct: DirectConv? = DirectConv.applies(params, act) ? DirectConv(params, relu: act == .relu) : nil
+    var narrow: ChannelVectorConv? = nil
+    if direct == nil, let wc = consts[1], ChannelVectorConv.applies(params, act, constantWeights: true) {
+      narrow = ChannelVectorConv(params, relu: act == .relu, weight: wc)
+    }
+    let perImage = direct?.scratchCount ?? narrow?.scratchCount ?? single.workspaceCount
+    let perImageTotal = try checkedCount([perImage, parts], limit: Int.max, what: "Conv workspace")
+    let scratch = try checkedCount(
+      [max(perImageTotal, params.workspaceCount), 4], limit: ctx.limits.maxArenaBytes, what: "Conv workspace")
+    let inputStride = x.count / max(batch, 1)
+    let outputStride = out.count / max(batch, 1)
     return .compute(outputs: [out], scratchBytes: scratch) { ins, outs, ws in
       { base, pool in
+        if batch > 1 && (pool?.threadCount ?? 1) > 1 || direct != nil || narrow != nil {
+          var job = BatchConvJob(
+            single: single, input: ins[0].f(base), weight: ins[1].f(base),
+            bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil, output: outs[0].f(base),
+            workspace: perImage > 0 ? ws.f(base) : nil, workspaceCount: perImage, inputStride: inputStride,
+            outputStride: outputStride, batch: batch, parts: parts, activation: act, direct: direct, narrow: narrow)
+          if batch == 1, let direct, let workspace = job.workspace {
+            direct.run(job.input, job.weight, job.bias, job.output, scratch: workspace, pool: nil)
+          } else if let pool, batch > 1 {
+            withUnsafePointer(to: &job) { p in
+              pool.parallelFor(parts, context: UnsafeRawPointer(p)) { context, part in
+                context.assumingMemoryBound(to: BatchConvJob.self).pointee.run(part: part)
+              }
+            }
+          } else {
+            for part in 0..<parts { job.run(part: part) }
+          }
+          return
+        }
         conv2d(params, input: ins[0].f(base), weight: ins[1].f(base), bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil,
                output: outs[0].f(base), workspace: scratch > 0 ? ws.f(base) : nil, activation: act, pool: pool)
       }
@@ -494,9 +536,16 @@ func lowerMath(
     let out = try ctx.value(.float32, [x.shape[0], x.shape[1], params.outHeight, params.outWidth])
     let isMax = node.opType == "MaxPool"
     let includePad = try node.int("count_include_pad", 0) != 0
+    let simple = isSimplePool(params)
+    let total = x.count
     return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in
-      { base, _ in
-        if isMax {
+      { base, pool in
+        if simple {
+          let (s, o) = (ins[0].f(base), outs[0].f(base))
+          parallelRanges(params.batch * params.channels, work: total, pool: pool) { range in
+            simplePool(params, s, o, max: isMax, planes: range)
+          }
+        } else if isMax {
           maxPool2d(params, input: ins[0].f(base), output: outs[0].f(base))
         } else {
           avgPool2d(params, input: ins[0].f(base), output: outs[0].f(base), countIncludePad: includePad)

@@ -79,15 +79,15 @@ func lower(
       guard d0 != 0 else { throw .shape("Range with delta 0") }
       let steps = ((Double(l0) - Double(s0)) / Double(d0)).rounded(.up)
       guard steps < Double(ctx.limits.maxTensorElements) else { throw .limit("Range too long") }
-      let n = max(0, Int(steps))
+      let n = steps > 0 ? Int(steps) : 0
       _ = try ctx.value(.int64, [n])
-      return .constant([.int64s((0..<n).map { s0 + Int64($0) * d0 }, shape: [n])])
+      return .constant([.int64s((0..<n).map { s0 &+ Int64($0) &* d0 }, shape: [n])])
     }
     let (s0, l0, d0) = (s.floatPointer[0], l.floatPointer[0], d.floatPointer[0])
     guard d0 != 0, s0.isFinite, l0.isFinite, d0.isFinite else { throw .shape("invalid Range") }
     let nd = ((l0 - s0) / d0).rounded(.up)
     guard nd < Float(ctx.limits.maxTensorElements) else { throw .limit("Range too long") }
-    let n = max(0, Int(nd))
+    let n = nd > 0 ? Int(nd) : 0
     return .constant([.floats((0..<n).map { s0 + Float($0) * d0 }, shape: [n])])
 
   // MARK: views
@@ -220,7 +220,8 @@ func lower(
         shape[a] = s > e ? (s - e - st - 1) / (-st) : 0
       }
       begin[a] = s
-      step[a] = st
+      // A step longer than the axis selects at most one element; clamp it so strides cannot overflow.
+      step[a] = st > 0 ? min(st, max(dim, 1)) : max(st, -max(dim, 1))
     }
     let out = try ctx.value(x.type, shape)
     let inStrides = contiguousStrides(x.shape)

@@ -174,7 +174,10 @@ enum TensorDecoder {
     var buffer = [UInt8](repeating: 0, count: bytes)
     var done = 0
     while done < bytes {
-      let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, bytes - done, off_t(offset + done)) }
+      let n = buffer.withUnsafeMutableBytes { raw -> Int in
+        guard let b = raw.baseAddress else { return -1 }
+        return pread(fd, b + done, bytes - done, off_t(offset + done))
+      }
       if n <= 0 { throw RuntimeError(.externalData, "\(what): short read from '\(safeName)'") }
       done += n
     }

@@ -107,12 +107,30 @@ struct BadInputTests {
       return Int(truncatingIfNeeded: state >> 33)
     }
     var failures = 0
-    for trial in 0..<200 {
-      var copy = bytes
-      let burst = trial % 4 == 0 ? 8 : 1
-      let at = next() % (copy.count - burst)
-      for j in 0..<burst { copy[at + j] = UInt8(truncatingIfNeeded: next()) }
-      if Build.loadError(copy) != nil { failures += 1 }
+    for name in ["cnn_torch.onnx", "encoder_torch.onnx", "mlp_digits.onnx", "glue_ops.onnx"] {
+      let original = try Fixtures.bytes(name)
+      for trial in 0..<150 {
+        var copy = original
+        let burst = trial % 4 == 0 ? 8 : 1
+        let at = next() % (copy.count - burst)
+        for j in 0..<burst { copy[at + j] = UInt8(truncatingIfNeeded: next()) }
+        do {
+          // A corrupted file that still loads must also run (or fail) cleanly.
+          let model = try ONNXModel.load(data: copy)
+          let inputs = try model.inputs.map { value -> Tensor in
+            let shape = value.dims.map { d -> Int64 in if case .fixed(let n) = d { Int64(n) } else { 2 } }
+            let count = Int(shape.reduce(1, *))
+            switch value.elementType {
+            case .int64: return try Tensor(name: value.name, shape: shape, values: [Int64](repeating: 1, count: count))
+            case .bool: return try Tensor(name: value.name, datatype: .bool, shape: shape, storage: .fixed([UInt8](repeating: 1, count: count)))
+            case .float32: return try Tensor(name: value.name, shape: shape, values: [Float](repeating: 0.5, count: count))
+            }
+          }
+          _ = try? model.predict(inputs)
+        } catch {
+          failures += 1
+        }
+      }
     }
     #expect(failures > 0)
   }
@@ -296,5 +314,59 @@ struct ExternalDataTests {
     #expect(Build.loadError(try Self.model(location: "missing.bin"), directory: models)?.kind == .externalData)
     // No directory given: refused.
     #expect(Build.loadError(try Self.model(location: "weights.bin"), directory: nil)?.kind == .externalData)
+  }
+}
+
+@Suite("Hostile attribute values fail cleanly")
+struct HostileAttributeTests {
+  static func attr(_ name: String, ints: [Int64]) -> Onnx_AttributeProto {
+    var a = Onnx_AttributeProto()
+    a.name = name
+    a.type = .ints
+    a.ints = ints
+    return a
+  }
+
+  @Test func convGeometry() throws {
+    let cases: [[Onnx_AttributeProto]] = [
+      [Self.attr("strides", ints: [1 << 40, 1])],
+      [Self.attr("pads", ints: [1 << 40, 0, 1 << 40, 0])],
+      [Self.attr("pads", ints: [-1, 0, 0, 0])],
+      [Self.attr("dilations", ints: [Int64.max, 1])],
+      [Self.attr("strides", ints: [0, 1])],
+      [Self.attr("strides", ints: [1])],
+    ]
+    for attributes in cases {
+      var node = Build.node("Conv", ["x", "w"], ["y"])
+      node.attribute = attributes
+      let bytes = try Build.model(
+        nodes: [node], inputs: [Build.value("x", 1, [nil, 1, 8, 8])], outputs: [Build.value("y", 1, [nil, 2, nil, nil])],
+        initializers: [Build.floats("w", [2, 1, 3, 3], [Float](repeating: 0.1, count: 18))])
+      _ = Build.loadError(bytes)  // an error or (for harmless values) a load; never a trap
+    }
+  }
+
+  @Test func sliceAndReshapeExtremes() throws {
+    func ints(_ name: String, _ v: [Int64]) -> Onnx_TensorProto {
+      var t = Onnx_TensorProto()
+      t.name = name
+      t.dataType = 7
+      t.dims = [Int64(v.count)]
+      t.int64Data = v
+      return t
+    }
+    for (starts, ends, steps) in [([Int64.min], [Int64.max], [Int64.min]), ([Int64.max], [Int64.min], [-1]), ([0], [4], [0])] {
+      let bytes = try Build.model(
+        nodes: [Build.node("Slice", ["x", "s", "e", "a", "st"], ["y"])], inputs: [Build.value("x", 1, [4, 4])],
+        outputs: [Build.value("y", 1, [nil, 4])],
+        initializers: [ints("s", starts), ints("e", ends), ints("a", [0]), ints("st", steps)])
+      _ = Build.loadError(bytes)
+    }
+    for shape in [[Int64.max, 2], [0, 0, 0], [-1, -1], [Int64.min]] {
+      let bytes = try Build.model(
+        nodes: [Build.node("Reshape", ["x", "s"], ["y"])], inputs: [Build.value("x", 1, [4, 4])],
+        outputs: [Build.value("y", 1, [nil])], initializers: [ints("s", shape)])
+      #expect(Build.loadError(bytes) != nil)
+    }
   }
 }

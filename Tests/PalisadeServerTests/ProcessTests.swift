@@ -145,6 +145,58 @@ import Testing
     #expect(process.terminationReason == .exit)
   }
 
+  @Test func sighupReloadsAChangedPolicyAndRefusesABrokenOne() async throws {
+    let pki = try TestPKI()
+    let client = try pki.client("hup", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/hup")])
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: Self.binary)
+    // A long interval: only SIGHUP can trigger the reload within this test.
+    process.arguments = ["serve", "--config", try config(pki, extra: "reload: {interval_seconds: 3600}")]
+    let err = Pipe()
+    process.standardError = err
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    defer { if process.isRunning { process.terminate() } }
+    var log = ""
+    func waitFor(_ text: String) async throws -> Bool {
+      let deadline = ContinuousClock.now + .seconds(20)
+      while ContinuousClock.now < deadline {
+        log += String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
+        if log.contains(text) { return true }
+        try await Task.sleep(for: .milliseconds(50))
+      }
+      return false
+    }
+    #expect(try await waitFor("palisade serving"))
+    let port = log.split(separator: "\n").compactMap { line -> Int? in
+      guard line.contains("palisade serving"),
+        let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+        let listen = object["listen"] as? String
+      else { return nil }
+      return Int(listen.split(separator: ":").last ?? "")
+    }.first ?? 0
+    let common = [
+      "--target", "127.0.0.1:\(port)", "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"),
+      "--token", try pki.token(for: client.issued),
+    ]
+    #expect(try await Self.run(Self.binary, ["call", "metadata"] + common).status == 0)
+    // A broken policy: refused on SIGHUP, the old one stays in force.
+    try pki.write("policy.yaml", "version: 1\nrules: [{name: x}]\n")
+    kill(process.processIdentifier, SIGHUP)
+    #expect(try await waitFor("credential reload refused"))
+    #expect(try await Self.run(Self.binary, ["call", "metadata"] + common).status == 0)
+    // A valid policy without rules: denies everything after SIGHUP.
+    try pki.write("policy.yaml", "version: 1\nrules: []\n")
+    kill(process.processIdentifier, SIGHUP)
+    #expect(try await waitFor("credential reloaded"))
+    let denied = try await Self.run(Self.binary, ["call", "metadata"] + common)
+    #expect(denied.status == 1)
+    #expect(denied.stderr.contains("permissionDenied"), "\(denied.stderr)")
+    process.terminate()
+    while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+    #expect(process.terminationStatus == 0)
+  }
+
   @Test func tls12OnlyClientIsRefused() async throws {
     let server = try await TestServer.start()
     let c = try server.pki.client("tls12", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/tls12")])

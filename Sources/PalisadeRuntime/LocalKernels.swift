@@ -1,0 +1,601 @@
+import PalisadeKernels
+
+// Kernels the runtime keeps for itself until PalisadeKernels has equivalents:
+// - `fastExp`: PalisadeKernels' VMath.exp rounds with SIMD `.rounded()` / `SIMD8<Int32>(_:rounding:)`, which the
+//   standard library lowers lane by lane (~15 ns per element here); the 1.5 * 2^23 "magic number" rounding
+//   below is branch-free vector code and about 10x faster, with the same Cephes polynomial.
+//   Likewise `pointwiseMin` / `pointwiseMax` / `clamped` on SIMD8<Float> are lane-wise in the standard library;
+//   comparisons with `replacing(with:where:)` compile to vector compares and blends (~5x faster).
+// - softmax over rows, on `fastExp`.
+// - GELU (erf form) applied after a GEMM, with the erf clamp done by selects (the kernel's epilogue clamps with
+//   `clamped`, which costs ~1 ns per element).
+// - 2-D pooling whose windows tile the input without padding (the common 2x2 / stride-2 case), as direct loops.
+// - convolution split over the batch across the worker pool (the kernel parallelises inside one GEMM only,
+//   and per-image GEMMs of a small CNN are below its threshold).
+
+@inline(__always)
+func fastExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
+  let lo = SIMD8<Float>(repeating: -87.3365447505)
+  let hi = SIMD8<Float>(repeating: 88.3762626647949)
+  let clamped = x.replacing(with: lo, where: x .< lo).replacing(with: hi, where: x .> hi)
+  let magic = SIMD8<Float>(repeating: 12_582_912)  // 1.5 * 2^23: adding it rounds to the nearest integer
+  let t = clamped * 1.44269504088896341 + magic
+  let fx = t - magic
+  var r = clamped - fx * 0.693359375
+  r = r - fx * -2.12194440e-4
+  var y = SIMD8<Float>(repeating: 1.9875691500e-4)
+  y = SIMD8(repeating: 1.3981999507e-3).addingProduct(y, r)
+  y = SIMD8(repeating: 8.3334519073e-3).addingProduct(y, r)
+  y = SIMD8(repeating: 4.1665795894e-2).addingProduct(y, r)
+  y = SIMD8(repeating: 1.6666665459e-1).addingProduct(y, r)
+  y = SIMD8(repeating: 5.0000001201e-1).addingProduct(y, r)
+  y = (r + 1).addingProduct(y, r * r)
+  let n = unsafeBitCast(t, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
+  var result = y * unsafeBitCast((n &+ 127) &<< 23, to: SIMD8<Float>.self)
+  result.replace(with: 0, where: x .< -87.3365447505)
+  result.replace(with: x, where: x .!= x)  // NaN stays NaN
+  return result
+}
+
+/// Softmax over `rows` contiguous rows of `n` floats. `y` may equal `x`.
+func softmaxRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, n: Int) {
+  if n == 0 { return }
+  let full = n & ~7
+  for r in 0..<rows {
+    let rx = UnsafeRawPointer(x + r * n)
+    let ry = UnsafeMutableRawPointer(y + r * n)
+    var mv = SIMD8<Float>(repeating: -.infinity)
+    var i = 0
+    while i < full {
+      let v = rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+      mv = mv.replacing(with: v, where: v .> mv)
+      i += 8
+    }
+    var m = mv.max()
+    for j in full..<n { m = max(m, rx.load(fromByteOffset: j * 4, as: Float.self)) }
+    let vm = SIMD8<Float>(repeating: m)
+    var sv = SIMD8<Float>()
+    i = 0
+    while i < full {
+      let e = fastExp(rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - vm)
+      ry.storeBytes(of: e, toByteOffset: i * 4, as: SIMD8<Float>.self)
+      sv += e
+      i += 8
+    }
+    if full < n {
+      var tail = SIMD8<Float>(repeating: -.infinity)
+      for j in full..<n { tail[j - full] = rx.load(fromByteOffset: j * 4, as: Float.self) }
+      var e = fastExp(tail - vm)
+      for j in (n - full)..<8 { e[j] = 0 }
+      for j in full..<n { ry.storeBytes(of: e[j - full], toByteOffset: j * 4, as: Float.self) }
+      sv += e
+    }
+    let inv = 1 / sv.sum()
+    let vinv = SIMD8<Float>(repeating: inv)
+    i = 0
+    while i < full {
+      ry.storeBytes(of: ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * vinv, toByteOffset: i * 4, as: SIMD8<Float>.self)
+      i += 8
+    }
+    for j in full..<n { ry.storeBytes(of: ry.load(fromByteOffset: j * 4, as: Float.self) * inv, toByteOffset: j * 4, as: Float.self) }
+  }
+}
+
+/// Whether pooling windows tile the input without padding or dilation (every window fully inside).
+func isSimplePool(_ p: Pool2DParams) -> Bool {
+  p.padTop == 0 && p.padLeft == 0 && p.padBottom == 0 && p.padRight == 0 && p.dilationH == 1 && p.dilationW == 1
+    && (p.outHeight - 1) * p.strideH + p.kernelHeight <= p.inHeight
+    && (p.outWidth - 1) * p.strideW + p.kernelWidth <= p.inWidth
+}
+
+/// Max or average pooling for ``isSimplePool`` geometries, over planes `planeRange`.
+func simplePool(
+  _ p: Pool2DParams, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, max isMax: Bool,
+  planes planeRange: Range<Int>? = nil
+) {
+  let planes = p.batch * p.channels
+  let (h, w, oh, ow) = (p.inHeight, p.inWidth, p.outHeight, p.outWidth)
+  let (kh, kw, sh, sw) = (p.kernelHeight, p.kernelWidth, p.strideH, p.strideW)
+  let inv = 1 / Float(kh * kw)
+  if kh == 2 && kw == 2 && sh == 2 && sw == 2 {
+    // 2x2 / stride 2: 16 input columns of two rows -> 8 outputs per step (deinterleave with even/odd halves).
+    let half = SIMD8<Float>(repeating: 0.25)
+    for plane in planeRange ?? 0..<planes {
+      let src = UnsafeRawPointer(x + plane * h * w)
+      let dst = y + plane * oh * ow
+      for i in 0..<oh {
+        let r0 = src + (2 * i) * w * 4
+        let r1 = src + (2 * i + 1) * w * 4
+        var j = 0
+        while j + 8 <= ow {
+          let a = r0.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
+          let b = r1.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
+          let out: SIMD8<Float>
+          if isMax {
+            let m = a.replacing(with: b, where: b .> a)
+            let (e, o) = (m.evenHalf, m.oddHalf)
+            out = e.replacing(with: o, where: o .> e)
+          } else {
+            let s = a + b
+            out = (s.evenHalf + s.oddHalf) * half
+          }
+          UnsafeMutableRawPointer(dst + i * ow + j).storeBytes(of: out, as: SIMD8<Float>.self)
+          j += 8
+        }
+        while j < ow {
+          let v0 = r0.load(fromByteOffset: 2 * j * 4, as: Float.self)
+          let v1 = r0.load(fromByteOffset: (2 * j + 1) * 4, as: Float.self)
+          let v2 = r1.load(fromByteOffset: 2 * j * 4, as: Float.self)
+          let v3 = r1.load(fromByteOffset: (2 * j + 1) * 4, as: Float.self)
+          if isMax {
+            var m = v0
+            if v1 > m || v1 != v1 { m = v1 }
+            if v2 > m || v2 != v2 { m = v2 }
+            if v3 > m || v3 != v3 { m = v3 }
+            dst[i * ow + j] = m
+          } else {
+            dst[i * ow + j] = (v0 + v1 + v2 + v3) * 0.25
+          }
+          j += 1
+        }
+      }
+    }
+    return
+  }
+  for plane in planeRange ?? 0..<planes {
+    let src = x + plane * h * w
+    let dst = y + plane * oh * ow
+    for i in 0..<oh {
+      for j in 0..<ow {
+        let base = src + i * sh * w + j * sw
+        if isMax {
+          var m = -Float.infinity
+          for a in 0..<kh { for b in 0..<kw { let v = base[a * w + b]; if v > m || v != v { m = v } } }
+          dst[i * ow + j] = m
+        } else {
+          var s: Float = 0
+          for a in 0..<kh { for b in 0..<kw { s += base[a * w + b] } }
+          dst[i * ow + j] = s * inv
+        }
+      }
+    }
+  }
+}
+
+/// One convolution split over the batch: image `n` goes to part `n % parts`, each part with its own workspace.
+struct BatchConvJob {
+  var single: Conv2DParams
+  var input: UnsafePointer<Float>
+  var weight: UnsafePointer<Float>
+  var bias: UnsafePointer<Float>?
+  var output: UnsafeMutablePointer<Float>
+  var workspace: UnsafeMutablePointer<Float>?
+  var workspaceCount: Int
+  var inputStride: Int
+  var outputStride: Int
+  var batch: Int
+  var parts: Int
+  var activation: Activation
+  var direct: DirectConv?
+  var narrow: ChannelVectorConv?
+
+  func run(part: Int) {
+    var n = part
+    while n < batch {
+      if let narrow, let workspace {
+        narrow.run(input + n * inputStride, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
+        n += parts
+        continue
+      }
+      if let direct, let workspace {
+        direct.run(input + n * inputStride, weight, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
+        n += parts
+        continue
+      }
+      conv2d(
+        single, input: input + n * inputStride, weight: weight, bias: bias, output: output + n * outputStride,
+        workspace: workspace.map { $0 + part * workspaceCount }, activation: activation, pool: nil)
+      n += parts
+    }
+  }
+}
+
+/// erf by the Eigen / XLA rational approximation (as PalisadeKernels' VMath.erf), clamped by selects.
+@inline(__always)
+func fastErf(_ input: SIMD8<Float>) -> SIMD8<Float> {
+  let four = SIMD8<Float>(repeating: 4)
+  let x = input.replacing(with: -four, where: input .< -four).replacing(with: four, where: input .> four)
+  let x2 = x * x
+  var p = SIMD8<Float>(repeating: -2.72614225801306e-10)
+  p = SIMD8(repeating: 2.77068142495902e-08).addingProduct(p, x2)
+  p = SIMD8(repeating: -2.10102402082508e-06).addingProduct(p, x2)
+  p = SIMD8(repeating: -5.69250639462346e-05).addingProduct(p, x2)
+  p = SIMD8(repeating: -7.34990630326855e-04).addingProduct(p, x2)
+  p = SIMD8(repeating: -2.95459980854025e-03).addingProduct(p, x2)
+  p = SIMD8(repeating: -1.60960333262415e-02).addingProduct(p, x2)
+  p = p * x
+  var q = SIMD8<Float>(repeating: -1.45660718464996e-05)
+  q = SIMD8(repeating: -2.13374055278905e-04).addingProduct(q, x2)
+  q = SIMD8(repeating: -1.68282697438203e-03).addingProduct(q, x2)
+  q = SIMD8(repeating: -7.37332916720468e-03).addingProduct(q, x2)
+  q = SIMD8(repeating: -1.42647390514189e-02).addingProduct(q, x2)
+  var result = p / q
+  result.replace(with: input, where: input .!= input)
+  return result
+}
+
+/// In-place GELU (erf form) over `count` floats.
+func geluInPlace(_ y: UnsafeMutablePointer<Float>, _ count: Int) {
+  let ry = UnsafeMutableRawPointer(y)
+  var i = 0
+  while i + 8 <= count {
+    let x = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+    let half = x * 0.5
+    ry.storeBytes(of: half.addingProduct(half, fastErf(x * 0.70710678118654752)), toByteOffset: i * 4, as: SIMD8<Float>.self)
+    i += 8
+  }
+  if i < count {
+    var x = SIMD8<Float>()
+    for j in 0..<(count - i) { x[j] = y[i + j] }
+    let half = x * 0.5
+    let r = half.addingProduct(half, fastErf(x * 0.70710678118654752))
+    for j in 0..<(count - i) { y[i + j] = r[j] }
+  }
+}
+
+/// A GEMM's output rows `[rows, n]` with GELU applied afterwards in L1/L2-sized row blocks.
+func denseGelu(
+  m: Int, n: Int, k: Int, a: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+  c: UnsafeMutablePointer<Float>, pool: WorkerPool?
+) {
+  sgemm(
+    transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: a, lda: max(k, 1), b: w, ldb: max(n, 1), beta: 0,
+    c: c, ldc: max(n, 1), epilogue: GemmEpilogue(bias: bias.map { .perColumn($0) } ?? .none), pool: pool)
+  geluInPlace(c, m * n)
+}
+
+/// y = x * mul[c] + add[c] over `[batch, channels, spatial]`, planes `planeRange`.
+func channelAffine(
+  _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mul: UnsafePointer<Float>, add: UnsafePointer<Float>,
+  channels: Int, spatial: Int, planes planeRange: Range<Int>
+) {
+  for plane in planeRange {
+    let ch = plane % channels
+    let (p, q) = (SIMD8<Float>(repeating: mul[ch]), SIMD8<Float>(repeating: add[ch]))
+    let rx = UnsafeRawPointer(x + plane * spatial)
+    let ry = UnsafeMutableRawPointer(y + plane * spatial)
+    var j = 0
+    while j + 8 <= spatial {
+      let v = rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+      ry.storeBytes(of: q.addingProduct(v, p), toByteOffset: j * 4, as: SIMD8<Float>.self)
+      j += 8
+    }
+    while j < spatial {
+      y[plane * spatial + j] = x[plane * spatial + j] * mul[ch] + add[ch]
+      j += 1
+    }
+  }
+}
+
+/// Runs `body(range)` over `0..<count` items split into up to `parts` contiguous ranges on the pool (serially
+/// without a pool or for small work).
+struct RangeJob {
+  var count: Int
+  var parts: Int
+  var body: (Range<Int>) -> Void
+
+  func run(_ part: Int) {
+    let lo = count * part / parts
+    let hi = count * (part + 1) / parts
+    if lo < hi { body(lo..<hi) }
+  }
+}
+
+func parallelRanges(_ count: Int, work: Int, pool: WorkerPool?, _ body: (Range<Int>) -> Void) {
+  guard let pool, pool.threadCount > 1, work >= 1 << 15, count > 1 else {
+    body(0..<count)
+    return
+  }
+  withoutActuallyEscaping(body) { escaping in
+    let parts = min(count, pool.threadCount + 1)
+    var job = RangeJob(count: count, parts: parts, body: escaping)
+    withUnsafePointer(to: &job) { p in
+      pool.parallelFor(parts, context: UnsafeRawPointer(p)) { context, part in
+        context.assumingMemoryBound(to: RangeJob.self).pointee.run(part)
+      }
+    }
+  }
+}
+
+/// Direct 2-D convolution (no dilation, one group, horizontal stride 1 or 2): the input is copied into a
+/// zero-padded scratch plane, then 16 output columns x 4 output channels are accumulated in registers. For the
+/// small channel counts of compact CNNs this beats im2col + GEMM, whose packing dominates when `Cin * kh * kw`
+/// is small.
+struct DirectConv {
+  var cin: Int
+  var cout: Int
+  var h: Int
+  var w: Int
+  var kh: Int
+  var kw: Int
+  var sh: Int
+  var sw: Int
+  var padTop: Int
+  var padLeft: Int
+  var outH: Int
+  var outW: Int
+  var relu: Bool
+
+  static func applies(_ p: Conv2DParams, _ activation: Activation) -> Bool {
+    (p.strideW == 1 || p.strideW == 2) && p.strideH >= 1 && p.dilationH == 1 && p.dilationW == 1 && p.groups == 1
+      && (activation == .identity || activation == .relu) && p.kernelHeight <= 16 && p.kernelWidth <= 16
+      && p.inChannels * p.kernelHeight * p.kernelWidth <= 512 && p.strideH <= 8
+      && max(p.padTop, p.padLeft, p.padBottom, p.padRight) <= 16
+      && p.outHeight > 0 && p.outWidth >= 12  // narrower outputs waste most of the 16-column block
+  }
+
+  init(_ p: Conv2DParams, relu: Bool) {
+    cin = p.inChannels
+    cout = p.outChannels
+    h = p.inHeight
+    w = p.inWidth
+    kh = p.kernelHeight
+    kw = p.kernelWidth
+    sh = p.strideH
+    sw = p.strideW
+    padTop = p.padTop
+    padLeft = p.padLeft
+    outH = p.outHeight
+    outW = p.outWidth
+    self.relu = relu
+  }
+
+  var paddedH: Int { (outH - 1) * sh + kh }
+  /// Wide enough for the last 16-column block's loads (16 floats per load for stride 2).
+  var paddedW: Int { max(sw * ((outW + 15) / 16 * 16) + kw + 16, padLeft + w) }
+  /// Floats of scratch per image.
+  var scratchCount: Int { cin * paddedH * paddedW }
+
+  @inline(__always)
+  func load8(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float> {
+    if sw == 1 { return row.loadUnaligned(fromByteOffset: col * 4, as: SIMD8<Float>.self) }
+    return row.loadUnaligned(fromByteOffset: col * 4, as: SIMD16<Float>.self).evenHalf
+  }
+
+  /// One image: `x` [cin, h, w] -> `y` [cout, outH, outW]; output channels split over `pool` when given.
+  func run(
+    _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+    _ y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>, pool: WorkerPool? = nil
+  ) {
+    let (hp, wp) = (paddedH, paddedW)
+    scratch.update(repeating: 0, count: cin * hp * wp)
+    for c in 0..<cin {
+      for r in 0..<h {
+        let dr = r + padTop
+        guard dr < hp else { continue }
+        (scratch + (c * hp + dr) * wp + padLeft).update(from: x + (c * h + r) * w, count: w)
+      }
+    }
+    let blocks = (cout + 3) / 4
+    parallelRanges(blocks, work: cout * outH * outW * cin * kh * kw / 4, pool: pool) { range in
+      compute(weight, bias, y, scratch: UnsafePointer(scratch), blocks: range)
+    }
+  }
+
+  /// Output channels `4 * blocks.lowerBound ..< 4 * blocks.upperBound` from the padded input.
+  func compute(
+    _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>,
+    scratch: UnsafePointer<Float>, blocks: Range<Int>
+  ) {
+    let (hp, wp) = (paddedH, paddedW)
+    let kSize = cin * kh * kw
+    let zero = SIMD8<Float>()
+    var oc = blocks.lowerBound * 4
+    while oc < min(cout, blocks.upperBound * 4) {
+      let group = min(4, cout - oc)
+      let w0 = weight + oc * kSize
+      let w1 = weight + (oc + min(1, group - 1)) * kSize
+      let w2 = weight + (oc + min(2, group - 1)) * kSize
+      let w3 = weight + (oc + min(3, group - 1)) * kSize
+      let b0 = SIMD8<Float>(repeating: bias?[oc] ?? 0)
+      let b1 = SIMD8<Float>(repeating: bias?[oc + min(1, group - 1)] ?? 0)
+      let b2 = SIMD8<Float>(repeating: bias?[oc + min(2, group - 1)] ?? 0)
+      let b3 = SIMD8<Float>(repeating: bias?[oc + min(3, group - 1)] ?? 0)
+      for oh in 0..<outH {
+        var ow = 0
+        while ow < outW {
+          var (a0, a1, a2, a3) = (b0, b1, b2, b3)
+          var (c0, c1, c2, c3) = (b0, b1, b2, b3)
+          var k = 0
+          if sw == 1 && kw == 3 {
+            // The common 3x3 / stride-1 case, with the three taps of a row unrolled and no stride branch.
+            for ic in 0..<cin {
+              for r in 0..<kh {
+                let row = UnsafeRawPointer(scratch + (ic * hp + oh * sh + r) * wp + ow)
+                for s in 0..<3 {
+                  let v = row.loadUnaligned(fromByteOffset: s * 4, as: SIMD8<Float>.self)
+                  let u = row.loadUnaligned(fromByteOffset: (8 + s) * 4, as: SIMD8<Float>.self)
+                  let (p0, p1, p2, p3) = (SIMD8<Float>(repeating: w0[k]), SIMD8<Float>(repeating: w1[k]),
+                                          SIMD8<Float>(repeating: w2[k]), SIMD8<Float>(repeating: w3[k]))
+                  a0 = a0.addingProduct(v, p0)
+                  a1 = a1.addingProduct(v, p1)
+                  a2 = a2.addingProduct(v, p2)
+                  a3 = a3.addingProduct(v, p3)
+                  c0 = c0.addingProduct(u, p0)
+                  c1 = c1.addingProduct(u, p1)
+                  c2 = c2.addingProduct(u, p2)
+                  c3 = c3.addingProduct(u, p3)
+                  k += 1
+                }
+              }
+            }
+          } else {
+          for ic in 0..<cin {
+            for r in 0..<kh {
+              let row = UnsafeRawPointer(scratch + (ic * hp + oh * sh + r) * wp)
+              for s in 0..<kw {
+                let v = load8(row, ow * sw + s)
+                let u = load8(row, (ow + 8) * sw + s)
+                let (p0, p1, p2, p3) = (SIMD8<Float>(repeating: w0[k]), SIMD8<Float>(repeating: w1[k]),
+                                        SIMD8<Float>(repeating: w2[k]), SIMD8<Float>(repeating: w3[k]))
+                a0 = a0.addingProduct(v, p0)
+                a1 = a1.addingProduct(v, p1)
+                a2 = a2.addingProduct(v, p2)
+                a3 = a3.addingProduct(v, p3)
+                c0 = c0.addingProduct(u, p0)
+                c1 = c1.addingProduct(u, p1)
+                c2 = c2.addingProduct(u, p2)
+                c3 = c3.addingProduct(u, p3)
+                k += 1
+              }
+            }
+          }
+          }
+          if relu {
+            a0.replace(with: zero, where: a0 .< zero)
+            a1.replace(with: zero, where: a1 .< zero)
+            a2.replace(with: zero, where: a2 .< zero)
+            a3.replace(with: zero, where: a3 .< zero)
+            c0.replace(with: zero, where: c0 .< zero)
+            c1.replace(with: zero, where: c1 .< zero)
+            c2.replace(with: zero, where: c2 .< zero)
+            c3.replace(with: zero, where: c3 .< zero)
+          }
+          let n0 = min(8, outW - ow)
+          let n1 = min(8, outW - ow - 8)
+          for g in 0..<group {
+            let dst = y + ((oc + g) * outH + oh) * outW + ow
+            let a = g == 0 ? a0 : (g == 1 ? a1 : (g == 2 ? a2 : a3))
+            let c = g == 0 ? c0 : (g == 1 ? c1 : (g == 2 ? c2 : c3))
+            if n0 == 8 {
+              UnsafeMutableRawPointer(dst).storeBytes(of: a, as: SIMD8<Float>.self)
+            } else {
+              for j in 0..<n0 { dst[j] = a[j] }
+            }
+            if n1 == 8 {
+              UnsafeMutableRawPointer(dst + 8).storeBytes(of: c, as: SIMD8<Float>.self)
+            } else if n1 > 0 {
+              for j in 0..<n1 { dst[8 + j] = c[j] }
+            }
+          }
+          ow += 16
+        }
+      }
+      oc += 4
+    }
+  }
+}
+
+/// Direct convolution vectorised over output channels, for narrow outputs (late CNN layers, e.g. 4x4) where
+/// vectorising over columns would waste most lanes: for each output pixel, 8..32 output channels accumulate in
+/// registers from broadcast input values and weights pre-transposed to `[Cin * kh * kw, Cout]` at plan time.
+struct ChannelVectorConv {
+  var cin: Int
+  var cout: Int
+  var h: Int
+  var w: Int
+  var kh: Int
+  var kw: Int
+  var sh: Int
+  var sw: Int
+  var padTop: Int
+  var padLeft: Int
+  var outH: Int
+  var outW: Int
+  var relu: Bool
+  /// `[Cin * kh * kw, Cout]`.
+  var weights: HostTensor
+
+  static func applies(_ p: Conv2DParams, _ activation: Activation, constantWeights: Bool) -> Bool {
+    constantWeights && p.groups == 1 && p.outChannels % 8 == 0 && p.dilationH == 1 && p.dilationW == 1
+      && (activation == .identity || activation == .relu) && p.kernelHeight <= 16 && p.kernelWidth <= 16
+      && p.strideH <= 8 && p.strideW <= 8 && max(p.padTop, p.padLeft, p.padBottom, p.padRight) <= 16
+      && p.outHeight > 0 && p.outWidth > 0
+  }
+
+  init(_ p: Conv2DParams, relu: Bool, weight: HostTensor) {
+    cin = p.inChannels
+    cout = p.outChannels
+    h = p.inHeight
+    w = p.inWidth
+    kh = p.kernelHeight
+    kw = p.kernelWidth
+    sh = p.strideH
+    sw = p.strideW
+    padTop = p.padTop
+    padLeft = p.padLeft
+    outH = p.outHeight
+    outW = p.outWidth
+    self.relu = relu
+    let k = cin * kh * kw
+    weights = HostTensor(type: .float32, shape: [k, cout])
+    let (src, dst) = (weight.floatPointer, weights.floatPointer)
+    for o in 0..<cout { for j in 0..<k { dst[j * cout + o] = src[o * k + j] } }
+  }
+
+  var paddedH: Int { max((outH - 1) * sh + kh, padTop + h) }
+  var paddedW: Int { max((outW - 1) * sw + kw, padLeft + w) }
+  var scratchCount: Int { cin * paddedH * paddedW }
+
+  func run(
+    _ x: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>,
+    scratch: UnsafeMutablePointer<Float>
+  ) {
+    let (hp, wp) = (paddedH, paddedW)
+    scratch.update(repeating: 0, count: cin * hp * wp)
+    for c in 0..<cin {
+      for r in 0..<h {
+        (scratch + (c * hp + r + padTop) * wp + padLeft).update(from: x + (c * h + r) * w, count: w)
+      }
+    }
+    let wt = UnsafeRawPointer(weights.floatPointer)
+    let plane = outH * outW
+    let zero = SIMD8<Float>()
+    var ocb = 0
+    while ocb < cout {
+      let lanes = min(4, (cout - ocb) / 8)
+      func biasVector(_ j: Int) -> SIMD8<Float> {
+        guard let bias, j < lanes else { return zero }
+        return UnsafeRawPointer(bias + ocb + 8 * j).loadUnaligned(as: SIMD8<Float>.self)
+      }
+      let (b0, b1, b2, b3) = (biasVector(0), biasVector(1), biasVector(2), biasVector(3))
+      // Lanes beyond `lanes` read the first block again (valid memory) and are not stored.
+      let o1 = lanes > 1 ? 8 : 0
+      let o2 = lanes > 2 ? 16 : 0
+      let o3 = lanes > 3 ? 24 : 0
+      for oh in 0..<outH {
+        for ow in 0..<outW {
+          var (a0, a1, a2, a3) = (b0, b1, b2, b3)
+          var k = 0
+          for ic in 0..<cin {
+            for r in 0..<kh {
+              let row = scratch + (ic * hp + oh * sh + r) * wp + ow * sw
+              for s in 0..<kw {
+                let v = SIMD8<Float>(repeating: row[s])
+                let wrow = wt + (k * cout + ocb) * 4
+                a0 = a0.addingProduct(v, wrow.loadUnaligned(as: SIMD8<Float>.self))
+                a1 = a1.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o1 * 4, as: SIMD8<Float>.self))
+                a2 = a2.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o2 * 4, as: SIMD8<Float>.self))
+                a3 = a3.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o3 * 4, as: SIMD8<Float>.self))
+                k += 1
+              }
+            }
+          }
+          if relu {
+            a0.replace(with: zero, where: a0 .< zero)
+            a1.replace(with: zero, where: a1 .< zero)
+            a2.replace(with: zero, where: a2 .< zero)
+            a3.replace(with: zero, where: a3 .< zero)
+          }
+          let pixel = oh * outW + ow
+          for j in 0..<lanes {
+            let a = j == 0 ? a0 : (j == 1 ? a1 : (j == 2 ? a2 : a3))
+            let base = y + (ocb + 8 * j) * plane + pixel
+            for l in 0..<8 { base[l * plane] = a[l] }
+          }
+        }
+      }
+      ocb += 8 * lanes
+    }
+  }
+}
