@@ -8,7 +8,7 @@ CONFIG ?= deploy/local/palisade.yaml
 APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps venv build release pki run test check generate clean
+.PHONY: help deps venv build release pki demo-bundle run test check generate clean
 
 help:
 	@echo "make run       install what is missing, build, make the dev PKI, start the server ($(CONFIG))"
@@ -44,7 +44,18 @@ pki: deps
 	  certs/make-dev-pki.sh certs/out; \
 	fi
 
-run: build pki
+# The demo bundle: the scikit-learn digits MLP from the engine's fixtures, signed with the dev publisher key
+# into run/models/digits/1 (remade when the PKI is newer than its signature).
+DEMO_BUNDLE := run/models/digits/1
+demo-bundle: build pki
+	@if [ ! -f $(DEMO_BUNDLE)/model.sig ] || [ certs/out/publisher.key -nt $(DEMO_BUNDLE)/model.sig ]; then \
+	  rm -rf run/models/digits run/state && mkdir -p run/models/digits && \
+	  $(SWIFT) run palisade bundle init --model Tests/Fixtures/mlp_digits.onnx --name digits --version 1 --max-batch 64 --out $(DEMO_BUNDLE) && \
+	  $(SWIFT) run palisade bundle sign $(DEMO_BUNDLE) --key certs/out/publisher.key; \
+	fi
+
+run: build pki demo-bundle
+	@echo "serving; in another shell: export PALISADE_TOKEN=\$$(swift run palisade token mint --bind-cert certs/out/client-a.pem)"
 	$(SWIFT) run palisade serve --config $(CONFIG)
 
 check: build pki
@@ -58,4 +69,4 @@ generate:
 	scripts/generate-protos.sh
 
 clean:
-	rm -rf .build certs/out $(VENV)
+	rm -rf .build certs/out run $(VENV)

@@ -178,7 +178,7 @@ let package = Package(
     .target(
       name: "PalisadeTestSupport",
       dependencies: [
-        "PalisadeCore", "PalisadeServer", "PalisadeIdentity", "PalisadeBundle",
+        "PalisadeCore", "PalisadeServer", "PalisadeIdentity", "PalisadeBundle", "PalisadeRuntime",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "SwiftASN1", package: "swift-asn1"),

@@ -10,6 +10,7 @@
 # Leaf files (*.pem) hold the leaf followed by the intermediate, so peers can build the chain;
 # ca-bundle.pem is the root: the server's client-CA bundle and the clients' server-CA bundle.
 # issuer.key / issuer-jwks.json: the dev token issuer (`palisade token mint --key certs/out/issuer.key`).
+# publisher.key / publisher.pub.pem: the dev model publisher that signs the demo bundle.
 # Usage: certs/make-dev-pki.sh [OUT_DIR] [DAYS]   (DAYS defaults to 30)
 set -euo pipefail
 out=${1:-"$(dirname "$0")/out"}
@@ -81,6 +82,9 @@ x=$(head -c 32 "$point" | b64url)
 y=$(tail -c 32 "$point" | b64url)
 rm -f "$point"
 printf '{"keys":[{"kty":"EC","crv":"P-256","kid":"dev-1","alg":"ES256","use":"sig","x":"%s","y":"%s"}]}\n' "$x" "$y" > issuer-jwks.json
+# The dev model publisher: signs the demo bundle (`palisade bundle sign --key certs/out/publisher.key`).
+key publisher
+openssl ec -in publisher.key -pubout -out publisher.pub.pem 2>/dev/null
 cp root-ca.pem ca-bundle.pem
 chmod 644 ./*.pem issuer-jwks.json
 rm -f ./*.srl

@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import PalisadeBundle
 import PalisadeServer
+import PalisadeRuntime
+import PalisadeCore
 
 /// `palisade bundle`: make, sign, verify, inspect and pack model bundles.
 struct BundleCommand: AsyncParsableCommand {
@@ -24,7 +26,10 @@ struct BundleCommand: AsyncParsableCommand {
   struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Make an unsigned bundle directory: copy the model file and write manifest.json.",
-      discussion: "Tensors are NAME:DATATYPE:DIMS, e.g. input:FP32:-1,64 (-1 = variable dimension).")
+      discussion: """
+        For an .onnx model, inputs and outputs are read from the graph (symbolic dimensions become -1) unless given.
+        Tensors are NAME:DATATYPE:DIMS, e.g. input:FP32:-1,64 (-1 = variable dimension).
+        """)
     @Option(help: "The model file (e.g. model.onnx).") var model: String
     @Option(help: "The model name the server serves it under.") var name: String
     @Option(help: "The version, a positive integer.") var version: Int
@@ -48,11 +53,30 @@ struct BundleCommand: AsyncParsableCommand {
           return BundleManifest.Tensor(name: parts[0], datatype: dt, shape: dims)
         }
       }
-      guard !input.isEmpty, !output.isEmpty else { throw ValidationError("give at least one --input and one --output") }
+      var inputs = try tensors(input)
+      var outputs = try tensors(output)
+      if (inputs.isEmpty || outputs.isEmpty) && model.hasSuffix(".onnx") {
+        // Read the declaration from the graph: parsing an unsigned model is fine here, on the publisher's side.
+        let graph: ONNXModel
+        do { graph = try ONNXModel.load(contentsOf: URL(fileURLWithPath: model)) } catch {
+          throw BundleCommand.fail("\(model): \(error)")
+        }
+        func manifestTensor(_ spec: TensorSpec) throws -> BundleManifest.Tensor {
+          guard let dt = BundleManifest.Datatype(rawValue: spec.datatype.rawValue) else {
+            throw ValidationError("\(spec.name): datatype \(spec.datatype.rawValue) is not allowed in a manifest")
+          }
+          return BundleManifest.Tensor(name: spec.name, datatype: dt, shape: spec.shape)
+        }
+        if inputs.isEmpty { inputs = try graph.inputSpecs.map(manifestTensor) }
+        if outputs.isEmpty { outputs = try graph.outputSpecs.map(manifestTensor) }
+      }
+      guard !inputs.isEmpty, !outputs.isEmpty else {
+        throw ValidationError("give at least one --input and one --output (read from the graph for .onnx files)")
+      }
       let fileName = URL(fileURLWithPath: model).lastPathComponent
       let manifest = BundleManifest(
         name: name, version: version, created: Date(), expires: Date().addingTimeInterval(Double(expiresDays) * 86_400),
-        modelFile: fileName, inputs: try tensors(input), outputs: try tensors(output), maxBatch: maxBatch)
+        modelFile: fileName, inputs: inputs, outputs: outputs, maxBatch: maxBatch)
       do {
         try manifest.validate()
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)

@@ -1,0 +1,55 @@
+import Foundation
+import PalisadeBundle
+import PalisadeProto
+import PalisadeTestSupport
+import Testing
+
+/// A real ONNX model (scikit-learn's digits MLP from the fixtures) as a signed bundle, served over mTLS and
+/// compared with onnxruntime's outputs.
+@Suite struct ONNXServingTests {
+  @Test func signedDigitsBundleServesOnnxruntimeResults() async throws {
+    let pki = try TestPKI()
+    let factory = TestBundleFactory()
+    let dir = pki.path("models/digits/1")
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let fixtures = "\(repositoryRoot)/Tests/Fixtures"
+    try FileManager.default.copyItem(atPath: "\(fixtures)/mlp_digits.onnx", toPath: "\(dir)/mlp_digits.onnx")
+    let manifest = BundleManifest(
+      name: "digits", version: 1, created: Date().addingTimeInterval(-60), expires: Date().addingTimeInterval(3600),
+      modelFile: "mlp_digits.onnx", inputs: [.init(name: "input", datatype: .fp32, shape: [-1, 64])],
+      outputs: [.init(name: "label", datatype: .int64, shape: [-1]), .init(name: "probabilities", datatype: .fp32, shape: [-1, 10])],
+      maxBatch: 64)
+    try Data(try manifest.encodedJSON()).write(to: URL(fileURLWithPath: "\(dir)/manifest.json"))
+    _ = try await BundleSigner.sign(directory: dir, key: .p256(factory.key))
+    let keyPath = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
+    let server = try await TestServer.start(pki: pki, models: []) {
+      $0.models.directories = [pki.path("models")]
+      $0.models.stateFile = pki.path("state.json")
+      $0.models.trust = [.init(models: "digits", publicKeys: [keyPath])]
+    }
+    for _ in 0..<200 where !server.runtime.repository.isReady(name: "digits", version: "") {
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    let input = try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/mlp_digits.b32.input.bin"))
+    let labels = try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/mlp_digits.b32.label.bin"))
+    let probabilities = try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/mlp_digits.b32.probabilities.bin"))
+    let client = try goodClient(server)
+    let response = try await withClient(server, client) { c in
+      try await c.modelInfer(
+        .with {
+          $0.modelName = "digits"
+          $0.inputs = [.with { $0.name = "input"; $0.datatype = "FP32"; $0.shape = [32, 64] }]
+          $0.rawInputContents = [input]
+        })
+    }
+    #expect(response.outputs.map(\.name) == ["label", "probabilities"])
+    #expect(response.rawOutputContents[0] == labels)
+    let ours = response.rawOutputContents[1].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    let reference = probabilities.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    #expect(ours.count == reference.count)
+    for (a, b) in zip(ours, reference) {
+      #expect(abs(a - b) <= 1e-5 + 1e-4 * abs(b))
+    }
+    try await server.stop()
+  }
+}
