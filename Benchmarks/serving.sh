@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-20000}
-swift build -c release --product serving-bench >/dev/null
-bin=.build/release/serving-bench
+bin=${SERVING_BENCH:-.build/release/serving-bench}
+[ -x "$bin" ] || swift build -c release --product serving-bench >/dev/null
 dir=$(mktemp -d)
 $bin server "$dir" & server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$dir"' EXIT
