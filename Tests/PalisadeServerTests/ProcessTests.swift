@@ -1,5 +1,6 @@
 import Foundation
 import PalisadeTestSupport
+import Synchronization
 import Testing
 
 /// The real `palisade` executable, as operators run it.
@@ -101,30 +102,10 @@ import Testing
   @Test func servesCallsAndStopsCleanlyOnSIGTERM() async throws {
     let pki = try TestPKI()
     let client = try pki.client("cli", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/cli")])
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: Self.binary)
-    process.arguments = ["serve", "--config", try config(pki)]
-    let err = Pipe()
-    process.standardError = err
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    defer { if process.isRunning { process.terminate() } }
-    // The JSON log announces the bound port.
-    var log = ""
-    var port = 0
-    let deadline = ContinuousClock.now + .seconds(20)
-    while port == 0, ContinuousClock.now < deadline {
-      let chunk = err.fileHandleForReading.availableData
-      log += String(decoding: chunk, as: UTF8.self)
-      for line in log.split(separator: "\n") where line.contains("palisade serving") {
-        if let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-          let listen = object["listen"] as? String, let p = Int(listen.split(separator: ":").last ?? "")
-        {
-          port = p
-        }
-      }
-    }
-    #expect(port != 0, "\(log)")
+    let serve = try ServeProcess(config: try config(pki))
+    defer { serve.kill() }
+    let port = try await serve.port()
+    #expect(port != 0, "\(serve.log)")
     let common = [
       "--target", "127.0.0.1:\(port)", "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"),
       "--token", try pki.token(for: client.issued),
@@ -139,42 +120,17 @@ import Testing
       stdin: #"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}]}"#)
     #expect(infer.status == 1)
     #expect(infer.stderr.contains("unknown model 'absent'"), "\(infer.stderr)")
-    process.terminate()  // SIGTERM
-    while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
-    #expect(process.terminationStatus == 0)
-    #expect(process.terminationReason == .exit)
+    let status = try await serve.terminate()  // SIGTERM
+    #expect(status == 0)
   }
 
   @Test func sighupReloadsAChangedPolicyAndRefusesABrokenOne() async throws {
     let pki = try TestPKI()
     let client = try pki.client("hup", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/hup")])
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: Self.binary)
     // A long interval: only SIGHUP can trigger the reload within this test.
-    process.arguments = ["serve", "--config", try config(pki, extra: "reload: {interval_seconds: 3600}")]
-    let err = Pipe()
-    process.standardError = err
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    defer { if process.isRunning { process.terminate() } }
-    var log = ""
-    func waitFor(_ text: String) async throws -> Bool {
-      let deadline = ContinuousClock.now + .seconds(20)
-      while ContinuousClock.now < deadline {
-        log += String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
-        if log.contains(text) { return true }
-        try await Task.sleep(for: .milliseconds(50))
-      }
-      return false
-    }
-    #expect(try await waitFor("palisade serving"))
-    let port = log.split(separator: "\n").compactMap { line -> Int? in
-      guard line.contains("palisade serving"),
-        let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-        let listen = object["listen"] as? String
-      else { return nil }
-      return Int(listen.split(separator: ":").last ?? "")
-    }.first ?? 0
+    let serve = try ServeProcess(config: try config(pki, extra: "reload: {interval_seconds: 3600}"))
+    defer { serve.kill() }
+    let port = try await serve.port()
     let common = [
       "--target", "127.0.0.1:\(port)", "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"),
       "--token", try pki.token(for: client.issued),
@@ -182,19 +138,17 @@ import Testing
     #expect(try await Self.run(Self.binary, ["call", "metadata"] + common).status == 0)
     // A broken policy: refused on SIGHUP, the old one stays in force.
     try pki.write("policy.yaml", "version: 1\nrules: [{name: x}]\n")
-    kill(process.processIdentifier, SIGHUP)
-    #expect(try await waitFor("credential reload refused"))
+    serve.signal(SIGHUP)
+    #expect(try await serve.waitFor("credential reload refused"))
     #expect(try await Self.run(Self.binary, ["call", "metadata"] + common).status == 0)
     // A valid policy without rules: denies everything after SIGHUP.
     try pki.write("policy.yaml", "version: 1\nrules: []\n")
-    kill(process.processIdentifier, SIGHUP)
-    #expect(try await waitFor("credential reloaded"))
+    serve.signal(SIGHUP)
+    #expect(try await serve.waitFor("credential reloaded"))
     let denied = try await Self.run(Self.binary, ["call", "metadata"] + common)
     #expect(denied.status == 1)
     #expect(denied.stderr.contains("permissionDenied"), "\(denied.stderr)")
-    process.terminate()
-    while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
-    #expect(process.terminationStatus == 0)
+    #expect(try await serve.terminate() == 0)
   }
 
   @Test func tls12OnlyClientIsRefused() async throws {
@@ -249,4 +203,59 @@ import Testing
     }
     try await server.stop()
   }
+}
+
+/// A `palisade serve` process whose JSON log is collected as it arrives.
+final class ServeProcess: @unchecked Sendable {
+  let process = Process()
+  private let collected = Mutex<String>("")
+  var log: String { collected.withLock { $0 } }
+
+  init(config: String) throws {
+    process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+    process.arguments = ["serve", "--config", config]
+    let err = Pipe()
+    process.standardError = err
+    process.standardOutput = FileHandle.nullDevice
+    err.fileHandleForReading.readabilityHandler = { [weak self] handle in
+      let text = String(decoding: handle.availableData, as: UTF8.self)
+      self?.collected.withLock { $0 += text }
+    }
+    try process.run()
+  }
+
+  /// Waits (bounded) until the log contains `text`.
+  func waitFor(_ text: String, timeout: Duration = .seconds(20)) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+      if log.contains(text) { return true }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    return false
+  }
+
+  /// The gRPC port from the "palisade serving" log line.
+  func port() async throws -> Int {
+    guard try await waitFor("palisade serving") else { return 0 }
+    for line in log.split(separator: "\n") where line.contains("palisade serving") {
+      if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+        let listen = object["listen"] as? String, let p = Int(listen.split(separator: ":").last ?? "")
+      {
+        return p
+      }
+    }
+    return 0
+  }
+
+  func signal(_ number: Int32) { Foundation.kill(process.processIdentifier, number) }
+
+  /// SIGTERM, then the exit status once it has exited (bounded).
+  func terminate() async throws -> Int32 {
+    process.terminate()
+    let deadline = ContinuousClock.now + .seconds(30)
+    while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+    return process.isRunning ? -1 : process.terminationStatus
+  }
+
+  func kill() { if process.isRunning { process.terminate() } }
 }
