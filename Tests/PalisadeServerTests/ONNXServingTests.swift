@@ -7,7 +7,9 @@ import Testing
 /// A real ONNX model (scikit-learn's digits MLP from the fixtures) as a signed bundle, served over mTLS and
 /// compared with onnxruntime's outputs.
 @Suite struct ONNXServingTests {
-  @Test func signedDigitsBundleServesOnnxruntimeResults() async throws {
+  /// Signed by `palisade` and by the OpenSSF `model_signing` CLI: the server loads and serves both.
+  @Test(arguments: ["palisade", "model_signing"])
+  func signedDigitsBundleServesOnnxruntimeResults(signer: String) async throws {
     let pki = try TestPKI()
     let factory = TestBundleFactory()
     let dir = pki.path("models/digits/1")
@@ -20,8 +22,16 @@ import Testing
       outputs: [.init(name: "label", datatype: .int64, shape: [-1]), .init(name: "probabilities", datatype: .fp32, shape: [-1, 10])],
       maxBatch: 64)
     try Data(try manifest.encodedJSON()).write(to: URL(fileURLWithPath: "\(dir)/manifest.json"))
-    _ = try await BundleSigner.sign(directory: dir, key: .p256(factory.key))
     let keyPath = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
+    if signer == "palisade" {
+      _ = try await BundleSigner.sign(directory: dir, key: .p256(factory.key))
+    } else {
+      let privatePath = try pki.write("publisher.key", factory.key.pemRepresentation, mode: 0o600)
+      let tool = URL(fileURLWithPath: InteropTests.python).deletingLastPathComponent().appendingPathComponent("model_signing").path
+      let r = try await ProcessTests.run(
+        tool, ["sign", "key", dir, "--private_key", privatePath, "--signature", "\(dir)/model.sig"], timeout: .seconds(120))
+      #expect(r.status == 0, "\(r.stderr)")
+    }
     let server = try await TestServer.start(pki: pki, models: []) {
       $0.models.directories = [pki.path("models")]
       $0.models.stateFile = pki.path("state.json")
@@ -30,6 +40,7 @@ import Testing
     for _ in 0..<200 where !server.runtime.repository.isReady(name: "digits", version: "") {
       try await Task.sleep(for: .milliseconds(50))
     }
+    #expect(server.runtime.repository.isReady(name: "digits", version: "1"), "\(server.runtime.repository.index())")
     let input = try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/mlp_digits.b32.input.bin"))
     let labels = try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/mlp_digits.b32.label.bin"))
     let probabilities = try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/mlp_digits.b32.probabilities.bin"))
