@@ -21,12 +21,10 @@ public final class ClientCertificateVerifier: Sendable {
   }
 
   private let roots: Mutex<CertificateStore>
-  private let clock: @Sendable () -> Date
 
-  /// Creates a verifier trusting `roots`. `clock` is the validation time (tests inject one).
-  public init(roots: [Certificate], clock: @escaping @Sendable () -> Date = { Date() }) {
+  /// Creates a verifier trusting `roots`; certificates are checked against the current time.
+  public init(roots: [Certificate]) {
     self.roots = Mutex(CertificateStore(roots))
-    self.clock = clock
   }
 
   /// Replaces the trusted roots; new handshakes use them at once.
@@ -46,9 +44,8 @@ public final class ClientCertificateVerifier: Sendable {
       return .refused("client certificate could not be parsed")
     }
     let store = roots.withLock { $0 }
-    let now = clock()
     var verifier = Verifier(rootCertificates: store) {
-      RFC5280Policy(validationTime: now)
+      RFC5280Policy()
       ClientLeafPolicy()
     }
     switch await verifier.validate(leaf: leaf, intermediates: CertificateStore(intermediates)) {

@@ -15,9 +15,6 @@ public final class ServerMetrics: Sendable {
 
   public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
     self.registry = registry
-    _ = registry.makeGauge(
-      descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "up", helpText: "1 while the server process is serving"))
   }
 
   /// Counts one finished RPC and records its latency.
