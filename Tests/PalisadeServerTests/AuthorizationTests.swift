@@ -20,7 +20,7 @@ import Testing
         principals: [{spiffe: "spiffe://palisade.test/sa/limited"}]
         rpcs: [ModelInfer]
         models: [simple]
-        rate_limit: {per_second: 0.5, burst: 2}
+        rate_limit: {per_second: 0.01, burst: 2}
       - name: new-versions-only
         principals: [{spiffe: "spiffe://palisade.test/sa/picky"}]
         rpcs: ["*"]
