@@ -9,8 +9,8 @@ if [ ! -x .venv-bench/bin/python ]; then
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install -q numpy threadpoolctl onnxruntime
 fi
-swift build -c release --product kernel-bench --product runtime-bench >/dev/null 2>&1 \
-  || { swift build -c release --product kernel-bench >/dev/null && swift build -c release --product runtime-bench >/dev/null; }
+swift build -c release --product kernel-bench >/dev/null
+swift build -c release --product runtime-bench >/dev/null
 echo "## SGEMM (ours vs numpy/OpenBLAS)"
 PYTHON=.venv-bench/bin/python KERNEL_BENCH=.build/release/kernel-bench Benchmarks/kernels/run.sh
 echo
