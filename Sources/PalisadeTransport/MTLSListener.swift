@@ -181,16 +181,21 @@ final class StreamConnectionStamp: ChannelInboundHandler, RemovableChannelHandle
 
 /// Reads the 5-byte gRPC length prefix of each request message as it arrives and, when a message declares more
 /// than the limit, ends the call with RESOURCE_EXHAUSTED before its body is buffered.
-final class MessageSizeLimitHandler: ChannelInboundHandler {
+///
+/// It watches the stream's outbound frames too: once the response headers are out (a streaming call that already
+/// answered), the refusal is sent as trailers only, and nothing the call writes afterwards is forwarded.
+final class MessageSizeLimitHandler: ChannelDuplexHandler {
   typealias InboundIn = HTTP2Frame.FramePayload
   typealias InboundOut = HTTP2Frame.FramePayload
+  typealias OutboundIn = HTTP2Frame.FramePayload
   typealias OutboundOut = HTTP2Frame.FramePayload
 
   private let maxMessageBytes: Int
-  /// Bytes of the current message body still to come; while negative, -(prefix bytes seen).
+  /// Bytes of the current message body still to come.
   private var remaining = 0
   private var prefix: [UInt8] = []
   private var refused = false
+  private var responseHeadersSent = false
 
   init(maxMessageBytes: Int) { self.maxMessageBytes = maxMessageBytes }
 
@@ -220,12 +225,22 @@ final class MessageSizeLimitHandler: ChannelInboundHandler {
     context.fireChannelRead(data)
   }
 
+  func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    if refused {
+      promise?.fail(ChannelError.ioOnClosedChannel)
+      return
+    }
+    if case .headers = unwrapOutboundIn(data) { responseHeadersSent = true }
+    context.write(data, promise: promise)
+  }
+
   private func refuse(context: ChannelHandlerContext, length: Int) {
     refused = true
-    let headers: HPACKHeaders = [
-      ":status": "200", "content-type": "application/grpc", "grpc-status": "8",
-      "grpc-message": "request message of \(length) bytes exceeds the limit of \(maxMessageBytes) bytes",
-    ]
+    let message = "request message of \(length) bytes exceeds the limit of \(maxMessageBytes) bytes"
+    let headers: HPACKHeaders =
+      responseHeadersSent
+      ? ["grpc-status": "8", "grpc-message": message]
+      : [":status": "200", "content-type": "application/grpc", "grpc-status": "8", "grpc-message": message]
     let trailers = HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))
     let written = context.eventLoop.makePromise(of: Void.self)
     context.writeAndFlush(wrapOutboundOut(trailers), promise: written)

@@ -123,6 +123,49 @@ import X509
     try await server.stop()
   }
 
+  @Test func messagesUnderTheLimitPassWhateverTheirFraming() async throws {
+    // The size guard parses gRPC length prefixes across HTTP/2 DATA frames: large single messages (split over
+    // many frames) and streams of many messages just under the limit must pass untouched.
+    let server = try await TestServer.start { $0.server.limits.maxMessageBytes = 300_000 }
+    let client = try goodClient(server)
+    @Sendable func request(_ bytes: Int, id: String = "") -> Inference_ModelInferRequest {
+      .with {
+        $0.modelName = "identity_uint8"
+        $0.id = id
+        $0.inputs = [.with { $0.name = "IN"; $0.datatype = "UINT8"; $0.shape = [1, Int64(bytes)] }]
+        $0.rawInputContents = [Data((0..<bytes).map { UInt8(truncatingIfNeeded: $0) })]
+      }
+    }
+    try await withClient(server, client) { c in
+      let big = try await c.modelInfer(request(250_000))
+      #expect(big.rawOutputContents.first?.count == 250_000)
+      let replies = try await c.modelStreamInfer(
+        requestProducer: { writer in
+          for i in 0..<20 { try await writer.write(request(i % 2 == 0 ? 17_000 : 3, id: "\(i)")) }
+        },
+        onResponse: { response in
+          var ids: [String] = []
+          for try await m in response.messages {
+            #expect(m.errorMessage.isEmpty)
+            ids.append(m.inferResponse.id)
+          }
+          return ids
+        })
+      #expect(replies == (0..<20).map(String.init))
+      // One oversized message in a stream ends that stream with RESOURCE_EXHAUSTED.
+      let error = await rpcError {
+        _ = try await c.modelStreamInfer(
+          requestProducer: { writer in
+            try await writer.write(request(10))
+            try await writer.write(request(400_000))
+          },
+          onResponse: { response in for try await _ in response.messages {} })
+      }
+      #expect(error?.code == .resourceExhausted)
+    }
+    try await server.stop()
+  }
+
   @Test func messageOverTheSizeLimitIsResourceExhausted() async throws {
     let server = try await TestServer.start { $0.server.limits.maxMessageBytes = 4096 }
     let client = try goodClient(server)
