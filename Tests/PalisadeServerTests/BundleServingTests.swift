@@ -108,7 +108,7 @@ import Testing
     #expect(server.runtime.repository.versions(of: "simple") == ["2"])
     try await Task.sleep(for: .milliseconds(500))
     stop.set()
-    let (calls, failures, versions) = try await load.value
+    let (calls, failures, versions) = await load.value
     #expect(failures.isEmpty, "\(failures.prefix(3))")
     #expect(versions == ["1", "2"])
     #expect(calls >= 4)

@@ -1,5 +1,6 @@
-public import Foundation
+import Foundation
 public import PalisadeYAML
+import PalisadePolicy
 
 /// Everything `palisade serve` needs, read from one YAML file. Every setting has a safe default; see
 /// `deploy/palisade.example.yaml` for the annotated reference.
@@ -210,7 +211,7 @@ public struct ServerConfig: Sendable, Equatable {
     public var trust: [TrustRule]
     /// Highest accepted version per model (rollback protection), written atomically.
     public var stateFile: String?
-    /// Where packed bundles are unpacked (a private 0700 directory is made inside).
+    /// Where packed bundles are unpacked: each load gets its own new 0700 directory inside, removed afterwards.
     public var unpackDirectory: String?
     public init(
       required: [String], directories: [String] = [], trust: [TrustRule] = [], stateFile: String? = nil,
@@ -354,7 +355,12 @@ extension ServerConfig {
     }
     guard !issuers.isEmpty else { throw authMap.error("issuers", "is required: at least one token issuer") }
     var auth = Auth(audience: audience, issuers: issuers)
-    if let exempt = try authMap.strings("exempt_rpcs") { auth.exemptRPCs = exempt }
+    if let exempt = try authMap.strings("exempt_rpcs") {
+      for rpc in exempt where !Policy.knownRPCs.contains(rpc) {
+        throw authMap.error("exempt_rpcs", "unknown RPC '\(rpc)' (known: \(Policy.knownRPCs.sorted().joined(separator: ", ")))")
+      }
+      auth.exemptRPCs = exempt
+    }
     if let algs = try authMap.strings("algorithms") {
       for alg in algs where !["ES256", "ES384", "EdDSA"].contains(alg) {
         throw authMap.error("algorithms", "'\(alg)' is not allowed (ES256, ES384, EdDSA; none and HS* never)")

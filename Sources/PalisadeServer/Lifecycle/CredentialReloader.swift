@@ -1,7 +1,7 @@
 import Crypto
 import Dispatch
 import Foundation
-public import Logging
+import Logging
 import PalisadeIdentity
 import PalisadePolicy
 import PalisadeTransport

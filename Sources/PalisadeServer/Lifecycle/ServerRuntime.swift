@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 public import Logging
@@ -83,7 +83,7 @@ public final class ServerRuntime: Sendable {
         settings: .init(
           directories: config.models.directories, trust: try Self.trustPolicy(config.models.trust),
           stateFile: config.models.stateFile ?? "accepted-versions.json",
-          unpackDirectory: try Self.privateDirectory(in: unpack)),
+          unpackDirectory: unpack),
         runtimes: runtimes, repository: repository, logger: logger)
     }
     let statistics = ModelStatisticsStore()
@@ -173,18 +173,6 @@ public final class ServerRuntime: Sendable {
         }
         return TrustPolicy.Rule(modelPattern: rule.models, signers: signers)
       })
-  }
-
-  /// A fresh 0700 directory inside `parent` for unpacked bundles.
-  static func privateDirectory(in parent: String) throws -> String {
-    let path = "\(parent)/palisade-unpack-\(UUID().uuidString)"
-    do {
-      try FileManager.default.createDirectory(
-        atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-    } catch {
-      throw PEMFileError(path: parent, reason: "cannot hold the private unpack directory (\(error))")
-    }
-    return path
   }
 
   /// Starts a graceful shutdown, as SIGTERM does.

@@ -15,6 +15,7 @@ public final class BundleLoader: Sendable {
     public var directories: [String]
     public var trust: TrustPolicy
     public var stateFile: String
+    /// Parent of the per-load unpack directories (each made exclusively, mode 0700, removed after the load).
     public var unpackDirectory: String
     public var unpackLimits: UnpackLimits
     public init(
