@@ -39,6 +39,8 @@ import Testing
   @Test func annotatedExampleParses() throws {
     let c = try ServerConfig.load(path: "\(repositoryRoot)/deploy/palisade.example.yaml")
     #expect(c.server.limits.maxConcurrentStreams == 128)
+    #expect(c.models.trust.count == 2)
+    #expect(c.models.trust[1].signerSAN == "uri:spiffe://palisade.dev/ns/team-a/*")
   }
 
   @Test func everyKeyIsRead() throws {
