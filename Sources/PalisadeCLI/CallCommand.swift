@@ -147,12 +147,10 @@ struct CallCommand: AsyncParsableCommand {
     var raw = false
 
     func run() async throws {
-      let data: Data
-      do {
-        data = input == "-" ? FileHandle.standardInput.readDataToEndOfFile() : try Data(contentsOf: URL(fileURLWithPath: input))
-      } catch {
-        throw ValidationError("cannot read --input \(input): \(error.localizedDescription)")
-      }
+      // FileHandle reads pipes and process substitutions as well as regular files.
+      let handle = input == "-" ? FileHandle.standardInput : FileHandle(forReadingAtPath: input)
+      guard let handle else { throw ValidationError("cannot read --input \(input)") }
+      let data = handle.readDataToEndOfFile()
       let request: Inference_ModelInferRequest
       do { request = try JSONTensors.request(model: model, version: version, json: data, raw: raw) } catch {
         throw ValidationError("bad request JSON: \(error)")
