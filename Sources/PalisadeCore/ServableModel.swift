@@ -12,6 +12,40 @@ public struct TensorSpec: Sendable, Equatable, Hashable {
   }
 }
 
+/// What a model's manifest promises about its inputs, enforced before any compute.
+public struct ModelContract: Sendable, Equatable {
+  /// Inclusive per-feature bounds for a floating-point input, indexed along its last dimension.
+  public struct FeatureRange: Sendable, Equatable {
+    public var min: [Double]
+    public var max: [Double]
+    public init(min: [Double], max: [Double]) {
+      self.min = min
+      self.max = max
+    }
+  }
+  /// Largest first (batch) dimension accepted, when the declared one is variable.
+  public var maxBatch: Int?
+  /// Per-input feature ranges.
+  public var featureRanges: [String: FeatureRange]
+  /// Whether NaN and ±Inf may be sent in floating-point inputs.
+  public var allowNonFinite: Bool
+  /// Longest BYTES element accepted.
+  public var maxBytesElementLength: Int
+
+  public init(
+    maxBatch: Int? = nil, featureRanges: [String: FeatureRange] = [:], allowNonFinite: Bool = true,
+    maxBytesElementLength: Int = 64 << 20
+  ) {
+    self.maxBatch = maxBatch
+    self.featureRanges = featureRanges
+    self.allowNonFinite = allowNonFinite
+    self.maxBytesElementLength = maxBytesElementLength
+  }
+
+  /// No constraints beyond datatype and shape (models built in code, e.g. by tests).
+  public static let unconstrained = ModelContract()
+}
+
 /// What a model tells callers about itself (`ModelMetadata`).
 public struct ModelDescriptor: Sendable, Equatable {
   public var name: String
@@ -23,11 +57,14 @@ public struct ModelDescriptor: Sendable, Equatable {
   public var outputs: [TensorSpec]
   /// Free-form properties (OIP `ModelMetadataResponse.properties`).
   public var properties: [String: String]
+  /// Input constraints from the manifest.
+  public var contract: ModelContract
 
   public init(
     name: String, version: String, platform: String, inputs: [TensorSpec], outputs: [TensorSpec],
-    properties: [String: String] = [:]
+    properties: [String: String] = [:], contract: ModelContract = .unconstrained
   ) {
+    self.contract = contract
     self.name = name
     self.version = version
     self.platform = platform

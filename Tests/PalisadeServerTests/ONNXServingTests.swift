@@ -18,7 +18,12 @@ import Testing
     try FileManager.default.copyItem(atPath: "\(fixtures)/mlp_digits.onnx", toPath: "\(dir)/mlp_digits.onnx")
     let manifest = BundleManifest(
       name: "digits", version: 1, created: Date().addingTimeInterval(-60), expires: Date().addingTimeInterval(3600),
-      modelFile: "mlp_digits.onnx", inputs: [.init(name: "input", datatype: .fp32, shape: [-1, 64])],
+      modelFile: "mlp_digits.onnx",
+      inputs: [
+        .init(
+          name: "input", datatype: .fp32, shape: [-1, 64],
+          featureRange: .init(min: Array(repeating: 0, count: 64), max: Array(repeating: 1, count: 64)))
+      ],
       outputs: [.init(name: "label", datatype: .int64, shape: [-1]), .init(name: "probabilities", datatype: .fp32, shape: [-1, 10])],
       maxBatch: 64)
     try Data(try manifest.encodedJSON()).write(to: URL(fileURLWithPath: "\(dir)/manifest.json"))
@@ -61,6 +66,25 @@ import Testing
     for (a, b) in zip(ours, reference) {
       #expect(abs(a - b) <= 1e-5 + 1e-4 * abs(b))
     }
+    // The manifest's contract is enforced before compute: range, finiteness, max_batch.
+    func refused(_ values: [Float], rows: Int64) async -> String? {
+      await rpcError {
+        _ = try await withClient(server, client) { c in
+          try await c.modelInfer(
+            .with {
+              $0.modelName = "digits"
+              $0.inputs = [.with { $0.name = "input"; $0.datatype = "FP32"; $0.shape = [rows, 64] }]
+              $0.rawInputContents = [values.withUnsafeBytes { Data($0) }]
+            })
+        }
+      }.map { "\($0.code): \($0.message)" }
+    }
+    var outside = Array(repeating: Float(0.5), count: 64)
+    outside[7] = 2
+    #expect(await refused(outside, rows: 1)?.contains("feature 7 is outside its declared range") == true)
+    outside[7] = .nan
+    #expect(await refused(outside, rows: 1)?.contains("NaN or infinite") == true)
+    #expect(await refused(Array(repeating: 0.5, count: 65 * 64), rows: 65)?.contains("max_batch 64") == true)
     try await server.stop()
   }
 }

@@ -165,7 +165,14 @@ public final class BundleLoader: Sendable {
       properties: [
         "signer": verified.signer.description, "bundle_digest": verified.rootDigest,
         "expires": ISO8601DateFormatter().string(from: manifest.expires),
-      ])
+      ],
+      contract: ModelContract(
+        maxBatch: manifest.maxBatch,
+        featureRanges: Dictionary(
+          manifest.inputs.compactMap { t in t.featureRange.map { (t.name, ModelContract.FeatureRange(min: $0.min, max: $0.max)) } },
+          uniquingKeysWith: { a, _ in a }),
+        // Manifests have no way to allow NaN or infinities: signed models take finite inputs only.
+        allowNonFinite: false))
     let model = try await runtime.load(modelFile: bytes, directory: directory, descriptor: descriptor)
     try await Self.warmUp(model)
     do { try accepted.checkAndRecord(name: candidate.name, version: manifest.version) } catch { throw refuse(error) }

@@ -1,8 +1,10 @@
 public import PalisadeCore
 
 /// Validate, part two: checks decoded inputs against the model's declared contract and puts them in
-/// declaration order. Each declared input exactly once, nothing undeclared, the declared datatype, and a shape
-/// that matches (fixed dimensions equal, `-1` free).
+/// declaration order. Each declared input exactly once, nothing undeclared, the declared datatype, a shape that
+/// matches (fixed dimensions equal, `-1` free), and the manifest's ``ModelContract``: batch at most `max_batch`,
+/// floats finite, values within each feature's declared range, BYTES elements bounded. Messages name the input,
+/// the rule and at most a feature index: never a value.
 public struct InputValidator: Sendable {
   public init() {}
 
@@ -24,8 +26,44 @@ public struct InputValidator: Sendable {
         throw PalisadeError.invalidInput(
           spec.name, "shape \(tensor.shape) does not match the declared \(spec.shape) (-1 = any size)")
       }
+      try check(tensor, spec: spec, contract: descriptor.contract)
       ordered.append(tensor)
     }
     return ordered
+  }
+
+  func check(_ tensor: Tensor, spec: TensorSpec, contract: ModelContract) throws(PalisadeError) {
+    if let maxBatch = contract.maxBatch, spec.shape.first == -1, let batch = tensor.shape.first, batch > maxBatch {
+      throw PalisadeError.invalidInput(spec.name, "batch \(batch) exceeds the model's max_batch \(maxBatch)")
+    }
+    if let elements = tensor.byteElements, elements.contains(where: { $0.count > contract.maxBytesElementLength }) {
+      throw PalisadeError.invalidInput(
+        spec.name, "a BYTES element is longer than \(contract.maxBytesElementLength) bytes")
+    }
+    let values: [Double]?
+    switch tensor.datatype {
+    case .fp32: values = tensor.values(as: Float.self).map { $0.map(Double.init) }
+    case .fp64: values = tensor.values(as: Double.self)
+    case .fp16: values = Self.halfValues(tensor)
+    default: values = nil
+    }
+    guard let values else { return }
+    if !contract.allowNonFinite, values.contains(where: { !$0.isFinite }) {
+      throw PalisadeError.invalidInput(spec.name, "NaN or infinite values are not accepted by this model")
+    }
+    guard let range = contract.featureRanges[spec.name], let width = tensor.shape.last, width > 0,
+      range.min.count == Int(width), range.max.count == Int(width)
+    else { return }
+    for (i, v) in values.enumerated() {
+      let f = i % Int(width)
+      if v < range.min[f] || v > range.max[f] {
+        throw PalisadeError.invalidInput(spec.name, "feature \(f) is outside its declared range")
+      }
+    }
+  }
+
+  static func halfValues(_ tensor: Tensor) -> [Double]? {
+    guard case .fixed(let raw) = tensor.storage else { return nil }
+    return stride(from: 0, to: raw.count - 1, by: 2).map { Double(Half.float(from: UInt16(raw[$0]) | UInt16(raw[$0 + 1]) << 8)) }
   }
 }
