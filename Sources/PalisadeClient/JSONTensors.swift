@@ -1,5 +1,5 @@
 public import Foundation
-public import PalisadeCore
+import PalisadeCore
 public import PalisadeProto
 import PalisadeWire
 
@@ -138,9 +138,7 @@ public enum JSONTensors {
     case .uint64: return read(UInt64.self)
     case .bool: return bytes.map { ($0 != 0) as Any }
     case .fp16:
-      return stride(from: 0, to: bytes.count - 1, by: 2).map {
-        Half.float(from: UInt16(bytes[$0]) | UInt16(bytes[$0 + 1]) << 8) as Any
-      }
+      return Half.floats(littleEndian: bytes).map { $0 as Any }
     case .bf16:
       return stride(from: 0, to: bytes.count - 1, by: 2).map {
         Float(bitPattern: (UInt32(bytes[$0]) | UInt32(bytes[$0 + 1]) << 8) << 16) as Any

@@ -142,6 +142,11 @@ public enum Half {
     return sign | UInt16(truncatingIfNeeded: half)
   }
 
+  /// The values of little-endian binary16 elements (a trailing odd byte is ignored).
+  public static func floats(littleEndian bytes: [UInt8]) -> [Float] {
+    stride(from: 0, to: bytes.count - 1, by: 2).map { float(from: UInt16(bytes[$0]) | UInt16(bytes[$0 + 1]) << 8) }
+  }
+
   /// The value of a binary16 bit pattern.
   public static func float(from bits: UInt16) -> Float {
     let sign = UInt32(bits & 0x8000) << 16

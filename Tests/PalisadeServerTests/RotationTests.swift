@@ -39,7 +39,7 @@ import Testing
       while !stop.load(ordering: .relaxed) {
         let client = credential.withLock { $0 }
         do {
-          _ = try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }
+          _ = try await inferRetryingRefused(server, client)
           calls.add(1, ordering: .relaxed)
         } catch {
           failures.withLock { $0.append("\(error)") }
@@ -69,7 +69,7 @@ import Testing
     try FileManager.default.createSymbolicLink(atPath: pki.path("tls"), withDestinationPath: v1)
     let server = try await TestServer.start(pki: pki, models: [AddSubModel()]) {
       $0.reload.intervalSeconds = 1
-      $0.server.connection.maxAgeSeconds = 2
+      $0.server.connection.maxAgeSeconds = 3
       $0.server.connection.maxAgeGraceSeconds = 1
       $0.server.tls.certificateChain = pki.path("tls/server.pem")
       $0.server.tls.privateKey = pki.path("tls/server.key")
@@ -100,12 +100,12 @@ import Testing
     try await waitForReload(server, kind: "client_ca")
     let b = try pki.client("b", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/b")], issuer: root2)
     let bClient = TestClient(cert: b.cert, key: b.key, token: try pki.token(for: b.issued), issued: b.issued)
-    _ = try await withClient(server, bClient) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    _ = try await inferRetryingRefused(server, bClient)
     // A long-lived connection with the old CA's certificate, opened before the retirement.
     let lingering = Task {
       try await withClient(server, a) { client -> (Bool, Bool) in
         let before = (try? await client.modelInfer(simpleRequest(raw: true))) != nil
-        try await Task.sleep(for: .seconds(5))  // > max age + grace
+        try await Task.sleep(for: .seconds(6))  // > max age + grace
         let after = (try? await client.modelInfer(simpleRequest(raw: true))) != nil
         return (before, after)
       }
@@ -143,7 +143,7 @@ import Testing
     // 4. Policy: a broken file is refused and the old policy stays; a valid one takes effect.
     try Self.replace(pki.path("policy.yaml"), "version: 1\nrules:\n  - name: x\n    rpcs: [Nope]\n")
     try await waitForReload(server, kind: "policy", result: "failure")
-    _ = try await withClient(server, bNew) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    _ = try await inferRetryingRefused(server, bNew)
     try Self.replace(
       pki.path("policy.yaml"),
       TestServer.allowAllPolicy + "\n  - name: unused\n    principals: [{spiffe: \"spiffe://palisade.test/sa/z\"}]\n    rpcs: [ModelInfer]\n")
@@ -157,5 +157,18 @@ import Testing
     let metrics = try await adminGet(server, "/metrics").1
     #expect(metrics.contains("palisade_server_certificate_expiry_seconds"))
     try await server.stop()
+  }
+}
+
+/// One ModelInfer on a new connection. A stream the server refused (REFUSED_STREAM: the connection reached its
+/// maximum age while a slow handshake completed) was never processed, so it is retried, as gRPC clients do.
+func inferRetryingRefused(_ server: TestServer, _ client: TestClient) async throws -> Inference_ModelInferResponse {
+  var attempt = 0
+  while true {
+    do {
+      return try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    } catch let error as RPCError where error.code == .unavailable && error.message.contains("refused stream") && attempt < 3 {
+      attempt += 1
+    }
   }
 }

@@ -133,8 +133,9 @@ public final class ServerRuntime: Sendable {
     defer { announce.cancel() }
     do {
       try await group.run()
-    } catch let error as ServiceGroupError where state.isDraining {
-      // The grace period ran out and the remaining calls were cancelled: still an orderly exit.
+    } catch where state.isDraining {
+      // The grace period ran out and the remaining calls were cancelled (the gRPC server then reports its
+      // cancellation as an error): still the bounded, orderly exit SIGTERM asks for.
       logger.warning("shutdown grace period exceeded; remaining calls cancelled", metadata: ["error": "\(error)"])
     }
     logger.info("palisade stopped")

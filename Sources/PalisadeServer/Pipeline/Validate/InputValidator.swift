@@ -44,7 +44,7 @@ public struct InputValidator: Sendable {
     switch tensor.datatype {
     case .fp32: values = tensor.values(as: Float.self).map { $0.map(Double.init) }
     case .fp64: values = tensor.values(as: Double.self)
-    case .fp16: values = Self.halfValues(tensor)
+    case .fp16: values = Half.floats(littleEndian: tensor.rawContents).map(Double.init)
     default: values = nil
     }
     guard let values else { return }
@@ -60,10 +60,5 @@ public struct InputValidator: Sendable {
         throw PalisadeError.invalidInput(spec.name, "feature \(f) is outside its declared range")
       }
     }
-  }
-
-  static func halfValues(_ tensor: Tensor) -> [Double]? {
-    guard case .fixed(let raw) = tensor.storage else { return nil }
-    return stride(from: 0, to: raw.count - 1, by: 2).map { Double(Half.float(from: UInt16(raw[$0]) | UInt16(raw[$0 + 1]) << 8)) }
   }
 }
