@@ -160,14 +160,15 @@ import Testing
   }
 }
 
-/// One ModelInfer on a new connection. A stream the server refused (REFUSED_STREAM: the connection reached its
-/// maximum age while a slow handshake completed) was never processed, so it is retried, as gRPC clients do.
+/// One ModelInfer on a new connection, retried (3 attempts) when the connection itself goes away: with the 3 s
+/// maximum connection age this test uses, a slow handshake on a loaded machine can meet the GOAWAY. A refused
+/// credential fails every attempt, so this hides nothing the test checks.
 func inferRetryingRefused(_ server: TestServer, _ client: TestClient) async throws -> Inference_ModelInferResponse {
-  var attempt = 0
+  var attempt = 1
   while true {
     do {
       return try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }
-    } catch let error as RPCError where error.code == .unavailable && error.message.contains("refused stream") && attempt < 3 {
+    } catch let error as RPCError where error.code == .unavailable && attempt < 3 {
       attempt += 1
     }
   }
