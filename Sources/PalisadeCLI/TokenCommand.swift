@@ -15,6 +15,15 @@ struct TokenCommand: ParsableCommand {
     subcommands: [Mint.self, Inspect.self, JWKSCommand.self]
   )
 
+  /// The issuer key in the PEM file at `path` (the `--key` option of `mint` and `jwks`).
+  static func signingKey(at path: String) throws -> TokenSigningKey {
+    let pem: String
+    do { pem = try String(contentsOfFile: path, encoding: .utf8) } catch {
+      throw ValidationError("cannot read --key \(path)")
+    }
+    return try TokenSigningKey(pem: pem)
+  }
+
   struct Mint: ParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Print a signed JWT (ES256/ES384/EdDSA by key type) with iss, sub, aud, iat, exp, jti and scope.")
@@ -38,11 +47,7 @@ struct TokenCommand: ParsableCommand {
     func run() throws {
       guard ttl > 0 else { throw ValidationError("--ttl must be positive") }
       do { try PEMFiles.checkPrivateKeyPermissions(at: key) } catch { throw ValidationError("\(error)") }
-      let keyPEM: String
-      do { keyPEM = try String(contentsOfFile: key, encoding: .utf8) } catch {
-        throw ValidationError("cannot read --key \(key)")
-      }
-      let signing = try TokenSigningKey(pem: keyPEM)
+      let signing = try TokenCommand.signingKey(at: key)
       var thumbprint: [UInt8]?
       var subject = sub
       if let bindCert {
@@ -93,11 +98,7 @@ struct TokenCommand: ParsableCommand {
     var kid = "dev-1"
 
     func run() throws {
-      let keyPEM: String
-      do { keyPEM = try String(contentsOfFile: key, encoding: .utf8) } catch {
-        throw ValidationError("cannot read --key \(key)")
-      }
-      let jwk = try TokenSigningKey(pem: keyPEM).jwk(kid: kid)
+      let jwk = try TokenCommand.signingKey(at: key).jwk(kid: kid)
       print(String(decoding: try JSONSerialization.data(withJSONObject: ["keys": [jwk]], options: [.sortedKeys]), as: UTF8.self))
     }
   }
