@@ -16,5 +16,5 @@ protoc --proto_path=proto \
   --plugin=protoc-gen-grpc-swift-2="$bin/protoc-gen-grpc-swift-2" \
   --swift_opt=Visibility=Public --swift_out="$out" \
   --grpc-swift-2_opt=Visibility=Public,Server=true,Client=true --grpc-swift-2_out="$out" \
-  proto/grpc_service.proto proto/health.proto
+  proto/grpc_service.proto proto/health.proto proto/palisade.proto
 echo "generated: $(ls "$out")"

@@ -15,7 +15,7 @@ struct BundleCommand: AsyncParsableCommand {
       the `model_signing` CLI (key and certificate methods, ECDSA P-256/P-384/P-521). The server serves bundles laid
       out as <models-dir>/<name>/<version>/ or <models-dir>/<name>/<version>.tar.zst.
       """,
-    subcommands: [Init.self, Sign.self, Verify.self, Inspect.self, Pack.self]
+    subcommands: [Init.self, Stats.self, Sign.self, Verify.self, Inspect.self, Pack.self]
   )
 
   static func fail(_ message: String) -> ExitCode {
@@ -38,6 +38,16 @@ struct BundleCommand: AsyncParsableCommand {
     @Option(help: "Days until the bundle expires.") var expiresDays = 90
     @Option(help: "Largest batch the model accepts.") var maxBatch: Int?
     @Option(help: "The bundle directory to create.") var out: String
+    @Option(help: "A sample of training inputs (.npy or CSV): adds reference statistics and an OOD threshold (see `bundle stats`).")
+    var stats: String?
+    @Option(help: "The input the --stats sample belongs to (default: the first input).") var statsInput: String?
+    @Option(help: "Covariance kept in the statistics: diagonal or full.") var covariance: String = "diagonal"
+    @Option(help: "What the server does with out-of-distribution inputs: flag or reject.") var oodAction: String = "flag"
+    @Option(help: "Output policy: keep only the k best scores per row.") var topK: Int?
+    @Option(help: "Output policy: round scores to this many decimals.") var roundDecimals: Int?
+    @Flag(help: "Output policy: send only the arg-max label.") var labelOnly = false
+    @Option(help: "Output policy: pad responses to a multiple of this many bytes.") var padToBucketBytes: Int?
+    @Option(help: "Class labels, comma-separated, by class index.") var labels: String?
 
     func run() throws {
       func tensors(_ specs: [String]) throws -> [BundleManifest.Tensor] {
@@ -73,10 +83,28 @@ struct BundleCommand: AsyncParsableCommand {
       guard !inputs.isEmpty, !outputs.isEmpty else {
         throw ValidationError("give at least one --input and one --output (read from the graph for .onnx files)")
       }
+      var screening: BundleManifest.ScreeningPolicy? = nil
+      if let stats {
+        guard let action = BundleManifest.ScreeningPolicy.Action(rawValue: oodAction) else {
+          throw ValidationError("--ood-action must be flag or reject")
+        }
+        let target = statsInput ?? inputs[0].name
+        guard let index = inputs.firstIndex(where: { $0.name == target }) else {
+          throw ValidationError("--stats-input '\(target)' is not an input of the model")
+        }
+        let result = try Stats.compute(sample: stats, covariance: covariance)
+        inputs[index].referenceStatistics = Stats.manifestStatistics(result)
+        screening = .init(oodThreshold: result.suggestedThreshold, action: action)
+      }
+      let policy = BundleManifest.OutputPolicy(
+        topK: topK, roundDecimals: roundDecimals, labelOnly: labelOnly ? true : nil, padToBucketBytes: padToBucketBytes)
       let fileName = URL(fileURLWithPath: model).lastPathComponent
       let manifest = BundleManifest(
         name: name, version: version, created: Date(), expires: Date().addingTimeInterval(Double(expiresDays) * 86_400),
-        modelFile: fileName, inputs: inputs, outputs: outputs, maxBatch: maxBatch)
+        modelFile: fileName, inputs: inputs, outputs: outputs,
+        labels: labels.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } },
+        outputPolicy: policy == BundleManifest.OutputPolicy() ? nil : policy, screeningPolicy: screening,
+        maxBatch: maxBatch)
       do {
         try manifest.validate()
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
@@ -86,6 +114,55 @@ struct BundleCommand: AsyncParsableCommand {
         throw BundleCommand.fail("\(error)")
       }
       print("bundle \(name) v\(version) in \(out); sign it with `palisade bundle sign \(out) --key KEY.pem`")
+    }
+  }
+
+  struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Compute reference statistics of a sample of training inputs, for out-of-distribution screening.",
+      discussion: """
+        SAMPLE is a NumPy .npy file (rows × features; float32/float64/int) or a CSV file of numbers (an optional
+        header row). Prints JSON with `reference_statistics` (mean, std and the diagonal or full covariance) and a
+        suggested `screening_policy.ood_threshold`: 1.25 × the 99.9th percentile of the sample's own Mahalanobis
+        distances, scored exactly as the server scores requests. `bundle init --stats SAMPLE` puts both into a new
+        manifest.
+        """)
+    @Argument(help: "The sample file (.npy or CSV).") var sample: String
+    @Option(help: "Covariance kept: diagonal or full.") var covariance: String = "diagonal"
+
+    static func compute(sample: String, covariance: String) throws -> ReferenceStatisticsBuilder.Result {
+      guard let kind = ReferenceStatisticsBuilder.Covariance(rawValue: covariance) else {
+        throw ValidationError("--covariance must be diagonal or full")
+      }
+      do {
+        return try ReferenceStatisticsBuilder().build(try SampleFile.read(path: sample), covariance: kind)
+      } catch {
+        throw BundleCommand.fail("\(sample): \(error.description)")
+      }
+    }
+
+    static func manifestStatistics(_ r: ReferenceStatisticsBuilder.Result) -> BundleManifest.ReferenceStatistics {
+      .init(
+        mean: r.reference.mean, std: r.reference.std, covariance: r.reference.covariance,
+        covarianceDiagonal: r.reference.covarianceDiagonal)
+    }
+
+    func run() throws {
+      let result = try Self.compute(sample: sample, covariance: covariance)
+      struct Output: Encodable {
+        var rows: Int
+        var observed_min: [Double]
+        var observed_max: [Double]
+        var reference_statistics: BundleManifest.ReferenceStatistics
+        var screening_policy: BundleManifest.ScreeningPolicy
+      }
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+      let out = Output(
+        rows: result.rows, observed_min: result.min, observed_max: result.max,
+        reference_statistics: Self.manifestStatistics(result),
+        screening_policy: .init(oodThreshold: result.suggestedThreshold, action: .flag))
+      print(String(decoding: try encoder.encode(out), as: UTF8.self))
     }
   }
 

@@ -59,12 +59,19 @@ public struct ModelDescriptor: Sendable, Equatable {
   public var properties: [String: String]
   /// Input constraints from the manifest.
   public var contract: ModelContract
+  /// Output hardening from the manifest.
+  public var outputPolicy: OutputPolicy
+  /// Out-of-distribution screening from the manifest.
+  public var screening: ScreeningProfile
 
   public init(
     name: String, version: String, platform: String, inputs: [TensorSpec], outputs: [TensorSpec],
-    properties: [String: String] = [:], contract: ModelContract = .unconstrained
+    properties: [String: String] = [:], contract: ModelContract = .unconstrained,
+    outputPolicy: OutputPolicy = .passThrough, screening: ScreeningProfile = .none
   ) {
     self.contract = contract
+    self.outputPolicy = outputPolicy
+    self.screening = screening
     self.name = name
     self.version = version
     self.platform = platform

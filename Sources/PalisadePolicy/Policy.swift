@@ -13,13 +13,31 @@ public struct Policy: Sendable {
   public var quarantine: [SPIFFEID]
   /// SHA-256 of the file, for attestation and logs.
   public var digest: String
+  /// What the screening stage does about out-of-distribution inputs and extraction alarms.
+  public var containment: Containment = .defaults
+
+  /// The policy's say over screening (`containment:` in the file).
+  public struct Containment: Sendable, Equatable {
+    /// Out-of-distribution inputs: as each model's manifest says, or always flag, or always reject.
+    public enum Screening: String, Sendable { case manifest, flag, reject }
+    /// Extraction alarms: alert only (metric and log), or also quarantine the principal.
+    public enum Extraction: String, Sendable { case alert, quarantine }
+    public var screening: Screening
+    public var extraction: Extraction
+    /// How long an automatic quarantine lasts.
+    public var quarantineSeconds: Int
+    public static let defaults = Containment(screening: .manifest, extraction: .alert, quarantineSeconds: 3600)
+  }
 
   /// RPCs that change what the server serves: only rules naming them explicitly grant them.
-  public static let adminRPCs: Set<String> = ["RepositoryModelLoad", "RepositoryModelUnload"]
+  public static let adminRPCs: Set<String> = [
+    "RepositoryModelLoad", "RepositoryModelUnload", "ListQuarantines", "LiftQuarantine",
+  ]
   /// Every RPC a rule may name.
   public static let knownRPCs: Set<String> = [
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelStreamInfer",
     "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "Check", "Watch",
+    "ListQuarantines", "LiftQuarantine", "Attest",
   ]
 
   public struct Rule: Sendable {

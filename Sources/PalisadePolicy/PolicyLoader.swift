@@ -81,8 +81,21 @@ extension Policy {
           name: name, line: map.line, effect: effect, principals: principals, rpcs: Set(rpcList), models: models,
           versions: versions, rateLimit: rateLimit))
     }
+    var containment = Containment.defaults
+    if let c = try root.map("containment") {
+      if let v = try c.choice("screening", ["manifest", "flag", "reject"]) {
+        containment.screening = Containment.Screening(rawValue: v) ?? .manifest
+      }
+      if let v = try c.choice("extraction", ["alert", "quarantine"]) {
+        containment.extraction = Containment.Extraction(rawValue: v) ?? .alert
+      }
+      if let v = try c.int("quarantine_seconds", in: 1...30 * 86400) { containment.quarantineSeconds = v }
+      try c.finish()
+    }
     try root.finish()
     let digest = SHA256.hash(data: Array(text.utf8)).map { String(format: "%02x", $0) }.joined()
-    return Policy(rules: rules, quarantine: quarantine, digest: digest)
+    var policy = Policy(rules: rules, quarantine: quarantine, digest: digest)
+    policy.containment = containment
+    return policy
   }
 }

@@ -19,6 +19,10 @@ public struct ServerConfig: Sendable, Equatable {
   public var policy: PolicySettings
   /// How credential and policy files are watched.
   public var reload: Reload
+  /// Admission control, queues, dynamic batching and circuit breakers (pipeline stage 7).
+  public var scheduling: Scheduler.Settings = .defaults
+  /// Drift windows and the extraction monitor (pipeline stage 6).
+  public var screening: InputScreener.Settings = .defaults
 
   public init(
     server: Server, auth: Auth, policy: PolicySettings, admin: Admin = .defaults, models: Models = .defaults,
@@ -383,6 +387,45 @@ extension ServerConfig {
       try m.finish()
     }
 
+    var scheduling = Scheduler.Settings.defaults
+    if let m = try root.map("scheduling") {
+      let cores = ProcessInfo.processInfo.activeProcessorCount
+      if let v = try m.int("max_concurrent_executions", in: 0...4096) { scheduling.maxConcurrentExecutions = v == 0 ? cores : v }
+      if let v = try m.int("model_max_concurrent_executions", in: 0...4096) {
+        scheduling.modelMaxConcurrentExecutions = v == 0 ? cores : v
+      }
+      scheduling.queueLimit = try m.int("queue_limit", in: 1...1_000_000) ?? scheduling.queueLimit
+      scheduling.modelQueueLimit = try m.int("model_queue_limit", in: 1...1_000_000) ?? scheduling.modelQueueLimit
+      if let b = try m.map("batching") {
+        scheduling.batching = try b.bool("enabled") ?? scheduling.batching
+        scheduling.maxBatch = try b.int("max_batch", in: 1...4096) ?? scheduling.maxBatch
+        if let us = try b.int("max_delay_us", in: 0...1_000_000) { scheduling.maxDelay = .microseconds(us) }
+        try b.finish()
+      }
+      if let c = try m.map("circuit_breaker") {
+        scheduling.breaker.failureThreshold = try c.int("failure_threshold", in: 1...10_000) ?? scheduling.breaker.failureThreshold
+        if let v = try c.int("open_ms", in: 1...3_600_000) { scheduling.breaker.openDuration = .milliseconds(v) }
+        scheduling.breaker.halfOpenProbes = try c.int("half_open_probes", in: 1...1000) ?? scheduling.breaker.halfOpenProbes
+        if let v = try c.int("slow_call_ms", in: 0...3_600_000) { scheduling.breaker.slowCall = v == 0 ? nil : .milliseconds(v) }
+        try c.finish()
+      }
+      try m.finish()
+    }
+    var screening = InputScreener.Settings.defaults
+    if let m = try root.map("screening") {
+      screening.driftWindow = try m.int("drift_window", in: 10...1_000_000) ?? screening.driftWindow
+      if let e = try m.map("extraction_monitor") {
+        screening.extractionMonitor = try e.bool("enabled") ?? screening.extractionMonitor
+        screening.extraction.history = try e.int("history", in: 1...100_000) ?? screening.extraction.history
+        screening.extraction.window = try e.int("window", in: 20...5000) ?? screening.extraction.window
+        if let v = try e.double("normality_threshold", in: 0...1) { screening.extraction.normalityThreshold = v }
+        if let v = try e.double("ood_share_threshold", in: 0...1) { screening.extraction.oodShareThreshold = v }
+        screening.extraction.maxPrincipals = try e.int("max_principals", in: 1...10_000_000) ?? screening.extraction.maxPrincipals
+        try e.finish()
+      }
+      try m.finish()
+    }
+
     var logging = Logging.defaults
     if let m = try root.map("logging") {
       logging.level =
@@ -391,12 +434,14 @@ extension ServerConfig {
       try m.finish()
     }
     try root.finish()
-    let config = ServerConfig(
+    var config = ServerConfig(
       server: Server(
         listen: listen ?? HostPort(host: "127.0.0.1", port: 8443), tls: tls, limits: limits,
         connection: connection, shutdownGraceSeconds: grace),
       auth: auth, policy: PolicySettings(file: resolve(policyFile)), admin: admin, models: models, logging: logging,
       reload: reload)
+    config.scheduling = scheduling
+    config.screening = screening
     if admin.enabled, admin.listen == config.server.listen, admin.listen.port != 0 {
       throw root.map_error("admin.listen", "must differ from server.listen")
     }

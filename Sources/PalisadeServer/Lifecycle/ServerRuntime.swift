@@ -58,7 +58,9 @@ public final class ServerRuntime: Sendable {
       issuers: try CredentialFiles.issuers(config.auth))
     let policy = PolicyStore(try CredentialFiles.policy(config.policy.file))
     let exempt = Set(config.auth.exemptRPCs)
-    let authorizer = Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: exempt)
+    let quarantines = QuarantineStore()
+    let authorizer = Authorizer(
+      store: policy, metrics: metrics, logger: logger, exemptRPCs: exempt, quarantines: quarantines)
     self.reloader = CredentialReloader(
       config: config, certificates: certificates, verifier: verifier, tokens: tokens, policy: policy, metrics: metrics,
       logger: logger)
@@ -87,12 +89,17 @@ public final class ServerRuntime: Sendable {
         runtimes: runtimes, repository: repository, logger: logger)
     }
     let statistics = ModelStatisticsStore()
+    let pipeline = InferencePipeline(
+      repository: repository, statistics: statistics, authorizer: authorizer,
+      screener: InputScreener(
+        settings: config.screening, policy: policy, quarantines: quarantines, metrics: metrics, logger: logger),
+      scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger)
     self.grpcServer = GRPCServer(
       transport: HTTP2ServerTransport.Custom(listenerFactory: listener, config: transportConfig),
       services: [
-        InferenceService(
-          repository: repository, statistics: statistics, authorizer: authorizer, bundles: bundles, logger: logger),
+        InferenceService(repository: repository, pipeline: pipeline, bundles: bundles, logger: logger),
         HealthService(state: state),
+        AdminService(authorizer: authorizer, metrics: metrics, logger: logger),
       ],
       interceptors: [
         CallObserverInterceptor(metrics: metrics, logger: logger),

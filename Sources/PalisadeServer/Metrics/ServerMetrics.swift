@@ -15,6 +15,20 @@ public final class ServerMetrics: Sendable {
 
   public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
     self.registry = registry
+    var stages: [Stage: DurationHistogram] = [:]
+    let buckets: [Duration] = [
+      .microseconds(5), .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100),
+      .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5), .milliseconds(5),
+      .milliseconds(10), .milliseconds(25), .milliseconds(100), .milliseconds(500), .seconds(2),
+    ]
+    for stage in Stage.allCases {
+      stages[stage] = registry.makeDurationHistogram(
+        descriptor: MetricNameDescriptor(
+          namespace: "palisade", metricName: "stage_duration", unitName: "seconds",
+          helpText: "Time a ModelInfer call spends in each pipeline stage"),
+        labels: [("stage", stage.rawValue)], buckets: buckets)
+    }
+    stageHistograms = stages
   }
 
   /// Counts one finished RPC and records its latency.
@@ -72,6 +86,90 @@ public final class ServerMetrics: Sendable {
         namespace: "palisade", metricName: "server_certificate_expiry", unitName: "seconds",
         helpText: "Seconds until the server's TLS certificate expires")
     ).set(to: seconds)
+  }
+
+
+  // MARK: Pipeline stages
+
+  /// The stages a ModelInfer passes through, each timed in `palisade_stage_duration_seconds{stage}`.
+  public enum Stage: String, Sendable, CaseIterable {
+    case authorise, resolve, validate, screen, queue, compute, harden, encode
+  }
+
+  private let stageHistograms: [Stage: DurationHistogram]
+
+  /// Records the time one call spent in `stage`.
+  public func recordStage(_ stage: Stage, _ duration: Duration) {
+    stageHistograms[stage]?.record(duration)
+  }
+
+  /// Counts a request refused or dropped by the hardening pipeline (reason is a fixed identifier).
+  public func recordRejection(reason: String) {
+    counter("rejections", "Requests refused or dropped by validation, screening or scheduling, by reason", [("reason", reason)])
+  }
+
+  /// Counts an out-of-distribution request.
+  public func recordOutOfDistribution(model: String, action: String) {
+    counter("ood_flagged", "Requests scored out of distribution, by model and action taken", [("model", model), ("action", action)])
+  }
+
+  /// Counts an extraction-monitor alarm.
+  public func recordExtractionAlarm(model: String, detector: String) {
+    counter("extraction_alarms", "Extraction-monitor alarms by model and detector", [("model", model), ("detector", detector)])
+  }
+
+  /// Counts an automatic quarantine and sets the number in force.
+  public func recordQuarantine(active: Int) {
+    counter("quarantines", "Principals quarantined automatically", [])
+    setQuarantinesActive(active)
+  }
+
+  /// Sets the number of automatic quarantines in force.
+  public func setQuarantinesActive(_ n: Int) {
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "quarantines_active", helpText: "Automatic quarantines in force")
+    ).set(to: Double(n))
+  }
+
+  /// Sets a model's circuit-breaker state (0 closed, 1 half-open, 2 open).
+  public func setBreakerState(model: String, state: CircuitBreaker.State) {
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "circuit_breaker_state",
+        helpText: "Per-model circuit breaker: 0 closed, 1 half-open, 2 open"),
+      labels: [("model", model)]
+    ).set(to: state.gaugeValue)
+  }
+
+  /// A setter for a model's queue depth gauge.
+  public func queueDepthGauge(model: String) -> @Sendable (Int) -> Void {
+    let gauge = registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "queue_depth", helpText: "Requests waiting to run, by model"),
+      labels: [("model", model)])
+    return { gauge.set(to: Double($0)) }
+  }
+
+  /// A recorder for a model's batch sizes (requests per execution).
+  public func batchSizeRecorder(model: String) -> @Sendable (Int) -> Void {
+    let histogram = registry.makeValueHistogram(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "batch_size", helpText: "Requests per model execution (dynamic batching)"),
+      labels: [("model", model)], buckets: [1, 2, 4, 8, 16, 32, 64, 128])
+    return { histogram.record(Double($0)) }
+  }
+
+  /// A setter for the population stability index of each feature of one model input.
+  public func driftGauges(model: String, input: String, features: Int) -> @Sendable ([Double]) -> Void {
+    let gauges = (0..<min(features, 512)).map { f in
+      registry.makeGauge(
+        descriptor: MetricNameDescriptor(
+          namespace: "palisade", metricName: "feature_drift_psi",
+          helpText: "Population stability index of each input feature over the recent window, against the bundle's reference statistics"),
+        labels: [("model", model), ("input", input), ("feature", String(f))])
+    }
+    return { values in for (g, v) in zip(gauges, values) { g.set(to: v) } }
   }
 
   private func counter(_ name: String, _ help: String, _ labels: [(String, String)]) {

@@ -172,7 +172,20 @@ public final class BundleLoader: Sendable {
           manifest.inputs.compactMap { t in t.featureRange.map { (t.name, ModelContract.FeatureRange(min: $0.min, max: $0.max)) } },
           uniquingKeysWith: { a, _ in a }),
         // Manifests have no way to allow NaN or infinities: signed models take finite inputs only.
-        allowNonFinite: false))
+        allowNonFinite: false),
+      outputPolicy: OutputPolicy(
+        topK: manifest.outputPolicy?.topK, roundDecimals: manifest.outputPolicy?.roundDecimals,
+        labelOnly: manifest.outputPolicy?.labelOnly ?? false, padToBucketBytes: manifest.outputPolicy?.padToBucketBytes,
+        labels: manifest.labels),
+      screening: ScreeningProfile(
+        references: Dictionary(
+          manifest.inputs.compactMap { t in
+            t.referenceStatistics.map {
+              (t.name, ScreeningProfile.Reference(mean: $0.mean, std: $0.std, covariance: $0.covariance, covarianceDiagonal: $0.covarianceDiagonal))
+            }
+          }, uniquingKeysWith: { a, _ in a }),
+        threshold: manifest.screeningPolicy?.oodThreshold,
+        action: manifest.screeningPolicy?.action == .reject ? .reject : .flag))
     let model = try await runtime.load(modelFile: bytes, directory: directory, descriptor: descriptor)
     try await Self.warmUp(model)
     do { try accepted.checkAndRecord(name: candidate.name, version: manifest.version) } catch { throw refuse(error) }

@@ -1,48 +1,77 @@
+import Foundation
+public import Logging
 public import PalisadeCore
 public import PalisadeProto
 import PalisadeWire
 
-/// The stages of one inference, in the order of the design brief: resolve, validate, compute, encode.
-///
-/// Authentication already happened in ``CallerIdentityInterceptor`` and ``TokenAuthenticationInterceptor``;
-/// screening, scheduling, hardening and audit slot in here as they land, each a small type of its own.
+/// The stages of one inference after authentication, in the order of the design brief: authorise, resolve (with
+/// the circuit breaker), validate, screen, schedule (queue, batching) and compute, harden, encode. Each stage is a
+/// small type of its own; this type only strings them together, times them and keeps the model statistics.
 public struct InferencePipeline: Sendable {
+  public let authorizer: Authorizer
   public let resolver: ModelResolver
   public let validator: InputValidator
-  public let executor: ModelExecutor
+  public let screener: InputScreener
+  public let scheduler: Scheduler
+  public let hardener: OutputHardener
   public let encoder: ResponseEncoder
+  public let padding: ResponsePadding
   public let statistics: ModelStatisticsStore
-  public let authorizer: Authorizer
+  let metrics: ServerMetrics
+  let logger: Logger
 
-  public init(repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer) {
+  public init(
+    repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, screener: InputScreener,
+    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger
+  ) {
     self.authorizer = authorizer
     self.resolver = ModelResolver(repository: repository)
     self.validator = InputValidator()
-    self.executor = ModelExecutor()
+    self.screener = screener
+    self.scheduler = scheduler
+    self.hardener = OutputHardener()
     self.encoder = ResponseEncoder()
+    self.padding = ResponsePadding()
     self.statistics = statistics
+    self.metrics = metrics
+    self.logger = logger
   }
 
   /// Runs one `ModelInfer` request for `call`.
   public func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String) async throws
     -> Inference_ModelInferResponse
   {
+    var clock = StageClock(metrics: metrics)
     let decision = try authorizer.authorize(call, rpc: rpc, model: request.modelName)
+    clock.lap(.authorise)
     let model = try resolver.resolve(name: request.modelName, version: request.modelVersion)
     try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.modelName)
+    try scheduler.breaker(for: model).admit()
+    clock.lap(.resolve)
     let descriptor = model.descriptor
     let started = ContinuousClock.now
     do {
-      let decoded = try WireTensorDecoder.decode(request)
-      let inputs = try validator.validate(decoded, against: descriptor)
-      let requested = try encoder.requestedOutputs(request, descriptor: descriptor)
+      let (inputs, requested) = try validate(request, descriptor: descriptor)
+      clock.lap(.validate)
+      let screening = try screener.screen(inputs, descriptor: descriptor, call: call)
+      clock.lap(.screen)
       let computeStart = ContinuousClock.now
-      let outputs = try await executor.run(model, inputs: inputs, requestedOutputs: requested)
+      let outputs = try await scheduler.run(model, inputs: inputs, requestedOutputs: requested)
       let computeEnd = ContinuousClock.now
+      clock.lap(.compute)
+      let selected = try encoder.select(outputs, requested: requested, descriptor: descriptor)
+      let hardened = try hardener.harden(selected, descriptor: descriptor)
+      clock.lap(.harden)
       var response = try encoder.encode(
-        outputs: outputs, requested: requested, raw: !request.rawInputContents.isEmpty, descriptor: descriptor,
+        outputs: hardened, raw: !request.rawInputContents.isEmpty, descriptor: descriptor,
         requestID: request.id.isEmpty ? call.requestID : request.id)
       response.id = request.id
+      if let score = screening.score {
+        response.parameters["palisade_ood_score"] = .with { $0.doubleParam = score.mahalanobis }
+        response.parameters["palisade_ood_flag"] = .with { $0.boolParam = screening.outOfDistribution }
+      }
+      if let bucket = descriptor.outputPolicy.padToBucketBytes { padding.pad(&response, bucket: bucket) }
+      clock.lap(.encode)
       statistics.recordSuccess(
         descriptor, total: ContinuousClock.now - started, inputPhase: computeStart - started,
         compute: computeEnd - computeStart, outputPhase: ContinuousClock.now - computeEnd)
@@ -51,5 +80,34 @@ public struct InferencePipeline: Sendable {
       statistics.recordFailure(descriptor, total: ContinuousClock.now - started)
       throw error
     }
+  }
+}
+
+extension InferencePipeline {
+  /// Stage 5: the wire decoding rules, then the model's contract.
+  func validate(_ request: Inference_ModelInferRequest, descriptor: ModelDescriptor) throws(PalisadeError)
+    -> ([Tensor], [String]?)
+  {
+    do {
+      let decoded = try WireTensorDecoder.decode(request)
+      return (try validator.validate(decoded, against: descriptor), try encoder.requestedOutputs(request, descriptor: descriptor))
+    } catch {
+      metrics.recordRejection(reason: "invalid_input")
+      throw error
+    }
+  }
+}
+
+/// Times consecutive pipeline stages into the per-stage histograms.
+struct StageClock {
+  let metrics: ServerMetrics
+  var last = ContinuousClock.now
+
+  init(metrics: ServerMetrics) { self.metrics = metrics }
+
+  mutating func lap(_ stage: ServerMetrics.Stage) {
+    let now = ContinuousClock.now
+    metrics.recordStage(stage, now - last)
+    last = now
   }
 }

@@ -20,15 +20,12 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   let bundles: BundleLoader?
   let logger: Logger
 
-  public init(
-    repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, bundles: BundleLoader?,
-    logger: Logger
-  ) {
+  public init(repository: ModelRepository, pipeline: InferencePipeline, bundles: BundleLoader?, logger: Logger) {
     self.bundles = bundles
     self.repository = repository
-    self.statistics = statistics
-    self.authorizer = authorizer
-    self.pipeline = InferencePipeline(repository: repository, statistics: statistics, authorizer: authorizer)
+    self.statistics = pipeline.statistics
+    self.authorizer = pipeline.authorizer
+    self.pipeline = pipeline
     self.logger = logger
   }
 
@@ -93,7 +90,8 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
       $0.versions = repository.versions(of: d.name)
       $0.platform = d.platform
       $0.inputs = d.inputs.map(spec)
-      $0.outputs = d.outputs.map(spec)
+      // What callers receive after output hardening (top-k and label-only change datatypes and shapes).
+      $0.outputs = pipeline.hardener.publishedOutputs(d).map(spec)
       $0.properties = d.properties
     }
   }

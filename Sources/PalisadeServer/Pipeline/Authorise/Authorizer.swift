@@ -1,3 +1,4 @@
+import Foundation
 public import Logging
 public import PalisadeCore
 public import PalisadePolicy
@@ -20,9 +21,15 @@ public struct Authorizer: Sendable {
   let metrics: ServerMetrics
   let logger: Logger
   let exempt: Set<String>
+  /// Automatic quarantines (extraction monitor), checked before the policy.
+  public let quarantines: QuarantineStore
 
-  public init(store: PolicyStore, metrics: ServerMetrics, logger: Logger, exemptRPCs: Set<String>) {
+  public init(
+    store: PolicyStore, metrics: ServerMetrics, logger: Logger, exemptRPCs: Set<String>,
+    quarantines: QuarantineStore = QuarantineStore()
+  ) {
     self.store = store
+    self.quarantines = quarantines
     self.limiter = RateLimiter()
     self.metrics = metrics
     self.logger = logger
@@ -34,6 +41,17 @@ public struct Authorizer: Sendable {
   @discardableResult
   public func authorize(_ call: CallContext, rpc: String, model: String?) throws(PalisadeError) -> Policy.Decision? {
     if exempt.contains(rpc) { return nil }
+    if !quarantines.isEmpty, let entry = quarantines.active(call.identity.spiffeID) {
+      metrics.recordPolicyDenied(rpc: rpc)
+      metrics.recordRejection(reason: "quarantined")
+      logger.notice(
+        "quarantined principal refused",
+        metadata: [
+          "rpc": "\(rpc)", "principal": "\(call.identity)", "request_id": "\(call.requestID)",
+          "until": "\(entry.until)",
+        ])
+      throw PalisadeError(.permissionDenied, "this principal is quarantined until \(ISO8601DateFormatter().string(from: entry.until))")
+    }
     let facts = Policy.CallFacts(
       spiffeID: call.identity.spiffeID, subject: call.token?.subject, scopes: call.token?.scopes ?? [], rpc: rpc,
       model: model)

@@ -26,9 +26,10 @@ public struct ResponseEncoder: Sendable {
     return names
   }
 
-  public func encode(
-    outputs: [Tensor], requested: [String]?, raw: Bool, descriptor: ModelDescriptor, requestID: String
-  ) throws(PalisadeError) -> Inference_ModelInferResponse {
+  /// The outputs the caller asked for (all declared ones when it asked for none), in that order.
+  public func select(_ outputs: [Tensor], requested: [String]?, descriptor: ModelDescriptor) throws(PalisadeError)
+    -> [Tensor]
+  {
     let order = requested ?? descriptor.outputs.map(\.name)
     var selected: [Tensor] = []
     for name in order {
@@ -37,6 +38,13 @@ public struct ResponseEncoder: Sendable {
       }
       selected.append(tensor)
     }
+    return selected
+  }
+
+  /// The wire response for already selected (and hardened) outputs.
+  public func encode(
+    outputs selected: [Tensor], raw: Bool, descriptor: ModelDescriptor, requestID: String
+  ) throws(PalisadeError) -> Inference_ModelInferResponse {
     let useRaw = raw || selected.contains { WireTensorEncoder.requiresRaw($0.datatype) }
     var response = Inference_ModelInferResponse()
     response.modelName = descriptor.name

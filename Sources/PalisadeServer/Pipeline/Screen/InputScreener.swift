@@ -1,0 +1,135 @@
+import Foundation
+public import Logging
+public import PalisadeCore
+import PalisadePolicy
+import Synchronization
+
+/// Pipeline stage 6: screens validated inputs before they are scheduled.
+///
+/// - scores them against the bundle's reference statistics (``OODScorer``) and flags or rejects them as the
+///   manifest's `screening_policy` says, unless the policy's `containment.screening` overrides it;
+/// - feeds the per-feature drift windows (``DriftMonitor``, exported as metrics);
+/// - feeds the caller's stream into the ``ExtractionMonitor``; an alarm is counted and logged, and quarantines the
+///   principal when the policy's `containment.extraction` is `quarantine`.
+public final class InputScreener: Sendable {
+  public struct Settings: Sendable, Equatable {
+    /// Rows in each drift window.
+    public var driftWindow: Int
+    /// Whether the extraction monitor runs.
+    public var extractionMonitor: Bool
+    public var extraction: ExtractionMonitor.Settings
+    public init(driftWindow: Int = 1000, extractionMonitor: Bool = true, extraction: ExtractionMonitor.Settings = .defaults) {
+      self.driftWindow = driftWindow
+      self.extractionMonitor = extractionMonitor
+      self.extraction = extraction
+    }
+    public static let defaults = Settings()
+  }
+
+  /// What screening found, for the response and the audit record.
+  public struct Outcome: Sendable {
+    public var score: OODScorer.Score?
+    public var outOfDistribution: Bool
+  }
+
+  struct ModelScreen: Sendable {
+    var scorer: OODScorer
+    var drift: DriftMonitor?
+    var extraction: ExtractionMonitor?
+  }
+
+  let settings: Settings
+  let policy: PolicyStore
+  let quarantines: QuarantineStore
+  let metrics: ServerMetrics
+  let logger: Logger
+  private let screens = Mutex<[String: ModelScreen]>([:])
+
+  public init(settings: Settings, policy: PolicyStore, quarantines: QuarantineStore, metrics: ServerMetrics, logger: Logger) {
+    self.settings = settings
+    self.policy = policy
+    self.quarantines = quarantines
+    self.metrics = metrics
+    self.logger = logger
+  }
+
+  func screen(for d: ModelDescriptor) -> ModelScreen {
+    let key = "\(d.name)\u{0}\(d.version)\u{0}\(d.properties["bundle_digest"] ?? "")"
+    return screens.withLock { s in
+      if let existing = s[key] { return existing }
+      var drift: DriftMonitor? = nil
+      if !d.screening.references.isEmpty {
+        let setters = Dictionary(
+          uniqueKeysWithValues: d.screening.references.map { name, ref in
+            (name, metrics.driftGauges(model: d.name, input: name, features: ref.mean.count))
+          })
+        drift = DriftMonitor(profile: d.screening, window: settings.driftWindow) { input, psi in setters[input]?(psi) }
+      }
+      var extraction: ExtractionMonitor? = nil
+      if settings.extractionMonitor, let (input, features) = ExtractionMonitor.monitoredInput(d) {
+        extraction = ExtractionMonitor(input: input, features: features, settings: settings.extraction)
+      }
+      let made = ModelScreen(scorer: OODScorer(d.screening), drift: drift, extraction: extraction)
+      s[key] = made
+      return made
+    }
+  }
+
+  /// Screens `inputs` (validated, in declaration order) of a call to `descriptor`'s model.
+  public func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext) throws(PalisadeError) -> Outcome {
+    let screen = screen(for: descriptor)
+    let containment = policy.policy.containment
+    let score = screen.scorer.isEmpty ? nil : screen.scorer.score(inputs)
+    var ood = false
+    if let score, let threshold = descriptor.screening.threshold, score.mahalanobis > threshold { ood = true }
+    if let extraction = screen.extraction,
+      let alarm = extraction.observe(
+        principal: call.identity.spiffeID.description, inputs: inputs, outOfDistribution: score == nil ? nil : ood)
+    {
+      raise(alarm, descriptor: descriptor, call: call, containment: containment)
+    }
+    if ood {
+      let action: ScreeningProfile.Action =
+        switch containment.screening {
+        case .manifest: descriptor.screening.action
+        case .flag: .flag
+        case .reject: .reject
+        }
+      metrics.recordOutOfDistribution(model: descriptor.name, action: action.rawValue)
+      logger.notice(
+        "out-of-distribution input",
+        metadata: [
+          "request_id": "\(call.requestID)", "principal": "\(call.identity.spiffeID)", "model": "\(descriptor.name)",
+          "score": "\(score.map { String(format: "%.2f", $0.mahalanobis) } ?? "")", "action": "\(action.rawValue)",
+        ])
+      if action == .reject {
+        metrics.recordRejection(reason: "out_of_distribution")
+        throw PalisadeError(
+          .invalidArgument, "the inputs lie outside the model's training distribution (screening score above its threshold)")
+      }
+    }
+    screen.drift?.observe(inputs)
+    return Outcome(score: score, outOfDistribution: ood)
+  }
+
+  private func raise(
+    _ alarm: ExtractionMonitor.Alarm, descriptor: ModelDescriptor, call: CallContext, containment: Policy.Containment
+  ) {
+    metrics.recordExtractionAlarm(model: descriptor.name, detector: alarm.detector.rawValue)
+    let quarantine = containment.extraction == .quarantine
+    logger.warning(
+      "extraction monitor alarm",
+      metadata: [
+        "request_id": "\(call.requestID)", "principal": "\(call.identity.spiffeID)", "model": "\(descriptor.name)",
+        "detector": "\(alarm.detector.rawValue)", "statistic": "\(String(format: "%.3f", alarm.statistic))",
+        "action": "\(quarantine ? "quarantine" : "alert")",
+      ])
+    guard quarantine else { return }
+    let now = Date()
+    quarantines.add(
+      call.identity.spiffeID,
+      reason: "extraction monitor (\(alarm.detector.rawValue), statistic \(String(format: "%.3f", alarm.statistic)))",
+      model: descriptor.name, until: now.addingTimeInterval(TimeInterval(containment.quarantineSeconds)), now: now)
+    metrics.recordQuarantine(active: quarantines.list(now: now).count)
+  }
+}
