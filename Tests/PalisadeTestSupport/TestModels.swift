@@ -1,3 +1,4 @@
+import Synchronization
 import PalisadeCore
 
 /// Triton's classic `simple` model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 over INT32 [1, 16].
@@ -68,5 +69,54 @@ public struct SlowModel: ServableModel {
     guard var t = request.input("IN") else { throw PalisadeError(.internal, "input missing") }
     t.name = "OUT"
     return [t]
+  }
+}
+
+/// OUT = 2 × IN over FP32 [-1, 4]; records the rows of every execution, so tests see dynamic batching at work.
+/// `gate`, when set, holds every execution until it is opened, and `failing` makes executions fail.
+public final class DoublingModel: ServableModel, Sendable {
+  public let descriptor: ModelDescriptor
+  private let state = Mutex<(rows: [Int], closed: Bool, failing: Bool, waiters: [CheckedContinuation<Void, Never>])>(([], false, false, []))
+
+  public init(name: String = "double", maxBatch: Int? = nil, gated: Bool = false) {
+    descriptor = ModelDescriptor(
+      name: name, version: "1", platform: "test",
+      inputs: [TensorSpec(name: "IN", datatype: .fp32, shape: [-1, 4])],
+      outputs: [TensorSpec(name: "OUT", datatype: .fp32, shape: [-1, 4])],
+      contract: ModelContract(maxBatch: maxBatch))
+    state.withLock { $0.closed = gated }
+  }
+
+  /// Rows of each execution so far.
+  public var executions: [Int] { state.withLock { $0.rows } }
+
+  /// Opens or closes the gate; opening releases every held execution.
+  public func setGate(open: Bool) {
+    let released = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+      s.closed = !open
+      guard open else { return [] }
+      defer { s.waiters = [] }
+      return s.waiters
+    }
+    for w in released { w.resume() }
+  }
+
+  /// Makes executions fail (INTERNAL) or succeed.
+  public func setFailing(_ failing: Bool) { state.withLock { $0.failing = failing } }
+
+  public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
+    guard let input = request.input("IN"), let values = input.values(as: Float.self) else {
+      throw PalisadeError(.internal, "input missing")
+    }
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+      let hold = state.withLock { s -> Bool in
+        s.rows.append(Int(input.shape.first ?? 0))
+        if s.closed { s.waiters.append(c) }
+        return s.closed
+      }
+      if !hold { c.resume() }
+    }
+    if state.withLock({ $0.failing }) { throw PalisadeError(.internal, "model failure (test)") }
+    return [try Tensor(name: "OUT", shape: input.shape, values: values.map { $0 * 2 })]
   }
 }

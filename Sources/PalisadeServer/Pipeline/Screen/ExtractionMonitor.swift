@@ -23,7 +23,7 @@ public final class ExtractionMonitor: Sendable {
     public var normalityThreshold: Double
     public var oodShareThreshold: Double
     public var maxPrincipals: Int
-    public init(history: Int = 256, window: Int = 100, normalityThreshold: Double = 0.9, oodShareThreshold: Double = 0.5, maxPrincipals: Int = 10_000) {
+    public init(history: Int = 256, window: Int = 100, normalityThreshold: Double = 0.8, oodShareThreshold: Double = 0.5, maxPrincipals: Int = 10_000) {
       self.history = history
       self.window = window
       self.normalityThreshold = normalityThreshold
