@@ -293,7 +293,10 @@ public struct BundleManifest: Sendable, Hashable, Codable {
           guard n > 0, s.std.count == n else { throw fail(f2, "mean and std must have the same, non-zero length") }
           if let features, features != n { throw fail(f2, "has \(n) values but the last dimension is \(features)") }
           guard s.mean.allSatisfy(\.isFinite) else { throw fail("\(f2).mean", "values must be finite") }
-          guard s.std.allSatisfy({ $0.isFinite && $0 > 0 }) else { throw fail("\(f2).std", "values must be finite and > 0") }
+          // A feature constant in the training data has std 0; the server floors variances when it scores.
+          guard s.std.allSatisfy({ $0.isFinite && $0 >= 0 }), s.std.contains(where: { $0 > 0 }) else {
+            throw fail("\(f2).std", "values must be finite and >= 0, at least one > 0")
+          }
           guard s.covariance == nil || s.covarianceDiagonal == nil else {
             throw fail(f2, "give either 'covariance' or 'covariance_diagonal', not both")
           }
@@ -301,7 +304,7 @@ public struct BundleManifest: Sendable, Hashable, Codable {
             guard cov.count == n, cov.allSatisfy({ $0.count == n }) else { throw fail("\(f2).covariance", "must be a \(n)x\(n) matrix") }
             guard cov.allSatisfy({ $0.allSatisfy(\.isFinite) }) else { throw fail("\(f2).covariance", "values must be finite") }
             for a in 0..<n {
-              guard cov[a][a] > 0 else { throw fail("\(f2).covariance", "diagonal must be > 0") }
+              guard cov[a][a] >= 0 else { throw fail("\(f2).covariance", "diagonal must be >= 0") }
               for b in 0..<a where abs(cov[a][b] - cov[b][a]) > 1e-9 * max(1, abs(cov[a][b])) {
                 throw fail("\(f2).covariance", "must be symmetric")
               }
@@ -309,7 +312,9 @@ public struct BundleManifest: Sendable, Hashable, Codable {
           }
           if let diag = s.covarianceDiagonal {
             guard diag.count == n else { throw fail("\(f2).covariance_diagonal", "must have \(n) values") }
-            guard diag.allSatisfy({ $0.isFinite && $0 > 0 }) else { throw fail("\(f2).covariance_diagonal", "values must be finite and > 0") }
+            guard diag.allSatisfy({ $0.isFinite && $0 >= 0 }), diag.contains(where: { $0 > 0 }) else {
+              throw fail("\(f2).covariance_diagonal", "values must be finite and >= 0, at least one > 0")
+            }
           }
         }
       }

@@ -44,6 +44,13 @@ struct CallCommand: AsyncParsableCommand {
       _ body: @escaping @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>)
         async throws -> R
     ) async throws -> R {
+      try await connect { try await body(Inference_GRPCInferenceService.Client(wrapping: $0)) }
+    }
+
+    /// Connects and runs `body` with the raw client (for Palisade's own services); RPC errors print and exit 1.
+    func connect<R: Sendable>(
+      _ body: @escaping @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> R
+    ) async throws -> R {
       guard let colon = target.lastIndex(of: ":"), let port = Int(target[target.index(after: colon)...]) else {
         throw ValidationError("--target must be host:port, got '\(target)'")
       }
@@ -51,7 +58,7 @@ struct CallCommand: AsyncParsableCommand {
       if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
       let tls = ClientTLSFiles(certificate: cert, privateKey: key, serverCA: ca)
       do {
-        return try await withInferenceClient(host: host, port: port, tls: tls, token: try bearer(), body)
+        return try await withPalisadeConnection(host: host, port: port, tls: tls, token: try bearer(), body)
       } catch let error as RPCError {
         var message = "\(error.code): \(error.message)"
         if let cause = error.cause { message += " (\(cause))" }

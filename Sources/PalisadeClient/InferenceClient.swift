@@ -20,6 +20,27 @@ public func withInferenceClient<Result: Sendable>(
   host: String, port: Int, tls: ClientTLSFiles, token: String? = nil,
   _ body: @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>) async throws -> Result
 ) async throws -> Result {
+  try await withPalisadeConnection(host: host, port: port, tls: tls, token: token) { client in
+    try await body(Inference_GRPCInferenceService.Client(wrapping: client))
+  }
+}
+
+/// Like ``withInferenceClient(host:port:tls:token:_:)`` for Palisade's own `palisade.v1.Admin` service.
+public func withAdminClient<Result: Sendable>(
+  host: String, port: Int, tls: ClientTLSFiles, token: String? = nil,
+  _ body: @Sendable (Palisade_V1_Admin.Client<HTTP2ClientTransport.Posix>) async throws -> Result
+) async throws -> Result {
+  try await withPalisadeConnection(host: host, port: port, tls: tls, token: token) { client in
+    try await body(Palisade_V1_Admin.Client(wrapping: client))
+  }
+}
+
+/// Opens an mTLS gRPC connection (with the bearer token on every call) and runs `body` with the raw client, from
+/// which any generated service client can be made.
+public func withPalisadeConnection<Result: Sendable>(
+  host: String, port: Int, tls: ClientTLSFiles, token: String? = nil,
+  _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
+) async throws -> Result {
   let transport = try HTTP2ClientTransport.Posix(
     target: target(host: host, port: port),
     transportSecurity: .mTLS(
@@ -32,7 +53,7 @@ public func withInferenceClient<Result: Sendable>(
   )
   let interceptors: [any ClientInterceptor] = token.map { [BearerTokenInterceptor(token: $0)] } ?? []
   return try await withGRPCClient(transport: transport, interceptors: interceptors) { client in
-    try await body(Inference_GRPCInferenceService.Client(wrapping: client))
+    try await body(client)
   }
 }
 

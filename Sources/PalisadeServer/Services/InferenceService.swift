@@ -100,7 +100,19 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     -> Inference_ModelInferResponse
   {
     let call = try context.callContext()
-    return try await pipeline.infer(request, call: call, rpc: context.descriptor.method)
+    return try await cancellable { [pipeline] in try await pipeline.infer(request, call: call, rpc: context.descriptor.method) }
+  }
+
+  /// Runs `work` so that the RPC's cancellation (its deadline passing, or the client resetting the stream) cancels
+  /// it: grpc-swift signals these through the RPC cancellation handle, not through task cancellation, and a request
+  /// waiting in a queue must leave it when its caller has gone.
+  private func cancellable<R: Sendable>(_ work: @escaping @Sendable () async throws -> R) async throws -> R {
+    let task = Task { try await work() }
+    return try await withRPCCancellationHandler {
+      try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
+    } onCancelRPC: {
+      task.cancel()
+    }
   }
 
   public func modelStreamInfer(
@@ -112,7 +124,9 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     // Triton semantics: a failed request yields a message with error_message set and the stream goes on.
     for try await message in request {
       do {
-        let result = try await pipeline.infer(message, call: call, rpc: context.descriptor.method)
+        let result = try await cancellable { [pipeline] in
+          try await pipeline.infer(message, call: call, rpc: context.descriptor.method)
+        }
         try await response.write(.with { $0.inferResponse = result })
       } catch let error where !(error is CancellationError) {
         let status = StatusMapping.rpcError(for: error, logger: logger)
