@@ -50,7 +50,7 @@ DEMO_BUNDLE := run/models/digits/1
 demo-bundle: build pki
 	@if [ ! -f $(DEMO_BUNDLE)/model.sig ] || [ certs/out/publisher.key -nt $(DEMO_BUNDLE)/model.sig ]; then \
 	  rm -rf run/models/digits run/state && mkdir -p run/models/digits && \
-	  $(SWIFT) run palisade bundle init --model Tests/Fixtures/mlp_digits.onnx --name digits --version 1 --max-batch 64 --out $(DEMO_BUNDLE) && \
+	  $(SWIFT) run palisade bundle init --model Tests/Fixtures/mlp_digits.onnx --name digits --version 1 --max-batch 64 --stats Tests/Fixtures/digits_reference.npy --out $(DEMO_BUNDLE) && \
 	  $(SWIFT) run palisade bundle sign $(DEMO_BUNDLE) --key certs/out/publisher.key; \
 	fi
 

@@ -194,7 +194,7 @@ let package = Package(
       name: "serving-bench",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTestSupport", "PalisadeIdentity",
-        "PalisadePolicy",
+        "PalisadePolicy", "PalisadeRuntime",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),

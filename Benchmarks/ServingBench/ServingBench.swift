@@ -11,6 +11,7 @@ import PalisadeServer
 import PalisadeTestSupport
 import PalisadeIdentity
 import PalisadePolicy
+import PalisadeRuntime
 
 /// Serving benchmark: `serving-bench server` runs Palisade over mTLS with a tiny test model (the `simple`
 /// add/sub model: two INT32 [1,16] inputs); `serving-bench client` calls it from another process and prints
@@ -21,26 +22,64 @@ enum ServingBench {
     _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
     let args = CommandLine.arguments.dropFirst()
     guard let mode = args.first else {
-      print("usage: serving-bench server DIR | client DIR PORT CALLS CONCURRENCY [raw|typed] | auth [ITERATIONS]")
+      print(
+        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS]")
       exit(2)
     }
     let dir = args.dropFirst().first ?? "/tmp/palisade-bench"
     switch mode {
-    case "server": try await server(dir: dir)
+    case "server":
+      let rest = Array(args.dropFirst(2))
+      try await server(dir: dir, model: rest.first ?? "simple", batching: rest.count < 2 || rest[1] == "batch")
     case "auth": try authBench(iterations: Int(dir) ?? 20_000)
+    case "pipeline": try await pipelineBench(iterations: Int(dir) ?? 20_000)
     case "client":
       let rest = Array(args.dropFirst(2))
       try await client(
         dir: dir, port: Int(rest[0]) ?? 0, calls: Int(rest[1]) ?? 5000, concurrency: Int(rest[2]) ?? 1,
-        raw: rest.count < 4 || rest[3] == "raw")
+        raw: rest.count < 4 || rest[3] == "raw", model: rest.count < 5 ? "simple" : rest[4])
     default:
       print("unknown mode \(mode)")
       exit(2)
     }
   }
 
-  static func server(dir: String) async throws {
-    let server = try await TestServer.start(models: [AddSubModel()]) { $0.admin.enabled = false }
+  static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent("Tests/Fixtures").path
+
+  /// The scikit-learn digits MLP (64 → 10) with the fixtures' reference statistics, as a signed bundle would carry.
+  static func digitsModel() throws -> any ServableModel {
+    let onnx = try ONNXModel.load(contentsOf: URL(fileURLWithPath: "\(fixtures)/mlp_digits.onnx"))
+    let stats = try ReferenceStatisticsBuilder().build(
+      try SampleFile.read(path: "\(fixtures)/digits_reference.npy"), covariance: .diagonal)
+    var d = onnx.descriptor(name: "digits", version: "1")
+    d.contract = ModelContract(maxBatch: 64, allowNonFinite: false)
+    d.screening = ScreeningProfile(references: ["input": stats.reference], threshold: stats.suggestedThreshold)
+    return try ONNXServableModel(model: onnx, descriptor: d)
+  }
+
+  /// One natural digits row per request.
+  static func digitsRequest(raw: Bool) throws -> Inference_ModelInferRequest {
+    let sample = try SampleFile.read(path: "\(fixtures)/digits_reference.npy")
+    let row = sample.values.prefix(64).map { Float($0) }
+    return .with {
+      $0.modelName = "digits"
+      var input = Inference_ModelInferRequest.InferInputTensor()
+      input.name = "input"
+      input.datatype = "FP32"
+      input.shape = [1, 64]
+      if raw { $0.rawInputContents = [row.withUnsafeBytes { Data($0) }] } else { input.contents.fp32Contents = row }
+      $0.inputs = [input]
+    }
+  }
+
+  static func server(dir: String, model: String, batching: Bool) async throws {
+    let models: [any ServableModel] = model == "digits" ? [try digitsModel()] : [AddSubModel()]
+    let server = try await TestServer.start(models: models) {
+      $0.admin.enabled = false
+      $0.scheduling.batching = batching
+      $0.logging.accessLog = false
+    }
     let client = try server.pki.client("bench", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/bench")])
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     for (from, to) in [(client.cert, "client.pem"), (client.key, "client.key"), (server.pki.path("ca-bundle.pem"), "ca.pem")] {
@@ -90,9 +129,53 @@ enum ServingBench {
     print(String(format: "token_uncached_us=%.2f token_cached_us=%.2f authorise_us=%.2f cached_total_us=%.2f", uncached, cached, authorise, cached + authorise))
   }
 
-  static func client(dir: String, port: Int, calls: Int, concurrency: Int, raw: Bool) async throws {
+  /// Per-call cost of the whole in-process pipeline (authorise, resolve, validate, screen, schedule, compute,
+  /// harden, encode) against calling the model directly, on the digits MLP with one row per call.
+  static func pipelineBench(iterations: Int) async throws {
+    let model = try digitsModel()
+    let pki = try TestPKI()
+    let client = try pki.client("bench", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/bench")])
+    let call = CallContext(identity: try PeerIdentity(certificate: client.issued.certificate), requestID: "bench")
+    let metrics = ServerMetrics()
+    let policy = PolicyStore(
+      try Policy.parse(TestServer.allowAllPolicy + "\n    rate_limit: {per_second: 100000000, burst: 100000000}\n"))
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let repository = ModelRepository(required: [])
+    repository.register(model)
+    let authorizer = Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: [])
+    func pipeline(screening: Bool) -> InferencePipeline {
+      var settings = InputScreener.Settings.defaults
+      settings.extractionMonitor = screening
+      return InferencePipeline(
+        repository: repository, statistics: ModelStatisticsStore(), authorizer: authorizer,
+        screener: InputScreener(settings: settings, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
+        scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger)
+    }
+    let full = pipeline(screening: true)
+    let request = try digitsRequest(raw: true)
+    let inputs = [try Tensor(name: "input", shape: [1, 64], values: (try SampleFile.read(path: "\(fixtures)/digits_reference.npy")).values.prefix(64).map { Float($0) })]
+    func time(_ body: () async throws -> Void) async rethrows -> Double {
+      let start = ContinuousClock.now
+      try await body()
+      let d = ContinuousClock.now - start
+      return (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(iterations)
+    }
+    for _ in 0..<1000 { _ = try await model.infer(InferenceRequest(inputs: inputs)); _ = try await full.infer(request, call: call, rpc: "ModelInfer") }
+    let direct = try await time { for _ in 0..<iterations { _ = try await model.infer(InferenceRequest(inputs: inputs)) } }
+    let piped = try await time { for _ in 0..<iterations { _ = try await full.infer(request, call: call, rpc: "ModelInfer") } }
+    let noMonitor = pipeline(screening: false)
+    let pipedNoMonitor = try await time { for _ in 0..<iterations { _ = try await noMonitor.infer(request, call: call, rpc: "ModelInfer") } }
+    print(
+      String(
+        format: "model_direct_us=%.2f pipeline_us=%.2f pipeline_overhead_us=%.2f pipeline_without_extraction_monitor_us=%.2f ratio=%.2f",
+        direct, piped, piped - direct, pipedNoMonitor, piped / direct))
+  }
+
+  static func client(dir: String, port: Int, calls: Int, concurrency: Int, raw: Bool, model: String) async throws {
     let a = Array(Int32(0)..<16)
-    let request = Inference_ModelInferRequest.with { r in
+    let digits = model == "digits" ? try digitsRequest(raw: raw) : nil
+    let request = digits ?? Inference_ModelInferRequest.with { r in
       r.modelName = "simple"
       for name in ["INPUT0", "INPUT1"] {
         var input = Inference_ModelInferRequest.InferInputTensor()
@@ -133,7 +216,7 @@ enum ServingBench {
     let p = { (q: Double) in latencies[min(latencies.count - 1, Int(Double(latencies.count) * q))] }
     let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     print(
-      "calls=\(latencies.count) concurrency=\(concurrency) encoding=\(raw ? "raw" : "typed") p50_ms=\(ms(p(0.5))) p90_ms=\(ms(p(0.9))) p99_ms=\(ms(p(0.99))) calls_per_s=\(String(format: "%.0f", Double(latencies.count) / seconds))"
+      "model=\(model) calls=\(latencies.count) concurrency=\(concurrency) encoding=\(raw ? "raw" : "typed") p50_ms=\(ms(p(0.5))) p90_ms=\(ms(p(0.9))) p99_ms=\(ms(p(0.99))) calls_per_s=\(String(format: "%.0f", Double(latencies.count) / seconds))"
     )
   }
 }

@@ -134,3 +134,44 @@ import Testing
     #expect(accepted.status == 0, "\(accepted.stderr)")
   }
 }
+
+/// `palisade bundle stats` and `bundle init --stats` / output policy, as a publisher runs them.
+@Suite struct BundleStatsCLITests {
+  var bin: String { ProcessTests.binary }
+
+  @Test func statsFromASampleGoIntoTheManifestAndBadSamplesAreRefused() async throws {
+    let pki = try TestPKI()
+    let fixtures = "\(repositoryRoot)/Tests/Fixtures"
+    let stats = try await ProcessTests.run(bin, ["bundle", "stats", "\(fixtures)/digits_reference.npy"])
+    #expect(stats.status == 0, "\(stats.stderr)")
+    let json = try #require(try JSONSerialization.jsonObject(with: Data(stats.stdout.utf8)) as? [String: Any])
+    #expect(json["rows"] as? Int == 1000)
+    let reference = try #require(json["reference_statistics"] as? [String: Any])
+    #expect((reference["mean"] as? [Double])?.count == 64 && (reference["covariance_diagonal"] as? [Double])?.count == 64)
+    let threshold = try #require((json["screening_policy"] as? [String: Any])?["ood_threshold"] as? Double)
+    #expect(threshold > 5 && threshold < 200, "\(threshold)")
+
+    let dir = pki.path("bundle")
+    let made = try await ProcessTests.run(
+      bin,
+      ["bundle", "init", "--model", "\(fixtures)/mlp_digits.onnx", "--name", "digits", "--version", "1", "--out", dir,
+       "--stats", "\(fixtures)/digits_stream.csv", "--ood-action", "reject", "--top-k", "2", "--round-decimals", "3",
+       "--pad-to-bucket-bytes", "512", "--labels", "zero,one,two,three,four,five,six,seven,eight,nine"])
+    #expect(made.status == 0, "\(made.stderr)")
+    let manifest = try #require(
+      try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/manifest.json"))) as? [String: Any])
+    #expect((manifest["screening_policy"] as? [String: Any])?["action"] as? String == "reject")
+    #expect((manifest["output_policy"] as? [String: Any])?["top_k"] as? Int == 2)
+    #expect((manifest["labels"] as? [String])?.count == 10)
+    let input = try #require((manifest["inputs"] as? [[String: Any]])?.first)
+    #expect((input["reference_statistics"] as? [String: Any])?["mean"] != nil)
+
+    let ragged = try pki.write("ragged.csv", "1,2,3\n4,5\n")
+    let refused = try await ProcessTests.run(bin, ["bundle", "stats", ragged])
+    #expect(refused.status != 0 && refused.stderr.contains("line 2: 2 columns, earlier rows have 3"), "\(refused.stderr)")
+    let wrongWidth = try await ProcessTests.run(
+      bin, ["bundle", "init", "--model", "\(fixtures)/mlp_digits.onnx", "--name", "digits", "--version", "1",
+            "--out", pki.path("b2"), "--stats", ragged])
+    #expect(wrongWidth.status != 0)
+  }
+}

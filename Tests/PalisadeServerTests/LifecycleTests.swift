@@ -7,7 +7,10 @@ import Testing
 @Suite struct LifecycleTests {
   @Test func gracefulShutdownDrainsInFlightCalls() async throws {
     let (started, startedContinuation) = AsyncStream<Void>.makeStream()
-    let server = try await TestServer.start(models: [SlowModel(delay: .milliseconds(1500), started: startedContinuation)])
+    // A generous grace period: on a loaded CI machine the 1.5 s call must not outlast it.
+    let server = try await TestServer.start(models: [SlowModel(delay: .milliseconds(1500), started: startedContinuation)]) {
+      $0.server.shutdownGraceSeconds = 60
+    }
     let client = try goodClient(server)
     let request = Inference_ModelInferRequest.with {
       $0.modelName = "slow"

@@ -234,9 +234,12 @@ public struct ServerConfig: Sendable, Equatable {
     public enum Format: String, Sendable, Equatable { case json, text }
     public var level: String
     public var format: Format
-    public init(level: String, format: Format) {
+    /// One line per inference (request id, principal, model, status, latency), at info level.
+    public var accessLog: Bool
+    public init(level: String, format: Format, accessLog: Bool = true) {
       self.level = level
       self.format = format
+      self.accessLog = accessLog
     }
     public static let defaults = Logging(level: "info", format: .json)
   }
@@ -431,6 +434,7 @@ extension ServerConfig {
       logging.level =
         try m.choice("level", ["trace", "debug", "info", "notice", "warning", "error", "critical"]) ?? logging.level
       if let f = try m.choice("format", ["json", "text"]) { logging.format = Logging.Format(rawValue: f) ?? .json }
+      logging.accessLog = try m.bool("access_log") ?? logging.accessLog
       try m.finish()
     }
     try root.finish()

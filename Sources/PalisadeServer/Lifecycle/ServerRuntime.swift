@@ -93,7 +93,8 @@ public final class ServerRuntime: Sendable {
       repository: repository, statistics: statistics, authorizer: authorizer,
       screener: InputScreener(
         settings: config.screening, policy: policy, quarantines: quarantines, metrics: metrics, logger: logger),
-      scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger)
+      scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger,
+      accessLog: config.logging.accessLog)
     self.grpcServer = GRPCServer(
       transport: HTTP2ServerTransport.Custom(listenerFactory: listener, config: transportConfig),
       services: [

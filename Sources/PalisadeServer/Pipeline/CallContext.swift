@@ -13,6 +13,12 @@ public struct CallContext: ServerContext.TransportSpecific {
   public let requestID: String
   /// The verified token; nil only on RPCs exempt from tokens.
   public var token: TokenVerifier.Verified?
+
+  public init(identity: PeerIdentity, requestID: String, token: TokenVerifier.Verified? = nil) {
+    self.identity = identity
+    self.requestID = requestID
+    self.token = token
+  }
 }
 
 extension ServerContext {

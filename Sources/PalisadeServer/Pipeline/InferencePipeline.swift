@@ -19,11 +19,13 @@ public struct InferencePipeline: Sendable {
   public let statistics: ModelStatisticsStore
   let metrics: ServerMetrics
   let logger: Logger
+  let accessLog: AccessLog
 
   public init(
     repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, screener: InputScreener,
-    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger
+    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger, accessLog: Bool = false
   ) {
+    self.accessLog = AccessLog(logger: logger, enabled: accessLog)
     self.authorizer = authorizer
     self.resolver = ModelResolver(repository: repository)
     self.validator = InputValidator()
@@ -39,6 +41,25 @@ public struct InferencePipeline: Sendable {
 
   /// Runs one `ModelInfer` request for `call`.
   public func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String) async throws
+    -> Inference_ModelInferResponse
+  {
+    let started = ContinuousClock.now
+    do {
+      let response = try await run(request, call: call, rpc: rpc)
+      accessLog.record(
+        call: call, model: response.modelName, version: response.modelVersion, status: "OK",
+        latency: ContinuousClock.now - started, oodScore: response.parameters["palisade_ood_score"]?.doubleParam)
+      return response
+    } catch {
+      let code = (error as? PalisadeError)?.code.rawValue ?? (error is CancellationError ? "CANCELLED" : "INTERNAL")
+      accessLog.record(
+        call: call, model: request.modelName, version: request.modelVersion, status: code,
+        latency: ContinuousClock.now - started, oodScore: nil)
+      throw error
+    }
+  }
+
+  func run(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String) async throws
     -> Inference_ModelInferResponse
   {
     var clock = StageClock(metrics: metrics)
