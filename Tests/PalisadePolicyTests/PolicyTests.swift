@@ -54,6 +54,22 @@ import Testing
     #expect(d.rule == rule)
   }
 
+  @Test func containmentDefaultsAndIsRead() throws {
+    #expect(try Policy.parse(Self.text).containment == .defaults)
+    #expect(Policy.Containment.defaults.extraction == .alert && Policy.Containment.defaults.screening == .manifest)
+    let p = try Policy.parse(
+      "version: 1\ncontainment: {screening: reject, extraction: quarantine, quarantine_seconds: 120}\nrules: []")
+    #expect(p.containment == .init(screening: .reject, extraction: .quarantine, quarantineSeconds: 120))
+  }
+
+  @Test func quarantineAdministrationIsNeverCoveredByAStar() throws {
+    let p = try Policy.parse(Self.text)
+    for rpc in ["ListQuarantines", "LiftQuarantine"] {
+      #expect(!p.decide(try facts("spiffe://td/ns/app/sa/a", rpc)).allowed)
+    }
+    #expect(p.decide(try facts("spiffe://td/ns/app/sa/a", "Attest")).allowed)
+  }
+
   @Test func scopesAndSubjectsMatch() throws {
     let policy = try Policy.parse(Self.text)
     #expect(policy.decide(try facts("spiffe://x/y", "ModelInfer", "digits", scopes: ["infer:all"])).allowed)
@@ -101,6 +117,10 @@ import Testing
     ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    effect: deny\n    rate_limit: {per_second: 1}", "rules[0].rate_limit", 7),
     ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    models: [digits]\n    colour: red", "rules[0].colour", 7),
     ("version: 1\nquarantine: ['nope']", "quarantine", 2),
+    ("version: 1\ncontainment: {extraction: ban}", "containment.extraction", 2),
+    ("version: 1\ncontainment: {screening: drop}", "containment.screening", 2),
+    ("version: 1\ncontainment: {quarantine_seconds: 0}", "containment.quarantine_seconds", 2),
+    ("version: 1\ncontainment: {alert: yes}", "containment.alert", 2),
   ] as [(String, String, Int)])
   func errorsNameKeyAndLine(text: String, path: String, line: Int) {
     do {

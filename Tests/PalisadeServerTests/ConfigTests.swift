@@ -36,6 +36,36 @@ import Testing
     #expect(c.reload.intervalSeconds == 5)
   }
 
+  @Test func schedulingScreeningAndAccessLogAreRead() throws {
+    let c = try ServerConfig.parse(
+      minimal + """
+
+      scheduling:
+        max_concurrent_executions: 3
+        model_max_concurrent_executions: 2
+        queue_limit: 10
+        model_queue_limit: 5
+        batching: {enabled: false, max_batch: 16, max_delay_us: 100}
+        circuit_breaker: {failure_threshold: 2, open_ms: 500, half_open_probes: 3, slow_call_ms: 250}
+      screening:
+        drift_window: 50
+        extraction_monitor: {enabled: false, history: 64, window: 40, normality_threshold: 0.7, ood_share_threshold: 0.25, max_principals: 9}
+      logging: {access_log: false}
+      """, baseDirectory: "/etc/p")
+    #expect(c.scheduling.maxConcurrentExecutions == 3 && c.scheduling.modelMaxConcurrentExecutions == 2)
+    #expect(c.scheduling.queueLimit == 10 && c.scheduling.modelQueueLimit == 5)
+    #expect(!c.scheduling.batching && c.scheduling.maxBatch == 16 && c.scheduling.maxDelay == .microseconds(100))
+    #expect(c.scheduling.breaker == .init(failureThreshold: 2, openDuration: .milliseconds(500), halfOpenProbes: 3, slowCall: .milliseconds(250)))
+    #expect(c.screening.driftWindow == 50 && !c.screening.extractionMonitor)
+    #expect(c.screening.extraction == .init(history: 64, window: 40, normalityThreshold: 0.7, oodShareThreshold: 0.25, maxPrincipals: 9))
+    #expect(!c.logging.accessLog)
+    let defaults = try ServerConfig.parse(minimal, baseDirectory: "/etc/p")
+    #expect(defaults.scheduling.batching && defaults.scheduling.maxBatch == 32 && defaults.logging.accessLog)
+    #expect(error(minimal + "\nscheduling: {queue_limit: 0}")?.description.contains("queue_limit") == true)
+    #expect(error(minimal + "\nscheduling: {batching: {max_delay: 3}}")?.description.contains("max_delay") == true)
+    #expect(error(minimal + "\nscreening: {extraction_monitor: {normality_threshold: 2}}")?.description.contains("normality_threshold") == true)
+  }
+
   @Test func annotatedExampleParses() throws {
     let c = try ServerConfig.load(path: "\(repositoryRoot)/deploy/palisade.example.yaml")
     #expect(c.server.limits.maxConcurrentStreams == 128)
