@@ -47,6 +47,16 @@ struct CallCommand: AsyncParsableCommand {
       try await connect { try await body(Inference_GRPCInferenceService.Client(wrapping: $0)) }
     }
 
+    /// `--target` split into host and port.
+    func hostPort() throws -> (String, Int) {
+      guard let colon = target.lastIndex(of: ":"), let port = Int(target[target.index(after: colon)...]) else {
+        throw ValidationError("--target must be host:port, got '\(target)'")
+      }
+      var host = String(target[..<colon])
+      if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+      return (host, port)
+    }
+
     /// Connects and runs `body` with the raw client (for Palisade's own services); RPC errors print and exit 1.
     func connect<R: Sendable>(
       _ body: @escaping @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> R

@@ -29,6 +29,12 @@ public final class ServerCertificateStore: Sendable {
     current.withLock { $0.chain.first?.notValidAfter }.map { Int64($0) }
   }
 
+  /// DER of the leaf certificate presented now (attestation binds evidence to its public key).
+  public var leafDER: [UInt8]? {
+    guard let leaf = current.withLock({ $0.chain.first }) else { return nil }
+    return try? leaf.toDERBytes()
+  }
+
   var override: NIOSSLContextConfigurationOverride { current.withLock { $0.override } }
   var chain: [NIOSSLCertificate] { current.withLock { $0.chain } }
   var key: NIOSSLPrivateKey { current.withLock { $0.key } }

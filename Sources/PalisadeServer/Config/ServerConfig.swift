@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 public import PalisadeYAML
 import PalisadePolicy
@@ -23,6 +24,18 @@ public struct ServerConfig: Sendable, Equatable {
   public var scheduling: Scheduler.Settings = .defaults
   /// Drift windows and the extraction monitor (pipeline stage 6).
   public var screening: InputScreener.Settings = .defaults
+  /// Remote attestation (`palisade.v1.Attestation`).
+  public var attestation: Attestation = .defaults
+  /// SHA-256 of the file this configuration was read from (attestation evidence carries it).
+  public var sourceDigest: String?
+
+  public struct Attestation: Sendable, Equatable {
+    /// PEM private key (P-256, P-384 or Ed25519) that signs evidence; without it `Attest` answers
+    /// FAILED_PRECONDITION. Refused when group or others can read it.
+    public var key: String?
+    public init(key: String?) { self.key = key }
+    public static let defaults = Attestation(key: nil)
+  }
 
   public init(
     server: Server, auth: Auth, policy: PolicySettings, admin: Admin = .defaults, models: Models = .defaults,
@@ -264,7 +277,9 @@ extension ServerConfig {
       throw YAMLError(file: path, path: "", line: nil, message: "cannot be read")
     }
     let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
-    return try parse(text, file: path, baseDirectory: base)
+    var config = try parse(text, file: path, baseDirectory: base)
+    config.sourceDigest = SHA256.hash(data: Array(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    return config
   }
 
   /// Parses configuration text; `baseDirectory` anchors relative paths.
@@ -429,6 +444,12 @@ extension ServerConfig {
       try m.finish()
     }
 
+    var attestation = Attestation.defaults
+    if let m = try root.map("attestation") {
+      attestation.key = try m.string("key").map(resolve)
+      try m.finish()
+    }
+
     var logging = Logging.defaults
     if let m = try root.map("logging") {
       logging.level =
@@ -446,6 +467,7 @@ extension ServerConfig {
       reload: reload)
     config.scheduling = scheduling
     config.screening = screening
+    config.attestation = attestation
     if admin.enabled, admin.listen == config.server.listen, admin.listen.port != 0 {
       throw root.map_error("admin.listen", "must differ from server.listen")
     }

@@ -27,6 +27,18 @@ enum CredentialFiles {
   static func policy(_ path: String) throws -> Policy {
     try Policy.load(path: path)
   }
+
+  /// A private signing key (attestation): permissions checked like the TLS key, then parsed.
+  static func signingKey(_ path: String) throws -> TokenSigningKey {
+    try PEMFiles.checkPrivateKeyPermissions(at: path)
+    let pem: String
+    do { pem = try String(contentsOfFile: path, encoding: .utf8) } catch {
+      throw PEMFileError(path: path, reason: "cannot be read")
+    }
+    do { return try TokenSigningKey(pem: pem) } catch {
+      throw PEMFileError(path: path, reason: "is not a PEM P-256, P-384 or Ed25519 private key")
+    }
+  }
 }
 
 /// Watches the server certificate and key, the client-CA bundle, the JWKS files and the policy, and installs a

@@ -101,6 +101,12 @@ public final class ServerRuntime: Sendable {
         InferenceService(repository: repository, pipeline: pipeline, bundles: bundles, logger: logger),
         HealthService(state: state),
         AdminService(authorizer: authorizer, metrics: metrics, logger: logger),
+        AttestationService(
+          builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
+          sources: .init(
+            config: config, policy: policy, repository: repository, leafCertificateDER: { certificates.leafDER },
+            auditCheckpoint: { nil }),
+          authorizer: authorizer, logger: logger),
       ],
       interceptors: [
         CallObserverInterceptor(metrics: metrics, logger: logger),

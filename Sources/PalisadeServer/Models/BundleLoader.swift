@@ -164,6 +164,7 @@ public final class BundleLoader: Sendable {
       inputs: manifest.inputs.compactMap(Self.spec), outputs: manifest.outputs.compactMap(Self.spec),
       properties: [
         "signer": verified.signer.description, "bundle_digest": verified.rootDigest,
+        "manifest_digest": verified.files.first { $0.name == bundleManifestFileName }?.sha256 ?? "",
         "expires": ISO8601DateFormatter().string(from: manifest.expires),
       ],
       contract: ModelContract(
