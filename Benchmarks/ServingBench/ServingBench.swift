@@ -138,7 +138,7 @@ enum ServingBench {
     let call = CallContext(identity: try PeerIdentity(certificate: client.issued.certificate), requestID: "bench")
     let metrics = ServerMetrics()
     let policy = PolicyStore(
-      try Policy.parse(TestServer.allowAllPolicy + "\n    rate_limit: {per_second: 100000000, burst: 100000000}\n"))
+      try Policy.parse(TestServer.allowAllPolicy + "\n    rate_limit: {per_second: 1000000, burst: 1000000}\n"))
     var logger = Logger(label: "bench")
     logger.logLevel = .critical
     let repository = ModelRepository(required: [])
