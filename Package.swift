@@ -99,6 +99,8 @@ let package = Package(
       ],
       swiftSettings: strict
     ),
+    // The tamper-evident audit log: RFC 6962 Merkle tree, framed segments, signed-note checkpoints, verifier.
+    .target(name: "PalisadeAudit", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
     // The mTLS listener: TLS 1.3 only, client certificates verified, identity bound once per connection.
     .target(
       name: "PalisadeTransport",
@@ -155,7 +157,7 @@ let package = Package(
       name: "PalisadeCLI",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck",
+        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck", "PalisadeAudit",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -207,6 +209,7 @@ let package = Package(
       name: "runtime-bench", dependencies: ["PalisadeRuntime", "PalisadeCore", "PalisadeKernels"],
       path: "Benchmarks/runtime/RuntimeBench", swiftSettings: strict + kernelFlags),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
+    .testTarget(name: "PalisadeAuditTests", dependencies: ["PalisadeAudit", .product(name: "Crypto", package: "swift-crypto")]),
     .testTarget(
       name: "PalisadeRuntimeTests",
       dependencies: [

@@ -11,6 +11,7 @@
 # ca-bundle.pem is the root: the server's client-CA bundle and the clients' server-CA bundle.
 # issuer.key / issuer-jwks.json: the dev token issuer (`palisade token mint --key certs/out/issuer.key`).
 # publisher.key / publisher.pub.pem: the dev model publisher that signs the demo bundle.
+# audit.key / audit.pub.pem: the dev audit log key (Ed25519; `palisade audit verify LOG --key certs/out/audit.pub.pem`).
 # Usage: certs/make-dev-pki.sh [OUT_DIR] [DAYS]   (DAYS defaults to 30)
 set -euo pipefail
 out=${1:-"$(dirname "$0")/out"}
@@ -85,6 +86,10 @@ printf '{"keys":[{"kty":"EC","crv":"P-256","kid":"dev-1","alg":"ES256","use":"si
 # The dev model publisher: signs the demo bundle (`palisade bundle sign --key certs/out/publisher.key`).
 key publisher
 openssl ec -in publisher.key -pubout -out publisher.pub.pem 2>/dev/null
+# The dev audit key: Ed25519 (PKCS#8), signs the audit log's checkpoints.
+openssl genpkey -algorithm ed25519 -out audit.key
+chmod 600 audit.key
+openssl pkey -in audit.key -pubout -out audit.pub.pem
 cp root-ca.pem ca-bundle.pem
 chmod 644 ./*.pem issuer-jwks.json
 rm -f ./*.srl
