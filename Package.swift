@@ -208,6 +208,8 @@ let package = Package(
     .executableTarget(
       name: "runtime-bench", dependencies: ["PalisadeRuntime", "PalisadeCore", "PalisadeKernels"],
       path: "Benchmarks/runtime/RuntimeBench", swiftSettings: strict + kernelFlags),
+    .executableTarget(
+      name: "audit-bench", dependencies: ["PalisadeAudit"], path: "Benchmarks/audit/AuditBench", swiftSettings: strict),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
     .testTarget(name: "PalisadeAuditTests", dependencies: ["PalisadeAudit", .product(name: "Crypto", package: "swift-crypto")]),
     .testTarget(

@@ -15,7 +15,7 @@ struct AuditCommand: AsyncParsableCommand {
       The log is a directory of segments and a checkpoints file (docs/audit.md). Exit status: 0 on success,
       1 when the log or a proof does not verify (the first bad record, file and offset are named), 2 on usage errors.
       """,
-    subcommands: [Verify.self, Prove.self, Consistency.self, Keygen.self, AppendBench.self, Bench.self]
+    subcommands: [Verify.self, Prove.self, Consistency.self, Keygen.self, AppendBench.self]
   )
 
   static func fail(_ message: String) -> ExitCode {
@@ -189,100 +189,6 @@ struct AuditCommand: AsyncParsableCommand {
       let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
       FileHandle.standardError.write(
         Data("appended \(count) records (\(mode), concurrency \(concurrency)) in \(String(format: "%.3f", seconds)) s: \(Int(Double(count) / seconds))/s\n".utf8))
-    }
-  }
-
-  struct Bench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-      abstract: "Benchmark appends (sync and batched, 1/8/32 appenders) against raw write+fsync and buffered writes.",
-      shouldDisplay: false)
-    @Argument(help: "A scratch directory (emptied per run).") var dir: String
-    @Option var count = 20_000
-    @Option(help: "Records for the fsync-per-record runs (slow).") var syncCount = 3000
-
-    func run() async throws {
-      let key = try AuditSigningKey.generate(name: AuditConfiguration.defaults.origin)
-      let payload = AuditCommand.sampleRecord(1).canonicalJSON()
-      print("record: \(payload.count) bytes of canonical JSON")
-      // Caller-side cost: canonical JSON + leaf hash.
-      let encodeStart = cpuMicros()
-      var sink = 0
-      for i in 0..<count { sink &+= Merkle.leafHash(AuditCommand.sampleRecord(i).canonicalJSON())[0] == 0 ? 1 : 0 }
-      let encodeCost = (cpuMicros() - encodeStart) / Double(count)
-      print("caller cost (canonical JSON + leaf hash): \(String(format: "%.2f", encodeCost)) µs/record (\(sink % 2))")
-      let rawSync = try raw(payload: payload, count: syncCount, fsyncEach: true)
-      let rawBuffered = try raw(payload: payload, count: count, fsyncEach: false)
-      print("| run | appenders | records | appends/s | CPU µs/append | vs raw fsync/record | vs raw buffered write |")
-      print("|---|---:|---:|---:|---:|---:|---:|")
-      func row(_ name: String, _ c: String, _ n: Int, _ r: (rate: Double, cpu: Double)) {
-        print("| \(name) | \(c) | \(n) | \(Int(r.rate)) | \(String(format: "%.1f", r.cpu)) | \(String(format: "%.2f", r.rate / rawSync.rate)) | \(String(format: "%.3f", r.rate / rawBuffered.rate)) |")
-      }
-      row("raw write+fdatasync per record", "1", syncCount, rawSync)
-      row("raw buffered write (no fsync)", "1", count, rawBuffered)
-      for mode in AuditConfiguration.Durability.allCases {
-        for c in [1, 8, 32] {
-          let n = mode == .sync && c == 1 ? syncCount : count
-          row("AuditLog \(mode.rawValue)", "\(c)", n, try await audit(mode: mode, concurrency: c, count: n, key: key))
-        }
-      }
-    }
-
-    func cpuMicros() -> Double {
-      var usage = rusage()
-      getrusage(RUSAGE_SELF.rawValue, &usage)
-      return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
-    }
-
-    func fresh(_ name: String) throws -> String {
-      let path = dir + "/" + name
-      try? FileManager.default.removeItem(atPath: path)
-      try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-      return path
-    }
-
-    func raw(payload: [UInt8], count: Int, fsyncEach: Bool) throws -> (rate: Double, cpu: Double) {
-      let path = try fresh("raw") + "/raw.log"
-      let fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-      guard fd >= 0 else { throw AuditCommand.fail("cannot create \(path)") }
-      defer { close(fd) }
-      var frame = [UInt8](repeating: 0x41, count: 16)
-      frame.append(contentsOf: payload)
-      frame.append(contentsOf: [0, 0, 0, 0])
-      let cpu0 = cpuMicros()
-      let start = ContinuousClock.now
-      for _ in 0..<count {
-        _ = frame.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if fsyncEach { _ = fdatasync(fd) }
-      }
-      if !fsyncEach { _ = fdatasync(fd) }
-      return rate(count, start, cpu0)
-    }
-
-    func rate(_ count: Int, _ start: ContinuousClock.Instant, _ cpu0: Double) -> (rate: Double, cpu: Double) {
-      let elapsed = start.duration(to: .now)
-      let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-      return (Double(count) / seconds, (cpuMicros() - cpu0) / Double(count))
-    }
-
-    func audit(mode: AuditConfiguration.Durability, concurrency: Int, count: Int, key: AuditSigningKey) async throws -> (rate: Double, cpu: Double) {
-      var config = AuditConfiguration(directory: try fresh("log-\(mode.rawValue)-\(concurrency)"), keyFile: "")
-      config.durability = mode
-      let log = try AuditLog.open(configuration: config, key: key)
-      let cpu0 = cpuMicros()
-      let start = ContinuousClock.now
-      try await withThrowingTaskGroup(of: Void.self) { group in
-        for t in 0..<concurrency {
-          group.addTask {
-            for i in 0..<(count / concurrency) { _ = try await log.append(AuditCommand.sampleRecord(t * 1_000_000 + i)) }
-          }
-        }
-        try await group.waitForAll()
-      }
-      // Batched appends are acknowledged before they are durable; the rate counts acknowledgements, and close()
-      // (the final flush) is outside the timing.
-      let result = rate(count / concurrency * concurrency, start, cpu0)
-      await log.close()
-      return result
     }
   }
 }
