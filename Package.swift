@@ -100,6 +100,8 @@ let package = Package(
       ],
       swiftSettings: strict
     ),
+    // The tamper-evident audit log: RFC 6962 Merkle tree, framed segments, signed-note checkpoints, verifier.
+    .target(name: "PalisadeAudit", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
     // The mTLS listener: TLS 1.3 only, client certificates verified, identity bound once per connection.
     .target(
       name: "PalisadeTransport",
@@ -161,7 +163,7 @@ let package = Package(
       name: "PalisadeCLI",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck",
+        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck", "PalisadeAudit",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -212,7 +214,10 @@ let package = Package(
     .executableTarget(
       name: "runtime-bench", dependencies: ["PalisadeRuntime", "PalisadeCore", "PalisadeKernels"],
       path: "Benchmarks/runtime/RuntimeBench", swiftSettings: strict + kernelFlags),
+    .executableTarget(
+      name: "audit-bench", dependencies: ["PalisadeAudit"], path: "Benchmarks/audit/AuditBench", swiftSettings: strict),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
+    .testTarget(name: "PalisadeAuditTests", dependencies: ["PalisadeAudit", .product(name: "Crypto", package: "swift-crypto")]),
     .testTarget(
       name: "PalisadeRuntimeTests",
       dependencies: [

@@ -12,6 +12,7 @@
 # issuer.key / issuer-jwks.json: the dev token issuer (`palisade token mint --key certs/out/issuer.key`).
 # publisher.key / publisher.pub.pem: the dev model publisher that signs the demo bundle.
 # attestation.key / attestation.pub.pem: the server's attestation key.
+# audit.key / audit.pub.pem: the dev audit log key (Ed25519; `palisade audit verify LOG --key certs/out/audit.pub.pem`).
 # Usage: certs/make-dev-pki.sh [OUT_DIR] [DAYS]   (DAYS defaults to 30)
 set -euo pipefail
 out=${1:-"$(dirname "$0")/out"}
@@ -90,6 +91,10 @@ openssl ec -in publisher.key -pubout -out publisher.pub.pem 2>/dev/null
 # certs/out/attestation.pub.pem`).
 key attestation
 openssl ec -in attestation.key -pubout -out attestation.pub.pem 2>/dev/null
+# The dev audit key: Ed25519 (PKCS#8), signs the audit log's checkpoints.
+openssl genpkey -algorithm ed25519 -out audit.key
+chmod 600 audit.key
+openssl pkey -in audit.key -pubout -out audit.pub.pem
 cp root-ca.pem ca-bundle.pem
 chmod 644 ./*.pem issuer-jwks.json
 rm -f ./*.srl
