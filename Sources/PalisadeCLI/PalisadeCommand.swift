@@ -10,12 +10,8 @@ public struct PalisadeCommand: AsyncParsableCommand {
       Every command explains itself with --help.
       """,
     subcommands: [
-<<<<<<< HEAD
       ServeCommand.self, CallCommand.self, TokenCommand.self, PolicyCommand.self, BundleCommand.self,
-      QuarantineCommand.self, AttestCommand.self,
-=======
-      ServeCommand.self, CallCommand.self, TokenCommand.self, PolicyCommand.self, BundleCommand.self, AuditCommand.self,
->>>>>>> audit
+      QuarantineCommand.self, AttestCommand.self, AuditCommand.self,
     ]
   )
 
