@@ -24,9 +24,11 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
   let sources: Sources
   let authorizer: Authorizer
   let logger: Logger
+  let auditor: Auditor
   private let executableDigest = Mutex<String?>(nil)
 
-  init(builder: EvidenceBuilder?, sources: Sources, authorizer: Authorizer, logger: Logger) {
+  init(builder: EvidenceBuilder?, sources: Sources, authorizer: Authorizer, logger: Logger, auditor: Auditor) {
+    self.auditor = auditor
     self.builder = builder
     self.sources = sources
     self.authorizer = authorizer
@@ -37,7 +39,7 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
     -> Palisade_V1_AttestResponse
   {
     let call = try context.callContext()
-    try authorizer.authorize(call, rpc: context.descriptor.method, model: nil)
+    try await authorizer.authorize(call, rpc: context.descriptor.method, model: nil, auditor: auditor)
     guard let builder else {
       throw PalisadeError(.failedPrecondition, "attestation is not configured on this server (attestation.key)")
     }
@@ -54,6 +56,7 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
       throw PalisadeError(.internal, "attestation failed", detail: "\(error)")
     }
     logger.info("attestation evidence issued", metadata: ["principal": "\(call.identity.spiffeID)", "request_id": "\(call.requestID)"])
+    await auditor.event(.attestation, principal: call.identity.spiffeID.description, status: "OK", details: ["key_id": builder.keyID])
     return .with {
       $0.evidence = evidence
       $0.keyID = builder.keyID

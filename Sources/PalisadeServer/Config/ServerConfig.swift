@@ -26,6 +26,24 @@ public struct ServerConfig: Sendable, Equatable {
   public var screening: InputScreener.Settings = .defaults
   /// Remote attestation (`palisade.v1.Attestation`).
   public var attestation: Attestation = .defaults
+  /// The tamper-evident audit log; nil (no `audit` section): no audit records.
+  public var audit: Audit?
+
+  /// `audit:` in the file; see ``PalisadeAudit/AuditConfiguration`` for each field.
+  public struct Audit: Sendable, Equatable {
+    public var directory: String
+    public var key: String
+    public var durability: String = "sync"
+    public var segmentMaxBytes: Int = 64 << 20
+    public var batchIntervalMs: Int = 100
+    public var checkpointEveryRecords: Int = 1000
+    public var checkpointIntervalSeconds: Int = 10
+    public var origin: String = "palisade.dev/audit"
+    public init(directory: String, key: String) {
+      self.directory = directory
+      self.key = key
+    }
+  }
   /// SHA-256 of the file this configuration was read from (attestation evidence carries it).
   public var sourceDigest: String?
 
@@ -444,6 +462,20 @@ extension ServerConfig {
       try m.finish()
     }
 
+    var audit: Audit? = nil
+    if let m = try root.map("audit") {
+      guard let directory = try m.string("directory"), !directory.isEmpty else { throw m.error("directory", "is required") }
+      guard let key = try m.string("key"), !key.isEmpty else { throw m.error("key", "is required (an Ed25519 key: palisade audit keygen)") }
+      var a = Audit(directory: resolve(directory), key: resolve(key))
+      a.durability = try m.choice("durability", ["sync", "batched"]) ?? a.durability
+      a.segmentMaxBytes = try m.int("segment_max_bytes", in: 4096...(1 << 40)) ?? a.segmentMaxBytes
+      a.batchIntervalMs = try m.int("batch_interval_ms", in: 1...60_000) ?? a.batchIntervalMs
+      a.checkpointEveryRecords = try m.int("checkpoint_every_records", in: 1...10_000_000) ?? a.checkpointEveryRecords
+      a.checkpointIntervalSeconds = try m.int("checkpoint_interval_seconds", in: 1...86_400) ?? a.checkpointIntervalSeconds
+      a.origin = try m.string("origin") ?? a.origin
+      try m.finish()
+      audit = a
+    }
     var attestation = Attestation.defaults
     if let m = try root.map("attestation") {
       attestation.key = try m.string("key").map(resolve)
@@ -468,6 +500,7 @@ extension ServerConfig {
     config.scheduling = scheduling
     config.screening = screening
     config.attestation = attestation
+    config.audit = audit
     if admin.enabled, admin.listen == config.server.listen, admin.listen.port != 0 {
       throw root.map_error("admin.listen", "must differ from server.listen")
     }

@@ -51,6 +51,16 @@ public enum StatusMapping {
     }
   }
 
+  /// The canonical status name `error` maps to, without logging (access log and audit records).
+  public static func codeName(for error: any Error) -> String {
+    switch error {
+    case let e as PalisadeError: codeName(rpcCode(e.code))
+    case let e as RPCError: codeName(e.code)
+    case is CancellationError: "CANCELLED"
+    default: "INTERNAL"
+    }
+  }
+
   /// The canonical status name used in metrics and logs (e.g. `OK`, `INVALID_ARGUMENT`).
   public static func codeName(_ code: RPCError.Code?) -> String {
     guard let code else { return "OK" }

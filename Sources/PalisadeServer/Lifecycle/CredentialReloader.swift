@@ -58,12 +58,14 @@ public final class CredentialReloader: Service, Sendable {
   private let logger: Logger
   private let certificates: ServerCertificateStore
   private let fingerprints: FingerprintTable
+  private let auditor: Auditor?
   private let trigger = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
 
   init(
     config: ServerConfig, certificates: ServerCertificateStore, verifier: ClientCertificateVerifier,
-    tokens: TokenVerifier, policy: PolicyStore, metrics: ServerMetrics, logger: Logger
+    tokens: TokenVerifier, policy: PolicyStore, metrics: ServerMetrics, logger: Logger, auditor: Auditor? = nil
   ) {
+    self.auditor = auditor
     let tls = config.server.tls
     let auth = config.auth
     let policyFile = config.policy.file
@@ -109,13 +111,13 @@ public final class CredentialReloader: Service, Sendable {
     await cancelWhenGracefulShutdown { [self] in
       for await _ in trigger.stream {
         if Task.isCancelled { return }
-        checkAll()
+        await checkAll()
       }
     }
   }
 
   /// One pass over every watched credential.
-  func checkAll() {
+  func checkAll() async {
     for w in watched {
       let now = Self.fingerprint(w.files)
       guard now != fingerprints.get(w.kind) else { continue }
@@ -123,9 +125,14 @@ public final class CredentialReloader: Service, Sendable {
         try w.apply()
         metrics.recordReload(kind: w.kind, success: true)
         logger.notice("credential reloaded", metadata: ["kind": "\(w.kind)"])
+        await auditor?.event(
+          w.kind == "policy" ? .policyReload : .credentialReload, status: "OK", details: ["kind": w.kind])
       } catch {
         metrics.recordReload(kind: w.kind, success: false)
         logger.error("credential reload refused; the previous one stays in force", metadata: ["kind": "\(w.kind)", "error": "\(error)"])
+        await auditor?.event(
+          w.kind == "policy" ? .policyReload : .credentialReload, status: "FAILED_PRECONDITION", reason: "\(error)",
+          details: ["kind": w.kind])
       }
       // Remember the content either way: a bad file is reported once, not every interval.
       fingerprints.set(w.kind, now)

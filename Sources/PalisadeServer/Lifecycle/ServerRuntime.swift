@@ -5,6 +5,7 @@ public import Logging
 import NIOCore
 public import PalisadeCore
 import PalisadeIdentity
+import PalisadeAudit
 public import PalisadeTransport
 import ServiceLifecycle
 public import PalisadeBundle
@@ -29,6 +30,8 @@ public final class ServerRuntime: Sendable {
 
   /// Loads signed bundles, when `models.directories` is configured.
   public let bundles: BundleLoader?
+  /// Writes the audit log (a no-op without an `audit` section).
+  public let auditor: Auditor
 
   /// Builds the server. Throws errors that name the file or setting at fault. `runtimes` turn verified model
   /// files into servable models.
@@ -58,12 +61,28 @@ public final class ServerRuntime: Sendable {
       issuers: try CredentialFiles.issuers(config.auth))
     let policy = PolicyStore(try CredentialFiles.policy(config.policy.file))
     let exempt = Set(config.auth.exemptRPCs)
+    let auditLog: AuditLog?
+    if let a = config.audit {
+      var c = AuditConfiguration(directory: a.directory, keyFile: a.key)
+      c.durability = a.durability == "batched" ? .batched : .sync
+      c.segmentMaxBytes = UInt64(a.segmentMaxBytes)
+      c.batchInterval = .milliseconds(a.batchIntervalMs)
+      c.checkpointEveryRecords = a.checkpointEveryRecords
+      c.checkpointInterval = .seconds(a.checkpointIntervalSeconds)
+      c.origin = a.origin
+      auditLog = try AuditLog.open(configuration: c)
+    } else {
+      auditLog = nil
+      logger.warning("no audit section in the config: decisions are not recorded in an audit log")
+    }
+    let auditor = Auditor(log: auditLog, metrics: metrics, logger: logger)
+    self.auditor = auditor
     let quarantines = QuarantineStore()
     let authorizer = Authorizer(
       store: policy, metrics: metrics, logger: logger, exemptRPCs: exempt, quarantines: quarantines)
     self.reloader = CredentialReloader(
       config: config, certificates: certificates, verifier: verifier, tokens: tokens, policy: policy, metrics: metrics,
-      logger: logger)
+      logger: logger, auditor: auditor)
 
     var transportConfig = HTTP2ServerTransport.Custom<MTLSListenerFactory>.Config.defaults
     let c = config.server.connection
@@ -86,32 +105,34 @@ public final class ServerRuntime: Sendable {
           directories: config.models.directories, trust: try Self.trustPolicy(config.models.trust),
           stateFile: config.models.stateFile ?? "accepted-versions.json",
           unpackDirectory: unpack),
-        runtimes: runtimes, repository: repository, logger: logger)
+        runtimes: runtimes, repository: repository, logger: logger, auditor: auditor)
     }
     let statistics = ModelStatisticsStore()
     let pipeline = InferencePipeline(
       repository: repository, statistics: statistics, authorizer: authorizer,
       screener: InputScreener(
-        settings: config.screening, policy: policy, quarantines: quarantines, metrics: metrics, logger: logger),
+        settings: config.screening, policy: policy, quarantines: quarantines, metrics: metrics, logger: logger,
+        auditor: auditor),
       scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger,
-      accessLog: config.logging.accessLog)
+      accessLog: config.logging.accessLog, auditor: auditor)
     self.grpcServer = GRPCServer(
       transport: HTTP2ServerTransport.Custom(listenerFactory: listener, config: transportConfig),
       services: [
         InferenceService(repository: repository, pipeline: pipeline, bundles: bundles, logger: logger),
         HealthService(state: state),
-        AdminService(authorizer: authorizer, metrics: metrics, logger: logger),
+        AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor),
         AttestationService(
           builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
           sources: .init(
             config: config, policy: policy, repository: repository, leafCertificateDER: { certificates.leafDER },
-            auditCheckpoint: { nil }),
-          authorizer: authorizer, logger: logger),
+            auditCheckpoint: { auditor.latestCheckpoint }),
+          authorizer: authorizer, logger: logger, auditor: auditor),
       ],
       interceptors: [
         CallObserverInterceptor(metrics: metrics, logger: logger),
-        CallerIdentityInterceptor(registry: registry, metrics: metrics, logger: logger),
-        TokenAuthenticationInterceptor(verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger),
+        CallerIdentityInterceptor(registry: registry, metrics: metrics, logger: logger, auditor: auditor),
+        TokenAuthenticationInterceptor(
+          verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger, auditor: auditor),
       ])
     self.admin =
       config.admin.enabled
@@ -152,6 +173,7 @@ public final class ServerRuntime: Sendable {
       // cancellation as an error): still the bounded, orderly exit SIGTERM asks for.
       logger.warning("shutdown grace period exceeded; remaining calls cancelled", metadata: ["error": "\(error)"])
     }
+    await auditor.close()
     logger.info("palisade stopped")
   }
 

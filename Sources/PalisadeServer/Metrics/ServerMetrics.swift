@@ -103,6 +103,11 @@ public final class ServerMetrics: Sendable {
     stageHistograms[stage]?.record(duration)
   }
 
+  /// Counts an audit record written or lost.
+  public func recordAudit(success: Bool) {
+    counter("audit_records", "Audit records appended (written) or refused by the log (failed)", [("result", success ? "written" : "failed")])
+  }
+
   /// Counts a request refused or dropped by the hardening pipeline (reason is a fixed identifier).
   public func recordRejection(reason: String) {
     counter("rejections", "Requests refused or dropped by validation, screening or scheduling, by reason", [("reason", reason)])

@@ -43,9 +43,14 @@ public final class BundleLoader: Sendable {
   let repository: ModelRepository
   let accepted: AcceptedVersions
   let logger: Logger
+  let auditor: Auditor?
   private let loading = Mutex<Set<String>>([])
 
-  public init(settings: Settings, runtimes: [any ModelRuntime], repository: ModelRepository, logger: Logger) throws {
+  public init(
+    settings: Settings, runtimes: [any ModelRuntime], repository: ModelRepository, logger: Logger,
+    auditor: Auditor? = nil
+  ) throws {
+    self.auditor = auditor
     self.settings = settings
     self.runtimes = runtimes
     self.repository = repository
@@ -117,12 +122,20 @@ public final class BundleLoader: Sendable {
       logger.notice(
         "model loaded",
         metadata: ["model": "\(name)", "version": "\(version)", "signer": "\(model.descriptor.properties["signer"] ?? "")"])
+      await auditor?.event(
+        .modelLoad, model: name, version: version, manifestDigest: model.descriptor.properties["manifest_digest"],
+        status: "OK",
+        details: [
+          "signer": model.descriptor.properties["signer"] ?? "", "bundle_sha256": model.descriptor.properties["bundle_digest"] ?? "",
+        ])
     } catch let error as PalisadeError {
       if !wasReady { repository.setState(name: name, version: version, .unavailable, reason: error.message) }
+      await auditor?.event(.modelRefused, model: name, version: version, status: "FAILED_PRECONDITION", reason: error.message)
       throw error
     } catch {
       let e = PalisadeError(.internal, "loading failed", detail: "\(error)")
       if !wasReady { repository.setState(name: name, version: version, .unavailable, reason: e.message) }
+      await auditor?.event(.modelRefused, model: name, version: version, status: "INTERNAL", reason: "\(error)")
       throw e
     }
   }

@@ -20,11 +20,13 @@ public struct InferencePipeline: Sendable {
   let metrics: ServerMetrics
   let logger: Logger
   let accessLog: AccessLog
+  public let auditor: Auditor
 
   public init(
     repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, screener: InputScreener,
-    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger, accessLog: Bool = false
+    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger, accessLog: Bool = false, auditor: Auditor? = nil
   ) {
+    self.auditor = auditor ?? Auditor(log: nil, metrics: metrics, logger: logger)
     self.accessLog = AccessLog(logger: logger, enabled: accessLog)
     self.authorizer = authorizer
     self.resolver = ModelResolver(repository: repository)
@@ -44,22 +46,33 @@ public struct InferencePipeline: Sendable {
     -> Inference_ModelInferResponse
   {
     let started = ContinuousClock.now
+    let trace = CallTrace()
     do {
-      let response = try await run(request, call: call, rpc: rpc)
+      let response = try await run(request, call: call, rpc: rpc, trace: trace)
+      let latency = ContinuousClock.now - started
       accessLog.record(
         call: call, model: response.modelName, version: response.modelVersion, status: "OK",
-        latency: ContinuousClock.now - started, oodScore: response.parameters["palisade_ood_score"]?.doubleParam)
+        latency: latency, oodScore: response.parameters["palisade_ood_score"]?.doubleParam)
+      await auditor.call(
+        call, rpc: rpc, model: response.modelName, version: response.modelVersion,
+        manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, outputs: trace.outputs,
+        status: "OK", reason: trace.outOfDistribution ? "served; inputs flagged out of distribution" : nil,
+        latency: latency)
       return response
     } catch {
-      let code = (error as? PalisadeError)?.code.rawValue ?? (error is CancellationError ? "CANCELLED" : "INTERNAL")
+      let latency = ContinuousClock.now - started
+      let code = StatusMapping.codeName(for: error)
       accessLog.record(
-        call: call, model: request.modelName, version: request.modelVersion, status: code,
-        latency: ContinuousClock.now - started, oodScore: nil)
+        call: call, model: request.modelName, version: request.modelVersion, status: code, latency: latency, oodScore: nil)
+      await auditor.call(
+        call, rpc: rpc, model: request.modelName, version: trace.descriptor?.version ?? request.modelVersion,
+        manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, status: code,
+        reason: (error as? PalisadeError)?.message, latency: latency)
       throw error
     }
   }
 
-  func run(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String) async throws
+  func run(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String, trace: CallTrace) async throws
     -> Inference_ModelInferResponse
   {
     var clock = StageClock(metrics: metrics)
@@ -70,11 +83,14 @@ public struct InferencePipeline: Sendable {
     try scheduler.breaker(for: model).admit()
     clock.lap(.resolve)
     let descriptor = model.descriptor
+    trace.descriptor = descriptor
     let started = ContinuousClock.now
     do {
       let (inputs, requested) = try validate(request, descriptor: descriptor)
+      trace.inputs = inputs
       clock.lap(.validate)
-      let screening = try screener.screen(inputs, descriptor: descriptor, call: call)
+      let screening = try await screener.screen(inputs, descriptor: descriptor, call: call)
+      trace.outOfDistribution = screening.outOfDistribution
       clock.lap(.screen)
       let computeStart = ContinuousClock.now
       let outputs = try await scheduler.run(model, inputs: inputs, requestedOutputs: requested)
@@ -82,6 +98,7 @@ public struct InferencePipeline: Sendable {
       clock.lap(.compute)
       let selected = try encoder.select(outputs, requested: requested, descriptor: descriptor)
       let hardened = try hardener.harden(selected, descriptor: descriptor)
+      trace.outputs = hardened
       clock.lap(.harden)
       var response = try encoder.encode(
         outputs: hardened, raw: !request.rawInputContents.isEmpty, descriptor: descriptor,
@@ -117,6 +134,14 @@ extension InferencePipeline {
       throw error
     }
   }
+}
+
+/// What the stages learned about one call, for its audit record (one task writes it, then reads it).
+final class CallTrace: @unchecked Sendable {
+  var descriptor: ModelDescriptor?
+  var inputs: [Tensor]?
+  var outputs: [Tensor]?
+  var outOfDistribution = false
 }
 
 /// Times consecutive pipeline stages into the per-stage histograms.

@@ -11,8 +11,10 @@ public struct AdminService: Palisade_V1_Admin.SimpleServiceProtocol {
   let authorizer: Authorizer
   let metrics: ServerMetrics
   let logger: Logger
+  let auditor: Auditor
 
-  public init(authorizer: Authorizer, metrics: ServerMetrics, logger: Logger) {
+  public init(authorizer: Authorizer, metrics: ServerMetrics, logger: Logger, auditor: Auditor) {
+    self.auditor = auditor
     self.authorizer = authorizer
     self.metrics = metrics
     self.logger = logger
@@ -22,7 +24,7 @@ public struct AdminService: Palisade_V1_Admin.SimpleServiceProtocol {
     -> Palisade_V1_ListQuarantinesResponse
   {
     let call = try context.callContext()
-    try authorizer.authorize(call, rpc: context.descriptor.method, model: nil)
+    try await authorizer.authorize(call, rpc: context.descriptor.method, model: nil, auditor: auditor)
     let fromPolicy = authorizer.store.policy.quarantine.map { id in
       Palisade_V1_Quarantine.with {
         $0.principal = id.description
@@ -47,12 +49,15 @@ public struct AdminService: Palisade_V1_Admin.SimpleServiceProtocol {
     -> Palisade_V1_LiftQuarantineResponse
   {
     let call = try context.callContext()
-    try authorizer.authorize(call, rpc: context.descriptor.method, model: nil)
+    try await authorizer.authorize(call, rpc: context.descriptor.method, model: nil, auditor: auditor)
     let principal: SPIFFEID
     do { principal = try SPIFFEID(parsing: request.principal) } catch {
       throw PalisadeError(.invalidArgument, "principal must be a SPIFFE ID (spiffe://trust-domain/path)")
     }
     let lifted = authorizer.quarantines.lift(principal)
+    if lifted {
+      await auditor.event(.quarantineLifted, principal: principal.description, reason: "lifted by \(call.identity.spiffeID)")
+    }
     metrics.setQuarantinesActive(authorizer.quarantines.list().count)
     logger.notice(
       "quarantine lift requested",

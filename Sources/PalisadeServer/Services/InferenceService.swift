@@ -31,23 +31,23 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
 
   /// Authorises an RPC for the call in `context` (stage 3).
   @discardableResult
-  private func authorize(_ context: ServerContext, model: String? = nil) throws -> CallContext {
+  private func authorize(_ context: ServerContext, model: String? = nil) async throws -> CallContext {
     let call = try context.callContext()
-    try authorizer.authorize(call, rpc: context.descriptor.method, model: model)
+    try await authorizer.authorize(call, rpc: context.descriptor.method, model: model, auditor: pipeline.auditor)
     return call
   }
 
   public func serverLive(request: Inference_ServerLiveRequest, context: ServerContext) async throws
     -> Inference_ServerLiveResponse
   {
-    try authorize(context)
+    try await authorize(context)
     return .with { $0.live = true }
   }
 
   public func serverReady(request: Inference_ServerReadyRequest, context: ServerContext) async throws
     -> Inference_ServerReadyResponse
   {
-    try authorize(context)
+    try await authorize(context)
     return .with { $0.ready = repository.isServerReady }
   }
 
@@ -55,14 +55,14 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     -> Inference_ModelReadyResponse
   {
     guard !request.name.isEmpty else { throw PalisadeError(.invalidArgument, "model name is required") }
-    try authorize(context, model: request.name)
+    try await authorize(context, model: request.name)
     return .with { $0.ready = repository.isReady(name: request.name, version: request.version) }
   }
 
   public func serverMetadata(request: Inference_ServerMetadataRequest, context: ServerContext) async throws
     -> Inference_ServerMetadataResponse
   {
-    try authorize(context)
+    try await authorize(context)
     return .with {
       $0.name = Self.serverName
       $0.version = PalisadeVersion.current
@@ -74,7 +74,8 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     -> Inference_ModelMetadataResponse
   {
     let call = try context.callContext()
-    let decision = try authorizer.authorize(call, rpc: context.descriptor.method, model: request.name)
+    let decision = try await authorizer.authorize(
+      call, rpc: context.descriptor.method, model: request.name, auditor: pipeline.auditor)
     let model = try pipeline.resolver.resolve(name: request.name, version: request.version)
     try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.name)
     let d = model.descriptor
@@ -143,7 +144,7 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func modelStatistics(request: Inference_ModelStatisticsRequest, context: ServerContext) async throws
     -> Inference_ModelStatisticsResponse
   {
-    try authorize(context, model: request.name.isEmpty ? nil : request.name)
+    try await authorize(context, model: request.name.isEmpty ? nil : request.name)
     let index = repository.index()
     if !request.name.isEmpty, !index.contains(where: { $0.name == request.name }) {
       throw PalisadeError(.notFound, "unknown model '\(request.name.sanitizedForMessage)'")
@@ -154,7 +155,7 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func repositoryIndex(request: Inference_RepositoryIndexRequest, context: ServerContext) async throws
     -> Inference_RepositoryIndexResponse
   {
-    try authorize(context)
+    try await authorize(context)
     let entries = repository.index().filter { !request.ready || $0.state == .ready }
     return .with {
       $0.models = entries.map { entry in
@@ -171,7 +172,7 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func repositoryModelLoad(request: Inference_RepositoryModelLoadRequest, context: ServerContext)
     async throws -> Inference_RepositoryModelLoadResponse
   {
-    let call = try authorize(context, model: request.modelName)
+    let call = try await authorize(context, model: request.modelName)
     guard let bundles else {
       throw PalisadeError(.failedPrecondition, "no model directories are configured (models.directories)")
     }
@@ -183,11 +184,12 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func repositoryModelUnload(request: Inference_RepositoryModelUnloadRequest, context: ServerContext)
     async throws -> Inference_RepositoryModelUnloadResponse
   {
-    let call = try authorize(context, model: request.modelName)
+    let call = try await authorize(context, model: request.modelName)
     guard repository.remove(name: request.modelName) else {
       throw PalisadeError(.notFound, "unknown model '\(request.modelName.sanitizedForMessage)'")
     }
     logger.notice("model unloaded", metadata: ["model": "\(request.modelName)", "principal": "\(call.identity)"])
+    await pipeline.auditor.event(.modelUnload, principal: call.identity.spiffeID.description, model: request.modelName)
     return .init()
   }
 }

@@ -16,8 +16,10 @@ public struct CallerIdentityInterceptor: ServerInterceptor {
   private let metrics: ServerMetrics
   private let logger: Logger
   private let counter = RequestCounter()
+  private let auditor: Auditor?
 
-  public init(registry: ConnectionRegistry, metrics: ServerMetrics, logger: Logger) {
+  public init(registry: ConnectionRegistry, metrics: ServerMetrics, logger: Logger, auditor: Auditor? = nil) {
+    self.auditor = auditor
     self.registry = registry
     self.metrics = metrics
     self.logger = logger
@@ -41,6 +43,8 @@ public struct CallerIdentityInterceptor: ServerInterceptor {
       logger.notice(
         "caller identity refused",
         metadata: ["rpc": "\(context.descriptor.method)", "peer": "\(context.remotePeer)", "reason": "\(failure)"])
+      await auditor?.call(
+        nil, rpc: context.descriptor.method, status: "UNAUTHENTICATED", reason: "client certificate identity refused: \(failure)")
       throw PalisadeError(.unauthenticated, "client certificate identity refused")
     }
   }

@@ -14,7 +14,12 @@ public struct TokenAuthenticationInterceptor: ServerInterceptor {
   private let metrics: ServerMetrics
   private let logger: Logger
 
-  public init(verifier: TokenVerifier, exemptRPCs: Set<String>, metrics: ServerMetrics, logger: Logger) {
+  private let auditor: Auditor?
+
+  public init(
+    verifier: TokenVerifier, exemptRPCs: Set<String>, metrics: ServerMetrics, logger: Logger, auditor: Auditor? = nil
+  ) {
+    self.auditor = auditor
     self.verifier = verifier
     self.exempt = exemptRPCs
     self.metrics = metrics
@@ -39,6 +44,7 @@ public struct TokenAuthenticationInterceptor: ServerInterceptor {
           "rpc": "\(context.descriptor.method)", "principal": "\(call.identity)", "request_id": "\(call.requestID)",
           "reason": "\(error)",
         ])
+      await auditor?.call(call, rpc: context.descriptor.method, status: "UNAUTHENTICATED", reason: "token refused: \(error.label)")
       throw PalisadeError(.unauthenticated, "missing or invalid credentials")
     }
     var context = context

@@ -84,3 +84,23 @@ public struct Authorizer: Sendable {
       "the policy does not allow version \(version.sanitizedForMessage) of model '\(model.sanitizedForMessage)'")
   }
 }
+
+extension Authorizer {
+  /// ``authorize(_:rpc:model:)`` with its decision in the audit log (RPCs exempt from tokens are not recorded:
+  /// they are liveness and health probes). `ModelInfer` records its own, richer, record in the pipeline.
+  @discardableResult
+  public func authorize(_ call: CallContext, rpc: String, model: String?, auditor: Auditor) async throws
+    -> Policy.Decision?
+  {
+    do {
+      let decision = try authorize(call, rpc: rpc, model: model)
+      if !exempt.contains(rpc) {
+        await auditor.call(call, rpc: rpc, model: model, status: "OK", reason: decision.map { $0.reason })
+      }
+      return decision
+    } catch {
+      await auditor.call(call, rpc: rpc, model: model, status: StatusMapping.codeName(for: error), reason: error.message)
+      throw error
+    }
+  }
+}

@@ -43,9 +43,14 @@ public final class InputScreener: Sendable {
   let quarantines: QuarantineStore
   let metrics: ServerMetrics
   let logger: Logger
+  let auditor: Auditor?
   private let screens = Mutex<[String: ModelScreen]>([:])
 
-  public init(settings: Settings, policy: PolicyStore, quarantines: QuarantineStore, metrics: ServerMetrics, logger: Logger) {
+  public init(
+    settings: Settings, policy: PolicyStore, quarantines: QuarantineStore, metrics: ServerMetrics, logger: Logger,
+    auditor: Auditor? = nil
+  ) {
+    self.auditor = auditor
     self.settings = settings
     self.policy = policy
     self.quarantines = quarantines
@@ -76,7 +81,7 @@ public final class InputScreener: Sendable {
   }
 
   /// Screens `inputs` (validated, in declaration order) of a call to `descriptor`'s model.
-  public func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext) throws(PalisadeError) -> Outcome {
+  public func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext) async throws(PalisadeError) -> Outcome {
     let screen = screen(for: descriptor)
     let containment = policy.policy.containment
     let score = screen.scorer.isEmpty ? nil : screen.scorer.score(inputs)
@@ -86,7 +91,7 @@ public final class InputScreener: Sendable {
       let alarm = extraction.observe(
         principal: call.identity.spiffeID.description, inputs: inputs, outOfDistribution: score == nil ? nil : ood)
     {
-      raise(alarm, descriptor: descriptor, call: call, containment: containment)
+      await raise(alarm, descriptor: descriptor, call: call, containment: containment)
     }
     if ood {
       let action: ScreeningProfile.Action =
@@ -114,7 +119,7 @@ public final class InputScreener: Sendable {
 
   private func raise(
     _ alarm: ExtractionMonitor.Alarm, descriptor: ModelDescriptor, call: CallContext, containment: Policy.Containment
-  ) {
+  ) async {
     metrics.recordExtractionAlarm(model: descriptor.name, detector: alarm.detector.rawValue)
     let quarantine = containment.extraction == .quarantine
     logger.warning(
@@ -131,5 +136,9 @@ public final class InputScreener: Sendable {
       reason: "extraction monitor (\(alarm.detector.rawValue), statistic \(String(format: "%.3f", alarm.statistic)))",
       model: descriptor.name, until: now.addingTimeInterval(TimeInterval(containment.quarantineSeconds)), now: now)
     metrics.recordQuarantine(active: quarantines.list(now: now).count)
+    await auditor?.event(
+      .quarantine, principal: call.identity.spiffeID.description, model: descriptor.name,
+      reason: "extraction monitor: \(alarm.detector.rawValue) statistic \(String(format: "%.3f", alarm.statistic))",
+      details: ["until": ISO8601DateFormatter().string(from: now.addingTimeInterval(TimeInterval(containment.quarantineSeconds)))])
   }
 }
