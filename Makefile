@@ -40,7 +40,8 @@ release: deps
 
 # The dev PKI lives 30 days; it is remade when missing or within a day of expiry.
 pki: deps
-	@if [ ! -f certs/out/server.pem ] || ! openssl x509 -checkend 86400 -noout -in certs/out/server.pem >/dev/null; then \
+	@if [ ! -f certs/out/server.pem ] || [ ! -f certs/out/audit.key ] || [ ! -f certs/out/attestation.key ] \
+	  || ! openssl x509 -checkend 86400 -noout -in certs/out/server.pem >/dev/null; then \
 	  certs/make-dev-pki.sh certs/out; \
 	fi
 
