@@ -109,3 +109,43 @@ import Testing
     #expect(refused.model == "expired" && refused.reason?.contains("expired") == true, "\(refused)")
   }
 }
+
+/// Runtime integrity: a byte of a loaded model flipped in memory is caught, the model goes unavailable, and the
+/// failure is audited.
+@Suite struct IntegrityTests {
+  @Test func aFlippedWeightByteIsCaughtAndTheModelIsTakenOut() async throws {
+    let pki = try TestPKI()
+    let key = try AuditSigningKey.generate(name: "palisade.dev/audit")
+    let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
+    let factory = TestBundleFactory()
+    try await factory.make(root: pki.path("models"), version: 1)
+    let publisher = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
+    let server = try await TestServer.start(pki: pki, models: []) {
+      $0.audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
+      $0.models.directories = [pki.path("models")]
+      $0.models.stateFile = pki.path("state.json")
+      $0.models.trust = [.init(models: "simple", publicKeys: [publisher])]
+      $0.models.integrityCheckSeconds = 3600  // the test triggers checks itself
+    }
+    for _ in 0..<200 where !server.runtime.repository.isReady(name: "simple", version: "1") {
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    let integrity = try #require(server.runtime.bundles?.integrity)
+    #expect(await integrity.checkNow().isEmpty, "intact weights pass")
+    let caller = try goodClient(server)
+    _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }
+
+    integrity.corruptForTesting(model: "simple", offset: 3)
+    #expect(await integrity.checkNow() == ["simple"])
+    let refused = await rpcError { _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    #expect(refused?.code == .unavailable, "\(String(describing: refused))")
+    let index = server.runtime.repository.index()
+    #expect(index.first { $0.name == "simple" }?.reason.contains("integrity check failed") == true, "\(index)")
+    let (_, metrics) = try await adminGet(server, "/metrics")
+    #expect(metrics.contains(#"palisade_integrity_failures_total{model="simple"} 1"#))
+    try await server.stop()
+    let log = try AuditVerifier.verify(directory: pki.path("audit"), key: key.verifyingKey)
+    let records = try log.records.map { try JSONDecoder().decode(AuditRecord.self, from: Data($0)) }
+    #expect(records.contains { $0.kind == .integrityFailure && $0.model == "simple" && $0.status == "UNAVAILABLE" })
+  }
+}

@@ -248,6 +248,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var stateFile: String?
     /// Where packed bundles are unpacked: each load gets its own new 0700 directory inside, removed afterwards.
     public var unpackDirectory: String?
+    /// How often loaded model files are re-hashed in memory against their signed digests (0: never).
+    public var integrityCheckSeconds: Int = 60
     public init(
       required: [String], directories: [String] = [], trust: [TrustRule] = [], stateFile: String? = nil,
       unpackDirectory: String? = nil
@@ -351,6 +353,7 @@ extension ServerConfig {
       models.directories = (try m.strings("directories") ?? []).map(resolve)
       models.stateFile = try m.string("state_file").map(resolve)
       models.unpackDirectory = try m.string("unpack_directory").map(resolve)
+      models.integrityCheckSeconds = try m.int("integrity_check_seconds", in: 0...86_400) ?? models.integrityCheckSeconds
       for t in try m.maps("trust") ?? [] {
         guard let pattern = try t.string("models"), !pattern.isEmpty else { throw t.error("models", "is required") }
         var rule = Models.TrustRule(models: pattern)

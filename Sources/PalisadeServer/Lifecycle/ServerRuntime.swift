@@ -105,7 +105,10 @@ public final class ServerRuntime: Sendable {
           directories: config.models.directories, trust: try Self.trustPolicy(config.models.trust),
           stateFile: config.models.stateFile ?? "accepted-versions.json",
           unpackDirectory: unpack),
-        runtimes: runtimes, repository: repository, logger: logger, auditor: auditor)
+        runtimes: runtimes, repository: repository, logger: logger, auditor: auditor,
+        integrity: IntegrityMonitor(
+          interval: .seconds(max(1, config.models.integrityCheckSeconds)), repository: repository, metrics: metrics,
+          auditor: auditor, logger: logger))
     }
     let statistics = ModelStatisticsStore()
     let pipeline = InferencePipeline(
@@ -149,6 +152,9 @@ public final class ServerRuntime: Sendable {
       .init(service: reloader),
     ]
     if let admin { services.append(.init(service: admin)) }
+    if let integrity = bundles?.integrity, config.models.integrityCheckSeconds > 0 {
+      services.append(.init(service: integrity))
+    }
     var groupConfig = ServiceGroupConfiguration(
       services: services, gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger)
     groupConfig.maximumGracefulShutdownDuration = .seconds(config.server.shutdownGraceSeconds)

@@ -103,6 +103,11 @@ public final class ServerMetrics: Sendable {
     stageHistograms[stage]?.record(duration)
   }
 
+  /// Counts a model whose weights changed in memory.
+  public func recordIntegrityFailure(model: String) {
+    counter("integrity_failures", "Loaded model files whose in-memory bytes no longer match their signed digest", [("model", model)])
+  }
+
   /// Counts an audit record written or lost.
   public func recordAudit(success: Bool) {
     counter("audit_records", "Audit records appended (written) or refused by the log (failed)", [("result", success ? "written" : "failed")])

@@ -44,13 +44,16 @@ public final class BundleLoader: Sendable {
   let accepted: AcceptedVersions
   let logger: Logger
   let auditor: Auditor?
+  /// Keeps the verified model files read-only in memory and re-hashes them (nil: off).
+  public let integrity: IntegrityMonitor?
   private let loading = Mutex<Set<String>>([])
 
   public init(
     settings: Settings, runtimes: [any ModelRuntime], repository: ModelRepository, logger: Logger,
-    auditor: Auditor? = nil
+    auditor: Auditor? = nil, integrity: IntegrityMonitor? = nil
   ) throws {
     self.auditor = auditor
+    self.integrity = integrity
     self.settings = settings
     self.runtimes = runtimes
     self.repository = repository
@@ -203,6 +206,10 @@ public final class BundleLoader: Sendable {
     let model = try await runtime.load(modelFile: bytes, directory: directory, descriptor: descriptor)
     try await Self.warmUp(model)
     do { try accepted.checkAndRecord(name: candidate.name, version: manifest.version) } catch { throw refuse(error) }
+    if let integrity, let signed = verified.files.first(where: { $0.name == manifest.modelFile }) {
+      integrity.track(
+        model: candidate.name, version: String(manifest.version), file: manifest.modelFile, sha256: signed.sha256, bytes: bytes)
+    }
     return model
   }
 

@@ -189,6 +189,7 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
       throw PalisadeError(.notFound, "unknown model '\(request.modelName.sanitizedForMessage)'")
     }
     logger.notice("model unloaded", metadata: ["model": "\(request.modelName)", "principal": "\(call.identity)"])
+    bundles?.integrity?.forget(model: request.modelName)
     await pipeline.auditor.event(.modelUnload, principal: call.identity.spiffeID.description, model: request.modelName)
     return .init()
   }
