@@ -200,7 +200,7 @@ let package = Package(
       name: "serving-bench",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTestSupport", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeRuntime",
+        "PalisadePolicy", "PalisadeRuntime", "PalisadeAudit",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),

@@ -12,6 +12,7 @@ import PalisadeTestSupport
 import PalisadeIdentity
 import PalisadePolicy
 import PalisadeRuntime
+import PalisadeAudit
 
 /// Serving benchmark: `serving-bench server` runs Palisade over mTLS with a tiny test model (the `simple`
 /// add/sub model: two INT32 [1,16] inputs); `serving-bench client` calls it from another process and prints
@@ -144,15 +145,27 @@ enum ServingBench {
     let repository = ModelRepository(required: [])
     repository.register(model)
     let authorizer = Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: [])
-    func pipeline(screening: Bool) -> InferencePipeline {
+    func pipeline(screening: Bool, audit: AuditConfiguration.Durability? = nil) throws -> InferencePipeline {
       var settings = InputScreener.Settings.defaults
       settings.extractionMonitor = screening
+      var auditor: Auditor? = nil
+      if let audit {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bench-audit-\(UUID())").path
+        let key = try AuditSigningKey.generate(name: "bench")
+        let keyPath = dir + ".key"
+        try key.privateKeyPEM.write(toFile: keyPath, atomically: true, encoding: .utf8)
+        chmod(keyPath, 0o600)
+        var c = AuditConfiguration(directory: dir, keyFile: keyPath)
+        c.durability = audit
+        c.origin = "bench"
+        auditor = Auditor(log: try AuditLog.open(configuration: c), metrics: metrics, logger: logger)
+      }
       return InferencePipeline(
         repository: repository, statistics: ModelStatisticsStore(), authorizer: authorizer,
         screener: InputScreener(settings: settings, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
-        scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger)
+        scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger, auditor: auditor)
     }
-    let full = pipeline(screening: true)
+    let full = try pipeline(screening: true)
     let request = try digitsRequest(raw: true)
     let inputs = [try Tensor(name: "input", shape: [1, 64], values: (try SampleFile.read(path: "\(fixtures)/digits_reference.npy")).values.prefix(64).map { Float($0) })]
     func time(_ body: () async throws -> Void) async rethrows -> Double {
@@ -164,12 +177,20 @@ enum ServingBench {
     for _ in 0..<1000 { _ = try await model.infer(InferenceRequest(inputs: inputs)); _ = try await full.infer(request, call: call, rpc: "ModelInfer") }
     let direct = try await time { for _ in 0..<iterations { _ = try await model.infer(InferenceRequest(inputs: inputs)) } }
     let piped = try await time { for _ in 0..<iterations { _ = try await full.infer(request, call: call, rpc: "ModelInfer") } }
-    let noMonitor = pipeline(screening: false)
+    let noMonitor = try pipeline(screening: false)
     let pipedNoMonitor = try await time { for _ in 0..<iterations { _ = try await noMonitor.infer(request, call: call, rpc: "ModelInfer") } }
+    let batched = try pipeline(screening: true, audit: .batched)
+    let pipedBatched = try await time { for _ in 0..<iterations { _ = try await batched.infer(request, call: call, rpc: "ModelInfer") } }
+    let synced = try pipeline(screening: true, audit: .sync)
+    let syncIterations = min(iterations, 2000)
+    let start = ContinuousClock.now
+    for _ in 0..<syncIterations { _ = try await synced.infer(request, call: call, rpc: "ModelInfer") }
+    let d = ContinuousClock.now - start
+    let pipedSync = (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(syncIterations)
     print(
       String(
-        format: "model_direct_us=%.2f pipeline_us=%.2f pipeline_overhead_us=%.2f pipeline_without_extraction_monitor_us=%.2f ratio=%.2f",
-        direct, piped, piped - direct, pipedNoMonitor, piped / direct))
+        format: "model_direct_us=%.2f pipeline_us=%.2f pipeline_overhead_us=%.2f pipeline_without_extraction_monitor_us=%.2f ratio=%.2f audit_batched_us=%.2f audit_sync_one_caller_us=%.2f",
+        direct, piped, piped - direct, pipedNoMonitor, piped / direct, pipedBatched, pipedSync))
   }
 
   static func client(dir: String, port: Int, calls: Int, concurrency: Int, raw: Bool, model: String) async throws {
