@@ -23,6 +23,8 @@ public enum AuditError: Error, CustomStringConvertible, Sendable, Equatable {
   case failed(String)
   /// The log is closed.
   case closed
+  /// Another writer (process or `AuditLog`) has the directory open.
+  case inUse(String)
   /// A proof was asked for sizes or indices the log does not have.
   case proof(String)
 
@@ -37,6 +39,7 @@ public enum AuditError: Error, CustomStringConvertible, Sendable, Equatable {
     case .checkpoint(let s): return "checkpoint: \(s)"
     case .failed(let s): return "audit log failed earlier and refuses appends: \(s)"
     case .closed: return "audit log is closed"
+    case .inUse(let dir): return "\(dir) is in use by another audit log writer"
     case .proof(let s): return "proof: \(s)"
     }
   }

@@ -122,6 +122,22 @@ public final class AuditLog: Sendable {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
       } catch { throw AuditError.io(path: dir, operation: "mkdir", errno: EACCES) }
     }
+    // One writer per directory: a second process (or a second open) appending would interleave frames.
+    let lockPath = dir + "/" + LogFiles.lock
+    let lockFD = Glibc.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+    guard lockFD >= 0 else { throw AuditError.io(path: lockPath, operation: "open", errno: errno) }
+    guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+      Glibc.close(lockFD)
+      throw AuditError.inUse(dir)
+    }
+    do { return try openLocked(configuration: configuration, key: key, lockFD: lockFD) } catch {
+      Glibc.close(lockFD)
+      throw error
+    }
+  }
+
+  private static func openLocked(configuration: AuditConfiguration, key: AuditSigningKey, lockFD: Int32) throws -> AuditLog {
+    let dir = configuration.directory
     var recovery = AuditRecovery(recordCount: 0, truncatedBytes: 0, truncatedSegment: nil, truncatedCheckpointBytes: 0)
 
     // Checkpoints first, so that the records can be checked against the latest while they are hashed.
@@ -227,7 +243,7 @@ public final class AuditLog: Sendable {
     let state = WriterState(
       configuration: configuration, key: key, tree: tree, segmentFD: segmentFD, segmentName: segmentName,
       segmentBytes: lastSegmentBytes, checkpointFD: cpFD, checkpointCount: checkpointCount,
-      latestCheckpoint: checkpoints.last)
+      latestCheckpoint: checkpoints.last, lockFD: lockFD)
     state.start()
     return AuditLog(state: state, recovery: recovery, configuration: configuration, key: key.verifyingKey)
   }
@@ -336,6 +352,7 @@ final class WriterState: @unchecked Sendable {
   private var segmentName: String
   private var segmentBytes: UInt64
   private let checkpointFD: Int32
+  private let lockFD: Int32
   private var checkpointCount: UInt64
   private var syncedSize: UInt64
   private var unsynced = 0
@@ -345,8 +362,10 @@ final class WriterState: @unchecked Sendable {
 
   init(
     configuration: AuditConfiguration, key: AuditSigningKey, tree: CompactRange, segmentFD: Int32, segmentName: String,
-    segmentBytes: UInt64, checkpointFD: Int32, checkpointCount: UInt64, latestCheckpoint: SignedCheckpoint?
+    segmentBytes: UInt64, checkpointFD: Int32, checkpointCount: UInt64, latestCheckpoint: SignedCheckpoint?,
+    lockFD: Int32
   ) {
+    self.lockFD = lockFD
     self.configuration = configuration
     self.key = key
     self.tree = tree
@@ -549,6 +568,7 @@ final class WriterState: @unchecked Sendable {
     for w in waiters + rest { w.resume(throwing: error) }
     Glibc.close(segmentFD)
     Glibc.close(checkpointFD)
+    Glibc.close(lockFD)
     for c in closers { c.resume() }
   }
 }

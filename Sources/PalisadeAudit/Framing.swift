@@ -195,6 +195,8 @@ enum POSIXFile {
 /// File names in a log directory: `segment-<first index, 20 digits>.log` and `checkpoints.log`.
 enum LogFiles {
   static let checkpoints = "checkpoints.log"
+  /// Held with flock(2) by the one writer.
+  static let lock = "writer.lock"
 
   static func segmentName(firstIndex: UInt64) -> String {
     let digits = String(firstIndex)

@@ -102,6 +102,16 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     #expect(Merkle.verifyConsistency(firstSize: 150, firstRoot: c.firstRoot, secondSize: 151, secondRoot: c.secondRoot, proof: c.proof))
   }
 
+  @Test func oneWriterPerDirectory() async throws {
+    let scratch = try Scratch()
+    let log = try makeLog(scratch.log, key: key)
+    #expect(throws: AuditError.inUse(scratch.log)) { _ = try makeLog(scratch.log, key: key) }
+    _ = try await log.append(record(0))
+    await log.close()
+    let again = try makeLog(scratch.log, key: key)
+    await again.close()
+  }
+
   @Test func batchedModeWritesEverythingByClose() async throws {
     let scratch = try Scratch()
     let log = try makeLog(scratch.log, key: key, mode: .batched, checkpointEvery: 1000)
