@@ -9,7 +9,9 @@ public struct PalisadeCommand: AsyncParsableCommand {
       Start the server with `palisade serve --config FILE`; talk to it with `palisade call`.
       Every command explains itself with --help.
       """,
-    subcommands: [ServeCommand.self, CallCommand.self, TokenCommand.self, PolicyCommand.self, BundleCommand.self]
+    subcommands: [
+      ServeCommand.self, CallCommand.self, TokenCommand.self, PolicyCommand.self, BundleCommand.self, EgressCommand.self,
+    ]
   )
 
   public init() {}
