@@ -142,6 +142,32 @@ let package = Package(
       ],
       swiftSettings: strict
     ),
+    // The egress sidecar (`palisade egress`): an inspecting forward proxy, the only way out. Knows nothing of the server.
+    .target(
+      name: "PalisadeEgress",
+      dependencies: [
+        "PalisadeYAML",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+      ],
+      swiftSettings: strict
+    ),
+    // The server's own outbound HTTP: only ever through the egress proxy, queued and retried, never direct.
+    .target(
+      name: "PalisadeOutbound",
+      dependencies: [
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+      ],
+      swiftSettings: strict
+    ),
     // A client for operators, the demo and tests (`palisade call`).
     .target(
       name: "PalisadeClient",
@@ -163,7 +189,7 @@ let package = Package(
       name: "PalisadeCLI",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck", "PalisadeAudit",
+        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck", "PalisadeAudit", "PalisadeEgress",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -216,6 +242,29 @@ let package = Package(
       path: "Benchmarks/runtime/RuntimeBench", swiftSettings: strict + kernelFlags),
     .executableTarget(
       name: "audit-bench", dependencies: ["PalisadeAudit"], path: "Benchmarks/audit/AuditBench", swiftSettings: strict),
+    .executableTarget(
+      name: "egress-bench",
+      dependencies: [
+        "PalisadeEgress", "PalisadeOutbound", "PalisadeTestSupport",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      path: "Benchmarks/egress/EgressBench"),
+    .testTarget(
+      name: "PalisadeEgressTests",
+      dependencies: [
+        "PalisadeEgress", "PalisadeOutbound", "PalisadeTestSupport", "PalisadeYAML",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Crypto", package: "swift-crypto"),
+      ]
+    ),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
     .testTarget(name: "PalisadeAuditTests", dependencies: ["PalisadeAudit", .product(name: "Crypto", package: "swift-crypto")]),
     .testTarget(

@@ -1,0 +1,227 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import PalisadeEgress
+import PalisadeOutbound
+import PalisadeTestSupport
+
+/// A local HTTPS server (TLS from the test PKI) that records what reaches it and answers 200.
+final class TestHTTPSServer: @unchecked Sendable {
+  struct Received: Sendable {
+    var method: String
+    var uri: String
+    var headers: [(String, String)]
+    var body: [UInt8]
+  }
+
+  private let lock = NSLock()
+  private var _received: [Received] = []
+  private var channel: (any Channel)?
+  var received: [Received] {
+    lock.lock()
+    defer { lock.unlock() }
+    return _received
+  }
+  private(set) var port = 0
+
+  init(pki: TestPKI, host: String = "127.0.0.1", tls: Bool = true) throws {
+    let context: NIOSSLContext? =
+      tls
+      ? try NIOSSLContext(
+        configuration: .makeServerConfiguration(
+          certificateChain: try NIOSSLCertificate.fromPEMFile(pki.path("server.pem")).map { .certificate($0) },
+          privateKey: .privateKey(try NIOSSLPrivateKey(file: pki.path("server.key"), format: .pem))))
+      : nil
+    let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+      .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+      .childChannelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          if let context { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context)) }
+          try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+          try channel.pipeline.syncOperations.addHandler(Handler(server: self))
+        }
+      }
+      .bind(host: host, port: 0).wait()
+    self.channel = channel
+    port = channel.localAddress?.port ?? 0
+  }
+
+  func record(_ r: Received) {
+    lock.lock()
+    _received.append(r)
+    lock.unlock()
+  }
+
+  func stop() { try? channel?.close().wait() }
+
+  final class Handler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let server: TestHTTPSServer
+    var head: HTTPRequestHead?
+    var body: [UInt8] = []
+    init(server: TestHTTPSServer) { self.server = server }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+      switch unwrapInboundIn(data) {
+      case .head(let h):
+        head = h
+        body = []
+      case .body(let b): body += b.readableBytesView
+      case .end:
+        guard let h = head else { return }
+        server.record(Received(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }, body: body))
+        let reply = ByteBuffer(string: "ok \(body.count)")
+        var headers = HTTPHeaders()
+        headers.add(name: "content-length", value: String(reply.readableBytes))
+        headers.add(name: "x-upstream", value: "test")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: .ok, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(reply))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+      }
+    }
+  }
+}
+
+/// A sidecar in this process with a local HTTPS destination, a temp bundle with random weights and a canary, and a
+/// Unix datagram socket collecting its events.
+final class Harness: @unchecked Sendable {
+  let pki: TestPKI
+  let upstream: TestHTTPSServer
+  let directory: URL
+  let weights: [UInt8]
+  let bundleCanary = "bundle-canary-7f3e9a1c55d04b2e"
+  let configuredCanary = "cfg-canary-91b2c3d4e5f60718"
+  let events: EventSink
+  var proxy: EgressProxy!
+  var task: Task<Void, any Error>?
+
+  init(extraConfig: String = "", destinationExtras: String = "", maxBody: Int = 1 << 20) async throws {
+    pki = try TestPKI()
+    upstream = try TestHTTPSServer(pki: pki)
+    directory = FileManager.default.temporaryDirectory.appendingPathComponent("palisade-egress-\(UUID().uuidString)")
+    let bundle = directory.appendingPathComponent("models/digits/1")
+    try FileManager.default.createDirectory(at: bundle, withIntermediateDirectories: true)
+    var generator = SystemRandomNumberGenerator()
+    weights = (0..<65_536).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    try Data(weights).write(to: bundle.appendingPathComponent("model.onnx"))
+    let manifest = #"{"schema": "palisade.bundle/v1", "name": "digits", "version": 1, "canary_tokens": ["\#(bundleCanary)"]}"#
+    try Data(manifest.utf8).write(to: bundle.appendingPathComponent("manifest.json"))
+    events = try EventSink(path: directory.appendingPathComponent("events.sock").path)
+    let yaml = """
+      listen: {host: 127.0.0.1, port: 0}
+      admin: {host: 127.0.0.1, port: 0}
+      tls: {ca_file: \(pki.path("server-ca.pem"))}
+      limits: {max_body_bytes: \(maxBody)}
+      destinations:
+        - name: local
+          host: localhost
+          port: \(upstream.port)
+          methods: [POST, PUT]
+          path_prefixes: [/ingest/, /alerts]
+          allow_private: true
+      \(destinationExtras.replacingOccurrences(of: "UPSTREAM_PORT", with: String(upstream.port)))
+      inspection:
+        canary_tokens: [\(configuredCanary)]
+        bundle_directories: [\(directory.appendingPathComponent("models").path)]
+      report_socket: \(events.path)
+      \(extraConfig)
+      """
+    let config = try EgressConfig.parse(yaml)
+    var logger = Logger(label: "egress-test")
+    logger.logLevel = .warning
+    proxy = try EgressProxy(config: config, logger: logger)
+    let proxy = self.proxy!
+    task = Task { try await proxy.run() }
+    for _ in 0..<500 where proxy.bound.port == nil || proxy.adminBound.port == nil {
+      try await Task.sleep(for: .milliseconds(10))
+    }
+  }
+
+  var proxyAddress: ProxyAddress { .tcp(host: "127.0.0.1", port: proxy.bound.port ?? 0) }
+  var client: EgressClient { EgressClient(proxy: proxyAddress) }
+  func url(_ path: String, host: String = "localhost", port: Int? = nil) -> String {
+    "https://\(host):\(port ?? upstream.port)\(path)"
+  }
+
+  func send(_ url: String, method: String = "POST", headers: [(String, String)] = [], body: [UInt8] = []) async throws
+    -> OutboundResponse
+  {
+    try await client.send(OutboundRequest(method: method, url: url, headers: headers, body: body))
+  }
+
+  func stop() async {
+    task?.cancel()
+    _ = try? await task?.value
+    upstream.stop()
+    events.close()
+    try? FileManager.default.removeItem(at: directory)
+  }
+}
+
+/// A Unix datagram socket that receives the sidecar's events.
+final class EventSink: @unchecked Sendable {
+  let path: String
+  private let fd: Int32
+
+  init(path: String) throws {
+    self.path = path
+    fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { dst in
+      for (i, b) in path.utf8.enumerated() { dst[i] = b }
+    }
+    let rc = withUnsafePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0 else { throw POSIXError(.EADDRINUSE) }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+  }
+
+  /// The next event (waits up to 5 s).
+  func next() -> EgressEvent? {
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    let n = recv(fd, &buffer, buffer.count, 0)
+    guard n > 0 else { return nil }
+    return try? JSONDecoder().decode(EgressEvent.self, from: Data(buffer[0..<n]))
+  }
+
+  func close() {
+    _ = Glibc.close(fd)
+    unlink(path)
+  }
+}
+
+/// Sends one raw HTTP/1.1 request head to the proxy (for methods the client type does not send, e.g. CONNECT).
+func rawRequest(port: Int, method: HTTPMethod, uri: String) async throws -> (Int, [(String, String)]) {
+  let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    .connect(host: "127.0.0.1", port: port) { channel in
+      channel.eventLoop.makeCompletedFuture {
+        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+      }
+    }
+  return try await channel.executeThenClose { inbound, outbound in
+    var head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
+    head.headers.add(name: "host", value: uri)
+    try await outbound.write(.head(head))
+    try await outbound.write(.end(nil))
+    for try await part in inbound {
+      if case .head(let h) = part { return (Int(h.status.code), h.headers.map { ($0.name, $0.value) }) }
+    }
+    return (0, [])
+  }
+}
+
+/// The repository root (for the `palisade` binary).
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+  .deletingLastPathComponent().path
+let palisadeBinary = ProcessInfo.processInfo.environment["PALISADE_BIN"] ?? "\(repositoryRoot)/.build/debug/palisade"
