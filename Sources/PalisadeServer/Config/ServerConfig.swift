@@ -28,6 +28,25 @@ public struct ServerConfig: Sendable, Equatable {
   public var attestation: Attestation = .defaults
   /// The tamper-evident audit log; nil (no `audit` section): no audit records.
   public var audit: Audit?
+  /// The egress sidecar: where its block reports arrive, and the proxy the server's own outbound traffic uses.
+  public var egress: Egress = .defaults
+
+  public struct Egress: Sendable, Equatable {
+    /// Unix datagram socket the sidecar's `report_socket` points at; nil: reports are not received.
+    public var reportSocket: String?
+    /// Permissions of the socket file (the sidecar's user must be able to write to it).
+    public var reportSocketMode: Int = 0o660
+    /// The sidecar's forward proxy, `host:port`: the only way out for checkpoint shipping.
+    public var proxy: String?
+    /// Where signed audit checkpoints are POSTed (through `proxy`); nil: not shipped.
+    public var checkpointURL: String?
+    public init(reportSocket: String? = nil, proxy: String? = nil, checkpointURL: String? = nil) {
+      self.reportSocket = reportSocket
+      self.proxy = proxy
+      self.checkpointURL = checkpointURL
+    }
+    public static let defaults = Egress()
+  }
 
   /// `audit:` in the file; see ``PalisadeAudit/AuditConfiguration`` for each field.
   public struct Audit: Sendable, Equatable {
@@ -479,6 +498,25 @@ extension ServerConfig {
       try m.finish()
       audit = a
     }
+    var egress = Egress.defaults
+    if let m = try root.map("egress") {
+      egress.reportSocket = try m.string("report_socket").map(resolve)
+      if let mode = try m.string("report_socket_mode") {
+        guard let v = Int(mode, radix: 8), (0...0o777).contains(v) else {
+          throw m.error("report_socket_mode", "must be octal permissions like \"0660\"")
+        }
+        egress.reportSocketMode = v
+      }
+      egress.proxy = try m.string("proxy")
+      egress.checkpointURL = try m.string("checkpoint_url")
+      if egress.checkpointURL != nil && egress.proxy == nil {
+        throw m.error("proxy", "is required with checkpoint_url: nothing leaves except through the egress sidecar")
+      }
+      if let url = egress.checkpointURL, !(url.hasPrefix("https://") || url.hasPrefix("http://")) {
+        throw m.error("checkpoint_url", "must be an http(s) URL")
+      }
+      try m.finish()
+    }
     var attestation = Attestation.defaults
     if let m = try root.map("attestation") {
       attestation.key = try m.string("key").map(resolve)
@@ -504,6 +542,7 @@ extension ServerConfig {
     config.screening = screening
     config.attestation = attestation
     config.audit = audit
+    config.egress = egress
     if admin.enabled, admin.listen == config.server.listen, admin.listen.port != 0 {
       throw root.map_error("admin.listen", "must differ from server.listen")
     }

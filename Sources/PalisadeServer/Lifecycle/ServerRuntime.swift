@@ -32,6 +32,8 @@ public final class ServerRuntime: Sendable {
   public let bundles: BundleLoader?
   /// Writes the audit log (a no-op without an `audit` section).
   public let auditor: Auditor
+  /// Receives the egress sidecar's block reports, when `egress.report_socket` is set.
+  public let egressReports: EgressReportReceiver?
 
   /// Builds the server. Throws errors that name the file or setting at fault. `runtimes` turn verified model
   /// files into servable models.
@@ -77,6 +79,13 @@ public final class ServerRuntime: Sendable {
     }
     let auditor = Auditor(log: auditLog, metrics: metrics, logger: logger)
     self.auditor = auditor
+    let metrics = self.metrics
+    if let socket = config.egress.reportSocket {
+      self.egressReports = EgressReportReceiver(
+        path: socket, mode: config.egress.reportSocketMode, auditor: auditor, metrics: metrics, logger: logger)
+    } else {
+      self.egressReports = nil
+    }
     let quarantines = QuarantineStore()
     let authorizer = Authorizer(
       store: policy, metrics: metrics, logger: logger, exemptRPCs: exempt, quarantines: quarantines)
@@ -152,6 +161,12 @@ public final class ServerRuntime: Sendable {
       .init(service: reloader),
     ]
     if let admin { services.append(.init(service: admin)) }
+    if let egressReports { services.append(.init(service: egressReports)) }
+    if let proxy = config.egress.proxy, let url = config.egress.checkpointURL, auditor.isEnabled,
+      let shipper = CheckpointShipper(auditor: auditor, proxy: proxy, url: url, logger: logger)
+    {
+      services.append(.init(service: shipper))
+    }
     if let integrity = bundles?.integrity, config.models.integrityCheckSeconds > 0 {
       services.append(.init(service: integrity))
     }

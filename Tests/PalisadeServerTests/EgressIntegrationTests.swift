@@ -1,0 +1,128 @@
+import Foundation
+import PalisadeAudit
+import PalisadeOutbound
+import PalisadeServer
+import PalisadeTestSupport
+import Testing
+
+/// The server and a real `palisade egress` process together: signed audit checkpoints leave only through the
+/// sidecar and reach a collector; a request the sidecar blocks is reported back and lands in the audit log.
+@Suite struct EgressIntegrationTests {
+  @Test func checkpointsShipThroughTheSidecarAndBlocksAreAudited() async throws {
+    let pki = try TestPKI()
+    let key = try AuditSigningKey.generate(name: "palisade.test/audit")
+    let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
+    // A collector outside: a plain Python HTTP server that appends every POST body to a file.
+    let received = pki.path("collected.txt")
+    let collector = Process()
+    collector.executableURL = URL(fileURLWithPath: InteropTests.python)
+    collector.arguments = [
+      "-c",
+      """
+      import http.server, sys
+      class H(http.server.BaseHTTPRequestHandler):
+          def do_POST(self):
+              body = self.rfile.read(int(self.headers.get('content-length', 0)))
+              open(sys.argv[1], 'ab').write(body + b'\\n--\\n')
+              self.send_response(204); self.end_headers()
+          def log_message(self, *a): pass
+      s = http.server.HTTPServer(('127.0.0.1', 0), H)
+      print(s.server_address[1], flush=True)
+      s.serve_forever()
+      """, received,
+    ]
+    let portPipe = Pipe()
+    collector.standardOutput = portPipe
+    try collector.run()
+    defer { kill(collector.processIdentifier, SIGKILL) }
+    let portLine = String(decoding: portPipe.fileHandleForReading.availableData, as: UTF8.self)
+    let collectorPort = try #require(Int(portLine.trimmingCharacters(in: .whitespacesAndNewlines)))
+
+    let proxySocket = pki.path("egress.sock")
+    let reports = pki.path("reports.sock")
+    let server = try await TestServer.start(pki: pki, models: [AddSubModel()]) {
+      var audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
+      audit.checkpointEveryRecords = 1
+      audit.checkpointIntervalSeconds = 1
+      audit.origin = "palisade.test/audit"
+      $0.audit = audit
+      $0.egress = .init(
+        reportSocket: reports, proxy: "unix:\(proxySocket)", checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
+    }
+    for _ in 0..<100 where !FileManager.default.fileExists(atPath: reports) { try await Task.sleep(for: .milliseconds(20)) }
+    let egressConfig = try pki.write(
+      "egress.yaml",
+      """
+      listen: {host: 127.0.0.1, port: 0, unix_socket: \(proxySocket)}
+      admin: {enabled: false}
+      report_socket: \(reports)
+      destinations:
+        - {name: collector, scheme: http, host: localhost, port: \(collectorPort), methods: [POST], path_prefixes: [/checkpoints/], allow_private: true}
+      """)
+    let sidecar = Process()
+    sidecar.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+    sidecar.arguments = ["egress", "--config", egressConfig]
+    sidecar.standardError = FileHandle.nullDevice
+    try sidecar.run()
+    defer { kill(sidecar.processIdentifier, SIGKILL) }
+    for _ in 0..<200 where !FileManager.default.fileExists(atPath: proxySocket) { try await Task.sleep(for: .milliseconds(25)) }
+
+    // A call makes a record and a checkpoint; the shipper posts it through the sidecar to the collector.
+    let caller = try goodClient(server)
+    _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    var shipped = ""
+    for _ in 0..<200 {
+      shipped = (try? String(contentsOfFile: received, encoding: .utf8)) ?? ""
+      if shipped.contains("palisade.test/audit") { break }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    #expect(shipped.hasPrefix("palisade.test/audit\n"), "collector got: \(shipped)")
+    let note = String(shipped.components(separatedBy: "\n--\n")[0])
+    #expect((try? SignedCheckpoint.verify(note: note, key: key.verifyingKey)) != nil, "the shipped checkpoint verifies")
+
+    // Something leaving with a private key in it is blocked by the sidecar and shows up in the audit log.
+    let leak = EgressClient(proxy: .unix(path: proxySocket))
+    let refused = try await leak.send(
+      OutboundRequest(
+        url: "http://localhost:\(collectorPort)/checkpoints/x",
+        body: Array("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n".utf8)))
+    #expect(refused.status == 403 && refused.blockedReason != nil)
+    await leak.shutdown()
+    try await Task.sleep(for: .milliseconds(300))
+    try await server.stop()
+    let log = try AuditVerifier.verify(directory: pki.path("audit"), key: key.verifyingKey)
+    let records = try log.records.map { try JSONDecoder().decode(AuditRecord.self, from: Data($0)) }
+    let block = try #require(records.first { $0.kind == .egressBlock }, "\(records.map(\.kind))")
+    #expect(block.reason?.hasPrefix("private_key") == true && block.details["host"] == "localhost", "\(block)")
+  }
+}
+
+@Suite struct EgressReportReceiverTests {
+  @Test func aReportDatagramBecomesAnAuditRecord() async throws {
+    let pki = try TestPKI()
+    let key = try AuditSigningKey.generate(name: "palisade.test/audit")
+    let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
+    let reports = pki.path("r.sock")
+    let server = try await TestServer.start(pki: pki, models: []) {
+      var audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
+      audit.origin = "palisade.test/audit"
+      $0.audit = audit
+      $0.egress = .init(reportSocket: reports)
+    }
+    try await server.runtime.egressReports?.bound.futureResult.get()
+    let event = #"{"schema":"palisade.egress/v1","type":"blocked","time":"t","id":"e1","reason":"canary","location":"body","detail":"canary token (config)","method":"POST","scheme":"https","host":"x.example","port":443,"body_bytes":10}"#
+    for payload in [event, "not json"] {
+      let r = try await ProcessTests.run(
+        InteropTests.python,
+        ["-c", "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(sys.argv[2].encode(), sys.argv[1])", reports, payload])
+      #expect(r.status == 0, "\(r.stderr)")
+    }
+    try await Task.sleep(for: .milliseconds(300))
+    try await server.stop()
+    let log = try AuditVerifier.verify(directory: pki.path("audit"), key: key.verifyingKey)
+    let records = try log.records.map { try JSONDecoder().decode(AuditRecord.self, from: Data($0)) }
+    let block = try #require(records.first { $0.kind == .egressBlock })
+    #expect(block.reason == "canary: canary token (config)" && block.details["event_id"] == "e1")
+    #expect(records.filter { $0.kind == .egressBlock }.count == 1, "the malformed report is dropped")
+  }
+}
