@@ -159,6 +159,36 @@ struct EgressProxyTests {
     await h.stop()
   }
 
+  @Test("the alert webhook receives the event through the sidecar; a refused alert raises no further alert")
+  func alertWebhook() async throws {
+    let h = try await Harness(extraConfig: "alert_webhook: https://localhost:UPSTREAM_PORT/alerts")
+    let r = try await h.send(h.url("/ingest/x"), body: Array(h.configuredCanary.utf8))
+    #expect(r.blockedReason == "canary")
+    try await waitUntil { h.upstream.received.count >= 1 }
+    let alert = try #require(h.upstream.received.first)
+    #expect(alert.uri == "/alerts" && alert.method == "POST")
+    let event = try JSONDecoder().decode(EgressEvent.self, from: Data(alert.body))
+    #expect(event.reason == "canary" && event.location == "body")
+    #expect(!String(decoding: alert.body, as: UTF8.self).contains(h.configuredCanary))
+    await h.stop()
+
+    // An inspection rule that matches every event: the alert is refused, logged and counted, and that is all.
+    let looping = try await Harness(
+      extraConfig: "alert_webhook: https://localhost:UPSTREAM_PORT/alerts",
+      canaryExtra: #"'"schema":"palisade.egress/v1"'"#)
+    _ = try await looping.send(looping.url("/ingest/x"), body: Array(looping.configuredCanary.utf8))
+    #expect(looping.events.next()?.reason == "canary")
+    try await waitUntil {
+      String(decoding: looping.proxy.metrics.render(), as: UTF8.self).contains(#"channel="webhook",result="failed"} 1"#)
+    }
+    try await Task.sleep(for: .milliseconds(200))
+    #expect(looping.upstream.received.isEmpty)
+    #expect(looping.events.next(timeoutSeconds: 1) == nil)
+    let text = String(decoding: looping.proxy.metrics.render(), as: UTF8.self)
+    #expect(text.contains(#"palisade_egress_requests_total{result="blocked",reason="canary",destination="local"} 2"#))
+    await looping.stop()
+  }
+
   @Test("metrics count allowed and blocked requests by reason and destination")
   func metrics() async throws {
     let h = try await Harness()

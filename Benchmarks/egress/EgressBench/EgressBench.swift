@@ -12,7 +12,9 @@ import NIOPosix
 import NIOSSL
 import PalisadeEgress
 import PalisadeOutbound
-import PalisadeTestSupport
+import Crypto
+import SwiftASN1
+import X509
 
 /// The destination: answers 200 with the body length.
 final class Upstream: ChannelInboundHandler, @unchecked Sendable {
@@ -31,6 +33,43 @@ final class Upstream: ChannelInboundHandler, @unchecked Sendable {
       context.write(wrapOutboundOut(.body(.byteBuffer(reply))), promise: nil)
       context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
+  }
+}
+
+/// A throwaway CA and a server certificate for localhost/127.0.0.1, written to a temp directory (keys never leave it).
+struct BenchPKI {
+  let directory: URL
+  func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+  init() throws {
+    directory = FileManager.default.temporaryDirectory.appendingPathComponent("egress-bench-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let caKey = P256.Signing.PrivateKey()
+    let caName = try DistinguishedName { CommonName("Egress Bench CA") }
+    let ca = try Certificate(
+      version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: Certificate.PublicKey(caKey.publicKey),
+      notValidBefore: Date().addingTimeInterval(-3600), notValidAfter: Date().addingTimeInterval(86_400),
+      issuer: caName, subject: caName, signatureAlgorithm: .ecdsaWithSHA256,
+      extensions: try Certificate.Extensions {
+        Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
+        Critical(KeyUsage(keyCertSign: true))
+      },
+      issuerPrivateKey: Certificate.PrivateKey(caKey))
+    let key = P256.Signing.PrivateKey()
+    let leaf = try Certificate(
+      version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: Certificate.PublicKey(key.publicKey),
+      notValidBefore: Date().addingTimeInterval(-3600), notValidAfter: Date().addingTimeInterval(86_400),
+      issuer: caName, subject: try DistinguishedName { CommonName("localhost") }, signatureAlgorithm: .ecdsaWithSHA256,
+      extensions: try Certificate.Extensions {
+        Critical(BasicConstraints.notCertificateAuthority)
+        SubjectAlternativeNames([.dnsName("localhost"), .ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1]))])
+        try ExtendedKeyUsage([.serverAuth])
+      },
+      issuerPrivateKey: Certificate.PrivateKey(caKey))
+    try ca.serializeAsPEM().pemString.write(toFile: path("server-ca.pem"), atomically: true, encoding: .utf8)
+    try leaf.serializeAsPEM().pemString.write(toFile: path("server.pem"), atomically: true, encoding: .utf8)
+    try key.pemRepresentation.write(toFile: path("server.key"), atomically: true, encoding: .utf8)
+    try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path("server.key"))
   }
 }
 
@@ -83,7 +122,8 @@ func measure(_ body: [UInt8], requests: Int, concurrency: Int, _ send: @escaping
 @main
 enum EgressBench {
   static func main() async throws {
-    let pki = try TestPKI()
+    let pki = try BenchPKI()
+    defer { try? FileManager.default.removeItem(at: pki.directory) }
     let serverTLS = try NIOSSLContext(
       configuration: .makeServerConfiguration(
         certificateChain: try NIOSSLCertificate.fromPEMFile(pki.path("server.pem")).map { .certificate($0) },
