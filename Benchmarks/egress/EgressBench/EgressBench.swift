@@ -164,6 +164,8 @@ enum EgressBench {
     var logger = Logger(label: "egress-bench")
     logger.logLevel = .error
     let proxy = try EgressProxy(config: config, logger: logger)
+    let fingerprints = try BundleFingerprints.load(
+      directories: config.inspection.bundleDirectories, settings: config.inspection.weights)
     let proxyTask = Task { try await proxy.run() }
     while proxy.bound.port == nil { try await Task.sleep(for: .milliseconds(10)) }
     let proxyPort = proxy.bound.port ?? 0
@@ -217,7 +219,32 @@ enum EgressBench {
       // Printable random text: the kind of body audit shipping sends, and every base64/hex decoder runs on it.
       let alphabet = Array("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 {}\":,.\n".utf8)
       let body = (0..<size).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] }
-      let d = try await measure(body, requests: n, concurrency: concurrency, direct)
+      // The inspection alone (same settings and fingerprints as the proxy), to separate it from the network hop.
+  let inspector = Inspector(
+    settings: config.inspection, canaries: fingerprints.canaries, weights: fingerprints.weights)
+  let inspectStart = ContinuousClock.now
+  for _ in 0..<10 { precondition(inspector.inspect(uri: "/ingest", headers: [], body: body) == nil, "benign body flagged") }
+  let inspectMs = (ContinuousClock.now - inspectStart) / 10
+  let ms = Double(inspectMs.components.attoseconds) / 1e15 + Double(inspectMs.components.seconds) * 1e3
+  print(String(format: "inspection alone, %@: %.3f ms per request", label, ms))
+  if CommandLine.arguments.contains("--breakdown") {
+    for (name, tweak) in [
+      ("no base64 decoding", { (s: inout EgressConfig.Inspection) in s.decodeBase64 = false }),
+      ("no hex decoding", { (s: inout EgressConfig.Inspection) in s.decodeHex = false }),
+      ("no runs at all", { (s: inout EgressConfig.Inspection) in s.decodeHex = false; s.decodeBase64 = false; s.highEntropy.enabled = false }),
+    ] {
+      var settings = config.inspection
+      tweak(&settings)
+      let i = Inspector(settings: settings, canaries: fingerprints.canaries, weights: fingerprints.weights)
+      let t0 = ContinuousClock.now
+      for _ in 0..<10 { _ = i.inspect(uri: "/ingest", headers: [], body: body) }
+      print("  \(name): \((ContinuousClock.now - t0) / 10)")
+    }
+    let t0 = ContinuousClock.now
+    for _ in 0..<10 { _ = fingerprints.weights?.firstMatch(in: body) }
+    print("  weights alone: \((ContinuousClock.now - t0) / 10)")
+  }
+  let d = try await measure(body, requests: n, concurrency: concurrency, direct)
       let s = try await measure(body, requests: n, concurrency: concurrency, viaSidecar)
       for (path, r) in [("direct TLS", d), ("via sidecar", s)] {
         print(String(format: "| %@ | %@ | %.2f | %.2f | %.0f | %.1f |", label, path, r.p50, r.p99, r.rps, r.mbps))
