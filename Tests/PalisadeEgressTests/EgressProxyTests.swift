@@ -23,6 +23,18 @@ struct EgressProxyTests {
     await h.stop()
   }
 
+  @Test("the Unix socket listener applies the same policy")
+  func unixSocket() async throws {
+    let h = try await Harness()
+    let client = EgressClient(proxy: .unix(path: h.directory.appendingPathComponent("proxy.sock").path))
+    let ok = try await client.send(OutboundRequest(url: h.url("/ingest/u"), body: Array("via unix".utf8)))
+    #expect(ok.status == 200)
+    let refused = try await client.send(OutboundRequest(url: h.url("/ingest/u"), body: Array(h.configuredCanary.utf8)))
+    #expect(refused.status == 403 && refused.blockedReason == "canary")
+    #expect(h.upstream.received.map(\.uri) == ["/ingest/u"])
+    await h.stop()
+  }
+
   @Test("a disallowed host, port, method or path is refused before anything is sent")
   func disallowed() async throws {
     let h = try await Harness()

@@ -117,7 +117,7 @@ final class Harness: @unchecked Sendable {
     try Data(manifest.utf8).write(to: bundle.appendingPathComponent("manifest.json"))
     events = try EventSink(path: directory.appendingPathComponent("events.sock").path)
     let yaml = """
-      listen: {host: 127.0.0.1, port: 0}
+      listen: {host: 127.0.0.1, port: 0, unix_socket: \(directory.appendingPathComponent("proxy.sock").path)}
       admin: {host: 127.0.0.1, port: 0}
       tls: {ca_file: \(pki.path("server-ca.pem"))}
       limits: {max_body_bytes: \(maxBody)}
