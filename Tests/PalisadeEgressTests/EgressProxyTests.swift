@@ -201,6 +201,26 @@ struct EgressProxyTests {
     await looping.stop()
   }
 
+  @Test("a destination that allows CONNECT gets an uninspected tunnel (curl through it), counted")
+  func connectAllowed() async throws {
+    let h = try await Harness(destinationExtras: """
+        - {name: tunnel, host: 127.0.0.1, port: UPSTREAM_PORT, allow_private: true, allow_connect: true}
+      """)
+    let (status, output) = try run([
+      "curl", "-sS", "--max-time", "20", "--proxytunnel", "-x", "http://127.0.0.1:\(h.proxy.bound.port ?? 0)",
+      "--cacert", h.pki.path("server-ca.pem"), "-d", "hello", "https://127.0.0.1:\(h.upstream.port)/anything",
+    ])
+    #expect(status == 0, "\(output)")
+    #expect(output.hasSuffix("ok 5"), "\(output)")
+    #expect(h.upstream.received.map(\.uri) == ["/anything"])
+    let text = String(decoding: h.proxy.metrics.render(), as: UTF8.self)
+    #expect(text.contains(#"palisade_egress_connect_tunnels_total{destination="tunnel"} 1"#))
+    // The same host on the same port without allow_connect for another name: refused.
+    let (refused, _) = try await rawRequest(port: h.proxy.bound.port ?? 0, method: .CONNECT, uri: "localhost:\(h.upstream.port)")
+    #expect(refused == 403)
+    await h.stop()
+  }
+
   @Test("metrics count allowed and blocked requests by reason and destination")
   func metrics() async throws {
     let h = try await Harness()
