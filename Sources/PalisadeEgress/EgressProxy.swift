@@ -8,7 +8,7 @@ import NIOSSL
 /// The forward proxy. Clients send absolute-form HTTP/1.1 requests (`POST https://host/path HTTP/1.1`) in plain
 /// HTTP to the proxy on loopback or a Unix socket; the proxy checks the allowlist, resolves the name itself and
 /// refuses non-global addresses, buffers and inspects the whole request, and only then originates TLS to the
-/// address it checked. CONNECT is refused: a tunnel could not be inspected.
+/// address it checked. CONNECT is refused unless a destination allows it (then relayed uninspected, and logged).
 public final class EgressProxy: Sendable {
   public let config: EgressConfig
   let logger: Logger
