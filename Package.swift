@@ -245,7 +245,10 @@ let package = Package(
     .executableTarget(
       name: "egress-bench",
       dependencies: [
-        "PalisadeEgress", "PalisadeOutbound", "PalisadeTestSupport",
+        "PalisadeEgress", "PalisadeOutbound",
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),

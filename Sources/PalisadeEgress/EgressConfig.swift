@@ -57,6 +57,8 @@ public struct EgressConfig: Sendable {
     public var pathPrefixes: [String] = ["/"]
     /// Allows addresses that are private, loopback, link-local, CGNAT, ULA. Metadata addresses stay refused.
     public var allowPrivate = false
+    /// Allows CONNECT tunnels to this host and port. A tunnel cannot be inspected: every one is logged and counted.
+    public var allowConnect = false
     public var byteBudget: ByteBudget?
     public init(name: String, host: String, port: Int) {
       self.name = name
@@ -203,6 +205,7 @@ public struct EgressConfig: Sendable {
         d.pathPrefixes = prefixes
       }
       d.allowPrivate = try m.bool("allow_private") ?? false
+      d.allowConnect = try m.bool("allow_connect") ?? false
       if let b = try m.map("byte_budget") {
         guard let bytes = try b.int("bytes", in: 1...Int.max) else { throw b.error(nil, "bytes is required") }
         let window = try b.int("window_seconds", in: 1...(30 * 86_400)) ?? 3600

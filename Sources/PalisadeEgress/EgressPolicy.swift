@@ -90,6 +90,11 @@ struct EgressPolicy: Sendable {
     return .allow(d)
   }
 
+  /// The destination that explicitly allows CONNECT tunnels to this host and port, if any.
+  func connectDestination(_ target: ProxyTarget) -> EgressConfig.Destination? {
+    destinations.first { $0.allowConnect && $0.host == target.host && $0.port == target.port }
+  }
+
   /// Refuses `.`/`..` segments and percent-encoded `/`, `\`, `.` in the path, which upstreams may normalise
   /// differently from a prefix check.
   static func pathIsCanonical(_ pathAndQuery: String) -> Bool {

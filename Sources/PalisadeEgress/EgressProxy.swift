@@ -8,7 +8,7 @@ import NIOSSL
 /// The forward proxy. Clients send absolute-form HTTP/1.1 requests (`POST https://host/path HTTP/1.1`) in plain
 /// HTTP to the proxy on loopback or a Unix socket; the proxy checks the allowlist, resolves the name itself and
 /// refuses non-global addresses, buffers and inspects the whole request, and only then originates TLS to the
-/// address it checked. CONNECT is refused: a tunnel could not be inspected.
+/// address it checked. CONNECT is refused unless a destination allows it (then relayed uninspected, and logged).
 public final class EgressProxy: Sendable {
   public let config: EgressConfig
   let logger: Logger
@@ -140,6 +140,12 @@ public final class EgressProxy: Sendable {
             body.writeBuffer(&b)
           case .end:
             guard let h = head else { return }
+            if refused == nil, h.method == .CONNECT, let target = ProxyTarget(authority: h.uri),
+              let destination = self.policy.connectDestination(target)
+            {
+              try await self.tunnel(connection.channel, head: h, target: target, destination: destination, outbound: outbound)
+              return
+            }
             let reply: Reply
             if let refused { reply = refused } else { reply = await self.handle(Request(head: h, body: body)) }
             let close = reply.closeAfter || !h.isKeepAlive
@@ -153,6 +159,68 @@ public final class EgressProxy: Sendable {
     } catch {
       logger.debug("client connection ended", metadata: ["error": "\(error)", "via": "\(via)"])
     }
+  }
+
+  /// A CONNECT tunnel to a destination that allows one: the address is resolved and checked as for any request,
+  /// then bytes are relayed uninspected. Every tunnel is logged and counted.
+  private func tunnel(
+    _ client: any Channel, head: HTTPRequestHead, target: ProxyTarget, destination: EgressConfig.Destination,
+    outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+  ) async throws {
+    func refuse(_ reason: BlockReason, _ why: String) async throws {
+      let reply = block(reason, why, head: head, target: target, destination: destination.name, bodyBytes: 0, close: true)
+      try await write(reply, to: outbound, version: head.version, close: true)
+    }
+    let addresses: [SocketAddress]
+    do {
+      addresses = try await NIOThreadPool.singleton.runIfActive { try Resolver.resolve(host: target.host, port: target.port) }
+    } catch {
+      return try await refuse(.resolution, "\(error)")
+    }
+    for a in addresses {
+      let cls = AddressClass.of(a)
+      if cls == .metadata { return try await refuse(.metadataAddress, "\(target.host) resolves to a cloud metadata address") }
+      if cls != .global && !destination.allowPrivate {
+        return try await refuse(.address, "\(target.host) resolves to a \(cls.rawValue) address and allow_private is false")
+      }
+    }
+    var upstreamChannel: (any Channel)?
+    for address in addresses where upstreamChannel == nil {
+      upstreamChannel = try? await ClientBootstrap(group: client.eventLoop)
+        .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
+        .connect(to: address).get()
+    }
+    guard let upstreamChannel else {
+      metrics.upstreamError(destination: destination.name)
+      var headers = HTTPHeaders()
+      headers.add(name: "x-palisade-egress-error", value: "upstream")
+      return try await write(
+        Reply(status: .badGateway, headers: headers, body: ByteBuffer(string: "upstream unavailable\n")), to: outbound,
+        version: head.version, close: true)
+    }
+    metrics.tunnel(destination: destination.name)
+    logger.warning(
+      "CONNECT tunnel opened: its bytes are not inspected",
+      metadata: ["destination": "\(destination.name)", "host": "\(target.host)", "port": "\(target.port)"])
+    // An explicit zero length keeps the encoder from choosing chunked framing, whose terminator would corrupt the
+    // first bytes of the tunnel.
+    try await outbound.write(
+      .head(HTTPResponseHead(version: head.version, status: .ok, headers: ["content-length": "0"])))
+    try await outbound.write(.end(nil))
+    // From here on the connection carries raw bytes: the HTTP handlers leave, a relay takes their place at the
+    // front of both pipelines (the async channel's handler behind it never sees a byte again).
+    try await client.eventLoop.submit {
+      let ops = client.pipeline.syncOperations
+      if let h = try? ops.handler(type: HTTPResponseEncoder.self) { ops.removeHandler(h, promise: nil) }
+      if let h = try? ops.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) { ops.removeHandler(h, promise: nil) }
+      if let h = try? ops.handler(type: HTTPServerPipelineHandler.self) { ops.removeHandler(h, promise: nil) }
+      if let h = try? ops.handler(type: HTTPServerProtocolErrorHandler.self) { ops.removeHandler(h, promise: nil) }
+      let (a, b) = RelayHandler.pair()
+      try ops.addHandler(a, position: .first)
+      try upstreamChannel.pipeline.syncOperations.addHandler(b, position: .first)
+    }.get()
+    try? await upstreamChannel.closeFuture.get()
+    try? await client.close()
   }
 
   private func write(
@@ -170,6 +238,7 @@ public final class EgressProxy: Sendable {
   private func precheck(_ head: HTTPRequestHead) -> Reply? {
     if head.method == .CONNECT {
       let target = ProxyTarget(authority: head.uri)
+      if let target, policy.connectDestination(target) != nil { return nil }
       logger.warning(
         "CONNECT refused: a tunnel cannot be inspected",
         metadata: ["host": "\(target?.host ?? "-")", "port": "\(target?.port ?? 0)"])
@@ -354,4 +423,40 @@ public final class BoundAddress: @unchecked Sendable {
     return value
   }
   public var port: Int? { address?.port }
+}
+
+/// Relays raw bytes between two channels on the same event loop (a CONNECT tunnel); closing either closes both.
+final class RelayHandler: ChannelDuplexHandler, @unchecked Sendable {
+  typealias InboundIn = ByteBuffer
+  typealias OutboundIn = ByteBuffer
+  typealias OutboundOut = ByteBuffer
+  private var partner: RelayHandler?
+  private var context: ChannelHandlerContext?
+
+  static func pair() -> (RelayHandler, RelayHandler) {
+    let a = RelayHandler()
+    let b = RelayHandler()
+    a.partner = b
+    b.partner = a
+    return (a, b)
+  }
+
+  func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+  func handlerRemoved(context: ChannelHandlerContext) {
+    self.context = nil
+    partner = nil
+  }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    partner?.context?.write(NIOAny(unwrapInboundIn(data)), promise: nil)
+  }
+
+  func channelReadComplete(context: ChannelHandlerContext) { partner?.context?.flush() }
+
+  func channelInactive(context: ChannelHandlerContext) {
+    partner?.context?.close(promise: nil)
+    context.fireChannelInactive()
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
 }

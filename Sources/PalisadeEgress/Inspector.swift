@@ -111,24 +111,27 @@ public final class Inspector: Sendable {
   private var minDecodeChars: Int { 16 }
 
   private func scanRuns(_ raw: UnsafeRawBufferPointer, location: String) -> Finding? {
+    let table = Self.base64Values
     let n = raw.count
+    // One buffer for every run: most runs are short words, and an allocation per run would dominate.
+    var values: [UInt8] = []
+    values.reserveCapacity(256)
     var i = 0
     // Base64 runs (line breaks inside a run are skipped, as MIME wraps at 76).
     while i < n {
-      guard Self.base64Values[Int(raw[i])] >= 0 else {
+      guard table[Int(raw[i])] >= 0 else {
         i += 1
         continue
       }
-      var values: [UInt8] = []
+      values.removeAll(keepingCapacity: true)
       var j = i
       while j < n {
         let c = raw[j]
-        let v = Self.base64Values[Int(c)]
+        let v = table[Int(c)]
         if v >= 0 {
           values.append(UInt8(v))
-        } else if c == 0x0A || c == 0x0D || c == UInt8(ascii: "=") {
+        } else if c != 0x0A && c != 0x0D && c != UInt8(ascii: "=") {
           // Padding ends a block but continuing keeps concatenated blocks together; line breaks are skipped.
-        } else {
           break
         }
         j += 1
@@ -158,32 +161,32 @@ public final class Inspector: Sendable {
         i += 1
         continue
       }
-      var nibbles: [UInt8] = []
+      values.removeAll(keepingCapacity: true)
       var j = i
       while j < n, let v = Self.hexValue(raw[j]) {
-        nibbles.append(v)
+        values.append(v)
         j += 1
       }
-      if nibbles.count >= minDecodeChars * 2 {
+      if values.count >= minDecodeChars * 2 {
         if settings.decodeHex {
           for align in 0..<2 {
             var out: [UInt8] = []
-            out.reserveCapacity(nibbles.count / 2)
+            out.reserveCapacity(values.count / 2)
             var k = align
-            while k + 1 < nibbles.count {
-              out.append(nibbles[k] << 4 | nibbles[k + 1])
+            while k + 1 < values.count {
+              out.append(values[k] << 4 | values[k + 1])
               k += 2
             }
             if let f = scan(out, location: location, decoded: "hex") { return f }
           }
         }
         // Hex carries 4 bits per character where base64 carries 6: the threshold moves down by 2.
-        if settings.highEntropy.enabled, nibbles.count >= settings.highEntropy.minLength {
-          let bits = Self.entropy(nibbles, symbols: 16)
+        if settings.highEntropy.enabled, values.count >= settings.highEntropy.minLength {
+          let bits = Self.entropy(values, symbols: 16)
           if bits >= settings.highEntropy.minBitsPerChar - 2 {
             return Finding(
               reason: .highEntropy, location: location,
-              detail: "hex run of \(nibbles.count) characters at \(String(format: "%.2f", bits)) bits per character")
+              detail: "hex run of \(values.count) characters at \(String(format: "%.2f", bits)) bits per character")
           }
         }
       }

@@ -109,16 +109,28 @@ public final class WeightIndex: Sendable {
   /// The source of the first indexed window found in `bytes`, if any.
   public func firstMatch(in bytes: UnsafeRawBufferPointer) -> String? {
     guard !sorted.isEmpty, bytes.count >= window else { return nil }
-    var h: UInt64 = 0
-    for i in 0..<window { h = h &* base &+ table[Int(bytes[i])] }
-    var i = window
-    while true {
-      let slot = Int(h >> bitmapShift)
-      if bitmap[slot >> 6] & (1 << UInt64(slot & 63)) != 0, let owner = lookup(h) { return sources[Int(owner)] }
-      guard i < bytes.count else { return nil }
-      h = (h &- table[Int(bytes[i - window])] &* basePow) &* base &+ table[Int(bytes[i])]
-      i += 1
+    // Raw pointers in the hot loop: one multiply-add, one table load and one bitmap probe per byte.
+    let hit: UInt64? = table.withUnsafeBufferPointer { t in
+      bitmap.withUnsafeBufferPointer { map -> UInt64? in
+        let base = self.base
+        let basePow = self.basePow
+        let shift = bitmapShift
+        let window = self.window
+        let count = bytes.count
+        var h: UInt64 = 0
+        for i in 0..<window { h = h &* base &+ t[Int(bytes[i])] }
+        var i = window
+        while true {
+          let slot = Int(truncatingIfNeeded: h >> shift)
+          if map[slot &>> 6] & (1 &<< UInt64(slot & 63)) != 0, lookup(h) != nil { return h }
+          guard i < count else { return nil }
+          h = (h &- t[Int(bytes[i &- window])] &* basePow) &* base &+ t[Int(bytes[i])]
+          i &+= 1
+        }
+      }
     }
+    guard let hit, let owner = lookup(hit) else { return nil }
+    return sources[Int(owner)]
   }
 
   public func firstMatch(in bytes: [UInt8]) -> String? {

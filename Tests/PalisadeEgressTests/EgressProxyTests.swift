@@ -23,6 +23,18 @@ struct EgressProxyTests {
     await h.stop()
   }
 
+  @Test("the Unix socket listener applies the same policy")
+  func unixSocket() async throws {
+    let h = try await Harness()
+    let client = EgressClient(proxy: .unix(path: h.directory.appendingPathComponent("proxy.sock").path))
+    let ok = try await client.send(OutboundRequest(url: h.url("/ingest/u"), body: Array("via unix".utf8)))
+    #expect(ok.status == 200)
+    let refused = try await client.send(OutboundRequest(url: h.url("/ingest/u"), body: Array(h.configuredCanary.utf8)))
+    #expect(refused.status == 403 && refused.blockedReason == "canary")
+    #expect(h.upstream.received.map(\.uri) == ["/ingest/u"])
+    await h.stop()
+  }
+
   @Test("a disallowed host, port, method or path is refused before anything is sent")
   func disallowed() async throws {
     let h = try await Harness()
@@ -156,6 +168,56 @@ struct EgressProxyTests {
     #expect(status == 403)
     #expect(headers.contains { $0.0 == "x-palisade-egress-block" && $0.1 == "destination" })
     #expect(h.upstream.received.isEmpty)
+    await h.stop()
+  }
+
+  @Test("the alert webhook receives the event through the sidecar; a refused alert raises no further alert")
+  func alertWebhook() async throws {
+    let h = try await Harness(extraConfig: "alert_webhook: https://localhost:UPSTREAM_PORT/alerts")
+    let r = try await h.send(h.url("/ingest/x"), body: Array(h.configuredCanary.utf8))
+    #expect(r.blockedReason == "canary")
+    try await waitUntil { h.upstream.received.count >= 1 }
+    let alert = try #require(h.upstream.received.first)
+    #expect(alert.uri == "/alerts" && alert.method == "POST")
+    let event = try JSONDecoder().decode(EgressEvent.self, from: Data(alert.body))
+    #expect(event.reason == "canary" && event.location == "body")
+    #expect(!String(decoding: alert.body, as: UTF8.self).contains(h.configuredCanary))
+    await h.stop()
+
+    // An inspection rule that matches every event: the alert is refused, logged and counted, and that is all.
+    let looping = try await Harness(
+      extraConfig: "alert_webhook: https://localhost:UPSTREAM_PORT/alerts",
+      canaryExtra: #"'"schema":"palisade.egress/v1"'"#)
+    _ = try await looping.send(looping.url("/ingest/x"), body: Array(looping.configuredCanary.utf8))
+    #expect(looping.events.next()?.reason == "canary")
+    try await waitUntil {
+      String(decoding: looping.proxy.metrics.render(), as: UTF8.self).contains(#"channel="webhook",result="failed"} 1"#)
+    }
+    try await Task.sleep(for: .milliseconds(200))
+    #expect(looping.upstream.received.isEmpty)
+    #expect(looping.events.next(timeoutSeconds: 1) == nil)
+    let text = String(decoding: looping.proxy.metrics.render(), as: UTF8.self)
+    #expect(text.contains(#"palisade_egress_requests_total{result="blocked",reason="canary",destination="local"} 2"#))
+    await looping.stop()
+  }
+
+  @Test("a destination that allows CONNECT gets an uninspected tunnel (curl through it), counted")
+  func connectAllowed() async throws {
+    let h = try await Harness(destinationExtras: """
+        - {name: tunnel, host: 127.0.0.1, port: UPSTREAM_PORT, allow_private: true, allow_connect: true}
+      """)
+    let (status, output) = try run([
+      "curl", "-sS", "--max-time", "20", "--proxytunnel", "-x", "http://127.0.0.1:\(h.proxy.bound.port ?? 0)",
+      "--cacert", h.pki.path("server-ca.pem"), "-d", "hello", "https://127.0.0.1:\(h.upstream.port)/anything",
+    ])
+    #expect(status == 0, "\(output)")
+    #expect(output.hasSuffix("ok 5"), "\(output)")
+    #expect(h.upstream.received.map(\.uri) == ["/anything"])
+    let text = String(decoding: h.proxy.metrics.render(), as: UTF8.self)
+    #expect(text.contains(#"palisade_egress_connect_tunnels_total{destination="tunnel"} 1"#))
+    // The same host on the same port without allow_connect for another name: refused.
+    let (refused, _) = try await rawRequest(port: h.proxy.bound.port ?? 0, method: .CONNECT, uri: "localhost:\(h.upstream.port)")
+    #expect(refused == 403)
     await h.stop()
   }
 

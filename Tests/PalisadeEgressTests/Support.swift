@@ -102,7 +102,9 @@ final class Harness: @unchecked Sendable {
   var proxy: EgressProxy!
   var task: Task<Void, any Error>?
 
-  init(extraConfig: String = "", destinationExtras: String = "", maxBody: Int = 1 << 20) async throws {
+  init(extraConfig: String = "", destinationExtras: String = "", canaryExtra: String? = nil, maxBody: Int = 1 << 20)
+    async throws
+  {
     pki = try TestPKI()
     upstream = try TestHTTPSServer(pki: pki)
     directory = FileManager.default.temporaryDirectory.appendingPathComponent("palisade-egress-\(UUID().uuidString)")
@@ -115,7 +117,7 @@ final class Harness: @unchecked Sendable {
     try Data(manifest.utf8).write(to: bundle.appendingPathComponent("manifest.json"))
     events = try EventSink(path: directory.appendingPathComponent("events.sock").path)
     let yaml = """
-      listen: {host: 127.0.0.1, port: 0}
+      listen: {host: 127.0.0.1, port: 0, unix_socket: \(directory.appendingPathComponent("proxy.sock").path)}
       admin: {host: 127.0.0.1, port: 0}
       tls: {ca_file: \(pki.path("server-ca.pem"))}
       limits: {max_body_bytes: \(maxBody)}
@@ -128,10 +130,10 @@ final class Harness: @unchecked Sendable {
           allow_private: true
       \(destinationExtras.replacingOccurrences(of: "UPSTREAM_PORT", with: String(upstream.port)))
       inspection:
-        canary_tokens: [\(configuredCanary)]
+        canary_tokens: [\(configuredCanary)\(canaryExtra.map { ", " + $0 } ?? "")]
         bundle_directories: [\(directory.appendingPathComponent("models").path)]
       report_socket: \(events.path)
-      \(extraConfig)
+      \(extraConfig.replacingOccurrences(of: "UPSTREAM_PORT", with: String(upstream.port)))
       """
     let config = try EgressConfig.parse(yaml)
     var logger = Logger(label: "egress-test")
@@ -186,8 +188,10 @@ final class EventSink: @unchecked Sendable {
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
   }
 
-  /// The next event (waits up to 5 s).
-  func next() -> EgressEvent? {
+  /// The next event (waits up to `timeoutSeconds`).
+  func next(timeoutSeconds: Int = 5) -> EgressEvent? {
+    var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var buffer = [UInt8](repeating: 0, count: 65_536)
     let n = recv(fd, &buffer, buffer.count, 0)
     guard n > 0 else { return nil }

@@ -12,7 +12,9 @@ import NIOPosix
 import NIOSSL
 import PalisadeEgress
 import PalisadeOutbound
-import PalisadeTestSupport
+import Crypto
+import SwiftASN1
+import X509
 
 /// The destination: answers 200 with the body length.
 final class Upstream: ChannelInboundHandler, @unchecked Sendable {
@@ -31,6 +33,43 @@ final class Upstream: ChannelInboundHandler, @unchecked Sendable {
       context.write(wrapOutboundOut(.body(.byteBuffer(reply))), promise: nil)
       context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
+  }
+}
+
+/// A throwaway CA and a server certificate for localhost/127.0.0.1, written to a temp directory (keys never leave it).
+struct BenchPKI {
+  let directory: URL
+  func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+  init() throws {
+    directory = FileManager.default.temporaryDirectory.appendingPathComponent("egress-bench-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let caKey = P256.Signing.PrivateKey()
+    let caName = try DistinguishedName { CommonName("Egress Bench CA") }
+    let ca = try Certificate(
+      version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: Certificate.PublicKey(caKey.publicKey),
+      notValidBefore: Date().addingTimeInterval(-3600), notValidAfter: Date().addingTimeInterval(86_400),
+      issuer: caName, subject: caName, signatureAlgorithm: .ecdsaWithSHA256,
+      extensions: try Certificate.Extensions {
+        Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
+        Critical(KeyUsage(keyCertSign: true))
+      },
+      issuerPrivateKey: Certificate.PrivateKey(caKey))
+    let key = P256.Signing.PrivateKey()
+    let leaf = try Certificate(
+      version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: Certificate.PublicKey(key.publicKey),
+      notValidBefore: Date().addingTimeInterval(-3600), notValidAfter: Date().addingTimeInterval(86_400),
+      issuer: caName, subject: try DistinguishedName { CommonName("localhost") }, signatureAlgorithm: .ecdsaWithSHA256,
+      extensions: try Certificate.Extensions {
+        Critical(BasicConstraints.notCertificateAuthority)
+        SubjectAlternativeNames([.dnsName("localhost"), .ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1]))])
+        try ExtendedKeyUsage([.serverAuth])
+      },
+      issuerPrivateKey: Certificate.PrivateKey(caKey))
+    try ca.serializeAsPEM().pemString.write(toFile: path("server-ca.pem"), atomically: true, encoding: .utf8)
+    try leaf.serializeAsPEM().pemString.write(toFile: path("server.pem"), atomically: true, encoding: .utf8)
+    try key.pemRepresentation.write(toFile: path("server.key"), atomically: true, encoding: .utf8)
+    try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path("server.key"))
   }
 }
 
@@ -83,7 +122,8 @@ func measure(_ body: [UInt8], requests: Int, concurrency: Int, _ send: @escaping
 @main
 enum EgressBench {
   static func main() async throws {
-    let pki = try TestPKI()
+    let pki = try BenchPKI()
+    defer { try? FileManager.default.removeItem(at: pki.directory) }
     let serverTLS = try NIOSSLContext(
       configuration: .makeServerConfiguration(
         certificateChain: try NIOSSLCertificate.fromPEMFile(pki.path("server.pem")).map { .certificate($0) },
@@ -124,6 +164,8 @@ enum EgressBench {
     var logger = Logger(label: "egress-bench")
     logger.logLevel = .error
     let proxy = try EgressProxy(config: config, logger: logger)
+    let fingerprints = try BundleFingerprints.load(
+      directories: config.inspection.bundleDirectories, settings: config.inspection.weights)
     let proxyTask = Task { try await proxy.run() }
     while proxy.bound.port == nil { try await Task.sleep(for: .milliseconds(10)) }
     let proxyPort = proxy.bound.port ?? 0
@@ -177,7 +219,32 @@ enum EgressBench {
       // Printable random text: the kind of body audit shipping sends, and every base64/hex decoder runs on it.
       let alphabet = Array("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 {}\":,.\n".utf8)
       let body = (0..<size).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] }
-      let d = try await measure(body, requests: n, concurrency: concurrency, direct)
+      // The inspection alone (same settings and fingerprints as the proxy), to separate it from the network hop.
+  let inspector = Inspector(
+    settings: config.inspection, canaries: fingerprints.canaries, weights: fingerprints.weights)
+  let inspectStart = ContinuousClock.now
+  for _ in 0..<10 { precondition(inspector.inspect(uri: "/ingest", headers: [], body: body) == nil, "benign body flagged") }
+  let inspectMs = (ContinuousClock.now - inspectStart) / 10
+  let ms = Double(inspectMs.components.attoseconds) / 1e15 + Double(inspectMs.components.seconds) * 1e3
+  print(String(format: "inspection alone, %@: %.3f ms per request", label, ms))
+  if CommandLine.arguments.contains("--breakdown") {
+    for (name, tweak) in [
+      ("no base64 decoding", { (s: inout EgressConfig.Inspection) in s.decodeBase64 = false }),
+      ("no hex decoding", { (s: inout EgressConfig.Inspection) in s.decodeHex = false }),
+      ("no runs at all", { (s: inout EgressConfig.Inspection) in s.decodeHex = false; s.decodeBase64 = false; s.highEntropy.enabled = false }),
+    ] {
+      var settings = config.inspection
+      tweak(&settings)
+      let i = Inspector(settings: settings, canaries: fingerprints.canaries, weights: fingerprints.weights)
+      let t0 = ContinuousClock.now
+      for _ in 0..<10 { _ = i.inspect(uri: "/ingest", headers: [], body: body) }
+      print("  \(name): \((ContinuousClock.now - t0) / 10)")
+    }
+    let t0 = ContinuousClock.now
+    for _ in 0..<10 { _ = fingerprints.weights?.firstMatch(in: body) }
+    print("  weights alone: \((ContinuousClock.now - t0) / 10)")
+  }
+  let d = try await measure(body, requests: n, concurrency: concurrency, direct)
       let s = try await measure(body, requests: n, concurrency: concurrency, viaSidecar)
       for (path, r) in [("direct TLS", d), ("via sidecar", s)] {
         print(String(format: "| %@ | %@ | %.2f | %.2f | %.0f | %.1f |", label, path, r.p50, r.p99, r.rps, r.mbps))
