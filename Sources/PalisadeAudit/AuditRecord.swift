@@ -1,4 +1,5 @@
 public import Foundation
+import Crypto
 
 /// One audit record: one decision of the server (a call allowed or denied, a model loaded or refused, a reload, a
 /// quarantine, an egress block, an integrity failure). It carries digests and identifiers, never tensor data,
@@ -94,6 +95,18 @@ public struct AuditRecord: Codable, Sendable, Equatable {
 
   /// `time` as a `Date`.
   public var time: Date { Date(timeIntervalSince1970: Double(timeMicros) / 1_000_000) }
+
+  /// Lowercase hex SHA-256 of `bytes`, the form of `inputSHA256`, `outputSHA256` and the other digests.
+  public static func sha256Hex(_ bytes: some DataProtocol) -> String {
+    let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(64)
+    for b in SHA256.hash(data: bytes) {
+      out.append(digits[Int(b >> 4)])
+      out.append(digits[Int(b & 15)])
+    }
+    return String(decoding: out, as: UTF8.self)
+  }
 
   enum CodingKeys: String, CodingKey, CaseIterable {
     case kind, time, principal, rpc, model, version, status, reason, details
