@@ -1,4 +1,5 @@
 public import Foundation
+import Crypto
 
 /// One audit record: one decision of the server (a call allowed or denied, a model loaded or refused, a reload, a
 /// quarantine, an egress block, an integrity failure). It carries digests and identifiers, never tensor data,
@@ -95,6 +96,18 @@ public struct AuditRecord: Codable, Sendable, Equatable {
   /// `time` as a `Date`.
   public var time: Date { Date(timeIntervalSince1970: Double(timeMicros) / 1_000_000) }
 
+  /// Lowercase hex SHA-256 of `bytes`, the form of `inputSHA256`, `outputSHA256` and the other digests.
+  public static func sha256Hex(_ bytes: some DataProtocol) -> String {
+    let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(64)
+    for b in SHA256.hash(data: bytes) {
+      out.append(digits[Int(b >> 4)])
+      out.append(digits[Int(b & 15)])
+    }
+    return String(decoding: out, as: UTF8.self)
+  }
+
   enum CodingKeys: String, CodingKey, CaseIterable {
     case kind, time, principal, rpc, model, version, status, reason, details
     case certificateThumbprint = "cert_sha256"
@@ -154,48 +167,61 @@ public struct AuditRecord: Codable, Sendable, Equatable {
   /// The canonical JSON bytes: the Merkle leaf data. Hand-written rather than JSONEncoder so that it is
   /// deterministic by construction and cheap on the request path.
   public func canonicalJSON() -> [UInt8] {
-    var fields: [(String, JSONValue)] = [("kind", .string(kind.description)), ("time", .string(RFC3339Micros.format(timeMicros)))]
-    func add(_ key: CodingKeys, _ value: String?) { if let value { fields.append((key.rawValue, .string(value))) } }
-    add(.principal, principal)
-    add(.certificateThumbprint, certificateThumbprint)
-    add(.tokenID, tokenID)
-    add(.rpc, rpc)
-    add(.model, model)
-    add(.version, version)
-    add(.manifestDigest, manifestDigest)
-    add(.inputSHA256, inputSHA256)
-    add(.outputSHA256, outputSHA256)
-    add(.status, status)
-    add(.reason, reason)
-    add(.requestID, requestID)
-    if let latencyMicros { fields.append((CodingKeys.latencyMicros.rawValue, .integer(latencyMicros))) }
-    if !details.isEmpty { fields.append((CodingKeys.details.rawValue, .object(details))) }
-    fields.sort { Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8)) }
     var out: [UInt8] = []
-    out.reserveCapacity(512)
-    out.append(UInt8(ascii: "{"))
-    for (i, (key, value)) in fields.enumerated() {
-      if i > 0 { out.append(UInt8(ascii: ",")) }
-      CanonicalJSON.appendString(key, to: &out)
-      out.append(UInt8(ascii: ":"))
-      switch value {
-      case .string(let s): CanonicalJSON.appendString(s, to: &out)
-      case .integer(let n): out.append(contentsOf: String(n).utf8)
-      case .object(let map):
-        out.append(UInt8(ascii: "{"))
-        let keys = map.keys.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
-        for (j, k) in keys.enumerated() {
-          if j > 0 { out.append(UInt8(ascii: ",")) }
-          CanonicalJSON.appendString(k, to: &out)
-          out.append(UInt8(ascii: ":"))
-          CanonicalJSON.appendString(map[k] ?? "", to: &out)
-        }
-        out.append(UInt8(ascii: "}"))
-      }
+    out.reserveCapacity(640)
+    var first = true
+    // Fields in the byte order of their keys (checked by a test), so nothing is sorted per record.
+    func key(_ k: StaticString) {
+      out.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
+      first = false
+      out.append(UInt8(ascii: "\""))
+      k.withUTF8Buffer { out.append(contentsOf: $0) }
+      out.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
     }
+    func string(_ k: StaticString, _ value: String?) {
+      guard let value else { return }
+      key(k)
+      CanonicalJSON.appendString(value, to: &out)
+    }
+    string("cert_sha256", certificateThumbprint)
+    if !details.isEmpty {
+      key("details")
+      out.append(UInt8(ascii: "{"))
+      let keys = details.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+      for (j, k) in keys.enumerated() {
+        if j > 0 { out.append(UInt8(ascii: ",")) }
+        CanonicalJSON.appendString(k, to: &out)
+        out.append(UInt8(ascii: ":"))
+        CanonicalJSON.appendString(details[k] ?? "", to: &out)
+      }
+      out.append(UInt8(ascii: "}"))
+    }
+    string("input_sha256", inputSHA256)
+    string("kind", kind.description)
+    if let latencyMicros {
+      key("latency_us")
+      out.append(contentsOf: String(latencyMicros).utf8)
+    }
+    string("manifest_sha256", manifestDigest)
+    string("model", model)
+    string("output_sha256", outputSHA256)
+    string("principal", principal)
+    string("reason", reason)
+    string("request_id", requestID)
+    string("rpc", rpc)
+    string("status", status)
+    string("time", RFC3339Micros.format(timeMicros))
+    string("token_id", tokenID)
+    string("version", version)
     out.append(UInt8(ascii: "}"))
     return out
   }
+
+  /// The JSON keys in the order `canonicalJSON()` writes them.
+  static let keyOrder = [
+    "cert_sha256", "details", "input_sha256", "kind", "latency_us", "manifest_sha256", "model", "output_sha256",
+    "principal", "reason", "request_id", "rpc", "status", "time", "token_id", "version",
+  ]
 
   /// Decodes canonical JSON and refuses anything that is not exactly what `canonicalJSON()` would write
   /// (reordered keys, whitespace, other escapes, unknown fields), so a record has one byte form.
@@ -208,12 +234,6 @@ public struct AuditRecord: Codable, Sendable, Equatable {
       throw AuditError.malformedRecord("record JSON is not in canonical form (sorted keys, no whitespace, JCS escapes, no unknown fields)")
     }
     return record
-  }
-
-  private enum JSONValue {
-    case string(String)
-    case integer(Int64)
-    case object([String: String])
   }
 }
 
@@ -259,11 +279,34 @@ enum RFC3339Micros {
     let d = doy - (153 * mp + 2) / 5 + 1
     let m = mp < 10 ? mp + 3 : mp - 9
     let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
-    func pad(_ v: Int64, _ width: Int) -> String {
-      let s = String(v)
-      return String(repeating: "0", count: max(0, width - s.count)) + s
+    var b: [UInt8] = []
+    b.reserveCapacity(27)
+    func digits(_ v: Int64, _ width: Int) {
+      var v = v
+      var tmp = [UInt8](repeating: 0x30, count: width)
+      var i = width - 1
+      while i >= 0 {
+        tmp[i] = UInt8(0x30 + v % 10)
+        v /= 10
+        i -= 1
+      }
+      b.append(contentsOf: tmp)
     }
-    return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secOfDay / 3600, 2)):\(pad(secOfDay / 60 % 60, 2)):\(pad(secOfDay % 60, 2)).\(pad(frac, 6))Z"
+    digits(y, 4)
+    b.append(UInt8(ascii: "-"))
+    digits(m, 2)
+    b.append(UInt8(ascii: "-"))
+    digits(d, 2)
+    b.append(UInt8(ascii: "T"))
+    digits(secOfDay / 3600, 2)
+    b.append(UInt8(ascii: ":"))
+    digits(secOfDay / 60 % 60, 2)
+    b.append(UInt8(ascii: ":"))
+    digits(secOfDay % 60, 2)
+    b.append(UInt8(ascii: "."))
+    digits(frac, 6)
+    b.append(UInt8(ascii: "Z"))
+    return String(decoding: b, as: UTF8.self)
   }
 
   static func parse(_ s: String) -> Int64? {

@@ -13,7 +13,8 @@ struct AuditCommand: AsyncParsableCommand {
     abstract: "Verify the audit log, print inclusion and consistency proofs, make audit keys.",
     discussion: """
       The log is a directory of segments and a checkpoints file (docs/audit.md). Exit status: 0 on success,
-      1 when the log or a proof does not verify (the first bad record, file and offset are named), 2 on usage errors.
+      1 when the log or a proof does not verify (the first bad record, file and offset are named), 64 on usage
+      errors (bad options, an unreadable key).
       """,
     subcommands: [Verify.self, Prove.self, Consistency.self, Keygen.self, AppendBench.self]
   )

@@ -102,6 +102,29 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     #expect(Merkle.verifyConsistency(firstSize: 150, firstRoot: c.firstRoot, secondSize: 151, secondRoot: c.secondRoot, proof: c.proof))
   }
 
+  /// Checkpoints come on time even when no more records arrive (and, in batched mode, only after the interval
+  /// fsync made the records durable). A liveness poll with a generous bound, not a timing assertion.
+  @Test(arguments: [AuditConfiguration.Durability.sync, .batched])
+  func idleLogsAreCheckpointedAfterTheInterval(mode: AuditConfiguration.Durability) async throws {
+    let scratch = try Scratch()
+    var config = AuditConfiguration(directory: scratch.log, keyFile: "")
+    config.durability = mode
+    config.checkpointEveryRecords = 1000
+    config.checkpointInterval = .milliseconds(200)
+    config.batchInterval = .milliseconds(50)
+    let log = try AuditLog.open(configuration: config, key: key)
+    for i in 0..<3 { _ = try await log.append(record(i)) }
+    let deadline = ContinuousClock.now + .seconds(30)
+    while log.latestCheckpoint()?.treeSize != 3 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+    #expect(log.latestCheckpoint()?.treeSize == 3)
+    // Nothing new: no further checkpoint.
+    let cps = try framesOf(scratch.log + "/" + LogFiles.checkpoints).frames.count
+    #expect(cps == 1)
+    await log.close()
+    #expect(try framesOf(scratch.log + "/" + LogFiles.checkpoints).frames.count == 1)
+    #expect(verifyFailure(scratch.log, key.verifyingKey) == nil)
+  }
+
   @Test func oneWriterPerDirectory() async throws {
     let scratch = try Scratch()
     let log = try makeLog(scratch.log, key: key)

@@ -158,6 +158,22 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
     #expect(AuditRecord.Kind("egress_block") == .egressBlock && AuditRecord.Kind("future_kind") == .other("future_kind"))
   }
 
+  @Test func sha256HexIsLowercaseHex() {
+    #expect(AuditRecord.sha256Hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+  }
+
+  @Test func keysAreWrittenInByteOrder() {
+    #expect(AuditRecord.keyOrder == AuditRecord.keyOrder.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) })
+    #expect(Set(AuditRecord.keyOrder) == Set(AuditRecord.CodingKeys.allCases.map(\.rawValue)))
+    let full = AuditRecord(
+      kind: .call, principal: "p", certificateThumbprint: "c", tokenID: "t", rpc: "r", model: "m", version: "v",
+      manifestDigest: "d", inputSHA256: "i", outputSHA256: "o", status: "s", reason: "why", latencyMicros: 1, requestID: "q",
+      details: ["k": "v"])
+    let object = (try? JSONSerialization.jsonObject(with: Data(full.canonicalJSON()))) as? [String: Any]
+    #expect(object?.count == AuditRecord.keyOrder.count)
+    #expect((try? AuditRecord.decodeCanonical(full.canonicalJSON())) == full)
+  }
+
   @Test func nonCanonicalFormsAreRefused() {
     for text in [
       #"{"kind":"call", "time":"2025-11-27T05:08:07.123456Z"}"#,
