@@ -23,6 +23,11 @@ deps:
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@# kubectl renders the Kubernetes manifests in the deploy tests (any kubectl; Debian's is kubernetes-client).
+	@if ! command -v kubectl >/dev/null; then \
+	  echo "installing Debian package: kubernetes-client (kubectl)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client; \
+	fi
 
 $(VENV)/.installed: Tests/Interop/requirements.txt
 	$(PYTHON) -m venv $(VENV)
