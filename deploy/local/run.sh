@@ -12,7 +12,8 @@ bin=${PALISADE_BIN:-"$(swift build --show-bin-path)/palisade"}
 config=${1:-deploy/local/palisade.yaml}
 [ -x "$bin" ] || { echo "run.sh: $bin not found; run make build" >&2; exit 1; }
 
-has_egress() { "$bin" egress --help >/dev/null 2>&1; }
+# The subcommand list in the root help (`palisade egress --help` would print the root help and exit 0 without it).
+has_egress() { "$bin" --help 2>/dev/null | grep -qE '^[[:space:]]+egress([[:space:]]|$)'; }
 mode=netns
 why=""
 if [ "${PALISADE_NETNS:-1}" = 0 ]; then why="PALISADE_NETNS=0"
