@@ -128,6 +128,8 @@ enum HTTPProbe {
     _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
+      // With SO_SNDTIMEO, a connect that times out fails with EINPROGRESS.
+      if errno == EINPROGRESS || errno == EAGAIN { throw Failure(description: "connect: timed out after \(timeoutSeconds)s") }
       throw Failure(description: "connect: \(String(cString: strerror(errno)))")
     }
     let request = Array("GET \(url.path) HTTP/1.0\r\nHost: \(url.host):\(url.port)\r\nUser-Agent: palisade-probe\r\n\r\n".utf8)

@@ -296,5 +296,11 @@ final class LoggedProcess: @unchecked Sendable {
     return process.isRunning ? -1 : process.terminationStatus
   }
 
-  func kill() { if process.isRunning { process.terminate() } }
+  /// SIGKILL and reap: children inherit the test process's ignored SIGTERM (swift-service-lifecycle ignores it
+  /// to watch it), so helpers like Python's http.server would outlive a plain terminate().
+  func kill() {
+    guard process.isRunning else { return }
+    Foundation.kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+  }
 }
