@@ -14,7 +14,7 @@ static=${1:?usage: image_runtime.sh STATIC_BINARY CLIENT_BINARY}
 client=${2:?usage: image_runtime.sh STATIC_BINARY CLIENT_BINARY}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "$(id -u)" != 0 ]; then echo "SKIP: the image runtime test needs root (unshare, mount, chroot)"; exit 77; fi
-for tool in unshare chroot mount ldd openssl; do
+for tool in unshare nsenter chroot mount ldd openssl; do
   command -v "$tool" >/dev/null || { echo "SKIP: $tool is not installed"; exit 77; }
 done
 fail() { echo "FAIL: $*" >&2; [ -f "${work:-}/serve.log" ] && tail -20 "$work/serve.log" >&2; exit 1; }
@@ -23,6 +23,10 @@ work=$(mktemp -d /tmp/palisade-image.XXXXXX)
 inner=""
 runner=""
 cleanup() {
+  # The server is PID 1 of its PID namespace: killing it ends the namespace. (unshare's --kill-child does not
+  # reach it: the death signal is cleared when chroot --userspec changes credentials.)
+  if [ -n "$runner" ] && [ -z "$inner" ]; then inner=$(cat "/proc/$runner/task/$runner/children" 2>/dev/null | awk '{print $1}'); fi
+  if [ -n "$inner" ]; then kill -KILL "$inner" 2>/dev/null || true; fi
   if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then kill -KILL "$runner" 2>/dev/null || true; fi
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -36,11 +40,11 @@ ldd "$static" | sed 's/^/  /'
 if ldd "$static" | grep -q 'libswift\|libFoundation'; then fail "the binary links the Swift runtime dynamically"; fi
 "$repo/deploy/container/make-rootfs.sh" "$static" "$root"
 for shell in bin/sh bin/bash usr/bin/sh usr/bin/env; do [ ! -e "$root/$shell" ] || fail "the root filesystem has /$shell"; done
-unexpected=$(cd "$root" && find . -type f | grep -v -E '^\./(usr/local/bin/palisade|etc/(passwd|group|nsswitch\.conf|ld\.so\.(conf|cache))|(usr/)?lib(64|/x86_64-linux-gnu|/aarch64-linux-gnu)?/[^/]+)$' || true)
+unexpected=$(cd "$root" && find . -type f | grep -v -E '^\./(usr/local/bin/palisade|etc/(passwd|group|nsswitch\.conf|ld\.so\.(conf|cache)|ssl/certs/ca-certificates\.crt)|(usr/)?lib(64|/x86_64-linux-gnu|/aarch64-linux-gnu)?/[^/]+)$' || true)
 [ -z "$unexpected" ] || fail "the root filesystem holds more than the binary, its libraries and /etc: $unexpected"
 
 # 2. What the pod mounts: config, policy, credentials (a fresh dev PKI), a signed bundle.
-"$repo/certs/make-dev-pki.sh" "$work/pki" 2 >/dev/null
+"$repo/certs/make-dev-pki.sh" "$work/pki" 2 >/dev/null 2>&1
 mkdir -p "$root/etc/palisade/tls" "$root/etc/palisade/trust" "$root/etc/palisade/policy" "$root/etc/palisade/config"
 cp "$work/pki/server.pem" "$root/etc/palisade/tls/tls.crt"
 cp "$work/pki/ca-bundle.pem" "$root/etc/palisade/tls/ca.crt"
@@ -119,7 +123,8 @@ inner=$(cat "/proc/$runner/task/$runner/children" 2>/dev/null | awk '{print $1}'
 [ -n "$inner" ] || fail "cannot find the server process"
 uid=$(awk '/^Uid:/ {print $2 ":" $3 ":" $4 ":" $5}' "/proc/$inner/status")
 [ "$uid" = "65532:65532:65532:65532" ] || fail "the server runs as UID $uid, not 65532"
-[ "$(readlink "/proc/$inner/exe")" = /usr/local/bin/palisade ] || fail "the server is $(readlink "/proc/$inner/exe")"
+# Seen from outside, the executable is the one in the root filesystem (paths print as the host sees them).
+[ "$(readlink "/proc/$inner/exe")" = "$root/usr/local/bin/palisade" ] || fail "the server is $(readlink "/proc/$inner/exe")"
 if touch "/proc/$inner/root/usr/local/bin/written" 2>/dev/null; then fail "the root filesystem is writable"; fi
 echo "serving in the root filesystem as UID 65532 (pid $inner) on 127.0.0.1:$port, admin :$admin"
 
@@ -144,14 +149,19 @@ fi
 [ -f "/proc/$inner/root/var/lib/palisade/state/accepted-versions.json" ] || fail "no state file on the writable mount"
 
 # 5. The image's HEALTHCHECK, run inside the root filesystem as the image user (same network namespace).
-chroot --userspec=65532:65532 "$root" /usr/local/bin/palisade call health --url "http://127.0.0.1:$admin/readyz" \
-  || fail "the HEALTHCHECK command failed inside the root filesystem"
+# nsenter: the server's mount and PID namespaces and root, so /proc is there as in a container (Swift reads the
+# arguments from /proc/self/cmdline; without /proc a command sees none).
+health=$(nsenter --target "$inner" --mount --pid --root --wd --setuid 65532 --setgid 65532 -- \
+  /usr/local/bin/palisade call health --url "http://127.0.0.1:$admin/readyz") \
+  || fail "the HEALTHCHECK command failed inside the root filesystem: $health"
+[ "$health" = "200 ready" ] || fail "the HEALTHCHECK command answered '$health'"
 
 # 6. SIGTERM: drain and exit 0.
 kill -TERM "$inner"
 status=0
 wait "$runner" || status=$?
 runner=""
+inner=""
 [ "$status" = 0 ] || fail "palisade serve exited $status after SIGTERM"
 grep -q '"palisade serving"' "$work/serve.log"
 echo "image runtime OK"

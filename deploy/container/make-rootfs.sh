@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Assembles the runtime root filesystem of the Palisade image: the `palisade` binary, the shared libraries it
 # needs (per ldd, copied from the machine that built it, so glibc and the rest match exactly), the dynamic loader,
-# /etc/passwd and /etc/group lines for the two non-root users, and the empty directories the manifests mount over.
-# Nothing else: no shell, no package manager, no CA store. The Containerfile runs this in its builder stage and
+# the CA store, /etc/passwd and /etc/group lines for the two non-root users, and the empty directories the
+# manifests mount over. Nothing else: no shell, no package manager. The Containerfile runs this in its builder stage and
 # copies the result into `scratch`; the image runtime test runs it to build the same tree for a chroot.
 #
 #   deploy/container/make-rootfs.sh BINARY OUT_DIR
@@ -33,6 +33,19 @@ if command -v ldconfig >/dev/null; then
   mkdir -p "$out/etc"
   printf '%s\n' $dirs > "$out/etc/ld.so.conf"
   ldconfig -r "$out" 2>/dev/null || true
+fi
+
+# The CA store: the egress sidecar verifies the destinations it reaches with it (tls.ca_file unset), and the
+# server's TLS library loads the platform trust store when it builds a context (without one, `serve` fails with
+# "unknownError([])", although client certificates are verified only against client_ca_bundle).
+ca_store=/etc/ssl/certs/ca-certificates.crt
+if [ -f "$ca_store" ]; then
+  mkdir -p "$out/etc/ssl/certs"
+  cp -L "$ca_store" "$out$ca_store"
+  chmod 0644 "$out$ca_store"
+else
+  echo "make-rootfs.sh: $ca_store not found (apt-get install ca-certificates): palisade serve needs a CA store" >&2
+  exit 1
 fi
 
 cat > "$out/etc/passwd" <<PASSWD
