@@ -17,6 +17,8 @@ command -v ldd >/dev/null || { echo "make-rootfs.sh: ldd is required" >&2; exit 
 
 mkdir -p "$out"/usr/local/bin "$out"/etc/palisade "$out"/var/lib/palisade "$out"/models "$out"/tmp
 install -m 0755 "$binary" "$out/usr/local/bin/palisade"
+# Symbols off (about 185 MB to a fraction; crash reports lose names). STRIP=0 keeps them.
+if [ "${STRIP:-1}" != 0 ] && command -v strip >/dev/null; then strip --strip-all "$out/usr/local/bin/palisade"; fi
 
 # Every absolute path ldd names (libraries and the loader), at the same path, links resolved.
 libs=$(ldd "$binary" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
