@@ -2,7 +2,8 @@
 # Makes Palisade's development PKI with openssl (ECDSA P-256, short validity). Keys are written with mode 600 and
 # only into the output directory (default certs/out, git-ignored); nothing here is ever committed.
 #
-#   root CA ── intermediate CA ─┬─ server        localhost, 127.0.0.1, ::1 (serverAuth)
+#   root CA ── intermediate CA ─┬─ server        localhost, 127.0.0.1, ::1, 10.231.0.2 (serverAuth; the last is
+#                               │                the local network namespace's, deploy/local/netns-up.sh)
 #                               ├─ client-a      spiffe://palisade.dev/ns/demo/sa/client-a (clientAuth)
 #                               └─ client-b      spiffe://palisade.dev/ns/demo/sa/client-b (clientAuth)
 #   rogue CA (unrelated) ────────── rogue-client spiffe://palisade.dev/ns/demo/sa/client-a (clientAuth)
@@ -66,7 +67,7 @@ leaf() { # name subject issuer extensions...
 ca root-ca "/O=Palisade Dev/CN=Palisade Dev Root CA"
 ca intermediate-ca "/O=Palisade Dev/CN=Palisade Dev Intermediate CA" root-ca
 leaf server "/O=Palisade Dev/CN=localhost" intermediate-ca \
-  "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
+  "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1,IP:10.231.0.2"
 leaf client-a "/O=Palisade Dev/CN=client-a" intermediate-ca \
   "extendedKeyUsage=clientAuth" "subjectAltName=URI:spiffe://palisade.dev/ns/demo/sa/client-a"
 leaf client-b "/O=Palisade Dev/CN=client-b" intermediate-ca \

@@ -9,12 +9,12 @@ import PalisadeProto
 struct CallCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "call",
-    abstract: "Call a Palisade server over mutual TLS (live, ready, metadata, infer).",
+    abstract: "Call a Palisade server over mutual TLS (live, ready, metadata, infer; health probes the admin port).",
     discussion: """
       The defaults use the dev PKI made by `make pki` (certs/out) and the demo address 127.0.0.1:8443.
       Errors print the gRPC status code and message and exit 1.
       """,
-    subcommands: [Live.self, Ready.self, Metadata.self, Infer.self]
+    subcommands: [Live.self, Ready.self, Metadata.self, Infer.self, Health.self]
   )
 
   struct Connection: ParsableArguments {

@@ -1,0 +1,306 @@
+import Foundation
+import PalisadeTestSupport
+import Synchronization
+import Testing
+
+/// The deployment artefacts (deploy/): the image definition, the Kubernetes manifests, the local network-namespace
+/// deployment, the admin-port probe the image and the pods use, and the image's runtime in a chroot.
+@Suite(.serialized) struct DeployTests {
+  static let checks = "\(repositoryRoot)/Tests/Deploy"
+  static var isRoot: Bool { getuid() == 0 }
+  static var ipTool: String? { ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) } }
+
+  // MARK: the image definition
+
+  @Test func containerfileLintAcceptsTheImageDefinition() async throws {
+    let r = try await ProcessTests.run("/usr/bin/python3", ["\(Self.checks)/check_containerfile.py"])
+    #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+    #expect(r.stdout.contains("containerfile OK"))
+  }
+
+  @Test(arguments: [
+    ("ENTRYPOINT [\"/usr/local/bin/palisade\"]", "ENTRYPOINT /usr/local/bin/palisade", "exec (JSON) form"),
+    ("CMD [\"serve\", \"--config\", \"/etc/palisade/palisade.yaml\"]", "CMD serve --config /etc/palisade/palisade.yaml",
+     "exec (JSON) form"),
+    ("USER 65532:65532", "USER palisade", "numeric"),
+    ("USER 65532:65532", "USER 0", "must not be root"),
+    ("COPY --from=build /rootfs/ /", "COPY --from=build /rootfs/ /\nRUN [\"/usr/local/bin/palisade\", \"--help\"]",
+     "RUN in the runtime stage"),
+    ("FROM scratch AS runtime", "FROM debian:bookworm-slim AS runtime", "must be minimal"),
+    ("swift build -c release --static-swift-stdlib", "swift build -c release", "--static-swift-stdlib"),
+    ("ARG SWIFT_IMAGE=swift:6.3", "ARG SWIFT_IMAGE=swift:5.10", "Swift 6.3"),
+    ("  CMD [\"/usr/local/bin/palisade\", \"call\", \"health\", \"--quiet\", \"--url\", \"http://127.0.0.1:9464/healthz\"]",
+     "  CMD curl -f http://127.0.0.1:9464/healthz", "HEALTHCHECK must use CMD in exec form"),
+  ])
+  func containerfileLintRefusesWhatTheImageMustNotBe(original: String, broken: String, message: String) async throws {
+    let text = try String(contentsOfFile: "\(repositoryRoot)/deploy/container/Containerfile", encoding: .utf8)
+    #expect(text.contains(original), "the Containerfile no longer contains \(original)")
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("containerfile-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let path = "\(dir)/Containerfile"
+    try text.replacingOccurrences(of: original, with: broken).write(toFile: path, atomically: true, encoding: .utf8)
+    let r = try await ProcessTests.run(
+      "/usr/bin/python3", ["\(Self.checks)/check_containerfile.py", path, "\(repositoryRoot)/.dockerignore"])
+    #expect(r.status == 1, "\(broken) was accepted: \(r.stdout)")
+    #expect(r.stdout.contains(message), "\(r.stdout)")
+  }
+
+  @Test func containerfileLintRequiresADockerignoreThatKeepsKeysOut() async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dockerignore-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    try ".build*\n.git\n".write(toFile: "\(dir)/.dockerignore", atomically: true, encoding: .utf8)
+    let r = try await ProcessTests.run(
+      "/usr/bin/python3",
+      ["\(Self.checks)/check_containerfile.py", "\(repositoryRoot)/deploy/container/Containerfile", "\(dir)/.dockerignore"])
+    #expect(r.status == 1)
+    #expect(r.stdout.contains("certs/out") && r.stdout.contains("**/*.key"), "\(r.stdout)")
+  }
+
+  // MARK: Kubernetes
+
+  /// Every rendered manifest against the Kubernetes OpenAPI schemas (offline, strict) and the cert-manager
+  /// Certificate schema; the security properties asserted; each property broken on purpose and caught.
+  @Test func kubernetesManifestsValidateOfflineAndHoldTheirSecurityProperties() async throws {
+    #expect(FileManager.default.isExecutableFile(atPath: InteropTests.python), "run `make venv` first")
+    let r = try await ProcessTests.run(
+      InteropTests.python, ["\(Self.checks)/check_manifests.py", "--selftest"], timeout: .seconds(300))
+    #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+    #expect(r.stdout.contains("manifests OK") && r.stdout.contains("selftest OK"), "\(r.stdout)")
+  }
+
+  /// The policy and the server config the pods get are ones palisade accepts (paths moved to real files).
+  @Test func palisadeAcceptsTheKubernetesPolicyAndConfig() async throws {
+    let base = "\(repositoryRoot)/deploy/kubernetes/base/config"
+    let policy = try await ProcessTests.run(ProcessTests.binary, ["policy", "check", "\(base)/policy.yaml"])
+    #expect(policy.status == 0, "\(policy.stdout)\(policy.stderr)")
+    let pki = try TestPKI()
+    try pki.write("issuer-jwks.json", pki.jwksJSON())
+    let key = pki.path("publisher.key")
+    #expect(try await ProcessTests.run("/usr/bin/openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]).status == 0)
+    #expect(try await ProcessTests.run("/usr/bin/openssl", ["ec", "-in", key, "-pubout", "-out", pki.path("publisher.pub.pem")]).status == 0)
+    try FileManager.default.createDirectory(atPath: pki.path("models"), withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: pki.path("policy"), withIntermediateDirectories: true)
+    try FileManager.default.copyItem(atPath: "\(base)/policy.yaml", toPath: pki.path("policy/policy.yaml"))
+    var config = try String(contentsOfFile: "\(base)/palisade.yaml", encoding: .utf8)
+    for (mounted, local) in [
+      ("/etc/palisade/tls/tls.crt", "server.pem"), ("/etc/palisade/tls/tls.key", "server.key"),
+      ("/etc/palisade/tls/ca.crt", "ca-bundle.pem"), ("/etc/palisade/trust/issuer-jwks.json", "issuer-jwks.json"),
+      ("/etc/palisade/trust/publisher.pub.pem", "publisher.pub.pem"), ("/etc/palisade/policy/policy.yaml", "policy/policy.yaml"),
+      ("[/models]", "[models]"), ("/var/lib/palisade/state/accepted-versions.json", "state/accepted-versions.json"),
+      ("/tmp/palisade-unpack", "unpack"),
+    ] {
+      #expect(config.contains(mounted), "the Kubernetes config no longer names \(mounted)")
+      config = config.replacingOccurrences(of: mounted, with: local)
+    }
+    let path = try pki.write("palisade.yaml", config)
+    let check = try await ProcessTests.run(ProcessTests.binary, ["serve", "--config", path, "--check"])
+    #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
+  }
+
+  // MARK: the admin-port probe (`palisade call health`)
+
+  @Test func healthProbeReportsTheAdminEndpoint() async throws {
+    let pki = try TestPKI()
+    let serve = try ServeProcess(config: try ProcessTests().config(pki))
+    defer { serve.kill() }
+    let admin = try await Self.adminPort(serve)
+    #expect(admin != 0, "\(serve.log)")
+    func probe(_ args: [String]) async throws -> ProcessTests.Result {
+      try await ProcessTests.run(ProcessTests.binary, ["call", "health"] + args)
+    }
+    let healthz = try await probe(["--url", "http://127.0.0.1:\(admin)/healthz"])
+    #expect(healthz.status == 0, "\(healthz.stderr)")
+    #expect(healthz.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "200 ok")
+    let readyz = try await probe(["--url", "http://localhost:\(admin)/readyz", "--quiet"])
+    #expect(readyz.status == 0 && readyz.stdout.isEmpty, "\(readyz.stdout)\(readyz.stderr)")
+    let missing = try await probe(["--url", "http://127.0.0.1:\(admin)/nothing"])
+    #expect(missing.status == 1)
+    #expect(missing.stdout.hasPrefix("404"), "\(missing.stdout)")
+    // Draining: SIGTERM turns /healthz into 503 while in-flight calls finish; the probe then fails.
+    #expect(try await serve.terminate() == 0)
+    let gone = try await probe(["--url", "http://127.0.0.1:\(admin)/healthz"])
+    #expect(gone.status == 1)
+    #expect(gone.stderr.contains("connect"), "\(gone.stderr)")
+  }
+
+  @Test(arguments: [
+    ("https://127.0.0.1:9464/healthz", "must start with http://"),
+    ("http://admin.internal:9464/healthz", "numeric address or localhost"),
+    ("http://127.0.0.1/healthz", "needs a port"),
+    ("http://127.0.0.1:70000/healthz", "port from 1 to 65535"),
+    ("http://127.0.0.1:9464/a b", "printable ASCII"),
+  ])
+  func healthProbeRefusesURLsItCannotProbeSafely(url: String, message: String) async throws {
+    let r = try await ProcessTests.run(ProcessTests.binary, ["call", "health", "--url", url])
+    #expect(r.status != 0)
+    #expect(r.stderr.contains(message), "\(r.stderr)")
+  }
+
+  /// The "admin endpoint listening" log line's port.
+  static func adminPort(_ serve: ServeProcess) async throws -> Int {
+    guard try await serve.waitFor("admin endpoint listening") else { return 0 }
+    for line in serve.log.split(separator: "\n") where line.contains("admin endpoint listening") {
+      if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+        let listen = object["listen"] as? String, let p = Int(listen.split(separator: ":").last ?? "")
+      {
+        return p
+      }
+    }
+    return 0
+  }
+
+  // MARK: the local network-namespace deployment (root)
+
+  /// deploy/local/netns-up.sh: the server in its namespace is reachable from the host over mTLS, reaches the
+  /// sidecar's address and port, and nothing beyond the namespace's /30 (nor, with nft, other host ports).
+  @Test(.enabled(if: DeployTests.isRoot && DeployTests.ipTool != nil, "needs root and iproute2 (ip netns)"))
+  func localNamespaceServerReachesOnlyTheSidecar() async throws {
+    let ip = try #require(Self.ipTool)
+    let list = try await ProcessTests.run(ip, ["netns", "list"])
+    if list.stdout.contains("palisade-srv") {
+      Issue.record("a local deployment (palisade-srv) is running; stop it to run this test")
+      return
+    }
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netns-\(UUID().uuidString)").path
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let pkiMade = try await ProcessTests.run("\(repositoryRoot)/certs/make-dev-pki.sh", ["\(dir)/pki", "2"])
+    #expect(pkiMade.status == 0, "\(pkiMade.stderr)")
+    try "version: 1\nrules:\n  - name: demo\n    principals: [{spiffe_prefix: spiffe://palisade.dev/ns/demo}]\n    rpcs: [\"*\"]\n"
+      .write(toFile: "\(dir)/policy.yaml", atomically: true, encoding: .utf8)
+    var config = try String(contentsOfFile: "\(repositoryRoot)/deploy/local/palisade-netns.yaml", encoding: .utf8)
+    config = config.replacingOccurrences(of: "../../certs/out/", with: "pki/")
+      .replacingOccurrences(of: "10.231.0.2:8443", with: "10.231.0.2:0")
+      .replacingOccurrences(of: "10.231.0.2:9464", with: "10.231.0.2:0")
+      .replacingOccurrences(of: "format: text", with: "format: json")
+    // No models here: the namespace is the subject.
+    if let start = config.range(of: "models:\n"), let end = config.range(of: "admin:\n") {
+      config.removeSubrange(start.lowerBound..<end.lowerBound)
+    }
+    try config.write(toFile: "\(dir)/palisade.yaml", atomically: true, encoding: .utf8)
+
+    let up = try await ProcessTests.run("\(repositoryRoot)/deploy/local/netns-up.sh", [])
+    #expect(up.status == 0, "\(up.stdout)\(up.stderr)")
+    defer { _ = try? Process.run(URL(fileURLWithPath: "\(repositoryRoot)/deploy/local/netns-down.sh"), arguments: []).waitUntilExit() }
+    let filtered = up.stdout.contains("reaches only 10.231.0.1:3128")
+
+    let serve = try LoggedProcess(ip, ["netns", "exec", "palisade-srv", ProcessTests.binary, "serve", "--config", "\(dir)/palisade.yaml"])
+    defer { serve.kill() }
+    let port = try await serve.jsonPort(after: "palisade serving")
+    #expect(port != 0, "\(serve.log)")
+    // The host reaches the server on the namespace's address (the dev certificate names it).
+    let live = try await ProcessTests.run(
+      ProcessTests.binary,
+      ["call", "live", "--target", "10.231.0.2:\(port)", "--cert", "\(dir)/pki/client-a.pem", "--key",
+       "\(dir)/pki/client-a.key", "--ca", "\(dir)/pki/ca-bundle.pem"])
+    #expect(live.status == 0 && live.stdout.contains("true"), "\(live.stdout)\(live.stderr)\n\(serve.log)")
+
+    // Stand-ins on the host end: the sidecar's port, and another service the host binds.
+    let sidecar = try LoggedProcess("/usr/bin/python3", ["-u", "-m", "http.server", "--bind", "10.231.0.1", "3128", "--directory", dir])
+    defer { sidecar.kill() }
+    let other = try LoggedProcess("/usr/bin/python3", ["-u", "-m", "http.server", "--bind", "0.0.0.0", "0", "--directory", dir])
+    defer { other.kill() }
+    #expect(try await sidecar.waitFor("Serving HTTP"), "\(sidecar.log)")
+    let otherPort = try await other.httpServerPort()
+    func fromNamespace(_ url: String) async throws -> ProcessTests.Result {
+      try await ProcessTests.run(ip, ["netns", "exec", "palisade-srv", ProcessTests.binary, "call", "health", "--timeout", "2", "--url", url])
+    }
+    let toSidecar = try await fromNamespace("http://10.231.0.1:3128/")
+    #expect(toSidecar.status == 0, "the namespace cannot reach the sidecar's port: \(toSidecar.stderr)")
+    let beyond = try await fromNamespace("http://192.0.2.1:80/")
+    #expect(beyond.status == 1)
+    #expect(beyond.stderr.contains("unreachable"), "\(beyond.stderr)")
+    if filtered {
+      let otherService = try await fromNamespace("http://10.231.0.1:\(otherPort)/")
+      #expect(otherService.status == 1, "the namespace reached another host port: \(otherService.stdout)")
+    }
+    #expect(try await serve.terminate() == 0)
+  }
+
+  // MARK: the image's runtime, without an engine (root; slow: needs the static release build)
+
+  /// `make test-image` builds the static-stdlib release binary into .build-static and runs this with
+  /// PALISADE_IMAGE_TEST=1; `make test` skips it (the static build takes longer than the rest of the suite).
+  @Test(
+    .enabled(
+      if: ProcessInfo.processInfo.environment["PALISADE_IMAGE_TEST"] == "1",
+      "the image runtime test runs with `make test-image` (PALISADE_IMAGE_TEST=1; it needs the static release build)"),
+    .enabled(if: DeployTests.isRoot, "needs root (unshare, mount, chroot)"))
+  func imageRuntimeServesOverMTLSFromAMinimalRootFilesystem() async throws {
+    let staticBinary =
+      ProcessInfo.processInfo.environment["PALISADE_STATIC_BIN"] ?? "\(repositoryRoot)/.build-static/release/palisade"
+    try #require(
+      FileManager.default.isExecutableFile(atPath: staticBinary),
+      "no static binary at \(staticBinary): `make test-image` builds it")
+    let r = try await ProcessTests.run(
+      "\(Self.checks)/image_runtime.sh", [staticBinary, ProcessTests.binary], timeout: .seconds(300))
+    #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+    #expect(r.stdout.contains("image runtime OK"), "\(r.stdout)")
+  }
+}
+
+/// Any process whose standard error and output are collected as they arrive.
+final class LoggedProcess: @unchecked Sendable {
+  let process = Process()
+  private let collected = Mutex<String>("")
+  var log: String { collected.withLock { $0 } }
+
+  init(_ executable: String, _ arguments: [String]) throws {
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardError = pipe
+    process.standardOutput = pipe
+    pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+      let text = String(decoding: handle.availableData, as: UTF8.self)
+      self?.collected.withLock { $0 += text }
+    }
+    try process.run()
+  }
+
+  func waitFor(_ text: String, timeout: Duration = .seconds(30)) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+      if log.contains(text) { return true }
+      if !process.isRunning { return log.contains(text) }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    return false
+  }
+
+  /// The port in the JSON log line containing `marker` (its "listen" field).
+  func jsonPort(after marker: String) async throws -> Int {
+    guard try await waitFor(marker) else { return 0 }
+    for line in log.split(separator: "\n") where line.contains(marker) {
+      if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+        let listen = object["listen"] as? String, let p = Int(listen.split(separator: ":").last ?? "")
+      {
+        return p
+      }
+    }
+    return 0
+  }
+
+  /// Python's http.server: "Serving HTTP on 0.0.0.0 port N".
+  func httpServerPort() async throws -> Int {
+    guard try await waitFor("Serving HTTP") else { return 0 }
+    guard let range = log.range(of: #"port (\d+)"#, options: .regularExpression) else { return 0 }
+    return Int(log[range].dropFirst(5)) ?? 0
+  }
+
+  func terminate() async throws -> Int32 {
+    process.terminate()
+    let deadline = ContinuousClock.now + .seconds(30)
+    while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+    return process.isRunning ? -1 : process.terminationStatus
+  }
+
+  /// SIGKILL and reap: children inherit the test process's ignored SIGTERM (swift-service-lifecycle ignores it
+  /// to watch it), so helpers like Python's http.server would outlive a plain terminate().
+  func kill() {
+    guard process.isRunning else { return }
+    Foundation.kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+  }
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `make run`'s last step: the local deployment. As root, with iproute2 and a palisade that has the egress sidecar,
+# the server runs in its own network namespace (deploy/local/netns-up.sh) reaching only the sidecar, which runs
+# as a separate process on the host end of the veth pair. Otherwise the server (and the sidecar, when the binary
+# has it) run as plain processes on loopback, and this says why. Ctrl-C stops everything and removes the namespace.
+#
+#   deploy/local/run.sh [CONFIG]        CONFIG: a server config for plain mode (default deploy/local/palisade.yaml)
+#   PALISADE_NETNS=0 deploy/local/run.sh   plain processes even as root
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${PALISADE_BIN:-"$(swift build --show-bin-path)/palisade"}
+config=${1:-deploy/local/palisade.yaml}
+[ -x "$bin" ] || { echo "run.sh: $bin not found; run make build" >&2; exit 1; }
+
+# The subcommand list in the root help (`palisade egress --help` would print the root help and exit 0 without it).
+has_egress() { "$bin" --help 2>/dev/null | grep -qE '^[[:space:]]+egress([[:space:]]|$)'; }
+mode=netns
+why=""
+if [ "${PALISADE_NETNS:-1}" = 0 ]; then why="PALISADE_NETNS=0"
+elif [ "$config" != deploy/local/palisade.yaml ]; then why="a custom CONFIG ($config) is served as given"
+elif [ "$(id -u)" != 0 ]; then why="not root (network namespaces need root)"
+elif ! command -v ip >/dev/null; then why="no ip command (apt-get install iproute2)"
+elif ! has_egress; then why="this palisade has no egress sidecar (palisade egress) yet"
+fi
+[ -n "$why" ] && mode=plain
+
+sidecar=""
+cleanup() {
+  if [ -n "$sidecar" ] && kill -0 "$sidecar" 2>/dev/null; then kill -TERM "$sidecar" 2>/dev/null; wait "$sidecar" 2>/dev/null || true; fi
+  if [ "$mode" = netns ]; then deploy/local/netns-down.sh >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ "$mode" = netns ]; then
+  openssl x509 -noout -ext subjectAltName -in certs/out/server.pem 2>/dev/null | grep -q 10.231.0.2 || {
+    echo "run.sh: certs/out/server.pem does not name 10.231.0.2; remake the dev PKI (rm -rf certs/out; make pki)" >&2
+    exit 1
+  }
+  deploy/local/netns-up.sh
+  "$bin" egress --config deploy/local/egress-netns.yaml &
+  sidecar=$!
+  echo "run.sh: network-namespace deployment: the server in namespace palisade-srv (10.231.0.2) reaches only the"
+  echo "        egress sidecar (pid $sidecar, 10.231.0.1:3128). In another shell:"
+  echo "  export PALISADE_TOKEN=\$(swift run palisade token mint --bind-cert certs/out/client-a.pem)"
+  echo "  swift run palisade call live --target 10.231.0.2:8443;  curl -s 10.231.0.2:9464/metrics"
+  ip netns exec palisade-srv "$bin" serve --config deploy/local/palisade-netns.yaml &
+else
+  echo "run.sh: plain processes on loopback, no network namespace: $why"
+  if has_egress; then
+    "$bin" egress --config deploy/local/egress.yaml &
+    sidecar=$!
+    echo "run.sh: egress sidecar (pid $sidecar) on 127.0.0.1:3128"
+  fi
+  echo "serving; in another shell: export PALISADE_TOKEN=\$(swift run palisade token mint --bind-cert certs/out/client-a.pem)"
+  "$bin" serve --config "$config" &
+fi
+server=$!
+# The server's exit status is make run's; a signal to this script reaches the server through the trap's exit.
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; exit 130' INT
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; exit 143' TERM
+set +e
+wait "$server"
+status=$?
+exit $status
