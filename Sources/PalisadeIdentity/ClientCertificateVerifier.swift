@@ -113,13 +113,18 @@ public enum PEMFiles {
   }
 
   /// Refuses a private key file that group or others may read, as ssh does; the message names the file and mode.
+  ///
+  /// One exception: group read (no write) when the file's group is this process's own group and its owner is root
+  /// or this process's user, which is how Kubernetes mounts Secrets for a pod's `fsGroup` (0440, root:fsGroup).
   public static func checkPrivateKeyPermissions(at path: String) throws {
     // stat, not lstat: Kubernetes and spiffe-helper mount keys through symlinks, whose own mode is 0777.
     var info = stat()
     guard stat(path, &info) == 0 else { throw PEMFileError(path: path, reason: "cannot be read") }
     guard (info.st_mode & S_IFMT) == S_IFREG else { throw PEMFileError(path: path, reason: "is not a regular file") }
     let mode = Int(info.st_mode & 0o777)
-    if mode & 0o077 != 0 {
+    let ownGroupReadOnly =
+      mode & 0o077 == 0o040 && info.st_gid == getegid() && (info.st_uid == 0 || info.st_uid == geteuid())
+    if mode & 0o077 != 0 && !ownGroupReadOnly {
       throw PEMFileError(
         path: path,
         reason: "is accessible by group or others (mode \(String(mode, radix: 8))); run chmod 600 on it")

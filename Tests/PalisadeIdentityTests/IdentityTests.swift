@@ -147,8 +147,18 @@ import X509
   }
 
   @Test func groupReadableKeyFileIsRefused() throws {
-    let path = try pki.write("loose.key", pki.root.keyPEM, mode: 0o640)
-    #expect(throws: PEMFileError.self) { try PEMFiles.checkPrivateKeyPermissions(at: path) }
+    // Readable by others, or writable by the group: refused.
+    for mode in [0o644, 0o660, 0o604] {
+      let path = try pki.write("loose-\(mode).key", pki.root.keyPEM, mode: mode)
+      #expect(throws: PEMFileError.self) { try PEMFiles.checkPrivateKeyPermissions(at: path) }
+    }
+    // Group-readable for a group that is not this process's own: refused.
+    let foreign = try pki.write("foreign.key", pki.root.keyPEM, mode: 0o640)
+    #expect(chown(foreign, geteuid(), getegid() &+ 4242) == 0 || geteuid() != 0)
+    if geteuid() == 0 { #expect(throws: PEMFileError.self) { try PEMFiles.checkPrivateKeyPermissions(at: foreign) } }
+    // Kubernetes' Secret mount for the pod's fsGroup (0440, our group): accepted, as is 0600.
+    let secret = try pki.write("secret.key", pki.root.keyPEM, mode: 0o440)
+    try PEMFiles.checkPrivateKeyPermissions(at: secret)
     let tight = try pki.write("tight.key", pki.root.keyPEM, mode: 0o600)
     try PEMFiles.checkPrivateKeyPermissions(at: tight)
   }
