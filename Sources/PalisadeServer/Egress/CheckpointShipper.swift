@@ -32,19 +32,25 @@ public final class CheckpointShipper: Service, Sendable {
   }
 
   public func run() async throws {
-    var shipped: String? = nil
-    while !Task.isCancelledOrShuttingDown {
-      if let note = auditor.latestCheckpoint, note != shipped {
-        do {
-          try await client.enqueue(
-            OutboundRequest(method: "POST", url: url, headers: [("content-type", "text/plain; charset=utf-8")], body: Array(note.utf8)))
-          shipped = note
-        } catch {
-          logger.warning("audit checkpoint not queued for shipping", metadata: ["error": "\(error)"])
+    do {
+      try await cancelWhenGracefulShutdown {
+        var shipped: String? = nil
+        while true {
+          if let note = self.auditor.latestCheckpoint, note != shipped {
+            do {
+              try await self.client.enqueue(
+                OutboundRequest(
+                  method: "POST", url: self.url, headers: [("content-type", "text/plain; charset=utf-8")],
+                  body: Array(note.utf8)))
+              shipped = note
+            } catch {
+              self.logger.warning("audit checkpoint not queued for shipping", metadata: ["error": "\(error)"])
+            }
+          }
+          try await Task.sleep(for: self.interval)
         }
       }
-      try? await Task.sleep(for: interval)
-    }
+    } catch is CancellationError {}
     await client.shutdown()
   }
 }

@@ -114,10 +114,16 @@ public final class IntegrityMonitor: Service, Sendable {
   }
 
   public func run() async throws {
-    while !Task.isCancelledOrShuttingDown {
-      try? await Task.sleep(for: interval)
-      if Task.isCancelledOrShuttingDown { return }
-      await checkNow()
+    // Graceful shutdown cancels the wait at once instead of letting it hold the shutdown for `interval`.
+    do {
+      try await cancelWhenGracefulShutdown {
+        while true {
+          try await Task.sleep(for: self.interval)
+          await self.checkNow()
+        }
+      }
+    } catch is CancellationError {
+      return
     }
   }
 }
