@@ -109,7 +109,7 @@ import Testing
       $0.audit = audit
       $0.egress = .init(reportSocket: reports)
     }
-    try await server.runtime.egressReports?.bound.futureResult.get()
+    #expect(await server.runtime.egressReports?.bound.wait() == true)
     let event = #"{"schema":"palisade.egress/v1","type":"blocked","time":"t","id":"e1","reason":"canary","location":"body","detail":"canary token (config)","method":"POST","scheme":"https","host":"x.example","port":443,"body_bytes":10}"#
     for payload in [event, "not json"] {
       let r = try await ProcessTests.run(

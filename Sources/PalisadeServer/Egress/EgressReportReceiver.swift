@@ -1,7 +1,5 @@
 import Foundation
 public import Logging
-public import NIOCore
-import NIOPosix
 import PalisadeCore
 import Synchronization
 #if canImport(Glibc)
@@ -19,8 +17,8 @@ public final class EgressReportReceiver: Service, Sendable {
   let auditor: Auditor
   let metrics: ServerMetrics
   let logger: Logger
-  /// Completed once the socket is bound (tests and the start-up log wait for it).
-  public let bound: EventLoopPromise<Void>
+  /// Whether the socket is bound (tests wait for it).
+  public let bound = Readiness()
 
   public init(path: String, mode: Int = 0o660, auditor: Auditor, metrics: ServerMetrics, logger: Logger) {
     self.path = path
@@ -28,7 +26,6 @@ public final class EgressReportReceiver: Service, Sendable {
     self.auditor = auditor
     self.metrics = metrics
     self.logger = logger
-    self.bound = MultiThreadedEventLoopGroup.singleton.any().makePromise(of: Void.self)
   }
 
   /// The fields of an `EgressEvent` the audit record keeps.
@@ -53,7 +50,7 @@ public final class EgressReportReceiver: Service, Sendable {
     let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
     guard fd >= 0 else {
       let error = PalisadeError(.failedPrecondition, "cannot create the egress report socket")
-      bound.fail(error)
+      bound.set(false)
       throw error
     }
     unlink(path)
@@ -63,7 +60,7 @@ public final class EgressReportReceiver: Service, Sendable {
     guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
       close(fd)
       let error = PalisadeError(.failedPrecondition, "egress.report_socket path is too long: \(path)")
-      bound.fail(error)
+      bound.set(false)
       throw error
     }
     withUnsafeMutableBytes(of: &address.sun_path) { raw in
@@ -75,13 +72,13 @@ public final class EgressReportReceiver: Service, Sendable {
     guard bindResult == 0 else {
       close(fd)
       let error = PalisadeError(.failedPrecondition, "cannot bind the egress report socket \(path) (errno \(errno))")
-      bound.fail(error)
+      bound.set(false)
       throw error
     }
     chmod(path, mode_t(mode))
     var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    bound.succeed()
+    bound.set(true)
     logger.info("egress reports accepted", metadata: ["socket": "\(path)"])
     let stop = StopFlag()
     let (stream, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .bufferingNewest(1024))
@@ -129,4 +126,33 @@ final class StopFlag: Sendable {
   private let value = Atomic<Bool>(false)
   var isSet: Bool { value.load(ordering: .acquiring) }
   func set() { value.store(true, ordering: .releasing) }
+}
+
+/// A one-shot flag that can be awaited: set once by a service when it is ready (or failed to be).
+public final class Readiness: Sendable {
+  private let state = Mutex<(value: Bool?, waiters: [CheckedContinuation<Bool, Never>])>((nil, []))
+
+  public init() {}
+
+  func set(_ value: Bool) {
+    let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+      guard s.value == nil else { return [] }
+      s.value = value
+      defer { s.waiters = [] }
+      return s.waiters
+    }
+    for w in waiters { w.resume(returning: value) }
+  }
+
+  /// Waits until set; true when ready.
+  public func wait() async -> Bool {
+    await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+      let now = state.withLock { s -> Bool? in
+        if let v = s.value { return v }
+        s.waiters.append(c)
+        return nil
+      }
+      if let now { c.resume(returning: now) }
+    }
+  }
 }
