@@ -47,6 +47,8 @@ public final class ExtractionMonitor: Sendable {
     var distances: [Double] = []
     var oodFlags: [Bool] = []
     var lastSeen: UInt64 = 0
+    /// Rows since the last normality test (it runs every `testEvery` rows: a sort and 50 quantiles per test).
+    var sinceTest = 0
   }
 
   struct State: Sendable {
@@ -55,6 +57,8 @@ public final class ExtractionMonitor: Sendable {
   }
 
   public let settings: Settings
+  /// Rows between PRADA normality tests: an attack is caught at most this many queries later.
+  static let testEvery = 8
   let input: String
   let dimensions: Int
   let projection: [Float]?
@@ -139,10 +143,12 @@ public final class ExtractionMonitor: Sendable {
         let share = Double(stream.oodFlags.filter { $0 }.count) / Double(stream.oodFlags.count)
         if share > settings.oodShareThreshold { alarm = Alarm(detector: .oodShare, statistic: share) }
       }
-      if alarm == nil, stream.distances.count >= settings.window, let w = Statistics.shapiroWilkW(stream.distances),
-        w < settings.normalityThreshold
-      {
-        alarm = Alarm(detector: .prada, statistic: w)
+      stream.sinceTest += rows.count
+      if alarm == nil, stream.distances.count >= settings.window, stream.sinceTest >= Self.testEvery {
+        stream.sinceTest = 0
+        if let w = Statistics.shapiroWilkW(stream.distances), w < settings.normalityThreshold {
+          alarm = Alarm(detector: .prada, statistic: w)
+        }
       }
       s.streams[principal] = alarm == nil ? stream : nil
       return alarm
