@@ -25,13 +25,9 @@ public func attest(host: String, port: Int, tls: ClientTLSFiles, token: String?,
   let roots = try PEMFiles.certificates(at: tls.serverCA)
   let verifier = ServerCertificateVerifier(roots: roots, host: host)
   let seen = PresentedKey()
-  let transport = try HTTP2ClientTransport.Posix(
-    target: target(host: host, port: port),
-    transportSecurity: .mTLS(
-      certificateChain: [.file(path: tls.certificate, format: .pem)],
-      privateKey: .file(path: tls.privateKey, format: .pem)
-    ) {
-      $0.trustRoots = .certificates([.file(path: tls.serverCA, format: .pem)])
+  let response = try await withPalisadeConnection(
+    host: host, port: port, tls: tls, token: token,
+    configureTLS: {
       $0.customVerificationCallback = { certificates, promise in
         let der = certificates.compactMap { try? $0.toDERBytes() }
         let chain = ValidatedCertificateChain(certificates)
@@ -45,11 +41,8 @@ public func attest(host: String, port: Int, tls: ClientTLSFiles, token: String?,
           }
         }
       }
-    },
-    config: .defaults { $0.connection.maxIdleTime = nil }
-  )
-  let interceptors: [any ClientInterceptor] = token.map { [BearerTokenInterceptor(token: $0)] } ?? []
-  let response = try await withGRPCClient(transport: transport, interceptors: interceptors) { client in
+    }
+  ) { client in
     try await Palisade_V1_Attestation.Client(wrapping: client).attest(.with { $0.nonce = Data(nonce) })
   }
   guard let presented = seen.value.withLock({ $0 }) else {

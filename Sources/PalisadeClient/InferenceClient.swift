@@ -41,6 +41,16 @@ public func withPalisadeConnection<Result: Sendable>(
   host: String, port: Int, tls: ClientTLSFiles, token: String? = nil,
   _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
 ) async throws -> Result {
+  try await withPalisadeConnection(host: host, port: port, tls: tls, token: token, configureTLS: { _ in }, body)
+}
+
+/// The connection every client helper uses; `configureTLS` may add to the mTLS settings (attestation installs
+/// its own server-certificate verification there).
+func withPalisadeConnection<Result: Sendable>(
+  host: String, port: Int, tls: ClientTLSFiles, token: String?,
+  configureTLS: (inout HTTP2ClientTransport.Posix.TransportSecurity.TLS) -> Void,
+  _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
+) async throws -> Result {
   let transport = try HTTP2ClientTransport.Posix(
     target: target(host: host, port: port),
     transportSecurity: .mTLS(
@@ -48,6 +58,7 @@ public func withPalisadeConnection<Result: Sendable>(
       privateKey: .file(path: tls.privateKey, format: .pem)
     ) {
       $0.trustRoots = .certificates([.file(path: tls.serverCA, format: .pem)])
+      configureTLS(&$0)
     },
     config: .defaults { $0.connection.maxIdleTime = nil }
   )

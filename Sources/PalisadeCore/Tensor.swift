@@ -71,6 +71,16 @@ public struct Tensor: Sendable, Equatable {
     }
   }
 
+  /// The elements of an FP16, FP32 or FP64 tensor as `Double`, or `nil` for any other datatype.
+  public var floatingPointValues: [Double]? {
+    switch datatype {
+    case .fp32: values(as: Float.self).map { $0.map(Double.init) }
+    case .fp64: values(as: Double.self)
+    case .fp16: Half.floats(littleEndian: rawContents).map(Double.init)
+    default: nil
+    }
+  }
+
   /// The BYTES elements, or `nil` for fixed-width tensors.
   public var byteElements: [[UInt8]]? {
     if case .bytes(let elements) = storage { return elements }

@@ -34,8 +34,7 @@ final class ReadOnlyBytes: @unchecked Sendable {
 
   /// SHA-256 of the bytes, lower-case hex.
   func sha256() -> String {
-    let digest = SHA256.hash(data: UnsafeRawBufferPointer(start: base, count: count))
-    return digest.map { b in b < 16 ? "0" + String(b, radix: 16) : String(b, radix: 16) }.joined()
+    hexString(SHA256.hash(data: UnsafeRawBufferPointer(start: base, count: count)))
   }
 
   /// Test hook: flips one byte, briefly lifting the protection (what a memory fault or an attacker with a write
@@ -126,8 +125,4 @@ public final class IntegrityMonitor: Service, Sendable {
       return
     }
   }
-}
-
-extension Task where Success == Never, Failure == Never {
-  static var isCancelledOrShuttingDown: Bool { Task.isCancelled || Task.isShuttingDownGracefully }
 }

@@ -80,7 +80,9 @@ public struct InferencePipeline: Sendable {
     clock.lap(.authorise)
     let model = try resolver.resolve(name: request.modelName, version: request.modelVersion)
     try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.modelName)
-    try scheduler.breaker(for: model).admit()
+    // One lookup of the model's queue serves the breaker here and scheduling below.
+    let queue = scheduler.queue(for: model)
+    try queue.breaker.admit()
     clock.lap(.resolve)
     let descriptor = model.descriptor
     trace.descriptor = descriptor
@@ -93,7 +95,7 @@ public struct InferencePipeline: Sendable {
       trace.outOfDistribution = screening.outOfDistribution
       clock.lap(.screen)
       let computeStart = ContinuousClock.now
-      let outputs = try await scheduler.run(model, inputs: inputs, requestedOutputs: requested)
+      let outputs = try await queue.submit(inputs: inputs, requestedOutputs: requested)
       let computeEnd = ContinuousClock.now
       clock.lap(.compute)
       let selected = try encoder.select(outputs, requested: requested, descriptor: descriptor)

@@ -55,7 +55,7 @@ public final class Auditor: Sendable {
     await record(
       AuditRecord(
         kind: .call, principal: call?.identity.spiffeID.description,
-        certificateThumbprint: call.map { Self.hex($0.identity.thumbprint) }, tokenID: call?.token?.tokenID, rpc: rpc,
+        certificateThumbprint: call.map { hexString($0.identity.thumbprint) }, tokenID: call?.token?.tokenID, rpc: rpc,
         model: model, version: version, manifestDigest: manifestDigest, inputSHA256: inputs.map(Self.digest),
         outputSHA256: outputs.map(Self.digest), status: status, reason: reason,
         latencyMicros: latency.map { $0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000 },
@@ -89,10 +89,6 @@ public final class Auditor: Sendable {
         }
       }
     }
-    return hex(Array(hasher.finalize()))
-  }
-
-  static func hex(_ bytes: some Sequence<UInt8>) -> String {
-    bytes.map { b in b < 16 ? "0" + String(b, radix: 16) : String(b, radix: 16) }.joined()
+    return hexString(hasher.finalize())
   }
 }

@@ -44,7 +44,7 @@ public struct OutputHardener: Sendable {
         result.append(tensor)
         continue
       }
-      let scores = Self.doubles(tensor)
+      let scores = tensor.floatingPointValues ?? []
       let c = Int(classes)
       let rows = scores.count / c
       let prefix = Array(tensor.shape.dropLast())
@@ -87,15 +87,6 @@ public struct OutputHardener: Sendable {
     return String(index)
   }
 
-  static func doubles(_ tensor: Tensor) -> [Double] {
-    switch tensor.datatype {
-    case .fp32: return (tensor.values(as: Float.self) ?? []).map(Double.init)
-    case .fp64: return tensor.values(as: Double.self) ?? []
-    case .fp16: return Half.floats(littleEndian: tensor.rawContents).map(Double.init)
-    default: return []
-    }
-  }
-
   static func round(_ v: Double, decimals: Int) -> Double {
     guard v.isFinite else { return v }
     let scale = pow(10, Double(decimals))
@@ -108,7 +99,7 @@ public struct OutputHardener: Sendable {
   }
 
   static func rounded(_ tensor: Tensor, decimals: Int) throws(PalisadeError) -> Tensor {
-    let values = doubles(tensor).map { round($0, decimals: decimals) }
+    let values = (tensor.floatingPointValues ?? []).map { round($0, decimals: decimals) }
     switch tensor.datatype {
     case .fp64: return try Tensor(name: tensor.name, shape: tensor.shape, values: values)
     case .fp32: return try Tensor(name: tensor.name, shape: tensor.shape, values: values.map { Float($0) })

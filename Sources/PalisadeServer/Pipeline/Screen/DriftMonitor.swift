@@ -50,12 +50,14 @@ public final class DriftMonitor: Sendable {
 
   /// Adds every row of the screened inputs to the window.
   public func observe(_ tensors: [Tensor]) {
-    for tensor in tensors {
-      guard let input = inputs[tensor.name], let last = tensor.shape.last, Int(last) == input.features.count else {
-        continue
-      }
+    observe(FloatingInputs(tensors))
+  }
+
+  func observe(_ floating: FloatingInputs) {
+    for (name, converted) in floating.byName {
+      guard let input = inputs[name], converted.width == input.features.count else { continue }
       let k = input.features.count
-      let values = OutputHardener.doubles(tensor)
+      let values = converted.values
       var bins = [UInt8](repeating: 0, count: k)
       var report: [Double]? = nil
       input.state.withLock { s in
@@ -86,7 +88,7 @@ public final class DriftMonitor: Sendable {
           report = Self.psi(counts: s.counts, features: k, rows: s.filled)
         }
       }
-      if let report { publish(tensor.name, report) }
+      if let report { publish(name, report) }
     }
   }
 

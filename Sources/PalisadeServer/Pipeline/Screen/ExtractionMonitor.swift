@@ -94,11 +94,13 @@ public final class ExtractionMonitor: Sendable {
   /// Adds a request's rows to `principal`'s stream; returns an alarm when a detector fires (the stream then starts
   /// over, so one burst raises one alarm).
   public func observe(principal: String, inputs: [Tensor], outOfDistribution: Bool?) -> Alarm? {
-    guard let tensor = inputs.first(where: { $0.name == input }), let last = tensor.shape.last, last > 0 else {
-      return nil
-    }
-    let k = Int(last)
-    let values = OutputHardener.doubles(tensor)
+    observe(principal: principal, FloatingInputs(inputs), outOfDistribution: outOfDistribution)
+  }
+
+  func observe(principal: String, _ floating: FloatingInputs, outOfDistribution: Bool?) -> Alarm? {
+    guard let converted = floating.byName[input] else { return nil }
+    let k = converted.width
+    let values = converted.values
     var rows: [[Float]] = []
     var r = 0
     while r + k <= values.count {

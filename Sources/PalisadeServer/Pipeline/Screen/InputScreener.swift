@@ -84,12 +84,13 @@ public final class InputScreener: Sendable {
   public func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext) async throws(PalisadeError) -> Outcome {
     let screen = screen(for: descriptor)
     let containment = policy.policy.containment
-    let score = screen.scorer.isEmpty ? nil : screen.scorer.score(inputs)
+    let floating = FloatingInputs(inputs)
+    let score = screen.scorer.isEmpty ? nil : screen.scorer.score(floating)
     var ood = false
     if let score, let threshold = descriptor.screening.threshold, score.mahalanobis > threshold { ood = true }
     if let extraction = screen.extraction,
       let alarm = extraction.observe(
-        principal: call.identity.spiffeID.description, inputs: inputs, outOfDistribution: score == nil ? nil : ood)
+        principal: call.identity.spiffeID.description, floating, outOfDistribution: score == nil ? nil : ood)
     {
       await raise(alarm, descriptor: descriptor, call: call, containment: containment)
     }
@@ -113,7 +114,7 @@ public final class InputScreener: Sendable {
           .invalidArgument, "the inputs lie outside the model's training distribution (screening score above its threshold)")
       }
     }
-    screen.drift?.observe(inputs)
+    screen.drift?.observe(floating)
     return Outcome(score: score, outOfDistribution: ood)
   }
 

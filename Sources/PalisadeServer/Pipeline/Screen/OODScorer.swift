@@ -53,11 +53,13 @@ public struct OODScorer: Sendable {
 
   /// Scores validated inputs; nil when none of them has statistics.
   public func score(_ tensors: [Tensor]) -> Score? {
+    score(FloatingInputs(tensors))
+  }
+
+  func score(_ floating: FloatingInputs) -> Score? {
     var result: Score? = nil
-    for tensor in tensors {
-      guard let c = inputs[tensor.name] else { continue }
-      let rowsScore = rowScores(tensor, c)
-      guard let s = rowsScore else { continue }
+    for (name, input) in floating.byName {
+      guard let c = inputs[name], let s = rowScores(input, c) else { continue }
       result = Score(
         mahalanobis: Swift.max(result?.mahalanobis ?? 0, s.mahalanobis), maxZ: Swift.max(result?.maxZ ?? 0, s.maxZ))
     }
@@ -79,11 +81,10 @@ public struct OODScorer: Sendable {
     return out
   }
 
-  private func rowScores(_ tensor: Tensor, _ c: Compiled) -> Score? {
+  private func rowScores(_ input: FloatingInputs.Input, _ c: Compiled) -> Score? {
     let k = c.mean.count
-    guard let last = tensor.shape.last, Int(last) == k else { return nil }
-    let values = OutputHardener.doubles(tensor)
-    guard !values.isEmpty else { return nil }
+    guard input.width == k else { return nil }
+    let values = input.values
     var worst = Score(mahalanobis: 0, maxZ: 0)
     var d = [Double](repeating: 0, count: k)
     var r = 0

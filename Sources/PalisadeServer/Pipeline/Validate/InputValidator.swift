@@ -40,14 +40,7 @@ public struct InputValidator: Sendable {
       throw PalisadeError.invalidInput(
         spec.name, "a BYTES element is longer than \(contract.maxBytesElementLength) bytes")
     }
-    let values: [Double]?
-    switch tensor.datatype {
-    case .fp32: values = tensor.values(as: Float.self).map { $0.map(Double.init) }
-    case .fp64: values = tensor.values(as: Double.self)
-    case .fp16: values = Half.floats(littleEndian: tensor.rawContents).map(Double.init)
-    default: values = nil
-    }
-    guard let values else { return }
+    guard let values = tensor.floatingPointValues else { return }
     if !contract.allowNonFinite, values.contains(where: { !$0.isFinite }) {
       throw PalisadeError.invalidInput(spec.name, "NaN or infinite values are not accepted by this model")
     }
