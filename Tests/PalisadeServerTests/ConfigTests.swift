@@ -66,6 +66,27 @@ import Testing
     #expect(error(minimal + "\nscreening: {extraction_monitor: {normality_threshold: 2}}")?.description.contains("normality_threshold") == true)
   }
 
+  @Test func auditAndEgressSectionsAreReadAndRefusedWithTheReason() throws {
+    let c = try ServerConfig.parse(
+      minimal + """
+
+      audit: {directory: audit, key: audit.key, durability: batched, checkpoint_every_records: 5}
+      egress: {report_socket: r.sock, report_socket_mode: "0620", proxy: "127.0.0.1:3128", checkpoint_url: "https://c.example/cp"}
+      models: {integrity_check_seconds: 0}
+      attestation: {key: att.key}
+      """, baseDirectory: "/etc/p")
+    #expect(c.audit?.directory == "/etc/p/audit" && c.audit?.durability == "batched" && c.audit?.checkpointEveryRecords == 5)
+    #expect(c.egress.reportSocket == "/etc/p/r.sock" && c.egress.reportSocketMode == 0o620)
+    #expect(c.egress.proxy == "127.0.0.1:3128" && c.egress.checkpointURL == "https://c.example/cp")
+    #expect(c.models.integrityCheckSeconds == 0 && c.attestation.key == "/etc/p/att.key")
+    #expect(error(minimal + "\naudit: {directory: a}")?.description.contains("audit.key") == true)
+    #expect(error(minimal + "\naudit: {directory: a, key: k, durability: eventually}")?.description.contains("durability") == true)
+    #expect(error(minimal + "\negress: {checkpoint_url: \"https://c.example\"}")?.description.contains("egress.proxy") == true)
+    #expect(error(minimal + "\negress: {proxy: \"p:1\", checkpoint_url: \"ftp://c\"}")?.description.contains("checkpoint_url") == true)
+    #expect(error(minimal + "\negress: {report_socket_mode: \"rw\"}")?.description.contains("report_socket_mode") == true)
+    #expect(error(minimal + "\negress: {proxy: sidecar}")?.description.contains("egress.proxy") == true)
+  }
+
   @Test func annotatedExampleParses() throws {
     let c = try ServerConfig.load(path: "\(repositoryRoot)/deploy/palisade.example.yaml")
     #expect(c.server.limits.maxConcurrentStreams == 128)

@@ -317,7 +317,7 @@ extension ServerConfig {
     }
     let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
     var config = try parse(text, file: path, baseDirectory: base)
-    config.sourceDigest = SHA256.hash(data: Array(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    config.sourceDigest = hexString(SHA256.hash(data: Array(text.utf8)))
     return config
   }
 
@@ -508,6 +508,9 @@ extension ServerConfig {
         egress.reportSocketMode = v
       }
       egress.proxy = try m.string("proxy")
+      if let proxy = egress.proxy, !proxy.hasPrefix("unix:/") {
+        _ = try hostPort(proxy, key: "proxy", in: m)
+      }
       egress.checkpointURL = try m.string("checkpoint_url")
       if egress.checkpointURL != nil && egress.proxy == nil {
         throw m.error("proxy", "is required with checkpoint_url: nothing leaves except through the egress sidecar")
