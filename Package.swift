@@ -102,16 +102,17 @@ let package = Package(
     ),
     // The tamper-evident audit log: RFC 6962 Merkle tree, framed segments, signed-note checkpoints, verifier.
     .target(name: "PalisadeAudit", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
-    // The mTLS listener: TLS 1.3 only, client certificates verified, identity bound once per connection.
+    // The gRPC server transport on swift-nio: TLS 1.3 only, client certificates verified, identity bound once per
+    // connection, HTTP/2 and message limits, the gRPC protocol, and the fast path for unary inference.
     .target(
       name: "PalisadeTransport",
       dependencies: [
         "PalisadeIdentity",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
-        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "NIOTLS", package: "swift-nio"),
         .product(name: "NIOHTTP2", package: "swift-nio-http2"),
         .product(name: "NIOHPACK", package: "swift-nio-http2"),
         .product(name: "X509", package: "swift-certificates"),

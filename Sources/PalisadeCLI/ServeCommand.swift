@@ -67,9 +67,7 @@ struct ServeCommand: AsyncParsableCommand {
     case .json:
       return Logger(label: "palisade") { JSONLogHandler(label: $0, level: level) }
     case .text:
-      var logger = Logger(label: "palisade") { StreamLogHandler.standardError(label: $0) }
-      logger.logLevel = level
-      return logger
+      return Logger(label: "palisade") { TextLogHandler(label: $0, level: level) }
     }
   }
 }

@@ -31,15 +31,19 @@ public struct ModelContract: Sendable, Equatable {
   public var allowNonFinite: Bool
   /// Longest BYTES element accepted.
   public var maxBytesElementLength: Int
+  /// Whether an input may have a zero-sized dimension (an empty batch). Off by default: most runtimes and kernels
+  /// are not written for empty tensors, and a caller must not be able to make the model fail for everyone.
+  public var allowEmptyDimensions: Bool
 
   public init(
     maxBatch: Int? = nil, featureRanges: [String: FeatureRange] = [:], allowNonFinite: Bool = true,
-    maxBytesElementLength: Int = 64 << 20
+    maxBytesElementLength: Int = 64 << 20, allowEmptyDimensions: Bool = false
   ) {
     self.maxBatch = maxBatch
     self.featureRanges = featureRanges
     self.allowNonFinite = allowNonFinite
     self.maxBytesElementLength = maxBytesElementLength
+    self.allowEmptyDimensions = allowEmptyDimensions
   }
 
   /// No constraints beyond datatype and shape (models built in code, e.g. by tests).

@@ -61,10 +61,14 @@ public final class ClientCertificateVerifier: Sendable {
   }
 }
 
-/// A client leaf must be an end-entity certificate meant for TLS client authentication.
+/// A client leaf must be an end-entity certificate meant for TLS client authentication, issued by certificates
+/// allowed to issue.
 ///
 /// The SPIFFE X.509-SVID specification requires `CA:FALSE` on leaves; we additionally require the
-/// `clientAuth` extended key usage, so that a server certificate from the same CA cannot act as a caller.
+/// `clientAuth` extended key usage, so that a server certificate from the same CA cannot act as a caller, and
+/// `digitalSignature` when the leaf carries KeyUsage (TLS 1.3 client authentication is a signature). Every issuer
+/// that carries KeyUsage must allow `keyCertSign` (RFC 5280 §4.2.1.3): a CA that marked an intermediate as not
+/// for issuing certificates must not see it issue callers. A malformed extension anywhere is a refusal.
 public struct ClientLeafPolicy: VerifierPolicy {
   public let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = [.X509ExtensionID.extendedKeyUsage]
 
@@ -84,8 +88,20 @@ public struct ClientLeafPolicy: VerifierPolicy {
       guard eku.contains(.clientAuth) else {
         return .failsToMeetPolicy(reason: "client certificate lacks the clientAuth extended key usage")
       }
+      if let usage = try leaf.extensions.keyUsage, !usage.digitalSignature {
+        return .failsToMeetPolicy(reason: "client certificate KeyUsage does not allow digitalSignature")
+      }
     } catch {
       return .failsToMeetPolicy(reason: "client certificate extensions are malformed")
+    }
+    for issuer in chain.dropFirst() {
+      do {
+        if let usage = try issuer.extensions.keyUsage, !usage.keyCertSign {
+          return .failsToMeetPolicy(reason: "issuer \(issuer.subject) KeyUsage does not allow keyCertSign")
+        }
+      } catch {
+        return .failsToMeetPolicy(reason: "issuer \(issuer.subject) has a malformed KeyUsage extension")
+      }
     }
     return .meetsPolicy
   }

@@ -243,6 +243,12 @@ final class ServeProcess: @unchecked Sendable {
       {
         return p
       }
+      // The text format: `... palisade serving listen=127.0.0.1:1234 version=...`.
+      if let field = line.split(separator: " ").first(where: { $0.hasPrefix("listen=") }),
+        let p = Int(field.split(separator: ":").last ?? "")
+      {
+        return p
+      }
     }
     return 0
   }

@@ -13,7 +13,7 @@ import Testing
   func settings(queue: Int = 64, batching: Bool = true) -> Scheduler.Settings {
     Scheduler.Settings(
       maxConcurrentExecutions: 4, modelMaxConcurrentExecutions: 1, queueLimit: 64, modelQueueLimit: queue,
-      batching: batching, maxBatch: 8, maxDelay: .microseconds(300))
+      batching: batching, maxBatch: 8, maxDelay: .microseconds(300), principalQueueShare: 1)
   }
 
   /// Waits until `scheduler` has `n` requests queued.
@@ -91,9 +91,12 @@ import Testing
     let scheduler = Scheduler(settings: s, metrics: ServerMetrics())
     let breaker = scheduler.breaker(for: model)
     model.setFailing(true)
-    for _ in 0..<3 {
-      try breaker.admit()
-      await #expect(throws: PalisadeError.self) { _ = try await scheduler.run(model, inputs: try request(1, 0), requestedOutputs: nil) }
+    // Failures from two callers: the model is failing, not one caller's requests.
+    for caller in ["a", "b", "a"] {
+      try breaker.admit(principal: caller)
+      await #expect(throws: PalisadeError.self) {
+        _ = try await scheduler.run(model, inputs: try request(1, 0), requestedOutputs: nil, principal: caller)
+      }
     }
     #expect(breaker.state == .open)
     #expect(throws: PalisadeError.self) { try breaker.admit() }
@@ -111,9 +114,9 @@ import Testing
   @Test func aFailedProbeOpensTheCircuitAgain() throws {
     let breaker = CircuitBreaker(model: "m", settings: .init(failureThreshold: 2, openDuration: .seconds(10)))
     let t0 = ContinuousClock.now
-    breaker.record(success: false, now: t0)
+    breaker.record(success: false, principal: "a", now: t0)
     #expect(breaker.state == .closed)
-    breaker.record(success: false, now: t0)
+    breaker.record(success: false, principal: "b", now: t0)
     #expect(breaker.state == .open)
     #expect(throws: PalisadeError.self) { try breaker.admit(now: t0 + .seconds(9)) }
     try breaker.admit(now: t0 + .seconds(10))
@@ -126,10 +129,65 @@ import Testing
   }
 
   @Test func slowExecutionsCountAsFailures() throws {
-    let breaker = CircuitBreaker(model: "m", settings: .init(failureThreshold: 1, slowCall: .milliseconds(100)))
-    breaker.record(success: true, duration: .milliseconds(50))
+    let breaker = CircuitBreaker(model: "m", settings: .init(failureThreshold: 2, slowCall: .milliseconds(100)))
+    breaker.record(success: true, principal: "a", duration: .milliseconds(50))
     #expect(breaker.state == .closed)
-    breaker.record(success: true, duration: .milliseconds(150))
+    breaker.record(success: true, principal: "a", duration: .milliseconds(150))
+    breaker.record(success: true, principal: "b", duration: .milliseconds(150))
     #expect(breaker.state == .open)
+  }
+
+  @Test func oneCallersFailuresOpenTheCircuitForThatCallerOnly() throws {
+    let breaker = CircuitBreaker(model: "m", settings: .init(failureThreshold: 3, openDuration: .seconds(10)))
+    let t0 = ContinuousClock.now
+    for _ in 0..<3 { breaker.record(.modelFailure, principal: "attacker", now: t0) }
+    #expect(breaker.state == .closed)
+    #expect(throws: PalisadeError.self) { try breaker.admit(principal: "attacker", now: t0 + .seconds(1)) }
+    #expect(try breaker.admit(principal: "victim", now: t0 + .seconds(1)) == .pass)
+    // After the open duration the attacker may try again.
+    #expect(try breaker.admit(principal: "attacker", now: t0 + .seconds(10)) == .pass)
+    // Caller errors and cancellations never count.
+    for _ in 0..<10 { breaker.record(.notCounted, principal: "x", now: t0) }
+    #expect(try breaker.admit(principal: "x", now: t0) == .pass)
+  }
+
+  @Test func aHalfOpenProbeThatNeverRunsIsHandedBack() throws {
+    let breaker = CircuitBreaker(model: "m", settings: .init(failureThreshold: 2, openDuration: .seconds(10)))
+    let t0 = ContinuousClock.now
+    breaker.record(.modelFailure, principal: "a", now: t0)
+    breaker.record(.modelFailure, principal: "b", now: t0)
+    #expect(breaker.state == .open)
+    // A probe taken by a request that is then refused in validation (it never reaches the model)...
+    let probe = try breaker.admit(now: t0 + .seconds(10))
+    #expect(probe == .probe)
+    #expect(throws: PalisadeError.self) { try breaker.admit(now: t0 + .seconds(10)) }
+    breaker.release(probe)
+    // ...is handed back: the next request probes, and its success closes the circuit.
+    #expect(try breaker.admit(now: t0 + .seconds(10)) == .probe)
+    breaker.record(.success, now: t0 + .seconds(10))
+    #expect(breaker.state == .closed)
+  }
+
+  @Test func oneCallerCannotFillTheQueueForOthers() async throws {
+    let model = DoublingModel(gated: true)
+    var s = settings(queue: 8)
+    s.principalQueueShare = 0.25
+    let scheduler = Scheduler(settings: s, metrics: ServerMetrics())
+    let running = Task { try await scheduler.run(model, inputs: try request(1, 0), requestedOutputs: nil, principal: "flood") }
+    for _ in 0..<400 where model.executions.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+    // The flooder may hold 2 of the 8 places.
+    let queued = (0..<2).map { i in
+      Task { try await scheduler.run(model, inputs: try request(1, Float(i)), requestedOutputs: nil, principal: "flood") }
+    }
+    try await waitQueued(scheduler, 2)
+    await #expect(throws: PalisadeError.self) {
+      _ = try await scheduler.run(model, inputs: try request(1, 9), requestedOutputs: nil, principal: "flood")
+    }
+    let other = Task { try await scheduler.run(model, inputs: try request(1, 5), requestedOutputs: nil, principal: "other") }
+    try await waitQueued(scheduler, 3)
+    model.setGate(open: true)
+    _ = try await running.value
+    for t in queued { _ = try await t.value }
+    #expect(try await other.value.count == 1)
   }
 }

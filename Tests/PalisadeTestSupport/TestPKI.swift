@@ -116,7 +116,9 @@ public final class TestPKI: @unchecked Sendable {
     return (cert, key, issued)
   }
 
-  public static func makeCA(name: String, issuer: Issued?) throws -> Issued {
+  public static func makeCA(
+    name: String, issuer: Issued?, keyUsage: KeyUsage = KeyUsage(keyCertSign: true, cRLSign: true)
+  ) throws -> Issued {
     let key = P256.Signing.PrivateKey()
     let subject = try DistinguishedName { CommonName(name) }
     let certificate = try Certificate(
@@ -125,7 +127,7 @@ public final class TestPKI: @unchecked Sendable {
       issuer: issuer?.certificate.subject ?? subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
       extensions: try Certificate.Extensions {
         Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
-        Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+        Critical(keyUsage)
       },
       issuerPrivateKey: Certificate.PrivateKey(issuer?.key ?? key))
     return Issued(certificate: certificate, key: key, chainPEM: pem(certificate))

@@ -16,6 +16,15 @@ public enum TokenKey: Sendable {
     }
   }
 
+  /// The key's raw public bytes: two keys with equal `material` and `algorithm` verify the same signatures.
+  var material: [UInt8] {
+    switch self {
+    case .es256(let key): Array(key.rawRepresentation)
+    case .es384(let key): Array(key.rawRepresentation)
+    case .edDSA(let key): Array(key.rawRepresentation)
+    }
+  }
+
   /// Whether `signature` over `message` is valid for this key.
   func isValid(signature: [UInt8], message: [UInt8]) -> Bool {
     switch self {

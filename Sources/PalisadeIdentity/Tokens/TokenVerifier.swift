@@ -72,6 +72,9 @@ public final class TokenVerifier: Sendable {
     public let expiresAt: Date
     let binding: [UInt8]?
     let spiffeSubject: Bool
+    /// The key that verified the signature, so that a long-lived stream can ask whether it is still trusted.
+    let keyID: String
+    let keyMaterial: [UInt8]
   }
 
   private struct State: Sendable {
@@ -116,6 +119,19 @@ public final class TokenVerifier: Sendable {
       s.cache[digest] = verified
     }
     return verified
+  }
+
+  /// Re-checks a token that was verified earlier, for calls that outlive a moment (streams): it must not have
+  /// expired (beyond the leeway), and the key that signed it must still be in its issuer's JWKS (a rotation that
+  /// retires the key ends the stream as it would refuse a new call).
+  public func revalidate(_ token: Verified, now: Date = Date()) throws(TokenError) {
+    try checkLive(token, now: now)
+    let trusted = state.withLock { s in
+      s.issuers.contains { issuer in
+        issuer.issuer == token.issuer && issuer.keys.keys[token.keyID].map { $0.material == token.keyMaterial } == true
+      }
+    }
+    guard trusted else { throw .keyRetired }
   }
 
   private func checkLive(_ token: Verified, now: Date) throws(TokenError) {
@@ -170,14 +186,18 @@ public final class TokenVerifier: Sendable {
     let audiences: [String] =
       if let a = claims["aud"] as? String { [a] } else { (claims["aud"] as? [Any])?.compactMap { $0 as? String } ?? [] }
     guard audiences.contains(settings.audience) else { throw .wrongAudience }
-    guard let exp = (claims["exp"] as? NSNumber)?.doubleValue else { throw .malformed("no exp") }
-    guard let iat = (claims["iat"] as? NSNumber)?.doubleValue else { throw .malformed("no iat") }
+    // Time claims are range-checked before any arithmetic: a signed `exp: 1e300` must be a refusal, not a trap.
+    guard let exp = try Self.numericDate(claims["exp"], name: "exp") else { throw .malformed("no exp") }
+    guard let iat = try Self.numericDate(claims["iat"], name: "iat") else { throw .malformed("no iat") }
+    let nbf = try Self.numericDate(claims["nbf"], name: "nbf")
     let leeway = Double(settings.leewaySeconds)
     let t = now.timeIntervalSince1970
     if t > exp + leeway { throw .expired }
     if iat > t + leeway { throw .issuedInFuture }
-    if let nbf = (claims["nbf"] as? NSNumber)?.doubleValue, nbf > t + leeway { throw .notYetValid }
-    if exp - iat > Double(settings.maxLifetimeSeconds) { throw .lifetimeTooLong(Int(exp - iat)) }
+    if let nbf, nbf > t + leeway { throw .notYetValid }
+    if exp < iat { throw .malformed("exp before iat") }
+    let lifetime = exp - iat
+    if lifetime > Double(settings.maxLifetimeSeconds) { throw .lifetimeTooLong(Int(lifetime.rounded(.up))) }
     guard let sub, !sub.isEmpty else { throw .malformed("no sub") }
 
     var binding: [UInt8]?
@@ -193,9 +213,27 @@ public final class TokenVerifier: Sendable {
       }
     let verified = Verified(
       subject: sub, issuer: issuer.issuer, scopes: scopes, tokenID: claims["jti"] as? String,
-      expiresAt: Date(timeIntervalSince1970: exp), binding: binding, spiffeSubject: issuer.kind == .spiffe)
+      expiresAt: Date(timeIntervalSince1970: exp), binding: binding, spiffeSubject: issuer.kind == .spiffe,
+      keyID: kid, keyMaterial: key.material)
     try checkBinding(verified, identity: identity)
     return verified
+  }
+}
+
+extension TokenVerifier {
+  /// The latest NumericDate accepted (9999-12-31T23:59:59Z); anything later is a malformed token.
+  static let maxNumericDate = 253_402_300_799.0
+
+  /// A JWT NumericDate claim (RFC 7519 §2): a finite JSON number of seconds in [0, 9999-12-31]. Absent: nil.
+  /// Strings, non-finite and out-of-range values are malformed, so no later arithmetic can overflow.
+  static func numericDate(_ value: Any?, name: String) throws(TokenError) -> Double? {
+    guard let value else { return nil }
+    guard let number = value as? NSNumber else { throw .malformed("\(name) is not a number") }
+    let seconds = number.doubleValue
+    guard seconds.isFinite, seconds >= 0, seconds <= maxNumericDate else {
+      throw .malformed("\(name) is out of range")
+    }
+    return seconds
   }
 }
 
@@ -203,7 +241,7 @@ public final class TokenVerifier: Sendable {
 public enum TokenError: Error, Equatable, Sendable, CustomStringConvertible {
   case missing, oversized, malformed(String), algorithmNotAllowed(String), wrongType(String?), unknownIssuer(String?)
   case unknownKey(String), badSignature, wrongAudience, expired, notYetValid, issuedInFuture, lifetimeTooLong(Int)
-  case bindingMissing, bindingMismatch, subjectMismatch
+  case bindingMissing, bindingMismatch, subjectMismatch, keyRetired
 
   public var description: String {
     switch self {
@@ -223,6 +261,7 @@ public enum TokenError: Error, Equatable, Sendable, CustomStringConvertible {
     case .bindingMissing: "token is not bound to a certificate (no cnf.x5t#S256)"
     case .bindingMismatch: "token is bound to another certificate"
     case .subjectMismatch: "JWT-SVID subject differs from the certificate's SPIFFE ID"
+    case .keyRetired: "the key that signed the token is no longer trusted"
     }
   }
 
@@ -245,6 +284,7 @@ public enum TokenError: Error, Equatable, Sendable, CustomStringConvertible {
     case .bindingMissing: "binding_missing"
     case .bindingMismatch: "binding_mismatch"
     case .subjectMismatch: "subject_mismatch"
+    case .keyRetired: "key_retired"
     }
   }
 }

@@ -10,16 +10,27 @@ public import PalisadeTransport
 ///
 /// It serves no data and takes no input beyond the path, so it needs no TLS on loopback; operators who expose it
 /// beyond loopback (Kubernetes probes on the pod IP) should restrict it with a NetworkPolicy.
+///
+/// Nobody authenticates here, so nobody may hold it: at most `maxConnections` are open at once, and a request
+/// must arrive whole within `requestTimeout` of the connection opening or of the previous response (slowloris
+/// and idle keep-alive connections are closed); refusals count in `palisade_admin_refusals_total{reason}`.
 public final class AdminHTTPServer: Service, Sendable {
   private let host: String
   private let port: Int
+  private let limiter: ConnectionLimiter
+  private let requestTimeout: Duration
   private let state: ServingState
   private let metrics: ServerMetrics
   private let logger: Logger
   /// The bound address, once listening.
-  public let bound = MTLSListenerFactory.BoundAddress()
+  public let bound = BoundAddress()
 
-  public init(host: String, port: Int, state: ServingState, metrics: ServerMetrics, logger: Logger) {
+  public init(
+    host: String, port: Int, state: ServingState, metrics: ServerMetrics, logger: Logger, maxConnections: Int = 64,
+    requestTimeout: Duration = .seconds(10)
+  ) {
+    self.limiter = ConnectionLimiter(maxTotal: max(1, maxConnections), maxPerAddress: max(1, maxConnections))
+    self.requestTimeout = requestTimeout
     self.host = host
     self.port = port
     self.state = state
@@ -30,9 +41,18 @@ public final class AdminHTTPServer: Service, Sendable {
   public func run() async throws {
     let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-      .bind(host: host, port: port) { channel in
+      .bind(host: host, port: port) { [limiter, metrics, requestTimeout] channel in
         channel.eventLoop.makeCompletedFuture {
+          let address = channel.remoteAddress?.ipAddress ?? "unknown"
+          if let refusal = limiter.admit(address) {
+            metrics.recordAdminRefusal(reason: refusal.rawValue)
+            channel.close(promise: nil)
+          } else {
+            channel.closeFuture.whenComplete { _ in limiter.release(address) }
+          }
           try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+          try channel.pipeline.syncOperations.addHandler(
+            RequestDeadline(timeout: requestTimeout) { metrics.recordAdminRefusal(reason: "request_timeout") })
           return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
             wrappingChannelSynchronously: channel)
         }
@@ -97,6 +117,52 @@ public final class AdminHTTPServer: Service, Sendable {
       return (.ok, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
     default:
       return (.notFound, "text/plain", Array("not found\n".utf8))
+    }
+  }
+}
+
+/// Closes an HTTP/1 connection whose next request has not arrived in full within `timeout` of the connection
+/// opening or of the previous response: a slow sender (slowloris) and an idle keep-alive connection alike.
+final class RequestDeadline: ChannelDuplexHandler {
+  typealias InboundIn = HTTPServerRequestPart
+  typealias InboundOut = HTTPServerRequestPart
+  typealias OutboundIn = HTTPServerResponsePart
+  typealias OutboundOut = HTTPServerResponsePart
+
+  private let timeout: Duration
+  private let onTimeout: @Sendable () -> Void
+  private var timer: Scheduled<Void>?
+
+  init(timeout: Duration, onTimeout: @escaping @Sendable () -> Void) {
+    self.timeout = timeout
+    self.onTimeout = onTimeout
+  }
+
+  func handlerAdded(context: ChannelHandlerContext) { arm(context: context) }
+
+  func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    if case .end = unwrapInboundIn(data) {
+      timer?.cancel()
+      timer = nil
+    }
+    context.fireChannelRead(data)
+  }
+
+  func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    if case .end = unwrapOutboundIn(data) { arm(context: context) }
+    context.write(data, promise: promise)
+  }
+
+  private func arm(context: ChannelHandlerContext) {
+    timer?.cancel()
+    let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+    let onTimeout = self.onTimeout
+    let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+    timer = context.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) {
+      onTimeout()
+      bound.value.close(promise: nil)
     }
   }
 }

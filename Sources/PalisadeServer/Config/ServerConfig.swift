@@ -190,6 +190,15 @@ public struct ServerConfig: Sendable, Equatable {
     public var maxMessageBytes: Int
     /// HTTP/2 concurrent streams per connection.
     public var maxConcurrentStreams: Int
+    /// Largest request header block (RFC 7541 sizes); larger: RESOURCE_EXHAUSTED on that stream only.
+    public var maxHeaderListBytes: Int = 16 << 10
+    /// Bytes of incomplete request messages per connection, and per principal across its connections.
+    public var maxInflightBytesPerConnection: Int = 64 << 20
+    public var maxInflightBytesPerPrincipal: Int = 128 << 20
+    /// A request message must arrive whole within this many seconds of its first byte.
+    public var messageTimeoutSeconds: Int = 30
+    /// Health `Watch` streams one connection may hold.
+    public var maxWatchesPerConnection: Int = 4
     public init(maxMessageBytes: Int, maxConcurrentStreams: Int) {
       self.maxMessageBytes = maxMessageBytes
       self.maxConcurrentStreams = maxConcurrentStreams
@@ -209,6 +218,11 @@ public struct ServerConfig: Sendable, Equatable {
     public var maxAgeSeconds: Int
     /// Time given to in-flight calls on a connection that reached its maximum age.
     public var maxAgeGraceSeconds: Int
+    /// A connection must complete its TLS handshake within this (before it, the peer is anonymous).
+    public var handshakeTimeoutSeconds: Int = 10
+    /// Open connections in total, and from one source address; beyond: closed at once.
+    public var maxConnections: Int = 1024
+    public var maxConnectionsPerAddress: Int = 256
     public init(
       keepaliveSeconds: Int, keepaliveTimeoutSeconds: Int, maxIdleSeconds: Int, maxAgeSeconds: Int,
       maxAgeGraceSeconds: Int
@@ -227,6 +241,10 @@ public struct ServerConfig: Sendable, Equatable {
   public struct Admin: Sendable, Equatable {
     public var enabled: Bool
     public var listen: HostPort
+    /// Open admin connections at once; beyond: closed at once.
+    public var maxConnections: Int = 64
+    /// A request must arrive whole within this of the connection opening or the previous response.
+    public var requestTimeoutSeconds: Int = 10
     public init(enabled: Bool, listen: HostPort) {
       self.enabled = enabled
       self.listen = listen
@@ -344,6 +362,14 @@ extension ServerConfig {
     if let m = try server.map("limits") {
       limits.maxMessageBytes = try m.int("max_message_bytes", in: 1024...(1 << 30)) ?? limits.maxMessageBytes
       limits.maxConcurrentStreams = try m.int("max_concurrent_streams", in: 1...10_000) ?? limits.maxConcurrentStreams
+      limits.maxHeaderListBytes = try m.int("max_header_list_bytes", in: 1024...(256 << 10)) ?? limits.maxHeaderListBytes
+      limits.maxInflightBytesPerConnection =
+        try m.int("max_inflight_bytes_per_connection", in: 1024...(1 << 34)) ?? limits.maxInflightBytesPerConnection
+      limits.maxInflightBytesPerPrincipal =
+        try m.int("max_inflight_bytes_per_principal", in: 1024...(1 << 36)) ?? limits.maxInflightBytesPerPrincipal
+      limits.messageTimeoutSeconds = try m.int("message_timeout_seconds", in: 1...3600) ?? limits.messageTimeoutSeconds
+      limits.maxWatchesPerConnection =
+        try m.int("max_watches_per_connection", in: 1...1000) ?? limits.maxWatchesPerConnection
       try m.finish()
     }
     var connection = Connection.defaults
@@ -355,6 +381,11 @@ extension ServerConfig {
       connection.maxAgeSeconds = try m.int("max_age_seconds", in: 1...604_800) ?? connection.maxAgeSeconds
       connection.maxAgeGraceSeconds =
         try m.int("max_age_grace_seconds", in: 0...3600) ?? connection.maxAgeGraceSeconds
+      connection.handshakeTimeoutSeconds =
+        try m.int("handshake_timeout_seconds", in: 1...300) ?? connection.handshakeTimeoutSeconds
+      connection.maxConnections = try m.int("max_connections", in: 1...1_000_000) ?? connection.maxConnections
+      connection.maxConnectionsPerAddress =
+        try m.int("max_connections_per_address", in: 1...1_000_000) ?? connection.maxConnectionsPerAddress
       try m.finish()
     }
     let grace = try server.int("shutdown_grace_seconds", in: 0...600) ?? 20
@@ -364,6 +395,8 @@ extension ServerConfig {
     if let m = try root.map("admin") {
       admin.enabled = try m.bool("enabled") ?? admin.enabled
       if let s = try m.string("listen") { admin.listen = try hostPort(s, key: "listen", in: m) }
+      admin.maxConnections = try m.int("max_connections", in: 1...100_000) ?? admin.maxConnections
+      admin.requestTimeoutSeconds = try m.int("request_timeout_seconds", in: 1...3600) ?? admin.requestTimeoutSeconds
       try m.finish()
     }
     var models = Models.defaults
@@ -454,6 +487,8 @@ extension ServerConfig {
       }
       scheduling.queueLimit = try m.int("queue_limit", in: 1...1_000_000) ?? scheduling.queueLimit
       scheduling.modelQueueLimit = try m.int("model_queue_limit", in: 1...1_000_000) ?? scheduling.modelQueueLimit
+      scheduling.principalQueueShare =
+        try m.double("principal_queue_share", in: 0.001...1) ?? scheduling.principalQueueShare
       if let b = try m.map("batching") {
         scheduling.batching = try b.bool("enabled") ?? scheduling.batching
         scheduling.maxBatch = try b.int("max_batch", in: 1...4096) ?? scheduling.maxBatch

@@ -1,6 +1,5 @@
 import Foundation
 import GRPCCore
-import GRPCNIOTransportHTTP2
 public import Logging
 import NIOCore
 public import PalisadeCore
@@ -19,10 +18,10 @@ public final class ServerRuntime: Sendable {
   public let metrics: ServerMetrics
   public let state: ServingState
   /// The gRPC listener's bound address.
-  public let grpcAddress = MTLSListenerFactory.BoundAddress()
+  public let grpcAddress = BoundAddress()
   /// The admin endpoint, when enabled.
   public let admin: AdminHTTPServer?
-  private let grpcServer: GRPCServer<HTTP2ServerTransport.Custom<MTLSListenerFactory>>
+  private let grpcServer: GRPCServer<MTLSServerTransport>
   private let logger: Logger
   private let shutdownTrigger = ShutdownTrigger()
   /// Watches credential and policy files; `checkNow()` is what SIGHUP does.
@@ -49,13 +48,9 @@ public final class ServerRuntime: Sendable {
 
     let roots = try PEMFiles.certificates(at: config.server.tls.clientCABundle)
     let verifier = ClientCertificateVerifier(roots: roots)
-    let registry = ConnectionRegistry()
     let certificates = try ServerCertificateStore(
       credentials: ServerCredentials(
         certificateChainPath: config.server.tls.certificateChain, privateKeyPath: config.server.tls.privateKey))
-    let listener = try MTLSListenerFactory(
-      host: config.server.listen.host, port: config.server.listen.port, certificates: certificates,
-      verifier: verifier, registry: registry, bound: grpcAddress, logger: logger)
     let tokens = TokenVerifier(
       settings: TokenVerifier.Settings(
         audience: config.auth.audience, algorithms: Set(config.auth.algorithms), types: Set(config.auth.types),
@@ -93,17 +88,6 @@ public final class ServerRuntime: Sendable {
       config: config, certificates: certificates, verifier: verifier, tokens: tokens, policy: policy, metrics: metrics,
       logger: logger, auditor: auditor)
 
-    var transportConfig = HTTP2ServerTransport.Custom<MTLSListenerFactory>.Config.defaults
-    let c = config.server.connection
-    transportConfig.connection.maxAge = .seconds(c.maxAgeSeconds)
-    transportConfig.connection.maxGraceTime = .seconds(c.maxAgeGraceSeconds)
-    transportConfig.connection.maxIdleTime = .seconds(c.maxIdleSeconds)
-    transportConfig.connection.keepalive.time = .seconds(c.keepaliveSeconds)
-    transportConfig.connection.keepalive.timeout = .seconds(c.keepaliveTimeoutSeconds)
-    transportConfig.http2.maxConcurrentStreams = config.server.limits.maxConcurrentStreams
-    transportConfig.rpc.maxRequestPayloadSize = config.server.limits.maxMessageBytes
-    transportConfig.channelDebuggingCallbacks.onAcceptHTTP2Stream = MTLSListenerFactory.streamInitializer(
-      maxMessageBytes: config.server.limits.maxMessageBytes)
 
     if config.models.directories.isEmpty {
       self.bundles = nil
@@ -127,11 +111,19 @@ public final class ServerRuntime: Sendable {
         auditor: auditor),
       scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger,
       accessLog: config.logging.accessLog, auditor: auditor)
+    let authenticator = CallAuthenticator(
+      verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger, auditor: auditor)
+    // ModelInfer is served on the transport's fast path; every other RPC (ModelStreamInfer included) goes through
+    // grpc-swift with the same authentication stages as interceptors.
+    let transport = try MTLSServerTransport(
+      configuration: Self.transportConfiguration(config.server), certificates: certificates, verifier: verifier,
+      fastPaths: [InferenceFastPath(authenticator: authenticator, pipeline: pipeline, metrics: metrics, logger: logger)],
+      observer: metrics, bound: grpcAddress, logger: logger)
     self.grpcServer = GRPCServer(
-      transport: HTTP2ServerTransport.Custom(listenerFactory: listener, config: transportConfig),
+      transport: transport,
       services: [
-        InferenceService(repository: repository, pipeline: pipeline, bundles: bundles, logger: logger),
-        HealthService(state: state),
+        InferenceService(repository: repository, pipeline: pipeline, bundles: bundles, tokens: tokens, logger: logger),
+        HealthService(state: state, maxWatchesPerConnection: config.server.limits.maxWatchesPerConnection),
         AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor),
         AttestationService(
           builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
@@ -142,14 +134,14 @@ public final class ServerRuntime: Sendable {
       ],
       interceptors: [
         CallObserverInterceptor(metrics: metrics, logger: logger),
-        CallerIdentityInterceptor(registry: registry, metrics: metrics, logger: logger, auditor: auditor),
-        TokenAuthenticationInterceptor(
-          verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger, auditor: auditor),
+        CallerIdentityInterceptor(authenticator: authenticator),
+        TokenAuthenticationInterceptor(authenticator: authenticator),
       ])
     self.admin =
       config.admin.enabled
       ? AdminHTTPServer(
-        host: config.admin.listen.host, port: config.admin.listen.port, state: state, metrics: metrics, logger: logger)
+        host: config.admin.listen.host, port: config.admin.listen.port, state: state, metrics: metrics, logger: logger,
+        maxConnections: config.admin.maxConnections, requestTimeout: .seconds(config.admin.requestTimeoutSeconds))
       : nil
   }
 
@@ -198,6 +190,24 @@ public final class ServerRuntime: Sendable {
     logger.info("palisade stopped")
   }
 
+  /// The transport's limits from the `server` section.
+  public static func transportConfiguration(_ server: ServerConfig.Server) -> TransportConfiguration {
+    let c = server.connection
+    let l = server.limits
+    return TransportConfiguration(
+      host: server.listen.host, port: server.listen.port,
+      connections: .init(
+        handshakeTimeout: .seconds(c.handshakeTimeoutSeconds), maxConnections: c.maxConnections,
+        maxConnectionsPerAddress: c.maxConnectionsPerAddress, maxAge: .seconds(c.maxAgeSeconds),
+        maxGrace: .seconds(c.maxAgeGraceSeconds), maxIdle: .seconds(c.maxIdleSeconds),
+        keepaliveTime: .seconds(c.keepaliveSeconds), keepaliveTimeout: .seconds(c.keepaliveTimeoutSeconds)),
+      streams: .init(maxConcurrentStreams: l.maxConcurrentStreams, maxHeaderListBytes: l.maxHeaderListBytes),
+      messages: .init(
+        maxMessageBytes: l.maxMessageBytes, maxInflightBytesPerConnection: l.maxInflightBytesPerConnection,
+        maxInflightBytesPerPrincipal: l.maxInflightBytesPerPrincipal,
+        messageTimeout: .seconds(l.messageTimeoutSeconds)))
+  }
+
   /// The bundle trust policy from the configuration's trust rules; errors name the key file.
   public static func trustPolicy(_ rules: [ServerConfig.Models.TrustRule]) throws -> TrustPolicy {
     try TrustPolicy(
@@ -241,7 +251,7 @@ public final class ServerRuntime: Sendable {
 
 /// Runs the gRPC server as a lifecycle service.
 struct GRPCServerService: Service {
-  let server: GRPCServer<HTTP2ServerTransport.Custom<MTLSListenerFactory>>
+  let server: GRPCServer<MTLSServerTransport>
   let state: ServingState
   let logger: Logger
 

@@ -1,10 +1,11 @@
 public import Prometheus
+public import PalisadeTransport
 
 /// The server's Prometheus metrics, registered in a registry the server owns (no global metrics system).
 ///
 /// Label values are bounded sets (RPC names from the service definition, status code names), never
 /// caller-controlled strings, so a caller cannot blow up the series count.
-public final class ServerMetrics: Sendable {
+public final class ServerMetrics: TransportObserver, Sendable {
   /// The registry `/metrics` renders.
   public let registry: PrometheusCollectorRegistry
   private let latencyBuckets: [Duration] = [
@@ -187,6 +188,27 @@ public final class ServerMetrics: Sendable {
       descriptor: MetricNameDescriptor(namespace: "palisade", metricName: name, unitName: "total", helpText: help),
       labels: labels
     ).increment()
+  }
+
+  /// Counts a connection or stream the transport refused before it reached a service.
+  public func transportRefused(reason: String) {
+    counter(
+      "transport_refusals", "Connections and streams refused by the transport (caps, timeouts, size limits, budgets)",
+      [("reason", reason)])
+  }
+
+  /// Counts an admin-port connection refused or closed by its limits.
+  public func recordAdminRefusal(reason: String) {
+    counter("admin_refusals", "Admin HTTP connections refused or closed by their limits", [("reason", reason)])
+  }
+
+  /// Open gRPC connections.
+  public func connectionsOpen(_ count: Int) {
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "connections_open", helpText: "Open gRPC connections"),
+      labels: []
+    ).set(to: Double(count))
   }
 
   /// The exposition text.

@@ -13,11 +13,14 @@ public struct CallContext: ServerContext.TransportSpecific {
   public let requestID: String
   /// The verified token; nil only on RPCs exempt from tokens.
   public var token: TokenVerifier.Verified?
+  /// The transport's number for the call's connection (unique for the life of the process).
+  public let connection: UInt64
 
-  public init(identity: PeerIdentity, requestID: String, token: TokenVerifier.Verified? = nil) {
+  public init(identity: PeerIdentity, requestID: String, token: TokenVerifier.Verified? = nil, connection: UInt64 = 0) {
     self.identity = identity
     self.requestID = requestID
     self.token = token
+    self.connection = connection
   }
 }
 

@@ -82,7 +82,9 @@ public struct InferencePipeline: Sendable {
     try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.modelName)
     // One lookup of the model's queue serves the breaker here and scheduling below.
     let queue = scheduler.queue(for: model)
-    try queue.breaker.admit()
+    let permit = try queue.breaker.admit(principal: call.identity.spiffeID.description)
+    // A half-open probe that ends before the model ran (refused, cancelled) is handed back.
+    defer { queue.breaker.release(permit) }
     clock.lap(.resolve)
     let descriptor = model.descriptor
     trace.descriptor = descriptor
@@ -95,7 +97,8 @@ public struct InferencePipeline: Sendable {
       trace.outOfDistribution = screening.outOfDistribution
       clock.lap(.screen)
       let computeStart = ContinuousClock.now
-      let outputs = try await queue.submit(inputs: inputs, requestedOutputs: requested)
+      let outputs = try await queue.submit(
+        inputs: inputs, requestedOutputs: requested, principal: call.identity.spiffeID.description)
       let computeEnd = ContinuousClock.now
       clock.lap(.compute)
       let selected = try encoder.select(outputs, requested: requested, descriptor: descriptor)

@@ -21,12 +21,17 @@ public final class ServingState: Sendable {
 
 /// `grpc.health.v1.Health`: `""` is the process (SERVING while not draining), `inference.GRPCInferenceService`
 /// is readiness. Unknown service names get NOT_FOUND, as the health protocol specifies.
+///
+/// `Watch` streams are bounded per connection (`maxWatchesPerConnection`, RESOURCE_EXHAUSTED beyond): a watch
+/// costs a task and a timer for as long as the client keeps it, and health RPCs need no token.
 public struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
   public static let inferenceServiceName = "inference.GRPCInferenceService"
   let state: ServingState
+  let watches: WatchCounter
 
-  public init(state: ServingState) {
+  public init(state: ServingState, maxWatchesPerConnection: Int = 4) {
     self.state = state
+    self.watches = WatchCounter(limit: maxWatchesPerConnection)
   }
 
   func status(for service: String) -> Grpc_Health_V1_HealthCheckResponse.ServingStatus? {
@@ -50,6 +55,12 @@ public struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
     request: Grpc_Health_V1_HealthCheckRequest, response: RPCWriter<Grpc_Health_V1_HealthCheckResponse>,
     context: ServerContext
   ) async throws {
+    let connection = (try? context.callContext())?.connection ?? 0
+    guard watches.enter(connection) else {
+      throw PalisadeError(
+        .resourceExhausted, "too many health watches on this connection (at most \(watches.limit)); close one first")
+    }
+    defer { watches.leave(connection) }
     var last: Grpc_Health_V1_HealthCheckResponse.ServingStatus?
     while !Task.isCancelled {
       let current = status(for: request.service) ?? .serviceUnknown
@@ -60,6 +71,30 @@ public struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
       // A draining server ends watches so that graceful shutdown is not held open by them.
       if state.isDraining { return }
       try await Task.sleep(for: .milliseconds(500))
+    }
+  }
+}
+
+/// Open health watches per connection.
+final class WatchCounter: Sendable {
+  let limit: Int
+  private let open = Mutex<[UInt64: Int]>([:])
+
+  init(limit: Int) { self.limit = max(1, limit) }
+
+  func enter(_ connection: UInt64) -> Bool {
+    open.withLock { o in
+      let n = o[connection, default: 0]
+      guard n < limit else { return false }
+      o[connection] = n + 1
+      return true
+    }
+  }
+
+  func leave(_ connection: UInt64) {
+    open.withLock { o in
+      let n = o[connection, default: 1] - 1
+      o[connection] = n > 0 ? n : nil
     }
   }
 }

@@ -3,6 +3,7 @@ public import GRPCCore
 public import Logging
 public import PalisadeCore
 public import PalisadeProto
+public import PalisadeIdentity
 
 /// `inference.GRPCInferenceService`: the Open Inference Protocol over the pipeline.
 ///
@@ -18,10 +19,15 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   let statistics: ModelStatisticsStore
   let authorizer: Authorizer
   let bundles: BundleLoader?
+  let credentials: StreamCredentials
   let logger: Logger
 
-  public init(repository: ModelRepository, pipeline: InferencePipeline, bundles: BundleLoader?, logger: Logger) {
+  public init(
+    repository: ModelRepository, pipeline: InferencePipeline, bundles: BundleLoader?, tokens: TokenVerifier? = nil,
+    logger: Logger
+  ) {
     self.bundles = bundles
+    self.credentials = StreamCredentials(verifier: tokens)
     self.repository = repository
     self.statistics = pipeline.statistics
     self.authorizer = pipeline.authorizer
@@ -55,7 +61,14 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     -> Inference_ModelReadyResponse
   {
     guard !request.name.isEmpty else { throw PalisadeError(.invalidArgument, "model name is required") }
-    try await authorize(context, model: request.name)
+    let call = try context.callContext()
+    let decision = try await authorizer.authorize(
+      call, rpc: context.descriptor.method, model: request.name, auditor: pipeline.auditor)
+    // The rule's version constraint holds here as for inference: a caller limited to some versions learns
+    // nothing about the others.
+    if let model = try? pipeline.resolver.resolve(name: request.name, version: request.version) {
+      try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.name)
+    }
     return .with { $0.ready = repository.isReady(name: request.name, version: request.version) }
   }
 
@@ -101,13 +114,14 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     -> Inference_ModelInferResponse
   {
     let call = try context.callContext()
-    return try await cancellable { [pipeline] in try await pipeline.infer(request, call: call, rpc: context.descriptor.method) }
+    let rpc = context.descriptor.method
+    return try await Self.cancellable { [pipeline] in try await pipeline.infer(request, call: call, rpc: rpc) }
   }
 
   /// Runs `work` so that the RPC's cancellation (its deadline passing, or the client resetting the stream) cancels
   /// it: grpc-swift signals these through the RPC cancellation handle, not through task cancellation, and a request
   /// waiting in a queue must leave it when its caller has gone.
-  private func cancellable<R: Sendable>(_ work: @escaping @Sendable () async throws -> R) async throws -> R {
+  private static func cancellable<R: Sendable>(_ work: @escaping @Sendable () async throws -> R) async throws -> R {
     let task = Task { try await work() }
     return try await withRPCCancellationHandler {
       try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
@@ -122,30 +136,47 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     context: ServerContext
   ) async throws {
     let call = try context.callContext()
-    // Triton semantics: a failed request yields a message with error_message set and the stream goes on.
-    for try await message in request {
-      do {
-        let result = try await cancellable { [pipeline] in
-          try await pipeline.infer(message, call: call, rpc: context.descriptor.method)
+    let rpc = context.descriptor.method
+    let (pipeline, credentials, logger) = (self.pipeline, self.credentials, self.logger)
+    do {
+      // The stream lives only as long as its token: re-checked before each message and on a timer.
+      try await credentials.whileValid(call) {
+        // Triton semantics: a failed request yields a message with error_message set and the stream goes on.
+        for try await message in request {
+          try credentials.check(call)
+          do {
+            let result = try await Self.cancellable { try await pipeline.infer(message, call: call, rpc: rpc) }
+            try await response.write(.with { $0.inferResponse = result })
+          } catch let error where !(error is CancellationError) {
+            let status = StatusMapping.rpcError(for: error, logger: logger)
+            try await response.write(
+              .with {
+                $0.errorMessage = "\(StatusMapping.codeName(status.code)): \(status.message)"
+                $0.inferResponse.id = message.id
+                $0.inferResponse.modelName = message.modelName
+              })
+          }
         }
-        try await response.write(.with { $0.inferResponse = result })
-      } catch let error where !(error is CancellationError) {
-        let status = StatusMapping.rpcError(for: error, logger: logger)
-        try await response.write(
-          .with {
-            $0.errorMessage = "\(StatusMapping.codeName(status.code)): \(status.message)"
-            $0.inferResponse.id = message.id
-            $0.inferResponse.modelName = message.modelName
-          })
       }
+    } catch let error as PalisadeError where error.code == .unauthenticated {
+      logger.notice(
+        "stream ended: credentials lapsed",
+        metadata: ["rpc": "\(rpc)", "principal": "\(call.identity)", "request_id": "\(call.requestID)", "reason": "\(error.detail ?? "")"])
+      await pipeline.auditor.call(call, rpc: rpc, status: "UNAUTHENTICATED", reason: "stream ended: token expired or its key retired")
+      throw error
     }
   }
 
   public func modelStatistics(request: Inference_ModelStatisticsRequest, context: ServerContext) async throws
     -> Inference_ModelStatisticsResponse
   {
-    try await authorize(context, model: request.name.isEmpty ? nil : request.name)
-    let index = repository.index()
+    let call = try await authorize(context, model: request.name.isEmpty ? nil : request.name)
+    // Only the models (and versions) the policy lets this caller ask statistics of: an unscoped request from a
+    // model-scoped caller must not list the other tenants' models.
+    let rpc = context.descriptor.method
+    let index = repository.index().filter {
+      authorizer.permits(call, rpc: rpc, model: $0.name, version: $0.version.isEmpty ? nil : $0.version)
+    }
     if !request.name.isEmpty, !index.contains(where: { $0.name == request.name }) {
       throw PalisadeError(.notFound, "unknown model '\(request.name.sanitizedForMessage)'")
     }
@@ -155,8 +186,14 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   public func repositoryIndex(request: Inference_RepositoryIndexRequest, context: ServerContext) async throws
     -> Inference_RepositoryIndexResponse
   {
-    try await authorize(context)
-    let entries = repository.index().filter { !request.ready || $0.state == .ready }
+    let call = try await authorize(context)
+    // Scoped to the models the policy lets this caller list (name, version, state and refusal reason are all
+    // another tenant's business).
+    let rpc = context.descriptor.method
+    let entries = repository.index().filter {
+      (!request.ready || $0.state == .ready)
+        && authorizer.permits(call, rpc: rpc, model: $0.name, version: $0.version.isEmpty ? nil : $0.version)
+    }
     return .with {
       $0.models = entries.map { entry in
         .with {

@@ -1,29 +1,14 @@
 public import GRPCCore
-public import Logging
 import PalisadeCore
-public import PalisadeIdentity
 
-/// Pipeline stage 2: the call's `authorization: Bearer <JWT>` must verify (``TokenVerifier``) and be bound to the
-/// connection's client certificate. RPCs listed as exempt (liveness, health) pass without a token.
-///
-/// Refusals are UNAUTHENTICATED with one generic message, whatever the reason: the reason goes to the log and the
-/// `palisade_token_refusals_total{reason}` metric, never to the caller, and the token itself goes nowhere.
+/// Pipeline stage 2 for calls served through grpc-swift: the call's `authorization: Bearer <JWT>` must verify and
+/// be bound to the connection's client certificate (``CallAuthenticator/authenticate(_:authorization:rpc:)``).
+/// RPCs listed as exempt (liveness, health) pass without a token. The header is removed before any handler runs.
 public struct TokenAuthenticationInterceptor: ServerInterceptor {
-  private let verifier: TokenVerifier
-  private let exempt: Set<String>
-  private let metrics: ServerMetrics
-  private let logger: Logger
+  private let authenticator: CallAuthenticator
 
-  private let auditor: Auditor?
-
-  public init(
-    verifier: TokenVerifier, exemptRPCs: Set<String>, metrics: ServerMetrics, logger: Logger, auditor: Auditor? = nil
-  ) {
-    self.auditor = auditor
-    self.verifier = verifier
-    self.exempt = exemptRPCs
-    self.metrics = metrics
-    self.logger = logger
+  public init(authenticator: CallAuthenticator) {
+    self.authenticator = authenticator
   }
 
   public func intercept<Input: Sendable, Output: Sendable>(
@@ -31,22 +16,9 @@ public struct TokenAuthenticationInterceptor: ServerInterceptor {
     context: ServerContext,
     next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
   ) async throws -> StreamingServerResponse<Output> {
-    if exempt.contains(context.descriptor.method) { return try await next(request, context) }
     var call = try context.callContext()
     let header = request.metadata[stringValues: "authorization"].first { _ in true }
-    do {
-      call.token = try verifier.verify(authorization: header, identity: call.identity)
-    } catch {
-      metrics.recordTokenRefused(reason: error.label)
-      logger.notice(
-        "token refused",
-        metadata: [
-          "rpc": "\(context.descriptor.method)", "principal": "\(call.identity)", "request_id": "\(call.requestID)",
-          "reason": "\(error)",
-        ])
-      await auditor?.call(call, rpc: context.descriptor.method, status: "UNAUTHENTICATED", reason: "token refused: \(error.label)")
-      throw PalisadeError(.unauthenticated, "missing or invalid credentials")
-    }
+    try await authenticator.authenticate(&call, authorization: header, rpc: context.descriptor.method)
     var context = context
     context.transportSpecific = call
     var request = request

@@ -76,6 +76,19 @@ public struct Authorizer: Sendable {
     return decision
   }
 
+  /// Whether the policy lets `call` use `rpc` on `model` (at `version`, when given). For scoping what a listing
+  /// shows (repository index, statistics): nothing is consumed, logged or counted; the listing RPC itself was
+  /// authorised with ``authorize(_:rpc:model:)``.
+  public func permits(_ call: CallContext, rpc: String, model: String, version: String?) -> Bool {
+    let facts = Policy.CallFacts(
+      spiffeID: call.identity.spiffeID, subject: call.token?.subject, scopes: call.token?.scopes ?? [], rpc: rpc,
+      model: model)
+    let decision = store.policy.decide(facts)
+    guard decision.allowed else { return false }
+    if let version, let constraint = decision.versions, !constraint.allows(version) { return false }
+    return true
+  }
+
   /// Refuses a resolved version outside the deciding rule's constraint.
   public func checkVersion(_ decision: Policy.Decision?, version: String, model: String) throws(PalisadeError) {
     guard let constraint = decision?.versions, !constraint.allows(version) else { return }

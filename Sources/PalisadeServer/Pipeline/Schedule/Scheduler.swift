@@ -14,6 +14,11 @@ import Synchronization
 /// requests with the same non-batch dimensions are concatenated up to `maxBatch` rows and run as one, and each
 /// caller gets its own rows back. A request that finds the model idle runs at once; one that finds it busy waits
 /// up to `maxDelay` for company, so batching costs nothing at low load and fills batches under load.
+///
+/// Fairness: one principal may hold at most `principalQueueShare` of each queue (the model's and the server's), so
+/// a caller that floods a model is shed while the others still get in. Isolation: when a merged batch fails, each
+/// of its requests runs again alone, so one caller's request can only fail that caller; and only the model's own
+/// failures move its circuit breaker.
 public final class Scheduler: Sendable {
   public struct Settings: Sendable, Equatable {
     /// Executions in flight across all models.
@@ -28,12 +33,14 @@ public final class Scheduler: Sendable {
     public var maxBatch: Int
     public var maxDelay: Duration
     public var breaker: CircuitBreaker.Settings
+    /// The share of each queue (per model and server-wide) one principal may hold, in (0, 1].
+    public var principalQueueShare: Double
 
     public init(
       maxConcurrentExecutions: Int = ProcessInfo.processInfo.activeProcessorCount,
       modelMaxConcurrentExecutions: Int = ProcessInfo.processInfo.activeProcessorCount, queueLimit: Int = 512,
       modelQueueLimit: Int = 256, batching: Bool = true, maxBatch: Int = 32, maxDelay: Duration = .microseconds(300),
-      breaker: CircuitBreaker.Settings = .defaults
+      breaker: CircuitBreaker.Settings = .defaults, principalQueueShare: Double = 0.25
     ) {
       self.maxConcurrentExecutions = max(1, maxConcurrentExecutions)
       self.modelMaxConcurrentExecutions = max(1, modelMaxConcurrentExecutions)
@@ -43,7 +50,13 @@ public final class Scheduler: Sendable {
       self.maxBatch = max(1, maxBatch)
       self.maxDelay = maxDelay
       self.breaker = breaker
+      self.principalQueueShare = principalQueueShare.isFinite ? min(1, max(0.001, principalQueueShare)) : 0.25
     }
+
+    /// Requests one principal may have waiting for one model.
+    public var modelPrincipalQueueLimit: Int { max(1, Int((Double(modelQueueLimit) * principalQueueShare).rounded(.up))) }
+    /// Requests one principal may have waiting across all models.
+    public var principalQueueLimit: Int { max(1, Int((Double(queueLimit) * principalQueueShare).rounded(.up))) }
     public static let defaults = Settings()
   }
 
@@ -56,7 +69,9 @@ public final class Scheduler: Sendable {
   public init(settings: Settings, metrics: ServerMetrics) {
     self.settings = settings
     self.metrics = metrics
-    self.slots = ExecutionSlots(executions: settings.maxConcurrentExecutions, queueLimit: settings.queueLimit)
+    self.slots = ExecutionSlots(
+      executions: settings.maxConcurrentExecutions, queueLimit: settings.queueLimit,
+      principalLimit: settings.principalQueueLimit)
   }
 
   /// The queue of `model`, made on first use. Keyed by name, version and bundle digest, so a reloaded bundle gets
@@ -77,9 +92,12 @@ public final class Scheduler: Sendable {
     queue(for: model).breaker
   }
 
-  /// Queues `inputs` for `model` and returns its outputs once it has run (alone or in a batch).
-  public func run(_ model: any ServableModel, inputs: [Tensor], requestedOutputs: [String]?) async throws -> [Tensor] {
-    try await queue(for: model).submit(inputs: inputs, requestedOutputs: requestedOutputs)
+  /// Queues `inputs` for `model` on behalf of `principal` and returns its outputs once it has run (alone or in a
+  /// batch).
+  public func run(_ model: any ServableModel, inputs: [Tensor], requestedOutputs: [String]?, principal: String = "")
+    async throws -> [Tensor]
+  {
+    try await queue(for: model).submit(inputs: inputs, requestedOutputs: requestedOutputs, principal: principal)
   }
 
   /// Requests waiting, all models.
@@ -91,27 +109,41 @@ final class ExecutionSlots: Sendable {
   struct State {
     var free: Int
     var queued = 0
+    var byPrincipal: [String: Int] = [:]
     var waiting: Deque<ModelQueue> = []
   }
+  /// Why a queue slot was refused.
+  enum Refusal { case full, principalShare }
   private let state: Mutex<State>
   let queueLimit: Int
+  let principalLimit: Int
 
-  init(executions: Int, queueLimit: Int) {
+  init(executions: Int, queueLimit: Int, principalLimit: Int) {
     state = Mutex(State(free: executions))
     self.queueLimit = queueLimit
+    self.principalLimit = principalLimit
   }
 
   var queued: Int { state.withLock { $0.queued } }
 
-  func reserveQueueSlot() -> Bool {
+  func reserveQueueSlot(principal: String) -> Refusal? {
     state.withLock { s in
-      guard s.queued < queueLimit else { return false }
+      guard s.queued < queueLimit else { return .full }
+      let held = s.byPrincipal[principal, default: 0]
+      guard held < principalLimit else { return .principalShare }
       s.queued += 1
-      return true
+      s.byPrincipal[principal] = held + 1
+      return nil
     }
   }
 
-  func releaseQueueSlots(_ n: Int) { state.withLock { $0.queued -= n } }
+  func releaseQueueSlot(principal: String) {
+    state.withLock { s in
+      s.queued -= 1
+      let held = s.byPrincipal[principal, default: 1] - 1
+      s.byPrincipal[principal] = held > 0 ? held : nil
+    }
+  }
 
   /// Takes an execution slot, or registers `queue` to be pumped when one frees.
   func acquire(or queue: ModelQueue) -> Bool {
@@ -138,6 +170,7 @@ final class ExecutionSlots: Sendable {
 final class ModelQueue: Sendable {
   struct Entry {
     let id: UInt64
+    let principal: String
     let inputs: [Tensor]
     let requested: [String]?
     let rows: Int?
@@ -147,6 +180,7 @@ final class ModelQueue: Sendable {
   }
   struct State {
     var pending: Deque<Entry> = []
+    var byPrincipal: [String: Int] = [:]
     var running = 0
     var timerArmed = false
     var nextID: UInt64 = 0
@@ -180,9 +214,16 @@ final class ModelQueue: Sendable {
     batchSize = metrics.batchSizeRecorder(model: name)
   }
 
-  func submit(inputs: [Tensor], requestedOutputs: [String]?) async throws -> [Tensor] {
-    guard scheduler.slots.reserveQueueSlot() else {
+  func submit(inputs: [Tensor], requestedOutputs: [String]?, principal: String) async throws -> [Tensor] {
+    switch scheduler.slots.reserveQueueSlot(principal: principal) {
+    case nil: break
+    case .full:
+      scheduler.metrics.recordRejection(reason: "queue_full")
       throw PalisadeError(.resourceExhausted, "server overloaded: request queue full; retry later")
+    case .principalShare:
+      scheduler.metrics.recordRejection(reason: "principal_queue_share")
+      throw PalisadeError(
+        .resourceExhausted, "too many of this caller's requests are waiting (its share of the queue is full); retry later")
     }
     let id = state.withLock { s -> UInt64 in
       s.nextID += 1
@@ -191,16 +232,27 @@ final class ModelQueue: Sendable {
     return try await withTaskCancellationHandler {
       try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[Tensor], any Error>) in
         let entry = Entry(
-          id: id, inputs: inputs, requested: requestedOutputs, rows: batchable ? TensorBatch.rows(inputs) : nil,
+          id: id, principal: principal, inputs: inputs, requested: requestedOutputs, rows: batchable ? TensorBatch.rows(inputs) : nil,
           key: TensorBatch.key(inputs), enqueued: .now, continuation: continuation)
-        let admitted = state.withLock { s -> Int? in
-          guard s.pending.count < scheduler.settings.modelQueueLimit else { return nil }
+        let admitted = state.withLock { s -> Result<Int, PalisadeError> in
+          guard s.pending.count < scheduler.settings.modelQueueLimit else {
+            return .failure(PalisadeError(.resourceExhausted, "model '\(model.descriptor.name.sanitizedForMessage)' overloaded: its queue is full; retry later"))
+          }
+          let held = s.byPrincipal[principal, default: 0]
+          guard held < scheduler.settings.modelPrincipalQueueLimit else {
+            return .failure(PalisadeError(.resourceExhausted, "too many of this caller's requests are waiting for model '\(model.descriptor.name.sanitizedForMessage)' (its share of the queue is full); retry later"))
+          }
+          s.byPrincipal[principal] = held + 1
           s.pending.append(entry)
-          return s.pending.count
+          return .success(s.pending.count)
         }
-        guard let count = admitted else {
-          scheduler.slots.releaseQueueSlots(1)
-          continuation.resume(throwing: PalisadeError(.resourceExhausted, "model '\(model.descriptor.name.sanitizedForMessage)' overloaded: its queue is full; retry later"))
+        let count: Int
+        switch admitted {
+        case .success(let n): count = n
+        case .failure(let error):
+          scheduler.slots.releaseQueueSlot(principal: principal)
+          scheduler.metrics.recordRejection(reason: error.message.contains("share") ? "principal_queue_share" : "queue_full")
+          continuation.resume(throwing: error)
           return
         }
         depth(count)
@@ -217,10 +269,12 @@ final class ModelQueue: Sendable {
   private func cancel(_ id: UInt64) {
     let removed: (Entry, Int)? = state.withLock { s in
       guard let i = s.pending.firstIndex(where: { $0.id == id }) else { return nil }
-      return (s.pending.remove(at: i), s.pending.count)
+      let entry = s.pending.remove(at: i)
+      Self.forget(entry, in: &s)
+      return (entry, s.pending.count)
     }
     guard let (entry, count) = removed else { return }
-    scheduler.slots.releaseQueueSlots(1)
+    scheduler.slots.releaseQueueSlot(principal: entry.principal)
     depth(count)
     scheduler.metrics.recordRejection(reason: "deadline_in_queue")
     entry.continuation.resume(throwing: PalisadeError(.deadlineExceeded, "deadline exceeded while queued; the request was not run"))
@@ -255,7 +309,12 @@ final class ModelQueue: Sendable {
           return
         }
         guard scheduler.slots.acquire(or: self) else { return }
-        for _ in 0..<n { if let e = s.pending.popFirst() { batch.append(e) } }
+        for _ in 0..<n {
+          if let e = s.pending.popFirst() {
+            Self.forget(e, in: &s)
+            batch.append(e)
+          }
+        }
         s.running += 1
         remaining = s.pending.count
       }
@@ -268,34 +327,67 @@ final class ModelQueue: Sendable {
         return
       }
       guard !batch.isEmpty else { return }
-      scheduler.slots.releaseQueueSlots(batch.count)
+      for entry in batch { scheduler.slots.releaseQueueSlot(principal: entry.principal) }
       depth(remaining)
       let work = batch
       Task { await self.execute(work) }
     }
   }
 
+  private static func forget(_ entry: Entry, in s: inout State) {
+    let held = s.byPrincipal[entry.principal, default: 1] - 1
+    s.byPrincipal[entry.principal] = held > 0 ? held : nil
+  }
+
   private func execute(_ batch: [Entry]) async {
-    let started = ContinuousClock.now
-    var success = true
     batchSize(batch.count)
-    do {
-      if batch.count == 1, let entry = batch.first {
-        let outputs = try await scheduler.executor.run(model, inputs: entry.inputs, requestedOutputs: entry.requested)
-        entry.continuation.resume(returning: outputs)
-      } else {
+    if batch.count == 1, let entry = batch.first {
+      await runAlone(entry)
+    } else {
+      let started = ContinuousClock.now
+      do {
         let merged = try TensorBatch.concatenate(batch.map(\.inputs))
         let outputs = try await scheduler.executor.run(model, inputs: merged, requestedOutputs: nil)
         let parts = try TensorBatch.split(outputs, rows: batch.map { $0.rows ?? 0 })
+        breaker.record(.success, duration: ContinuousClock.now - started)
         for (entry, part) in zip(batch, parts) { entry.continuation.resume(returning: part) }
+      } catch {
+        // One request of the batch may be what made the model fail: run each alone, so that every caller gets
+        // its own outcome and only the model's own failures reach the breaker.
+        for entry in batch { await runAlone(entry) }
       }
-    } catch {
-      success = false
-      for entry in batch { entry.continuation.resume(throwing: error) }
     }
-    breaker.record(success: success, duration: ContinuousClock.now - started)
     state.withLock { $0.running -= 1 }
     scheduler.slots.release()
     pump()
+  }
+
+  private func runAlone(_ entry: Entry) async {
+    let started = ContinuousClock.now
+    do {
+      let outputs = try await scheduler.executor.run(model, inputs: entry.inputs, requestedOutputs: entry.requested)
+      breaker.record(.success, duration: ContinuousClock.now - started)
+      entry.continuation.resume(returning: outputs)
+    } catch {
+      breaker.record(CircuitBreaker.Outcome(error), principal: entry.principal, duration: ContinuousClock.now - started)
+      entry.continuation.resume(throwing: error)
+    }
+  }
+}
+
+extension CircuitBreaker.Outcome {
+  /// Classifies an execution error: only what the model or its runtime did wrong counts against it. Errors that
+  /// describe the request (invalid argument, limits) or the caller (cancellation, deadline) do not.
+  init(_ error: any Error) {
+    guard let error = error as? PalisadeError else {
+      self = error is CancellationError ? .notCounted : .modelFailure
+      return
+    }
+    switch error.code {
+    case .internal, .unavailable, .unimplemented: self = .modelFailure
+    case .invalidArgument, .deadlineExceeded, .resourceExhausted, .permissionDenied, .unauthenticated, .notFound,
+      .failedPrecondition:
+      self = .notCounted
+    }
   }
 }

@@ -2,7 +2,8 @@ public import PalisadeCore
 
 /// Validate, part two: checks decoded inputs against the model's declared contract and puts them in
 /// declaration order. Each declared input exactly once, nothing undeclared, the declared datatype, a shape that
-/// matches (fixed dimensions equal, `-1` free), and the manifest's ``ModelContract``: batch at most `max_batch`,
+/// matches (fixed dimensions equal, `-1` free), no zero-sized dimension unless the contract allows empty tensors,
+/// and the manifest's ``ModelContract``: batch at most `max_batch`,
 /// floats finite, values within each feature's declared range, BYTES elements bounded. Messages name the input,
 /// the rule and at most a feature index: never a value.
 public struct InputValidator: Sendable {
@@ -33,6 +34,9 @@ public struct InputValidator: Sendable {
   }
 
   func check(_ tensor: Tensor, spec: TensorSpec, contract: ModelContract) throws(PalisadeError) {
+    if !contract.allowEmptyDimensions, tensor.shape.contains(0) {
+      throw PalisadeError.invalidInput(spec.name, "shape \(tensor.shape) has a zero-sized dimension; this model does not accept empty tensors")
+    }
     if let maxBatch = contract.maxBatch, spec.shape.first == -1, let batch = tensor.shape.first, batch > maxBatch {
       throw PalisadeError.invalidInput(spec.name, "batch \(batch) exceeds the model's max_batch \(maxBatch)")
     }

@@ -1,0 +1,223 @@
+import NIOCore
+import NIOHTTP2
+import NIOSSL
+import NIOTLS
+
+/// Closes a TCP connection whose TLS handshake does not finish in time, and one that did not negotiate `h2`.
+///
+/// Until the handshake completes the peer is anonymous: without this, a socket that never sends a ClientHello
+/// would hold a file descriptor and a connection slot for ever.
+final class HandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
+  typealias InboundIn = NIOAny
+
+  private let timeout: Duration
+  private let observer: any TransportObserver
+  private var timer: Scheduled<Void>?
+  private var done = false
+
+  init(timeout: Duration, observer: any TransportObserver) {
+    self.timeout = timeout
+    self.observer = observer
+  }
+
+  func handlerAdded(context: ChannelHandlerContext) {
+    if context.channel.isActive { arm(context: context) }
+  }
+
+  func channelActive(context: ChannelHandlerContext) {
+    arm(context: context)
+    context.fireChannelActive()
+  }
+
+  private func arm(context: ChannelHandlerContext) {
+    guard timer == nil, !done else { return }
+    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+    timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.totalNanoseconds))) {
+      let (handler, context) = bound.value
+      guard !handler.done else { return }
+      handler.done = true
+      handler.observer.transportRefused(reason: "handshake_timeout")
+      context.close(promise: nil)
+    }
+  }
+
+  func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    if let event = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = event {
+      done = true
+      timer?.cancel()
+      guard negotiated == "h2" else {
+        observer.transportRefused(reason: "bad_request")
+        context.close(promise: nil)
+        return
+      }
+      context.fireUserInboundEventTriggered(event)
+      context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+      return
+    }
+    context.fireUserInboundEventTriggered(event)
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    if !done {
+      done = true
+      timer?.cancel()
+      observer.transportRefused(reason: "handshake_failed")
+      context.close(promise: nil)
+      return
+    }
+    context.fireErrorCaught(error)
+  }
+
+  func channelInactive(context: ChannelHandlerContext) {
+    timer?.cancel()
+    context.fireChannelInactive()
+  }
+}
+
+/// Connection lifetime on the HTTP/2 side: maximum age and idle time (GOAWAY, then a grace period for calls in
+/// flight), server keepalive pings, and graceful shutdown. Sits after `NIOHTTP2Handler` in the connection's
+/// pipeline and learns of streams through ``StreamTracker``.
+final class ConnectionManager: ChannelDuplexHandler {
+  typealias InboundIn = HTTP2Frame
+  typealias InboundOut = HTTP2Frame
+  typealias OutboundIn = HTTP2Frame
+  typealias OutboundOut = HTTP2Frame
+
+  private let config: TransportConfiguration.Connections
+  private var context: ChannelHandlerContext?
+  private var openStreams = 0
+  private var lastStreamID = HTTP2StreamID(0)
+  private var closing = false
+  private var ageTimer: Scheduled<Void>?
+  private var idleTimer: Scheduled<Void>?
+  private var graceTimer: Scheduled<Void>?
+  private var keepaliveTimer: Scheduled<Void>?
+  private var keepaliveTimeoutTimer: Scheduled<Void>?
+  private static let pingData = HTTP2PingData(withInteger: 0x5041_4C49_5341_4445)  // "PALISADE"
+
+  init(config: TransportConfiguration.Connections) {
+    self.config = config
+  }
+
+  func handlerAdded(context: ChannelHandlerContext) {
+    self.context = context
+    if let maxAge = config.maxAge {
+      let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+      ageTimer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(maxAge.totalNanoseconds))) {
+        bound.value.beginClosing()
+      }
+    }
+    armIdle()
+    armKeepalive()
+  }
+
+  func handlerRemoved(context: ChannelHandlerContext) {
+    for timer in [ageTimer, idleTimer, graceTimer, keepaliveTimer, keepaliveTimeoutTimer] { timer?.cancel() }
+    self.context = nil
+  }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    let frame = unwrapInboundIn(data)
+    if case .ping(let data, ack: true) = frame.payload, data == Self.pingData {
+      keepaliveTimeoutTimer?.cancel()
+      keepaliveTimeoutTimer = nil
+    }
+    armKeepalive()
+    context.fireChannelRead(data)
+  }
+
+  // Called by StreamTracker, on the event loop.
+  func streamCreated(_ id: HTTP2StreamID) {
+    openStreams += 1
+    if id > lastStreamID { lastStreamID = id }
+    idleTimer?.cancel()
+    idleTimer = nil
+  }
+
+  func streamClosed(_ id: HTTP2StreamID) {
+    openStreams -= 1
+    if openStreams == 0 {
+      if closing {
+        closeAfterWrites()
+      } else {
+        armIdle()
+      }
+    }
+  }
+
+  private func armIdle() {
+    guard let maxIdle = config.maxIdle, let context, openStreams == 0, !closing else { return }
+    idleTimer?.cancel()
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    idleTimer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(maxIdle.totalNanoseconds))) {
+      bound.value.beginClosing()
+    }
+  }
+
+  private func armKeepalive() {
+    guard let time = config.keepaliveTime, let context, !closing else { return }
+    keepaliveTimer?.cancel()
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    keepaliveTimer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(time.totalNanoseconds))) {
+      bound.value.ping()
+    }
+  }
+
+  private func ping() {
+    guard let context, !closing, keepaliveTimeoutTimer == nil else { return }
+    context.writeAndFlush(
+      wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .ping(Self.pingData, ack: false))), promise: nil)
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    keepaliveTimeoutTimer = context.eventLoop.scheduleTask(
+      in: .nanoseconds(Int64(config.keepaliveTimeout.totalNanoseconds))
+    ) {
+      bound.value.context?.close(promise: nil)
+    }
+  }
+
+  /// Closes once everything written so far has reached the socket: the last stream's response frames are queued
+  /// ahead of this final GOAWAY, so closing on its completion drops none of them.
+  private func closeAfterWrites() {
+    guard let context else { return }
+    let promise = context.eventLoop.makePromise(of: Void.self)
+    context.writeAndFlush(
+      wrapOutboundOut(
+        HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastStreamID, errorCode: .noError, opaqueData: nil))),
+      promise: promise)
+    let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+    promise.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
+  }
+
+  /// GOAWAY: no new streams; the connection closes when the open ones finish, or after the grace period.
+  func beginClosing() {
+    guard let context, !closing else { return }
+    closing = true
+    idleTimer?.cancel()
+    keepaliveTimer?.cancel()
+    context.writeAndFlush(
+      wrapOutboundOut(
+        HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastStreamID, errorCode: .noError, opaqueData: nil))),
+      promise: nil)
+    if openStreams == 0 {
+      closeAfterWrites()
+      return
+    }
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    graceTimer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(config.maxGrace.totalNanoseconds))) {
+      bound.value.context?.close(promise: nil)
+    }
+  }
+}
+
+/// Forwards `NIOHTTP2Handler`'s stream events to the connection's ``ConnectionManager`` (always on its loop).
+struct StreamTracker: NIOHTTP2StreamDelegate {
+  let manager: NIOLoopBound<ConnectionManager>
+
+  func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {
+    manager.value.streamCreated(id)
+  }
+
+  func streamClosed(_ id: HTTP2StreamID, channel: any Channel) {
+    manager.value.streamClosed(id)
+  }
+}

@@ -1,0 +1,232 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import GRPCCore
+import PalisadeIdentity
+import PalisadeServer
+import PalisadeTestSupport
+import Testing
+import X509
+
+/// Attacks on the transport from outside the process: raw TCP sockets, `openssl s_client`, and raw HTTP/2 frames
+/// over mTLS (`Tests/Interop/h2_attacks.py`, the `h2` library). Issue 13, items 6, 7, 10 and 11.
+@Suite struct TransportAttackTests {
+  /// Runs one scenario of `h2_attacks.py` and returns its RESULT object.
+  func attack(_ server: TestServer, _ scenario: String, _ extra: [String] = [], timeout: Duration = .seconds(120))
+    async throws -> [String: Any]
+  {
+    let client = try goodClient(server, "h2")
+    let r = try await ProcessTests.run(
+      InteropTests.python,
+      ["\(repositoryRoot)/Tests/Interop/h2_attacks.py", scenario, "--port", "\(server.port)", "--cert", client.cert,
+       "--key", client.key, "--ca", server.pki.path("ca-bundle.pem"), "--token", client.token ?? ""] + extra,
+      timeout: timeout)
+    guard let line = r.stdout.split(separator: "\n").first(where: { $0.hasPrefix("RESULT \(scenario) ") }),
+      let object = try JSONSerialization.jsonObject(with: Data(line.dropFirst("RESULT \(scenario) ".count).utf8))
+        as? [String: Any]
+    else {
+      Issue.record("no result from \(scenario): \(r.stdout)\n\(r.stderr)")
+      return [:]
+    }
+    return object
+  }
+
+  // MARK: 7. Half-sent messages, size limits, header blocks
+
+  @Test func anOversizedMessageIsAlwaysResourceExhaustedNeverCancelled() async throws {
+    let server = try await TestServer.start { $0.server.limits.maxMessageBytes = 1 << 20 }
+    let result = try await attack(server, "oversize", ["--limit", "\(1 << 20)", "--repeat", "30"])
+    let codes = result["codes"] as? [Int?] ?? []
+    #expect(codes.count == 30)
+    #expect(codes.allSatisfy { $0 == 8 }, "every refusal is RESOURCE_EXHAUSTED: \(codes)")
+    #expect(result["live_after"] as? Int == 0, "the connection goes on")
+    try await server.stop()
+  }
+
+  @Test func halfSentMessagesAreBoundedPerConnectionAndPerPrincipal() async throws {
+    let server = try await TestServer.start { config in
+      config.server.limits.maxInflightBytesPerConnection = 8 << 20
+      config.server.limits.maxInflightBytesPerPrincipal = 12 << 20
+    }
+    // Two connections, four streams each, each declaring 60 MiB and sending 4 MiB of it: without budgets
+    // 32 MiB would be pinned until the client went away.
+    let result = try await attack(
+      server, "halfsent", ["--connections", "2", "--streams", "4", "--declared", "\(60 << 20)", "--send", "\(4 << 20)"])
+    let streams = result["streams"] as? [[String: Any]] ?? []
+    #expect(streams.count == 8)
+    let refused = streams.filter { $0["status"] as? Int == 8 }
+    let messages = refused.compactMap { $0["message"] as? String }
+    #expect(refused.count >= 5, "at most 12 MiB in flight for the principal: \(streams)")
+    #expect(messages.contains { $0.contains("this connection") }, "\(messages)")
+    #expect(messages.contains { $0.contains("this caller") }, "\(messages)")
+    #expect((result["live_after"] as? [Int]) == [0, 0], "the connections keep working")
+    let metrics = try await adminGet(server, "/metrics").1
+    #expect(metrics.contains(#"palisade_transport_refusals_total{reason="inflight_connection_budget"}"#))
+    #expect(metrics.contains(#"palisade_transport_refusals_total{reason="inflight_principal_budget"}"#))
+    try await server.stop()
+  }
+
+  @Test func anOversizedHeaderBlockRefusesThatStreamNotTheConnection() async throws {
+    let server = try await TestServer.start()
+    let result = try await attack(server, "bigheader")
+    #expect(result["first"] as? Int == 0)
+    #expect(result["big"] as? Int == 8, "\(result)")
+    #expect((result["big_message"] as? String)?.contains("request headers") == true)
+    #expect(result["after"] as? Int == 0, "the same connection serves the next call")
+    #expect(result["connection_closed"] as? Bool == false)
+    try await server.stop()
+  }
+
+  @Test func aMessageThatNeverCompletesIsRefusedAtItsDeadline() async throws {
+    let server = try await TestServer.start { $0.server.limits.messageTimeoutSeconds = 1 }
+    let result = try await attack(server, "slowmessage", ["--wait", "10"])
+    #expect(result["status"] as? Int == 8, "\(result)")
+    #expect((result["message"] as? String)?.contains("not received in full") == true)
+    try await server.stop()
+  }
+
+  // MARK: 11. TLS session resumption
+
+  @Test func aReconnectingClientWithASessionCacheIsServed() async throws {
+    let server = try await TestServer.start()
+    let result = try await attack(server, "resume")
+    #expect(result["first"] as? Int == 0)
+    #expect(result["second"] as? Int == 0, "the call on the new connection has an identity: \(result)")
+    #expect(result["reused"] as? Bool == false, "the server does not resume sessions")
+    #expect(result["tickets"] as? Bool == false, "the server issues no session tickets")
+    try await server.stop()
+  }
+
+  @Test func opensslSeesNoSessionTicketAndNoResumption() async throws {
+    let server = try await TestServer.start()
+    let client = try server.pki.client("ossl", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/ossl")])
+    let session = server.pki.path("ossl.session")
+    let common =
+      "openssl s_client -connect 127.0.0.1:\(server.port) -tls1_3 -alpn h2 -cert \(client.cert) -cert_chain \(client.cert) -key \(client.key) -CAfile \(server.pki.path("ca-bundle.pem"))"
+    let first = try await ProcessTests.run("/bin/sh", ["-c", "sleep 1 | \(common) -sess_out \(session) 2>&1"])
+    #expect(first.stdout.contains("New, TLSv1.3"), "\(first.stdout)")
+    #expect(!first.stdout.contains("New Session Ticket"), "no ticket is issued")
+    // Without a ticket s_client may have no session to save; if it saved one, offering it must not resume.
+    let second = try await ProcessTests.run(
+      "/bin/sh", ["-c", "if [ -s \(session) ]; then sleep 1 | \(common) -sess_in \(session) 2>&1; else echo no-session-saved; fi"])
+    #expect(
+      (second.stdout.contains("New, TLSv1.3") || second.stdout.contains("no-session-saved"))
+        && !second.stdout.contains("Reused,"), "\(second.stdout)")
+    try await server.stop()
+  }
+
+  // MARK: 6. Pre-authentication timeouts and connection caps
+
+  @Test func aConnectionThatNeverSendsAClientHelloIsClosed() async throws {
+    let server = try await TestServer.start { $0.server.connection.handshakeTimeoutSeconds = 1 }
+    let socket = try RawSocket(port: server.port)
+    let started = ContinuousClock.now
+    #expect(socket.waitForClose(timeout: 10), "the server closed the silent connection")
+    #expect(ContinuousClock.now - started < .seconds(8))
+    let metrics = try await adminGet(server, "/metrics").1
+    #expect(metrics.contains(#"palisade_transport_refusals_total{reason="handshake_timeout"}"#))
+    try await server.stop()
+  }
+
+  @Test func connectionsPerAddressAreCappedAndAuthenticatedCallsStillWork() async throws {
+    let server = try await TestServer.start { $0.server.connection.maxConnectionsPerAddress = 3 }
+    let held = try (0..<3).map { _ in try RawSocket(port: server.port) }
+    try await Task.sleep(for: .milliseconds(200))
+    let refused = try RawSocket(port: server.port)
+    #expect(refused.waitForClose(timeout: 5), "the fourth connection is closed at once")
+    let metrics = try await adminGet(server, "/metrics").1
+    #expect(metrics.contains(#"palisade_transport_refusals_total{reason="max_connections_per_address"}"#))
+    for socket in held { socket.close() }
+    try await Task.sleep(for: .milliseconds(300))
+    let client = try goodClient(server)
+    let ok = try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    #expect(ok.outputs.count == 2)
+    try await server.stop()
+  }
+
+  @Test func theAdminPortClosesSlowAndIdleClients() async throws {
+    let server = try await TestServer.start { config in
+      config.admin.requestTimeoutSeconds = 1
+      config.admin.maxConnections = 4
+    }
+    let slow = try RawSocket(port: server.adminPort)
+    slow.send("GET /healthz HTTP/1.1\r\nHost: x\r\n")  // never finished
+    #expect(slow.waitForClose(timeout: 10), "slowloris is cut off")
+    let held = try (0..<4).map { _ in try RawSocket(port: server.adminPort) }
+    try await Task.sleep(for: .milliseconds(200))
+    let extra = try RawSocket(port: server.adminPort)
+    #expect(extra.waitForClose(timeout: 5), "beyond the cap")
+    for socket in held { socket.close() }
+    try await Task.sleep(for: .milliseconds(300))
+    let (status, _) = try await adminGet(server, "/healthz")
+    #expect(status == 200)
+    try await server.stop()
+  }
+
+  // MARK: 10. Intermediates that may not sign certificates
+
+  @Test func aClientChainThroughAnIntermediateWithoutKeyCertSignIsRefused() async throws {
+    let server = try await TestServer.start()
+    let notACA = try TestPKI.makeCA(name: "Not For Signing", issuer: server.pki.root, keyUsage: KeyUsage(digitalSignature: true))
+    let client = try server.pki.client(
+      "sneaky", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/sneaky")], issuer: notACA)
+    let token = try server.pki.token(for: client.issued)
+    let error = await rpcError {
+      _ = try await withClient(server, cert: client.cert, key: client.key, token: token) {
+        try await $0.modelInfer(simpleRequest(raw: true))
+      }
+    }
+    #expect(error?.code == .unavailable, "refused in the handshake")
+    // The same chain shape with keyCertSign is accepted (the test is about that one bit).
+    let good = try server.pki.client("fine", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/fine")])
+    let served = try await withClient(server, cert: good.cert, key: good.key, token: try server.pki.token(for: good.issued)) {
+      try await $0.modelInfer(simpleRequest(raw: true))
+    }
+    #expect(served.outputs.count == 2)
+    try await server.stop()
+  }
+}
+
+/// A plain TCP socket to a loopback port, for attacks below TLS.
+final class RawSocket: @unchecked Sendable {
+  let fd: Int32
+  private var open = true
+
+  init(port: Int) throws {
+    fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let result = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard result == 0 else { throw CocoaError(.fileReadUnknown) }
+  }
+
+  func send(_ text: String) {
+    _ = Array(text.utf8).withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+  }
+
+  /// Whether the peer closes the connection (EOF or reset) within `timeout` seconds.
+  func waitForClose(timeout: Int) -> Bool {
+    var tv = timeval(tv_sec: 1, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    for _ in 0..<timeout {
+      let n = recv(fd, &buffer, buffer.count, 0)
+      if n == 0 { return true }
+      if n < 0, errno != EAGAIN, errno != EWOULDBLOCK { return true }
+    }
+    return false
+  }
+
+  func close() {
+    guard open else { return }
+    open = false
+    _ = Glibc.close(fd)
+  }
+
+  deinit { close() }
+}
