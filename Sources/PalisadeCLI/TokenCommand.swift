@@ -83,7 +83,9 @@ struct TokenCommand: ParsableCommand {
       else { throw ValidationError("not a compact JWS token") }
       var out: [String: Any] = ["header": h, "claims": p, "verified": false]
       if let claims = p as? [String: Any], let exp = (claims["exp"] as? NSNumber)?.doubleValue {
-        out["expires_in_seconds"] = Int(exp - Date().timeIntervalSince1970)
+        // Whatever the token says, never trap: a non-finite or huge exp is shown as it is.
+        let remaining = (exp - Date().timeIntervalSince1970).rounded(.down)
+        if let seconds = Int(exactly: remaining) { out["expires_in_seconds"] = seconds } else { out["exp_out_of_range"] = true }
       }
       print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
     }

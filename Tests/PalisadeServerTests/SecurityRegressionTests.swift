@@ -5,6 +5,7 @@ import Logging
 import PalisadeCore
 import PalisadeIdentity
 import PalisadeProto
+import PalisadeClient
 @testable import PalisadeServer
 import PalisadeTestSupport
 import Synchronization
@@ -30,6 +31,15 @@ import Testing
     let ok = try await withClient(server, good) { try await $0.modelInfer(simpleRequest(raw: true)) }
     #expect(ok.outputs.count == 2)
     try await server.stop()
+  }
+
+  @Test func tokenInspectShowsAnOutOfRangeExpiryInsteadOfCrashing() async throws {
+    let pki = try TestPKI()
+    let client = try pki.client("ins", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/ins")])
+    let token = try pki.token(for: client.issued, claims: ["exp": 1e300])
+    let r = try await ProcessTests.run(ProcessTests.binary, ["token", "inspect", "-"], stdin: token)
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(r.stdout.contains("exp_out_of_range"))
   }
 
   // MARK: 2. Any caller can take a model down for everyone
@@ -156,6 +166,40 @@ import Testing
       }
     }
     #expect(outcome?.code == .unauthenticated)
+    try await server.stop()
+  }
+
+  @Test func healthWatchesAreBoundedPerConnection() async throws {
+    let server = try await TestServer.start { $0.server.limits.maxWatchesPerConnection = 2 }
+    let client = try goodClient(server)
+    let refused = try await withPalisadeConnection(
+      host: "127.0.0.1", port: server.port,
+      tls: ClientTLSFiles(certificate: client.cert, privateKey: client.key, serverCA: server.pki.path("server-ca.pem"))
+    ) { connection in
+      let health = Grpc_Health_V1_Health.Client(wrapping: connection)
+      // Two watches held open on this connection...
+      let opened = AsyncStream<Void>.makeStream()
+      let holders = (0..<2).map { _ in
+        Task {
+          try await health.watch(.init()) { response in
+            for try await _ in response.messages {
+              opened.continuation.yield()
+              try await Task.sleep(for: .seconds(30))
+            }
+          }
+        }
+      }
+      var seen = 0
+      for await _ in opened.stream {
+        seen += 1
+        if seen == 2 { break }
+      }
+      // ...so the third is refused.
+      let third = await rpcError { try await health.watch(.init()) { response in for try await _ in response.messages {} } }
+      for holder in holders { holder.cancel() }
+      return third
+    }
+    #expect(refused?.code == .resourceExhausted)
     try await server.stop()
   }
 

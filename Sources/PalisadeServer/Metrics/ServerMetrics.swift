@@ -1,4 +1,5 @@
 public import Prometheus
+import Synchronization
 public import PalisadeTransport
 
 /// The server's Prometheus metrics, registered in a registry the server owns (no global metrics system).
@@ -32,21 +33,40 @@ public final class ServerMetrics: TransportObserver, Sendable {
     stageHistograms = stages
   }
 
-  /// Counts one finished RPC and records its latency.
+  /// Counts one finished RPC and records its latency. The handles are resolved once per (method, code) and kept:
+  /// the registry lookup (a lock, label hashing) is not paid per call.
   public func recordRPC(method: String, code: String, duration: Duration) {
-    registry.makeCounter(
-      descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "grpc_requests", unitName: "total",
-        helpText: "Finished gRPC calls by method and status code"),
-      labels: [("rpc", method), ("code", code)]
-    ).increment()
-    registry.makeDurationHistogram(
-      descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "grpc_request_duration", unitName: "seconds",
-        helpText: "gRPC call latency from the first request byte to the final status"),
-      labels: [("rpc", method)], buckets: latencyBuckets
-    ).record(duration)
+    let key = RPCKey(method: method, code: code)
+    let handles = rpcHandles.withLock { cache -> RPCHandles in
+      if let found = cache[key] { return found }
+      let made = RPCHandles(
+        count: registry.makeCounter(
+          descriptor: MetricNameDescriptor(
+            namespace: "palisade", metricName: "grpc_requests", unitName: "total",
+            helpText: "Finished gRPC calls by method and status code"),
+          labels: [("rpc", method), ("code", code)]),
+        latency: registry.makeDurationHistogram(
+          descriptor: MetricNameDescriptor(
+            namespace: "palisade", metricName: "grpc_request_duration", unitName: "seconds",
+            helpText: "gRPC call latency from the first request byte to the final status"),
+          labels: [("rpc", method)], buckets: latencyBuckets))
+      // Methods and codes are bounded sets (the service definition, the status codes).
+      cache[key] = made
+      return made
+    }
+    handles.count.increment()
+    handles.latency.record(duration)
   }
+
+  private struct RPCKey: Hashable {
+    let method: String
+    let code: String
+  }
+  private struct RPCHandles {
+    let count: Counter
+    let latency: DurationHistogram
+  }
+  private let rpcHandles = Mutex<[RPCKey: RPCHandles]>([:])
 
   /// Counts a refused caller identity (the reason is a fixed enum description).
   public func recordIdentityRefused(reason: String) {

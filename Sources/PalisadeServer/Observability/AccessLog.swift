@@ -15,7 +15,8 @@ public struct AccessLog: Sendable {
   func record(
     call: CallContext, model: String, version: String, status: String, latency: Duration, oodScore: Double?
   ) {
-    guard enabled else { return }
+    // The metadata is built only when the line will be written (the level may filter it out).
+    guard enabled, logger.logLevel <= .info else { return }
     var metadata: Logger.Metadata = [
       "request_id": "\(call.requestID)", "principal": "\(call.identity.spiffeID)", "model": "\(model)",
       "version": "\(version)", "status": "\(status)", "latency_us": "\(latency.microseconds)",

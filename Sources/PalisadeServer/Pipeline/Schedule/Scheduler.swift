@@ -157,6 +157,15 @@ final class ExecutionSlots: Sendable {
     }
   }
 
+  /// Takes an execution slot if one is free now; never registers a waiter.
+  func tryAcquire() -> Bool {
+    state.withLock { s in
+      guard s.free > 0 else { return false }
+      s.free -= 1
+      return true
+    }
+  }
+
   func release() {
     let next: ModelQueue? = state.withLock { s in
       s.free += 1
@@ -215,6 +224,11 @@ final class ModelQueue: Sendable {
   }
 
   func submit(inputs: [Tensor], requestedOutputs: [String]?, principal: String) async throws -> [Tensor] {
+    // An idle model with nothing waiting runs the request here, in the caller's task: no queue entry, no task to
+    // start, no continuation. Under load requests queue (and batch) as below.
+    if let outputs = try await runDirectlyIfIdle(inputs: inputs, requestedOutputs: requestedOutputs, principal: principal) {
+      return outputs
+    }
     switch scheduler.slots.reserveQueueSlot(principal: principal) {
     case nil: break
     case .full:
@@ -331,6 +345,34 @@ final class ModelQueue: Sendable {
       depth(remaining)
       let work = batch
       Task { await self.execute(work) }
+    }
+  }
+
+  /// Runs at once when the model is idle and nothing waits; nil when it is not (the request then queues).
+  private func runDirectlyIfIdle(inputs: [Tensor], requestedOutputs: [String]?, principal: String) async throws
+    -> [Tensor]?
+  {
+    let claimed = state.withLock { s -> Bool in
+      guard s.pending.isEmpty, s.running == 0 else { return false }
+      guard scheduler.slots.tryAcquire() else { return false }
+      s.running += 1
+      return true
+    }
+    guard claimed else { return nil }
+    batchSize(1)
+    defer {
+      state.withLock { $0.running -= 1 }
+      scheduler.slots.release()
+      pump()
+    }
+    let started = ContinuousClock.now
+    do {
+      let outputs = try await scheduler.executor.run(model, inputs: inputs, requestedOutputs: requestedOutputs)
+      breaker.record(.success, duration: ContinuousClock.now - started)
+      return outputs
+    } catch {
+      breaker.record(CircuitBreaker.Outcome(error), principal: principal, duration: ContinuousClock.now - started)
+      throw error
     }
   }
 
