@@ -119,14 +119,14 @@ final class ByteBudgets: @unchecked Sendable {
   /// Charges `bytes` to `destination` if the budget allows it; false (and nothing charged) otherwise.
   func charge(_ destination: EgressConfig.Destination, bytes: Int, now: Date = Date()) -> Bool {
     guard let budget = destination.byteBudget else { return true }
-    // A clock outside Int's range (it is not) would trap in Int(_:); the window then is 0.
+    // Int(_:) traps on a non-finite or out-of-range Double; a clock that far off counts as window 0.
     let seconds = now.timeIntervalSince1970
     let window = (seconds.isFinite && abs(seconds) < 1e15 ? Int(seconds) : 0) / max(1, budget.windowSeconds)
     lock.lock()
     defer { lock.unlock() }
     var entry = used[destination.name] ?? (window, 0)
     if entry.window != window { entry = (window, 0) }
-    guard entry.bytes + bytes <= budget.bytes else { return false }
+    guard bytes >= 0, bytes <= budget.bytes - entry.bytes else { return false }  // no overflow near Int.max
     entry.bytes += bytes
     used[destination.name] = entry
     return true

@@ -42,10 +42,16 @@ public final class Inspector: Sendable {
   static let minSecretBytes = 6
   /// Longer tokens are not hashed (no secret is this long; bounds the work per token).
   static let maxSecretBytes = 4096
-  /// Base64 runs this long decode to at least `minSecretBytes`.
-  static let minBase64Chars = 8
-  /// Hex runs this long decode to at least `minSecretBytes`.
-  static let minHexDigits = 12
+  /// Decoded bytes shorter than this cannot hold a PEM header, a DER key, a JWK or a JWT: only canaries and secrets
+  /// are looked for in them.
+  static let structuralMinBytes = 20
+  /// The shortest decoded run worth scanning: the shortest canary, 6 bytes when secrets are configured, else
+  /// `structuralMinBytes` (or the weight window, if smaller). Runs shorter than that (most words) are not decoded.
+  let minDecodedBytes: Int
+  /// Base64 runs this long decode to at least `minDecodedBytes`.
+  let minBase64Chars: Int
+  /// Hex runs this long decode to at least `minDecodedBytes`.
+  let minHexDigits: Int
   /// Remainders of a base64 run after an inner `+ / - _` are decoded on their own up to this many characters.
   static let maxRemainderChars = 344
 
@@ -66,6 +72,12 @@ public final class Inspector: Sendable {
     }
     self.secretFingerprints = fingerprints
     self.weights = weights
+    var least = min(Self.structuralMinBytes, weights?.window ?? Self.structuralMinBytes)
+    if !fingerprints.isEmpty { least = min(least, Self.minSecretBytes) }
+    for c in canaries where !c.bytes.isEmpty { least = min(least, c.bytes.count) }
+    minDecodedBytes = least
+    minBase64Chars = (least * 4 + 2) / 3
+    minHexDigits = least * 2
   }
 
   /// The first finding in the request, or nil when it may leave.
@@ -237,8 +249,19 @@ public final class Inspector: Sendable {
     // line break (a secret on a line of its own).
     var cuts: [(end: Int, start: Int)] = []
     func scanDecoded(_ label: String) -> Finding? {
-      guard decoded.count >= Self.minSecretBytes else { return nil }
-      return decoded.withUnsafeBytes { scan($0, location: location, via: prefix + label, decodeRuns: false) }
+      guard decoded.count >= minDecodedBytes else { return nil }
+      return decoded.withUnsafeBytes { raw -> Finding? in
+        if raw.count >= Self.structuralMinBytes { return scan(raw, location: location, via: prefix + label, decodeRuns: false) }
+        // Too short for anything but a canary or a secret (most decoded runs are words): only those are looked for.
+        for c in canaries where c.bytes.count <= raw.count && Self.find(c.bytes, in: raw, from: 0) != nil {
+          return Finding(reason: .canary, location: location, detail: "canary token (\(c.source)) (\(prefix)\(label))")
+        }
+        if !secretFingerprints.isEmpty, let n = matchSecret(raw) {
+          return Finding(
+            reason: .secret, location: location, detail: "secret with configured fingerprint #\(n) (\(prefix)\(label))")
+        }
+        return nil
+      }
     }
     var i = 0
     while i < n {
@@ -266,9 +289,9 @@ public final class Inspector: Sendable {
       // Padding ends the run: what follows starts a new quantum (and `key=value` splits there).
       var end = j
       while end < n, raw[end] == UInt8(ascii: "=") { end += 1 }
-      if values.count >= Self.minBase64Chars {
+      if values.count >= min(minBase64Chars, settings.highEntropy.minLength) {
         if settings.decodeBase64 {
-          for align in 0..<4 where values.count - align >= Self.minBase64Chars {
+          for align in 0..<4 where values.count - align >= minBase64Chars {
             Self.decodeBase64(values, from: align, to: values.count, into: &decoded)
             if let f = scanDecoded("base64-decoded") { return f }
           }
@@ -277,7 +300,7 @@ public final class Inspector: Sendable {
           // keys are substrings, found above at one of the alignments anyway).
           if !secretFingerprints.isEmpty, !cuts.isEmpty {
             func hashed(_ s: Int, _ e: Int) -> Int? {
-              guard e - s >= Self.minBase64Chars, e - s <= Self.maxRemainderChars else { return nil }
+              guard e - s >= minBase64Chars, e - s <= Self.maxRemainderChars else { return nil }
               Self.decodeBase64(values, from: s, to: e, into: &decoded)
               return secretHash(decoded)
             }
@@ -339,9 +362,9 @@ public final class Inspector: Sendable {
           break
         }
       }
-      if values.count >= Self.minHexDigits {
+      if values.count >= min(minHexDigits, settings.highEntropy.minLength) {
         if settings.decodeHex {
-          for align in 0..<2 where values.count - align >= Self.minHexDigits {
+          for align in 0..<2 where values.count - align >= minHexDigits {
             decoded.removeAll(keepingCapacity: true)
             var k = align
             while k + 1 < values.count {

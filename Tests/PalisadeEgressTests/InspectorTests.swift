@@ -365,4 +365,26 @@ struct InspectorTests {
     #expect(i.inspect(uri: "/", headers: [("x-token", jwt)], body: [])?.reason == .jwt)
     #expect(i.inspect(uri: "/", headers: [], body: Array("token=\(jwt.replacingOccurrences(of: "%2E", with: "%2e"))".utf8))?.reason == .jwt)
   }
+
+  @Test("inspection never traps on random bytes built from the characters its decoders look for")
+  func adversarialBytes() {
+    let weights = Self.random(4096)
+    let i = Self.inspector({ $0.secretSHA256 = [Self.sha256Hex("not-in-any-input")] }, canaries: ["never-present-canary"], weights: weights)
+    let pieces: [[UInt8]] = [
+      Array("%".utf8), Array("%2".utf8), Array("%zz".utf8), Array("\\".utf8), Array("\\u".utf8), Array("\\ud83d".utf8),
+      Array("\\udc00".utf8), Array("\\x4".utf8), Array("\\n".utf8), Array("=".utf8), Array("==".utf8), Array("\n".utf8),
+      Array("\r\n  ".utf8), Array(" ".utf8), Array(":".utf8), Array("/".utf8), Array("+".utf8), Array("-_".utf8),
+      Array("QUJD".utf8), Array("ab".utf8), Array("0f".utf8), Array("{".utf8), Array("}".utf8), Array("\"kty\"".utf8),
+      Array("\"d\":\"".utf8), Array("eyJ".utf8), Array(".".utf8), Array("-----BEGIN ".utf8),
+      [0x30], [0x30, 0x81], [0x30, 0x82, 0xff], [0x02, 0x01, 0x00], [0x02, 0x01, 0x01], [0x02, 0x01, 0x03], [0x04, 0x20],
+      [0x06, 0x09, 0x2A, 0x86, 0x48], [0x02, 0x82, 0x01], [0xA0], [0x00], [0xff],
+    ]
+    var g = SystemRandomNumberGenerator()
+    for _ in 0..<3000 {
+      var body: [UInt8] = []
+      for _ in 0..<Int.random(in: 0...80, using: &g) { body += pieces[Int.random(in: 0..<pieces.count, using: &g)] }
+      let text = String(decoding: body, as: UTF8.self)
+      _ = i.inspect(uri: "/x?" + text, headers: [("x", text)], body: body)
+    }
+  }
 }
