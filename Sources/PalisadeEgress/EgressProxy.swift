@@ -273,19 +273,21 @@ public final class EgressProxy: Sendable {
       closeAfter: true)
   }()
 
-  /// Content codings the inspector reads through (none but identity: a compressed body would be opaque to it).
+  /// Codings named in the refusal; any other value is "unrecognised" (a header value is the sender's text and does
+  /// not go into logs and events).
+  private static let knownCodings: Set<String> = ["gzip", "x-gzip", "deflate", "br", "compress", "x-compress", "zstd", "aes128gcm"]
+
+  /// The first content or transfer coding the inspector cannot read through, or nil. Only identity (and chunked
+  /// framing, which NIO decodes) can be inspected: a compressed body would be opaque.
   static func opaqueCoding(_ head: HTTPRequestHead) -> String? {
-    for value in head.headers["content-encoding"] {
-      for token in value.split(separator: ",") {
-        let coding = token.trimmingCharacters(in: .whitespaces).lowercased()
-        if !coding.isEmpty && coding != "identity" { return "Content-Encoding \(coding)" }
-      }
-    }
-    // NIO decodes chunked framing; any other transfer coding (gzip, deflate) would leave as opaque body bytes.
-    for value in head.headers["transfer-encoding"] {
-      for token in value.split(separator: ",") {
-        let coding = token.trimmingCharacters(in: .whitespaces).lowercased()
-        if !coding.isEmpty && coding != "chunked" && coding != "identity" { return "Transfer-Encoding \(coding)" }
+    for (header, allowed) in [("content-encoding", ["identity"]), ("transfer-encoding", ["identity", "chunked"])] {
+      for value in head.headers[header] {
+        for token in value.split(separator: ",") {
+          let coding = token.trimmingCharacters(in: .whitespaces).lowercased()
+          if coding.isEmpty || allowed.contains(coding) { continue }
+          let name = header == "content-encoding" ? "Content-Encoding" : "Transfer-Encoding"
+          return "\(name) \(knownCodings.contains(coding) ? coding : "(unrecognised)")"
+        }
       }
     }
     return nil

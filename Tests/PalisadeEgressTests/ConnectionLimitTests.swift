@@ -137,7 +137,13 @@ struct ConnectionLimitTests {
     #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 415"), "\(String(decoding: answer, as: UTF8.self))")
     #expect(h.upstream.received.count == 1)
     let event = try #require(h.events.next())
-    #expect(event.reason == "content_encoding")
+    #expect(event.reason == "content_encoding" && event.detail.hasPrefix("Content-Encoding gzip"))
+    // An unknown coding is refused too, and its text (the sender's) is not echoed into events and logs.
+    let odd = try await h.send(h.url("/ingest/x"), headers: [("content-encoding", "leak-7f3e9a1c55d04b2e")], body: [1])
+    #expect(odd.status == 415 && odd.blockedReason == "content_encoding")
+    var last: EgressEvent?
+    while let e = h.events.next(timeoutSeconds: 1) { last = e }
+    #expect(last?.detail.contains("(unrecognised)") == true && last?.detail.contains("leak-") == false)
     await h.stop()
   }
 

@@ -98,7 +98,7 @@ import Testing
   }
 }
 
-@Suite struct EgressReportReceiverTests {
+@Suite(.serialized) struct EgressReportReceiverTests {
   static let event =
     #"{"schema":"palisade.egress/v1","type":"blocked","time":"t","id":"e1","reason":"canary","location":"body","detail":"canary token (config)","method":"POST","scheme":"https","host":"x.example","port":443,"body_bytes":10}"#
 
@@ -196,6 +196,33 @@ import Testing
     let blocks = try Self.auditRecords(pki, key).filter { $0.kind == .egressBlock }
     #expect(blocks.map { $0.details["event_id"] } == ["e1"], "\(blocks)")
     #expect(blocks.first?.details["sender_uid"] == "0" && blocks.first?.details["sender_pid"] == String(pid))
+  }
+
+  @Test func fileDescriptorsSentWithReportsAreNeitherKeptNorTrusted() async throws {
+    let pki = try TestPKI()
+    let (server, key) = try await Self.server(pki) { _ in }
+    let before = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
+    // 50 reports, each carrying 10 descriptors (SCM_RIGHTS): 500 fds would be installed in the server if it took them.
+    let script = """
+      import os, socket, sys
+      s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+      s.connect(sys.argv[1])
+      fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(10)]
+      for _ in range(50):
+          socket.send_fds(s, [sys.argv[2].encode()], fds)
+      """
+    let r = try await ProcessTests.run("/usr/bin/env", ["python3", "-c", script, pki.path("r.sock"), Self.event])
+    #expect(r.status == 0, "\(r.stderr)")
+    var counted = false
+    for _ in 0..<200 where !counted {
+      counted = Self.metricsText(server).contains(#"reason="unauthenticated_egress_report"} 50"#)
+      if !counted { try await Task.sleep(for: .milliseconds(25)) }
+    }
+    #expect(counted, "each report with descriptors is dropped and counted")
+    let after = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
+    #expect(after - before < 200, "descriptors leaked into the server: \(before) -> \(after)")
+    try await server.stop()
+    #expect(try Self.auditRecords(pki, key).filter { $0.kind == .egressBlock }.isEmpty)
   }
 
   @Test func reportSenderUIDsAreReadAndCheckedInTheConfig() throws {

@@ -80,6 +80,7 @@ public final class EgressReportReceiver: Service, Sendable {
   #if os(Linux)
   /// `SCM_CREDENTIALS` and `struct ucred` are GNU extensions Swift's Glibc module does not import; both are the same
   /// on every Linux architecture.
+  private static let scmRights: Int32 = 1
   private static let scmCredentials: Int32 = 2
   private static let ucredSize = 12
 
@@ -127,11 +128,14 @@ public final class EgressReportReceiver: Service, Sendable {
     let (stream, continuation) = AsyncStream<([UInt8], Sender?)>.makeStream(bufferingPolicy: .bufferingNewest(1024))
     let reader = Thread {
       var buffer = [UInt8](repeating: 0, count: 65_536)
-      // cmsghdr-aligned room for one SCM_CREDENTIALS message (and anything else the kernel adds).
-      var control = [UInt64](repeating: 0, count: 16)
+      // Room for exactly one SCM_CREDENTIALS message (CMSG_SPACE(12) = 32 bytes), which the kernel puts first: file
+      // descriptors a sender attaches (SCM_RIGHTS) find no room, are never installed here, and the datagram is
+      // marked truncated and dropped. Any that did arrive would be closed below.
+      var control = [UInt64](repeating: 0, count: 4)
       while !stop.isSet {
         var flags: Int32 = 0
         var controlLength = 0
+        for k in control.indices { control[k] = 0 }
         let n = buffer.withUnsafeMutableBytes { data in
           control.withUnsafeMutableBytes { ctl in
             var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
@@ -142,17 +146,20 @@ public final class EgressReportReceiver: Service, Sendable {
               message.msg_control = ctl.baseAddress
               message.msg_controllen = ctl.count
               let n = recvmsg(fd, &message, 0)
-              flags = message.msg_flags
-              controlLength = Int(message.msg_controllen)
+              // On failure (the 200 ms receive timeout) the control fields mean nothing.
+              flags = n >= 0 ? message.msg_flags : 0
+              controlLength = n >= 0 ? message.msg_controllen : 0
               return n
             }
           }
         }
+        let parsed = control.withUnsafeBytes {
+          Self.controlMessages(UnsafeRawBufferPointer(rebasing: $0[0..<max(0, min(controlLength, $0.count))]))
+        }
+        for passed in parsed.descriptors { close(passed) }
         guard n > 0 else { continue }
-        let sender: Sender? =
-          flags & Int32(MSG_CTRUNC) != 0
-          ? nil : control.withUnsafeBytes { Self.credentials(in: UnsafeRawBufferPointer(rebasing: $0[0..<min(controlLength, $0.count)])) }
-        continuation.yield((Array(buffer[0..<n]), sender))
+        let trusted = flags & Int32(MSG_CTRUNC) == 0 && parsed.descriptors.isEmpty
+        continuation.yield((Array(buffer[0..<n]), trusted ? parsed.sender : nil))
       }
       close(fd)
       continuation.finish()
@@ -167,26 +174,34 @@ public final class EgressReportReceiver: Service, Sendable {
     unlink(path)
   }
 
-  /// The `SCM_CREDENTIALS` message among the control messages of one datagram.
-  static func credentials(in control: UnsafeRawBufferPointer) -> Sender? {
+  /// The `SCM_CREDENTIALS` sender and any `SCM_RIGHTS` file descriptors among the control messages of one datagram.
+  static func controlMessages(_ control: UnsafeRawBufferPointer) -> (sender: Sender?, descriptors: [Int32]) {
     let header = MemoryLayout<cmsghdr>.size
     let align = MemoryLayout<Int>.size
+    var sender: Sender?
+    var descriptors: [Int32] = []
     var offset = 0
     while offset + header <= control.count {
       let length = control.loadUnaligned(fromByteOffset: offset, as: Int.self)
       let level = control.loadUnaligned(fromByteOffset: offset + MemoryLayout<Int>.size, as: Int32.self)
       let type = control.loadUnaligned(fromByteOffset: offset + MemoryLayout<Int>.size + 4, as: Int32.self)
-      guard length >= header, offset + length <= control.count else { return nil }
-      if level == SOL_SOCKET, type == scmCredentials, length >= header + ucredSize {
-        let data = offset + header
-        return Sender(
+      guard length >= header, length <= control.count - offset else { break }
+      let data = offset + header
+      if level == SOL_SOCKET, type == scmCredentials, length >= header + ucredSize, sender == nil {
+        sender = Sender(
           pid: control.loadUnaligned(fromByteOffset: data, as: Int32.self),
           uid: control.loadUnaligned(fromByteOffset: data + 4, as: UInt32.self),
           gid: control.loadUnaligned(fromByteOffset: data + 8, as: UInt32.self))
+      } else if level == SOL_SOCKET, type == scmRights {
+        var at = data
+        while at + 4 <= offset + length {
+          descriptors.append(control.loadUnaligned(fromByteOffset: at, as: Int32.self))
+          at += 4
+        }
       }
       offset += (length + align - 1) / align * align
     }
-    return nil
+    return (sender, descriptors)
   }
   #else
   private func receive() async throws {
