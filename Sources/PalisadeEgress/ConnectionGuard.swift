@@ -33,13 +33,18 @@ enum ConnectionGuard {
       try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler())
       return false
     }
+    do {
+      try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+      try channel.pipeline.syncOperations.addHandler(RequestTimeoutHandler(settings: settings, metrics: metrics))
+    } catch {
+      limiter.release(key)
+      throw error
+    }
     metrics.setOpenConnections(listener: settings.listener, limiter.open)
     channel.closeFuture.whenComplete { _ in
       limiter.release(key)
       metrics.setOpenConnections(listener: settings.listener, limiter.open)
     }
-    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-    try channel.pipeline.syncOperations.addHandler(RequestTimeoutHandler(settings: settings, metrics: metrics))
     return true
   }
 }
