@@ -10,11 +10,18 @@ final class EgressAdminServer: Sendable {
   init(proxy: EgressProxy) { self.proxy = proxy }
 
   func run() async throws {
+    let config = proxy.config
+    let limiter = ConnectionLimiter(
+      maxTotal: config.admin.maxConnections, maxPerAddress: config.admin.maxConnectionsPerAddress)
+    let settings = ConnectionGuard.Settings(listener: "admin", config: config)
+    let metrics = proxy.metrics
     let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-      .bind(host: proxy.config.admin.host, port: proxy.config.admin.port) { channel in
-        channel.eventLoop.makeCompletedFuture {
-          try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+      .bind(host: config.admin.host, port: config.admin.port) { channel in
+        channel.eventLoop.makeCompletedFuture { () -> NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>? in
+          guard try ConnectionGuard.admit(channel, limiter: limiter, settings: settings, metrics: metrics) else {
+            return nil
+          }
           return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
         }
       }
@@ -23,6 +30,7 @@ final class EgressAdminServer: Sendable {
     try await withThrowingDiscardingTaskGroup { group in
       try await server.executeThenClose { connections in
         for try await connection in connections {
+          guard let connection else { continue }
           group.addTask {
             try? await connection.executeThenClose { inbound, outbound in
               var head: HTTPRequestHead?

@@ -18,6 +18,10 @@ public struct EgressConfig: Sendable {
     public var enabled = true
     public var host = "127.0.0.1"
     public var port = 9465
+    /// Connections open at once; more are answered 503 and closed.
+    public var maxConnections = 16
+    /// Connections open at once from one source address.
+    public var maxConnectionsPerAddress = 8
     public init() {}
   }
 
@@ -120,6 +124,24 @@ public struct EgressConfig: Sendable {
   public var maxResponseBytes = 64 << 20
   public var connectTimeoutSeconds = 10
   public var upstreamTimeoutSeconds = 60
+  /// A request head must arrive whole within this long of the connection opening (or of the previous response):
+  /// a client sending half a request line is closed. Applies to the proxy and the admin endpoint.
+  public var headerTimeoutSeconds = 10
+  /// The whole request (head and body) must arrive within this long, however steadily it trickles in.
+  public var requestTimeoutSeconds = 60
+  /// No byte from the client while its request is being read (or no progress writing our response) for this
+  /// long closes the connection.
+  public var idleTimeoutSeconds = 30
+  /// Proxy connections open at once (TCP and Unix socket together); more are answered 503 and closed.
+  public var maxConnections = 256
+  /// Proxy connections open at once from one source address (all Unix socket clients count as one).
+  public var maxConnectionsPerAddress = 64
+  /// Request body bytes buffered across all connections at once; a body that would pass it is answered 503
+  /// (`x-palisade-egress-error: overloaded`, retried by the server's client). Bounds memory under many slow
+  /// uploads. Nil: 64 MiB, or `maxBodyBytes` when that is larger.
+  public var maxInflightBodyBytes: Int?
+  /// The in-flight body budget in effect.
+  public var inflightBodyBudget: Int { maxInflightBodyBytes ?? max(64 << 20, maxBodyBytes) }
   public var inspection = Inspection()
   /// A Unix datagram socket where block events are sent as JSON (the server's audit log listens there).
   public var reportSocket: String?
@@ -159,6 +181,14 @@ public struct EgressConfig: Sendable {
       c.admin.enabled = try m.bool("enabled") ?? c.admin.enabled
       c.admin.host = try m.string("host") ?? c.admin.host
       c.admin.port = try m.int("port", in: 0...65535) ?? c.admin.port
+      c.admin.maxConnections = try m.int("max_connections", in: 1...65_536) ?? c.admin.maxConnections
+      // An unset per-address cap follows a lowered total.
+      c.admin.maxConnectionsPerAddress =
+        try m.int("max_connections_per_address", in: 1...65_536)
+        ?? min(c.admin.maxConnectionsPerAddress, c.admin.maxConnections)
+      if c.admin.maxConnectionsPerAddress > c.admin.maxConnections {
+        throw m.error("max_connections_per_address", "must not exceed max_connections (\(c.admin.maxConnections))")
+      }
       try m.finish()
     }
     if let m = try root.map("tls") {
@@ -176,6 +206,19 @@ public struct EgressConfig: Sendable {
       c.maxResponseBytes = try m.int("max_response_bytes", in: 0...(1 << 32)) ?? c.maxResponseBytes
       c.connectTimeoutSeconds = try m.int("connect_timeout_seconds", in: 1...300) ?? c.connectTimeoutSeconds
       c.upstreamTimeoutSeconds = try m.int("upstream_timeout_seconds", in: 1...3600) ?? c.upstreamTimeoutSeconds
+      c.headerTimeoutSeconds = try m.int("header_timeout_seconds", in: 1...300) ?? c.headerTimeoutSeconds
+      c.requestTimeoutSeconds = try m.int("request_timeout_seconds", in: 1...3600) ?? c.requestTimeoutSeconds
+      c.idleTimeoutSeconds = try m.int("idle_timeout_seconds", in: 1...3600) ?? c.idleTimeoutSeconds
+      c.maxConnections = try m.int("max_connections", in: 1...65_536) ?? c.maxConnections
+      c.maxConnectionsPerAddress =
+        try m.int("max_connections_per_address", in: 1...65_536) ?? min(c.maxConnectionsPerAddress, c.maxConnections)
+      if c.maxConnectionsPerAddress > c.maxConnections {
+        throw m.error("max_connections_per_address", "must not exceed max_connections (\(c.maxConnections))")
+      }
+      c.maxInflightBodyBytes = try m.int("max_inflight_body_bytes", in: 1...(1 << 34))
+      if let budget = c.maxInflightBodyBytes, budget < c.maxBodyBytes {
+        throw m.error("max_inflight_body_bytes", "must be at least max_body_bytes (\(c.maxBodyBytes)): no body could be accepted")
+      }
       try m.finish()
     }
     var names = Set<String>()

@@ -51,6 +51,24 @@ public final class EgressMetrics: Sendable {
       .increment()
   }
 
+  /// A connection refused at accept (over a cap) or closed for being too slow (a timeout), or a request refused
+  /// for the in-flight body budget.
+  func connectionRefused(listener: String, reason: String) {
+    Counter(
+      label: "palisade_egress_connections_refused_total", dimensions: [("listener", listener), ("reason", reason)],
+      factory: factory
+    ).increment()
+  }
+
+  func setOpenConnections(listener: String, _ count: Int) {
+    Gauge(label: "palisade_egress_open_connections", dimensions: [("listener", listener)], factory: factory)
+      .record(count)
+  }
+
+  func setInflightBodyBytes(_ bytes: Int) {
+    Gauge(label: "palisade_egress_inflight_body_bytes", factory: factory).record(bytes)
+  }
+
   func setFingerprints(canaries: Int, weightWindows: Int, bundles: Int) {
     Gauge(label: "palisade_egress_canary_tokens", factory: factory).record(canaries)
     Gauge(label: "palisade_egress_weight_windows", factory: factory).record(weightWindows)

@@ -30,6 +30,7 @@ public struct ProxyTarget: Sendable, Equatable {
       c.path.isEmpty, c.user == nil
     else { return nil }
     self.scheme = "connect"
+    guard (1...65535).contains(port) else { return nil }
     self.host = EgressConfig.normalizeHost(host)
     self.port = port
     self.path = ""
@@ -54,6 +55,8 @@ public enum BlockReason: String, Sendable, Codable, CaseIterable {
   case resolution
   case connect
   case bodyTooLarge = "body_too_large"
+  /// A Content-Encoding (or transfer coding) the inspector cannot see through.
+  case contentEncoding = "content_encoding"
   case byteBudget = "byte_budget"
   case canary
   case privateKey = "private_key"
@@ -116,12 +119,14 @@ final class ByteBudgets: @unchecked Sendable {
   /// Charges `bytes` to `destination` if the budget allows it; false (and nothing charged) otherwise.
   func charge(_ destination: EgressConfig.Destination, bytes: Int, now: Date = Date()) -> Bool {
     guard let budget = destination.byteBudget else { return true }
-    let window = Int(now.timeIntervalSince1970) / budget.windowSeconds
+    // Int(_:) traps on a non-finite or out-of-range Double; a clock that far off counts as window 0.
+    let seconds = now.timeIntervalSince1970
+    let window = (seconds.isFinite && abs(seconds) < 1e15 ? Int(seconds) : 0) / max(1, budget.windowSeconds)
     lock.lock()
     defer { lock.unlock() }
     var entry = used[destination.name] ?? (window, 0)
     if entry.window != window { entry = (window, 0) }
-    guard entry.bytes + bytes <= budget.bytes else { return false }
+    guard bytes >= 0, bytes <= budget.bytes - entry.bytes else { return false }  // no overflow near Int.max
     entry.bytes += bytes
     used[destination.name] = entry
     return true

@@ -16,6 +16,8 @@ public final class EgressProxy: Sendable {
   let policy: EgressPolicy
   let inspector: Inspector
   let budgets = ByteBudgets()
+  /// Request body bytes buffered across all connections.
+  let inflight: InflightBudget
   let reporter: EventReporter
   let upstream: Upstream
   /// The bound proxy TCP address, once listening.
@@ -31,6 +33,7 @@ public final class EgressProxy: Sendable {
     self.config = config
     self.logger = logger
     self.metrics = metrics
+    inflight = InflightBudget(limit: config.inflightBodyBudget, metrics: metrics)
     policy = EgressPolicy(destinations: config.destinations)
     let found = try BundleFingerprints.load(
       directories: config.inspection.bundleDirectories, settings: config.inspection.weights)
@@ -51,7 +54,7 @@ public final class EgressProxy: Sendable {
     }
     let context = try NIOSSLContext(configuration: tls)
     upstream = Upstream(
-      tls: context, connectTimeout: .seconds(Int64(config.connectTimeoutSeconds)),
+      tls: context, connectTimeout: .seconds(Int64(clamping: config.connectTimeoutSeconds)),
       timeout: .seconds(config.upstreamTimeoutSeconds), maxResponseBytes: config.maxResponseBytes)
     reporter = EventReporter(path: config.reportSocket, logger: logger)
   }
@@ -59,9 +62,13 @@ public final class EgressProxy: Sendable {
   /// Listens until cancelled.
   public func run() async throws {
     let group = MultiThreadedEventLoopGroup.singleton
-    let initializer: @Sendable (any Channel) -> EventLoopFuture<Connection> = { channel in
+    // One count for both proxy listeners; a connection over a cap is answered 503 and never served.
+    let limiter = ConnectionLimiter(maxTotal: config.maxConnections, maxPerAddress: config.maxConnectionsPerAddress)
+    let settings = ConnectionGuard.Settings(listener: "proxy", config: config)
+    let metrics = self.metrics
+    let initializer: @Sendable (any Channel) -> EventLoopFuture<Connection?> = { channel in
       channel.eventLoop.makeCompletedFuture {
-        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+        guard try ConnectionGuard.admit(channel, limiter: limiter, settings: settings, metrics: metrics) else { return nil }
         return try Connection(wrappingChannelSynchronously: channel)
       }
     }
@@ -91,6 +98,7 @@ public final class EgressProxy: Sendable {
           try await withThrowingDiscardingTaskGroup { connections in
             try await listener.executeThenClose { inbound in
               for try await connection in inbound {
+                guard let connection else { continue }
                 connections.addTask { await self.serve(connection, via: via) }
               }
             }
@@ -124,6 +132,9 @@ public final class EgressProxy: Sendable {
         var head: HTTPRequestHead?
         var body = ByteBuffer()
         var refused: Reply?
+        // Body bytes of the current request charged to the in-flight budget; given back when it is answered.
+        var charged = 0
+        defer { self.inflight.release(charged) }
         for try await part in inbound {
           switch part {
           case .head(let h):
@@ -137,6 +148,15 @@ public final class EgressProxy: Sendable {
               try await self.write(reply, to: outbound, version: h.version, close: true)
               return
             }
+            guard self.inflight.charge(b.readableBytes) else {
+              self.metrics.connectionRefused(listener: "proxy", reason: "max_inflight_body_bytes")
+              self.logger.warning(
+                "request refused: the in-flight body budget is spent",
+                metadata: ["limit": "\(self.inflight.limit)", "via": "\(via)"])
+              try await self.write(Self.overloaded, to: outbound, version: h.version, close: true)
+              return
+            }
+            charged += b.readableBytes
             body.writeBuffer(&b)
           case .end:
             guard let h = head else { return }
@@ -150,6 +170,8 @@ public final class EgressProxy: Sendable {
             if let refused { reply = refused } else { reply = await self.handle(Request(head: h, body: body)) }
             let close = reply.closeAfter || !h.isKeepAlive
             try await self.write(reply, to: outbound, version: h.version, close: close)
+            self.inflight.release(charged)
+            charged = 0
             if close { return }
             head = nil
             refused = nil
@@ -187,7 +209,7 @@ public final class EgressProxy: Sendable {
     var upstreamChannel: (any Channel)?
     for address in addresses where upstreamChannel == nil {
       upstreamChannel = try? await ClientBootstrap(group: client.eventLoop)
-        .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
+        .connectTimeout(.seconds(Int64(clamping: config.connectTimeoutSeconds)))
         .connect(to: address).get()
     }
     guard let upstreamChannel else {
@@ -215,6 +237,7 @@ public final class EgressProxy: Sendable {
       if let h = try? ops.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) { ops.removeHandler(h, promise: nil) }
       if let h = try? ops.handler(type: HTTPServerPipelineHandler.self) { ops.removeHandler(h, promise: nil) }
       if let h = try? ops.handler(type: HTTPServerProtocolErrorHandler.self) { ops.removeHandler(h, promise: nil) }
+      if let h = try? ops.handler(type: RequestTimeoutHandler.self) { ops.removeHandler(h, promise: nil) }
       let (a, b) = RelayHandler.pair()
       try ops.addHandler(a, position: .first)
       try upstreamChannel.pipeline.syncOperations.addHandler(b, position: .first)
@@ -230,8 +253,44 @@ public final class EgressProxy: Sendable {
     headers.replaceOrAdd(name: "content-length", value: String(reply.body.readableBytes))
     if close { headers.replaceOrAdd(name: "connection", value: "close") }
     try await outbound.write(.head(HTTPResponseHead(version: version, status: reply.status, headers: headers)))
-    if reply.body.readableBytes > 0 { try await outbound.write(.body(.byteBuffer(reply.body))) }
+    // In slices, so that a client that reads slowly shows progress to the idle timeout (and one that stops reading
+    // is closed by it).
+    var body = reply.body
+    while body.readableBytes > 0, let slice = body.readSlice(length: min(body.readableBytes, 64 << 10)) {
+      try await outbound.write(.body(.byteBuffer(slice)))
+    }
     try await outbound.write(.end(nil))
+  }
+
+  /// The answer when the in-flight body budget is spent: not a policy decision, so the server's client retries.
+  static let overloaded: Reply = {
+    var headers = HTTPHeaders()
+    headers.add(name: "content-type", value: "text/plain")
+    headers.add(name: "x-palisade-egress-error", value: "overloaded")
+    headers.add(name: "retry-after", value: "1")
+    return Reply(
+      status: .serviceUnavailable, headers: headers, body: ByteBuffer(string: "egress proxy overloaded, retry later\n"),
+      closeAfter: true)
+  }()
+
+  /// Codings named in the refusal; any other value is "unrecognised" (a header value is the sender's text and does
+  /// not go into logs and events).
+  private static let knownCodings: Set<String> = ["gzip", "x-gzip", "deflate", "br", "compress", "x-compress", "zstd", "aes128gcm"]
+
+  /// The first content or transfer coding the inspector cannot read through, or nil. Only identity (and chunked
+  /// framing, which NIO decodes) can be inspected: a compressed body would be opaque.
+  static func opaqueCoding(_ head: HTTPRequestHead) -> String? {
+    for (header, allowed) in [("content-encoding", ["identity"]), ("transfer-encoding", ["identity", "chunked"])] {
+      for value in head.headers[header] {
+        for token in value.split(separator: ",") {
+          let coding = token.trimmingCharacters(in: .whitespaces).lowercased()
+          if coding.isEmpty || allowed.contains(coding) { continue }
+          let name = header == "content-encoding" ? "Content-Encoding" : "Transfer-Encoding"
+          return "\(name) \(knownCodings.contains(coding) ? coding : "(unrecognised)")"
+        }
+      }
+    }
+    return nil
   }
 
   /// Checks that need only the head: CONNECT, head size, a declared length over the limit.
@@ -250,6 +309,11 @@ public final class EgressProxy: Sendable {
     }
     if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > config.maxBodyBytes {
       return block(.bodyTooLarge, "declared body exceeds max_body_bytes", head: head, bodyBytes: declared, close: true)
+    }
+    if let coding = Self.opaqueCoding(head) {
+      return block(
+        .contentEncoding, "\(coding) cannot be inspected; send the body uncompressed", head: head, bodyBytes: 0,
+        close: true)
     }
     return nil
   }
@@ -353,6 +417,7 @@ public final class EgressProxy: Sendable {
     let status: HTTPResponseStatus =
       switch reason {
       case .bodyTooLarge: .payloadTooLarge
+      case .contentEncoding: .unsupportedMediaType
       case .byteBudget: .tooManyRequests
       case .badRequest: .badRequest
       case .resolution: .badGateway

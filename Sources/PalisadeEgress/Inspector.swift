@@ -25,13 +25,35 @@ public struct Canary: Sendable {
   }
 }
 
-/// Looks through a request's URL, headers and body for canaries, secrets, high-entropy runs and model weights,
-/// directly and inside base64 and hex runs (decoded at every alignment).
+/// Looks through a request's URL, headers and body for canaries, secrets, private keys, JWTs, high-entropy runs and
+/// model weights: in the raw bytes, in their unescaped form (percent-encoding, JSON and backslash escapes, nested up
+/// to ``maxUnescapeRounds`` times), and inside every base64 and hex run of those (decoded at every alignment, line
+/// wrapping allowed). What it does not catch is listed in docs/egress.md: against a deliberately evasive sender the
+/// allowlist and the byte budget are the control, not this.
 public final class Inspector: Sendable {
   let settings: EgressConfig.Inspection
   let canaries: [Canary]
   let secretFingerprints: [[UInt8]: Int]
   let weights: WeightIndex?
+
+  /// Escapes undone in turn (a percent-encoded percent-encoding, a JSON string in a URL parameter).
+  static let maxUnescapeRounds = 2
+  /// The shortest token hashed against the secret fingerprints, and so the shortest decoded run worth scanning.
+  static let minSecretBytes = 6
+  /// Longer tokens are not hashed (no secret is this long; bounds the work per token).
+  static let maxSecretBytes = 4096
+  /// Decoded bytes shorter than this cannot hold a PEM header, a DER key, a JWK or a JWT: only canaries and secrets
+  /// are looked for in them.
+  static let structuralMinBytes = 20
+  /// The shortest decoded run worth scanning: the shortest canary, 6 bytes when secrets are configured, else
+  /// `structuralMinBytes` (or the weight window, if smaller). Runs shorter than that (most words) are not decoded.
+  let minDecodedBytes: Int
+  /// Base64 runs this long decode to at least `minDecodedBytes`.
+  let minBase64Chars: Int
+  /// Hex runs this long decode to at least `minDecodedBytes`.
+  let minHexDigits: Int
+  /// Remainders of a base64 run after an inner `+ / - _` are decoded on their own up to this many characters.
+  static let maxRemainderChars = 344
 
   public init(settings: EgressConfig.Inspection, canaries: [Canary], weights: WeightIndex?) {
     self.settings = settings
@@ -50,47 +72,140 @@ public final class Inspector: Sendable {
     }
     self.secretFingerprints = fingerprints
     self.weights = weights
+    var least = min(Self.structuralMinBytes, weights?.window ?? Self.structuralMinBytes)
+    if !fingerprints.isEmpty { least = min(least, Self.minSecretBytes) }
+    for c in canaries where !c.bytes.isEmpty { least = min(least, c.bytes.count) }
+    minDecodedBytes = least
+    minBase64Chars = (least * 4 + 2) / 3
+    minHexDigits = least * 2
   }
 
   /// The first finding in the request, or nil when it may leave.
   public func inspect(uri: String, headers: [(String, String)], body: [UInt8]) -> Finding? {
-    var uriBytes = Array(uri.utf8)
-    if let decoded = uri.replacingOccurrences(of: "+", with: " ").removingPercentEncoding, decoded != uri {
-      uriBytes += [0x0A] + Array(decoded.utf8)
-    }
-    if let f = scan(uriBytes, location: "url", decoded: nil) { return f }
+    if let f = scanText(Array(uri.utf8), location: "url") { return f }
     for (name, value) in headers {
-      if let f = scan(Array("\(name): \(value)".utf8), location: "header", decoded: nil) { return f }
+      if let f = scanText(Array("\(name): \(value)".utf8), location: "header") { return f }
     }
-    return scan(body, location: "body", decoded: nil)
+    return scanText(body, location: "body")
   }
 
-  /// Scans `bytes`; `decoded` names the encoding when these bytes came out of a decoder (no further decoding then).
-  func scan(_ bytes: [UInt8], location: String, decoded: String?) -> Finding? {
-    let suffix = decoded.map { " (\($0)-decoded)" } ?? ""
-    func finding(_ r: BlockReason, _ d: String) -> Finding { Finding(reason: r, location: location, detail: d + suffix) }
-    return bytes.withUnsafeBytes { raw -> Finding? in
-      for c in canaries where Self.find(c.bytes, in: raw, from: 0) != nil {
-        return finding(.canary, "canary token (\(c.source))")
-      }
-      if settings.blockPrivateKeys, Self.containsPrivateKey(raw) { return finding(.privateKey, "PEM private key block") }
-      if settings.blockJWTs, Self.containsJWT(raw) { return finding(.jwt, "JWT-shaped token") }
-      if !secretFingerprints.isEmpty, let n = matchSecret(raw) {
-        return finding(.secret, "secret with configured fingerprint #\(n)")
-      }
-      if let w = weights, let source = w.firstMatch(in: raw) { return finding(.modelWeights, "model weights of \(source)") }
-      if decoded == nil {
-        if let f = scanRuns(raw, location: location) { return f }
-      }
-      return nil
+  /// Scans `bytes`, then its unescaped form while unescaping changes something (at most `maxUnescapeRounds`).
+  func scanText(_ bytes: [UInt8], location: String) -> Finding? {
+    var current = bytes
+    var via: String?
+    var round = 0
+    while true {
+      let f = current.withUnsafeBytes { scan($0, location: location, via: via, decodeRuns: true) }
+      if let f { return f }
+      guard round < Self.maxUnescapeRounds, let next = Self.unescape(current) else { return nil }
+      current = next
+      round += 1
+      via = round == 1 ? "unescaped" : "unescaped \(round)x"
     }
+  }
+
+  /// Scans `raw`; `via` names the decoding these bytes came out of. Base64 and hex runs are decoded only one level
+  /// deep (`decodeRuns` is false for their output).
+  func scan(_ raw: UnsafeRawBufferPointer, location: String, via: String?, decodeRuns: Bool) -> Finding? {
+    let suffix = via.map { " (\($0))" } ?? ""
+    func finding(_ r: BlockReason, _ d: String) -> Finding { Finding(reason: r, location: location, detail: d + suffix) }
+    for c in canaries where Self.find(c.bytes, in: raw, from: 0) != nil {
+      return finding(.canary, "canary token (\(c.source))")
+    }
+    if settings.blockPrivateKeys {
+      if Self.containsPEMPrivateKey(raw) { return finding(.privateKey, "PEM private key block") }
+      if let kind = Self.derPrivateKey(in: raw) { return finding(.privateKey, "DER private key (\(kind))") }
+      if Self.containsPrivateJWK(raw) { return finding(.privateKey, "JWK with a private \"d\" member") }
+    }
+    if settings.blockJWTs, Self.containsJWT(raw) { return finding(.jwt, "JWT-shaped token") }
+    if !secretFingerprints.isEmpty, let n = matchSecret(raw) {
+      return finding(.secret, "secret with configured fingerprint #\(n)")
+    }
+    if let w = weights, let source = w.firstMatch(in: raw) { return finding(.modelWeights, "model weights of \(source)") }
+    if decodeRuns, let f = scanRuns(raw, location: location, via: via) { return f }
+    return nil
+  }
+
+  // MARK: unescaping
+
+  /// Undoes `%XX` (valid hex only), JSON escapes (`\uXXXX` with surrogate pairs, `\" \\ \/ \b \f \n \r \t`) and
+  /// `\xXX`, byte by byte; anything that is not a valid escape is kept as it is. Nil when nothing changed.
+  static func unescape(_ b: [UInt8]) -> [UInt8]? {
+    let n = b.count
+    guard b.contains(where: { $0 == 0x25 || $0 == 0x5C }) else { return nil }
+    var out: [UInt8] = []
+    out.reserveCapacity(n)
+    var changed = false
+    var i = 0
+    func hex4(_ at: Int) -> UInt32? {
+      guard at + 4 <= n, let a = hexValue(b[at]), let c = hexValue(b[at + 1]), let d = hexValue(b[at + 2]),
+        let e = hexValue(b[at + 3])
+      else { return nil }
+      return UInt32(a) << 12 | UInt32(c) << 8 | UInt32(d) << 4 | UInt32(e)
+    }
+    while i < n {
+      let c = b[i]
+      if c == 0x25, i + 2 < n, let hi = hexValue(b[i + 1]), let lo = hexValue(b[i + 2]) {  // %XX
+        out.append(hi << 4 | lo)
+        i += 3
+        changed = true
+        continue
+      }
+      if c == 0x5C, i + 1 < n {  // backslash
+        let e = b[i + 1]
+        var simple: UInt8?
+        switch e {
+        case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "'"): simple = e
+        case UInt8(ascii: "b"): simple = 0x08
+        case UInt8(ascii: "f"): simple = 0x0C
+        case UInt8(ascii: "n"): simple = 0x0A
+        case UInt8(ascii: "r"): simple = 0x0D
+        case UInt8(ascii: "t"): simple = 0x09
+        case UInt8(ascii: "x"):
+          if i + 3 < n, let hi = hexValue(b[i + 2]), let lo = hexValue(b[i + 3]) {
+            out.append(hi << 4 | lo)
+            i += 4
+            changed = true
+            continue
+          }
+        case UInt8(ascii: "u"):
+          if var unit = hex4(i + 2) {
+            var consumed = 6
+            if (0xD800...0xDBFF).contains(unit), i + 7 < n, b[i + 6] == 0x5C, b[i + 7] == UInt8(ascii: "u"),
+              let low = hex4(i + 8), (0xDC00...0xDFFF).contains(low)
+            {
+              unit = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
+              consumed = 12
+            }
+            if let scalar = Unicode.Scalar(unit) {
+              out.append(contentsOf: Array(String(Character(scalar)).utf8))
+              i += consumed
+              changed = true
+              continue
+            }
+          }
+        default: break
+        }
+        if let simple {
+          out.append(simple)
+          i += 2
+          changed = true
+          continue
+        }
+      }
+      out.append(c)
+      i += 1
+    }
+    return changed ? out : nil
   }
 
   // MARK: runs: base64 and hex, decoded and measured
 
   private static let base64Values: [Int8] = {
     var t = [Int8](repeating: -1, count: 256)
-    for (i, c) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789".utf8.enumerated() { t[Int(c)] = Int8(i) }
+    for (i, c) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789".utf8.enumerated() {
+      t[Int(c)] = Int8(truncatingIfNeeded: i)
+    }
     t[Int(UInt8(ascii: "+"))] = 62
     t[Int(UInt8(ascii: "-"))] = 62
     t[Int(UInt8(ascii: "/"))] = 63
@@ -98,7 +213,7 @@ public final class Inspector: Sendable {
     return t
   }()
 
-  private static func hexValue(_ c: UInt8) -> UInt8? {
+  static func hexValue(_ c: UInt8) -> UInt8? {
     switch c {
     case 48...57: c - 48
     case 65...70: c - 55
@@ -107,40 +222,100 @@ public final class Inspector: Sendable {
     }
   }
 
-  /// Smallest run worth decoding: shorter runs are ordinary words and numbers.
-  private var minDecodeChars: Int { 16 }
+  private static func isBlank(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 }
+  private static func isLineBreak(_ c: UInt8) -> Bool { c == 0x0A || c == 0x0D }
 
-  private func scanRuns(_ raw: UnsafeRawBufferPointer, location: String) -> Finding? {
+  /// At `j` (a blank or line break inside a run): where the run continues when this is line wrapping (a line break
+  /// with the blanks around it, as in PEM, MIME and indented YAML/JSON), or nil when the run ends here.
+  private static func skipWrap(_ raw: UnsafeRawBufferPointer, _ j: Int) -> Int? {
+    var k = j
+    while k < raw.count, isBlank(raw[k]) { k += 1 }
+    guard k < raw.count, isLineBreak(raw[k]) else { return nil }
+    while k < raw.count, isBlank(raw[k]) || isLineBreak(raw[k]) { k += 1 }
+    return k
+  }
+
+  private func scanRuns(_ raw: UnsafeRawBufferPointer, location: String, via: String?) -> Finding? {
     let table = Self.base64Values
     let n = raw.count
-    // One buffer for every run: most runs are short words, and an allocation per run would dominate.
+    let prefix = via.map { "\($0), " } ?? ""
+    // One buffer for the run and one for its decoding: most runs are short words, and an allocation per run would
+    // dominate.
     var values: [UInt8] = []
     values.reserveCapacity(256)
+    var decoded: [UInt8] = []
+    decoded.reserveCapacity(256)
+    // Where a token may end and the next begin inside a run: around an inner + / - _ (left out of both), and at a
+    // line break (a secret on a line of its own).
+    var cuts: [(end: Int, start: Int)] = []
+    func scanDecoded(_ label: String) -> Finding? {
+      guard decoded.count >= minDecodedBytes else { return nil }
+      return decoded.withUnsafeBytes { raw -> Finding? in
+        if raw.count >= Self.structuralMinBytes { return scan(raw, location: location, via: prefix + label, decodeRuns: false) }
+        // Too short for anything but a canary or a secret (most decoded runs are words): only those are looked for.
+        for c in canaries where c.bytes.count <= raw.count && Self.find(c.bytes, in: raw, from: 0) != nil {
+          return Finding(reason: .canary, location: location, detail: "canary token (\(c.source)) (\(prefix)\(label))")
+        }
+        if !secretFingerprints.isEmpty, let n = matchSecret(raw) {
+          return Finding(
+            reason: .secret, location: location, detail: "secret with configured fingerprint #\(n) (\(prefix)\(label))")
+        }
+        return nil
+      }
+    }
     var i = 0
-    // Base64 runs (line breaks inside a run are skipped, as MIME wraps at 76).
     while i < n {
       guard table[Int(raw[i])] >= 0 else {
         i += 1
         continue
       }
       values.removeAll(keepingCapacity: true)
+      cuts.removeAll(keepingCapacity: true)
       var j = i
       while j < n {
         let c = raw[j]
         let v = table[Int(c)]
         if v >= 0 {
-          values.append(UInt8(v))
-        } else if c != 0x0A && c != 0x0D && c != UInt8(ascii: "=") {
-          // Padding ends a block but continuing keeps concatenated blocks together; line breaks are skipped.
+          values.append(UInt8(truncatingIfNeeded: v))
+          if v >= 62 { cuts.append((values.count - 1, values.count)) }
+          j += 1
+        } else if (Self.isBlank(c) || Self.isLineBreak(c)), let next = Self.skipWrap(raw, j) {
+          j = next
+          cuts.append((values.count, values.count))
+        } else {
           break
         }
-        j += 1
       }
-      if values.count >= minDecodeChars {
+      // Padding ends the run: what follows starts a new quantum (and `key=value` splits there).
+      var end = j
+      while end < n, raw[end] == UInt8(ascii: "=") { end += 1 }
+      if values.count >= min(minBase64Chars, settings.highEntropy.minLength) {
         if settings.decodeBase64 {
-          for align in 0..<4 where values.count - align >= 4 {
-            let decodedBytes = Self.decodeBase64(values, from: align)
-            if let f = scan(decodedBytes, location: location, decoded: "base64") { return f }
+          for align in 0..<4 where values.count - align >= minBase64Chars {
+            Self.decodeBase64(values, from: align, to: values.count, into: &decoded)
+            if let f = scanDecoded("base64-decoded") { return f }
+          }
+          // A secret's encoding after a prefix of base64 characters ("token_…", "/hook/…", the previous line):
+          // decode from each cut to the end and each segment between cuts on its own, hashed whole (canaries and
+          // keys are substrings, found above at one of the alignments anyway).
+          if !secretFingerprints.isEmpty, !cuts.isEmpty {
+            func hashed(_ s: Int, _ e: Int) -> Int? {
+              guard e - s >= minBase64Chars, e - s <= Self.maxRemainderChars else { return nil }
+              Self.decodeBase64(values, from: s, to: e, into: &decoded)
+              return secretHash(decoded)
+            }
+            for k in 0...cuts.count {
+              let start = k == 0 ? 0 : cuts[k - 1].start
+              let segmentEnd = k < cuts.count ? cuts[k].end : values.count
+              var hit: Int?
+              if start > 0 || segmentEnd < values.count { hit = hashed(start, segmentEnd) }
+              if hit == nil, start > 0, segmentEnd < values.count { hit = hashed(start, values.count) }
+              if let hit {
+                return Finding(
+                  reason: .secret, location: location,
+                  detail: "secret with configured fingerprint #\(hit) (\(prefix)base64-decoded)")
+              }
+            }
           }
         }
         if settings.highEntropy.enabled, values.count >= settings.highEntropy.minLength {
@@ -152,7 +327,7 @@ public final class Inspector: Sendable {
           }
         }
       }
-      i = j + 1
+      i = max(end, j + 1)
     }
     guard settings.decodeHex || settings.highEntropy.enabled else { return nil }
     i = 0
@@ -163,21 +338,40 @@ public final class Inspector: Sendable {
       }
       values.removeAll(keepingCapacity: true)
       var j = i
-      while j < n, let v = Self.hexValue(raw[j]) {
-        values.append(v)
-        j += 1
+      // Hex digits since the last separator: `de:ad:be:ef` and `de ad be ef` (openssl and hexdump styles) are one
+      // run when every group is whole bytes.
+      var group = 0
+      while j < n {
+        let c = raw[j]
+        if let v = Self.hexValue(c) {
+          values.append(v)
+          group += 1
+          j += 1
+        } else if (Self.isBlank(c) || Self.isLineBreak(c)), let next = Self.skipWrap(raw, j) {
+          j = next
+          group = 0
+        } else if c == UInt8(ascii: ":") || c == 0x20, group >= 2, group % 2 == 0, j + 1 < n,
+          Self.hexValue(raw[j + 1]) != nil
+        {
+          j += 1
+          group = 0
+        } else if c == UInt8(ascii: ":"), group >= 2, group % 2 == 0, j + 1 < n, let next = Self.skipWrap(raw, j + 1) {
+          j = next  // openssl ends each line with a colon
+          group = 0
+        } else {
+          break
+        }
       }
-      if values.count >= minDecodeChars * 2 {
+      if values.count >= min(minHexDigits, settings.highEntropy.minLength) {
         if settings.decodeHex {
-          for align in 0..<2 {
-            var out: [UInt8] = []
-            out.reserveCapacity(values.count / 2)
+          for align in 0..<2 where values.count - align >= minHexDigits {
+            decoded.removeAll(keepingCapacity: true)
             var k = align
             while k + 1 < values.count {
-              out.append(values[k] << 4 | values[k + 1])
+              decoded.append(values[k] << 4 | values[k + 1])
               k += 2
             }
-            if let f = scan(out, location: location, decoded: "hex") { return f }
+            if let f = scanDecoded("hex-decoded") { return f }
           }
         }
         // Hex carries 4 bits per character where base64 carries 6: the threshold moves down by 2.
@@ -195,17 +389,32 @@ public final class Inspector: Sendable {
     return nil
   }
 
-  static func decodeBase64(_ values: [UInt8], from start: Int) -> [UInt8] {
-    var out: [UInt8] = []
-    out.reserveCapacity((values.count - start) * 3 / 4)
+  /// Decodes base64 values `start..<end` into `out`, the final partial quantum included (2 characters give 1 byte,
+  /// 3 give 2, with or without padding; a lone last character carries no whole byte).
+  static func decodeBase64(_ values: [UInt8], from start: Int, to end: Int, into out: inout [UInt8]) {
+    out.removeAll(keepingCapacity: true)
+    guard start < end, end <= values.count else { return }
     var k = start
-    while k + 3 < values.count {
+    while k + 3 < end {
       let v = UInt32(values[k]) << 18 | UInt32(values[k + 1]) << 12 | UInt32(values[k + 2]) << 6 | UInt32(values[k + 3])
       out.append(UInt8(truncatingIfNeeded: v >> 16))
       out.append(UInt8(truncatingIfNeeded: v >> 8))
       out.append(UInt8(truncatingIfNeeded: v))
       k += 4
     }
+    let rest = end - k
+    if rest >= 2 {
+      var v = UInt32(values[k]) << 18 | UInt32(values[k + 1]) << 12
+      if rest == 3 { v |= UInt32(values[k + 2]) << 6 }
+      out.append(UInt8(truncatingIfNeeded: v >> 16))
+      if rest == 3 { out.append(UInt8(truncatingIfNeeded: v >> 8)) }
+    }
+  }
+
+  /// Convenience for tests and tools: the bytes of `values` from `start`.
+  static func decodeBase64(_ values: [UInt8], from start: Int) -> [UInt8] {
+    var out: [UInt8] = []
+    decodeBase64(values, from: start, to: values.count, into: &out)
     return out
   }
 
@@ -221,10 +430,12 @@ public final class Inspector: Sendable {
     return h
   }
 
-  // MARK: secrets
+  // MARK: keys and tokens
 
   static func find(_ needle: [UInt8], in haystack: UnsafeRawBufferPointer, from: Int) -> Int? {
-    guard !needle.isEmpty, haystack.count - from >= needle.count, let base = haystack.baseAddress else { return nil }
+    guard !needle.isEmpty, from >= 0, haystack.count - from >= needle.count, let base = haystack.baseAddress else {
+      return nil
+    }
     // memchr for the first byte, then memcmp (Glibc's memmem is a GNU extension Swift does not import).
     return needle.withUnsafeBytes { n -> Int? in
       guard let needleBase = n.baseAddress else { return nil }
@@ -245,13 +456,131 @@ public final class Inspector: Sendable {
   private static let pemKey = Array("PRIVATE KEY-----".utf8)
 
   /// `-----BEGIN … PRIVATE KEY-----` (RSA, EC, OPENSSH, ENCRYPTED, PKCS#8).
-  static func containsPrivateKey(_ raw: UnsafeRawBufferPointer) -> Bool {
+  static func containsPEMPrivateKey(_ raw: UnsafeRawBufferPointer) -> Bool {
     var from = 0
     while let at = find(pemBegin, in: raw, from: from) {
       let end = min(raw.count, at + pemBegin.count + 40)
       let slice = UnsafeRawBufferPointer(rebasing: raw[(at + pemBegin.count)..<end])
       if find(pemKey, in: slice, from: 0) != nil { return true }
       from = at + 1
+    }
+    return false
+  }
+
+  /// A DER length at `i` (definite, minimal, at most 3 length bytes); advances `i` past it.
+  private static func derLength(_ raw: UnsafeRawBufferPointer, _ i: inout Int) -> Int? {
+    guard i < raw.count else { return nil }
+    let first = raw[i]
+    i += 1
+    if first < 0x80 { return Int(first) }
+    let count = Int(first & 0x7F)
+    guard (1...3).contains(count), i + count <= raw.count, raw[i] != 0 else { return nil }
+    var v = 0
+    for _ in 0..<count {
+      v = v << 8 | Int(raw[i])
+      i += 1
+    }
+    return count == 1 && v < 0x80 ? nil : v
+  }
+
+  private static let pkcs5Prefix: [UInt8] = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x05]  // 1.2.840.113549.1.5
+  private static let pkcs12PBEPrefix: [UInt8] = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x0C, 0x01]
+  private static let pkcs7Prefix: [UInt8] = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x07]  // 1.2.840.113549.1.7
+
+  private static func hasBytes(_ raw: UnsafeRawBufferPointer, at i: Int, _ expected: [UInt8]) -> Bool {
+    guard i >= 0, i + expected.count <= raw.count else { return false }
+    for (k, b) in expected.enumerated() where raw[i + k] != b { return false }
+    return true
+  }
+
+  /// The kind of the first unarmoured DER private key in `raw` (raw binary, or what a base64/hex run decoded to):
+  /// PKCS#8 (`SEQUENCE { INTEGER 0|1, SEQUENCE { OID … }, OCTET STRING }`), encrypted PKCS#8 (PBES1/PBES2/PKCS#12
+  /// PBE), SEC1 EC (`SEQUENCE { INTEGER 1, OCTET STRING (16…72 bytes) … }`), PKCS#1 RSA (`SEQUENCE { INTEGER 0,
+  /// INTEGER (≥ 512-bit modulus), INTEGER … }`) or a PKCS#12 store. Certificates, public keys and signatures have
+  /// other shapes.
+  static func derPrivateKey(in raw: UnsafeRawBufferPointer) -> String? {
+    let n = raw.count
+    guard n >= 32, let base = raw.baseAddress else { return nil }
+    var at = 0
+    while at + 8 <= n {
+      guard let p = memchr(base + at, 0x30, n - at - 7) else { return nil }
+      let off = base.distance(to: UnsafeRawPointer(p))
+      at = off + 1
+      var i = off + 1
+      guard let outer = derLength(raw, &i), outer >= 30, i + 4 <= n else { continue }
+      let sequenceEnd = i + outer
+      if raw[i] == 0x02, raw[i + 1] == 0x01 {
+        let version = raw[i + 2]
+        i += 3
+        guard i + 2 <= n else { continue }
+        let tag = raw[i]
+        i += 1
+        switch (version, tag) {
+        case (0, 0x30), (1, 0x30):
+          guard let algLen = derLength(raw, &i), algLen >= 5, i < n, raw[i] == 0x06 else { continue }
+          let after = i + algLen
+          if after < n, raw[after] == 0x04 { return "PKCS#8" }
+        case (0, 0x02):
+          guard let modulus = derLength(raw, &i), modulus >= 64 else { continue }
+          let after = i + modulus
+          if after < n, raw[after] == 0x02 { return "PKCS#1 RSA" }
+        case (1, 0x04):
+          guard let keyLen = derLength(raw, &i), (16...72).contains(keyLen) else { continue }
+          let after = i + keyLen
+          // The scalar is followed by [0] parameters, [1] public key, or the end of the structure (or the buffer).
+          if after <= n, after == sequenceEnd || after == n || raw[after] == 0xA0 || raw[after] == 0xA1 {
+            return "SEC1 EC"
+          }
+        case (3, 0x30):
+          guard derLength(raw, &i) != nil, i + 2 <= n, raw[i] == 0x06, raw[i + 1] == 0x09 else { continue }
+          if hasBytes(raw, at: i + 2, pkcs7Prefix) { return "PKCS#12" }
+        default: continue
+        }
+      } else if raw[i] == 0x30 {
+        // EncryptedPrivateKeyInfo: SEQUENCE { SEQUENCE { OID pbe… }, OCTET STRING }.
+        i += 1
+        guard derLength(raw, &i) != nil, i + 2 <= n, raw[i] == 0x06 else { continue }
+        let oidLen = Int(raw[i + 1])
+        if (oidLen == 9 && hasBytes(raw, at: i + 2, pkcs5Prefix))
+          || (oidLen == 10 && hasBytes(raw, at: i + 2, pkcs12PBEPrefix))
+        {
+          return "encrypted PKCS#8"
+        }
+      }
+    }
+    return nil
+  }
+
+  private static let ktyMember = Array("\"kty\"".utf8)
+  private static let dMember = Array("\"d\"".utf8)
+
+  /// A JSON Web Key with a private part: an object holding `"kty"` and a `"d"` member whose value is a base64url
+  /// string (RSA, EC and OKP private keys all carry `d`).
+  static func containsPrivateJWK(_ raw: UnsafeRawBufferPointer) -> Bool {
+    let n = raw.count
+    var from = 0
+    while let k = find(ktyMember, in: raw, from: from) {
+      from = k + 1
+      // The enclosing object, approximately: the nearest braces around "kty" (JWK members are flat).
+      var s = k
+      while s > 0, raw[s] != UInt8(ascii: "{"), k - s < 16_384 { s -= 1 }
+      var e = k
+      while e < n, raw[e] != UInt8(ascii: "}"), e - k < 65_536 { e += 1 }
+      let object = UnsafeRawBufferPointer(rebasing: raw[s..<e])
+      var at = 0
+      while let d = find(dMember, in: object, from: at) {
+        at = d + 1
+        var i = d + dMember.count
+        while i < object.count, isBlank(object[i]) || isLineBreak(object[i]) { i += 1 }
+        guard i < object.count, object[i] == UInt8(ascii: ":") else { continue }
+        i += 1
+        while i < object.count, isBlank(object[i]) || isLineBreak(object[i]) { i += 1 }
+        guard i < object.count, object[i] == UInt8(ascii: "\"") else { continue }
+        i += 1
+        var length = 0
+        while i + length < object.count, isBase64URL(object[i + length]) { length += 1 }
+        if length >= 16 { return true }
+      }
     }
     return false
   }
@@ -284,39 +613,62 @@ public final class Inspector: Sendable {
     return false
   }
 
-  private static func isTokenDelimiter(_ c: UInt8) -> Bool {
-    switch c {
-    case 0x00...0x20, 0x7F, UInt8(ascii: "\""), UInt8(ascii: "'"), UInt8(ascii: ","), UInt8(ascii: ";"),
-      UInt8(ascii: "&"), UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "("), UInt8(ascii: ")"),
-      UInt8(ascii: "["), UInt8(ascii: "]"), UInt8(ascii: "{"), UInt8(ascii: "}"):
-      true
-    default: false
-    }
+  // MARK: secrets
+
+  /// Whitespace, controls, quotes and `,;&<>()[]{}`: what ends a token in text, JSON, forms and headers.
+  private static let tokenDelimiters: [Bool] = {
+    var t = [Bool](repeating: false, count: 256)
+    for c in 0...0x20 { t[c] = true }
+    t[0x7F] = true
+    for c in "\"'`,;&<>()[]{}".utf8 { t[Int(c)] = true }
+    return t
+  }()
+
+  /// Also `/ ? # = : + @ | \ !`: what separates the parts of a URL, a `key=value` pair or a header value.
+  private static let partDelimiters: [Bool] = {
+    var t = tokenDelimiters
+    for c in "/?#=:+@|\\!".utf8 { t[Int(c)] = true }
+    return t
+  }()
+
+  private func secretHash(_ bytes: [UInt8]) -> Int? {
+    guard bytes.count >= Self.minSecretBytes, bytes.count <= Self.maxSecretBytes else { return nil }
+    return secretFingerprints[Array(SHA256.hash(data: bytes))]
   }
 
-  /// Hashes every token (delimited by whitespace, quotes, and `,;&<>()[]{}`) and, for `key=value` and `key:value`
-  /// tokens, the value; returns the matching fingerprint's number.
+  /// Hashes, for every token (delimited by whitespace, quotes and `,;&<>()[]{}`): the token, the value after its
+  /// first `=` or `:`, and each of its parts between URL delimiters (`/ ? # = : + @ | \ !`), so that
+  /// `?key=SECRET`, `/hook/SECRET` and `Bearer SECRET` all match. Returns the matching fingerprint's number.
   private func matchSecret(_ raw: UnsafeRawBufferPointer) -> Int? {
     let n = raw.count
-    var i = 0
+    let token = Self.tokenDelimiters
+    let part = Self.partDelimiters
     func check(_ start: Int, _ end: Int) -> Int? {
-      guard end - start >= 6, end - start <= 4096 else { return nil }
+      guard end - start >= Self.minSecretBytes, end - start <= Self.maxSecretBytes else { return nil }
       let digest = SHA256.hash(data: UnsafeRawBufferPointer(rebasing: raw[start..<end]))
       return secretFingerprints[Array(digest)]
     }
+    var i = 0
     while i < n {
-      if Self.isTokenDelimiter(raw[i]) {
+      if token[Int(raw[i])] {
         i += 1
         continue
       }
       var j = i
       var split: Int?
-      while j < n, !Self.isTokenDelimiter(raw[j]) {
-        if split == nil, raw[j] == UInt8(ascii: "=") || raw[j] == UInt8(ascii: ":") { split = j }
+      var partStart = i
+      while j < n, !token[Int(raw[j])] {
+        let c = raw[j]
+        if part[Int(c)] {
+          if split == nil, c == UInt8(ascii: "=") || c == UInt8(ascii: ":") { split = j }
+          if let hit = check(partStart, j) { return hit }
+          partStart = j + 1
+        }
         j += 1
       }
+      if partStart > i, let hit = check(partStart, j) { return hit }
       if let hit = check(i, j) { return hit }
-      if let s = split, let hit = check(s + 1, j) { return hit }
+      if let s = split, s + 1 != partStart, let hit = check(s + 1, j) { return hit }
       i = j
     }
     return nil

@@ -54,8 +54,9 @@ public final class WeightIndex: Sendable {
 
     /// Indexes `bytes` (one weight file) under `source`.
     public mutating func add(_ bytes: UnsafeRawBufferPointer, source: String) {
-      guard bytes.count >= window, sources.count < Int(UInt16.max) else { return }
-      let owner = UInt16(sources.count)
+      guard bytes.count >= window, sources.count < Int(UInt16.max), let owner = UInt16(exactly: sources.count) else {
+        return
+      }
       sources.append(source)
       indexedBytes += bytes.count
       var offset = 0

@@ -102,9 +102,11 @@ final class Harness: @unchecked Sendable {
   var proxy: EgressProxy!
   var task: Task<Void, any Error>?
 
-  init(extraConfig: String = "", destinationExtras: String = "", canaryExtra: String? = nil, maxBody: Int = 1 << 20)
-    async throws
-  {
+  /// `limits` and `admin` are extra `key: value` pairs for those maps.
+  init(
+    extraConfig: String = "", destinationExtras: String = "", canaryExtra: String? = nil, maxBody: Int = 1 << 20,
+    limits: String = "", admin: String = ""
+  ) async throws {
     pki = try TestPKI()
     upstream = try TestHTTPSServer(pki: pki)
     directory = FileManager.default.temporaryDirectory.appendingPathComponent("palisade-egress-\(UUID().uuidString)")
@@ -118,9 +120,9 @@ final class Harness: @unchecked Sendable {
     events = try EventSink(path: directory.appendingPathComponent("events.sock").path)
     let yaml = """
       listen: {host: 127.0.0.1, port: 0, unix_socket: \(directory.appendingPathComponent("proxy.sock").path)}
-      admin: {host: 127.0.0.1, port: 0}
+      admin: {host: 127.0.0.1, port: 0\(admin.isEmpty ? "" : ", " + admin)}
       tls: {ca_file: \(pki.path("server-ca.pem"))}
-      limits: {max_body_bytes: \(maxBody)}
+      limits: {max_body_bytes: \(maxBody)\(limits.isEmpty ? "" : ", " + limits)}
       destinations:
         - name: local
           host: localhost
@@ -144,6 +146,18 @@ final class Harness: @unchecked Sendable {
     for _ in 0..<500 where proxy.bound.port == nil || proxy.adminBound.port == nil {
       try await Task.sleep(for: .milliseconds(10))
     }
+  }
+
+  var proxySocketPath: String { directory.appendingPathComponent("proxy.sock").path }
+  var metricsText: String { String(decoding: proxy.metrics.render(), as: UTF8.self) }
+
+  /// Polls the metrics for up to 15 s until `line` appears.
+  func waitForMetric(_ line: String) async throws -> Bool {
+    for _ in 0..<600 {
+      if metricsText.contains(line) { return true }
+      try await Task.sleep(for: .milliseconds(25))
+    }
+    return false
   }
 
   var proxyAddress: ProxyAddress { .tcp(host: "127.0.0.1", port: proxy.bound.port ?? 0) }
@@ -229,3 +243,89 @@ func rawRequest(port: Int, method: HTTPMethod, uri: String) async throws -> (Int
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
   .deletingLastPathComponent().path
 let palisadeBinary = ProcessInfo.processInfo.environment["PALISADE_BIN"] ?? "\(repositoryRoot)/.build/debug/palisade"
+
+/// A plain blocking socket, for the slow, half-finished and surplus clients the proxy must not wait on forever.
+final class RawSocket {
+  let fd: Int32
+
+  init(tcpPort: Int) throws {
+    fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(clamping: tcpPort).bigEndian)
+    addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    let rc = withUnsafePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else {
+      Glibc.close(fd)
+      throw POSIXError(.ECONNREFUSED)
+    }
+  }
+
+  init(unixPath: String) throws {
+    fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { dst in
+      for (i, b) in unixPath.utf8.enumerated() { dst[i] = b }
+    }
+    let rc = withUnsafePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0 else {
+      Glibc.close(fd)
+      throw POSIXError(.ECONNREFUSED)
+    }
+  }
+
+  /// Sends all of `bytes`; false once the peer has closed (no SIGPIPE).
+  @discardableResult
+  func send(_ bytes: [UInt8]) -> Bool {
+    var offset = 0
+    while offset < bytes.count {
+      let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+      guard n > 0 else { return false }
+      offset += n
+    }
+    return true
+  }
+
+  @discardableResult
+  func send(_ text: String) -> Bool { send(Array(text.utf8)) }
+
+  /// Reads until the peer closes, or until nothing arrives for `timeoutSeconds` (a bound for a broken test, not a
+  /// timing assertion): what arrived, and whether the peer closed.
+  func readAll(timeoutSeconds: Int = 20) -> (data: [UInt8], closed: Bool) {
+    var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var out: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+      let n = recv(fd, &buffer, buffer.count, 0)
+      if n > 0 {
+        out += buffer[0..<n]
+      } else if n == 0 || errno == ECONNRESET {
+        return (out, true)
+      } else if errno != EINTR {
+        return (out, false)
+      }
+    }
+  }
+
+  /// Whether the peer has closed, without waiting.
+  var peerClosed: Bool {
+    var byte: UInt8 = 0
+    let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+    return n == 0 || (n < 0 && errno == ECONNRESET)
+  }
+
+  private var isOpen = true
+
+  func close() {
+    if isOpen { _ = Glibc.close(fd) }
+    isOpen = false
+  }
+
+  deinit { close() }
+}

@@ -3,6 +3,7 @@ import PalisadeAudit
 import PalisadeOutbound
 import PalisadeServer
 import PalisadeTestSupport
+import PalisadeYAML
 import Testing
 
 /// The server and a real `palisade egress` process together: signed audit checkpoints leave only through the
@@ -97,9 +98,31 @@ import Testing
   }
 }
 
-@Suite struct EgressReportReceiverTests {
-  @Test func aReportDatagramBecomesAnAuditRecord() async throws {
-    let pki = try TestPKI()
+@Suite(.serialized) struct EgressReportReceiverTests {
+  static let event =
+    #"{"schema":"palisade.egress/v1","type":"blocked","time":"t","id":"e1","reason":"canary","location":"body","detail":"canary token (config)","method":"POST","scheme":"https","host":"x.example","port":443,"body_bytes":10}"#
+
+  /// Sends one datagram from a python3 child process; with `uid`, the child drops to that uid and gid first (needs
+  /// root). Returns the child's pid.
+  static func send(_ payload: String, to socket: String, asUID uid: UInt32? = nil) async throws -> Int32 {
+    let script = """
+      import os, socket, sys
+      if sys.argv[3] != "-":
+          os.setgid(int(sys.argv[3]))
+          os.setuid(int(sys.argv[3]))
+      s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+      s.sendto(sys.argv[2].encode(), sys.argv[1])
+      print(os.getpid())
+      """
+    let r = try await ProcessTests.run("/usr/bin/env", ["python3", "-c", script, socket, payload, uid.map { String($0) } ?? "-"])
+    #expect(r.status == 0, "the datagram was not sent: \(r.stderr)")
+    return Int32(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+  }
+
+  /// A server with an audit log and the report socket, configured by `configure`.
+  static func server(_ pki: TestPKI, _ configure: (inout ServerConfig.Egress) -> Void) async throws
+    -> (TestServer, AuditSigningKey)
+  {
     let key = try AuditSigningKey.generate(name: "palisade.test/audit")
     let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     let reports = pki.path("r.sock")
@@ -107,22 +130,113 @@ import Testing
       var audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
       audit.origin = "palisade.test/audit"
       $0.audit = audit
-      $0.egress = .init(reportSocket: reports)
+      var egress = ServerConfig.Egress(reportSocket: reports)
+      configure(&egress)
+      $0.egress = egress
     }
     #expect(await server.runtime.egressReports?.bound.wait() == true)
-    let event = #"{"schema":"palisade.egress/v1","type":"blocked","time":"t","id":"e1","reason":"canary","location":"body","detail":"canary token (config)","method":"POST","scheme":"https","host":"x.example","port":443,"body_bytes":10}"#
-    for payload in [event, "not json"] {
-      let r = try await ProcessTests.run(
-        InteropTests.python,
-        ["-c", "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(sys.argv[2].encode(), sys.argv[1])", reports, payload])
-      #expect(r.status == 0, "\(r.stderr)")
-    }
+    return (server, key)
+  }
+
+  static func auditRecords(_ pki: TestPKI, _ key: AuditSigningKey) throws -> [AuditRecord] {
+    let log = try AuditVerifier.verify(directory: pki.path("audit"), key: key.verifyingKey)
+    return try log.records.map { try JSONDecoder().decode(AuditRecord.self, from: Data($0)) }
+  }
+
+  static func metricsText(_ server: TestServer) -> String {
+    var buffer: [UInt8] = []
+    server.runtime.metrics.registry.emit(into: &buffer)
+    return String(decoding: buffer, as: UTF8.self)
+  }
+
+  @Test func aReportDatagramBecomesAnAuditRecordNamingItsVerifiedSender() async throws {
+    let pki = try TestPKI()
+    let (server, key) = try await Self.server(pki) { _ in }
+    let pid = try await Self.send(Self.event, to: pki.path("r.sock"))
+    _ = try await Self.send("not json", to: pki.path("r.sock"))
     try await Task.sleep(for: .milliseconds(300))
     try await server.stop()
-    let log = try AuditVerifier.verify(directory: pki.path("audit"), key: key.verifyingKey)
-    let records = try log.records.map { try JSONDecoder().decode(AuditRecord.self, from: Data($0)) }
+    let records = try Self.auditRecords(pki, key)
     let block = try #require(records.first { $0.kind == .egressBlock })
     #expect(block.reason == "canary: canary token (config)" && block.details["event_id"] == "e1")
+    #expect(block.details["sender_uid"] == String(getuid()) && block.details["sender_pid"] == String(pid), "\(block.details)")
     #expect(records.filter { $0.kind == .egressBlock }.count == 1, "the malformed report is dropped")
+  }
+
+  @Test func aReportFromAUIDThatIsNotAllowedIsDroppedCountedAndNotAudited() async throws {
+    let pki = try TestPKI()
+    // Only another UID may report: this process's own well-formed reports are refused.
+    let other = getuid() == 4242 ? UInt32(4243) : UInt32(4242)
+    let (server, key) = try await Self.server(pki) { $0.reportSenderUIDs = [other] }
+    _ = try await Self.send(Self.event, to: pki.path("r.sock"))
+    _ = try await Self.send(Self.event, to: pki.path("r.sock"))
+    var counted = false
+    for _ in 0..<200 where !counted {
+      counted = Self.metricsText(server).contains(#"reason="unauthenticated_egress_report"} 2"#)
+      if !counted { try await Task.sleep(for: .milliseconds(25)) }
+    }
+    #expect(counted, "\(Self.metricsText(server))")
+    try await server.stop()
+    #expect(try Self.auditRecords(pki, key).filter { $0.kind == .egressBlock }.isEmpty, "forged records reached the audit log")
+  }
+
+  @Test(
+    "a process that can write to the socket but runs as another user (nobody) cannot add audit records",
+    .enabled(if: getuid() == 0, "needs root to run a child as nobody"))
+  func aReportFromNobodyIsRefused() async throws {
+    let pki = try TestPKI()
+    // The file system lets nobody in (directory 0755, socket 0666): only the sender check stands in the way.
+    chmod(pki.directory.path, 0o755)
+    let (server, key) = try await Self.server(pki) { $0.reportSocketMode = 0o666 }
+    _ = try await Self.send(Self.event.replacingOccurrences(of: "\"e1\"", with: "\"forged\""), to: pki.path("r.sock"), asUID: 65534)
+    let pid = try await Self.send(Self.event, to: pki.path("r.sock"))
+    try await Task.sleep(for: .milliseconds(300))
+    #expect(Self.metricsText(server).contains(#"reason="unauthenticated_egress_report"} 1"#))
+    try await server.stop()
+    let blocks = try Self.auditRecords(pki, key).filter { $0.kind == .egressBlock }
+    #expect(blocks.map { $0.details["event_id"] } == ["e1"], "\(blocks)")
+    #expect(blocks.first?.details["sender_uid"] == "0" && blocks.first?.details["sender_pid"] == String(pid))
+  }
+
+  @Test func fileDescriptorsSentWithReportsAreNeitherKeptNorTrusted() async throws {
+    let pki = try TestPKI()
+    let (server, key) = try await Self.server(pki) { _ in }
+    let before = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
+    // 50 reports, each carrying 10 descriptors (SCM_RIGHTS): 500 fds would be installed in the server if it took them.
+    let script = """
+      import os, socket, sys
+      s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+      s.connect(sys.argv[1])
+      fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(10)]
+      for _ in range(50):
+          socket.send_fds(s, [sys.argv[2].encode()], fds)
+      """
+    let r = try await ProcessTests.run("/usr/bin/env", ["python3", "-c", script, pki.path("r.sock"), Self.event])
+    #expect(r.status == 0, "\(r.stderr)")
+    var counted = false
+    for _ in 0..<200 where !counted {
+      counted = Self.metricsText(server).contains(#"reason="unauthenticated_egress_report"} 50"#)
+      if !counted { try await Task.sleep(for: .milliseconds(25)) }
+    }
+    #expect(counted, "each report with descriptors is dropped and counted")
+    let after = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
+    #expect(after - before < 200, "descriptors leaked into the server: \(before) -> \(after)")
+    try await server.stop()
+    #expect(try Self.auditRecords(pki, key).filter { $0.kind == .egressBlock }.isEmpty)
+  }
+
+  @Test func reportSenderUIDsAreReadAndCheckedInTheConfig() throws {
+    let base = """
+      server:
+        tls: {certificate_chain: s.pem, private_key: /abs/s.key, client_ca_bundle: ca.pem}
+      """ + ConfigTests.auth
+    let c = try ServerConfig.parse(base + "\negress: {report_socket: r.sock, report_sender_uids: [65533, 0]}\n", baseDirectory: "/etc/p")
+    #expect(c.egress.reportSenderUIDs == [65533, 0])
+    #expect(try ServerConfig.parse(base, baseDirectory: "/etc/p").egress.reportSenderUIDs == nil)
+    for bad in ["[]", "[-1]", "[nobody]", "[4294967295]", "[99999999999]"] {
+      #expect(throws: YAMLError.self, "\(bad)") {
+        _ = try ServerConfig.parse(base + "\negress: {report_sender_uids: \(bad)}\n", baseDirectory: "/etc/p")
+      }
+    }
   }
 }

@@ -36,6 +36,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var reportSocket: String?
     /// Permissions of the socket file (the sidecar's user must be able to write to it).
     public var reportSocketMode: Int = 0o660
+    /// UIDs whose reports are accepted, checked against the kernel's per-datagram sender credentials; nil: the
+    /// server's own UID only. Set it to the sidecar's UID when the sidecar runs as its own user (Kubernetes).
+    public var reportSenderUIDs: [UInt32]?
     /// The sidecar's forward proxy, `host:port`: the only way out for checkpoint shipping.
     public var proxy: String?
     /// Where signed audit checkpoints are POSTed (through `proxy`); nil: not shipped.
@@ -541,6 +544,18 @@ extension ServerConfig {
           throw m.error("report_socket_mode", "must be octal permissions like \"0660\"")
         }
         egress.reportSocketMode = v
+      }
+      if let uids = try m.strings("report_sender_uids") {
+        guard !uids.isEmpty else {
+          throw m.error("report_sender_uids", "must list at least one UID (omit it for the server's own UID)")
+        }
+        egress.reportSenderUIDs = try uids.map { (text: String) throws(YAMLError) -> UInt32 in
+          // 4294967295 is (uid_t)-1, "no user".
+          guard let uid = UInt32(text), uid != UInt32.max else {
+            throw m.error("report_sender_uids", "'\(text)' is not a UID (an integer from 0 to 4294967294)")
+          }
+          return uid
+        }
       }
       egress.proxy = try m.string("proxy")
       if let proxy = egress.proxy, !proxy.hasPrefix("unix:/") {

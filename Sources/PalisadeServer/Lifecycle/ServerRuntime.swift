@@ -77,7 +77,8 @@ public final class ServerRuntime: Sendable {
     let metrics = self.metrics
     if let socket = config.egress.reportSocket {
       self.egressReports = EgressReportReceiver(
-        path: socket, mode: config.egress.reportSocketMode, auditor: auditor, metrics: metrics, logger: logger)
+        path: socket, mode: config.egress.reportSocketMode, allowedSenderUIDs: config.egress.reportSenderUIDs.map(Set.init),
+        auditor: auditor, metrics: metrics, logger: logger)
     } else {
       self.egressReports = nil
     }
