@@ -202,8 +202,10 @@ public final class ONNXModel: Sendable {
       for d in tt.shape.dim {
         switch d.value {
         case .dimValue(let v)? where v > 0:
-          guard v <= Int64(limits.maxTensorElements) else { throw .limit("\(label): dimension \(v) too large") }
-          dims.append(.fixed(Int(v)))
+          guard let n = Int(exactly: v), n <= limits.maxTensorElements else {
+            throw .limit("\(label): dimension \(v) too large")
+          }
+          dims.append(.fixed(n))
         case .dimParam(let p)?: dims.append(.symbolic(p.sanitizedForModelMessage))
         default: dims.append(.symbolic(""))
         }
