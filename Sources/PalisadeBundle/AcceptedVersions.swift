@@ -26,10 +26,10 @@ public final class AcceptedVersions: Sendable {
         throw BundleError(.io, "\(path): corrupt accepted-versions state (not an object)")
       }
       for (name, value) in members {
-        guard case .number(_, let v) = value, v >= 1, v <= Double(Int32.max) * 1e6, v.rounded() == v else {
+        guard case .number(_, let v) = value, v >= 1, v <= Double(Int32.max) * 1e6, let version = Int(exactly: v) else {
           throw BundleError(.io, "\(path): corrupt accepted-versions state (version of '\(name)' is not a positive integer)")
         }
-        versions[name] = Int(v)
+        versions[name] = version
       }
     }
     state = Mutex(versions)

@@ -1,5 +1,6 @@
 import CZstd
-import Foundation
+import Crypto
+public import Foundation
 
 #if canImport(Glibc)
   import Glibc
@@ -9,15 +10,25 @@ import Foundation
   import Darwin
 #endif
 
-/// Packs a bundle directory into a `.tar.zst`: POSIX ustar (regular files and directories only, owner 0, mtime 0,
-/// modes 0644/0755, sorted: the same directory always gives the same archive), compressed with libzstd.
+/// Packs a signed bundle directory into a `.tar.zst`: POSIX ustar (regular files and directories only, owner 0,
+/// mtime 0, modes 0644/0755), compressed with libzstd. `model.sig` is the first entry, so that an unpacker can verify
+/// the signature before it writes anything else; the signed files follow in OMS order (the same directory always
+/// gives the same archive). The default ignore paths (`.git`, `.gitattributes`, `.github`, `.gitignore`) are not
+/// packed: they are not covered by the signature, and the unpacker refuses every file the signature does not list.
 public enum BundlePacker {
-  /// Packs every file below `directory` into `archive` (written to a temporary file, fsynced, renamed).
-  /// Symlinks and special files are refused, as the verifier would refuse them.
+  /// Packs `directory` into `archive` (written to a temporary file, fsynced, renamed).
+  /// Symlinks and special files are refused, as the verifier would refuse them; so is a directory without `model.sig`.
   public static func pack(directory: String, to archive: String, compressionLevel: Int32 = 3) throws(BundleError) {
-    let files = try FileTree.regularFiles(root: directory, excluding: []).sorted(by: RelativePath.omsOrder)
     let rootFD = try FileTree.openDirectory(directory)
     defer { close(rootFD) }
+    let signature = RelativePath(components: [OMS.signatureFileName])
+    let signed = try FileTree.regularFiles(rootFD: rootFD, label: directory, excluding: defaultIgnorePaths.map { [$0] })
+      .sorted(by: RelativePath.omsOrder)
+    var st = stat()
+    guard fstatat(rootFD, OMS.signatureFileName, &st, AT_SYMLINK_NOFOLLOW) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+      throw BundleError(.invalidInput, "\(directory): \(OMS.signatureFileName) is missing (sign the bundle before packing it)")
+    }
+    let files = [signature] + signed
 
     let url = URL(fileURLWithPath: archive)
     let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(UUID().uuidString)").path
@@ -49,7 +60,7 @@ public enum BundlePacker {
       try emit(try Tar.header(path: file.name, size: size, directory: false))
       var remaining = size
       while remaining > 0 {
-        let n = read(fd, buffer.baseAddress, Int(min(Int64(buffer.count), remaining)))
+        let n = read(fd, buffer.baseAddress, Int(clamping: min(Int64(buffer.count), remaining)))
         if n < 0 {
           if errno == EINTR { continue }
           throw BundleError.io(file.name, "read", errno: errno)
@@ -58,7 +69,7 @@ public enum BundlePacker {
         try compressor.compress(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), finish: false, sink: sink)
         remaining -= Int64(n)
       }
-      let pad = Int((512 - size % 512) % 512)
+      let pad = Tar.padding(size)
       if pad > 0 { try emit([UInt8](repeating: 0, count: pad)) }
     }
     // End of archive: two zero blocks.
@@ -80,19 +91,34 @@ public struct UnpackLimits: Sendable, Hashable {
   public var maxPathLength: Int
   /// Decompressed bytes per compressed byte consumed (checked once more than `ratioFloorBytes` came out).
   public var maxCompressionRatio: Double
+  /// Bytes of the leading `model.sig` entry, held in memory until its signature verified.
+  public var maxSignatureBytes: Int
 
   /// Output below this size is never refused for its ratio (tiny archives of text compress very well).
   public static let ratioFloorBytes: Int64 = 1 << 20
 
-  public init(maxTotalBytes: Int64 = 8 << 30, maxFiles: Int = 10_000, maxPathLength: Int = 255, maxCompressionRatio: Double = 200) {
+  public init(
+    maxTotalBytes: Int64 = 8 << 30, maxFiles: Int = 10_000, maxPathLength: Int = 255, maxCompressionRatio: Double = 200,
+    maxSignatureBytes: Int = 4 << 20
+  ) {
     self.maxTotalBytes = maxTotalBytes
     self.maxFiles = maxFiles
     self.maxPathLength = maxPathLength
     self.maxCompressionRatio = maxCompressionRatio
+    self.maxSignatureBytes = maxSignatureBytes
   }
 }
 
-/// Expands a packed bundle into a new private directory, refusing anything unsafe before it is written.
+/// Expands a packed bundle into a new private directory, verifying its signature before anything but that signature
+/// is written, and refusing anything unsafe or unsigned before it is written.
+///
+/// The archive's first entry must be `model.sig` (as `BundlePacker` writes it). It is read into memory (at most
+/// `UnpackLimits.maxSignatureBytes`) and verified exactly as `BundleVerifier` does (trust rule for the model name,
+/// signer, signature, payload). Only then is anything written: every later entry must be a file the signature lists
+/// (or a directory above one), at most once, within the size limits; each file is hashed as it is written and
+/// refused at its end if its digest differs from the signed one; at the end every signed file must have come. So an
+/// archive without a valid signature from a trusted signer writes nothing, and one with a valid signature writes only
+/// the signed names, at most `maxTotalBytes` in all.
 public enum BundleUnpacker {
   /// What was extracted.
   public struct Result: Sendable {
@@ -100,18 +126,33 @@ public enum BundleUnpacker {
     public let files: Int
     public let directories: Int
     public let totalBytes: Int64
+    /// Who signed the archive's `model.sig`.
+    public let signer: SignerDescription
+    /// The signed root digest (lowercase hex).
+    public let rootDigest: String
   }
 
   /// Extracts `archive` into `directory`, which must not exist; it is created with mode 0700, files are written
   /// 0600 and made 0400 once complete. On any error the partial directory is removed.
   ///
-  /// Refused: absolute paths, `..` or empty components, links, devices, FIFOs, pax/GNU extensions, non-ustar
-  /// headers, bad checksums, duplicates, and anything beyond `limits`.
+  /// - Parameters:
+  ///   - trust, modelName, now: as for `BundleVerifier.verify`; the leading `model.sig` must verify under them.
+  ///
+  /// Refused: a first entry other than `model.sig`, a signature that does not verify, entries the signature does not
+  /// list, digests that differ, missing signed files, absolute paths, `..` or empty components, links, devices, FIFOs,
+  /// pax/GNU extensions, non-ustar headers, bad checksums, duplicates, and anything beyond `limits`.
   @discardableResult
-  public static func unpack(archive: String, into directory: String, limits: UnpackLimits = UnpackLimits()) throws(BundleError) -> Result {
-    let inFD = open(archive, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+  public static func unpack(
+    archive: String, into directory: String, trust: TrustPolicy, modelName: String?, now: Date = Date(),
+    limits: UnpackLimits = UnpackLimits()
+  ) async throws(BundleError) -> Result {
+    let inFD = open(archive, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
     guard inFD >= 0 else { throw BundleError.io(archive, "open", errno: errno) }
     defer { close(inFD) }
+    var st = stat()
+    guard fstat(inFD, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+      throw BundleError(.unsafeArchive, "\(archive): not a regular file")
+    }
     guard mkdir(directory, 0o700) == 0 else { throw BundleError.io(directory, "mkdir", errno: errno) }
     var succeeded = false
     defer {
@@ -135,17 +176,18 @@ public enum BundleUnpacker {
     var produced: Int64 = 0
     var lastHint = -1
     var first = true
+    var verified: BundleVerifier.SignatureCheck? = nil
     while true {
       let n = read(inFD, inBuffer.baseAddress, inCap)
       if n < 0 {
-        if errno == EINTR { continue }
+        if errno == EINTR || errno == EAGAIN { continue }
         throw BundleError.io(archive, "read", errno: errno)
       }
       if n == 0 { break }
       if first {
         first = false
         if let declared = ZstdDecompressor.declaredContentSize(UnsafeRawBufferPointer(rebasing: inBuffer[0..<n])),
-          declared > UInt64(max(0, limits.maxTotalBytes))
+          declared > UInt64(clamping: limits.maxTotalBytes)
         {
           throw BundleError(.unsafeArchive, "archive: declares \(declared) bytes, over the limit of \(limits.maxTotalBytes)")
         }
@@ -166,15 +208,28 @@ public enum BundleUnpacker {
             throw BundleError(
               .unsafeArchive, "archive: compression ratio exceeds \(limits.maxCompressionRatio) (possible zstd bomb)")
           }
-          try reader.consume(UnsafeRawBufferPointer(rebasing: outBuffer[0..<out]))
+          var chunk = UnsafeRawBufferPointer(rebasing: outBuffer[0..<out])
+          while !chunk.isEmpty {
+            let used = try reader.consume(chunk)
+            chunk = UnsafeRawBufferPointer(rebasing: chunk[used...])
+            if let signature = reader.pendingSignature {
+              // Nothing but this signature has been read into memory, and nothing at all written.
+              let check = try await BundleVerifier.checkSignature(signature, trust: trust, modelName: modelName, now: now)
+              try reader.accept(check, signature: signature)
+              verified = check
+            }
+          }
         }
         if input.pos == input.size && out < outCap { break }
       }
     }
     guard lastHint == 0 else { throw BundleError(.unsafeArchive, "archive: truncated zstd stream") }
     let stats = try reader.finish()
+    guard let verified else { throw BundleError(.malformedSignature, "archive: \(OMS.signatureFileName) is missing") }
     succeeded = true
-    return Result(directory: directory, files: stats.files, directories: stats.directories, totalBytes: produced)
+    return Result(
+      directory: directory, files: stats.files, directories: stats.directories, totalBytes: produced,
+      signer: verified.signer, rootDigest: Hex.encode(verified.statement.rootDigest))
   }
 }
 
@@ -222,6 +277,9 @@ enum Tar {
     put(octal(sum, width: 7) + [0x20], at: 148)
     return h
   }
+
+  /// Zero bytes after `size` bytes of data, up to the next block.
+  static func padding(_ size: Int64) -> Int { Int(truncatingIfNeeded: (Int64(block) - size % Int64(block)) % Int64(block)) }
 
   /// A decoded, validated header.
   struct Entry {
@@ -316,11 +374,16 @@ enum Tar {
   }
 }
 
-/// Consumes the decompressed tar stream and writes entries under `rootFD`.
+/// Consumes the decompressed tar stream and writes entries under `rootFD`: the leading `model.sig` is held in
+/// memory (`pendingSignature`) until the caller verified it (`accept`); after that only signed files are written.
 struct TarExtractor {
   private enum State {
     case header
-    case data(fd: Int32, path: RelativePath, remaining: Int64, padding: Int)
+    /// Reading the leading `model.sig` into memory.
+    case signature(remaining: Int, padding: Int)
+    /// `model.sig` read; waiting for `accept`. Then `padding` bytes before the next header.
+    case awaitingVerification(padding: Int)
+    case data(fd: Int32, path: RelativePath, remaining: Int64, padding: Int, hasher: SHA256, expected: [UInt8])
     case padding(Int)
     case end
   }
@@ -329,29 +392,70 @@ struct TarExtractor {
   private let limits: UnpackLimits
   private var state = State.header
   private var headerBuffer: [UInt8] = []
+  private var signatureBytes: [UInt8] = []
   private var zeroBlocks = 0
   private var entries = 0
   private var files = 0
   private var directories = 0
+  private var declaredBytes: Int64 = 0
   private var seen = Set<RelativePath>()
+  /// Set by `accept`: the signed files and their digests, and every directory above one.
+  private var signed: [RelativePath: [UInt8]]? = nil
+  private var signedOrder: [RelativePath] = []
+  private var signedDirectories = Set<RelativePath>()
 
   init(rootFD: Int32, limits: UnpackLimits) {
     self.rootFD = rootFD
     self.limits = limits
   }
 
+  /// The complete `model.sig`, once read and until it is accepted.
+  var pendingSignature: [UInt8]? {
+    if case .awaitingVerification = state { return signatureBytes }
+    return nil
+  }
+
   /// Closes an open file if extraction stops midway.
   mutating func abandon() {
-    if case .data(let fd, _, _, _) = state {
+    if case .data(let fd, _, _, _, _, _) = state {
       close(fd)
       state = .end
     }
   }
 
-  mutating func consume(_ chunk: UnsafeRawBufferPointer) throws(BundleError) {
+  /// Continues after the caller verified `model.sig`: writes it, and from now on admits exactly the signed files.
+  mutating func accept(_ check: BundleVerifier.SignatureCheck, signature: [UInt8]) throws(BundleError) {
+    guard case .awaitingVerification(let padding) = state else {
+      throw BundleError(.unsafeArchive, "archive: no signature is waiting to be accepted")
+    }
+    var map: [RelativePath: [UInt8]] = [:]
+    for r in check.statement.resources {
+      map[r.path] = r.digest
+      for depth in 1..<max(1, r.path.components.count) {
+        signedDirectories.insert(RelativePath(components: Array(r.path.components.prefix(depth))))
+      }
+    }
+    signed = map
+    signedOrder = check.statement.resources.map(\.path)
+    let name = OMS.signatureFileName
+    let fd = openat(rootFD, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw BundleError.io(name, "create", errno: errno) }
+    defer { close(fd) }
+    try FileTree.writeAll(fd: fd, signature, path: name)
+    fchmod(fd, 0o400)
+    files += 1
+    signatureBytes = []
+    state = padding > 0 ? .padding(padding) : .header
+  }
+
+  /// Consumes from `chunk` and returns how many bytes were used: all of them, unless the end of `model.sig` was
+  /// reached (then `pendingSignature` is set and nothing more is consumed until `accept`).
+  mutating func consume(_ chunk: UnsafeRawBufferPointer) throws(BundleError) -> Int {
     var offset = 0
     while offset < chunk.count {
       switch state {
+      case .awaitingVerification:
+        return offset
       case .header:
         let take = min(Tar.block - headerBuffer.count, chunk.count - offset)
         headerBuffer.append(contentsOf: chunk[offset..<offset + take])
@@ -361,17 +465,32 @@ struct TarExtractor {
           headerBuffer.removeAll(keepingCapacity: true)
           try handleHeader(block)
         }
-      case .data(let fd, let path, let remaining, let padding):
-        let take = Int(min(Int64(chunk.count - offset), remaining))
-        try FileTree.writeAll(fd: fd, chunk[offset..<offset + take], path: path.name)
+      case .signature(let remaining, let padding):
+        let take = min(chunk.count - offset, remaining)
+        signatureBytes.append(contentsOf: chunk[offset..<offset + take])
+        offset += take
+        if remaining - take == 0 {
+          state = .awaitingVerification(padding: padding)
+          return offset
+        }
+        state = .signature(remaining: remaining - take, padding: padding)
+      case .data(let fd, let path, let remaining, let padding, var hasher, let expected):
+        let take = Int(clamping: min(Int64(chunk.count - offset), remaining))
+        let piece = UnsafeRawBufferPointer(rebasing: chunk[offset..<offset + take])
+        hasher.update(bufferPointer: piece)
+        try FileTree.writeAll(fd: fd, piece, path: path.name)
         offset += take
         let left = remaining - Int64(take)
         if left == 0 {
           fchmod(fd, 0o400)
           close(fd)
+          state = .end  // the descriptor is closed: nothing for `abandon` to close if the digest is refused
+          guard Array(hasher.finalize()) == expected else {
+            throw BundleError(.contentMismatch, "archive: \(path): digest mismatch (does not match \(OMS.signatureFileName))")
+          }
           state = padding > 0 ? .padding(padding) : .header
         } else {
-          state = .data(fd: fd, path: path, remaining: left, padding: padding)
+          state = .data(fd: fd, path: path, remaining: left, padding: padding, hasher: hasher, expected: expected)
         }
       case .padding(let n):
         let take = min(n, chunk.count - offset)
@@ -385,6 +504,7 @@ struct TarExtractor {
         offset = chunk.count
       }
     }
+    return offset
   }
 
   private mutating func handleHeader(_ block: [UInt8]) throws(BundleError) {
@@ -397,8 +517,46 @@ struct TarExtractor {
     let entry = try Tar.parse(block, limits: limits)
     entries += 1
     guard entries <= limits.maxFiles else { throw BundleError(.unsafeArchive, "archive: more than \(limits.maxFiles) entries") }
-    guard seen.insert(entry.path).inserted || entry.kind == .directory else {
-      throw BundleError(.unsafeArchive, "archive: \(entry.path): duplicate entry")
+
+    guard let signed else {
+      // The first entry: model.sig, kept in memory until the caller verified it. Nothing is written before.
+      guard entry.kind == .file, entry.path.components == [OMS.signatureFileName] else {
+        throw BundleError(
+          .unsafeArchive,
+          "archive: the first entry must be \(OMS.signatureFileName), found '\(entry.path)' (pack bundles with `palisade bundle pack`)")
+      }
+      guard entry.size <= Int64(limits.maxSignatureBytes), let size = Int(exactly: entry.size) else {
+        throw BundleError(.unsafeArchive, "archive: \(OMS.signatureFileName) is larger than \(limits.maxSignatureBytes) bytes")
+      }
+      seen.insert(entry.path)
+      signatureBytes.reserveCapacity(size)
+      let padding = Tar.padding(entry.size)
+      if size == 0 {
+        state = .awaitingVerification(padding: padding)
+      } else {
+        state = .signature(remaining: size, padding: padding)
+      }
+      return
+    }
+
+    switch entry.kind {
+    case .directory:
+      guard signedDirectories.contains(entry.path) else {
+        throw BundleError(.unsafeArchive, "archive: \(entry.path)/: not a directory of any signed file")
+      }
+    case .file:
+      guard seen.insert(entry.path).inserted else {
+        throw BundleError(.unsafeArchive, "archive: \(entry.path): duplicate entry")
+      }
+      guard signed[entry.path] != nil else {
+        throw BundleError(.unsafeArchive, "archive: \(entry.path): not in the signed file set")
+      }
+      let (total, overflow) = declaredBytes.addingReportingOverflow(entry.size)
+      guard !overflow, total <= limits.maxTotalBytes else {
+        throw BundleError(
+          .unsafeArchive, "archive: \(entry.path): declares \(entry.size) bytes, beyond the limit of \(limits.maxTotalBytes) in all")
+      }
+      declaredBytes = total
     }
     let parent = try openParent(of: entry.path)
     defer { if parent != rootFD { close(parent) } }
@@ -416,23 +574,28 @@ struct TarExtractor {
       state = .header
     case .file:
       files += 1
+      let expected = signed[entry.path] ?? []
       let fd = openat(parent, last, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
       guard fd >= 0 else {
         if errno == EEXIST { throw BundleError(.unsafeArchive, "archive: \(entry.path): duplicate entry") }
         throw BundleError.io(entry.path.name, "create", errno: errno)
       }
-      let padding = Int((512 - entry.size % 512) % 512)
+      let padding = Tar.padding(entry.size)
       if entry.size == 0 {
         fchmod(fd, 0o400)
         close(fd)
+        guard Array(SHA256.hash(data: [UInt8]())) == expected else {
+          throw BundleError(.contentMismatch, "archive: \(entry.path): digest mismatch (does not match \(OMS.signatureFileName))")
+        }
         state = .header
       } else {
-        state = .data(fd: fd, path: entry.path, remaining: entry.size, padding: padding)
+        state = .data(fd: fd, path: entry.path, remaining: entry.size, padding: padding, hasher: SHA256(), expected: expected)
       }
     }
   }
 
-  /// Opens (creating 0700 as needed) the parent directory of `path`, never following a symlink.
+  /// Opens the parent directory of `path` (which must already exist: a signed file's directories come before it, or
+  /// are created here 0700), never following a symlink.
   private func openParent(of path: RelativePath) throws(BundleError) -> Int32 {
     var fd = rootFD
     for component in path.components.dropLast() {
@@ -451,7 +614,12 @@ struct TarExtractor {
 
   mutating func finish() throws(BundleError) -> (files: Int, directories: Int) {
     switch state {
-    case .end: return (files, directories)
+    case .end:
+      guard let signed else { throw BundleError(.malformedSignature, "archive: \(OMS.signatureFileName) is missing") }
+      if let missing = signedOrder.first(where: { signed[$0] != nil && !seen.contains($0) }) {
+        throw BundleError(.contentMismatch, "archive: \(missing): signed file is missing")
+      }
+      return (files, directories)
     case .header where zeroBlocks == 1 && headerBuffer.isEmpty:
       // One zero block then EOF: tolerated by most readers, but we write two; refuse the oddity.
       throw BundleError(.unsafeArchive, "archive: incomplete end-of-archive marker")

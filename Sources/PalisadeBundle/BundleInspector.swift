@@ -20,9 +20,11 @@ public enum BundleInspector {
   /// Parses `directory/model.sig` and its payload with the verifier's strict rules, but checks no signature,
   /// trust or file. Every value in the result is a claim.
   public static func unverifiedSignatureSummary(directory: String) throws(BundleError) -> UnverifiedSignatureSummary {
-    let sigPath = (directory as NSString).appendingPathComponent(OMS.signatureFileName)
+    let rootFD = try FileTree.openDirectory(directory)
+    defer { close(rootFD) }
     let bytes = try FileTree.readSmallFile(
-      sigPath, limit: OMS.maxSignatureFileBytes, kind: .malformedSignature, label: OMS.signatureFileName)
+      dirFD: rootFD, name: OMS.signatureFileName, limit: OMS.maxSignatureFileBytes, kind: .malformedSignature,
+      label: OMS.signatureFileName)
     let envelope = try OMS.parseEnvelope(bytes)
     let statement = try OMS.parseStatement(envelope.payload)
     let resources = statement.resources.map { (name: $0.path.name, sha256: Hex.encode($0.digest)) }

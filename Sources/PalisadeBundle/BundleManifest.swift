@@ -233,11 +233,15 @@ public struct BundleManifest: Sendable, Hashable, Codable {
     let file = bundleManifestFileName
     guard bytes.count <= 16 << 20 else { throw BundleError(.invalidManifest, "\(file): larger than 16 MiB") }
     // Our strict reader first: duplicate keys and malformed JSON are refused before Foundation sees the bytes.
+    let root: JSONValue
     do {
-      _ = try StrictJSONParser.parse(bytes)
+      root = try StrictJSONParser.parse(bytes)
     } catch {
       throw BundleError(.invalidManifest, "\(file): not valid JSON (\(error.message) at byte \(error.offset))")
     }
+    // Integer fields are checked here, naming the field: Foundation reports an integer it cannot represent (1e300,
+    // 2^63, 1.5) only as "not valid JSON".
+    try checkIntegerFields(root)
     let manifest: BundleManifest
     do {
       manifest = try JSONDecoder().decode(BundleManifest.self, from: Data(bytes))
@@ -249,6 +253,42 @@ public struct BundleManifest: Sendable, Hashable, Codable {
     try manifest.validate()
     return manifest
   }
+
+  /// Fields that hold integers (paths as `describe` writes them; `[]` for any array element).
+  static let integerFields: Set<String> = [
+    "version", "max_batch", "inputs[].shape[]", "outputs[].shape[]", "output_policy.top_k", "output_policy.round_decimals",
+    "output_policy.pad_to_bucket_bytes",
+  ]
+
+  /// Refuses any value of an integer field that is not a plain decimal integer within Int64.
+  static func checkIntegerFields(_ root: JSONValue) throws(BundleError) {
+    func visit(_ value: JSONValue, pattern: String, path: String) throws(BundleError) {
+      switch value {
+      case .object(let members):
+        for (key, member) in members {
+          let p = pattern.isEmpty ? key : "\(pattern).\(key)"
+          let shown = path.isEmpty ? key : "\(path).\(key)"
+          try visit(member, pattern: p, path: shown)
+        }
+      case .array(let items):
+        for (i, item) in items.enumerated() { try visit(item, pattern: pattern + "[]", path: "\(path)[\(i)]") }
+      case .number(let text, _) where integerFields.contains(pattern):
+        let digits = text.hasPrefix("-") ? text.dropFirst() : Substring(text)
+        guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }), Int64(text) != nil else {
+          let shown = text.count > 32 ? String(text.prefix(32)) + "…" : text
+          throw BundleError(
+            .invalidManifest, "\(bundleManifestFileName): field '\(path)': \(shown) is not an integer from -2^63 to 2^63-1")
+        }
+      default:
+        break
+      }
+    }
+    try visit(root, pattern: "", path: "")
+  }
+
+  /// Most elements the fixed dimensions of one tensor may hold (2^31 - 1): far beyond any request the server
+  /// accepts, and small enough that byte sizes derived from it cannot overflow.
+  public static let maxFixedElements = Int64(Int32.max)
 
   /// Consistency checks beyond types. Throws naming the field.
   public func validate() throws(BundleError) {
@@ -275,7 +315,16 @@ public struct BundleManifest: Sendable, Hashable, Codable {
         guard names.insert(Array(t.name.utf8)).inserted else { throw fail("\(f).name", "duplicate name '\(t.name)'") }
         guard t.shape.count <= 16 else { throw fail("\(f).shape", "more than 16 dimensions") }
         guard t.shape.allSatisfy({ $0 >= -1 }) else { throw fail("\(f).shape", "dimensions must be -1 (variable) or >= 0") }
-        let features: Int? = t.shape.last.flatMap { $0 > 0 ? Int($0) : nil }
+        // Fixed dimensions multiply into buffer sizes (warm-up, validation): bound them before anything does.
+        var fixedElements: Int64 = 1
+        for d in t.shape where d > 0 {
+          let (p, o) = fixedElements.multipliedReportingOverflow(by: d)
+          guard !o, p <= Self.maxFixedElements else {
+            throw fail("\(f).shape", "the fixed dimensions hold more than \(Self.maxFixedElements) elements")
+          }
+          fixedElements = p
+        }
+        let features: Int? = t.shape.last.flatMap { $0 > 0 ? Int(exactly: $0) : nil }
         if let r = t.featureRange {
           guard label == "inputs" else { throw fail("\(f).feature_range", "only inputs have ranges") }
           guard r.min.count == r.max.count, !r.min.isEmpty else { throw fail("\(f).feature_range", "min and max must have the same, non-zero length") }

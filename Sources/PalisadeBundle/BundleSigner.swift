@@ -1,6 +1,14 @@
 import Foundation
 public import X509
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
 /// Signs bundle directories in the OMS format, key or certificate method. The output verifies with
 /// `model_signing verify key|certificate` (1.1.1) and with `BundleVerifier`.
 public enum BundleSigner {
@@ -65,8 +73,11 @@ public enum BundleSigner {
     }
 
     let ignore = defaultIgnorePaths
-    let files = try FileTree.regularFiles(root: directory, excluding: ignore.map { [$0] }).sorted(by: RelativePath.omsOrder)
-    let hashed = try await FileTree.hashFiles(root: directory, files, maxConcurrent: maxConcurrentHashes)
+    let rootFD = try FileTree.openDirectory(directory)
+    defer { close(rootFD) }
+    let files = try FileTree.regularFiles(rootFD: rootFD, label: directory, excluding: ignore.map { [$0] })
+      .sorted(by: RelativePath.omsOrder)
+    let hashed = try await FileTree.hashFiles(rootFD: rootFD, label: directory, files, maxConcurrent: maxConcurrentHashes)
     let resources = hashed.map { OMS.Resource(path: $0.path, digest: $0.digest) }
     let subject = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
     let payload = OMS.statementJSON(subjectName: subject, resources: resources, ignorePaths: ignore)

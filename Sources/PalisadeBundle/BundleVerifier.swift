@@ -55,10 +55,12 @@ public struct VerifiedBundle: Sendable {
   let trust: TrustPolicy
   let matchedRules: Set<Int>
   private let digests: [RelativePath: [UInt8]]
+  private let sealed: [RelativePath: SealedBytes]
 
   init(
     directory: String, files: [VerifiedFile], signer: SignerDescription, rootDigest: String, requestedModelName: String?,
-    manifestBytes: [UInt8]?, trust: TrustPolicy, matchedRules: Set<Int>, digests: [RelativePath: [UInt8]]
+    manifestBytes: [UInt8]?, trust: TrustPolicy, matchedRules: Set<Int>, digests: [RelativePath: [UInt8]],
+    sealed: [RelativePath: SealedBytes]
   ) {
     self.directory = directory
     self.files = files
@@ -69,6 +71,15 @@ public struct VerifiedBundle: Sendable {
     self.trust = trust
     self.matchedRules = matchedRules
     self.digests = digests
+    self.sealed = sealed
+  }
+
+  /// The bytes of a signed file exactly as they were hashed, in read-only memory; nil unless the bundle was verified
+  /// with `keepContents` (or `name` is not a signed file). This is the only way a loader should hand a bundle's
+  /// files to a runtime: nothing is read from disk again.
+  public func contents(of name: String) -> SealedBytes? {
+    guard let path = RelativePath.parseSigned(name) else { return nil }
+    return sealed[path]
   }
 
   /// True if the signer is allowed for `modelName` by the trust policy that verified the bundle.
@@ -79,13 +90,15 @@ public struct VerifiedBundle: Sendable {
 
   /// Reads a verified file again and checks it still has the verified digest (closes the window between
   /// verification and use: a file replaced on disk afterwards is refused, not loaded).
+  /// With `keepContents` the verified bytes are returned (a copy), and the disk is not read at all.
   public func readFile(_ name: String) throws(BundleError) -> [UInt8] {
     guard let path = RelativePath.parseSigned(name), let expected = digests[path] else {
       throw BundleError(.contentMismatch, "\(name): not among the verified files")
     }
+    if let kept = sealed[path] { return kept.bytes }
     let rootFD = try FileTree.openDirectory(directory)
     defer { close(rootFD) }
-    let hashed = try FileTree.hashFile(rootFD: rootFD, path, keep: true, keepLimit: Int.max)
+    let hashed = try FileTree.hashFile(rootFD: rootFD, path, keep: .array(limit: Int.max))
     guard hashed.digest == expected, let bytes = hashed.contents else {
       throw BundleError(.contentMismatch, "\(name): changed on disk after verification (digest mismatch)")
     }
@@ -108,6 +121,16 @@ public enum BundleVerifier {
   /// Files hashed at once by default: the core count, between 2 and 8.
   public static var defaultHashConcurrency: Int { FileTree.defaultConcurrency }
 
+  /// What a `model.sig` whose signature and signer verified says.
+  struct SignatureCheck {
+    let signer: SignerDescription
+    let statement: OMS.Statement
+    /// The rules whose signers the signature satisfies (only the deciding one when a model name was given).
+    let matchedRules: Set<Int>
+    /// Paths not covered by the signature: its `ignore_paths` and `model.sig` itself.
+    let excluded: [[String]]
+  }
+
   /// Verifies `directory`.
   ///
   /// - Parameters:
@@ -116,15 +139,75 @@ public enum BundleVerifier {
   ///     manifest is checked against the policy by `VerifiedBundle.manifest(now:)`.
   ///   - now: the time certificates must be valid at.
   ///   - maxConcurrentHashes: how many files are hashed at once.
+  ///   - keepContents: keep every signed file's bytes, exactly as hashed, in read-only memory
+  ///     (`VerifiedBundle.contents(of:)`): what a loader hands to a runtime. Off for tools that only check.
+  ///
+  /// The bundle directory is opened once; every file below it is opened relative to that descriptor, one component
+  /// at a time with `O_NOFOLLOW` (a symlink anywhere is refused), checked with `fstat` to be a regular file, and read
+  /// once from that descriptor.
   public static func verify(
     directory: String, trust: TrustPolicy, modelName: String?, now: Date = Date(),
-    maxConcurrentHashes: Int = BundleVerifier.defaultHashConcurrency
+    maxConcurrentHashes: Int = BundleVerifier.defaultHashConcurrency, keepContents: Bool = false
   ) async throws(BundleError) -> VerifiedBundle {
-    let sigPath = (directory as NSString).appendingPathComponent(OMS.signatureFileName)
-    // Refuse a bundle root that is itself a symlink before reading anything from it.
-    close(try FileTree.openDirectory(directory))
+    // Refuses a bundle root that is itself a symlink; everything below is reached through this descriptor.
+    let rootFD = try FileTree.openDirectory(directory)
+    defer { close(rootFD) }
     let sigBytes = try FileTree.readSmallFile(
-      sigPath, limit: OMS.maxSignatureFileBytes, kind: .malformedSignature, label: OMS.signatureFileName)
+      dirFD: rootFD, name: OMS.signatureFileName, limit: OMS.maxSignatureFileBytes, kind: .malformedSignature,
+      label: OMS.signatureFileName)
+    let check = try await checkSignature(sigBytes, trust: trust, modelName: modelName, now: now)
+    let statement = check.statement
+
+    let actual = try FileTree.regularFiles(rootFD: rootFD, label: directory, excluding: check.excluded)
+    let signedSet = Set(statement.resources.map(\.path))
+    let actualSet = Set(actual)
+    if let extra = actual.filter({ !signedSet.contains($0) }).sorted(by: RelativePath.omsOrder).first {
+      throw BundleError(.contentMismatch, "\(extra): file is not in the signed set")
+    }
+    if let missing = statement.resources.first(where: { !actualSet.contains($0.path) }) {
+      throw BundleError(.contentMismatch, "\(missing.path): signed file is missing")
+    }
+
+    let manifestPath = RelativePath(components: [bundleManifestFileName])
+    let hashed = try await FileTree.hashFiles(
+      rootFD: rootFD, label: directory, statement.resources.map(\.path),
+      keep: { path in keepContents ? .sealed : (path == manifestPath ? .array(limit: 16 << 20) : .nothing) },
+      maxConcurrent: maxConcurrentHashes)
+    var files: [VerifiedFile] = []
+    var digests: [RelativePath: [UInt8]] = [:]
+    var sealed: [RelativePath: SealedBytes] = [:]
+    var manifestBytes: [UInt8]? = nil
+    for (resource, h) in zip(statement.resources, hashed) {
+      guard h.path == resource.path, h.digest == resource.digest else {
+        throw BundleError(.contentMismatch, "\(resource.path): digest mismatch")
+      }
+      files.append(VerifiedFile(name: resource.path.name, sha256: Hex.encode(h.digest), size: h.size))
+      digests[resource.path] = h.digest
+      if let kept = h.sealed { sealed[resource.path] = kept }
+      if h.path == manifestPath {
+        if let kept = h.sealed {
+          guard kept.count <= 16 << 20 else { throw BundleError(.invalidManifest, "\(manifestPath): larger than \(16 << 20) bytes") }
+          manifestBytes = kept.bytes
+        } else {
+          manifestBytes = h.contents
+        }
+      }
+    }
+    guard hashed.count == statement.resources.count else {
+      throw BundleError(.io, "\(directory): hashing returned an incomplete result")
+    }
+    return VerifiedBundle(
+      directory: directory, files: files, signer: check.signer, rootDigest: Hex.encode(statement.rootDigest),
+      requestedModelName: modelName, manifestBytes: manifestBytes, trust: trust, matchedRules: check.matchedRules,
+      digests: digests, sealed: sealed)
+  }
+
+  /// Checks `model.sig`'s bytes: structure → trust rule for the model name → signer → signature over the DSSE PAE →
+  /// signed payload (files/sha256, no symlinks, ignore paths within the defaults, root digest). Only after the
+  /// signature verified is the payload parsed.
+  static func checkSignature(
+    _ sigBytes: [UInt8], trust: TrustPolicy, modelName: String?, now: Date
+  ) async throws(BundleError) -> SignatureCheck {
     let envelope = try OMS.parseEnvelope(sigBytes)
 
     // Which rules' signers produced this signature?
@@ -169,40 +252,8 @@ public enum BundleVerifier {
     for r in statement.resources where excluded.contains(where: { r.path.isEqualOrBelow($0) }) {
       throw BundleError(.unsupportedPayload, "\(r.path): signed file lies in an ignored path")
     }
-
-    let actual = try FileTree.regularFiles(root: directory, excluding: excluded)
-    let signedSet = Set(statement.resources.map(\.path))
-    let actualSet = Set(actual)
-    if let extra = actual.filter({ !signedSet.contains($0) }).sorted(by: RelativePath.omsOrder).first {
-      throw BundleError(.contentMismatch, "\(extra): file is not in the signed set")
-    }
-    if let missing = statement.resources.first(where: { !actualSet.contains($0.path) }) {
-      throw BundleError(.contentMismatch, "\(missing.path): signed file is missing")
-    }
-
-    let manifestPath = RelativePath(components: [bundleManifestFileName])
-    let hashed = try await FileTree.hashFiles(
-      root: directory, statement.resources.map(\.path), keep: signedSet.contains(manifestPath) ? [manifestPath] : [],
-      maxConcurrent: maxConcurrentHashes)
-    var files: [VerifiedFile] = []
-    var digests: [RelativePath: [UInt8]] = [:]
-    var manifestBytes: [UInt8]? = nil
-    for (resource, h) in zip(statement.resources, hashed) {
-      guard h.path == resource.path, h.digest == resource.digest else {
-        throw BundleError(.contentMismatch, "\(resource.path): digest mismatch")
-      }
-      files.append(VerifiedFile(name: resource.path.name, sha256: Hex.encode(h.digest), size: h.size))
-      digests[resource.path] = h.digest
-      if h.path == manifestPath { manifestBytes = h.contents }
-    }
-    guard hashed.count == statement.resources.count else {
-      throw BundleError(.io, "\(directory): hashing returned an incomplete result")
-    }
     let matchedRules = deciding.map { Set([$0]) } ?? Set(matched.keys)
-    return VerifiedBundle(
-      directory: directory, files: files, signer: signer, rootDigest: Hex.encode(statement.rootDigest),
-      requestedModelName: modelName, manifestBytes: manifestBytes, trust: trust, matchedRules: matchedRules,
-      digests: digests)
+    return SignatureCheck(signer: signer, statement: statement, matchedRules: matchedRules, excluded: excluded)
   }
 
   private enum Evaluation {

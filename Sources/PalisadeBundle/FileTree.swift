@@ -70,9 +70,14 @@ enum FileTree {
   static func regularFiles(root: String, excluding excluded: [[String]]) throws(BundleError) -> [RelativePath] {
     let rootFD = try openDirectory(root)
     defer { close(rootFD) }
+    return try regularFiles(rootFD: rootFD, label: root, excluding: excluded)
+  }
+
+  /// As `regularFiles(root:excluding:)`, below an already opened directory.
+  static func regularFiles(rootFD: Int32, label: String, excluding excluded: [[String]]) throws(BundleError) -> [RelativePath] {
     var result: [RelativePath] = []
     var entries = 0
-    try walk(fd: rootFD, prefix: [], root: root, excluded: excluded, into: &result, entries: &entries)
+    try walk(fd: rootFD, prefix: [], root: label, excluded: excluded, into: &result, entries: &entries)
     return result
   }
 
@@ -170,50 +175,87 @@ enum FileTree {
     let path: RelativePath
     let digest: [UInt8]
     let size: Int64
-    /// The file's bytes, when the caller asked to keep them (the manifest): exactly the bytes that were hashed.
+    /// The file's bytes, when the caller asked to keep them as an array (the manifest): exactly the bytes hashed.
     let contents: [UInt8]?
+    /// The file's bytes in read-only memory, when the caller asked to keep every file: exactly the bytes hashed.
+    let sealed: SealedBytes?
+  }
+
+  /// What to keep of a file while hashing it.
+  enum Keep: Sendable, Hashable {
+    case nothing
+    /// An array, refusing files over `limit` bytes (the manifest).
+    case array(limit: Int)
+    /// Sealed read-only pages (every file the runtime may read).
+    case sealed
   }
 
   static let chunkSize = 1 << 20
 
-  /// SHA-256 of one file read in 1 MiB chunks; keeps the bytes if `keep` (up to `keepLimit`).
-  static func hashFile(rootFD: Int32, _ path: RelativePath, keep: Bool, keepLimit: Int) throws(BundleError) -> Hashed {
+  /// SHA-256 of one file, read once from a descriptor opened below `rootFD` without following links; keeps the bytes
+  /// as `keep` says. The file must be exactly as large as `fstat` said when it was opened: a file that grows or
+  /// shrinks while it is read is refused.
+  static func hashFile(rootFD: Int32, _ path: RelativePath, keep: Keep) throws(BundleError) -> Hashed {
     let (fd, size) = try openRegularFile(rootFD: rootFD, path)
     defer { close(fd) }
-    if keep && size > Int64(keepLimit) {
-      throw BundleError(.invalidManifest, "\(path): larger than \(keepLimit) bytes")
-    }
+    guard let expected = Int(exactly: size) else { throw BundleError(.contentMismatch, "\(path): size \(size) out of range") }
     var hasher = SHA256()
     var kept: [UInt8] = []
-    var total: Int64 = 0
+    var sealed: SealedBytes? = nil
+    switch keep {
+    case .nothing: break
+    case .array(let limit):
+      guard expected <= limit else { throw BundleError(.invalidManifest, "\(path): larger than \(limit) bytes") }
+      kept.reserveCapacity(expected)
+    case .sealed:
+      sealed = try SealedBytes(capacity: expected)
+    }
+    var total = 0
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 16)
     defer { buffer.deallocate() }
     while true {
-      let n = read(fd, buffer.baseAddress, chunkSize)
+      // Read one byte past the expected size, so that a file that grew is noticed.
+      let want = min(chunkSize, expected - total + 1)
+      let n: Int
+      if let sealed, total < expected {
+        let (pointer, room) = sealed.fillPointer
+        n = read(fd, pointer, min(want, room))
+      } else {
+        n = read(fd, buffer.baseAddress, want)
+      }
       if n < 0 {
         if errno == EINTR || errno == EAGAIN { continue }
         throw BundleError.io(path.name, "read", errno: errno)
       }
       if n == 0 { break }
-      let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-      hasher.update(bufferPointer: chunk)
-      total += Int64(n)
-      if keep {
-        guard total <= Int64(keepLimit) else { throw BundleError(.invalidManifest, "\(path): larger than \(keepLimit) bytes") }
-        kept.append(contentsOf: chunk)
+      guard n <= expected - total else {
+        throw BundleError(.contentMismatch, "\(path): changed size while being read (grew beyond \(expected) bytes)")
       }
+      if let sealed {
+        let (pointer, _) = sealed.fillPointer
+        hasher.update(bufferPointer: UnsafeRawBufferPointer(start: pointer, count: n))
+        sealed.didFill(n)
+      } else {
+        let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+        hasher.update(bufferPointer: chunk)
+        if case .array = keep { kept.append(contentsOf: chunk) }
+      }
+      total += n
     }
-    return Hashed(path: path, digest: Array(hasher.finalize()), size: total, contents: keep ? kept : nil)
+    guard total == expected else {
+      throw BundleError(.contentMismatch, "\(path): changed size while being read (\(total) of \(expected) bytes)")
+    }
+    try sealed?.seal()
+    let contents: [UInt8]? = if case .array = keep { kept } else { nil }
+    return Hashed(path: path, digest: Array(hasher.finalize()), size: Int64(total), contents: contents, sealed: sealed)
   }
 
-  /// Hashes `files` below `root` in parallel, at most `maxConcurrent` at a time (each task blocks on reads, so the
-  /// bound keeps us from monopolising the cooperative pool). Results come back in the input order.
+  /// Hashes `files` below the directory `rootFD` in parallel, at most `maxConcurrent` at a time (each task blocks on
+  /// reads, so the bound keeps us from monopolising the cooperative pool). Results come back in the input order.
   static func hashFiles(
-    root: String, _ files: [RelativePath], keep: Set<RelativePath> = [], keepLimit: Int = 16 << 20,
+    rootFD: Int32, label: String, _ files: [RelativePath], keep: @escaping @Sendable (RelativePath) -> Keep = { _ in .nothing },
     maxConcurrent: Int = defaultConcurrency
   ) async throws(BundleError) -> [Hashed] {
-    let rootFD = try openDirectory(root)
-    defer { close(rootFD) }
     let width = max(1, maxConcurrent)
     do {
       return try await withThrowingTaskGroup(of: (Int, Hashed).self) { group in
@@ -221,8 +263,8 @@ enum FileTree {
         var next = 0
         func add(_ i: Int) {
           let path = files[i]
-          let keepThis = keep.contains(path)
-          group.addTask { (i, try FileTree.hashFile(rootFD: rootFD, path, keep: keepThis, keepLimit: keepLimit)) }
+          let keepThis = keep(path)
+          group.addTask { (i, try FileTree.hashFile(rootFD: rootFD, path, keep: keepThis)) }
         }
         while next < files.count && next < width {
           add(next)
@@ -240,7 +282,7 @@ enum FileTree {
     } catch let error as BundleError {
       throw error
     } catch {
-      throw BundleError(.io, "\(root): hashing failed: \(error)")
+      throw BundleError(.io, "\(label): hashing failed: \(error)")
     }
   }
 
@@ -288,16 +330,29 @@ enum FileTree {
   /// Reads a whole regular file (not through a symlink), refusing files over `limit` bytes.
   static func readSmallFile(_ path: String, limit: Int, kind: BundleError.Kind, label: String) throws(BundleError) -> [UInt8] {
     let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-    guard fd >= 0 else {
-      let code = errno
-      if code == ENOENT { throw BundleError(kind, "\(label): missing") }
-      if code == ELOOP { throw BundleError(kind, "\(label): is a symbolic link") }
-      throw BundleError.io(label, "open", errno: code)
-    }
+    guard fd >= 0 else { throw openFailure(errno, kind: kind, label: label) }
     defer { close(fd) }
+    return try readSmall(fd: fd, limit: limit, kind: kind, label: label)
+  }
+
+  /// Reads a whole regular file directly in the directory `dirFD` (one component, not through a symlink).
+  static func readSmallFile(dirFD: Int32, name: String, limit: Int, kind: BundleError.Kind, label: String) throws(BundleError) -> [UInt8] {
+    let fd = openat(dirFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+    guard fd >= 0 else { throw openFailure(errno, kind: kind, label: label) }
+    defer { close(fd) }
+    return try readSmall(fd: fd, limit: limit, kind: kind, label: label)
+  }
+
+  private static func openFailure(_ code: Int32, kind: BundleError.Kind, label: String) -> BundleError {
+    if code == ENOENT { return BundleError(kind, "\(label): missing") }
+    if code == ELOOP { return BundleError(kind, "\(label): is a symbolic link") }
+    return BundleError.io(label, "open", errno: code)
+  }
+
+  private static func readSmall(fd: Int32, limit: Int, kind: BundleError.Kind, label: String) throws(BundleError) -> [UInt8] {
     var st = stat()
     guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw BundleError(kind, "\(label): not a regular file") }
-    guard st.st_size <= limit else { throw BundleError(kind, "\(label): larger than \(limit) bytes") }
+    guard st.st_size >= 0, st.st_size <= limit else { throw BundleError(kind, "\(label): larger than \(limit) bytes") }
     var out: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {

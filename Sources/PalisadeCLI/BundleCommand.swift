@@ -231,7 +231,11 @@ struct BundleCommand: AsyncParsableCommand {
   }
 
   struct Pack: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Pack a signed bundle directory into a .tar.zst file.")
+    static let configuration = CommandConfiguration(
+      abstract: "Pack a signed bundle directory into a .tar.zst file.",
+      discussion:
+        "model.sig is the first entry (the server verifies it before it unpacks anything else), then the signed files; "
+        + "files the signature does not cover (.git, .gitignore, ...) are left out. An unsigned directory is refused.")
     @Argument(help: "The bundle directory.") var directory: String
     @Option(help: "The archive to write, e.g. models/digits/3.tar.zst.") var out: String
     func run() throws {

@@ -27,9 +27,12 @@ public struct Tensor: Sendable, Equatable {
     }
     switch (storage, datatype.elementSize) {
     case (.fixed(let raw), let width?):
-      guard raw.count == count * width else {
+      guard let bytes = TensorShape.byteCount(elements: count, of: datatype) else {
+        throw PalisadeError.invalidInput(name, "the byte size of \(count) \(datatype.rawValue) elements overflows")
+      }
+      guard raw.count == bytes else {
         throw PalisadeError.invalidInput(
-          name, "expected \(count * width) bytes for \(count) \(datatype.rawValue) elements, got \(raw.count)")
+          name, "expected \(bytes) bytes for \(count) \(datatype.rawValue) elements (\(width) each), got \(raw.count)")
       }
     case (.bytes(let elements), nil):
       guard elements.count == count else {

@@ -91,9 +91,14 @@ public struct Conv2DParams: Sendable, Equatable, Hashable {
 func convOutputSize(
     _ input: Int, kernel: Int, stride: Int, dilation: Int, padBegin: Int, padEnd: Int
 ) throws(KernelError) -> Int {
+    // Every step checked: the parameters may come straight from a model file.
+    guard input >= 0, kernel >= 1, stride >= 1, dilation >= 1, padBegin >= 0, padEnd >= 0 else {
+        throw .invalidParameter("conv geometry")
+    }
     let (extent, o1) = dilation.multipliedReportingOverflow(by: kernel - 1)
-    let (padded, o2) = input.addingReportingOverflow(padBegin + padEnd)
-    guard !o1, !o2, padBegin <= Int.max / 4, padEnd <= Int.max / 4 else { throw .overflow("conv geometry") }
+    let (pads, o2) = padBegin.addingReportingOverflow(padEnd)
+    let (padded, o3) = input.addingReportingOverflow(pads)
+    guard !o1, !o2, !o3 else { throw .overflow("conv geometry") }
     let span = padded - extent - 1
     guard span >= 0 else { throw .invalidParameter("conv kernel larger than padded input") }
     return span / stride + 1

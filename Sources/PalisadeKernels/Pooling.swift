@@ -70,13 +70,24 @@ public struct Pool2DParams: Sendable, Equatable, Hashable {
 func poolOutputSize(
     _ input: Int, _ kernel: Int, _ stride: Int, _ dilation: Int, _ padBegin: Int, _ padEnd: Int, _ ceilMode: Bool
 ) throws(KernelError) -> Int {
+    // Every step checked: the parameters may come straight from a model file.
+    guard input >= 0, kernel >= 1, stride >= 1, dilation >= 1, padBegin >= 0, padEnd >= 0 else {
+        throw .invalidParameter("pool geometry")
+    }
     let (extent, o1) = dilation.multipliedReportingOverflow(by: kernel - 1)
-    let (padded, o2) = input.addingReportingOverflow(padBegin + padEnd)
-    guard !o1, !o2 else { throw .overflow("pool geometry") }
+    let (pads, o2) = padBegin.addingReportingOverflow(padEnd)
+    let (padded, o3) = input.addingReportingOverflow(pads)
+    guard !o1, !o2, !o3 else { throw .overflow("pool geometry") }
     let span = padded - extent - 1
     guard span >= 0 else { throw .invalidParameter("pool kernel larger than padded input") }
-    var out = (ceilMode ? (span + stride - 1) / stride : span / stride) + 1
-    if ceilMode, (out - 1) * stride >= input + padBegin { out -= 1 }
+    // ceil(span / stride) without forming span + stride - 1.
+    var out = span / stride + (ceilMode && span % stride != 0 ? 1 : 0) + 1
+    if ceilMode {
+        // The last window must start inside the input or its leading padding (an overflowing start does not).
+        let (start, o4) = (out - 1).multipliedReportingOverflow(by: stride)
+        let (limit, o5) = input.addingReportingOverflow(padBegin)
+        if !o5, o4 || start >= limit { out -= 1 }
+    }
     return out
 }
 

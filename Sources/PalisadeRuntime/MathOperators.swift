@@ -456,7 +456,11 @@ func lowerMath(
     guard strides.count == 2, dilations.count == 2, pads.count == 4 else { throw .shape("Conv attribute lengths") }
     pads = try autoPads(node, input: Array(x.shape[2...]), kernel: Array(w.shape[2...]), strides: strides,
                         dilations: dilations, pads: pads)
-    guard w.shape[1] * group == x.shape[1] else { throw .shape("Conv weights \(w.shape) vs input \(x.shape), group \(group)") }
+    // `group` comes from the file: checked before it is multiplied.
+    let (groupedChannels, groupOverflow) = w.shape[1].multipliedReportingOverflow(by: group)
+    guard group >= 1, !groupOverflow, groupedChannels == x.shape[1] else {
+      throw .shape("Conv weights \(w.shape) vs input \(x.shape), group \(group)")
+    }
     let hasBias = optionalInput(2) != nil
     if let b = optionalInput(2), b.count != w.shape[0] { throw .shape("Conv bias has \(b.count) elements") }
     let params: Conv2DParams
@@ -591,9 +595,14 @@ func autoPads(
   case let mode where mode == "SAME_UPPER" || mode == "SAME_LOWER":
     var out = [0, 0, 0, 0]
     for d in 0..<2 {
-      guard strides[d] >= 1, dilations[d] >= 1, kernel[d] >= 1 else { throw .shape("invalid kernel geometry") }
-      let o = (input[d] + strides[d] - 1) / strides[d]
-      let total = max(0, (o - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - input[d])
+      guard strides[d] >= 1, dilations[d] >= 1, kernel[d] >= 1, input[d] >= 0 else { throw .shape("invalid kernel geometry") }
+      // Strides, dilations and kernel sizes come from the file (up to 2^48 each): every product is checked.
+      let o = input[d] / strides[d] + (input[d] % strides[d] != 0 ? 1 : 0)
+      let (covered, o1) = max(0, o - 1).multipliedReportingOverflow(by: strides[d])
+      let (extent, o2) = (kernel[d] - 1).multipliedReportingOverflow(by: dilations[d])
+      let (sum, o3) = covered.addingReportingOverflow(extent)
+      guard !o1, !o2, !o3, sum < Int.max - 1 else { throw .limit("\(node.label): padding geometry overflows") }
+      let total = max(0, sum + 1 - input[d])
       let small = total / 2
       out[d] = mode == "SAME_UPPER" ? small : total - small
       out[d + 2] = total - out[d]

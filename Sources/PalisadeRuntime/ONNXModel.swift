@@ -5,6 +5,9 @@ import PalisadeONNXProto
 import SwiftProtobuf
 import Synchronization
 
+/// The files a model's external-data tensors may name, by path relative to the model file's directory.
+public typealias ExternalData = [String: any ModelFileBytes]
+
 /// One dimension of a graph input or output.
 public enum Dimension: Sendable, Equatable, Hashable, CustomStringConvertible {
   case fixed(Int)
@@ -32,7 +35,7 @@ public struct GraphValue: Sendable, Equatable {
 ///
 /// Loading refuses anything it cannot run (listing every unsupported operator, opset and datatype in one error)
 /// and every malformed file (truncated or corrupt protobuf, cycles, undefined values, shape mismatches, sizes
-/// that disagree with their data, external data outside the model's directory, overflowing dimensions). A plan
+/// that disagree with their data, external data that is not among the files it was given, overflowing dimensions). A plan
 /// for the declared shapes (symbolic dimensions taken as 1) is built during `load`, so shape errors surface
 /// there; plans for other input shapes are built on first use and cached.
 public final class ONNXModel: Sendable {
@@ -50,50 +53,76 @@ public final class ONNXModel: Sendable {
   let outputIds: [Int]
   private let plans: Mutex<[[[Int]]: ExecutionPlan]>
 
-  /// Reads `url` and loads it; external data is resolved relative to the file's directory.
+  /// Reads the model file at `url` and the external-data files it names (relative to its directory), then loads
+  /// it. For tools and tests that load a model from disk; the server never does: its loader hands the runtime the
+  /// verified bytes (`load(model:externalData:limits:)`).
   public static func load(contentsOf url: URL, limits: LoadLimits = .default) throws(RuntimeError) -> ONNXModel {
-    let data: Data
-    do {
-      let attributes = try FileManager.default.attributesOfItem(atPath: url.path)
-      if let size = attributes[.size] as? Int, size > limits.maxModelBytes {
-        throw RuntimeError.limit("model file is \(size) bytes, above the limit of \(limits.maxModelBytes)")
+    let directory = url.deletingLastPathComponent().path
+    let dirFD = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard dirFD >= 0 else { throw .malformed("cannot open the model's directory") }
+    defer { close(dirFD) }
+    let name = url.lastPathComponent
+    let data = try ModelFileReader.readFile(dirFD: dirFD, components: [name], limit: limits.maxModelBytes, what: "model file")
+    let proto = try parse(data, limits: limits)
+    var external: ExternalData = [:]
+    var total = 0
+    for location in ModelFileReader.externalLocations(proto) where external[location] == nil {
+      let components = location.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+      guard !location.hasPrefix("/"), components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else {
+        continue  // refused with its reason when the tensor is decoded
       }
-      data = try Data(contentsOf: url)
-    } catch let error as RuntimeError {
-      throw error
-    } catch {
-      throw .malformed("cannot read model file \(url.lastPathComponent.sanitizedForModelMessage)")
+      let bytes = try ModelFileReader.readFile(
+        dirFD: dirFD, components: components, limit: limits.maxWeightBytes - total,
+        what: "external-data file '\(location.sanitizedForModelMessage)'")
+      total += bytes.count
+      external[location] = bytes
     }
-    return try load(data: data, externalDataDirectory: url.deletingLastPathComponent(), limits: limits)
-  }
-
-  public static func load(
-    data: [UInt8], externalDataDirectory: URL? = nil, limits: LoadLimits = .default
-  ) throws(RuntimeError) -> ONNXModel {
-    try load(data: Data(data), externalDataDirectory: externalDataDirectory, limits: limits)
+    return try ONNXModel(proto: proto, externalData: external, limits: limits)
   }
 
   /// Parses and validates a serialized `ModelProto`.
-  /// - Parameter externalDataDirectory: where tensors stored as external data live; `nil` refuses external data.
+  /// - Parameter externalData: the files that tensors stored as external data may name, by path relative to the
+  ///   model file's directory; `nil` refuses external data.
   public static func load(
-    data: Data, externalDataDirectory: URL? = nil, limits: LoadLimits = .default
+    data: [UInt8], externalData: ExternalData? = nil, limits: LoadLimits = .default
   ) throws(RuntimeError) -> ONNXModel {
-    guard data.count <= limits.maxModelBytes else {
-      throw .limit("model is \(data.count) bytes, above the limit of \(limits.maxModelBytes)")
+    try ONNXModel(proto: try parse(data, limits: limits), externalData: externalData, limits: limits)
+  }
+
+  /// As `load(data:externalData:limits:)`.
+  public static func load(
+    data: Data, externalData: ExternalData? = nil, limits: LoadLimits = .default
+  ) throws(RuntimeError) -> ONNXModel {
+    try ONNXModel(proto: try parse(data, limits: limits), externalData: externalData, limits: limits)
+  }
+
+  /// Loads from a bundle's verified bytes: the model file and the other verified files beside it (external data).
+  /// Nothing is read from disk.
+  public static func load(
+    model: any ModelFileBytes, externalData: ExternalData?, limits: LoadLimits = .default
+  ) throws(RuntimeError) -> ONNXModel {
+    let proto = try model.withBytes { (raw: UnsafeRawBufferPointer) throws(RuntimeError) in
+      try parse(raw, limits: limits)
     }
-    guard !data.isEmpty else { throw .malformed("the model file is empty") }
+    return try ONNXModel(proto: proto, externalData: externalData, limits: limits)
+  }
+
+  static func parse(_ bytes: some ContiguousBytes, limits: LoadLimits) throws(RuntimeError) -> Onnx_ModelProto {
+    let count = bytes.withUnsafeBytes { $0.count }
+    guard count <= limits.maxModelBytes else {
+      throw .limit("model is \(count) bytes, above the limit of \(limits.maxModelBytes)")
+    }
+    guard count > 0 else { throw .malformed("the model file is empty") }
     var options = BinaryDecodingOptions()
     options.messageDepthLimit = 64
-    let proto: Onnx_ModelProto
     do {
-      proto = try Onnx_ModelProto(serializedBytes: data, options: options)
+      return try bytes.withUnsafeBytes { raw in try Onnx_ModelProto(serializedBytes: Data(raw), options: options) }
     } catch {
       throw .malformed("not a valid ONNX ModelProto (\(error))")
     }
-    return try ONNXModel(proto: proto, externalDataDirectory: externalDataDirectory, limits: limits)
   }
 
-  init(proto: Onnx_ModelProto, externalDataDirectory: URL?, limits: LoadLimits) throws(RuntimeError) {
+  init(proto: Onnx_ModelProto, externalData: ExternalData?, limits: LoadLimits) throws(RuntimeError) {
     self.limits = limits
     guard proto.hasGraph else { throw .malformed("the model has no graph") }
     guard proto.irVersion >= 3 else {
@@ -147,7 +176,7 @@ public final class ONNXModel: Sendable {
       do {
         weights[vid] = try TensorDecoder.decode(
           tensor, what: "initializer '\(tensor.name.sanitizedForModelMessage)'",
-          externalDataDirectory: externalDataDirectory, limits: limits, budget: &budget)
+          externalData: externalData, limits: limits, budget: &budget)
       } catch where error.kind == .unsupported {
         unsupported.append(error.message)
       }
@@ -173,8 +202,10 @@ public final class ONNXModel: Sendable {
       for d in tt.shape.dim {
         switch d.value {
         case .dimValue(let v)? where v > 0:
-          guard v <= Int64(limits.maxTensorElements) else { throw .limit("\(label): dimension \(v) too large") }
-          dims.append(.fixed(Int(v)))
+          guard let n = Int(exactly: v), n <= limits.maxTensorElements else {
+            throw .limit("\(label): dimension \(v) too large")
+          }
+          dims.append(.fixed(n))
         case .dimParam(let p)?: dims.append(.symbolic(p.sanitizedForModelMessage))
         default: dims.append(.symbolic(""))
         }
@@ -205,7 +236,7 @@ public final class ONNXModel: Sendable {
       for a in node.attribute {
         do {
           attributes[a.name] = try TensorDecoder.attribute(
-            a, node: label, externalDataDirectory: externalDataDirectory, limits: limits, budget: &budget)
+            a, node: label, externalData: externalData, limits: limits, budget: &budget)
         } catch where error.kind == .unsupported {
           unsupported.append(error.message)
         }

@@ -79,7 +79,7 @@ func lower(
       guard d0 != 0 else { throw .shape("Range with delta 0") }
       let steps = ((Double(l0) - Double(s0)) / Double(d0)).rounded(.up)
       guard steps < Double(ctx.limits.maxTensorElements) else { throw .limit("Range too long") }
-      let n = steps > 0 ? Int(steps) : 0
+      let n = steps > 0 ? Int(exactly: steps) ?? 0 : 0  // integral and bounded above; NaN fails both guards
       _ = try ctx.value(.int64, [n])
       return .constant([.int64s((0..<n).map { s0 &+ Int64($0) &* d0 }, shape: [n])])
     }
@@ -87,7 +87,7 @@ func lower(
     guard d0 != 0, s0.isFinite, l0.isFinite, d0.isFinite else { throw .shape("invalid Range") }
     let nd = ((l0 - s0) / d0).rounded(.up)
     guard nd < Float(ctx.limits.maxTensorElements) else { throw .limit("Range too long") }
-    let n = nd > 0 ? Int(nd) : 0
+    let n = nd > 0 ? Int(exactly: nd) ?? 0 : 0
     return .constant([.floats((0..<n).map { s0 + Float($0) * d0 }, shape: [n])])
 
   // MARK: views
@@ -255,8 +255,11 @@ func lower(
     if let c = consts[1] {
       var indices: [Int] = []
       for v in c.int64Values {
-        let i = v < 0 ? Int(v) + dim : Int(v)
-        guard i >= 0, i < dim else { throw .shape("Gather index \(v) out of range for dimension \(dim)") }
+        // Indices come from the file: range-checked as Int64 before they become Int.
+        let wide = v < 0 ? v + Int64(dim) : v
+        guard wide >= 0, wide < Int64(dim), let i = Int(exactly: wide) else {
+          throw .shape("Gather index \(v) out of range for dimension \(dim)")
+        }
         indices.append(i)
       }
       if n == 1 && outer == 1 {
@@ -287,7 +290,7 @@ func lower(
             let v = ip[j]
             let i = v < 0 ? v + Int64(dim) : v
             guard i >= 0, i < Int64(dim) else { throw RuntimeError(.invalidInput, "Gather index out of range") }
-            dst.copyMemory(from: src + (o * dim + Int(i)) * block, byteCount: block)
+            dst.copyMemory(from: src + (o * dim + Int(truncatingIfNeeded: i)) * block, byteCount: block)
             dst += block
           }
         }
@@ -315,7 +318,7 @@ func lower(
             guard i >= 0, i < Int64(last) else {
               throw RuntimeError(.invalidInput, "ArrayFeatureExtractor index out of range")
             }
-            (dst + (o * k + j) * es).copyMemory(from: src + (o * last + Int(i)) * es, byteCount: es)
+            (dst + (o * k + j) * es).copyMemory(from: src + (o * last + Int(truncatingIfNeeded: i)) * es, byteCount: es)
           }
         }
       }

@@ -109,7 +109,7 @@ extension RuntimeError {
 }
 
 /// The ONNX runtime behind Palisade's ``ModelRuntime`` seam (bundle loading): parses and plans the verified
-/// model file on the worker pool, then serves it as an ``ONNXServableModel``. A model that fails to load is a
+/// model file (and its verified external data, in memory) on the worker pool, then serves it as an ``ONNXServableModel``. A model that fails to load is a
 /// FAILED_PRECONDITION carrying the runtime's reason (it names nodes and tensors, never data).
 public struct ONNXModelRuntime: ModelRuntime {
   public let limits: LoadLimits
@@ -122,16 +122,21 @@ public struct ONNXModelRuntime: ModelRuntime {
 
   public var fileExtensions: [String] { ["onnx"] }
 
-  public func load(modelFile bytes: [UInt8], directory: String, descriptor: ModelDescriptor) async throws
-    -> any ServableModel
-  {
+  /// Parses `files.modelFile`; external data resolves only against the other verified files below the model file's
+  /// directory (`ModelFiles.siblingsOfModelFile`), never against the file system.
+  public func load(files: ModelFiles, descriptor: ModelDescriptor) async throws -> any ServableModel {
     let limits = self.limits
     let pool = self.pool
-    let directoryURL = URL(fileURLWithPath: directory, isDirectory: true)
+    guard let modelFile = files.modelFile else {
+      throw PalisadeError(
+        .failedPrecondition,
+        "model '\(descriptor.name.sanitizedForMessage)' cannot be loaded: its model file is not among the verified files")
+    }
+    let external = files.siblingsOfModelFile
     do {
       return try await pool.run { () throws -> ONNXServableModel in
         do {
-          let model = try ONNXModel.load(data: bytes, externalDataDirectory: directoryURL, limits: limits)
+          let model = try ONNXModel.load(model: modelFile, externalData: external, limits: limits)
           return try ONNXServableModel(model: model, descriptor: descriptor, pool: pool)
         } catch let error as RuntimeError {
           throw PalisadeError(.failedPrecondition, "model '\(descriptor.name.sanitizedForMessage)' cannot be loaded: \(error.description)")

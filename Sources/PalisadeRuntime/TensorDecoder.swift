@@ -1,20 +1,13 @@
 import Foundation
+import PalisadeCore
 import PalisadeONNXProto
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// Decodes `TensorProto`s and `AttributeProto`s from untrusted model files.
 enum TensorDecoder {
   /// Decodes a tensor from raw_data, typed fields or external data, checking that the data matches the declared
   /// shape and type exactly. INT32 widens to INT64 and DOUBLE narrows to FLOAT.
   static func decode(
-    _ t: Onnx_TensorProto, what: String, externalDataDirectory: URL?, limits: LoadLimits, budget: inout Int
+    _ t: Onnx_TensorProto, what: String, externalData: ExternalData?, limits: LoadLimits, budget: inout Int
   ) throws(RuntimeError) -> HostTensor {
     let code = t.dataType
     let sourceSize: Int
@@ -66,12 +59,10 @@ enum TensorDecoder {
     }
 
     if t.hasDataLocation && t.dataLocation == .external {
-      let data = try readExternal(t, what: what, bytes: bytes, directory: externalDataDirectory)
-      var failure: RuntimeError?
-      data.withUnsafeBytes { raw in
-        do { try fromRaw(raw) } catch { failure = (error as? RuntimeError) ?? .malformed("\(what): unreadable data") }
+      let (file, range) = try externalRange(t, what: what, bytes: bytes, files: externalData)
+      try file.withBytes { (raw: UnsafeRawBufferPointer) throws(RuntimeError) in
+        try fromRaw(UnsafeRawBufferPointer(rebasing: raw[range]))
       }
-      if let failure { throw failure }
       return out
     }
     if t.hasRawData {
@@ -108,12 +99,14 @@ enum TensorDecoder {
     return out
   }
 
-  /// Reads `bytes` bytes of external data for `t`, refusing locations outside `directory`.
-  static func readExternal(
-    _ t: Onnx_TensorProto, what: String, bytes: Int, directory: URL?
-  ) throws(RuntimeError) -> [UInt8] {
-    guard let directory else {
-      throw RuntimeError(.externalData, "\(what) uses external data, but no external-data directory was given")
+  /// Finds the external data of `t` among the bundle's verified files: the file named by its `location` and the
+  /// `bytes`-long range at its `offset`. Nothing is read from disk: a location that is not a verified file of the
+  /// bundle (below the model file's directory) is refused, whatever exists on disk.
+  static func externalRange(
+    _ t: Onnx_TensorProto, what: String, bytes: Int, files: ExternalData?
+  ) throws(RuntimeError) -> (any ModelFileBytes, Range<Int>) {
+    guard let files else {
+      throw RuntimeError(.externalData, "\(what) uses external data, but the model was given no external-data files")
     }
     var location: String?
     var offset = 0
@@ -122,13 +115,14 @@ enum TensorDecoder {
       switch entry.key {
       case "location": location = entry.value
       case "offset":
+        // A decimal string: Int(_:) refuses signs other than '-', non-digits and values beyond Int.
         guard let v = Int(entry.value), v >= 0 else {
-          throw RuntimeError(.externalData, "\(what): invalid external-data offset")
+          throw RuntimeError(.externalData, "\(what): invalid external-data offset (a non-negative integer is required)")
         }
         offset = v
       case "length":
         guard let v = Int(entry.value), v >= 0 else {
-          throw RuntimeError(.externalData, "\(what): invalid external-data length")
+          throw RuntimeError(.externalData, "\(what): invalid external-data length (a non-negative integer is required)")
         }
         length = v
       default: break  // checksum and future keys
@@ -138,7 +132,8 @@ enum TensorDecoder {
       throw RuntimeError(.externalData, "\(what): external data without a location")
     }
     let safeName = location.sanitizedForModelMessage
-    // Only plain relative paths below the directory: no absolute paths, no '..', no empty or '.' components.
+    // Only plain relative paths below the model's directory: no absolute paths, no '..', no empty or '.' components
+    // (so that the location is the one spelling of a verified file's name).
     let components = location.split(separator: "/", omittingEmptySubsequences: false)
     guard !location.hasPrefix("/"), !location.contains("\\"), !location.contains("\0"),
       components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." })
@@ -148,50 +143,20 @@ enum TensorDecoder {
     if let length, length != bytes {
       throw RuntimeError(.shapeMismatch, "\(what): external-data length \(length) disagrees with its declared size \(bytes)")
     }
-    // Resolve symlinks on both sides and require the file to stay inside the directory.
-    guard let root = realPath(directory.path) else {
-      throw RuntimeError(.externalData, "\(what): the external-data directory does not exist")
+    guard let file = files[location] else {
+      throw RuntimeError(.externalData, "\(what): external-data file '\(safeName)' is not among the bundle's verified files")
     }
-    guard let resolved = realPath(root + "/" + location) else {
-      throw RuntimeError(.externalData, "\(what): external-data file '\(safeName)' not found")
-    }
-    guard resolved.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
-      throw RuntimeError(.externalData, "\(what): external-data file '\(safeName)' resolves outside the model's directory")
-    }
-    let fd = open(resolved, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-    guard fd >= 0 else { throw RuntimeError(.externalData, "\(what): cannot open external-data file '\(safeName)'") }
-    defer { close(fd) }
-    var info = stat()
-    guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
-      throw RuntimeError(.externalData, "\(what): external-data '\(safeName)' is not a regular file")
-    }
-    let size = Int(info.st_size)
+    let size = file.count
     let (end, o) = offset.addingReportingOverflow(bytes)
     guard !o, end <= size else {
       throw RuntimeError(
         .externalData, "\(what): external data [\(offset), \(offset)+\(bytes)) lies beyond the end of '\(safeName)' (\(size) bytes)")
     }
-    var buffer = [UInt8](repeating: 0, count: bytes)
-    var done = 0
-    while done < bytes {
-      let n = buffer.withUnsafeMutableBytes { raw -> Int in
-        guard let b = raw.baseAddress else { return -1 }
-        return pread(fd, b + done, bytes - done, off_t(offset + done))
-      }
-      if n <= 0 { throw RuntimeError(.externalData, "\(what): short read from '\(safeName)'") }
-      done += n
-    }
-    return buffer
-  }
-
-  static func realPath(_ path: String) -> String? {
-    guard let p = realpath(path, nil) else { return nil }
-    defer { free(p) }
-    return String(cString: p)
+    return (file, offset..<end)
   }
 
   static func attribute(
-    _ a: Onnx_AttributeProto, node: String, externalDataDirectory: URL?, limits: LoadLimits, budget: inout Int
+    _ a: Onnx_AttributeProto, node: String, externalData: ExternalData?, limits: LoadLimits, budget: inout Int
   ) throws(RuntimeError) -> Attribute {
     if !a.refAttrName.isEmpty {
       throw RuntimeError(.unsupported, "\(node.sanitizedForModelMessage): attribute references (functions)")
@@ -211,7 +176,7 @@ enum TensorDecoder {
       return .tensor(
         try decode(
           a.t, what: "attribute '\(a.name.sanitizedForModelMessage)' of \(node.sanitizedForModelMessage)",
-          externalDataDirectory: externalDataDirectory, limits: limits, budget: &budget))
+          externalData: externalData, limits: limits, budget: &budget))
     default:
       return .other("\(type)")
     }

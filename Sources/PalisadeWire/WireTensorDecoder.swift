@@ -71,14 +71,14 @@ public enum WireTensorDecoder {
       var length: UInt32 = 0
       for i in 0..<4 { length |= UInt32(data[offset + i]) << (8 * UInt32(i)) }
       offset += 4
-      guard Int(length) <= data.endIndex - offset else {
+      guard let size = Int(exactly: length), size <= data.endIndex - offset else {
         throw PalisadeError.invalidInput(name, "BYTES element #\(elements.count) is longer than the remaining contents")
       }
       guard elements.count < count else {
         throw PalisadeError.invalidInput(name, "BYTES raw contents hold more than the \(count) elements of its shape")
       }
-      elements.append([UInt8](data[offset..<(offset + Int(length))]))
-      offset += Int(length)
+      elements.append([UInt8](data[offset..<(offset + size)]))
+      offset += size
     }
     guard elements.count == count else {
       throw PalisadeError.invalidInput(name, "BYTES raw contents hold \(elements.count) elements, shape needs \(count)")

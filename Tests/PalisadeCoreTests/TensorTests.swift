@@ -118,3 +118,18 @@ import Testing
     #expect(repo.isServerReady)
   }
 }
+
+/// A shape whose element count fits `Int` but whose byte size does not: refused, not trapped (the byte size was
+/// computed unchecked).
+@Suite struct TensorByteSizeTests {
+  @Test func byteSizeOverflowIsRefused() {
+    for shape: [Int64] in [[1 << 62], [1 << 61, 2], [Int64.max], [3, 1 << 61]] {
+      #expect(throws: PalisadeError.self, "\(shape)") {
+        _ = try Tensor(name: "x", datatype: .fp32, shape: shape, storage: .fixed([]))
+      }
+      #expect(throws: PalisadeError.self, "\(shape)") {
+        _ = try Tensor(name: "x", datatype: .fp64, shape: shape, storage: .fixed([0, 0, 0, 0, 0, 0, 0, 0]))
+      }
+    }
+  }
+}

@@ -104,19 +104,50 @@ struct ModelRuntimeTests {
     let runtime = ONNXModelRuntime()
     #expect(runtime.fileExtensions == ["onnx"])
     let bytes = try Fixtures.bytes("mlp_torch_ext.onnx")
+    let data = try Fixtures.bytes("mlp_torch_ext.onnx.data")
     let probe = try ONNXModel.load(contentsOf: Fixtures.directory.appendingPathComponent("mlp_torch_ext.onnx"))
     let descriptor = probe.descriptor(name: "mlp", version: "1")
-    let servable = try await runtime.load(modelFile: bytes, directory: Fixtures.directory.path, descriptor: descriptor)
+    let files = ModelFiles(modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": bytes, "mlp_torch_ext.onnx.data": data])
+    let servable = try await runtime.load(files: files, descriptor: descriptor)
     #expect(servable.descriptor == descriptor)
     let x = try Tensor(name: "input", shape: [2, 64], values: [Float](repeating: 0.5, count: 128))
     let out = try await servable.infer(InferenceRequest(inputs: [x]))
     #expect(out[0].shape == [2, 10])
     // A corrupt file is a failed precondition with the reason.
     do {
-      _ = try await runtime.load(modelFile: Array(bytes.prefix(40)), directory: Fixtures.directory.path, descriptor: descriptor)
+      let corrupt = ModelFiles(modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": Array(bytes.prefix(40))])
+      _ = try await runtime.load(files: corrupt, descriptor: descriptor)
       Issue.record("corrupt model loaded")
     } catch let error as PalisadeError {
       #expect(error.code == .failedPrecondition)
     }
+  }
+
+  /// The runtime resolves external data only against the verified files it is handed, never the file system: the
+  /// fixture's `.onnx.data` exists on disk beside the model, but without it among the files the load fails.
+  @Test func externalDataComesOnlyFromTheGivenFiles() async throws {
+    let runtime = ONNXModelRuntime()
+    let bytes = try Fixtures.bytes("mlp_torch_ext.onnx")
+    let data = try Fixtures.bytes("mlp_torch_ext.onnx.data")
+    let descriptor = try ONNXModel.load(contentsOf: Fixtures.directory.appendingPathComponent("mlp_torch_ext.onnx"))
+      .descriptor(name: "mlp", version: "1")
+    do {
+      _ = try await runtime.load(files: ModelFiles(modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": bytes]), descriptor: descriptor)
+      Issue.record("external data was found outside the given files")
+    } catch let error as PalisadeError {
+      #expect(error.code == .failedPrecondition)
+      #expect(error.message.contains("not among the bundle's verified files"), "\(error.message)")
+    }
+    // Locations are relative to the model file's directory inside the bundle; files elsewhere are not reachable.
+    let nested = ModelFiles(
+      modelFileName: "onnx/mlp_torch_ext.onnx",
+      files: ["onnx/mlp_torch_ext.onnx": bytes, "onnx/mlp_torch_ext.onnx.data": data, "other/x.bin": [1, 2, 3]])
+    #expect(Set(nested.siblingsOfModelFile.keys) == ["mlp_torch_ext.onnx.data"])
+    let servable = try await runtime.load(files: nested, descriptor: descriptor)
+    let x = try Tensor(name: "input", shape: [1, 64], values: [Float](repeating: 0.25, count: 64))
+    #expect(try await servable.infer(InferenceRequest(inputs: [x]))[0].shape == [1, 10])
+    let elsewhere = ModelFiles(
+      modelFileName: "onnx/mlp_torch_ext.onnx", files: ["onnx/mlp_torch_ext.onnx": bytes, "mlp_torch_ext.onnx.data": data])
+    await #expect(throws: PalisadeError.self) { _ = try await runtime.load(files: elsewhere, descriptor: descriptor) }
   }
 }

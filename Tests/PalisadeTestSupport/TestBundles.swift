@@ -9,9 +9,9 @@ public struct TestRuntime: ModelRuntime {
   public init() {}
   public var fileExtensions: [String] { ["testmodel"] }
 
-  public func load(modelFile bytes: [UInt8], directory: String, descriptor: ModelDescriptor) async throws
-    -> any ServableModel
-  {
+  public func load(files: ModelFiles, descriptor: ModelDescriptor) async throws -> any ServableModel {
+    guard let file = files.modelFile else { throw PalisadeError(.failedPrecondition, "no model file") }
+    let bytes = file.withBytes { Array($0) }
     guard let spec = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: String], let kind = spec["kind"] else {
       throw PalisadeError(.failedPrecondition, "not a test model")
     }

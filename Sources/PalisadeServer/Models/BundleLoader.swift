@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import Logging
 public import PalisadeBundle
 public import PalisadeCore
@@ -44,16 +44,21 @@ public final class BundleLoader: Sendable {
   let accepted: AcceptedVersions
   let logger: Logger
   let auditor: Auditor?
-  /// Keeps the verified model files read-only in memory and re-hashes them (nil: off).
+  /// Keeps the verified files read-only in memory and re-hashes them (nil: off).
   public let integrity: IntegrityMonitor?
+  /// Test hook: runs with the bundle directory after it verified and before the runtime loads the model (where a
+  /// file swapped on disk would once have reached the runtime).
+  let afterVerification: (@Sendable (String) async throws -> Void)?
   private let loading = Mutex<Set<String>>([])
 
   public init(
     settings: Settings, runtimes: [any ModelRuntime], repository: ModelRepository, logger: Logger,
-    auditor: Auditor? = nil, integrity: IntegrityMonitor? = nil
+    auditor: Auditor? = nil, integrity: IntegrityMonitor? = nil,
+    afterVerificationForTesting: (@Sendable (String) async throws -> Void)? = nil
   ) throws {
     self.auditor = auditor
     self.integrity = integrity
+    self.afterVerification = afterVerificationForTesting
     self.settings = settings
     self.runtimes = runtimes
     self.repository = repository
@@ -150,8 +155,14 @@ public final class BundleLoader: Sendable {
     var directory = candidate.path
     var unpacked: String?
     if candidate.packed {
+      // The archive's model.sig is verified before anything else is written, and only signed files are unpacked.
       let target = "\(settings.unpackDirectory)/\(candidate.name)-\(candidate.version)-\(UUID().uuidString)"
-      do { directory = try BundleUnpacker.unpack(archive: candidate.path, into: target, limits: settings.unpackLimits).directory } catch {
+      do {
+        directory = try await BundleUnpacker.unpack(
+          archive: candidate.path, into: target, trust: settings.trust, modelName: candidate.name, now: Date(),
+          limits: settings.unpackLimits
+        ).directory
+      } catch {
         throw refuse(error)
       }
       unpacked = directory
@@ -160,7 +171,10 @@ public final class BundleLoader: Sendable {
     let verified: VerifiedBundle
     let manifest: BundleManifest
     do throws(BundleError) {
-      verified = try await BundleVerifier.verify(directory: directory, trust: settings.trust, modelName: candidate.name, now: Date())
+      // Every signed file is read once, hashed while read, and kept (read-only) in memory: the runtime gets these
+      // bytes and nothing from disk, so a file replaced after verification never reaches it.
+      verified = try await BundleVerifier.verify(
+        directory: directory, trust: settings.trust, modelName: candidate.name, now: Date(), keepContents: true)
       manifest = try verified.manifest(now: Date())
       guard manifest.version == candidate.version else {
         throw BundleError(.invalidManifest, "manifest version \(manifest.version) differs from the directory's \(candidate.version)")
@@ -173,8 +187,17 @@ public final class BundleLoader: Sendable {
     guard let runtime = runtimes.first(where: { $0.fileExtensions.contains(ext) }) else {
       throw PalisadeError(.failedPrecondition, "no runtime loads '.\(ext)' model files")
     }
-    let bytes: [UInt8]
-    do { bytes = try verified.readFile(manifest.modelFile) } catch { throw refuse(error) }
+    try await afterVerification?(directory)
+    var sealedFiles: [(file: VerifiedFile, bytes: SealedBytes)] = []
+    for file in verified.files {
+      guard let bytes = verified.contents(of: file.name) else {
+        throw refuse(BundleError(.contentMismatch, "\(file.name): verified contents were not kept"))
+      }
+      sealedFiles.append((file, bytes))
+    }
+    let files = ModelFiles(
+      modelFileName: manifest.modelFile,
+      files: Dictionary(sealedFiles.map { ($0.file.name, VerifiedBytes($0.bytes) as any ModelFileBytes) }, uniquingKeysWith: { a, _ in a }))
     let descriptor = ModelDescriptor(
       name: manifest.name, version: String(manifest.version), platform: ext,
       inputs: manifest.inputs.compactMap(Self.spec), outputs: manifest.outputs.compactMap(Self.spec),
@@ -203,13 +226,13 @@ public final class BundleLoader: Sendable {
           }, uniquingKeysWith: { a, _ in a }),
         threshold: manifest.screeningPolicy?.oodThreshold,
         action: manifest.screeningPolicy?.action == .reject ? .reject : .flag))
-    let model = try await runtime.load(modelFile: bytes, directory: directory, descriptor: descriptor)
+    let model = try await runtime.load(files: files, descriptor: descriptor)
     try await Self.warmUp(model)
     do { try accepted.checkAndRecord(name: candidate.name, version: manifest.version) } catch { throw refuse(error) }
-    if let integrity, let signed = verified.files.first(where: { $0.name == manifest.modelFile }) {
-      integrity.track(
-        model: candidate.name, version: String(manifest.version), file: manifest.modelFile, sha256: signed.sha256, bytes: bytes)
-    }
+    // The same pages the runtime read, every signed file (model file and external data alike), re-hashed from now on.
+    integrity?.track(
+      model: candidate.name, version: String(manifest.version),
+      files: sealedFiles.map { IntegrityMonitor.TrackedFile(name: $0.file.name, sha256: $0.file.sha256, bytes: $0.bytes) })
     return model
   }
 
@@ -217,18 +240,39 @@ public final class BundleLoader: Sendable {
     DataType(rawValue: t.datatype.rawValue).map { TensorSpec(name: t.name, datatype: $0, shape: t.shape) }
   }
 
+  /// Largest warm-up input (bytes per input): a model whose declared input is bigger is refused, not allocated.
+  static let maxWarmUpBytes = 1 << 30
+
   /// One inference on zeros (variable dimensions as 1) before the model takes traffic.
   static func warmUp(_ model: any ServableModel) async throws {
     var inputs: [Tensor] = []
     for spec in model.descriptor.inputs {
       let shape = spec.shape.map { $0 < 0 ? 1 : $0 }
-      let count = TensorShape.elementCount(shape) ?? 0
-      if let width = spec.datatype.elementSize {
-        inputs.append(try Tensor(name: spec.name, datatype: spec.datatype, shape: shape, storage: .fixed([UInt8](repeating: 0, count: count * width))))
+      // The shape is the manifest's (signed, but still checked): never multiply or allocate unchecked.
+      guard let count = TensorShape.elementCount(shape),
+        spec.datatype.elementSize == nil || (TensorShape.byteCount(elements: count, of: spec.datatype).map { $0 <= maxWarmUpBytes } ?? false),
+        count <= maxWarmUpBytes
+      else {
+        throw PalisadeError(
+          .failedPrecondition,
+          "model '\(model.descriptor.name.sanitizedForMessage)': input '\(spec.name.sanitizedForMessage)' is too large to warm up (\(shape))")
+      }
+      if let bytes = TensorShape.byteCount(elements: count, of: spec.datatype) {
+        inputs.append(try Tensor(name: spec.name, datatype: spec.datatype, shape: shape, storage: .fixed([UInt8](repeating: 0, count: bytes))))
       } else {
         inputs.append(try Tensor(name: spec.name, datatype: .bytes, shape: shape, storage: .bytes(Array(repeating: [], count: count))))
       }
     }
     _ = try await model.infer(InferenceRequest(inputs: inputs))
+  }
+}
+
+/// A verified file's sealed pages as the runtime seam sees them.
+struct VerifiedBytes: ModelFileBytes {
+  let sealed: SealedBytes
+  init(_ sealed: SealedBytes) { self.sealed = sealed }
+  var count: Int { sealed.count }
+  func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+    try sealed.withUnsafeBytes(body)
   }
 }
