@@ -147,6 +147,9 @@ public struct BundleManifest: Sendable, Hashable, Codable {
   public var screeningPolicy: ScreeningPolicy?
   public var maxBatch: Int?
   public var canaryTokens: [String]?
+  /// Whether inputs may have a zero-sized dimension (an empty batch). Absent: no; most models and runtimes are
+  /// not written for empty tensors, and a caller must not be able to make the model fail.
+  public var allowEmptyDimensions: Bool?
 
   enum CodingKeys: String, CodingKey, CaseIterable {
     case schema, name, version, created, expires
@@ -156,6 +159,7 @@ public struct BundleManifest: Sendable, Hashable, Codable {
     case screeningPolicy = "screening_policy"
     case maxBatch = "max_batch"
     case canaryTokens = "canary_tokens"
+    case allowEmptyDimensions = "allow_empty_dimensions"
   }
 
   public init(
@@ -197,6 +201,7 @@ public struct BundleManifest: Sendable, Hashable, Codable {
     screeningPolicy = try c.decodeIfPresent(ScreeningPolicy.self, forKey: .screeningPolicy)
     maxBatch = try c.decodeIfPresent(Int.self, forKey: .maxBatch)
     canaryTokens = try c.decodeIfPresent([String].self, forKey: .canaryTokens)
+    allowEmptyDimensions = try c.decodeIfPresent(Bool.self, forKey: .allowEmptyDimensions)
   }
 
   public func encode(to encoder: any Encoder) throws {
@@ -214,6 +219,7 @@ public struct BundleManifest: Sendable, Hashable, Codable {
     try c.encodeIfPresent(screeningPolicy, forKey: .screeningPolicy)
     try c.encodeIfPresent(maxBatch, forKey: .maxBatch)
     try c.encodeIfPresent(canaryTokens, forKey: .canaryTokens)
+    try c.encodeIfPresent(allowEmptyDimensions, forKey: .allowEmptyDimensions)
   }
 
   /// Pretty-printed JSON with sorted keys (for `palisade bundle init`).

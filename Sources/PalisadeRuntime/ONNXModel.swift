@@ -49,6 +49,8 @@ public final class ONNXModel: Sendable {
   let valueNames: [String]
   let nodes: [GraphNode]
   let initializers: [Int: HostTensor]
+  /// Elements of all weights: a cheap proxy for the multiply-adds one input row costs.
+  public var parameterCount: Int { initializers.values.reduce(0) { $0 &+ $1.count } }
   let inputIds: [Int]
   let outputIds: [Int]
   private let plans: Mutex<[[[Int]]: ExecutionPlan]>

@@ -51,6 +51,11 @@ public struct ONNXServableModel: ServableModel {
 
   /// Checks that `descriptor` agrees with the graph: the same input and output names, datatypes and ranks, and
   /// no fixed dimension where the graph has a different fixed one.
+  /// Multiply-adds (parameters × rows) below which a request is computed on the calling thread: handing a
+  /// few microseconds of work to the pool and back costs more than the work (two thread wake-ups).
+  public static let inlineWorkLimit = 262_144
+  let parameters: Int
+
   public init(model: ONNXModel, descriptor: ModelDescriptor, pool: WorkerPool = .shared) throws(RuntimeError) {
     func check(_ declared: [TensorSpec], _ graph: [TensorSpec], _ role: String) throws(RuntimeError) {
       guard declared.count == graph.count else {
@@ -76,12 +81,23 @@ public struct ONNXServableModel: ServableModel {
     self.model = model
     self.descriptor = descriptor
     self.pool = pool
+    self.parameters = model.parameterCount
   }
 
   public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
     let model = self.model
     let pool = self.pool
     let inputs = request.inputs
+    let rows = inputs.first.flatMap { $0.shape.first }.map { Int(clamping: max(1, $0)) } ?? 1
+    if parameters.multipliedReportingOverflow(by: rows).partialValue <= Self.inlineWorkLimit,
+      !parameters.multipliedReportingOverflow(by: rows).overflow
+    {
+      do {
+        return try model.predict(inputs, pool: nil)
+      } catch {
+        throw error.asPalisadeError
+      }
+    }
     do {
       return try await pool.run { () throws -> [Tensor] in
         do {

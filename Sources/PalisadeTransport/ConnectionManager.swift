@@ -221,3 +221,35 @@ struct StreamTracker: NIOHTTP2StreamDelegate {
     manager.value.streamClosed(id)
   }
 }
+
+/// Coalesces flushes that arrive in the same event-loop tick into one.
+///
+/// Every response ends with a flush; under load many responses on one connection complete within a tick, and
+/// each flush costs TLS record sealing and a `write` system call. Placed between TLS and HTTP/2, this handler
+/// passes writes on at once and turns a flush into one flush at the end of the current tick.
+final class FlushCoalescer: ChannelOutboundHandler {
+  typealias OutboundIn = ByteBuffer
+  typealias OutboundOut = ByteBuffer
+
+  private var flushPending = false
+
+  func flush(context: ChannelHandlerContext) {
+    guard !flushPending else { return }
+    flushPending = true
+    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+    context.eventLoop.execute {
+      let (handler, context) = bound.value
+      handler.flushPending = false
+      context.flush()
+    }
+  }
+
+  func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+    // Whatever was written goes out before the connection closes.
+    if flushPending {
+      flushPending = false
+      context.flush()
+    }
+    context.close(mode: mode, promise: promise)
+  }
+}

@@ -154,7 +154,7 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
     }
     if let address = server.localAddress { bound.set(address) }
     if shutDownEarly { server.close(promise: nil) }
-    try await withTaskCancellationHandler {
+    await withTaskCancellationHandler {
       try? await server.closeFuture.get()
       // Graceful: the listener is closed; wait for every connection to finish its calls (or its grace).
       await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -226,6 +226,7 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
     let sync = channel.pipeline.syncOperations
     try sync.addHandler(tlsHandler)
     try sync.addHandler(HandshakeGuard(timeout: configuration.connections.handshakeTimeout, observer: observer))
+    try sync.addHandler(FlushCoalescer())
 
     let manager = ConnectionManager(config: configuration.connections)
     let loopBoundManager = NIOLoopBound(manager, eventLoop: channel.eventLoop)

@@ -226,7 +226,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func connectionsOpen(_ count: Int) {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "connections_open", helpText: "Open gRPC connections"),
+        namespace: "palisade", metricName: "connections_open", unitName: "", helpText: "Open gRPC connections"),
       labels: []
     ).set(to: Double(count))
   }

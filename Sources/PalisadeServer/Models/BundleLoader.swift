@@ -212,7 +212,7 @@ public final class BundleLoader: Sendable {
           manifest.inputs.compactMap { t in t.featureRange.map { (t.name, ModelContract.FeatureRange(min: $0.min, max: $0.max)) } },
           uniquingKeysWith: { a, _ in a }),
         // Manifests have no way to allow NaN or infinities: signed models take finite inputs only.
-        allowNonFinite: false),
+        allowNonFinite: false, allowEmptyDimensions: manifest.allowEmptyDimensions ?? false),
       outputPolicy: OutputPolicy(
         topK: manifest.outputPolicy?.topK, roundDecimals: manifest.outputPolicy?.roundDecimals,
         labelOnly: manifest.outputPolicy?.labelOnly ?? false, padToBucketBytes: manifest.outputPolicy?.padToBucketBytes,
