@@ -40,3 +40,39 @@ public enum FastUnaryResponse: Sendable {
   /// No message: the status (never `.ok`) and a caller-safe message.
   case failure(RPCError.Code, String)
 }
+
+/// A bidirectional streaming RPC served straight from the HTTP/2 stream (`ModelStreamInfer`): each request message
+/// arrives as a `ByteBuffer`, each response is written as one DATA frame, with no grpc-swift machinery per message.
+///
+/// The transport delivers messages in order through `messages` (at most ``maxMessagesInFlight`` not yet answered;
+/// beyond that it stops reading and HTTP/2 flow control holds the client), ends `messages` when the client
+/// half-closes, and cancels the task serving the stream when the client resets it, the connection goes or
+/// `grpc-timeout` passes. The handler answers with `respond` (in order) and returns the stream's final status.
+public protocol FastStreamHandler: Sendable {
+  /// The `:path` values this handler serves.
+  var paths: [String] { get }
+  func serve(
+    _ call: FastStreamCall, messages: AsyncStream<ByteBuffer>, respond: @escaping @Sendable (ByteBuffer) -> Void
+  ) async -> FastStreamEnd
+}
+
+/// One stream on the fast path.
+public struct FastStreamCall: Sendable {
+  public let path: String
+  public let headers: HPACKHeaders
+  public let connection: PeerConnection
+  public let deadline: ContinuousClock.Instant?
+
+  /// The first value of header `name` (lowercase).
+  public func header(_ name: String) -> String? { headers.first(name: name) }
+}
+
+/// How a fast-path stream ends.
+public enum FastStreamEnd: Sendable {
+  case ok
+  case failure(RPCError.Code, String)
+}
+
+/// Request messages of one fast-path stream that may be waiting for their answers before the transport stops
+/// reading from the client.
+public let maxMessagesInFlight = 32

@@ -10,6 +10,7 @@ struct StreamEnvironment: Sendable {
   let messages: TransportConfiguration.Messages
   let maxHeaderListBytes: Int
   let fastPaths: [String: any FastUnaryHandler]
+  let fastStreams: [String: any FastStreamHandler]
   let principalBudget: InflightBudget
   let observer: any TransportObserver
   let logger: Logger
@@ -63,6 +64,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     case awaitingHeaders
     case generic
     case fast(any FastUnaryHandler)
+    case fastStream
     /// Answered (refused, or the fast path responded); further input is dropped.
     case finished
   }
@@ -92,6 +94,10 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   // Calls in progress.
   private let cancellation = StreamCancellation()
   private var fastTask: Task<Void, Never>?
+  // A fast-path stream: its messages, and how many await their answer.
+  private var streamMessages: AsyncStream<ByteBuffer>.Continuation?
+  private var streamInFlight = 0
+  private var readingPaused = false
   private var deadlineTimer: Scheduled<Void>?
 
   init(env: StreamEnvironment, connection: PeerConnection, connectionBudget: InflightBudget) {
@@ -113,7 +119,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     case .data(let frame):
       guard case .byteBuffer(var buffer) = frame.data else { return }
       switch route {
-      case .generic, .fast:
+      case .generic, .fast, .fastStream:
         deframe(context: context, &buffer)
         if frame.endStream { inputEnded(context: context) }
       case .awaitingHeaders:
@@ -156,6 +162,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     messageTimer?.cancel()
     deadlineTimer?.cancel()
     fastTask?.cancel()
+    streamMessages?.finish()
+    streamMessages = nil
     cancellation.cancel()
   }
 
@@ -204,6 +212,10 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       if inputClosed { inputEnded(context: context) }
       return
     }
+    if let stream = env.fastStreams[path] {
+      startFastStream(context: context, handler: stream, headers: headers)
+      return
+    }
     startGeneric(context: context, headers: headers, method: method)
   }
 
@@ -236,6 +248,9 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
     case .fast(let handler):
       runFast(context: context, handler: handler)
+    case .fastStream:
+      streamMessages?.finish()
+      streamMessages = nil
     case .awaitingHeaders, .finished:
       break
     }
@@ -347,6 +362,14 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       if fastMessages.count > 1 {
         refuse(context: context, code: .internalError, "a unary call takes exactly one request message", reason: "bad_request")
       }
+    case .fastStream:
+      streamInFlight += 1
+      streamMessages?.yield(message)
+      if streamInFlight >= maxMessagesInFlight, !readingPaused {
+        // Enough waiting for answers: stop reading; HTTP/2 flow control now holds the client.
+        readingPaused = true
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+      }
     case .awaitingHeaders, .finished:
       break
     }
@@ -401,6 +424,63 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
   }
 
+  // MARK: Fast-path streams
+
+  private func startFastStream(context: ChannelHandlerContext, handler: any FastStreamHandler, headers: HPACKHeaders) {
+    route = .fastStream
+    let (messages, continuation) = AsyncStream<ByteBuffer>.makeStream()
+    streamMessages = continuation
+    if inputClosed {
+      continuation.finish()
+      streamMessages = nil
+    }
+    if let deadline { armDeadline(context: context, at: deadline) }
+    let call = FastStreamCall(path: path, headers: headers, connection: connection, deadline: deadline)
+    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+    let loop = context.eventLoop
+    fastTask = Task {
+      let end = await handler.serve(call, messages: messages) { response in
+        loop.execute {
+          let (handler, context) = bound.value
+          handler.writeStreamMessage(context: context, response)
+        }
+      }
+      loop.execute {
+        let (handler, context) = bound.value
+        handler.finishStream(context: context, end)
+      }
+    }
+  }
+
+  private func writeStreamMessage(context: ChannelHandlerContext, _ body: ByteBuffer) {
+    streamInFlight -= 1
+    guard !trailersSent, !streamClosed else { return }
+    if !responseHeadersSent {
+      responseHeadersSent = true
+      context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders))), promise: nil)
+    }
+    context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(framed(context: context, body))))), promise: nil)
+    if readingPaused, streamInFlight <= maxMessagesInFlight / 2 {
+      readingPaused = false
+      context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+      context.read()
+    }
+  }
+
+  private func finishStream(context: ChannelHandlerContext, _ end: FastStreamEnd) {
+    fastTask = nil
+    streamMessages?.finish()
+    streamMessages = nil
+    deadlineTimer?.cancel()
+    guard !trailersSent, !streamClosed else { return }
+    route = .finished
+    switch end {
+    case .ok: writeTrailers(context: context, status: Status(code: .ok, message: ""), metadata: [:])
+    case .failure(let code, let message):
+      writeTrailers(context: context, status: Status(code: Status.Code(code), message: message), metadata: [:])
+    }
+  }
+
   private func armDeadline(context: ChannelHandlerContext, at deadline: ContinuousClock.Instant) {
     let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
     let wait = max(.zero, deadline - .now)
@@ -408,6 +488,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       let (handler, context) = bound.value
       handler.fastTask?.cancel()
       handler.fastTask = nil
+      handler.streamMessages?.finish()
+      handler.streamMessages = nil
       guard !handler.trailersSent else { return }
       handler.route = .finished
       handler.writeTrailers(
@@ -484,6 +566,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     fastMessages = []
     releaseBudget()
     fastTask?.cancel()
+    streamMessages?.finish()
+    streamMessages = nil
     writeTrailers(context: context, status: Status(code: code, message: message), metadata: [:])
     if wasGeneric {
       // The service may be waiting for a message that will not come: end its input and cancel it.

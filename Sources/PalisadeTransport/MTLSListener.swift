@@ -71,6 +71,7 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
   private let logger: Logger
   private let group: any EventLoopGroup
   private let fastPaths: [String: any FastUnaryHandler]
+  private let fastStreams: [String: any FastStreamHandler]
   private let limiter: ConnectionLimiter
   private let principalBudget: InflightBudget
   private let nextConnection = Atomic<UInt64>(0)
@@ -87,7 +88,7 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
   /// `verifier` decides on client chains (its roots can be replaced while running).
   public init(
     configuration: TransportConfiguration, certificates: ServerCertificateStore, verifier: ClientCertificateVerifier,
-    fastPaths: [any FastUnaryHandler] = [], observer: any TransportObserver = NoTransportObserver(),
+    fastPaths: [any FastUnaryHandler] = [], fastStreams: [any FastStreamHandler] = [], observer: any TransportObserver = NoTransportObserver(),
     bound: BoundAddress = BoundAddress(), eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
     logger: Logger
   ) throws {
@@ -109,6 +110,9 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
     var paths: [String: any FastUnaryHandler] = [:]
     for handler in fastPaths { for path in handler.paths { paths[path] = handler } }
     self.fastPaths = paths
+    var streamPaths: [String: any FastStreamHandler] = [:]
+    for handler in fastStreams { for path in handler.paths { streamPaths[path] = handler } }
+    self.fastStreams = streamPaths
     self.limiter = ConnectionLimiter(
       maxTotal: configuration.connections.maxConnections,
       maxPerAddress: configuration.connections.maxConnectionsPerAddress)
@@ -135,7 +139,7 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
   ) async throws {
     let env = StreamEnvironment(
       messages: configuration.messages, maxHeaderListBytes: configuration.streams.maxHeaderListBytes,
-      fastPaths: fastPaths, principalBudget: principalBudget, observer: observer, logger: logger,
+      fastPaths: fastPaths, fastStreams: fastStreams, principalBudget: principalBudget, observer: observer, logger: logger,
       localAddress: "\(configuration.host):\(configuration.port)",
       startGeneric: { channel, method, connection, cancellation in
         Self.serve(channel, method: method, connection: connection, cancellation: cancellation, handler: streamHandler)

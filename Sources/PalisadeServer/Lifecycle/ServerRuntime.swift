@@ -114,11 +114,16 @@ public final class ServerRuntime: Sendable {
       accessLog: config.logging.accessLog, auditor: auditor)
     let authenticator = CallAuthenticator(
       verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger, auditor: auditor)
-    // ModelInfer is served on the transport's fast path; every other RPC (ModelStreamInfer included) goes through
-    // grpc-swift with the same authentication stages as interceptors.
+    // ModelInfer and ModelStreamInfer are served on the transport's fast path; every other RPC goes through
+    // grpc-swift, with the same authentication stages as interceptors.
     let transport = try MTLSServerTransport(
       configuration: Self.transportConfiguration(config.server), certificates: certificates, verifier: verifier,
       fastPaths: [InferenceFastPath(authenticator: authenticator, pipeline: pipeline, metrics: metrics, logger: logger)],
+      fastStreams: [
+        InferenceStreamFastPath(
+          authenticator: authenticator, credentials: StreamCredentials(verifier: tokens), pipeline: pipeline,
+          metrics: metrics, logger: logger)
+      ],
       observer: metrics, bound: grpcAddress, logger: logger)
     self.grpcServer = GRPCServer(
       transport: transport,

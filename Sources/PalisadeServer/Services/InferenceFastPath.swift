@@ -2,8 +2,9 @@ import Foundation
 import GRPCCore
 public import Logging
 import PalisadeCore
-public import PalisadeProto
+import PalisadeProto
 public import PalisadeTransport
+public import NIOCore
 public import SwiftProtobuf
 
 extension MessageBytes: SwiftProtobufContiguousBytes {}
@@ -53,5 +54,89 @@ public struct InferenceFastPath: FastUnaryHandler {
       metrics.recordRPC(method: Self.rpc, code: StatusMapping.codeName(status.code), duration: ContinuousClock.now - start)
       return .failure(status.code, status.message)
     }
+  }
+}
+
+/// `ModelStreamInfer` on the transport's fast path (``FastStreamHandler``): the stream is authenticated once at
+/// its start (``CallAuthenticator``, as the interceptors would), its token re-checked before every message and on
+/// a timer (``StreamCredentials``: an expired token or a retired key ends the stream UNAUTHENTICATED), and every
+/// message runs the whole ``InferencePipeline``. As in Triton, a failed request yields a response whose
+/// `error_message` names the status, and the stream goes on.
+public struct InferenceStreamFastPath: FastStreamHandler {
+  public static let modelStreamInfer = "/inference.GRPCInferenceService/ModelStreamInfer"
+  static let rpc = "ModelStreamInfer"
+  public let paths = [Self.modelStreamInfer]
+
+  let authenticator: CallAuthenticator
+  let credentials: StreamCredentials
+  let pipeline: InferencePipeline
+  let metrics: ServerMetrics
+  let logger: Logger
+
+  public init(
+    authenticator: CallAuthenticator, credentials: StreamCredentials, pipeline: InferencePipeline,
+    metrics: ServerMetrics, logger: Logger
+  ) {
+    self.authenticator = authenticator
+    self.credentials = credentials
+    self.pipeline = pipeline
+    self.metrics = metrics
+    self.logger = logger
+  }
+
+  public func serve(
+    _ call: FastStreamCall, messages: AsyncStream<ByteBuffer>, respond: @escaping @Sendable (ByteBuffer) -> Void
+  ) async -> FastStreamEnd {
+    let start = ContinuousClock.now
+    let logger = self.logger.with(rpc: Self.rpc, peer: call.connection.remoteAddress)
+    let (pipeline, credentials) = (self.pipeline, self.credentials)
+    var context: CallContext?
+    do {
+      var authenticated = try await authenticator.identify(call.connection, rpc: Self.rpc)
+      try await authenticator.authenticate(&authenticated, authorization: call.header("authorization"), rpc: Self.rpc)
+      let session = authenticated
+      context = session
+      try await credentials.whileValid(session) {
+        for await message in messages {
+          try credentials.check(session)
+          var reply = Inference_ModelStreamInferResponse()
+          let request: Inference_ModelInferRequest
+          do {
+            request = try Inference_ModelInferRequest(serializedBytes: MessageBytes(message))
+          } catch {
+            reply.errorMessage = "INVALID_ARGUMENT: a request is not a valid ModelInferRequest message"
+            respond(try Self.serialized(reply))
+            continue
+          }
+          do {
+            reply.inferResponse = try await pipeline.infer(request, call: session, rpc: Self.rpc)
+          } catch let error where !(error is CancellationError) {
+            let status = StatusMapping.rpcError(for: error, logger: logger)
+            reply.errorMessage = "\(StatusMapping.codeName(status.code)): \(status.message)"
+            reply.inferResponse.id = request.id
+            reply.inferResponse.modelName = request.modelName
+          }
+          respond(try Self.serialized(reply))
+        }
+      }
+      metrics.recordRPC(method: Self.rpc, code: "OK", duration: ContinuousClock.now - start)
+      return .ok
+    } catch {
+      if let context, let e = error as? PalisadeError, e.code == .unauthenticated {
+        logger.notice(
+          "stream ended: credentials lapsed",
+          metadata: ["principal": "\(context.identity)", "request_id": "\(context.requestID)", "reason": "\(e.detail ?? "")"])
+        await pipeline.auditor.call(
+          context, rpc: Self.rpc, status: "UNAUTHENTICATED", reason: "stream ended: token expired or its key retired")
+      }
+      let status = StatusMapping.rpcError(for: error, logger: logger)
+      metrics.recordRPC(method: Self.rpc, code: StatusMapping.codeName(status.code), duration: ContinuousClock.now - start)
+      return .failure(status.code, status.message)
+    }
+  }
+
+  static func serialized(_ reply: Inference_ModelStreamInferResponse) throws -> ByteBuffer {
+    let bytes: MessageBytes = try reply.serializedBytes()
+    return bytes.buffer
   }
 }
