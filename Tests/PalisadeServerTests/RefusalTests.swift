@@ -54,8 +54,8 @@ import X509
   }
 
   @Test func aClientCannotClaimAnotherConnectionsIdentity() async throws {
-    // A refused certificate sends the internal connection header naming a good connection: the transport
-    // overwrites it, so the call stays refused.
+    // A refused certificate sends the header that once carried the connection number, naming a good connection:
+    // identity now travels only inside the transport (never in a header), so the call stays refused.
     let server = try await TestServer.start()
     let client = try goodClient(server)
     let bad = try server.pki.client("no-san", sans: [.dnsName("x.example")])

@@ -75,11 +75,15 @@ public final class TokenVerifier: Sendable {
     /// The key that verified the signature, so that a long-lived stream can ask whether it is still trusted.
     let keyID: String
     let keyMaterial: [UInt8]
+    /// The issuer set it was verified against (see ``TokenVerifier/revalidate(_:now:)``).
+    let generation: UInt64
   }
 
   private struct State: Sendable {
     var issuers: [Issuer]
     var cache: [SHA256Digest: Verified] = [:]
+    /// Bumped by every ``replaceIssuers(_:)``: while it is unchanged, every key that verified a token is still there.
+    var generation: UInt64 = 0
   }
 
   public let settings: Settings
@@ -95,6 +99,7 @@ public final class TokenVerifier: Sendable {
     state.withLock {
       $0.issuers = issuers
       $0.cache.removeAll()
+      $0.generation &+= 1
     }
   }
 
@@ -126,10 +131,11 @@ public final class TokenVerifier: Sendable {
   /// retires the key ends the stream as it would refuse a new call).
   public func revalidate(_ token: Verified, now: Date = Date()) throws(TokenError) {
     try checkLive(token, now: now)
-    let trusted = state.withLock { s in
-      s.issuers.contains { issuer in
-        issuer.issuer == token.issuer && issuer.keys.keys[token.keyID].map { $0.material == token.keyMaterial } == true
-      }
+    let (generation, issuers) = state.withLock { ($0.generation, $0.issuers) }
+    // Unchanged issuers: the key is still trusted, no need to compare it (getting a key's bytes costs EC math).
+    if generation == token.generation { return }
+    let trusted = issuers.contains { issuer in
+      issuer.issuer == token.issuer && issuer.keys.keys[token.keyID].map { $0.material == token.keyMaterial } == true
     }
     guard trusted else { throw .keyRetired }
   }
@@ -165,7 +171,7 @@ public final class TokenVerifier: Sendable {
     if header["crit"] != nil { throw .malformed("unsupported critical header") }
     guard let kid = header["kid"] as? String else { throw .malformed("no kid") }
 
-    let issuers = state.withLock { $0.issuers }
+    let (issuers, generation) = state.withLock { ($0.issuers, $0.generation) }
     let iss = claims["iss"] as? String
     let sub = claims["sub"] as? String
     let issuer: Issuer?
@@ -214,7 +220,7 @@ public final class TokenVerifier: Sendable {
     let verified = Verified(
       subject: sub, issuer: issuer.issuer, scopes: scopes, tokenID: claims["jti"] as? String,
       expiresAt: Date(timeIntervalSince1970: exp), binding: binding, spiffeSubject: issuer.kind == .spiffe,
-      keyID: kid, keyMaterial: key.material)
+      keyID: kid, keyMaterial: key.material, generation: generation)
     try checkBinding(verified, identity: identity)
     return verified
   }
