@@ -11,17 +11,20 @@ import Synchronization
 import Glibc
 #endif
 
-/// `serving-bench screen [ROWS]`: the screening stage's cost per row, in process (release build).
+/// `serving-bench screen [ROWS [FEATURESxROWS]]`: the screening stage's cost per row, in process (release build);
+/// with e.g. `784x1` only the new monitor at that width and batch, with `screen784x1` only the stage (for
+/// `perf record`).
 ///
 /// - the extraction monitor alone (`ExtractionMonitor.observe`) at d = 784 (projected) and d = 64, one row and 32
 ///   rows per request, on a stream whose history is already full (steady state);
 /// - the whole stage 6 (`InputScreener.screen`: conversion, OOD score, drift, extraction monitor) for a model
 ///   without reference statistics (784 features) and with them (64 features, diagonal covariance).
 ///
-/// Rows are smooth pseudo-images (a few random blobs), different every row, so distances and normality tests do
-/// real work; CPU time is the process's (getrusage), wall time the clock's, both divided by rows.
+/// Rows are smooth pseudo-images (a few random blobs); 1024 different rows (4x the history, so no row meets its
+/// own copy) cycle, so inputs come from L3 as a just-decoded request's would come from L1/L2 at best. CPU time
+/// is the process's (getrusage), wall time the clock's, both divided by rows.
 extension ServingBench {
-  static func screeningBench(rows: Int) async throws {
+  static func screeningBench(rows: Int, only: String? = nil) async throws {
     var logger = Logger(label: "bench")
     logger.logLevel = .critical
     let pki = try TestPKI()
@@ -93,8 +96,16 @@ extension ServingBench {
         "| \(what) | \(features) | \(batch) | \(String(format: "%.2f", r.wallPerRow)) | \(String(format: "%.2f", r.cpuPerRow)) | \(r.alarms) |")
     }
 
-    for (side, batch) in [(28, 1), (28, 32), (8, 1), (8, 32)] {
-      let reqs = try requests(side: side, batch: batch, count: max(64, 4096 / batch))
+    for (side, batch) in [(28, 1), (28, 32), (8, 1), (8, 32)] where only == nil || only == "\(side * side)x\(batch)" {
+      let reqs = try requests(side: side, batch: batch, count: max(32, 1024 / batch))
+      if let only {
+        let monitor = ExtractionMonitor(input: "input", features: side * side, settings: .defaults)
+        let r = await time(reqs, rowsPerRequest: batch, total: rows) { q in
+          monitor.observe(principal: "spiffe://palisade.test/sa/bench", inputs: q, outOfDistribution: nil) != nil
+        }
+        report("ExtractionMonitor.observe (\(only))", side * side, batch, r)
+        return
+      }
       let legacy = LegacyExtractionMonitor(input: "input", features: side * side, settings: .defaults)
       let before = await time(reqs, rowsPerRequest: batch, total: min(rows, side > 8 ? 5000 : rows)) { q in
         legacy.observe(principal: "spiffe://palisade.test/sa/bench", inputs: q, outOfDistribution: nil) != nil
@@ -109,9 +120,10 @@ extension ServingBench {
 
     // The whole screening stage, as the pipeline calls it.
     let policy = PolicyStore(try Policy.parse(TestServer.allowAllPolicy))
-    for (side, batch, withStats) in [(28, 1, false), (28, 32, false), (8, 1, true), (8, 32, true)] {
+    for (side, batch, withStats) in [(28, 1, false), (28, 32, false), (8, 1, true), (8, 32, true)]
+    where only == nil || only == "screen\(side * side)x\(batch)" {
       let features = side * side
-      let reqs = try requests(side: side, batch: batch, count: max(64, 4096 / batch))
+      let reqs = try requests(side: side, batch: batch, count: max(32, 1024 / batch))
       var profile = ScreeningProfile.none
       if withStats {
         // Reference statistics from 1000 rows of the same generator (diagonal covariance).

@@ -24,7 +24,7 @@ enum ServingBench {
     let args = CommandLine.arguments.dropFirst()
     guard let mode = args.first else {
       print(
-        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | screen [ROWS]")
+        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | screen [ROWS [FEATURESxROWS]]")
       exit(2)
     }
     let dir = args.dropFirst().first ?? "/tmp/palisade-bench"
@@ -34,7 +34,7 @@ enum ServingBench {
       try await server(dir: dir, model: rest.first ?? "simple", batching: rest.count < 2 || rest[1] == "batch")
     case "auth": try authBench(iterations: Int(dir) ?? 20_000)
     case "pipeline": try await pipelineBench(iterations: Int(dir) ?? 20_000)
-    case "screen": try await screeningBench(rows: Int(dir) ?? 50_000)
+    case "screen": try await screeningBench(rows: Int(dir) ?? 50_000, only: args.dropFirst(2).first)
     case "client":
       let rest = Array(args.dropFirst(2))
       try await client(
