@@ -69,7 +69,8 @@ for r in $(seq 1 "$ROUNDS"); do
   export PEERS_TOKEN
   echo "=== peers round $r/$ROUNDS (load $(cut -d' ' -f1-3 /proc/loadavg))"
   "$P/venv/bin/python" "$H/run_peers.py" --rounds 1 --calls "${CALLS:-1000}" --duration "${DURATION:-8}" \
-    --out "$OUT" --servers kserve,null --tls-only --batches 1,32 --encodings raw "${EXT[@]}" | tee -a "$OUT/run.log"
+    --out "$OUT" --servers kserve,null --tls-only --batches 1,32 --encodings raw --distinct-rows 1024 "${EXT[@]}" \
+    | tee -a "$OUT/run.log"
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 "$P/venv/bin/python" "$H/report.py" "$OUT/results.jsonl" --ref kserve-mtls | tee "$OUT/table.md"

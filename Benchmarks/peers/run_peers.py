@@ -91,6 +91,8 @@ def bench(args, label, target, model, batch, enc, mtls, spid, extra=()):
            "--batch", str(batch), "--calls", str(args.calls), "--warmup", str(args.warmup),
            "--concurrency", str(args.concurrency), "--duration", str(args.duration),
            "--label", label, "--json", os.path.join(args.out, "results.jsonl"), *extra]
+    if args.distinct_rows:
+        cmd += ["--distinct-rows", str(args.distinct_rows)]
     if enc == "raw":
         cmd.append("--raw")
     if mtls:
@@ -125,6 +127,7 @@ def main():
     ap.add_argument("--external", action="append", default=[], help="LABEL=HOST:PORT[@PID], plaintext, already running")
     ap.add_argument("--external-mtls", action="append", default=[], help="LABEL=HOST:PORT[@PID], mTLS with certs/")
     ap.add_argument("--wait-ready", type=float, default=60)
+    ap.add_argument("--distinct-rows", type=int, default=0, help="passed to bench_v2_grpc.py")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     logdir = os.path.join(args.out, "logs")
