@@ -738,39 +738,55 @@ struct GemmProblem {
         var ir = 0
         while ir < mc {
             let rows = GemmBlocking.tileRows(mc - ir)
-            // Element (i, p) of this tile in op(A), and how far apart consecutive p are.
-            let base = transA ? a + pc * lda + ic + ir : a + (ic + ir) * lda + pc
-            let rowStep = transA ? 1 : lda
-            let pStep = transA ? lda : 1
-            if rows == mr {
-                let r0 = base, r1 = base + rowStep, r2 = base + 2 * rowStep
-                let r3 = base + 3 * rowStep, r4 = base + 4 * rowStep, r5 = base + 5 * rowStep
-                for p in 0..<kc {
-                    let o = p * pStep
-                    d[0] = alpha * r0[o]
-                    d[1] = alpha * r1[o]
-                    d[2] = alpha * r2[o]
-                    d[3] = alpha * r3[o]
-                    d[4] = alpha * r4[o]
-                    d[5] = alpha * r5[o]
-                    d += mr
-                }
-            } else if rows == 4 {
-                let r0 = base, r1 = base + rowStep, r2 = base + 2 * rowStep, r3 = base + 3 * rowStep
-                for p in 0..<kc {
-                    let o = p * pStep
-                    d[0] = alpha * r0[o]
-                    d[1] = alpha * r1[o]
-                    d[2] = alpha * r2[o]
-                    d[3] = alpha * r3[o]
-                    d += 4
+            if !transA {
+                // Row-major A: each of the tile's rows is contiguous along p.
+                let base = a + (ic + ir) * lda + pc
+                if rows == mr {
+                    let r0 = base, r1 = base + lda, r2 = base + 2 * lda
+                    let r3 = base + 3 * lda, r4 = base + 4 * lda, r5 = base + 5 * lda
+                    for p in 0..<kc {
+                        d[0] = alpha * r0[p]
+                        d[1] = alpha * r1[p]
+                        d[2] = alpha * r2[p]
+                        d[3] = alpha * r3[p]
+                        d[4] = alpha * r4[p]
+                        d[5] = alpha * r5[p]
+                        d += mr
+                    }
+                } else if rows == 4 {
+                    let r0 = base, r1 = base + lda, r2 = base + 2 * lda, r3 = base + 3 * lda
+                    for p in 0..<kc {
+                        d[0] = alpha * r0[p]
+                        d[1] = alpha * r1[p]
+                        d[2] = alpha * r2[p]
+                        d[3] = alpha * r3[p]
+                        d += 4
+                    }
+                } else {
+                    for p in 0..<kc {
+                        for i in 0..<mr {
+                            d[i] = i < rows ? alpha * base[i * lda + p] : 0
+                        }
+                        d += mr
+                    }
                 }
             } else {
-                for p in 0..<kc {
-                    for i in 0..<mr {
-                        d[i] = i < rows ? alpha * base[i * rowStep + p * pStep] : 0
+                // Stored k x m: row p of storage holds op(A)[*, p] contiguously.
+                let base = a + pc * lda + ic + ir
+                if rows == mr || rows == 4 {
+                    for p in 0..<kc {
+                        let src = base + p * lda
+                        for i in 0..<rows { d[i] = alpha * src[i] }
+                        d += rows
                     }
-                    d += mr
+                } else {
+                    for p in 0..<kc {
+                        let src = base + p * lda
+                        for i in 0..<mr {
+                            d[i] = i < rows ? alpha * src[i] : 0
+                        }
+                        d += mr
+                    }
                 }
             }
             ir += rows
