@@ -126,6 +126,9 @@ let package = Package(
       dependencies: [
         "PalisadeProto", "PalisadeCore", "PalisadeWire", "PalisadeIdentity", "PalisadeTransport", "PalisadeYAML",
         "PalisadePolicy", "PalisadeBundle", "PalisadeAudit", "PalisadeOutbound",
+        // The extraction monitor's projection and distances run on the kernels (AVX2/FMA; this target is not
+        // compiled with the kernel flags).
+        "PalisadeKernels",
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),

@@ -24,7 +24,7 @@ enum ServingBench {
     let args = CommandLine.arguments.dropFirst()
     guard let mode = args.first else {
       print(
-        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS]")
+        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | screen [ROWS [FEATURESxROWS]]")
       exit(2)
     }
     let dir = args.dropFirst().first ?? "/tmp/palisade-bench"
@@ -34,6 +34,7 @@ enum ServingBench {
       try await server(dir: dir, model: rest.first ?? "simple", batching: rest.count < 2 || rest[1] == "batch")
     case "auth": try authBench(iterations: Int(dir) ?? 20_000)
     case "pipeline": try await pipelineBench(iterations: Int(dir) ?? 20_000)
+    case "screen": try await screeningBench(rows: Int(dir) ?? 50_000, only: args.dropFirst(2).first)
     case "client":
       let rest = Array(args.dropFirst(2))
       try await client(
@@ -168,19 +169,30 @@ enum ServingBench {
     let full = try pipeline(screening: true)
     let request = try digitsRequest(raw: true)
     let inputs = [try Tensor(name: "input", shape: [1, 64], values: (try SampleFile.read(path: "\(fixtures)/digits_reference.npy")).values.prefix(64).map { Float($0) })]
-    func time(_ body: () async throws -> Void) async rethrows -> Double {
+    // Process CPU per call beside the wall time: the audit writer's thread works on the other core, which the
+    // caller's wall time does not show.
+    var cpu: [String: Double] = [:]
+    func processCPU() -> Double {
+      var usage = rusage()
+      getrusage(RUSAGE_SELF.rawValue, &usage)
+      return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6
+        + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+    }
+    func time(_ label: String = "", _ body: () async throws -> Void) async rethrows -> Double {
+      let cpu0 = processCPU()
       let start = ContinuousClock.now
       try await body()
       let d = ContinuousClock.now - start
+      cpu[label] = (processCPU() - cpu0) / Double(iterations)
       return (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(iterations)
     }
     for _ in 0..<1000 { _ = try await model.infer(InferenceRequest(inputs: inputs)); _ = try await full.infer(request, call: call, rpc: "ModelInfer") }
-    let direct = try await time { for _ in 0..<iterations { _ = try await model.infer(InferenceRequest(inputs: inputs)) } }
-    let piped = try await time { for _ in 0..<iterations { _ = try await full.infer(request, call: call, rpc: "ModelInfer") } }
+    let direct = try await time("direct") { for _ in 0..<iterations { _ = try await model.infer(InferenceRequest(inputs: inputs)) } }
+    let piped = try await time("pipeline") { for _ in 0..<iterations { _ = try await full.infer(request, call: call, rpc: "ModelInfer") } }
     let noMonitor = try pipeline(screening: false)
-    let pipedNoMonitor = try await time { for _ in 0..<iterations { _ = try await noMonitor.infer(request, call: call, rpc: "ModelInfer") } }
+    let pipedNoMonitor = try await time("pipeline_without_extraction_monitor") { for _ in 0..<iterations { _ = try await noMonitor.infer(request, call: call, rpc: "ModelInfer") } }
     let batched = try pipeline(screening: true, audit: .batched)
-    let pipedBatched = try await time { for _ in 0..<iterations { _ = try await batched.infer(request, call: call, rpc: "ModelInfer") } }
+    let pipedBatched = try await time("audit_batched") { for _ in 0..<iterations { _ = try await batched.infer(request, call: call, rpc: "ModelInfer") } }
     let synced = try pipeline(screening: true, audit: .sync)
     let syncIterations = min(iterations, 2000)
     let start = ContinuousClock.now
@@ -191,6 +203,11 @@ enum ServingBench {
       String(
         format: "model_direct_us=%.2f pipeline_us=%.2f pipeline_overhead_us=%.2f pipeline_without_extraction_monitor_us=%.2f ratio=%.2f audit_batched_us=%.2f audit_sync_one_caller_us=%.2f",
         direct, piped, piped - direct, pipedNoMonitor, piped / direct, pipedBatched, pipedSync))
+    print(
+      String(
+        format: "cpu: model_direct_us=%.2f pipeline_us=%.2f pipeline_without_extraction_monitor_us=%.2f audit_batched_us=%.2f audit_batched_over_pipeline_us=%.2f",
+        cpu["direct"] ?? 0, cpu["pipeline"] ?? 0, cpu["pipeline_without_extraction_monitor"] ?? 0,
+        cpu["audit_batched"] ?? 0, (cpu["audit_batched"] ?? 0) - (cpu["pipeline"] ?? 0)))
   }
 
   static func client(dir: String, port: Int, calls: Int, concurrency: Int, raw: Bool, model: String) async throws {

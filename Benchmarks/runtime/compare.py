@@ -8,6 +8,12 @@ and prints latency ratios (Palisade / onnxruntime; below 1.0 means Palisade is f
 Targets (issue 3): <= 0.8x onnxruntime at batch 1, <= 1.0x at batch 32. Both sides use the same thread count
 (default: all cores) and random inputs of the model's shape; onnxruntime is timed through its Python API
 (session.run on preallocated numpy inputs, ~5-10 us of binding overhead per call included).
+
+  --cpu            time with each process's CPU clock instead of the wall clock (use with --threads 1): on a
+                   machine shared with builds, CPU time is what a run costs; wall time also counts its waits.
+  --extra F:BxD    also time the ONNX file F at input shape BxD (e.g. the peer benchmark's wide_mlp at 32x784),
+                   with a plain numpy forward pass (Gemm/Relu/Softmax graphs) as a third peer.
+  --models a,b     only these fixture models ("" for none).
 """
 import argparse
 import json
@@ -23,7 +29,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODELS = ["mlp_digits", "mlp_torch", "cnn_torch", "encoder_torch"]
 
 
-def ort_latency(path, batch, seconds, threads):
+def clock(cpu):
+    return time.process_time if cpu else time.perf_counter
+
+
+def ort_latency(path, batch, seconds, threads, cpu=False, shape=None):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -32,22 +42,58 @@ def ort_latency(path, batch, seconds, threads):
     rng = np.random.default_rng(0)
     feeds = {}
     for i in sess.get_inputs():
-        shape = [batch if not isinstance(d, int) else d for d in i.shape]
+        dims = shape or [batch if not isinstance(d, int) else d for d in i.shape]
         if i.type == "tensor(int64)":
-            feeds[i.name] = rng.integers(0, 10, shape, dtype=np.int64)
+            feeds[i.name] = rng.integers(0, 10, dims, dtype=np.int64)
         else:
-            feeds[i.name] = rng.uniform(-1, 1, shape).astype(np.float32)
+            feeds[i.name] = rng.uniform(-1, 1, dims).astype(np.float32)
+    return timed(lambda: sess.run(None, feeds), seconds, cpu)
+
+
+def timed(fn, seconds, cpu):
+    now = clock(cpu)
     end = time.perf_counter() + 0.2
     while time.perf_counter() < end:
-        sess.run(None, feeds)
+        fn()
     samples = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(samples) < 20:
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        samples.append((time.perf_counter() - t0) * 1e6)
+        t0 = now()
+        fn()
+        samples.append((now() - t0) * 1e6)
     samples.sort()
     return samples[len(samples) // 2], sum(samples) / len(samples)
+
+
+def numpy_forward(path, shape, seconds, cpu):
+    """A plain numpy forward pass of a Gemm/Relu/Softmax MLP (the peer benchmark's models), BLAS as configured."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(path)
+    consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    layers = []
+    for node in m.graph.node:
+        if node.op_type == "Gemm":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            w = consts[node.input[1]]
+            w = np.ascontiguousarray(w.T if attrs.get("transB", 0) else w, dtype=np.float32)
+            layers.append((w, consts[node.input[2]].astype(np.float32)))
+        elif node.op_type not in ("Relu", "Softmax"):
+            return None
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+
+    def fwd():
+        h = x
+        for j, (w, b) in enumerate(layers):
+            h = h @ w + b
+            if j < len(layers) - 1:
+                np.maximum(h, 0, out=h)
+        h = h - h.max(axis=1, keepdims=True)
+        np.exp(h, out=h)
+        return h / h.sum(axis=1, keepdims=True)
+
+    return timed(fwd, seconds, cpu)
 
 
 def main():
@@ -57,37 +103,76 @@ def main():
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--extra", action="append", default=[])
     args = ap.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    extras = []
+    for spec in args.extra:
+        path, dims = spec.rsplit(":", 1)
+        extras.append((path, [int(d) for d in dims.split("x")]))
+    cpu = ["--cpu"] if args.cpu else []
+    blas = None
+    if extras:
+        try:
+            from threadpoolctl import threadpool_limits
+            blas = threadpool_limits(limits=args.threads, user_api="blas")
+        except ImportError:
+            pass
 
     load = os.getloadavg()
     # Interleave the two sides model by model, several rounds, and keep each side's best median: on a shared
     # machine this compares like with like instead of whichever side ran during a quiet moment.
-    ours, ref = {}, {}
+    ours, ref, nump = {}, {}, {}
+
+    def keep(table, key, value):
+        table[key] = min(table.get(key, float("inf")), value)
+
+    def run_ours(argv):
+        out = subprocess.run([args.bench, "--json", "--seconds", str(args.seconds), "--threads", str(args.threads)]
+                             + cpu + argv, check=True, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                keep(ours, (r["model"], r["batch"]), r["median_us"])
+
     for _ in range(args.rounds):
-        for name in MODELS:
-            out = subprocess.run([args.bench, "--json", "--fixtures", args.fixtures, "--seconds", str(args.seconds),
-                                  "--threads", str(args.threads), "--model", name],
-                                 check=True, capture_output=True, text=True).stdout
-            for line in out.splitlines():
-                if line.startswith("{"):
-                    r = json.loads(line)
-                    key = (r["model"], r["batch"])
-                    ours[key] = min(ours.get(key, float("inf")), r["median_us"])
+        for name in models:
+            run_ours(["--fixtures", args.fixtures, "--model", name])
             for batch in (1, 32):
-                m, _ = ort_latency(os.path.join(args.fixtures, name + ".onnx"), batch, args.seconds, args.threads)
-                ref[(name, batch)] = min(ref.get((name, batch), float("inf")), m)
-    print(f"threads: {args.threads}; rounds: {args.rounds}; load average before: {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f}; onnxruntime {ort.__version__}")
-    print(f"{'model':<16}{'batch':>6}{'ORT median us':>15}{'ours median us':>16}{'ratio':>8}{'target':>8}  ok")
+                m, _ = ort_latency(os.path.join(args.fixtures, name + ".onnx"), batch, args.seconds, args.threads,
+                                   args.cpu)
+                keep(ref, (name, batch), m)
+        for path, dims in extras:
+            name = os.path.splitext(os.path.basename(path))[0]
+            if name == "model":
+                name = os.path.basename(os.path.dirname(path))
+            run_ours(["--onnx", path, "--input-shape", "x".join(map(str, dims))])
+            if name != "model":
+                ours[(name, dims[0])] = ours.pop((os.path.splitext(os.path.basename(path))[0], dims[0]))
+            m, _ = ort_latency(path, dims[0], args.seconds, args.threads, args.cpu, dims)
+            keep(ref, (name, dims[0]), m)
+            f = numpy_forward(path, dims, args.seconds, args.cpu)
+            if f:
+                keep(nump, (name, dims[0]), f[0])
+    unit = "CPU us" if args.cpu else "us"
+    print(f"threads: {args.threads}; rounds: {args.rounds}; clock: {'process CPU' if args.cpu else 'wall'}; "
+          f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; onnxruntime {ort.__version__}, "
+          f"numpy {np.__version__}")
+    print(f"{'model':<16}{'batch':>6}{'ORT ' + unit:>15}{'numpy ' + unit:>15}{'ours ' + unit:>15}{'ratio':>8}"
+          f"{'target':>8}  ok")
     misses = 0
-    for name in MODELS:
-        for batch in (1, 32):
-            r, mine = ref[(name, batch)], ours[(name, batch)]
-            ratio = mine / r
-            target = 0.8 if batch == 1 else 1.0
-            ok = ratio <= target
-            misses += not ok
-            print(f"{name:<16}{batch:>6}{r:>15.1f}{mine:>16.1f}{ratio:>8.2f}{target:>8.1f}  {'yes' if ok else 'NO'}")
+    keys = [(n, b) for n in models for b in (1, 32)] + [k for k in ours if k[0] not in models]
+    for key in keys:
+        name, batch = key
+        r, mine = ref[key], ours[key]
+        ratio = mine / r
+        target = 0.8 if batch == 1 else 1.0
+        ok = ratio <= target
+        misses += not ok
+        npy = f"{nump[key]:>15.1f}" if key in nump else f"{'':>15}"
+        print(f"{name:<16}{batch:>6}{r:>15.1f}{npy}{mine:>15.1f}{ratio:>8.2f}{target:>8.1f}  {'yes' if ok else 'NO'}")
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; targets missed: {misses}")
 

@@ -244,6 +244,16 @@ enum CanonicalJSON {
   /// as UTF-8.
   static func appendString(_ s: String, to out: inout [UInt8]) {
     out.append(UInt8(ascii: "\""))
+    // Most strings (IDs, digests, names) need no escape: copy their bytes at once.
+    let copied: Bool? = s.utf8.withContiguousStorageIfAvailable { bytes in
+      for b in bytes where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") { return false }
+      out.append(contentsOf: bytes)
+      return true
+    }
+    if copied == true {
+      out.append(UInt8(ascii: "\""))
+      return
+    }
     for b in s.utf8 {
       switch b {
       case UInt8(ascii: "\""): out.append(contentsOf: [0x5C, 0x22])
@@ -279,34 +289,33 @@ enum RFC3339Micros {
     let d = doy - (153 * mp + 2) / 5 + 1
     let m = mp < 10 ? mp + 3 : mp - 9
     let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
-    var b: [UInt8] = []
-    b.reserveCapacity(27)
-    func digits(_ v: Int64, _ width: Int) {
-      var v = v
-      var tmp = [UInt8](repeating: 0x30, count: width)
-      var i = width - 1
-      while i >= 0 {
-        tmp[i] = UInt8(0x30 + v % 10)
-        v /= 10
-        i -= 1
+    // Fixed width: 27 ASCII bytes written in place (no intermediate arrays; this runs for every record).
+    return String(unsafeUninitializedCapacity: 27) { b in
+      func digits(_ v: Int64, _ width: Int, at offset: Int) {
+        var v = v
+        var i = offset + width - 1
+        while i >= offset {
+          b[i] = UInt8(truncatingIfNeeded: 0x30 + v % 10)
+          v /= 10
+          i -= 1
+        }
       }
-      b.append(contentsOf: tmp)
+      digits(y, 4, at: 0)
+      b[4] = UInt8(ascii: "-")
+      digits(m, 2, at: 5)
+      b[7] = UInt8(ascii: "-")
+      digits(d, 2, at: 8)
+      b[10] = UInt8(ascii: "T")
+      digits(secOfDay / 3600, 2, at: 11)
+      b[13] = UInt8(ascii: ":")
+      digits(secOfDay / 60 % 60, 2, at: 14)
+      b[16] = UInt8(ascii: ":")
+      digits(secOfDay % 60, 2, at: 17)
+      b[19] = UInt8(ascii: ".")
+      digits(frac, 6, at: 20)
+      b[26] = UInt8(ascii: "Z")
+      return 27
     }
-    digits(y, 4)
-    b.append(UInt8(ascii: "-"))
-    digits(m, 2)
-    b.append(UInt8(ascii: "-"))
-    digits(d, 2)
-    b.append(UInt8(ascii: "T"))
-    digits(secOfDay / 3600, 2)
-    b.append(UInt8(ascii: ":"))
-    digits(secOfDay / 60 % 60, 2)
-    b.append(UInt8(ascii: ":"))
-    digits(secOfDay % 60, 2)
-    b.append(UInt8(ascii: "."))
-    digits(frac, 6)
-    b.append(UInt8(ascii: "Z"))
-    return String(decoding: b, as: UTF8.self)
   }
 
   static func parse(_ s: String) -> Int64? {

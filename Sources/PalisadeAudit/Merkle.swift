@@ -14,9 +14,9 @@ public enum Merkle {
   /// The leaf hash of `data`: SHA-256(0x00 || data).
   public static func leafHash<D: DataProtocol>(_ data: D) -> [UInt8] {
     var h = SHA256()
-    h.update(data: [0x00] as [UInt8])
+    withUnsafeBytes(of: UInt8(0x00)) { h.update(bufferPointer: $0) }
     h.update(data: data)
-    return Array(h.finalize())
+    return h.finalize().withUnsafeBytes { Array($0) }
   }
 
   /// An interior node: SHA-256(0x01 || left || right).

@@ -82,10 +82,68 @@ public func sgemm(
 
     let problem = GemmProblem(
         transA: transA, transB: transB, k: k, alpha: alpha,
-        a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, epilogue: epilogue)
+        a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, epilogue: epilogue, packedB: nil)
+    runGemm(problem, m: m, n: n, pool: pool)
+}
 
+/// A constant B (`k x n`, e.g. a layer's weights) packed once into the layout the GEMM kernel reads: panels of
+/// 16 columns, each `k x 16` contiguous floats (the last panel zero-padded). A GEMM on a packed B neither packs
+/// B per call nor reads it in place with a row stride (which, for power-of-two widths such as 512, maps every
+/// row of a panel to the same few L1 sets).
+public final class PackedGemmB: @unchecked Sendable {
+    public let k: Int
+    public let n: Int
+    /// `(n + 15) / 16` panels of `k * 16` floats; immutable after init.
+    let panels: UnsafeMutablePointer<Float>
+
+    /// Packs op(B): `b` is `k x n` with row stride `ldb >= n`, or with `transposed` stored `n x k` (`ldb >= k`).
+    public init(k: Int, n: Int, b: UnsafePointer<Float>, ldb: Int, transposed: Bool = false) {
+        precondition(k >= 0 && n >= 0 && ldb >= max(1, transposed ? k : n), "PackedGemmB: bad dimensions")
+        self.k = k
+        self.n = n
+        let nr = GemmBlocking.nr
+        let count = max(1, (n + nr - 1) / nr * nr * k)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: count * 4, alignment: 64)
+        panels = raw.bindMemory(to: Float.self, capacity: count)
+        panels.initialize(repeating: 0, count: count)
+        var jr = 0
+        while jr < n {
+            let dst = panels + (jr / nr) * k * nr
+            for j in 0..<min(nr, n - jr) {
+                for p in 0..<k {
+                    dst[p * nr + j] = transposed ? b[(jr + j) * ldb + p] : b[p * ldb + jr + j]
+                }
+            }
+            jr += nr
+        }
+    }
+
+    deinit {
+        panels.deallocate()
+    }
+}
+
+/// `C = op(A) * B + epilogue` with B packed once (``PackedGemmB``): the dense-layer GEMM of the model runtime.
+/// A is `m x k` row-major with row stride `lda >= k`; C is `m x n` with `ldc >= n`. Same threading as ``sgemm``.
+public func sgemm(
+    m: Int, a: UnsafePointer<Float>, lda: Int, packedB: PackedGemmB,
+    c: UnsafeMutablePointer<Float>, ldc: Int, epilogue: GemmEpilogue = .none, pool: WorkerPool? = nil
+) {
+    let k = packedB.k, n = packedB.n
+    precondition(m >= 0 && lda >= max(1, k) && ldc >= max(1, n), "sgemm: bad dimensions")
+    if m == 0 || n == 0 { return }
+    let problem = GemmProblem(
+        transA: false, transB: false, k: k, alpha: 1, a: a, lda: lda, b: UnsafePointer(packedB.panels), ldb: n,
+        beta: 0, c: c, ldc: ldc, epilogue: epilogue, packedB: UnsafePointer(packedB.panels))
+    runGemm(problem, m: m, n: n, pool: pool)
+    withExtendedLifetime(packedB) {}
+}
+
+/// Runs `problem` over all of C, split over `pool` when it is worth it.
+@inline(__always)
+func runGemm(_ problem: GemmProblem, m: Int, n: Int, pool: WorkerPool?) {
     // Below ~2^19 multiply-adds (~10 us on one core) a hand-off to another thread costs more than it saves.
-    let work = m * n * max(k, 1)
+    let work = m * n * max(problem.k, 1)
     if let pool, pool.threadCount > 1, work >= 1 << 19 {
         // Split along the longer side, in whole micro-panels, one block per thread.
         let byColumns = n >= m
@@ -226,20 +284,131 @@ func rowTimesPanel64(
     ry.storeBytes(of: a7, toByteOffset: 224, as: Float8.self)
 }
 
-/// y[0..<8] = x[0..<k] * b[0..<k, 0..<8] + initScale * y (y not read when initScale == 0).
+/// y[0..<8·vectors] = x[0..<k] * b[0..<k, 0..<8·vectors] + initScale * y, for 1, 2 or 4 column vectors, with k
+/// split into interleaved partial sums so that 4 to 8 independent FMA chains are in flight (one chain per vector
+/// would wait for the FMA latency at every k).
 @inline(__always)
-func rowTimesPanel8(
+func rowTimesNarrowPanel(
     _ x: UnsafePointer<Float>, _ k: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
-    _ y: UnsafeMutablePointer<Float>, _ initScale: Float
+    _ y: UnsafeMutablePointer<Float>, _ initScale: Float, vectors: Int
 ) {
     let ry = UnsafeMutableRawPointer(y)
-    var acc = initScale == 0 ? Float8() : initScale * ry.loadUnaligned(as: Float8.self)
+    let stride = ldb &* 4
     var row = UnsafeRawPointer(b)
-    for p in 0..<k {
-        acc = acc.addingProduct(Float8(repeating: x[p]), row.loadUnaligned(as: Float8.self))
-        row += ldb &* 4
+    var p = 0
+    @inline(__always) func finish(_ v: Float8, _ offset: Int) {
+        var total = v
+        if initScale != 0 {
+            total = total.addingProduct(Float8(repeating: initScale), ry.loadUnaligned(fromByteOffset: offset, as: Float8.self))
+        }
+        ry.storeBytes(of: total, toByteOffset: offset, as: Float8.self)
     }
-    ry.storeBytes(of: acc, as: Float8.self)
+    switch vectors {
+    case 4:
+        var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
+        var b0 = Float8(), b1 = Float8(), b2 = Float8(), b3 = Float8()
+        while p + 2 <= k {
+            let x0 = Float8(repeating: x[p]), x1 = Float8(repeating: x[p + 1])
+            let r1 = row + stride
+            a0 = a0.addingProduct(x0, row.loadUnaligned(as: Float8.self))
+            a1 = a1.addingProduct(x0, row.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+            a2 = a2.addingProduct(x0, row.loadUnaligned(fromByteOffset: 64, as: Float8.self))
+            a3 = a3.addingProduct(x0, row.loadUnaligned(fromByteOffset: 96, as: Float8.self))
+            b0 = b0.addingProduct(x1, r1.loadUnaligned(as: Float8.self))
+            b1 = b1.addingProduct(x1, r1.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+            b2 = b2.addingProduct(x1, r1.loadUnaligned(fromByteOffset: 64, as: Float8.self))
+            b3 = b3.addingProduct(x1, r1.loadUnaligned(fromByteOffset: 96, as: Float8.self))
+            p += 2
+            row += 2 &* stride
+        }
+        if p < k {
+            let x0 = Float8(repeating: x[p])
+            a0 = a0.addingProduct(x0, row.loadUnaligned(as: Float8.self))
+            a1 = a1.addingProduct(x0, row.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+            a2 = a2.addingProduct(x0, row.loadUnaligned(fromByteOffset: 64, as: Float8.self))
+            a3 = a3.addingProduct(x0, row.loadUnaligned(fromByteOffset: 96, as: Float8.self))
+        }
+        finish(a0 + b0, 0)
+        finish(a1 + b1, 32)
+        finish(a2 + b2, 64)
+        finish(a3 + b3, 96)
+    case 2:
+        var a0 = Float8(), a1 = Float8(), b0 = Float8(), b1 = Float8()
+        var c0 = Float8(), c1 = Float8(), d0 = Float8(), d1 = Float8()
+        while p + 4 <= k {
+            let r1 = row + stride, r2 = row + 2 &* stride, r3 = row + 3 &* stride
+            let x0 = Float8(repeating: x[p]), x1 = Float8(repeating: x[p + 1])
+            let x2 = Float8(repeating: x[p + 2]), x3 = Float8(repeating: x[p + 3])
+            a0 = a0.addingProduct(x0, row.loadUnaligned(as: Float8.self))
+            a1 = a1.addingProduct(x0, row.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+            b0 = b0.addingProduct(x1, r1.loadUnaligned(as: Float8.self))
+            b1 = b1.addingProduct(x1, r1.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+            c0 = c0.addingProduct(x2, r2.loadUnaligned(as: Float8.self))
+            c1 = c1.addingProduct(x2, r2.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+            d0 = d0.addingProduct(x3, r3.loadUnaligned(as: Float8.self))
+            d1 = d1.addingProduct(x3, r3.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+            p += 4
+            row += 4 &* stride
+        }
+        while p < k {
+            let x0 = Float8(repeating: x[p])
+            a0 = a0.addingProduct(x0, row.loadUnaligned(as: Float8.self))
+            a1 = a1.addingProduct(x0, row.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+            p += 1
+            row += stride
+        }
+        finish((a0 + b0) + (c0 + d0), 0)
+        finish((a1 + b1) + (c1 + d1), 32)
+    default:
+        var a0 = Float8(), b0 = Float8(), c0 = Float8(), d0 = Float8()
+        while p + 4 <= k {
+            a0 = a0.addingProduct(Float8(repeating: x[p]), row.loadUnaligned(as: Float8.self))
+            b0 = b0.addingProduct(Float8(repeating: x[p + 1]), (row + stride).loadUnaligned(as: Float8.self))
+            c0 = c0.addingProduct(Float8(repeating: x[p + 2]), (row + 2 &* stride).loadUnaligned(as: Float8.self))
+            d0 = d0.addingProduct(Float8(repeating: x[p + 3]), (row + 3 &* stride).loadUnaligned(as: Float8.self))
+            p += 4
+            row += 4 &* stride
+        }
+        while p < k {
+            a0 = a0.addingProduct(Float8(repeating: x[p]), row.loadUnaligned(as: Float8.self))
+            p += 1
+            row += stride
+        }
+        finish((a0 + b0) + (c0 + d0), 0)
+    }
+}
+
+/// y[0..<64] = x[0..<k] * (four packed 16-column panels, `panelStride` floats apart), 8 accumulators.
+@inline(__always)
+func rowTimesPackedPanels4(
+    _ x: UnsafePointer<Float>, _ k: Int, _ panels: UnsafePointer<Float>, _ panelStride: Int,
+    _ y: UnsafeMutablePointer<Float>
+) {
+    var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
+    var a4 = Float8(), a5 = Float8(), a6 = Float8(), a7 = Float8()
+    var p0 = UnsafeRawPointer(panels)
+    let s = panelStride &* 4
+    for p in 0..<k {
+        let xv = Float8(repeating: x[p])
+        a0 = a0.addingProduct(xv, p0.loadUnaligned(as: Float8.self))
+        a1 = a1.addingProduct(xv, p0.loadUnaligned(fromByteOffset: 32, as: Float8.self))
+        a2 = a2.addingProduct(xv, p0.loadUnaligned(fromByteOffset: s, as: Float8.self))
+        a3 = a3.addingProduct(xv, p0.loadUnaligned(fromByteOffset: s + 32, as: Float8.self))
+        a4 = a4.addingProduct(xv, p0.loadUnaligned(fromByteOffset: 2 * s, as: Float8.self))
+        a5 = a5.addingProduct(xv, p0.loadUnaligned(fromByteOffset: 2 * s + 32, as: Float8.self))
+        a6 = a6.addingProduct(xv, p0.loadUnaligned(fromByteOffset: 3 * s, as: Float8.self))
+        a7 = a7.addingProduct(xv, p0.loadUnaligned(fromByteOffset: 3 * s + 32, as: Float8.self))
+        p0 += 64
+    }
+    let ry = UnsafeMutableRawPointer(y)
+    ry.storeBytes(of: a0, toByteOffset: 0, as: Float8.self)
+    ry.storeBytes(of: a1, toByteOffset: 32, as: Float8.self)
+    ry.storeBytes(of: a2, toByteOffset: 64, as: Float8.self)
+    ry.storeBytes(of: a3, toByteOffset: 96, as: Float8.self)
+    ry.storeBytes(of: a4, toByteOffset: 128, as: Float8.self)
+    ry.storeBytes(of: a5, toByteOffset: 160, as: Float8.self)
+    ry.storeBytes(of: a6, toByteOffset: 192, as: Float8.self)
+    ry.storeBytes(of: a7, toByteOffset: 224, as: Float8.self)
 }
 
 /// y += x[0] * b[0, :] + x[1] * b[1, :] + x[2] * b[2, :] + x[3] * b[3, :] (rows of b `ldb` apart).
@@ -323,6 +492,8 @@ struct GemmProblem {
     let c: UnsafeMutablePointer<Float>
     let ldc: Int
     let epilogue: GemmEpilogue
+    /// B already packed (``PackedGemmB``): panel `j / 16` holds columns `j..<j+16` as `k x 16` floats.
+    let packedB: UnsafePointer<Float>?
 
     func compute(rows: Range<Int>, cols: Range<Int>) {
         if k == 0 || alpha == 0 {
@@ -333,21 +504,29 @@ struct GemmProblem {
         let scratch = GemmScratch.current()
         if rows.count == 1 {
             // Batch-1 inference: a vector-matrix product; packing and 6-row tiles would waste 5/6 of the work.
-            computeSingleRow(rows.lowerBound, cols: cols, scratch: scratch)
+            if let packedB {
+                computeSingleRowPacked(rows.lowerBound, cols: cols, panels: packedB, scratch: scratch)
+            } else {
+                computeSingleRow(rows.lowerBound, cols: cols, scratch: scratch)
+            }
             return
         }
         let mr = GemmBlocking.mr, nr = GemmBlocking.nr
         let finish = epilogue.isIdentity ? nil : epilogue
         // With few rows, packing B costs as much as the multiply (it is read once per 6-row tile only a few
         // times); row-major B already holds 16 contiguous columns per k, so the kernel can read it in place.
-        let directB = !transB && rows.count <= GemmBlocking.directBMaxRows
+        let directB = packedB == nil && !transB && rows.count <= GemmBlocking.directBMaxRows
+        // A packed B is contiguous along k whatever the chunk, so with few rows the whole k (up to 1024) goes in
+        // one chunk: C is loaded and stored once instead of once per chunk, and A is packed in one pass.
+        let kcMax = packedB != nil && (rows.count + GemmBlocking.mr) * k <= GemmBlocking.mc * GemmBlocking.kc && k <= 1024
+            ? k : GemmBlocking.kc
         var jc = cols.lowerBound
         while jc < cols.upperBound {
             let nc = min(GemmBlocking.nc, cols.upperBound - jc)
             var pc = 0
             while pc < k {
-                let kc = min(GemmBlocking.kc, k - pc)
-                if !directB { packB(pc: pc, kc: kc, jc: jc, nc: nc, into: scratch.packedB) }
+                let kc = min(kcMax, k - pc)
+                if !directB && packedB == nil { packB(pc: pc, kc: kc, jc: jc, nc: nc, into: scratch.packedB) }
                 let betaHere = pc == 0 ? beta : 1
                 let epilogueHere = pc + kc == k ? finish : nil
                 var ic = rows.lowerBound
@@ -359,7 +538,10 @@ struct GemmProblem {
                         let nrHere = min(nr, nc - jr)
                         let bPanel: UnsafePointer<Float>
                         let bStride: Int
-                        if !directB {
+                        if let packedB {
+                            bPanel = packedB + ((jc + jr) / nr) * k * nr + pc * nr
+                            bStride = nr
+                        } else if !directB {
                             bPanel = UnsafePointer(scratch.packedB + jr * kc)
                             bStride = nr
                         } else if nrHere == nr {
@@ -373,11 +555,25 @@ struct GemmProblem {
                         }
                         var ir = 0
                         while ir < mc {
-                            let mrHere = min(mr, mc - ir)
+                            // 6-row tiles, except that 8 or 4 remaining rows run as 4-row tiles (32 rows =
+                            // 4 x 6 + 2 x 4: no edge tile computing 6 rows for 2).
+                            let mrHere = GemmBlocking.tileRows(mc - ir)
                             let aPanel = UnsafePointer(scratch.packedA + ir * kc)
                             let row = ic + ir, col = jc + jr
                             let cTile = c + row * ldc + col
-                            if mrHere == mr && nrHere == nr {
+                            if mrHere == 4 {
+                                // A 4-row tile's A panel holds 4 floats per k: only the 4-row kernel reads it.
+                                if nrHere == nr {
+                                    microKernel4x16(
+                                        kc: kc, a: aPanel, b: bPanel, bStride: bStride, c: cTile, ldc: ldc,
+                                        beta: betaHere)
+                                } else {
+                                    microKernel4x16(
+                                        kc: kc, a: aPanel, b: bPanel, bStride: bStride, c: scratch.tile, ldc: nr,
+                                        beta: 0)
+                                    storeEdgeTile(scratch.tile, into: cTile, rows: 4, cols: nrHere, beta: betaHere)
+                                }
+                            } else if mrHere == mr && nrHere == nr {
                                 microKernel6x16(
                                     kc: kc, a: aPanel, b: bPanel, bStride: bStride, c: cTile, ldc: ldc, beta: betaHere)
                             } else {
@@ -389,7 +585,7 @@ struct GemmProblem {
                                 applyEpilogue(
                                     epilogueHere, cTile, ldc: ldc, rows: mrHere, cols: nrHere, row: row, col: col)
                             }
-                            ir += mr
+                            ir += mrHere
                         }
                         jr += nr
                     }
@@ -408,13 +604,19 @@ struct GemmProblem {
         var pc = 0
         while pc < k {
             let kc = min(GemmBlocking.kc, k - pc)
-            // x chunk, contiguous and pre-multiplied by alpha.
-            let x = scratch.packedA
+            // x chunk, contiguous and pre-multiplied by alpha (read in place when it already is).
+            let x: UnsafePointer<Float>
             if transA {
-                for p in 0..<kc { x[p] = alpha * a[(pc + p) * lda + row] }
+                let copy = scratch.packedA
+                for p in 0..<kc { copy[p] = alpha * a[(pc + p) * lda + row] }
+                x = UnsafePointer(copy)
+            } else if alpha == 1 {
+                x = a + row * lda + pc
             } else {
+                let copy = scratch.packedA
                 let src = a + row * lda + pc
-                for p in 0..<kc { x[p] = alpha * src[p] }
+                for p in 0..<kc { copy[p] = alpha * src[p] }
+                x = UnsafePointer(copy)
             }
             let first = pc == 0
             if !transB {
@@ -428,8 +630,16 @@ struct GemmProblem {
                         rowTimesPanel64(x, kc, base + j, ldb, y + j, initScale)
                         j += 64
                     }
-                    while j + 8 <= count {
-                        rowTimesPanel8(x, kc, base + j, ldb, y + j, initScale)
+                    if j + 32 <= count {
+                        rowTimesNarrowPanel(x, kc, base + j, ldb, y + j, initScale, vectors: 4)
+                        j += 32
+                    }
+                    if j + 16 <= count {
+                        rowTimesNarrowPanel(x, kc, base + j, ldb, y + j, initScale, vectors: 2)
+                        j += 16
+                    }
+                    if j + 8 <= count {
+                        rowTimesNarrowPanel(x, kc, base + j, ldb, y + j, initScale, vectors: 1)
                         j += 8
                     }
                     while j < count {
@@ -470,6 +680,35 @@ struct GemmProblem {
         }
     }
 
+    /// One row of C against a packed B (alpha 1, beta 0): four panels (64 columns) at a time straight from the
+    /// packed layout; a partial last group goes through the scratch tile so nothing past column n is written.
+    private func computeSingleRowPacked(
+        _ row: Int, cols: Range<Int>, panels: UnsafePointer<Float>, scratch: GemmScratch
+    ) {
+        let nr = GemmBlocking.nr
+        let x = a + row * lda
+        let y = c + row * ldc
+        let panelStride = k * nr
+        var j = cols.lowerBound
+        while j < cols.upperBound {
+            let width = min(4 * nr, cols.upperBound - j)
+            let first = panels + (j / nr) * panelStride
+            if width == 4 * nr {
+                rowTimesPackedPanels4(x, k, first, panelStride, y + j)
+            } else {
+                // scratch.tile holds MR x NR = 96 floats: room for four partial panels' 64 columns.
+                for q in 0..<((width + nr - 1) / nr) {
+                    rowTimesNarrowPanel(x, k, first + q * panelStride, nr, scratch.tile + q * nr, 0, vectors: 2)
+                }
+                (y + j).update(from: scratch.tile, count: width)
+            }
+            j += 4 * nr
+        }
+        if !epilogue.isIdentity {
+            applyEpilogue(epilogue, y + cols.lowerBound, ldc: ldc, rows: 1, cols: cols.count, row: row, col: cols.lowerBound)
+        }
+    }
+
     /// k == 0: C = beta * C (+ epilogue).
     private func scaleAndFinish(rows: Range<Int>, cols: Range<Int>) {
         for i in rows {
@@ -489,15 +728,18 @@ struct GemmProblem {
         }
     }
 
-    /// Packs op(A)[ic..<ic+mc, pc..<pc+kc] (times alpha) into MR-row panels: panel[p * MR + i].
+    /// Packs op(A)[ic..<ic+mc, pc..<pc+kc] (times alpha) into one panel per row tile (``GemmBlocking/tileRows``):
+    /// a tile of `h` rows is `panel[p * h + i]` (4 or 6 rows; a shorter last tile is zero-padded to 6), and the
+    /// tile starting at row `ir` starts at `dst + ir * kc`.
     @inline(__always)
     private func packA(ic: Int, mc: Int, pc: Int, kc: Int, into dst: UnsafeMutablePointer<Float>) {
         let mr = GemmBlocking.mr
         var d = dst
         var ir = 0
         while ir < mc {
-            let rows = min(mr, mc - ir)
+            let rows = GemmBlocking.tileRows(mc - ir)
             if !transA {
+                // Row-major A: each of the tile's rows is contiguous along p.
                 let base = a + (ic + ir) * lda + pc
                 if rows == mr {
                     let r0 = base, r1 = base + lda, r2 = base + 2 * lda
@@ -511,6 +753,15 @@ struct GemmProblem {
                         d[5] = alpha * r5[p]
                         d += mr
                     }
+                } else if rows == 4 {
+                    let r0 = base, r1 = base + lda, r2 = base + 2 * lda, r3 = base + 3 * lda
+                    for p in 0..<kc {
+                        d[0] = alpha * r0[p]
+                        d[1] = alpha * r1[p]
+                        d[2] = alpha * r2[p]
+                        d[3] = alpha * r3[p]
+                        d += 4
+                    }
                 } else {
                     for p in 0..<kc {
                         for i in 0..<mr {
@@ -522,16 +773,11 @@ struct GemmProblem {
             } else {
                 // Stored k x m: row p of storage holds op(A)[*, p] contiguously.
                 let base = a + pc * lda + ic + ir
-                if rows == mr {
+                if rows == mr || rows == 4 {
                     for p in 0..<kc {
                         let src = base + p * lda
-                        d[0] = alpha * src[0]
-                        d[1] = alpha * src[1]
-                        d[2] = alpha * src[2]
-                        d[3] = alpha * src[3]
-                        d[4] = alpha * src[4]
-                        d[5] = alpha * src[5]
-                        d += mr
+                        for i in 0..<rows { d[i] = alpha * src[i] }
+                        d += rows
                     }
                 } else {
                     for p in 0..<kc {
@@ -543,7 +789,7 @@ struct GemmProblem {
                     }
                 }
             }
-            ir += mr
+            ir += rows
         }
     }
 
@@ -662,6 +908,46 @@ func microKernel6x16(
     storeRow(c30, c31, c + 3 * ldc, beta: beta)
     storeRow(c40, c41, c + 4 * ldc, beta: beta)
     storeRow(c50, c51, c + 5 * ldc, beta: beta)
+}
+
+/// The 4 x 16 micro-kernel (8 accumulators) for 4-row tiles; `a` is a 4-row panel (4 floats per k).
+@inline(__always)
+func microKernel4x16(
+    kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
+    c: UnsafeMutablePointer<Float>, ldc: Int, beta: Float
+) {
+    for r in 0..<4 {
+        prefetch(c + r * ldc)
+        prefetch(c + r * ldc + 15)
+    }
+    var c00 = Float8(), c01 = Float8()
+    var c10 = Float8(), c11 = Float8()
+    var c20 = Float8(), c21 = Float8()
+    var c30 = Float8(), c31 = Float8()
+    var ap = a
+    var bp = UnsafeRawPointer(b)
+    for _ in 0..<kc {
+        let b0 = bp.loadUnaligned(as: Float8.self)
+        let b1 = bp.loadUnaligned(fromByteOffset: 32, as: Float8.self)
+        var av = Float8(repeating: ap[0])
+        c00 = c00.addingProduct(av, b0)
+        c01 = c01.addingProduct(av, b1)
+        av = Float8(repeating: ap[1])
+        c10 = c10.addingProduct(av, b0)
+        c11 = c11.addingProduct(av, b1)
+        av = Float8(repeating: ap[2])
+        c20 = c20.addingProduct(av, b0)
+        c21 = c21.addingProduct(av, b1)
+        av = Float8(repeating: ap[3])
+        c30 = c30.addingProduct(av, b0)
+        c31 = c31.addingProduct(av, b1)
+        ap += 4
+        bp += bStride &* 4
+    }
+    storeRow(c00, c01, c, beta: beta)
+    storeRow(c10, c11, c + ldc, beta: beta)
+    storeRow(c20, c21, c + 2 * ldc, beta: beta)
+    storeRow(c30, c31, c + 3 * ldc, beta: beta)
 }
 
 @inline(__always)

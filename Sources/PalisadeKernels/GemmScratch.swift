@@ -25,6 +25,13 @@ enum GemmBlocking {
     static let nc = 3072
     /// Up to this many rows of C (per thread), B (if not transposed) is read in place instead of packed.
     static let directBMaxRows = 96
+
+    /// Rows of the next micro-tile when `left` rows of a block remain: 6, except that 8 and 4 remaining rows run
+    /// as 4-row tiles (so 32 rows are 4 x 6 + 2 x 4 tiles, not 5 x 6 plus a 6-row tile computed for 2 rows).
+    @inline(__always)
+    static func tileRows(_ left: Int) -> Int {
+        left == 8 || left == 4 ? 4 : min(mr, left)
+    }
 }
 
 /// Per-thread packing buffers for SGEMM, allocated once per thread on first use and freed when the thread exits.

@@ -133,11 +133,15 @@ private final class PoolCore: @unchecked Sendable {
     private var spinners = 0
     /// Bumped (under the mutex) whenever work is posted, so idle workers can spin on it without the lock.
     private let generation = Atomic<Int>(0)
+    /// `jobUnfinished`, mirrored (stored under the mutex) so the caller can wait for the last parts without it.
+    private let unfinished = Atomic<Int>(0)
 
     /// How long (ns) an idle worker polls for new work before sleeping on the condition variable. Inference
     /// runs many small parallel ops back to back, and waking a sleeping thread costs tens of microseconds; a
     /// longer spin would steal the core from the thread doing the work when the caller is outside the pool.
     private static let spinNanoseconds = 10_000
+    /// How long the caller of `runParallel` polls for the workers' last parts before sleeping.
+    private static let callerSpinNanoseconds = 50_000
 
     init() {
         mutex = .allocate(capacity: 1)
@@ -213,6 +217,7 @@ private final class PoolCore: @unchecked Sendable {
                 function(context, i)
                 pthread_mutex_lock(mutex)
                 jobUnfinished -= 1
+                unfinished.store(jobUnfinished, ordering: .releasing)
                 if jobUnfinished == 0 { pthread_cond_signal(jobFinished) }
                 hot = true
                 continue
@@ -277,6 +282,7 @@ private final class PoolCore: @unchecked Sendable {
         jobCount = count
         jobNext = 0
         jobUnfinished = count
+        unfinished.store(count, ordering: .releasing)
         generation.add(1, ordering: .releasing)
         // The caller takes a share itself; spinning workers will see the new generation; wake only the rest.
         wake(count - 1 - spinners)
@@ -287,6 +293,21 @@ private final class PoolCore: @unchecked Sendable {
             function(context, i)
             pthread_mutex_lock(mutex)
             jobUnfinished -= 1
+            unfinished.store(jobUnfinished, ordering: .releasing)
+        }
+        if jobUnfinished > 0 {
+            // The last parts are on workers: poll briefly before sleeping, since a futex sleep and wake-up of the
+            // caller costs more than a typical straggler (on this class of VM, tens of microseconds per step).
+            pthread_mutex_unlock(mutex)
+            let deadline = monotonicNanoseconds() + PoolCore.callerSpinNanoseconds
+            spin: while true {
+                for _ in 0..<64 {
+                    if unfinished.load(ordering: .acquiring) == 0 { break spin }
+                    spinPause()
+                }
+                if monotonicNanoseconds() >= deadline { break }
+            }
+            pthread_mutex_lock(mutex)
         }
         while jobUnfinished > 0 { pthread_cond_wait(jobFinished, mutex) }
         jobActive = false

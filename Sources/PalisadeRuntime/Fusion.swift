@@ -162,11 +162,51 @@ extension Planner {
     var node = op.node
     node.attributes["_activation"] = .string(live[j].node.opType)
     node.outputs = [next]
+    var removed = [j]
+    var final = next
+    var label = "\(op.label)+\(live[j].node.opType)"
+    // A BatchNormalization after the activation (exporters cannot fold it into the weights there) becomes a
+    // per-channel multiply-add on the convolution's output registers: no separate pass over the tensor.
+    if let k = soleConsumer(next), live[k].inputs.first == next, let (mul, add) = try inferenceBatchNorm(k),
+      let bnOut = live[k].outputs.first ?? nil,
+      let channels = types[next]?.shape.dropFirst().first, mul.count == channels
+    {
+      node.attributes["_post_mul"] = .floats(mul)
+      node.attributes["_post_add"] = .floats(add)
+      node.outputs = [bnOut]
+      removed.append(k)
+      final = bnOut
+      label += "+BatchNormalization"
+    }
     let lowering = try lower(node, op.inputs.map { $0.flatMap { types[$0] } }, op.inputs.map { $0.flatMap { consts[$0] } }, ctx)
-    guard case .compute(let outs, let scratch, let factory) = lowering else { return }
-    live[j].removed = true
+    guard case .compute(let outs, let scratch, let factory) = lowering, types[final]?.shape == outs[0].shape else { return }
+    for r in removed { live[r].removed = true }
     live[i] = LiveOp(
-      node: node, inputs: op.inputs, outputs: [next], outTypes: outs, view: nil, scratchBytes: scratch,
-      factory: factory, label: "\(op.label)+\(live[j].node.opType)")
+      node: node, inputs: op.inputs, outputs: [final], outTypes: outs, view: nil, scratchBytes: scratch,
+      factory: factory, label: label)
+  }
+
+  /// The per-channel `x * mul + add` of live op `k` if it is an inference-mode BatchNormalization with constant
+  /// parameters over its input's channels (the same factors its own lowering computes).
+  func inferenceBatchNorm(_ k: Int) throws(RuntimeError) -> ([Float], [Float])? {
+    let bn = live[k]
+    guard bn.node.opType == "BatchNormalization", try bn.node.int("training_mode", 0) == 0, bn.inputs.count == 5,
+      bn.node.outputs.dropFirst().allSatisfy({ $0 == nil })
+    else { return nil }
+    var params: [[Float]] = []
+    for v in bn.inputs.dropFirst() {
+      guard let v, let t = consts[v], t.type == .float32 else { return nil }
+      params.append(t.floatValues)
+    }
+    let c = params[0].count
+    guard params.allSatisfy({ $0.count == c }) else { return nil }
+    let eps = try bn.node.float("epsilon", 1e-5)
+    var mul = [Float](repeating: 0, count: c)
+    var add = [Float](repeating: 0, count: c)
+    for i in 0..<c {
+      mul[i] = params[0][i] / (params[3][i] + eps).squareRoot()
+      add[i] = params[1][i] - params[2][i] * mul[i]
+    }
+    return (mul, add)
   }
 }

@@ -100,6 +100,18 @@ func simplePool(
   if kh == 2 && kw == 2 && sh == 2 && sw == 2 {
     // 2x2 / stride 2: 16 input columns of two rows -> 8 outputs per step (deinterleave with even/odd halves).
     let half = SIMD8<Float>(repeating: 0.25)
+    let end = UnsafeRawPointer(x + planes * h * w)
+    @inline(__always) func eight(_ r0: UnsafeRawPointer, _ r1: UnsafeRawPointer, _ j: Int) -> SIMD8<Float> {
+      let a = r0.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
+      let b = r1.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
+      if isMax {
+        let m = a.replacing(with: b, where: b .> a)
+        let (e, o) = (m.evenHalf, m.oddHalf)
+        return e.replacing(with: o, where: o .> e)
+      }
+      let s = a + b
+      return (s.evenHalf + s.oddHalf) * half
+    }
     for plane in planeRange ?? 0..<planes {
       let src = UnsafeRawPointer(x + plane * h * w)
       let dst = y + plane * oh * ow
@@ -108,19 +120,19 @@ func simplePool(
         let r1 = src + (2 * i + 1) * w * 4
         var j = 0
         while j + 8 <= ow {
-          let a = r0.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
-          let b = r1.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
-          let out: SIMD8<Float>
-          if isMax {
-            let m = a.replacing(with: b, where: b .> a)
-            let (e, o) = (m.evenHalf, m.oddHalf)
-            out = e.replacing(with: o, where: o .> e)
-          } else {
-            let s = a + b
-            out = (s.evenHalf + s.oddHalf) * half
-          }
-          UnsafeMutableRawPointer(dst + i * ow + j).storeBytes(of: out, as: SIMD8<Float>.self)
+          UnsafeMutableRawPointer(dst + i * ow + j).storeBytes(of: eight(r0, r1, j), as: SIMD8<Float>.self)
           j += 8
+        }
+        if j < ow && ow >= 8 {
+          // The last outputs as one more (overlapping) vector: outputs are recomputed, not accumulated.
+          UnsafeMutableRawPointer(dst + i * ow + ow - 8).storeBytes(of: eight(r0, r1, ow - 8), as: SIMD8<Float>.self)
+          j = ow
+        } else if j < ow && r1 + (2 * j + 16) * 4 <= end {
+          // Narrow rows (e.g. 14 -> 7): 16 floats from the row run into the next one (still inside the input);
+          // only the row's own lanes are stored.
+          let out = eight(r0, r1, j)
+          for l in 0..<(ow - j) { dst[i * ow + j + l] = out[l] }
+          j = ow
         }
         while j < ow {
           let v0 = r0.load(fromByteOffset: 2 * j * 4, as: Float.self)
@@ -325,6 +337,8 @@ struct DirectConv {
   var outH: Int
   var outW: Int
   var relu: Bool
+  /// A fused batch normalisation after the activation: `Cout` multipliers then `Cout` addends.
+  var post: HostTensor?
 
   static func applies(_ p: Conv2DParams, _ activation: Activation) -> Bool {
     (p.strideW == 1 || p.strideW == 2) && p.strideH >= 1 && p.dilationH == 1 && p.dilationW == 1 && p.groups == 1
@@ -334,7 +348,8 @@ struct DirectConv {
       && p.outHeight > 0 && p.outWidth >= 12  // narrower outputs waste most of the 16-column block
   }
 
-  init(_ p: Conv2DParams, relu: Bool) {
+  init(_ p: Conv2DParams, relu: Bool, post: HostTensor? = nil) {
+    self.post = post
     cin = p.inChannels
     cout = p.outChannels
     h = p.inHeight
@@ -390,6 +405,8 @@ struct DirectConv {
     let (hp, wp) = (paddedH, paddedW)
     let kSize = cin * kh * kw
     let zero = SIMD8<Float>()
+    // Read through a plain pointer in the loops (the tensor is kept alive by `self`).
+    let postFactors: UnsafePointer<Float>? = post.map { UnsafePointer($0.floatPointer) }
     var oc = blocks.lowerBound * 4
     while oc < min(cout, blocks.upperBound * 4) {
       let group = min(4, cout - oc)
@@ -465,8 +482,13 @@ struct DirectConv {
           let n1 = min(8, outW - ow - 8)
           for g in 0..<group {
             let dst = y + ((oc + g) * outH + oh) * outW + ow
-            let a = g == 0 ? a0 : (g == 1 ? a1 : (g == 2 ? a2 : a3))
-            let c = g == 0 ? c0 : (g == 1 ? c1 : (g == 2 ? c2 : c3))
+            var a = g == 0 ? a0 : (g == 1 ? a1 : (g == 2 ? a2 : a3))
+            var c = g == 0 ? c0 : (g == 1 ? c1 : (g == 2 ? c2 : c3))
+            if let f = postFactors {
+              let (m, d) = (SIMD8<Float>(repeating: f[oc + g]), SIMD8<Float>(repeating: f[cout + oc + g]))
+              a = d.addingProduct(a, m)
+              c = d.addingProduct(c, m)
+            }
             if n0 == 8 {
               UnsafeMutableRawPointer(dst).storeBytes(of: a, as: SIMD8<Float>.self)
             } else {
@@ -505,6 +527,8 @@ struct ChannelVectorConv {
   var relu: Bool
   /// `[Cin * kh * kw, Cout]`.
   var weights: HostTensor
+  /// A fused batch normalisation after the activation: `Cout` multipliers then `Cout` addends.
+  var post: HostTensor?
 
   static func applies(_ p: Conv2DParams, _ activation: Activation, constantWeights: Bool) -> Bool {
     constantWeights && p.groups == 1 && p.outChannels % 8 == 0 && p.dilationH == 1 && p.dilationW == 1
@@ -513,7 +537,8 @@ struct ChannelVectorConv {
       && p.outHeight > 0 && p.outWidth > 0
   }
 
-  init(_ p: Conv2DParams, relu: Bool, weight: HostTensor) {
+  init(_ p: Conv2DParams, relu: Bool, weight: HostTensor, post: HostTensor? = nil) {
+    self.post = post
     cin = p.inChannels
     cout = p.outChannels
     h = p.inHeight
@@ -549,6 +574,7 @@ struct ChannelVectorConv {
       }
     }
     let wt = UnsafeRawPointer(weights.floatPointer)
+    let postFactors: UnsafePointer<Float>? = post.map { UnsafePointer($0.floatPointer) }
     let plane = outH * outW
     let zero = SIMD8<Float>()
     var ocb = 0
@@ -563,8 +589,62 @@ struct ChannelVectorConv {
       let o1 = lanes > 1 ? 8 : 0
       let o2 = lanes > 2 ? 16 : 0
       let o3 = lanes > 3 ? 24 : 0
+      /// Stores up to 32 channels of one output pixel (channel planes `plane` apart).
+      @inline(__always) func store(_ a0: SIMD8<Float>, _ a1: SIMD8<Float>, _ a2: SIMD8<Float>, _ a3: SIMD8<Float>, pixel: Int) {
+        var (a0, a1, a2, a3) = (a0, a1, a2, a3)
+        if relu {
+          a0.replace(with: zero, where: a0 .< zero)
+          a1.replace(with: zero, where: a1 .< zero)
+          a2.replace(with: zero, where: a2 .< zero)
+          a3.replace(with: zero, where: a3 .< zero)
+        }
+        for j in 0..<lanes {
+          var a = j == 0 ? a0 : (j == 1 ? a1 : (j == 2 ? a2 : a3))
+          if let postFactors {
+            let f = UnsafeRawPointer(postFactors)
+            a = f.loadUnaligned(fromByteOffset: (cout + ocb + 8 * j) * 4, as: SIMD8<Float>.self)
+              .addingProduct(a, f.loadUnaligned(fromByteOffset: (ocb + 8 * j) * 4, as: SIMD8<Float>.self))
+          }
+          let base = y + (ocb + 8 * j) * plane + pixel
+          for l in 0..<8 { base[l * plane] = a[l] }
+        }
+      }
       for oh in 0..<outH {
-        for ow in 0..<outW {
+        var ow = 0
+        // Two output pixels at a time: each weight vector loaded once feeds eight accumulators (one pixel's
+        // four loads per four FMAs made this loop wait on loads).
+        while ow + 2 <= outW {
+          var (a0, a1, a2, a3) = (b0, b1, b2, b3)
+          var (c0, c1, c2, c3) = (b0, b1, b2, b3)
+          var k = 0
+          for ic in 0..<cin {
+            for r in 0..<kh {
+              let row = scratch + (ic * hp + oh * sh + r) * wp + ow * sw
+              for s in 0..<kw {
+                let v = SIMD8<Float>(repeating: row[s])
+                let u = SIMD8<Float>(repeating: row[s + sw])
+                let wrow = wt + (k * cout + ocb) * 4
+                let w0 = wrow.loadUnaligned(as: SIMD8<Float>.self)
+                let w1 = wrow.loadUnaligned(fromByteOffset: o1 * 4, as: SIMD8<Float>.self)
+                let w2 = wrow.loadUnaligned(fromByteOffset: o2 * 4, as: SIMD8<Float>.self)
+                let w3 = wrow.loadUnaligned(fromByteOffset: o3 * 4, as: SIMD8<Float>.self)
+                a0 = a0.addingProduct(v, w0)
+                a1 = a1.addingProduct(v, w1)
+                a2 = a2.addingProduct(v, w2)
+                a3 = a3.addingProduct(v, w3)
+                c0 = c0.addingProduct(u, w0)
+                c1 = c1.addingProduct(u, w1)
+                c2 = c2.addingProduct(u, w2)
+                c3 = c3.addingProduct(u, w3)
+                k += 1
+              }
+            }
+          }
+          store(a0, a1, a2, a3, pixel: oh * outW + ow)
+          store(c0, c1, c2, c3, pixel: oh * outW + ow + 1)
+          ow += 2
+        }
+        if ow < outW {
           var (a0, a1, a2, a3) = (b0, b1, b2, b3)
           var k = 0
           for ic in 0..<cin {
@@ -581,18 +661,7 @@ struct ChannelVectorConv {
               }
             }
           }
-          if relu {
-            a0.replace(with: zero, where: a0 .< zero)
-            a1.replace(with: zero, where: a1 .< zero)
-            a2.replace(with: zero, where: a2 .< zero)
-            a3.replace(with: zero, where: a3 .< zero)
-          }
-          let pixel = oh * outW + ow
-          for j in 0..<lanes {
-            let a = j == 0 ? a0 : (j == 1 ? a1 : (j == 2 ? a2 : a3))
-            let base = y + (ocb + 8 * j) * plane + pixel
-            for l in 0..<8 { base[l * plane] = a[l] }
-          }
+          store(a0, a1, a2, a3, pixel: oh * outW + ow)
         }
       }
       ocb += 8 * lanes

@@ -372,6 +372,12 @@ func lowerMath(
     let m = a.count / max(k, 1)
     let hasBias = optionalInput(2) != nil
     let act = try fusedActivation()
+    // Constant weights (the usual case) are packed once here into the GEMM kernel's panel layout: no packing and
+    // no strided reads of W on every call.
+    let packed: PackedGemmB? =
+      if let wc = consts.count > 1 ? consts[1] : nil, wc.type == .float32, wc.count == k * n, act != .gelu {
+        PackedGemmB(k: k, n: n, b: wc.floatPointer, ldb: max(n, 1))
+      } else { nil }
     return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in
       { base, pool in
         let bias: UnsafePointer<Float>? = hasBias ? UnsafePointer(ins[2].f(base)) : nil
@@ -379,9 +385,15 @@ func lowerMath(
           denseGelu(m: m, n: n, k: k, a: ins[0].f(base), w: ins[1].f(base), bias: bias, c: outs[0].f(base), pool: pool)
           return
         }
+        let epilogue = GemmEpilogue(bias: bias.map { .perColumn($0) } ?? .none, activation: act)
+        if let packed {
+          sgemm(m: m, a: ins[0].f(base), lda: max(k, 1), packedB: packed, c: outs[0].f(base), ldc: max(n, 1),
+                epilogue: epilogue, pool: pool)
+          return
+        }
         sgemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: ins[0].f(base), lda: max(k, 1),
               b: ins[1].f(base), ldb: max(n, 1), beta: 0, c: outs[0].f(base), ldc: max(n, 1),
-              epilogue: GemmEpilogue(bias: bias.map { .perColumn($0) } ?? .none, activation: act), pool: pool)
+              epilogue: epilogue, pool: pool)
       }
     }
 
@@ -480,11 +492,21 @@ func lowerMath(
     single.batch = 1
     do { single = try single.validated() } catch { throw kernelError(error) }
     let act = try fusedActivation()
-    let direct: DirectConv? = DirectConv.applies(params, act) ? DirectConv(params, relu: act == .relu) : nil
+    // A fused BatchNormalization after the activation (Fusion): y = act(conv) * mul[c] + add[c].
+    var post: HostTensor? = nil
+    if let m = node.attributes["_post_mul"], let a = node.attributes["_post_add"] {
+      guard case .floats(let mul) = m, case .floats(let add) = a, mul.count == w.shape[0], add.count == w.shape[0] else {
+        throw .malformed("\(node.label): fused batch normalisation does not match the output channels")
+      }
+      post = HostTensor.floats(mul + add, shape: [2 * w.shape[0]])
+    }
+    let direct: DirectConv? = DirectConv.applies(params, act) ? DirectConv(params, relu: act == .relu, post: post) : nil
     var narrow: ChannelVectorConv? = nil
     if direct == nil, let wc = consts[1], ChannelVectorConv.applies(params, act, constantWeights: true) {
-      narrow = ChannelVectorConv(params, relu: act == .relu, weight: wc)
+      narrow = ChannelVectorConv(params, relu: act == .relu, weight: wc, post: post)
     }
+    let outChannels = w.shape[0]
+    let outPlane = params.outHeight * params.outWidth
     let perImage = direct?.scratchCount ?? narrow?.scratchCount ?? single.workspaceCount
     let perImageTotal = try checkedCount([perImage, parts], limit: Int.max, what: "Conv workspace")
     let scratch = try checkedCount(
@@ -510,10 +532,21 @@ func lowerMath(
           } else {
             for part in 0..<parts { job.run(part: part) }
           }
+          // The direct kernels apply a fused batch normalisation in registers; the GEMM path afterwards.
+          if let post, direct == nil, narrow == nil {
+            let (o, f) = (outs[0].f(base), post.floatPointer)
+            channelAffine(o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
+                          planes: 0..<(batch * outChannels))
+          }
           return
         }
         conv2d(params, input: ins[0].f(base), weight: ins[1].f(base), bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil,
                output: outs[0].f(base), workspace: scratch > 0 ? ws.f(base) : nil, activation: act, pool: pool)
+        if let post {
+          let (o, f) = (outs[0].f(base), post.floatPointer)
+          channelAffine(o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
+                        planes: 0..<(batch * outChannels))
+        }
       }
     }
 

@@ -145,6 +145,45 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     #expect(v.recordCount == 500 && v.checkpoints.last?.treeSize == 500)
   }
 
+  /// Batched mode lets records gather for `writeDelay` before one write, and appends do not wake a busy writer;
+  /// a record that finds the writer idle must still wake it: it reaches the segment file with no further append
+  /// and no close(), and so does the next one after the writer went idle again.
+  @Test func aLoneBatchedRecordIsWrittenWithoutFurtherAppends() async throws {
+    let scratch = try Scratch()
+    let log = try makeLog(scratch.log, key: key, mode: .batched, checkpointEvery: 1000)
+    let segment = try #require(try segmentPaths(scratch.log).first)
+    func size() -> Int { (try? FileManager.default.attributesOfItem(atPath: segment)[.size] as? Int) ?? 0 }
+    for i in 0..<2 {
+      let before = size()
+      _ = try await log.append(record(i))
+      // Normally written within the write delay (5 ms); the bound only keeps a broken build from hanging.
+      var waited = 0
+      while size() == before && waited < 200 {
+        try await Task.sleep(for: .milliseconds(50))
+        waited += 1
+      }
+      #expect(size() > before, "record \(i) was not written while the log stayed open")
+    }
+    await log.close()
+    #expect(try AuditVerifier.verify(directory: scratch.log, key: key.verifyingKey).recordCount == 2)
+  }
+
+  /// Appends faster than the write delay: the queue length wakes the writer (writeBatchRecords), nothing is lost.
+  @Test func batchedAppendsOutrunningTheWriteDelayAllLand() async throws {
+    let scratch = try Scratch()
+    var config = AuditConfiguration(directory: scratch.log, keyFile: "")
+    config.durability = .batched
+    config.writeDelay = .milliseconds(50)
+    config.writeBatchRecords = 8
+    config.checkpointEveryRecords = 100
+    let log = try AuditLog.open(configuration: config, key: key)
+    let indices = try await fill(log, 0..<600, concurrency: 16)
+    #expect(Set(indices).count == 600)
+    await log.close()
+    let v = try AuditVerifier.verify(directory: scratch.log, key: key.verifyingKey)
+    #expect(v.recordCount == 600 && v.checkpoints.last?.treeSize == 600)
+  }
+
   @Test func changingAnyByteOfARecordFailsAtThatRecord() async throws {
     let scratch = try Scratch()
     try await populated(scratch)
@@ -338,6 +377,12 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     config.segmentMaxBytes = 10
     #expect(throws: AuditError.self) { _ = try AuditLog.open(configuration: config, key: key) }
     config.segmentMaxBytes = 1 << 20
+    config.writeDelay = .seconds(2)
+    #expect(throws: AuditError.self) { _ = try AuditLog.open(configuration: config, key: key) }
+    config.writeDelay = .milliseconds(5)
+    config.writeBatchRecords = 0
+    #expect(throws: AuditError.self) { _ = try AuditLog.open(configuration: config, key: key) }
+    config.writeBatchRecords = 1024
     config.origin = "has space"
     #expect(throws: AuditError.self) { _ = try AuditLog.open(configuration: config, key: key) }
   }

@@ -93,8 +93,91 @@ let gemmShapes: [(Int, Int, Int)] = [
     (1, 16, 4), (1, 35, 7), (1, 1100, 5), (96, 40, 9), (97, 40, 9),
 ]
 
+/// sgemm on a ``PackedGemmB`` against a Double reference (the runtime's dense layers).
+func runPackedGemm(
+    m: Int, n: Int, k: Int, transposedB: Bool = false, bias: [Float]? = nil, activation: Activation = .identity,
+    pool: WorkerPool? = nil
+) -> (ours: [Float], reference: [Double], scale: [Double]) {
+    let a = randomFloats(m * k + 1, seed: UInt64(m * 31 + k))
+    let b = randomFloats(n * k + 1, seed: UInt64(n * 17 + k + 3))
+    var reference = [Double](repeating: 0, count: m * n)
+    var scale = [Double](repeating: 0, count: m * n)
+    for i in 0..<m {
+        for j in 0..<n {
+            var sum = 0.0, absSum = 0.0
+            for p in 0..<k {
+                let product = Double(a[i * k + p]) * Double(transposedB ? b[j * k + p] : b[p * n + j])
+                sum += product
+                absSum += Swift.abs(product)
+            }
+            if let bias { sum += Double(bias[j]) }
+            if activation == .relu { sum = max(sum, 0) }
+            reference[i * n + j] = sum
+            scale[i * n + j] = absSum
+        }
+    }
+    var c = [Float](repeating: .nan, count: m * n)
+    let packed = b.withUnsafeBufferPointer {
+        PackedGemmB(k: k, n: n, b: $0.baseAddress!, ldb: max(transposedB ? k : n, 1), transposed: transposedB)
+    }
+    a.withUnsafeBufferPointer { pa in
+        c.withUnsafeMutableBufferPointer { pc in
+            bias.withUnsafeBufferPointerOrNil { pbias in
+                var e = GemmEpilogue(activation: activation)
+                if let pbias { e.bias = .perColumn(pbias) }
+                sgemm(m: m, a: pa.baseAddress!, lda: max(k, 1), packedB: packed, c: pc.baseAddress!, ldc: max(n, 1),
+                      epilogue: e, pool: pool)
+            }
+        }
+    }
+    return (c, reference, scale)
+}
+
 @Suite("SGEMM")
 struct GemmTests {
+    @Test("packed B: shapes, transposed storage, epilogue, pool")
+    func packedB() {
+        let pool = WorkerPool(threadCount: 2)
+        let shapes = [
+            (1, 512, 784), (32, 512, 784), (32, 10, 512), (2, 3, 1), (5, 33, 300), (8, 16, 9), (14, 40, 9),
+            (32, 17, 1100), (150, 40, 20), (1, 10, 512), (1, 70, 3), (4, 64, 64), (26, 100, 50),
+        ]
+        for (m, n, k) in shapes {
+            for transposed in [false, true] {
+                let label = "packed m=\(m) n=\(n) k=\(k) transposed=\(transposed)"
+                expectGemmClose(runPackedGemm(m: m, n: n, k: k, transposedB: transposed), label)
+                let bias = randomFloats(n, seed: UInt64(n))
+                expectGemmClose(
+                    runPackedGemm(m: m, n: n, k: k, transposedB: transposed, bias: bias, activation: .relu, pool: pool),
+                    label + " bias+relu pooled")
+            }
+        }
+    }
+
+    /// Row counts whose last tiles run as 4-row tiles (8 or 4 rows left), in blocks of both A layouts.
+    @Test("4-row tiles", arguments: [false, true])
+    func fourRowTiles(transA: Bool) {
+        for m in [4, 8, 10, 14, 20, 26, 32, 38, 148, 152] {
+            let t = GemmCase(m: m, n: 48, k: 37, transA: transA)
+            expectGemmClose(runGemm(t), t.testDescription)
+            let tb = GemmCase(m: m, n: 20, k: 5, transA: transA, transB: true, beta: 0.5)
+            expectGemmClose(runGemm(tb), tb.testDescription)
+        }
+    }
+
+    /// One row against B narrower than 64 columns (8, 16, 32 and remainders), k odd and even.
+    @Test("single row, narrow B")
+    func singleRowNarrow() {
+        for n in [8, 16, 24, 32, 40, 48, 56, 63] {
+            for k in [1, 2, 3, 5, 784] {
+                let t = GemmCase(m: 1, n: n, k: k)
+                expectGemmClose(runGemm(t), t.testDescription)
+                let scaled = GemmCase(m: 1, n: n, k: k, alpha: 0.5, beta: 2)
+                expectGemmClose(runGemm(scaled), scaled.testDescription)
+            }
+        }
+    }
+
     @Test("shapes x transposes", arguments: [(false, false), (true, false), (false, true), (true, true)])
     func shapesAndTransposes(transA: Bool, transB: Bool) {
         for (m, n, k) in gemmShapes {

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import GRPCCore
 import PalisadeAudit
@@ -112,6 +113,22 @@ import Testing
 
 /// Runtime integrity: a byte of a loaded model flipped in memory is caught, the model goes unavailable, and the
 /// failure is audited.
+@Suite struct AuditorDigestTests {
+  /// The audit record's digests are spelled like every other digest (`hexString`), by the faster writer.
+  @Test func digestsAndThumbprintsAreLowerCaseHexAsEverywhere() throws {
+    var rng = SystemRandomNumberGenerator()
+    for count in [0, 1, 16, 32, 33] {
+      let bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &rng) }
+      #expect(Auditor.hex(bytes) == hexString(bytes))
+    }
+    let tensors = [try Tensor(name: "input", shape: [2, 3], values: [Float](repeating: 1.5, count: 6))]
+    var hasher = SHA256()
+    hasher.update(data: Array("input\u{0}FP32\u{0}[2, 3]\u{0}".utf8))
+    if case .fixed(let raw) = tensors[0].storage { hasher.update(data: raw) }
+    #expect(Auditor.digest(tensors) == hexString(hasher.finalize()), "the digest's bytes are as before")
+  }
+}
+
 @Suite struct IntegrityTests {
   @Test func aFlippedWeightByteIsCaughtAndTheModelIsTakenOut() async throws {
     let pki = try TestPKI()

@@ -1,6 +1,7 @@
 // audit-bench: audit-log appends per second in sync and batched modes (1, 8, 32 concurrent appenders) against
 // two raw baselines in the same run: write+fdatasync per record, and buffered writes with one final fdatasync.
 // Usage: audit-bench SCRATCH_DIR [COUNT] [SYNC_COUNT]   (Benchmarks/audit/run.sh)
+//        audit-bench SCRATCH_DIR paced [RATE] [SECONDS]   appends paced like RPCs, CPU and context switches per record
 import Foundation
 import PalisadeAudit
 
@@ -14,6 +15,7 @@ guard arguments.count >= 2 else {
   exit(2)
 }
 let dir = arguments[1]
+let pacedMode = arguments.count > 2 && arguments[2] == "paced"
 let count = arguments.count > 2 ? Int(arguments[2]) ?? 50_000 : 50_000
 let syncCount = arguments.count > 3 ? Int(arguments[3]) ?? 3000 : 3000
 
@@ -96,6 +98,12 @@ func audit(mode: AuditConfiguration.Durability, concurrency: Int, count: Int, ke
 }
 
 let key = try AuditSigningKey.generate(name: AuditConfiguration.defaults.origin)
+if pacedMode {
+  let rate = arguments.count > 3 ? Int(arguments[3]) ?? 5000 : 5000
+  let seconds = arguments.count > 4 ? Double(arguments[4]) ?? 4 : 4
+  try await paced(rate: rate, seconds: seconds, key: key)
+  exit(0)
+}
 let payload = sampleRecord(1).canonicalJSON()
 print("record: \(payload.count) bytes of canonical JSON (+20 bytes framing)")
 let encodeStart = cpuMicros()
@@ -119,4 +127,90 @@ for mode in AuditConfiguration.Durability.allCases {
     let n = mode == .sync && c == 1 ? syncCount : count
     row("AuditLog \(mode.rawValue)", c, n, try await audit(mode: mode, concurrency: c, count: n, key: key))
   }
+}
+
+// MARK: paced appends (what a server sees: records arrive one at a time, not back to back)
+
+/// Context switches of the whole process (every thread, including exited ones): voluntary, involuntary.
+func contextSwitches() -> (voluntary: Int, involuntary: Int) {
+  var usage = rusage()
+  getrusage(RUSAGE_SELF.rawValue, &usage)
+  return (usage.ru_nvcsw, usage.ru_nivcsw)
+}
+
+/// `concurrency` tasks each append one record every `concurrency / rate` seconds (like callers whose RPCs each
+/// end with one audit record), for `seconds`; the same pacing without appends is the baseline. Reports CPU and
+/// context switches per record over the baseline: the cost the log adds to each call.
+func paced(rate: Int, seconds: Double, key: AuditSigningKey) async throws {
+  print("paced appends: \(rate)/s target, \(String(format: "%.0f", seconds)) s per run; load average \(loadAverage())")
+  print("")
+  print("| mode | tasks | records/s | CPU µs/record | over baseline | voluntary cs/record | involuntary cs/record |")
+  print("|---|---:|---:|---:|---:|---:|---:|")
+  for concurrency in [1, 32] {
+    let baseline = try await pacedRun(mode: nil, concurrency: concurrency, rate: rate, seconds: seconds, key: key)
+    func row(_ name: String, _ m: PacedMeasurement) {
+      print(
+        "| \(name) | \(concurrency) | \(Int(m.rate)) | \(String(format: "%.1f", m.cpu)) | \(String(format: "%+.1f", m.cpu - baseline.cpu)) | \(String(format: "%.2f", m.voluntary)) | \(String(format: "%.2f", m.involuntary)) |")
+    }
+    row("no log (pacing only)", baseline)
+    for mode in [AuditConfiguration.Durability.batched, .sync] {
+      row("AuditLog \(mode.rawValue)", try await pacedRun(mode: mode, concurrency: concurrency, rate: rate, seconds: seconds, key: key))
+    }
+  }
+}
+
+struct PacedMeasurement {
+  var rate: Double
+  var cpu: Double
+  var voluntary: Double
+  var involuntary: Double
+}
+
+func loadAverage() -> String {
+  (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+}
+
+func pacedRun(mode: AuditConfiguration.Durability?, concurrency: Int, rate: Int, seconds: Double, key: AuditSigningKey) async throws
+  -> PacedMeasurement
+{
+  let directory = try fresh("paced-\(mode?.rawValue ?? "none")-\(concurrency)")
+  let log: AuditLog? = try mode.map { mode in
+    var config = AuditConfiguration(directory: directory, keyFile: "")
+    config.durability = mode
+    return try AuditLog.open(configuration: config, key: key)
+  }
+  let interval = Duration.nanoseconds(Int64(1e9 * Double(concurrency) / Double(max(rate, 1))))
+  let clock = ContinuousClock()
+  let end = clock.now + .nanoseconds(Int64(seconds * 1e9))
+  let cpu0 = cpuMicros()
+  let cs0 = contextSwitches()
+  let start = clock.now
+  let records = try await withThrowingTaskGroup(of: Int.self) { group in
+    for t in 0..<concurrency {
+      group.addTask {
+        var next = clock.now + interval * Double(t) / Double(concurrency)
+        var n = 0
+        while next < end {
+          try await clock.sleep(until: next)
+          if let log { _ = try await log.append(sampleRecord(t * 1_000_000 + n)) }
+          n += 1
+          next += interval
+        }
+        return n
+      }
+    }
+    return try await group.reduce(0, +)
+  }
+  let elapsed = start.duration(to: clock.now)
+  let cpu = cpuMicros() - cpu0
+  let cs1 = contextSwitches()
+  let secondsTaken = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+  if let log {
+    await log.close()
+    _ = try AuditVerifier.verify(directory: directory, key: key.verifyingKey)
+  }
+  let n = Double(max(records, 1))
+  return PacedMeasurement(
+    rate: n / secondsTaken, cpu: cpu / n, voluntary: Double(cs1.voluntary - cs0.voluntary) / n,
+    involuntary: Double(cs1.involuntary - cs0.involuntary) / n)
 }

@@ -1,7 +1,14 @@
 // kernel-bench: SGEMM throughput of PalisadeKernels (release build).
 //
 //   swift build -c release && .build/release/kernel-bench [--sizes 256,512,1024,2048] [--threads 1,2] [--runs N]
-//                                                          [--mnk 1x512x784,32x512x784] [--transB]
+//                                                          [--mnk 1x512x784,32x512x784] [--transB] [--cpu]
+//                                                          [--packed]
+//
+// --packed multiplies by a B packed once beforehand (PackedGemmB, what the model runtime does for constant
+// weights) instead of reading B in place or packing it per call.
+//
+// --cpu times with the process's CPU clock instead of the wall clock: on a machine shared with builds, a
+// single-threaded kernel's CPU time is what it costs, while its wall time also counts the time it waited.
 //
 // Prints one line per (threads, shape): "sgemm threads=T n=N gflops=G best_ms=M" (square sizes) or
 // "sgemm threads=T mnk=MxNxK gflops=G best_ms=M" (--mnk, e.g. inference layer shapes), best of N runs after a
@@ -15,9 +22,11 @@ import Glibc
 import Darwin
 #endif
 
+nonisolated(unsafe) var clock = CLOCK_MONOTONIC
+
 func now() -> Double {
     var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
+    clock_gettime(clock, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
 
@@ -36,6 +45,7 @@ var sizes = [256, 512, 1024, 2048]
 var threadCounts = [1, 2]
 var runs = 7
 var transB = false
+var packed = false
 var shapes: [(m: Int, n: Int, k: Int, label: String)] = []
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
@@ -44,13 +54,15 @@ while let argument = arguments.next() {
     case "--threads": threadCounts = parseList(arguments.next() ?? "")
     case "--runs": runs = Int(arguments.next() ?? "") ?? runs
     case "--transB": transB = true
+    case "--cpu": clock = CLOCK_PROCESS_CPUTIME_ID
+    case "--packed": packed = true
     case "--mnk":
         shapes = (arguments.next() ?? "").split(separator: ",").map { spec in
             let dims = spec.split(separator: "x").compactMap { Int($0) }
             return dims.count == 3 ? (dims[0], dims[1], dims[2], "mnk=\(spec)") : (0, 0, 0, "invalid=\(spec)")
         }
     default:
-        print("usage: kernel-bench [--sizes 256,512] [--threads 1,2] [--runs N] [--transB] [--mnk MxNxK,...]")
+        print("usage: kernel-bench [--sizes 256,512] [--threads 1,2] [--runs N] [--transB] [--mnk MxNxK,...] [--cpu] [--packed]")
         exit(2)
     }
 }
@@ -81,9 +93,14 @@ for threads in threadCounts {
             b.withUnsafeBufferPointer { pb in
                 c.withUnsafeMutableBufferPointer { pc in
                     guard let pa = pa.baseAddress, let pb = pb.baseAddress, let pc = pc.baseAddress else { return }
+                    let packedB = packed ? PackedGemmB(k: k, n: n, b: pb, ldb: transB ? k : n, transposed: transB) : nil
                     for run in 0...runs {
                         let start = now()
                         for _ in 0..<reps {
+                            if let packedB {
+                                sgemm(m: m, a: pa, lda: k, packedB: packedB, c: pc, ldc: n, pool: pool)
+                                continue
+                            }
                             sgemm(
                                 transA: false, transB: transB, m: m, n: n, k: k, alpha: 1,
                                 a: pa, lda: k, b: pb, ldb: transB ? k : n,
@@ -96,7 +113,7 @@ for threads in threadCounts {
             }
         }
         let gflops = flops / best / 1e9
-        print("sgemm threads=\(threads) \(label) gflops=\(String(format2: gflops)) best_ms=\(String(format2: best * 1e3))")
+        print("sgemm\(packed ? " packed" : "") threads=\(threads) \(label) gflops=\(String(format2: gflops)) best_ms=\(String(format2: best * 1e3))")
     }
 }
 

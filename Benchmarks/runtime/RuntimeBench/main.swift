@@ -1,11 +1,15 @@
 // runtime-bench: latency of Palisade's ONNX runtime on the fixture models at batch 1 and 32.
 //
 //   swift build -c release --product runtime-bench
-//   .build/release/runtime-bench [--fixtures Tests/Fixtures] [--seconds 2] [--threads N] [--json]
+//   .build/release/runtime-bench [--fixtures Tests/Fixtures] [--seconds 2] [--threads N] [--json] [--cpu]
+//                                [--model NAME] [--onnx FILE --input-shape 32x784]
 //
 // For each model and batch: load, build the plan, warm up, then time back-to-back synchronous inferences
 // (`ONNXModel.predict` on the calling thread plus the worker pool) for about `--seconds`, and report the
 // median and mean latency. `--json` prints one JSON object per line for Benchmarks/runtime/compare.py.
+// `--cpu` times with the process's CPU clock (meaningful with `--threads 1`): on a machine shared with builds it
+// is what an inference costs, where wall time also counts the waits. `--onnx` times one model file at the given
+// input shape (e.g. the peer benchmark's wide_mlp at 32x784) instead of the fixtures.
 import Foundation
 import PalisadeCore
 import PalisadeKernels
@@ -17,6 +21,9 @@ var threads: Int? = nil
 var json = false
 var only: String? = nil
 var profile = false
+nonisolated(unsafe) var cpuClock = false
+var onnxFile: String? = nil
+var inputShape: [Int] = []
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let a = arguments.next() {
   switch a {
@@ -26,6 +33,9 @@ while let a = arguments.next() {
   case "--model": only = arguments.next()
   case "--json": json = true
   case "--profile": profile = true
+  case "--cpu": cpuClock = true
+  case "--onnx": onnxFile = arguments.next()
+  case "--input-shape": inputShape = (arguments.next() ?? "").split(separator: "x").compactMap { Int($0) }
   default:
     FileHandle.standardError.write(Data("unknown argument \(a)\n".utf8))
     exit(2)
@@ -34,7 +44,12 @@ while let a = arguments.next() {
 let pool = threads.map { WorkerPool(threadCount: $0) } ?? WorkerPool.shared
 let dir = URL(fileURLWithPath: fixtures)
 
-func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+func now() -> UInt64 {
+  guard cpuClock else { return DispatchTime.now().uptimeNanoseconds }
+  var ts = timespec()
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+  return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
 
 func randomInput(_ value: GraphValue, batch: Int) throws -> Tensor {
   let shape = value.dims.map { d -> Int64 in
@@ -58,15 +73,21 @@ func randomInput(_ value: GraphValue, batch: Int) throws -> Tensor {
 if !json {
   print("model                 batch   median_us     mean_us   iters  steps  arena_KiB")
 }
-for name in ["mlp_digits", "mlp_torch", "cnn_torch", "encoder_torch"] where only == nil || only == name {
+var models = ["mlp_digits", "mlp_torch", "cnn_torch", "encoder_torch"].filter { only == nil || only == $0 }
+  .map { ($0, dir.appendingPathComponent($0 + ".onnx")) }
+if let onnxFile {
+  let url = URL(fileURLWithPath: onnxFile)
+  models = [(url.deletingPathExtension().lastPathComponent, url)]
+}
+for (name, url) in models {
   let model: ONNXModel
   do {
-    model = try ONNXModel.load(contentsOf: dir.appendingPathComponent(name + ".onnx"))
+    model = try ONNXModel.load(contentsOf: url)
   } catch {
     print("\(name): \(error)")
     exit(1)
   }
-  for batch in [1, 32] {
+  for batch in inputShape.first.map({ [$0] }) ?? [1, 32] {
     do {
       let inputs = try model.inputs.map { try randomInput($0, batch: batch) }
       let plan = try model.plan(for: inputs.map { $0.shape.map { Int($0) } })

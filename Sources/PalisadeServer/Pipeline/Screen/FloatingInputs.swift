@@ -1,7 +1,7 @@
 import PalisadeCore
 
-/// A request's floating-point inputs as `Double` rows, converted once and shared by every screening detector
-/// (OOD score, drift, extraction monitor) instead of each converting the same tensors again.
+/// A request's floating-point inputs that have reference statistics, as `Double` rows, converted once and shared
+/// by the detectors that need them (OOD score, drift). The extraction monitor reads its input's floats itself.
 struct FloatingInputs {
   struct Input {
     /// Features per row: the last dimension.
@@ -11,9 +11,10 @@ struct FloatingInputs {
   }
   let byName: [String: Input]
 
-  init(_ tensors: [Tensor]) {
+  /// Converts the floating-point tensors among `tensors`, or only those named in `names`.
+  init(_ tensors: [Tensor], only names: Set<String>? = nil) {
     var byName: [String: Input] = [:]
-    for t in tensors {
+    for t in tensors where names?.contains(t.name) ?? true {
       guard let last = t.shape.last, last > 0, let values = t.floatingPointValues, !values.isEmpty else { continue }
       byName[t.name] = Input(width: Int(last), values: values)
     }

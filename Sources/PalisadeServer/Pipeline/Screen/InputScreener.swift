@@ -36,6 +36,8 @@ public final class InputScreener: Sendable {
     var scorer: OODScorer
     var drift: DriftMonitor?
     var extraction: ExtractionMonitor?
+    /// Inputs with reference statistics: the only ones converted for the OOD score and drift.
+    var referenced: Set<String>
   }
 
   let settings: Settings
@@ -44,7 +46,13 @@ public final class InputScreener: Sendable {
   let metrics: ServerMetrics
   let logger: Logger
   let auditor: Auditor?
-  private let screens = Mutex<[String: ModelScreen]>([:])
+  /// A loaded model: name, version and bundle digest (a reload with another bundle gets fresh monitors).
+  struct ScreenKey: Hashable, Sendable {
+    var name: String
+    var version: String
+    var bundle: String
+  }
+  private let screens = Mutex<[ScreenKey: ModelScreen]>([:])
 
   public init(
     settings: Settings, policy: PolicyStore, quarantines: QuarantineStore, metrics: ServerMetrics, logger: Logger,
@@ -59,7 +67,7 @@ public final class InputScreener: Sendable {
   }
 
   func screen(for d: ModelDescriptor) -> ModelScreen {
-    let key = "\(d.name)\u{0}\(d.version)\u{0}\(d.properties["bundle_digest"] ?? "")"
+    let key = ScreenKey(name: d.name, version: d.version, bundle: d.properties["bundle_digest"] ?? "")
     return screens.withLock { s in
       if let existing = s[key] { return existing }
       var drift: DriftMonitor? = nil
@@ -74,7 +82,9 @@ public final class InputScreener: Sendable {
       if settings.extractionMonitor, let (input, features) = ExtractionMonitor.monitoredInput(d) {
         extraction = ExtractionMonitor(input: input, features: features, settings: settings.extraction)
       }
-      let made = ModelScreen(scorer: OODScorer(d.screening), drift: drift, extraction: extraction)
+      let made = ModelScreen(
+        scorer: OODScorer(d.screening), drift: drift, extraction: extraction,
+        referenced: Set(d.screening.references.keys))
       s[key] = made
       return made
     }
@@ -84,13 +94,22 @@ public final class InputScreener: Sendable {
   public func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext) async throws(PalisadeError) -> Outcome {
     let screen = screen(for: descriptor)
     let containment = policy.policy.containment
-    let floating = FloatingInputs(inputs)
-    let score = screen.scorer.isEmpty ? nil : screen.scorer.score(floating)
+    // Without reference statistics there is nothing to score and no drift to follow: nothing is converted, and
+    // only the extraction monitor (PRADA needs no statistics) looks at the rows.
+    let floating = screen.referenced.isEmpty ? nil : FloatingInputs(inputs, only: screen.referenced)
+    let threshold = descriptor.screening.threshold
+    // Per-row distances of the monitored input, taken while scoring, give the extraction monitor a verdict per
+    // row: one odd row in a batch of 32 is one out-of-distribution row, not 32.
+    let scored = floating.map { screen.scorer.score($0, rowsOf: threshold == nil ? nil : screen.extraction?.input) }
+    let score = scored?.score
     var ood = false
-    if let score, let threshold = descriptor.screening.threshold, score.mahalanobis > threshold { ood = true }
+    if let score, let threshold, score.mahalanobis > threshold { ood = true }
+    var verdicts = ExtractionMonitor.RowVerdicts.unknown
+    if score != nil {
+      if let rows = scored?.rows, let threshold { verdicts = .each(rows.map { $0 > threshold }) } else { verdicts = .all(ood) }
+    }
     if let extraction = screen.extraction,
-      let alarm = extraction.observe(
-        principal: call.identity.spiffeID.description, floating, outOfDistribution: score == nil ? nil : ood)
+      let alarm = extraction.observe(principal: call.identity.spiffeID.description, inputs: inputs, verdicts: verdicts)
     {
       await raise(alarm, descriptor: descriptor, call: call, containment: containment)
     }
@@ -114,7 +133,7 @@ public final class InputScreener: Sendable {
           .invalidArgument, "the inputs lie outside the model's training distribution (screening score above its threshold)")
       }
     }
-    screen.drift?.observe(floating)
+    if let floating { screen.drift?.observe(floating) }
     return Outcome(score: score, outOfDistribution: ood)
   }
 

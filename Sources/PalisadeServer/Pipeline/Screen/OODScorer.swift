@@ -57,13 +57,23 @@ public struct OODScorer: Sendable {
   }
 
   func score(_ floating: FloatingInputs) -> Score? {
+    score(floating, rowsOf: nil).score
+  }
+
+  /// The request's score, and the Mahalanobis distance of every row of input `name` (taken in the same pass),
+  /// for a per-row verdict where one request carries many rows.
+  func score(_ floating: FloatingInputs, rowsOf name: String?) -> (score: Score?, rows: [Double]?) {
     var result: Score? = nil
-    for (name, input) in floating.byName {
-      guard let c = inputs[name], let s = rowScores(input, c) else { continue }
+    var rows: [Double]? = nil
+    for (inputName, input) in floating.byName {
+      guard let c = inputs[inputName] else { continue }
+      var collected: [Double]? = inputName == name ? [] : nil
+      guard let s = rowScores(input, c, rows: &collected) else { continue }
+      if inputName == name { rows = collected }
       result = Score(
         mahalanobis: Swift.max(result?.mahalanobis ?? 0, s.mahalanobis), maxZ: Swift.max(result?.maxZ ?? 0, s.maxZ))
     }
-    return result
+    return (result, rows)
   }
 
   /// The per-row Mahalanobis distances of one input (for the extraction monitor and `bundle stats`).
@@ -81,7 +91,7 @@ public struct OODScorer: Sendable {
     return out
   }
 
-  private func rowScores(_ input: FloatingInputs.Input, _ c: Compiled) -> Score? {
+  private func rowScores(_ input: FloatingInputs.Input, _ c: Compiled, rows: inout [Double]?) -> Score? {
     let k = c.mean.count
     guard input.width == k else { return nil }
     let values = input.values
@@ -93,7 +103,9 @@ public struct OODScorer: Sendable {
         d[j] = values[r + j] - c.mean[j]
         worst.maxZ = Swift.max(worst.maxZ, abs(d[j]) / c.scale[j])
       }
-      worst.mahalanobis = Swift.max(worst.mahalanobis, Self.mahalanobis(d, c))
+      let distance = Self.mahalanobis(d, c)
+      worst.mahalanobis = Swift.max(worst.mahalanobis, distance)
+      rows?.append(distance)
       r += k
     }
     return worst

@@ -28,19 +28,34 @@ enum Statistics {
   /// The Shapiro–Wilk W statistic (Royston's 1992 coefficients, as in algorithm AS R94), for 3 ≤ n ≤ 5000.
   /// Near 1 for a normal sample; PRADA flags a query stream whose distances give a W below its threshold.
   static func shapiroWilkW(_ sample: [Double]) -> Double? {
-    let n = sample.count
+    ShapiroWilk(n: sample.count)?.w(sorted: sample.sorted())
+  }
+
+  /// Decile edges of a normal distribution, in standard deviations: drift bins with 10% expected mass each.
+  static let normalDecileEdges: [Double] = (1...9).map { normalQuantile(Double($0) / 10) }
+}
+
+/// The Shapiro–Wilk test for one sample size: the coefficients depend only on n, so they are computed once (the
+/// extraction monitor tests windows of the same size over and over; computing them took most of each test).
+struct ShapiroWilk: Sendable {
+  let n: Int
+  /// a[1...n/2], 1-based like the algorithm (a[0] unused).
+  let a: [Double]
+  /// 2 Σ a[i]².
+  let norm: Double
+
+  init?(n: Int) {
     guard n >= 3, n <= 5000 else { return nil }
-    let x = sample.sorted()
-    guard let first = x.first, let last = x.last, last - first > 1e-300 else { return nil }
+    self.n = n
     let half = n / 2
-    var a = [Double](repeating: 0, count: half + 1)  // 1-based like the algorithm
+    var a = [Double](repeating: 0, count: half + 1)
     if n == 3 {
       a[1] = 0.5.squareRoot()
     } else {
       let an = Double(n)
       var summ2 = 0.0
       for i in 1...half {
-        a[i] = normalQuantile((Double(i) - 0.375) / (an + 0.25))
+        a[i] = Statistics.normalQuantile((Double(i) - 0.375) / (an + 0.25))
         summ2 += a[i] * a[i]
       }
       summ2 *= 2
@@ -64,20 +79,24 @@ enum Statistics {
       a[1] = a1
       if i1 <= half { for i in i1...half { a[i] /= -fac } }
     }
+    self.a = a
+    var norm = 0.0
+    for i in 1...half { norm += 2 * a[i] * a[i] }
+    self.norm = norm
+  }
+
+  /// W of a sample of `n` values sorted ascending; nil for another size or a constant sample.
+  func w(sorted x: [Double]) -> Double? {
+    guard x.count == n, let first = x.first, let last = x.last, last - first > 1e-300 else { return nil }
     // W is the squared correlation of the ordered sample with the antisymmetric coefficient vector.
-    let mean = x.reduce(0, +) / Double(n)
+    var total = 0.0
+    for v in x { total += v }
+    let mean = total / Double(n)
     var ss = 0.0
     for v in x { ss += (v - mean) * (v - mean) }
     var num = 0.0
-    var norm = 0.0
-    for i in 1...half {
-      num += a[i] * (x[n - i] - x[i - 1])
-      norm += 2 * a[i] * a[i]
-    }
+    for i in 1...(n / 2) { num += a[i] * (x[n - i] - x[i - 1]) }
     guard ss > 0, norm > 0 else { return nil }
     return min(1, num * num / (norm * ss))
   }
-
-  /// Decile edges of a normal distribution, in standard deviations: drift bins with 10% expected mass each.
-  static let normalDecileEdges: [Double] = (1...9).map { normalQuantile(Double($0) / 10) }
 }
