@@ -51,7 +51,7 @@ struct FusionTests {
         Build.floats("s", [Int64(g.cout)], scale), Build.floats("t", [Int64(g.cout)], shift),
         Build.floats("m", [Int64(g.cout)], mean), Build.floats("v", [Int64(g.cout)], variance),
       ])
-    let model = try ONNXModel.load(data: bytes, externalDataDirectory: nil)
+    let model = try ONNXModel.load(data: bytes)
     let input = Self.values(batch * g.cin * g.h * g.w, seed: 7)
     let plan = try model.plan(for: [[batch, g.cin, g.h, g.w]])
     #expect(plan.stepLabels.contains { $0.hasSuffix("+Relu+BatchNormalization") }, "\(plan.stepLabels)")
@@ -108,7 +108,7 @@ struct FusionTests {
       nodes: [conv], inputs: [Build.value("x", 1, [nil, 1, 8, 8])], outputs: [Build.value("y", 1, [nil, 4, nil, nil])],
       initializers: [Build.floats("w", [4, 1, 3, 3], [Float](repeating: 0.1, count: 36))])
     #expect(throws: RuntimeError.self) {
-      let model = try ONNXModel.load(data: bytes, externalDataDirectory: nil)
+      let model = try ONNXModel.load(data: bytes)
       _ = try model.plan(for: [[1, 1, 8, 8]])
     }
   }
