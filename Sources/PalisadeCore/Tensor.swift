@@ -84,6 +84,38 @@ public struct Tensor: Sendable, Equatable {
     }
   }
 
+  /// Whether every floating-point element is finite (true for other datatypes), read straight from the bytes:
+  /// validation asks this of every request, and converting the tensor to `Double`s first cost more than the check.
+  public var allFinite: Bool {
+    guard case .fixed(let raw) = storage else { return true }
+    switch datatype {
+    case .fp32: return Self.allExponentsBelowMax(raw, width: 4, mask: 0x7F80_0000)
+    case .fp64: return Self.allExponentsBelowMax(raw, width: 8, mask: 0x7FF0_0000_0000_0000)
+    case .fp16: return Self.allExponentsBelowMax(raw, width: 2, mask: 0x7C00)
+    case .bf16: return Self.allExponentsBelowMax(raw, width: 2, mask: 0x7F80)
+    default: return true
+    }
+  }
+
+  /// True when no little-endian element of `width` bytes has all of `mask`'s exponent bits set (NaN, ±Inf).
+  private static func allExponentsBelowMax(_ raw: [UInt8], width: Int, mask: UInt64) -> Bool {
+    raw.withUnsafeBytes { bytes in
+      let count = bytes.count / width
+      var offset = 0
+      for _ in 0..<count {
+        var bits: UInt64 = 0
+        switch width {
+        case 2: bits = UInt64(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt16.self)))
+        case 4: bits = UInt64(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+        default: bits = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+        }
+        if bits & mask == mask { return false }
+        offset += width
+      }
+      return true
+    }
+  }
+
   /// The BYTES elements, or `nil` for fixed-width tensors.
   public var byteElements: [[UInt8]]? {
     if case .bytes(let elements) = storage { return elements }

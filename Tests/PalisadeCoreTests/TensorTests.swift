@@ -133,3 +133,21 @@ import Testing
     }
   }
 }
+
+@Suite struct FinitenessTests {
+  @Test func nonFiniteValuesAreFoundInEveryFloatingDatatype() throws {
+    for bad in [Float.nan, .infinity, -.infinity] {
+      #expect(try !Tensor(name: "x", shape: [3], values: [1, bad, 2] as [Float]).allFinite)
+      #expect(try !Tensor(name: "x", shape: [2], values: [Double(bad), 0]).allFinite)
+      let half = Half.bits(from: bad)
+      let fp16 = try Tensor(
+        name: "x", datatype: .fp16, shape: [2], storage: .fixed([0, 0, UInt8(half & 0xFF), UInt8(half >> 8)]))
+      #expect(!fp16.allFinite)
+      let b = bad.bitPattern >> 16
+      let bf16 = try Tensor(name: "x", datatype: .bf16, shape: [1], storage: .fixed([UInt8(b & 0xFF), UInt8(b >> 8)]))
+      #expect(!bf16.allFinite)
+    }
+    #expect(try Tensor(name: "x", shape: [3], values: [1, -2, .greatestFiniteMagnitude] as [Float]).allFinite)
+    #expect(try Tensor(name: "x", shape: [2], values: [Int32.max, 0]).allFinite)
+  }
+}

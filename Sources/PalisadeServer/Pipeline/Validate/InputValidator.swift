@@ -44,12 +44,12 @@ public struct InputValidator: Sendable {
       throw PalisadeError.invalidInput(
         spec.name, "a BYTES element is longer than \(contract.maxBytesElementLength) bytes")
     }
-    guard let values = tensor.floatingPointValues else { return }
-    if !contract.allowNonFinite, values.contains(where: { !$0.isFinite }) {
+    if !contract.allowNonFinite, !tensor.allFinite {
       throw PalisadeError.invalidInput(spec.name, "NaN or infinite values are not accepted by this model")
     }
+    // Only a declared range needs the values themselves.
     guard let range = contract.featureRanges[spec.name], let width = tensor.shape.last, width > 0,
-      range.min.count == Int(width), range.max.count == Int(width)
+      range.min.count == Int(width), range.max.count == Int(width), let values = tensor.floatingPointValues
     else { return }
     for (i, v) in values.enumerated() {
       let f = i % Int(width)
