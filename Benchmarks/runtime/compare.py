@@ -15,6 +15,8 @@ Targets (issue 3): <= 0.8x onnxruntime at batch 1, <= 1.0x at batch 32. Both sid
                    with a plain numpy forward pass (Gemm/Relu/Softmax graphs) as a third peer.
   --models a,b     only these fixture models ("" for none).
   --before PATH    also time a second runtime-bench (e.g. the previous build) in the same interleaved rounds.
+  --in-pool        run runtime-bench's timing loop on a pool thread (as the server does), so --threads N is N threads
+                   in all on both sides; by default runtime-bench's calling thread joins N pool threads.
 """
 import argparse
 import json
@@ -108,13 +110,14 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--extra", action="append", default=[])
     ap.add_argument("--before", default=None)
+    ap.add_argument("--in-pool", action="store_true")
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
     extras = []
     for spec in args.extra:
         path, dims = spec.rsplit(":", 1)
         extras.append((path, [int(d) for d in dims.split("x")]))
-    cpu = ["--cpu"] if args.cpu else []
+    cpu = (["--cpu"] if args.cpu else []) + (["--in-pool"] if args.in_pool else [])
     blas = None
     if extras:
         try:
