@@ -347,7 +347,8 @@ func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ 
   }
 }
 
-/// Direct 2-D convolution (no dilation, one group, horizontal stride 1 or 2): the input is copied into a
+/// Direct 2-D convolution (no dilation, one group, horizontal stride 1 or 2; stride-1 convolutions with rows of
+/// 12 to 256 outputs go to ``FlatConv``): the input is copied into a
 /// zero-padded scratch plane, then 16 output columns x 4 output channels are accumulated in registers. For the
 /// small channel counts of compact CNNs this beats im2col + GEMM, whose packing dominates when `Cin * kh * kw`
 /// is small.

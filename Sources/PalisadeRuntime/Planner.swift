@@ -37,7 +37,8 @@ struct LiveOp {
 }
 
 /// Specialises a model for concrete input shapes: shape inference, constant folding, fusion, liveness-based
-/// arena layout, and binding of every kernel to its buffers.
+/// arena layout, and binding of every kernel to its buffers (runs of per-image ops bound chunk by chunk as one
+/// step: ``ImageGroup``).
 struct Planner {
   let model: ONNXModel
   let outputIdSet: Set<Int>
