@@ -882,8 +882,24 @@ struct FlatConv {
         store(d0, 0, q + 16); store(d1, 1, q + 16); store(d2, 2, q + 16); store(d3, 3, q + 16)
         q += 24
       }
-      while q < channelSize {
-        var (a0, a1, a2, a3) = (b0, b1, b2, b3)
+      oc += 4
+    }
+    // The last (fewer than 24) outputs of every channel: one vector at a time for 8 channels, so 8 independent
+    // accumulators (4 per channel group left each one waiting on the previous FMA of its chain).
+    var q = channelSize / 24 * 24
+    while q < channelSize {
+      var oc8 = 0
+      while oc8 < cout {
+        let group = min(8, cout - oc8)
+        // Channels past `group` repeat the last one (valid reads; not stored).
+        @inline(__always) func channel(_ j: Int) -> Int { oc8 + min(j, group - 1) }
+        let (w0, w1, w2, w3) = (weight + channel(0) * kSize, weight + channel(1) * kSize,
+                                weight + channel(2) * kSize, weight + channel(3) * kSize)
+        let (w4, w5, w6, w7) = (weight + channel(4) * kSize, weight + channel(5) * kSize,
+                                weight + channel(6) * kSize, weight + channel(7) * kSize)
+        @inline(__always) func start(_ j: Int) -> SIMD8<Float> { SIMD8<Float>(repeating: bias?[channel(j)] ?? 0) }
+        var (a0, a1, a2, a3) = (start(0), start(1), start(2), start(3))
+        var (a4, a5, a6, a7) = (start(4), start(5), start(6), start(7))
         var k = 0
         for ic in 0..<cin {
           for r in 0..<kh {
@@ -893,14 +909,30 @@ struct FlatConv {
               a1 = a1.addingProduct(u, SIMD8<Float>(repeating: w1[k]))
               a2 = a2.addingProduct(u, SIMD8<Float>(repeating: w2[k]))
               a3 = a3.addingProduct(u, SIMD8<Float>(repeating: w3[k]))
-              k += 1
+              a4 = a4.addingProduct(u, SIMD8<Float>(repeating: w4[k]))
+              a5 = a5.addingProduct(u, SIMD8<Float>(repeating: w5[k]))
+              a6 = a6.addingProduct(u, SIMD8<Float>(repeating: w6[k]))
+              a7 = a7.addingProduct(u, SIMD8<Float>(repeating: w7[k]))
+              k &+= 1
             }
           }
         }
-        store(a0, 0, q); store(a1, 1, q); store(a2, 2, q); store(a3, 3, q)
-        q += 8
+        for g in 0..<group {
+          var v = g < 4 ? (g == 0 ? a0 : g == 1 ? a1 : g == 2 ? a2 : a3) : (g == 4 ? a4 : g == 5 ? a5 : g == 6 ? a6 : a7)
+          if relu { v.replace(with: zero, where: v .< zero) }
+          if let f = postFactors {
+            v = SIMD8<Float>(repeating: f[cout + oc8 + g]).addingProduct(v, SIMD8<Float>(repeating: f[oc8 + g]))
+          }
+          let dst = y + (oc8 + g) * channelSize + q
+          if q + 8 <= channelSize {
+            UnsafeMutableRawPointer(dst).storeBytes(of: v, as: SIMD8<Float>.self)
+          } else {
+            for j in 0..<(channelSize - q) { dst[j] = v[j] }
+          }
+        }
+        oc8 += 8
       }
-      oc += 4
+      q += 8
     }
   }
 }
