@@ -214,7 +214,8 @@ struct Planner {
       scratchRequest[t] = requests.count
       requests.append(Request(size: align(op.scratchBytes), start: t, stop: t))
     }
-    // A group's scratch: a chunk counter, then one region per slot (a thread running its ops one after another).
+    // A group's scratch: a chunk counter and one error cell per slot, then one region per slot (a thread running
+    // its ops one after another). In the arena, so an inference allocates nothing for them.
     var groupRequest: [Int] = []
     for group in groups {
       groupRequest.append(requests.count)
@@ -223,7 +224,7 @@ struct Planner {
         throw .limit("activations need more than \(model.limits.maxArenaBytes) bytes")
       }
       requests.append(
-        Request(size: align(64 + bytes), start: group.ops.lowerBound, stop: group.ops.upperBound - 1))
+        Request(size: align(groupHeaderBytes + bytes), start: group.ops.lowerBound, stop: group.ops.upperBound - 1))
     }
     // Greedy by size: each buffer goes at the lowest offset free during its whole lifetime.
     let order = requests.indices.sorted { requests[$0].size > requests[$1].size }
@@ -327,6 +328,9 @@ struct ImageGroup {
   /// Per op: the kernel factory for chunks of `small` images, and of `small + 1` when `extra > 0`.
   var factories: [[KernelFactory]]
 }
+
+/// Bytes before a group's slot regions: the chunk counter (64, its own cache line), then up to 16 error cells.
+private let groupHeaderBytes = (64 + 16 * MemoryLayout<RuntimeError?>.stride + 63) & ~63
 
 /// Ops that compute image `n` of their output from image `n` of their first input only (other inputs constant).
 private let imageSeparableOps: Set<String> = [
@@ -444,7 +448,7 @@ extension Planner {
     var list: [Kernel] = []
     list.reserveCapacity(g.slots * g.chunks * opCount)
     for slot in 0..<g.slots {
-      let slotScratch = Operand.arena(scratch + 64 + slot * g.slotBytes)
+      let slotScratch = Operand.arena(scratch + groupHeaderBytes + slot * g.slotBytes)
       var start = 0
       for c in 0..<g.chunks {
         let size = g.small + (c < g.extra ? 1 : 0)
@@ -476,12 +480,9 @@ extension Planner {
       counter.initialize(to: Atomic(0))
       defer { counter.deinitialize(count: 1) }
       let parts = min(slots, pool.threadCount + 1)
-      let errors = UnsafeMutablePointer<RuntimeError?>.allocate(capacity: parts)
+      let errors = (base + scratch + 64).bindMemory(to: RuntimeError?.self, capacity: parts)
       errors.initialize(repeating: nil, count: parts)
-      defer {
-        errors.deinitialize(count: parts)
-        errors.deallocate()
-      }
+      defer { errors.deinitialize(count: parts) }
       var job = GroupJob(
         kernels: table.kernels, base: base, counter: counter, errors: errors, chunks: chunks, ops: opCount)
       withUnsafePointer(to: &job) { p in
