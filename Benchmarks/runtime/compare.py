@@ -14,6 +14,9 @@ Targets (issue 3): <= 0.8x onnxruntime at batch 1, <= 1.0x at batch 32. Both sid
   --extra F:BxD    also time the ONNX file F at input shape BxD (e.g. the peer benchmark's wide_mlp at 32x784),
                    with a plain numpy forward pass (Gemm/Relu/Softmax graphs) as a third peer.
   --models a,b     only these fixture models ("" for none).
+  --before PATH    also time a second runtime-bench (e.g. the previous build) in the same interleaved rounds.
+  --in-pool        run runtime-bench's timing loop on a pool thread (as the server does), so --threads N is N threads
+                   in all on both sides; by default runtime-bench's calling thread joins N pool threads.
 """
 import argparse
 import json
@@ -106,13 +109,15 @@ def main():
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--extra", action="append", default=[])
+    ap.add_argument("--before", default=None)
+    ap.add_argument("--in-pool", action="store_true")
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
     extras = []
     for spec in args.extra:
         path, dims = spec.rsplit(":", 1)
         extras.append((path, [int(d) for d in dims.split("x")]))
-    cpu = ["--cpu"] if args.cpu else []
+    cpu = (["--cpu"] if args.cpu else []) + (["--in-pool"] if args.in_pool else [])
     blas = None
     if extras:
         try:
@@ -124,22 +129,25 @@ def main():
     load = os.getloadavg()
     # Interleave the two sides model by model, several rounds, and keep each side's best median: on a shared
     # machine this compares like with like instead of whichever side ran during a quiet moment.
-    ours, ref, nump = {}, {}, {}
+    ours, ref, nump, before = {}, {}, {}, {}
 
     def keep(table, key, value):
         table[key] = min(table.get(key, float("inf")), value)
 
-    def run_ours(argv):
-        out = subprocess.run([args.bench, "--json", "--seconds", str(args.seconds), "--threads", str(args.threads)]
+    def run_ours(argv, bench=None, table=None):
+        table = ours if table is None else table
+        out = subprocess.run([bench or args.bench, "--json", "--seconds", str(args.seconds), "--threads", str(args.threads)]
                              + cpu + argv, check=True, capture_output=True, text=True).stdout
         for line in out.splitlines():
             if line.startswith("{"):
                 r = json.loads(line)
-                keep(ours, (r["model"], r["batch"]), r["median_us"])
+                keep(table, (r["model"], r["batch"]), r["median_us"])
 
     for _ in range(args.rounds):
         for name in models:
             run_ours(["--fixtures", args.fixtures, "--model", name])
+            if args.before:
+                run_ours(["--fixtures", args.fixtures, "--model", name], args.before, before)
             for batch in (1, 32):
                 m, _ = ort_latency(os.path.join(args.fixtures, name + ".onnx"), batch, args.seconds, args.threads,
                                    args.cpu)
@@ -161,7 +169,7 @@ def main():
           f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; onnxruntime {ort.__version__}, "
           f"numpy {np.__version__}")
     print(f"{'model':<16}{'batch':>6}{'ORT ' + unit:>15}{'numpy ' + unit:>15}{'ours ' + unit:>15}{'ratio':>8}"
-          f"{'target':>8}  ok")
+          f"{'target':>8}  ok" + (f"{'before ' + unit:>17}{'ratio':>8}" if before else ""))
     misses = 0
     keys = [(n, b) for n in models for b in (1, 32)] + [k for k in ours if k[0] not in models]
     for key in keys:
@@ -172,7 +180,9 @@ def main():
         ok = ratio <= target
         misses += not ok
         npy = f"{nump[key]:>15.1f}" if key in nump else f"{'':>15}"
-        print(f"{name:<16}{batch:>6}{r:>15.1f}{npy}{mine:>15.1f}{ratio:>8.2f}{target:>8.1f}  {'yes' if ok else 'NO'}")
+        old = f"{before[key]:>15.1f}{before[key] / r:>8.2f}" if key in before else ""
+        print(f"{name:<16}{batch:>6}{r:>15.1f}{npy}{mine:>15.1f}{ratio:>8.2f}{target:>8.1f}  {'yes' if ok else 'NO '}"
+              + old)
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; targets missed: {misses}")
 

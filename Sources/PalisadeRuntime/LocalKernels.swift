@@ -146,7 +146,9 @@ func simplePool(
             if v3 > m || v3 != v3 { m = v3 }
             dst[i * ow + j] = m
           } else {
-            dst[i * ow + j] = (v0 + v1 + v2 + v3) * 0.25
+            // Summed in the vector path's order, so a result does not depend on which path its row took (that
+            // depends on where the plane lies in the batch).
+            dst[i * ow + j] = ((v0 + v2) + (v1 + v3)) * 0.25
           }
           j += 1
         }
@@ -190,10 +192,16 @@ struct BatchConvJob {
   var activation: Activation
   var direct: DirectConv?
   var narrow: ChannelVectorConv?
+  var flat: FlatConv?
 
   func run(part: Int) {
     var n = part
     while n < batch {
+      if let flat, let workspace {
+        flat.run(input + n * inputStride, weight, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
+        n += parts
+        continue
+      }
       if let narrow, let workspace {
         narrow.run(input + n * inputStride, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
         n += parts
@@ -319,7 +327,28 @@ func parallelRanges(_ count: Int, work: Int, pool: WorkerPool?, _ body: (Range<I
   }
 }
 
-/// Direct 2-D convolution (no dilation, one group, horizontal stride 1 or 2): the input is copied into a
+/// Copies `n` floats of one input row into a padded scratch row with vectors (the last one overlapping): the
+/// rows of a small CNN are 4 to 28 floats, where a `memmove` call per row cost about 1 µs per image.
+@inline(__always)
+func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
+  if n < 8 {
+    for j in 0..<n { dst[j] = src[j] }
+    return
+  }
+  let (d, s) = (UnsafeMutableRawPointer(dst), UnsafeRawPointer(src))
+  var j = 0
+  while j + 8 <= n {
+    d.storeBytes(of: s.loadUnaligned(fromByteOffset: j &* 4, as: SIMD8<Float>.self), toByteOffset: j &* 4, as: SIMD8<Float>.self)
+    j &+= 8
+  }
+  if j < n {
+    let k = n &- 8
+    d.storeBytes(of: s.loadUnaligned(fromByteOffset: k &* 4, as: SIMD8<Float>.self), toByteOffset: k &* 4, as: SIMD8<Float>.self)
+  }
+}
+
+/// Direct 2-D convolution (no dilation, one group, horizontal stride 1 or 2; stride-1 convolutions with rows of
+/// 12 to 256 outputs go to ``FlatConv``): the input is copied into a
 /// zero-padded scratch plane, then 16 output columns x 4 output channels are accumulated in registers. For the
 /// small channel counts of compact CNNs this beats im2col + GEMM, whose packing dominates when `Cin * kh * kw`
 /// is small.
@@ -388,7 +417,7 @@ struct DirectConv {
       for r in 0..<h {
         let dr = r + padTop
         guard dr < hp else { continue }
-        (scratch + (c * hp + dr) * wp + padLeft).update(from: x + (c * h + r) * w, count: w)
+        copyRow(scratch + (c * hp + dr) * wp + padLeft, x + (c * h + r) * w, w)
       }
     }
     let blocks = (cout + 3) / 4
@@ -570,7 +599,7 @@ struct ChannelVectorConv {
     scratch.update(repeating: 0, count: cin * hp * wp)
     for c in 0..<cin {
       for r in 0..<h {
-        (scratch + (c * hp + r + padTop) * wp + padLeft).update(from: x + (c * h + r) * w, count: w)
+        copyRow(scratch + (c * hp + r + padTop) * wp + padLeft, x + (c * h + r) * w, w)
       }
     }
     let wt = UnsafeRawPointer(weights.floatPointer)
@@ -609,62 +638,301 @@ struct ChannelVectorConv {
           for l in 0..<8 { base[l * plane] = a[l] }
         }
       }
-      for oh in 0..<outH {
-        var ow = 0
-        // Two output pixels at a time: each weight vector loaded once feeds eight accumulators (one pixel's
-        // four loads per four FMAs made this loop wait on loads).
-        while ow + 2 <= outW {
-          var (a0, a1, a2, a3) = (b0, b1, b2, b3)
-          var (c0, c1, c2, c3) = (b0, b1, b2, b3)
-          var k = 0
-          for ic in 0..<cin {
-            for r in 0..<kh {
-              let row = scratch + (ic * hp + oh * sh + r) * wp + ow * sw
-              for s in 0..<kw {
-                let v = SIMD8<Float>(repeating: row[s])
-                let u = SIMD8<Float>(repeating: row[s + sw])
-                let wrow = wt + (k * cout + ocb) * 4
-                let w0 = wrow.loadUnaligned(as: SIMD8<Float>.self)
-                let w1 = wrow.loadUnaligned(fromByteOffset: o1 * 4, as: SIMD8<Float>.self)
-                let w2 = wrow.loadUnaligned(fromByteOffset: o2 * 4, as: SIMD8<Float>.self)
-                let w3 = wrow.loadUnaligned(fromByteOffset: o3 * 4, as: SIMD8<Float>.self)
-                a0 = a0.addingProduct(v, w0)
-                a1 = a1.addingProduct(v, w1)
-                a2 = a2.addingProduct(v, w2)
-                a3 = a3.addingProduct(v, w3)
-                c0 = c0.addingProduct(u, w0)
-                c1 = c1.addingProduct(u, w1)
-                c2 = c2.addingProduct(u, w2)
-                c3 = c3.addingProduct(u, w3)
-                k += 1
-              }
+      // Output pixels in flat order, three at a time: each weight vector loaded once feeds twelve accumulators
+      // (one pixel's four loads per four FMAs made this loop wait on loads; two pixels' eight accumulators still
+      // waited on the FMA latency).
+      @inline(__always) func rowOf(_ pixel: Int) -> UnsafeMutablePointer<Float> {
+        let (oh, ow) = (pixel / outW, pixel % outW)
+        let offset: Int = oh &* sh &* wp &+ ow &* sw
+        return scratch + offset
+      }
+      var pixel = 0
+      while pixel + 3 <= plane {
+        var (a0, a1, a2, a3) = (b0, b1, b2, b3)
+        var (c0, c1, c2, c3) = (b0, b1, b2, b3)
+        var (d0, d1, d2, d3) = (b0, b1, b2, b3)
+        let (pa, pc, pd) = (rowOf(pixel), rowOf(pixel + 1), rowOf(pixel + 2))
+        var k = 0
+        for ic in 0..<cin {
+          for r in 0..<kh {
+            let off = (ic &* hp &+ r) &* wp
+            let (ra, rc, rd) = (pa + off, pc + off, pd + off)
+            for s in 0..<kw {
+              let v = SIMD8<Float>(repeating: ra[s])
+              let u = SIMD8<Float>(repeating: rc[s])
+              let t = SIMD8<Float>(repeating: rd[s])
+              let wrow = wt + (k &* cout &+ ocb) &* 4
+              var wv = wrow.loadUnaligned(as: SIMD8<Float>.self)
+              a0 = a0.addingProduct(v, wv)
+              c0 = c0.addingProduct(u, wv)
+              d0 = d0.addingProduct(t, wv)
+              wv = wrow.loadUnaligned(fromByteOffset: o1 &* 4, as: SIMD8<Float>.self)
+              a1 = a1.addingProduct(v, wv)
+              c1 = c1.addingProduct(u, wv)
+              d1 = d1.addingProduct(t, wv)
+              wv = wrow.loadUnaligned(fromByteOffset: o2 &* 4, as: SIMD8<Float>.self)
+              a2 = a2.addingProduct(v, wv)
+              c2 = c2.addingProduct(u, wv)
+              d2 = d2.addingProduct(t, wv)
+              wv = wrow.loadUnaligned(fromByteOffset: o3 &* 4, as: SIMD8<Float>.self)
+              a3 = a3.addingProduct(v, wv)
+              c3 = c3.addingProduct(u, wv)
+              d3 = d3.addingProduct(t, wv)
+              k &+= 1
             }
           }
-          store(a0, a1, a2, a3, pixel: oh * outW + ow)
-          store(c0, c1, c2, c3, pixel: oh * outW + ow + 1)
-          ow += 2
         }
-        if ow < outW {
-          var (a0, a1, a2, a3) = (b0, b1, b2, b3)
-          var k = 0
-          for ic in 0..<cin {
-            for r in 0..<kh {
-              let row = scratch + (ic * hp + oh * sh + r) * wp + ow * sw
-              for s in 0..<kw {
-                let v = SIMD8<Float>(repeating: row[s])
-                let wrow = wt + (k * cout + ocb) * 4
-                a0 = a0.addingProduct(v, wrow.loadUnaligned(as: SIMD8<Float>.self))
-                a1 = a1.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o1 * 4, as: SIMD8<Float>.self))
-                a2 = a2.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o2 * 4, as: SIMD8<Float>.self))
-                a3 = a3.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o3 * 4, as: SIMD8<Float>.self))
-                k += 1
-              }
+        store(a0, a1, a2, a3, pixel: pixel)
+        store(c0, c1, c2, c3, pixel: pixel + 1)
+        store(d0, d1, d2, d3, pixel: pixel + 2)
+        pixel += 3
+      }
+      while pixel < plane {
+        var (a0, a1, a2, a3) = (b0, b1, b2, b3)
+        let pa = rowOf(pixel)
+        var k = 0
+        for ic in 0..<cin {
+          for r in 0..<kh {
+            let row = pa + (ic &* hp &+ r) &* wp
+            for s in 0..<kw {
+              let v = SIMD8<Float>(repeating: row[s])
+              let wrow = wt + (k &* cout &+ ocb) &* 4
+              a0 = a0.addingProduct(v, wrow.loadUnaligned(as: SIMD8<Float>.self))
+              a1 = a1.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o1 &* 4, as: SIMD8<Float>.self))
+              a2 = a2.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o2 &* 4, as: SIMD8<Float>.self))
+              a3 = a3.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o3 &* 4, as: SIMD8<Float>.self))
+              k &+= 1
             }
           }
-          store(a0, a1, a2, a3, pixel: oh * outW + ow)
         }
+        store(a0, a1, a2, a3, pixel: pixel)
+        pixel += 1
       }
       ocb += 8 * lanes
+    }
+  }
+}
+
+/// Stride-1 direct convolution (no dilation, one group) on contiguous output rows. The input is copied into a
+/// zero-padded plane, then into `kw` horizontally shifted copies whose rows are exactly `outW` wide:
+/// `shifted[ic][s][y * outW + x] = padded[ic][y][x + s]`. Output pixel `q = oh * outW + ow` then reads tap
+/// (ic, r, s) at `shifted[ic][s][q + r * outW]`, so 8 consecutive outputs are one vector load per tap with no
+/// padding columns computed (the 16-column blocks of ``DirectConv`` compute 16 for a 14-wide row). Blocks of 24
+/// outputs x 4 output channels keep 12 accumulators in flight and cost 7 loads per 12 FMAs.
+struct FlatConv {
+  var cin: Int
+  var cout: Int
+  var h: Int
+  var w: Int
+  var kh: Int
+  var kw: Int
+  var padTop: Int
+  var padLeft: Int
+  var outH: Int
+  var outW: Int
+  var relu: Bool
+  /// A fused batch normalisation after the activation: `Cout` multipliers then `Cout` addends.
+  var post: HostTensor?
+
+  static func applies(_ p: Conv2DParams, _ activation: Activation) -> Bool {
+    p.strideH == 1 && p.strideW == 1 && p.dilationH == 1 && p.dilationW == 1 && p.groups == 1
+      && (activation == .identity || activation == .relu) && p.kernelHeight <= 16 && p.kernelWidth <= 16
+      && max(p.padTop, p.padLeft, p.padBottom, p.padRight) <= 16
+      && p.outHeight > 0 && p.outWidth >= 12 && p.outWidth <= 256  // narrow rows waste the padded columns
+  }
+
+  init(_ p: Conv2DParams, relu: Bool, post: HostTensor? = nil) {
+    self.post = post
+    cin = p.inChannels
+    cout = p.outChannels
+    h = p.inHeight
+    w = p.inWidth
+    kh = p.kernelHeight
+    kw = p.kernelWidth
+    padTop = p.padTop
+    padLeft = p.padLeft
+    outH = p.outHeight
+    outW = p.outWidth
+    self.relu = relu
+  }
+
+  /// Padded plane: `hp` rows of `wp` floats (room for 8-float loads past a row's last tap).
+  var wp: Int { max(outW + kw - 1, padLeft + w) + 8 }
+  var hp: Int { max(outH + kh - 1, padTop + h) }
+  var paddedCount: Int { cin * hp * wp + 16 }
+  /// One shifted copy: `hp` rows of `outW`.
+  var shiftedPlane: Int { hp * outW }
+  /// Floats of scratch per image: the padded planes, then the shifted copies plus a tail for the last block's
+  /// loads past the end.
+  var scratchCount: Int { paddedCount + cin * kw * shiftedPlane + 32 }
+
+  func run(
+    _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+    _ y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
+  ) {
+    let (hp, wp) = (hp, wp)
+    let plane = hp * wp
+    scratch.update(repeating: 0, count: paddedCount)
+    for c in 0..<cin {
+      for r in 0..<h {
+        copyRow(scratch + c * plane + (r + padTop) * wp + padLeft, x + (c * h + r) * w, w)
+      }
+    }
+    let padded = UnsafeRawPointer(scratch)
+    let shifted = scratch + paddedCount
+    let xPlane = shiftedPlane
+    // Rows written in increasing order with whole vectors: a vector past a row's end is overwritten by the
+    // next row (the last row's spills into the next copy, or the tail).
+    for c in 0..<cin {
+      for s in 0..<kw {
+        let dst = UnsafeMutableRawPointer(shifted + (c &* kw &+ s) &* xPlane)
+        for r in 0..<hp {
+          let srcRow = padded + (c &* plane &+ r &* wp &+ s) &* 4
+          let dstRow = dst + r &* outW &* 4
+          var j = 0
+          while j < outW {
+            dstRow.storeBytes(
+              of: srcRow.loadUnaligned(fromByteOffset: j &* 4, as: SIMD8<Float>.self), toByteOffset: j &* 4,
+              as: SIMD8<Float>.self)
+            j &+= 8
+          }
+        }
+      }
+    }
+    // The tail past the last copy is read by the last block's unused lanes: keep it finite.
+    (shifted + cin * kw * xPlane + (outW + 7) / 8 * 8 - outW).update(repeating: 0, count: 24)
+    let src = UnsafeRawPointer(shifted)
+    let kSize = cin * kh * kw
+    let zero = SIMD8<Float>()
+    let postFactors: UnsafePointer<Float>? = post.map { UnsafePointer($0.floatPointer) }
+    let channelSize = outH * outW
+    var oc = 0
+    while oc < cout {
+      let group = min(4, cout - oc)
+      // Channels past `group` repeat the last one (valid reads; not stored).
+      let w0 = weight + oc * kSize
+      let w1 = weight + (oc + min(1, group - 1)) * kSize
+      let w2 = weight + (oc + min(2, group - 1)) * kSize
+      let w3 = weight + (oc + min(3, group - 1)) * kSize
+      let b0 = SIMD8<Float>(repeating: bias?[oc] ?? 0)
+      let b1 = SIMD8<Float>(repeating: bias?[oc + min(1, group - 1)] ?? 0)
+      let b2 = SIMD8<Float>(repeating: bias?[oc + min(2, group - 1)] ?? 0)
+      let b3 = SIMD8<Float>(repeating: bias?[oc + min(3, group - 1)] ?? 0)
+      /// Activation, batch normalisation and store of channel `oc + g`'s outputs `q ..< q + 8`.
+      @inline(__always) func store(_ v: SIMD8<Float>, _ g: Int, _ q: Int) {
+        if g >= group { return }
+        var v = v
+        if relu { v.replace(with: zero, where: v .< zero) }
+        if let f = postFactors {
+          v = SIMD8<Float>(repeating: f[cout + oc + g]).addingProduct(v, SIMD8<Float>(repeating: f[oc + g]))
+        }
+        let dst = y + (oc + g) * channelSize + q
+        if q + 8 <= channelSize {
+          UnsafeMutableRawPointer(dst).storeBytes(of: v, as: SIMD8<Float>.self)
+        } else {
+          for j in 0..<(channelSize - q) { dst[j] = v[j] }
+        }
+      }
+      var q = 0
+      while q + 24 <= channelSize {
+        var (a0, a1, a2, a3) = (b0, b1, b2, b3)
+        var (c0, c1, c2, c3) = (b0, b1, b2, b3)
+        var (d0, d1, d2, d3) = (b0, b1, b2, b3)
+        @inline(__always) func tap(_ row: UnsafeRawPointer, _ s: Int, _ k: Int) {
+          let u = row.loadUnaligned(fromByteOffset: s &* 4, as: SIMD8<Float>.self)
+          let v = row.loadUnaligned(fromByteOffset: (8 &+ s) &* 4, as: SIMD8<Float>.self)
+          let t = row.loadUnaligned(fromByteOffset: (16 &+ s) &* 4, as: SIMD8<Float>.self)
+          var p = SIMD8<Float>(repeating: w0[k])
+          a0 = a0.addingProduct(u, p)
+          c0 = c0.addingProduct(v, p)
+          d0 = d0.addingProduct(t, p)
+          p = SIMD8<Float>(repeating: w1[k])
+          a1 = a1.addingProduct(u, p)
+          c1 = c1.addingProduct(v, p)
+          d1 = d1.addingProduct(t, p)
+          p = SIMD8<Float>(repeating: w2[k])
+          a2 = a2.addingProduct(u, p)
+          c2 = c2.addingProduct(v, p)
+          d2 = d2.addingProduct(t, p)
+          p = SIMD8<Float>(repeating: w3[k])
+          a3 = a3.addingProduct(u, p)
+          c3 = c3.addingProduct(v, p)
+          d3 = d3.addingProduct(t, p)
+        }
+        // Taps (ic, r, s) in weight order: copy `ic * kw + s`, row offset `r * outW`. The 3-tap case is
+        // unrolled (a variable 3-trip inner loop costs as much as its FMAs here).
+        var k = 0
+        for ic in 0..<cin {
+          let copy = src + (ic &* kw &* xPlane &+ q) &* 4
+          for r in 0..<kh {
+            let row = copy + r &* outW &* 4
+            if kw == 3 {
+              tap(row, 0, k)
+              tap(row + xPlane &* 4, 0, k &+ 1)
+              tap(row + 2 &* xPlane &* 4, 0, k &+ 2)
+              k &+= 3
+            } else {
+              for s in 0..<kw { tap(row + s &* xPlane &* 4, 0, k &+ s) }
+              k &+= kw
+            }
+          }
+        }
+        store(a0, 0, q); store(a1, 1, q); store(a2, 2, q); store(a3, 3, q)
+        store(c0, 0, q + 8); store(c1, 1, q + 8); store(c2, 2, q + 8); store(c3, 3, q + 8)
+        store(d0, 0, q + 16); store(d1, 1, q + 16); store(d2, 2, q + 16); store(d3, 3, q + 16)
+        q += 24
+      }
+      oc += 4
+    }
+    // The last (fewer than 24) outputs of every channel: one vector at a time for 8 channels, so 8 independent
+    // accumulators (4 per channel group left each one waiting on the previous FMA of its chain).
+    var q = channelSize / 24 * 24
+    while q < channelSize {
+      var oc8 = 0
+      while oc8 < cout {
+        let group = min(8, cout - oc8)
+        // Channels past `group` repeat the last one (valid reads; not stored).
+        @inline(__always) func channel(_ j: Int) -> Int { oc8 + min(j, group - 1) }
+        let (w0, w1, w2, w3) = (weight + channel(0) * kSize, weight + channel(1) * kSize,
+                                weight + channel(2) * kSize, weight + channel(3) * kSize)
+        let (w4, w5, w6, w7) = (weight + channel(4) * kSize, weight + channel(5) * kSize,
+                                weight + channel(6) * kSize, weight + channel(7) * kSize)
+        @inline(__always) func start(_ j: Int) -> SIMD8<Float> { SIMD8<Float>(repeating: bias?[channel(j)] ?? 0) }
+        var (a0, a1, a2, a3) = (start(0), start(1), start(2), start(3))
+        var (a4, a5, a6, a7) = (start(4), start(5), start(6), start(7))
+        var k = 0
+        for ic in 0..<cin {
+          for r in 0..<kh {
+            for s in 0..<kw {
+              let u = (src + ((ic &* kw &+ s) &* xPlane &+ r &* outW &+ q) &* 4).loadUnaligned(as: SIMD8<Float>.self)
+              a0 = a0.addingProduct(u, SIMD8<Float>(repeating: w0[k]))
+              a1 = a1.addingProduct(u, SIMD8<Float>(repeating: w1[k]))
+              a2 = a2.addingProduct(u, SIMD8<Float>(repeating: w2[k]))
+              a3 = a3.addingProduct(u, SIMD8<Float>(repeating: w3[k]))
+              a4 = a4.addingProduct(u, SIMD8<Float>(repeating: w4[k]))
+              a5 = a5.addingProduct(u, SIMD8<Float>(repeating: w5[k]))
+              a6 = a6.addingProduct(u, SIMD8<Float>(repeating: w6[k]))
+              a7 = a7.addingProduct(u, SIMD8<Float>(repeating: w7[k]))
+              k &+= 1
+            }
+          }
+        }
+        for g in 0..<group {
+          var v = g < 4 ? (g == 0 ? a0 : g == 1 ? a1 : g == 2 ? a2 : a3) : (g == 4 ? a4 : g == 5 ? a5 : g == 6 ? a6 : a7)
+          if relu { v.replace(with: zero, where: v .< zero) }
+          if let f = postFactors {
+            v = SIMD8<Float>(repeating: f[cout + oc8 + g]).addingProduct(v, SIMD8<Float>(repeating: f[oc8 + g]))
+          }
+          let dst = y + (oc8 + g) * channelSize + q
+          if q + 8 <= channelSize {
+            UnsafeMutableRawPointer(dst).storeBytes(of: v, as: SIMD8<Float>.self)
+          } else {
+            for j in 0..<(channelSize - q) { dst[j] = v[j] }
+          }
+        }
+        oc8 += 8
+      }
+      q += 8
     }
   }
 }

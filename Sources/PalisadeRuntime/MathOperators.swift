@@ -500,14 +500,16 @@ func lowerMath(
       }
       post = HostTensor.floats(mul + add, shape: [2 * w.shape[0]])
     }
-    let direct: DirectConv? = DirectConv.applies(params, act) ? DirectConv(params, relu: act == .relu, post: post) : nil
+    let flat: FlatConv? = FlatConv.applies(params, act) ? FlatConv(params, relu: act == .relu, post: post) : nil
+    let direct: DirectConv? =
+      flat == nil && DirectConv.applies(params, act) ? DirectConv(params, relu: act == .relu, post: post) : nil
     var narrow: ChannelVectorConv? = nil
-    if direct == nil, let wc = consts[1], ChannelVectorConv.applies(params, act, constantWeights: true) {
+    if flat == nil, direct == nil, let wc = consts[1], ChannelVectorConv.applies(params, act, constantWeights: true) {
       narrow = ChannelVectorConv(params, relu: act == .relu, weight: wc, post: post)
     }
     let outChannels = w.shape[0]
     let outPlane = params.outHeight * params.outWidth
-    let perImage = direct?.scratchCount ?? narrow?.scratchCount ?? single.workspaceCount
+    let perImage = flat?.scratchCount ?? direct?.scratchCount ?? narrow?.scratchCount ?? single.workspaceCount
     let perImageTotal = try checkedCount([perImage, parts], limit: Int.max, what: "Conv workspace")
     let scratch = try checkedCount(
       [max(perImageTotal, params.workspaceCount), 4], limit: ctx.limits.maxArenaBytes, what: "Conv workspace")
@@ -515,13 +517,14 @@ func lowerMath(
     let outputStride = out.count / max(batch, 1)
     return .compute(outputs: [out], scratchBytes: scratch) { ins, outs, ws in
       { base, pool in
-        if batch > 1 && (pool?.threadCount ?? 1) > 1 || direct != nil || narrow != nil {
+        if batch > 1 && (pool?.threadCount ?? 1) > 1 || flat != nil || direct != nil || narrow != nil {
           var job = BatchConvJob(
             single: single, input: ins[0].f(base), weight: ins[1].f(base),
             bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil, output: outs[0].f(base),
             workspace: perImage > 0 ? ws.f(base) : nil, workspaceCount: perImage, inputStride: inputStride,
-            outputStride: outputStride, batch: batch, parts: parts, activation: act, direct: direct, narrow: narrow)
-          if batch == 1, let direct, let workspace = job.workspace {
+            outputStride: outputStride, batch: batch, parts: parts, activation: act, direct: direct, narrow: narrow,
+            flat: flat)
+          if batch == 1, flat == nil, let direct, let workspace = job.workspace {
             direct.run(job.input, job.weight, job.bias, job.output, scratch: workspace, pool: nil)
           } else if let pool, batch > 1 {
             withUnsafePointer(to: &job) { p in
@@ -533,7 +536,7 @@ func lowerMath(
             for part in 0..<parts { job.run(part: part) }
           }
           // The direct kernels apply a fused batch normalisation in registers; the GEMM path afterwards.
-          if let post, direct == nil, narrow == nil {
+          if let post, flat == nil, direct == nil, narrow == nil {
             let (o, f) = (outs[0].f(base), post.floatPointer)
             channelAffine(o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
                           planes: 0..<(batch * outChannels))

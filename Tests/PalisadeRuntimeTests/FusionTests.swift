@@ -17,8 +17,16 @@ struct FusionTests {
   }
 
   static let geometries = [
-    // outW >= 12, stride 1: the direct kernel (16 columns x 4 channels in registers).
-    Geometry(name: "direct", cin: 3, cout: 6, h: 14, w: 14, stride: 1, pad: 1, dilation: 1),
+    // outW >= 12, stride 1: the flat kernel (24 contiguous outputs x 4 channels; Cout 6 leaves a 2-channel group).
+    Geometry(name: "flat", cin: 3, cout: 6, h: 14, w: 14, stride: 1, pad: 1, dilation: 1),
+    // odd sizes: 13 x 17 outputs (221 per channel: 9 blocks of 24, then a 5-lane vector), 7 channels.
+    Geometry(name: "flat-odd", cin: 2, cout: 7, h: 13, w: 17, stride: 1, pad: 1, dilation: 1),
+    // 9 x 21 = 189 outputs: 7 blocks of 24, then 3 tail vectors (the last 5 lanes) for 8 + 3 channels.
+    Geometry(name: "flat-tail", cin: 2, cout: 11, h: 9, w: 21, stride: 1, pad: 1, dilation: 1),
+    // unpadded, Cin 1 (the first layer of a CNN): 26 x 26 outputs, one 4-channel group.
+    Geometry(name: "flat-unpadded", cin: 1, cout: 4, h: 28, w: 28, stride: 1, pad: 0, dilation: 1),
+    // outW >= 12, stride 2: the direct kernel (16 columns x 4 channels in registers).
+    Geometry(name: "direct", cin: 3, cout: 6, h: 28, w: 28, stride: 2, pad: 1, dilation: 1),
     // narrow output, Cout a multiple of 8: the channel-vectorised kernel (two pixels per weight load, odd width).
     Geometry(name: "channel-vector", cin: 4, cout: 16, h: 9, w: 9, stride: 2, pad: 1, dilation: 1),
     // dilation 2 and 5 channels: neither direct kernel applies; im2col + GEMM, then the normalisation pass.

@@ -9,7 +9,9 @@
 // median and mean latency. `--json` prints one JSON object per line for Benchmarks/runtime/compare.py.
 // `--cpu` times with the process's CPU clock (meaningful with `--threads 1`): on a machine shared with builds it
 // is what an inference costs, where wall time also counts the waits. `--onnx` times one model file at the given
-// input shape (e.g. the peer benchmark's wide_mlp at 32x784) instead of the fixtures.
+// input shape (e.g. the peer benchmark's wide_mlp at 32x784) instead of the fixtures. `--in-pool` runs the timing
+// loop on a pool thread, as the server does (`ONNXServableModel`): `--threads N` then means N threads in all,
+// like onnxruntime's intra_op_num_threads; without it the calling thread joins N pool threads (N + 1).
 import Foundation
 import PalisadeCore
 import PalisadeKernels
@@ -24,6 +26,7 @@ var profile = false
 nonisolated(unsafe) var cpuClock = false
 var onnxFile: String? = nil
 var inputShape: [Int] = []
+var inPool = false
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let a = arguments.next() {
   switch a {
@@ -34,6 +37,7 @@ while let a = arguments.next() {
   case "--json": json = true
   case "--profile": profile = true
   case "--cpu": cpuClock = true
+  case "--in-pool": inPool = true
   case "--onnx": onnxFile = arguments.next()
   case "--input-shape": inputShape = (arguments.next() ?? "").split(separator: "x").compactMap { Int($0) }
   default:
@@ -97,16 +101,21 @@ for (name, url) in models {
         for (label, ns) in steps { print(String(format: "  %9.1f us  ", ns / 1000) + label) }
         continue
       }
-      // Warm-up: caches, page faults, pool threads.
-      let warmEnd = now() + 200_000_000
-      while now() < warmEnd { _ = try model.predict(inputs, pool: pool) }
-      var samples: [Double] = []
-      let end = now() + UInt64(seconds * 1e9)
-      while now() < end || samples.count < 20 {
-        let t0 = now()
-        _ = try model.predict(inputs, pool: pool)
-        samples.append(Double(now() - t0) / 1000)
+      let duration = UInt64(seconds * 1e9)
+      let measure: @Sendable () throws -> [Double] = {
+        // Warm-up: caches, page faults, pool threads.
+        let warmEnd = now() + 200_000_000
+        while now() < warmEnd { _ = try model.predict(inputs, pool: pool) }
+        var samples: [Double] = []
+        let end = now() + duration
+        while now() < end || samples.count < 20 {
+          let t0 = now()
+          _ = try model.predict(inputs, pool: pool)
+          samples.append(Double(now() - t0) / 1000)
+        }
+        return samples
       }
+      var samples = inPool ? try await pool.run(measure) : try measure()
       samples.sort()
       let median = samples[samples.count / 2]
       let mean = samples.reduce(0, +) / Double(samples.count)
