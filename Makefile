@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 CONFIG ?= deploy/local/palisade.yaml
 # Debian packages the build, the dev PKI and the tests need.
-APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl
+APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl gnutls-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help deps venv build release pki demo-bundle run test test-image check generate clean

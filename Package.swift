@@ -93,7 +93,7 @@ let package = Package(
     .target(
       name: "PalisadeBundle",
       dependencies: [
-        "CZstd",
+        "CZstd", "PalisadeIdentity",
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "SwiftASN1", package: "swift-asn1"),

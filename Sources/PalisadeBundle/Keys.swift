@@ -1,5 +1,6 @@
 public import Crypto
 import Foundation
+import PalisadeIdentity
 
 /// An ECDSA private key on one of the curves OMS supports; each signs with its curve's hash
 /// (P-256/SHA-256, P-384/SHA-384, P-521/SHA-512).
@@ -9,14 +10,15 @@ public enum BundleSigningKey: Sendable {
   case p521(P521.Signing.PrivateKey)
 
   /// Loads a PEM private key, PKCS#8 (`PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`). Encrypted keys are not supported.
-  public init(pem: String) throws(BundleError) {
-    if let key = try? P256.Signing.PrivateKey(pemRepresentation: pem) {
-      self = .p256(key)
-    } else if let key = try? P384.Signing.PrivateKey(pemRepresentation: pem) {
-      self = .p384(key)
-    } else if let key = try? P521.Signing.PrivateKey(pemRepresentation: pem) {
-      self = .p521(key)
-    } else {
+  /// Text around the block (as `certtool` writes it) is ignored.
+  public init(pem text: String) throws(BundleError) {
+    let key: PEMText.ECPrivateKey?
+    do { key = try PEMText.ecPrivateKey(text) } catch { throw BundleError(.invalidInput, "private key: \(error.description)") }
+    switch key {
+    case .p256(let k): self = .p256(k)
+    case .p384(let k): self = .p384(k)
+    case .p521(let k): self = .p521(k)
+    case nil:
       throw BundleError(
         .invalidInput, "private key: not an unencrypted PEM ECDSA P-256, P-384 or P-521 key (PKCS#8 or SEC1)")
     }
@@ -51,8 +53,9 @@ public enum BundlePublicKey: Sendable, Hashable {
   case p384(P384.Signing.PublicKey)
   case p521(P521.Signing.PublicKey)
 
-  /// Loads a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
-  public init(pem: String) throws(BundleError) {
+  /// Loads a PEM `PUBLIC KEY` (SubjectPublicKeyInfo). Text around the block (as `certtool` writes it) is ignored.
+  public init(pem text: String) throws(BundleError) {
+    let pem = PEMText.soleBlock(text)
     if let key = try? P256.Signing.PublicKey(pemRepresentation: pem) {
       self = .p256(key)
     } else if let key = try? P384.Signing.PublicKey(pemRepresentation: pem) {

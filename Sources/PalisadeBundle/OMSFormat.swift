@@ -265,7 +265,12 @@ enum OMS {
     let ser = try predicate.object("serialization", kind: k)
     try ser.rejectUnknown(["method", "hash_type", "allow_symlinks", "ignore_paths", "shard_size"], kind: k)
     let method = try ser.string("method", kind: k)
-    guard method == "files" else { throw BundleError(k, "\(f): serialization method '\(method)' is not supported (only 'files')") }
+    // `shards` is part of the format but refused: a shard list has no resource for an empty file, so adding or
+    // removing one would go unseen (and model_signing's own CLI cannot verify shard signatures).
+    guard method == "files" else {
+      throw BundleError(
+        k, "\(f): serialization method '\(method)' is not supported (only 'files'; re-sign with model_signing's default)")
+    }
     guard ser.value("shard_size") == nil else { throw BundleError(k, "\(f): 'shard_size' is not valid for the files method") }
     let hashType = try ser.string("hash_type", kind: k)
     guard hashType == "sha256" else { throw BundleError(k, "\(f): hash_type '\(hashType)' is not supported (only 'sha256')") }

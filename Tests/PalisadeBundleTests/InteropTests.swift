@@ -103,4 +103,44 @@ struct InteropTests {
     let rootPath = try temp.write("root.pem", try pem(ca.root))
     try Self.expectSuccess(["verify", "certificate", dir, "--signature", temp.sub("bundle/model.sig"), "--certificate_chain", rootPath])
   }
+
+  /// Runs `python -c SCRIPT ARGS` (the model_signing Python API, for what its CLI cannot do).
+  static func pythonAPI(_ script: String, _ args: [String]) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Self.python)
+    p.arguments = ["-c", script] + args
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+  }
+
+  /// The `shards` serialization is part of the format but refused by decision (docs/security.md, "Bundles"): a
+  /// shard list has no resource for an empty file, so adding or removing one goes unseen, and the reference CLI
+  /// cannot verify such signatures either. The refusal must name the method.
+  @Test("a model_signing `shards` signature is refused by name")
+  func shardsRefused() async throws {
+    let temp = try TempDir()
+    let dir = try makeBundleDirectory(in: temp)
+    let key = TestKey(.p256)
+    let keyPath = try temp.write("key.pem", key.privatePEM)
+    let script = """
+      import sys
+      from model_signing import hashing, signing
+      cfg = signing.Config().use_elliptic_key_signer(private_key=sys.argv[1])
+      cfg.set_hashing_config(hashing.Config().use_shard_serialization(shard_size=4096))
+      cfg.sign(sys.argv[2], sys.argv[3])
+      """
+    let (status, output) = try Self.pythonAPI(script, [keyPath, dir, temp.sub("bundle/model.sig")])
+    #expect(status == 0, "model_signing shard signing failed: \(output)")
+    let statement = try String(contentsOfFile: temp.sub("bundle/model.sig"), encoding: .utf8)
+    #expect(statement.contains("payload"))
+    let trust = TrustPolicy(rules: [.init(modelPattern: "digits", signers: [try .publicKey(pem: key.publicPEM)])])
+    await expectRefused("serialization method 'shards' is not supported") {
+      _ = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits")
+    }
+  }
 }

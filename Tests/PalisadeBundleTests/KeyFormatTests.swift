@@ -46,3 +46,41 @@ struct KeyFormatTests {
     #expect(throws: BundleError.self) { _ = try BundlePublicKey(pem: "not a key") }
   }
 }
+
+/// Keys as GnuTLS `certtool` writes them: a description before the PEM block (RFC 7468 §2: ignored by parsers).
+/// Needs `certtool` (Debian `gnutls-bin`, installed by `make deps`).
+@Suite("Keys written by certtool")
+struct CerttoolKeyTests {
+  static func certtool(_ args: [String], in temp: TempDir) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["certtool"] + args
+    p.currentDirectoryURL = URL(fileURLWithPath: temp.path)
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    #expect(p.terminationStatus == 0, "certtool \(args.joined(separator: " ")) failed (is gnutls-bin installed? `make deps`)")
+    return String(decoding: data, as: UTF8.self)
+  }
+
+  @Test("a certtool P-384 publisher key pair signs and verifies a bundle")
+  func certtoolP384() async throws {
+    let temp = try TempDir()
+    _ = try Self.certtool(["--generate-privkey", "--ecc", "--curve", "secp384r1", "--outfile", "publisher.key"], in: temp)
+    let publicText = try Self.certtool(["--load-privkey", "publisher.key", "--pubkey-info"], in: temp)
+    let privateText = try String(contentsOfFile: temp.sub("publisher.key"), encoding: .utf8)
+    #expect(!privateText.hasPrefix("-----BEGIN") && !publicText.hasPrefix("-----BEGIN"), "no text before the blocks")
+    let signing = try BundleSigningKey(pem: privateText)
+    let publicKey = try BundlePublicKey(pem: publicText)
+    #expect(publicKey == signing.publicKey)
+    #expect(publicKey.curveName == "P-384")
+    let dir = try makeBundleDirectory(in: temp)
+    try await BundleSigner.sign(directory: dir, key: signing)
+    let trust = TrustPolicy(rules: [.init(modelPattern: "digits", signers: [try .publicKey(pem: publicText)])])
+    let verified = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits")
+    #expect(verified.files.count == 5)
+  }
+}

@@ -16,10 +16,15 @@ public enum TokenSigningKey: Sendable {
     }
   }
 
-  /// Reads a PEM private key (PKCS#8 or SEC1 for EC, PKCS#8 for Ed25519).
-  public init(pem: String) throws {
-    if let k = try? P256.Signing.PrivateKey(pemRepresentation: pem) { self = .es256(k); return }
-    if let k = try? P384.Signing.PrivateKey(pemRepresentation: pem) { self = .es384(k); return }
+  /// Reads a PEM private key (PKCS#8 or SEC1 for EC, PKCS#8 for Ed25519); text around the block is ignored.
+  public init(pem text: String) throws {
+    switch try PEMText.ecPrivateKey(text) {
+    case .p256(let k): self = .es256(k); return
+    case .p384(let k): self = .es384(k); return
+    case .p521: throw JWKS.LoadError(description: "P-521 keys cannot sign tokens (ES512 is not on the allowlist)")
+    case nil: break
+    }
+    let pem = PEMText.soleBlock(text)
     if let k = try? Curve25519.Signing.PrivateKey(pemRepresentation: pem) { self = .edDSA(k); return }
     throw JWKS.LoadError(description: "not a PEM P-256, P-384 or Ed25519 private key")
   }

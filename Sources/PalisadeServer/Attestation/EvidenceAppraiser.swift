@@ -70,7 +70,8 @@ public struct EvidenceAppraiser: Sendable {
 
   let publicKeyPEM: String
 
-  public init(publicKeyPEM: String) { self.publicKeyPEM = publicKeyPEM }
+  /// `publicKeyPEM` may carry text around the block (RFC 7468 §2), as `certtool` writes it.
+  public init(publicKeyPEM: String) { self.publicKeyPEM = PEMText.soleBlock(publicKeyPEM) }
 
   /// Appraises `evidence`. `nonce` and `tlsPublicKeySHA256` are checked when given (`attest request` always gives
   /// both).
