@@ -8,7 +8,7 @@ CONFIG ?= deploy/local/palisade.yaml
 APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl gnutls-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps venv build release pki demo-bundle run test test-image check generate clean
+.PHONY: help deps venv build release release-repro sbom pki demo-bundle run test test-image check generate clean
 
 help:
 	@echo "make run       install what is missing, build, make the dev PKI, start the server ($(CONFIG))"
@@ -16,6 +16,8 @@ help:
 	@echo "make test-image  build the static release binary and run it from a minimal root filesystem (root)"
 	@echo "make pki       (re)make the dev PKI in certs/out"
 	@echo "make release   release build (.build/release/palisade)"
+	@echo "make release-repro  build HEAD twice from two clean clones and check the binaries are identical (slow)"
+	@echo "make sbom      the reproducible release binary and its CycloneDX SBOM in .build-release-repro/out"
 	@echo "make generate  regenerate Swift code from proto/ (needs protoc; not needed for building)"
 
 deps:
@@ -43,6 +45,16 @@ build: deps
 
 release: deps
 	$(SWIFT) build -c release
+
+# docs/release.md: the reproducible release build, checked from two clean clones (two full builds: slow).
+release-repro: deps
+	deploy/release/repro.sh
+
+sbom: deps
+	deploy/release/build.sh .build-release-repro/out
+	deploy/release/sbom.py --binary .build-release-repro/out/palisade --out .build-release-repro/out/sbom.cdx.json \
+	  --libs $$(ldd .build-release-repro/out/palisade | awk '{ for (i = 1; i <= NF; i++) if ($$i ~ /^\//) print $$i }' | sort -u) \
+	  /etc/ssl/certs/ca-certificates.crt
 
 # The dev PKI lives 30 days; it is remade when missing, within a day of expiry, or without the local namespace's
 # server address (10.231.0.2, deploy/local/netns-up.sh).

@@ -84,12 +84,17 @@ def check(path, dockerignore):
         if not re.match(r"swift:6\.3(\b|-)", build[1]):
             problems.append(f"the builder must use Swift 6.3, uses {build[1]}")
         runs = " ".join(r for _, k, r in build[2] if k == "RUN")
-        if not re.search(r"swift build\b[^&;]*-c release[^&;]*--static-swift-stdlib", runs):
-            problems.append("the builder must run `swift build -c release --static-swift-stdlib`")
+        if "deploy/release/build.sh" not in runs:
+            problems.append("the builder must build with deploy/release/build.sh (the reproducible release build)")
         if "libzstd-dev" not in runs:
             problems.append("the builder must install libzstd-dev (the bundle unpacker links libzstd)")
         if "make-rootfs.sh" not in runs:
             problems.append("the builder must assemble the runtime tree with deploy/container/make-rootfs.sh")
+
+    # Bases by digest: a tag can be re-pointed to other bytes, a digest cannot (docs/release.md).
+    for name, base, _ in stages:
+        if base != "scratch" and not re.search(r"@sha256:[0-9a-f]{64}$", base):
+            problems.append(f"stage {name}: base image {base} is not pinned by digest (@sha256:...)")
 
     runtime = stages[-1]
     if runtime[1] != "scratch" and not runtime[1].startswith("gcr.io/distroless/"):

@@ -15,6 +15,8 @@ import Testing
   struct Attested {
     let server: TestServer
     let publicKeyPEM: String
+    /// SHA-256 of the SBOM file the server was configured with.
+    let sbomSHA256: String
   }
 
   /// A server with an attestation key, serving the signed `simple` bundle v1.
@@ -25,8 +27,10 @@ import Testing
     let factory = TestBundleFactory()
     try await factory.make(root: pki.path("models"), version: 1)
     let publisher = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
+    let sbom = try pki.write("sbom.cdx.json", #"{"bomFormat":"CycloneDX","specVersion":"1.5","version":1,"components":[]}"#)
     let server = try await TestServer.start(pki: pki, models: []) {
       $0.attestation.key = keyPath
+      $0.attestation.sbom = sbom
       $0.models.directories = [pki.path("models")]
       $0.models.stateFile = pki.path("state.json")
       $0.models.trust = [.init(models: "simple", publicKeys: [publisher])]
@@ -34,7 +38,8 @@ import Testing
     for _ in 0..<200 where !server.runtime.repository.isReady(name: "simple", version: "1") {
       try await Task.sleep(for: .milliseconds(50))
     }
-    return Attested(server: server, publicKeyPEM: key.publicKey.pemRepresentation)
+    return Attested(
+      server: server, publicKeyPEM: key.publicKey.pemRepresentation, sbomSHA256: EvidenceBuilder.fileSHA256(sbom) ?? "?")
   }
 
   func exchange(_ server: TestServer, nonce: [UInt8]) async throws -> AttestationExchange {
@@ -54,13 +59,14 @@ import Testing
     let appraiser = EvidenceAppraiser(publicKeyPEM: a.publicKeyPEM)
     var expect = EvidenceAppraiser.Expectations()
     expect.executableSHA256 = [EvidenceBuilder.fileSHA256("/proc/self/exe") ?? "?"]
+    expect.sbomSHA256 = [a.sbomSHA256]
     expect.models = [.init(name: "simple", versions: ["1"], signer: "public key")]
     expect.onlyListedModels = true
     let good = try appraiser.appraise(x.evidence, nonce: n, tlsPublicKeySHA256: x.presentedPublicKeySHA256, expectations: expect)
     let claims = try #require(try JSONSerialization.jsonObject(with: Data(good.claimsJSON)) as? [String: Any])
     #expect(claims["eat_nonce"] as? String == Base64URL.encode(n))
     let measured = try #require(claims["palisade"] as? [String: Any])
-    for key in ["executable_sha256", "policy_sha256", "client_ca_bundle_sha256", "jwks_sha256", "trust_sha256", "tls_spki_sha256"] {
+    for key in ["executable_sha256", "sbom_sha256", "policy_sha256", "client_ca_bundle_sha256", "jwks_sha256", "trust_sha256", "tls_spki_sha256"] {
       #expect(measured[key] != nil, "missing \(key)")
     }
     let model = try #require((claims["submods"] as? [String: Any])?["model:simple"] as? [String: Any])
@@ -96,6 +102,9 @@ import Testing
     var binary = expect
     binary.executableSHA256 = [String(repeating: "0", count: 64)]
     #expect(refusal(x.evidence, expect: binary).contains("executable digest"))
+    var otherBuild = expect
+    otherBuild.sbomSHA256 = [String(repeating: "1", count: 64)]
+    #expect(refusal(x.evidence, expect: otherBuild).contains("SBOM digest \(a.sbomSHA256) is not an allowed value"))
     var missing = expect
     missing.models = [.init(name: "digits")]
     missing.onlyListedModels = true
@@ -120,7 +129,9 @@ import Testing
     let a = try await Self.start()
     let client = try goodClient(a.server)
     let pub = try a.server.pki.write("attestation.pub.pem", a.publicKeyPEM)
-    let good = try a.server.pki.write("expect.yaml", "models: [{name: simple, versions: ['1']}]\nonly_listed_models: true\n")
+    let good = try a.server.pki.write(
+      "expect.yaml", "models: [{name: simple, versions: ['1']}]\nonly_listed_models: true\nsbom_sha256: ['\(a.sbomSHA256)']\n")
+    let otherSBOM = try a.server.pki.write("expect-sbom.yaml", "sbom_sha256: ['\(String(repeating: "2", count: 64))']\n")
     let bad = try a.server.pki.write("expect-v2.yaml", "models: [{name: simple, versions: ['2']}]\n")
     let token = try a.server.pki.write("token", client.token ?? "")
     let common = [
@@ -133,6 +144,8 @@ import Testing
     #expect(ok.stdout.contains("\"eat_profile\""))
     let refused = try await ProcessTests.run(ProcessTests.binary, ["attest", "request"] + common + ["--expect", bad])
     #expect(refused.status == 1 && refused.stderr.contains("runs version 1, expected one of 2"), "\(refused.stderr)")
+    let wrongBuild = try await ProcessTests.run(ProcessTests.binary, ["attest", "request"] + common + ["--expect", otherSBOM])
+    #expect(wrongBuild.status == 1 && wrongBuild.stderr.contains("SBOM digest"), "\(wrongBuild.stderr)")
     // Saved evidence checked offline against a nonce it was not issued for: a replay.
     let replay = try await ProcessTests.run(
       ProcessTests.binary, ["attest", "verify", saved, "--attestation-key", pub, "--nonce", String(repeating: "ab", count: 32)])

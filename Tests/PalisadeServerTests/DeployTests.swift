@@ -1,4 +1,5 @@
 import Foundation
+import PalisadeServer
 import PalisadeTestSupport
 import Synchronization
 import Testing
@@ -27,7 +28,8 @@ import Testing
     ("COPY --from=build /rootfs/ /", "COPY --from=build /rootfs/ /\nRUN [\"/usr/local/bin/palisade\", \"--help\"]",
      "RUN in the runtime stage"),
     ("FROM scratch AS runtime", "FROM debian:bookworm-slim AS runtime", "must be minimal"),
-    ("swift build -c release --static-swift-stdlib", "swift build -c release", "--static-swift-stdlib"),
+    ("deploy/release/build.sh .build/release-image", "swift build -c release", "deploy/release/build.sh"),
+    ("ARG DEBIAN_IMAGE=debian:bookworm-slim@sha256:", "ARG DEBIAN_IMAGE=debian:bookworm-slim\nARG OLD_DIGEST=", "not pinned by digest"),
     ("ARG SWIFT_IMAGE=swift:6.3", "ARG SWIFT_IMAGE=swift:5.10", "Swift 6.3"),
     ("  CMD [\"/usr/local/bin/palisade\", \"call\", \"health\", \"--quiet\", \"--url\", \"http://127.0.0.1:9464/healthz\"]",
      "  CMD curl -f http://127.0.0.1:9464/healthz", "HEALTHCHECK must use CMD in exec form"),
@@ -56,6 +58,66 @@ import Testing
       ["\(Self.checks)/check_containerfile.py", "\(repositoryRoot)/deploy/container/Containerfile", "\(dir)/.dockerignore"])
     #expect(r.status == 1)
     #expect(r.stdout.contains("certs/out") && r.stdout.contains("**/*.key"), "\(r.stdout)")
+  }
+
+  // MARK: Release
+
+  /// Every resolved package is pinned (Package.swift `exact:` for the direct ones, deploy/release/pins.json for the
+  /// whole graph), and a pin that no longer matches is named.
+  @Test func everyPackageIsPinnedAndADriftIsNamed() async throws {
+    let ok = try await ProcessTests.run("/usr/bin/python3", ["\(repositoryRoot)/deploy/release/check_pins.py"])
+    #expect(ok.status == 0, "\(ok.stdout)\(ok.stderr)")
+    #expect(ok.stdout.contains("packages match"))
+    // The same check against a pin list with one version changed.
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pins-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let pins = try String(contentsOfFile: "\(repositoryRoot)/deploy/release/pins.json", encoding: .utf8)
+    #expect(pins.contains("\"version\": \"2.101.3\""))
+    try pins.replacingOccurrences(of: "\"version\": \"2.101.3\"", with: "\"version\": \"2.99.0\"")
+      .write(toFile: "\(dir)/pins.json", atomically: true, encoding: .utf8)
+    let drift = try await ProcessTests.run(
+      "/usr/bin/python3", ["\(repositoryRoot)/deploy/release/check_pins.py", "--pins", "\(dir)/pins.json"])
+    #expect(drift.status == 1, "\(drift.stdout)\(drift.stderr)")
+    #expect(drift.stderr.contains("swift-nio: pinned 2.99.0"), "\(drift.stderr)")
+  }
+
+  /// The SBOM names every Swift package at its exact version, the toolchain and the Debian packages of the
+  /// libraries, carries the binary's digest, and is byte-for-byte the same when written twice (deterministic).
+  @Test func theSBOMIsCompleteAndDeterministic() async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sbom-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let binary = ProcessTests.binary
+    var outputs: [String] = []
+    for name in ["one.json", "two.json"] {
+      let r = try await ProcessTests.run(
+        "/usr/bin/env",
+        ["SOURCE_DATE_EPOCH=1700000000", "/usr/bin/python3", "\(repositoryRoot)/deploy/release/sbom.py", "--binary", binary,
+         "--out", "\(dir)/\(name)", "--libs", "/lib/x86_64-linux-gnu/libc.so.6", "/etc/ssl/certs/ca-certificates.crt"])
+      #expect(r.status == 0, "\(r.stderr)")
+      outputs.append(try String(contentsOfFile: "\(dir)/\(name)", encoding: .utf8))
+    }
+    #expect(outputs[0] == outputs[1])
+    let bom = try #require(try JSONSerialization.jsonObject(with: Data(outputs[0].utf8)) as? [String: Any])
+    #expect(bom["bomFormat"] as? String == "CycloneDX" && bom["specVersion"] as? String == "1.5")
+    #expect((bom["serialNumber"] as? String)?.hasPrefix("urn:uuid:") == true)
+    let metadata = try #require(bom["metadata"] as? [String: Any])
+    #expect(metadata["timestamp"] as? String == "2023-11-14T22:13:20Z")
+    let hashes = (metadata["component"] as? [String: Any])?["hashes"] as? [[String: String]]
+    #expect(hashes?.first?["content"] == EvidenceBuilder.fileSHA256(binary))
+    let components = try #require(bom["components"] as? [[String: Any]])
+    let purls = components.compactMap { $0["purl"] as? String }
+    #expect(purls.contains("pkg:swift/github.com/apple/swift-nio@2.101.3"))
+    #expect(purls.contains("pkg:swift/github.com/grpc/grpc-swift-2@2.4.3"))
+    #expect(purls.contains { $0.hasPrefix("pkg:deb/") && $0.contains("/libc6@") })
+    #expect(purls.contains { $0.contains("/ca-certificates@") })
+    #expect(components.contains { $0["name"] as? String == "swift" && ($0["version"] as? String)?.hasPrefix("6.") == true })
+    // A library no package owns is refused by name rather than left out.
+    try "x".write(toFile: "\(dir)/orphan.so", atomically: true, encoding: .utf8)
+    let refused = try await ProcessTests.run(
+      "/usr/bin/python3", ["\(repositoryRoot)/deploy/release/sbom.py", "--binary", binary, "--out", "\(dir)/x.json", "--libs", "\(dir)/orphan.so"])
+    #expect(refused.status == 1 && refused.stderr.contains("orphan.so: no Debian package owns it"), "\(refused.stderr)")
   }
 
   // MARK: Kubernetes

@@ -28,6 +28,16 @@ for lib in $libs; do
   cp -L "$lib" "$out$lib"
   chmod 0755 "$out$lib"
 done
+# The SBOM of exactly this tree (docs/release.md): the Swift packages and toolchain the binary was built from, the
+# Debian packages of the files copied beside it, and the installed binary's digest. The server reports its SHA-256
+# in attestation evidence (share/palisade beside bin/). SBOM=0 skips it (it needs python3, swift and dpkg).
+if [ "${SBOM:-1}" != 0 ]; then
+  mkdir -p "$out/usr/local/share/palisade"
+  python3 "$(dirname "$0")/../release/sbom.py" --binary "$out/usr/local/bin/palisade" \
+    --out "$out/usr/local/share/palisade/sbom.cdx.json" --libs $libs /etc/ssl/certs/ca-certificates.crt
+  chmod 0644 "$out/usr/local/share/palisade/sbom.cdx.json"
+fi
+
 # The loader's cache for the copied libraries, when ldconfig can make one (the search falls back to the default
 # directories without it).
 if command -v ldconfig >/dev/null; then

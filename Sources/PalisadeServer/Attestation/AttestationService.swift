@@ -26,6 +26,8 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
   let logger: Logger
   let auditor: Auditor
   private let executableDigest = Mutex<String?>(nil)
+  /// Hashed once, like the executable: the SBOM ships with the build and does not change while it runs.
+  private let sbomDigest = Mutex<String??>(nil)
 
   init(builder: EvidenceBuilder?, sources: Sources, authorizer: Authorizer, logger: Logger, auditor: Auditor) {
     self.auditor = auditor
@@ -71,6 +73,12 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
       return digest
     }
     let c = sources.config
+    let sbom = sbomDigest.withLock { cached in
+      if let cached { return cached }
+      let digest = Self.sbomPath(configured: c.attestation.sbom).flatMap(EvidenceBuilder.fileSHA256)
+      cached = .some(digest)
+      return digest
+    }
     var jwks: [String: String] = [:]
     for issuer in c.auth.issuers { jwks[issuer.issuer] = EvidenceBuilder.fileSHA256(issuer.jwks) ?? "" }
     let trust = c.models.trust.flatMap { $0.publicKeys + $0.certificateRoots }.map { EvidenceBuilder.fileSHA256($0) ?? "" }
@@ -79,6 +87,15 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
     return .init(
       executableSHA256: executable, configSHA256: c.sourceDigest, policySHA256: sources.policy.policy.digest,
       clientCABundleSHA256: EvidenceBuilder.fileSHA256(c.server.tls.clientCABundle), jwksSHA256: jwks, trustSHA256: trust,
-      tlsSPKISHA256: tls, auditCheckpoint: sources.auditCheckpoint(), models: models)
+      tlsSPKISHA256: tls, auditCheckpoint: sources.auditCheckpoint(), models: models, sbomSHA256: sbom)
+  }
+
+  /// The configured SBOM, else `../share/palisade/sbom.cdx.json` from the executable's directory when it exists.
+  static func sbomPath(configured: String?) -> String? {
+    if let configured { return configured }
+    guard let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else { return nil }
+    let path = URL(fileURLWithPath: exe).deletingLastPathComponent().deletingLastPathComponent()
+      .appendingPathComponent("share/palisade/sbom.cdx.json").path
+    return FileManager.default.fileExists(atPath: path) ? path : nil
   }
 }

@@ -23,6 +23,7 @@ public struct EvidenceAppraiser: Sendable {
       }
     }
     public var executableSHA256: [String]?
+    public var sbomSHA256: [String]?
     public var configSHA256: [String]?
     public var policySHA256: [String]?
     public var models: [Model] = []
@@ -42,6 +43,7 @@ public struct EvidenceAppraiser: Sendable {
       let root = try YAMLMap.parse(text, file: path)
       var e = Expectations()
       e.executableSHA256 = try root.strings("executable_sha256")
+      e.sbomSHA256 = try root.strings("sbom_sha256")
       e.configSHA256 = try root.strings("config_sha256")
       e.policySHA256 = try root.strings("policy_sha256")
       e.onlyListedModels = try root.bool("only_listed_models") ?? false
@@ -112,6 +114,7 @@ public struct EvidenceAppraiser: Sendable {
         if !allowed.contains(value) { failures.append("\(what) \(value.isEmpty ? "(missing)" : value) is not an allowed value") }
       }
       check("executable_sha256", e.executableSHA256, "executable digest")
+      check("sbom_sha256", e.sbomSHA256, "SBOM digest")
       check("config_sha256", e.configSHA256, "config digest")
       check("policy_sha256", e.policySHA256, "policy digest")
       let submods = claims["submods"] as? [String: Any] ?? [:]

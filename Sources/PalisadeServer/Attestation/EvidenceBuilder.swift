@@ -8,6 +8,7 @@ public import PalisadeIdentity
 /// Palisade's measurements under `palisade`:
 ///
 /// - `executable_sha256`: this process's executable (`/proc/self/exe`), hashed once;
+/// - `sbom_sha256`: the CycloneDX SBOM shipped with the build (docs/release.md), when there is one;
 /// - `config_sha256`, `policy_sha256`, `client_ca_bundle_sha256`, `jwks_sha256` (per issuer), `trust_sha256`
 ///   (the bundle trust keys and roots): what the server decides with, as loaded now;
 /// - `tls_spki_sha256`: SHA-256 of the SubjectPublicKeyInfo of the certificate this server presents, so that a
@@ -22,6 +23,7 @@ public struct EvidenceBuilder: Sendable {
   /// What the builder measures, gathered by the caller at request time.
   public struct Measurements: Sendable {
     public var executableSHA256: String
+    public var sbomSHA256: String?
     public var configSHA256: String?
     public var policySHA256: String
     public var clientCABundleSHA256: String?
@@ -33,9 +35,10 @@ public struct EvidenceBuilder: Sendable {
     public init(
       executableSHA256: String, configSHA256: String?, policySHA256: String, clientCABundleSHA256: String?,
       jwksSHA256: [String: String], trustSHA256: [String], tlsSPKISHA256: String, auditCheckpoint: String?,
-      models: [ModelDescriptor]
+      models: [ModelDescriptor], sbomSHA256: String? = nil
     ) {
       self.executableSHA256 = executableSHA256
+      self.sbomSHA256 = sbomSHA256
       self.configSHA256 = configSHA256
       self.policySHA256 = policySHA256
       self.clientCABundleSHA256 = clientCABundleSHA256
@@ -63,6 +66,7 @@ public struct EvidenceBuilder: Sendable {
       "trust_sha256": m.trustSHA256, "tls_spki_sha256": m.tlsSPKISHA256,
     ]
     if let c = m.configSHA256 { palisade["config_sha256"] = c }
+    if let s = m.sbomSHA256 { palisade["sbom_sha256"] = s }
     if let c = m.clientCABundleSHA256 { palisade["client_ca_bundle_sha256"] = c }
     if let a = m.auditCheckpoint { palisade["audit_checkpoint"] = a }
     var submods: [String: Any] = [:]

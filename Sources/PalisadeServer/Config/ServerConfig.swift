@@ -73,7 +73,13 @@ public struct ServerConfig: Sendable, Equatable {
     /// PEM private key (P-256, P-384 or Ed25519) that signs evidence; without it `Attest` answers
     /// FAILED_PRECONDITION. Refused when group or others can read it.
     public var key: String?
-    public init(key: String?) { self.key = key }
+    /// The CycloneDX SBOM of this build, whose SHA-256 the evidence reports as `sbom_sha256`. Default:
+    /// `share/palisade/sbom.cdx.json` beside the executable's `bin/` (where the image puts it), when present.
+    public var sbom: String?
+    public init(key: String?, sbom: String? = nil) {
+      self.key = key
+      self.sbom = sbom
+    }
     public static let defaults = Attestation(key: nil)
   }
 
@@ -573,6 +579,7 @@ extension ServerConfig {
     var attestation = Attestation.defaults
     if let m = try root.map("attestation") {
       attestation.key = try m.string("key").map(resolve)
+      attestation.sbom = try m.string("sbom").map(resolve)
       try m.finish()
     }
 
