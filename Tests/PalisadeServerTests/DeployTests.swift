@@ -70,9 +70,12 @@ import Testing
     #expect(r.stdout.contains("manifests OK") && r.stdout.contains("selftest OK"), "\(r.stdout)")
   }
 
-  /// The policy and the server config the pods get are ones palisade accepts (paths moved to real files).
+  /// The policy and the server configs the pods get (the StatefulSet's, with the audit log, the attestation key and
+  /// the report socket; and the KServe runtime's) are ones `palisade serve --check` accepts, and the sidecar's
+  /// config one `palisade egress --check` accepts (mount paths moved to real files).
   @Test func palisadeAcceptsTheKubernetesPolicyAndConfig() async throws {
-    let base = "\(repositoryRoot)/deploy/kubernetes/base/config"
+    let kube = "\(repositoryRoot)/deploy/kubernetes"
+    let base = "\(kube)/base/config"
     let policy = try await ProcessTests.run(ProcessTests.binary, ["policy", "check", "\(base)/policy.yaml"])
     #expect(policy.status == 0, "\(policy.stdout)\(policy.stderr)")
     let pki = try TestPKI()
@@ -80,23 +83,53 @@ import Testing
     let key = pki.path("publisher.key")
     #expect(try await ProcessTests.run("/usr/bin/openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]).status == 0)
     #expect(try await ProcessTests.run("/usr/bin/openssl", ["ec", "-in", key, "-pubout", "-out", pki.path("publisher.pub.pem")]).status == 0)
-    try FileManager.default.createDirectory(atPath: pki.path("models"), withIntermediateDirectories: true)
-    try FileManager.default.createDirectory(atPath: pki.path("policy"), withIntermediateDirectories: true)
+    let keygen = try await ProcessTests.run(
+      ProcessTests.binary, ["audit", "keygen", "--out", pki.path("audit"), "--origin", "example.internal/palisade/audit"])
+    #expect(keygen.status == 0, "\(keygen.stderr)")
+    #expect(try await ProcessTests.run("/usr/bin/openssl", ["genpkey", "-algorithm", "ed25519", "-out", pki.path("attestation.key")]).status == 0)
+    // As kubelet mounts Secrets for the pod's fsGroup: group-readable, the group the server's own.
+    for name in ["audit.key", "attestation.key"] {
+      try FileManager.default.setAttributes([.posixPermissions: 0o440], ofItemAtPath: pki.path(name))
+    }
+    for dir in ["models", "policy", "reports"] {
+      try FileManager.default.createDirectory(atPath: pki.path(dir), withIntermediateDirectories: true)
+    }
     try FileManager.default.copyItem(atPath: "\(base)/policy.yaml", toPath: pki.path("policy/policy.yaml"))
-    var config = try String(contentsOfFile: "\(base)/palisade.yaml", encoding: .utf8)
-    for (mounted, local) in [
+    let common = [
       ("/etc/palisade/tls/tls.crt", "server.pem"), ("/etc/palisade/tls/tls.key", "server.key"),
       ("/etc/palisade/tls/ca.crt", "ca-bundle.pem"), ("/etc/palisade/trust/issuer-jwks.json", "issuer-jwks.json"),
       ("/etc/palisade/trust/publisher.pub.pem", "publisher.pub.pem"), ("/etc/palisade/policy/policy.yaml", "policy/policy.yaml"),
-      ("[/models]", "[models]"), ("/var/lib/palisade/state/accepted-versions.json", "state/accepted-versions.json"),
+      ("/var/lib/palisade/state/accepted-versions.json", "state/accepted-versions.json"),
       ("/tmp/palisade-unpack", "unpack"),
-    ] {
-      #expect(config.contains(mounted), "the Kubernetes config no longer names \(mounted)")
-      config = config.replacingOccurrences(of: mounted, with: local)
+    ]
+    let configs: [(file: String, moves: [(String, String)])] = [
+      ("\(base)/palisade.yaml", common + [
+        ("[/models]", "[models]"), ("/var/lib/palisade/audit/log", "audit/log"),
+        ("/etc/palisade/audit-key/audit.key", "audit.key"), ("/etc/palisade/attestation/attestation.key", "attestation.key"),
+        ("/run/palisade/reports/egress-reports.sock", "reports/egress-reports.sock"),
+      ]),
+      ("\(kube)/kserve/palisade.yaml", common + [("[/mnt/models]", "[models]")]),
+    ]
+    for (file, moves) in configs {
+      var config = try String(contentsOfFile: file, encoding: .utf8)
+      for (mounted, local) in moves {
+        #expect(config.contains(mounted), "\(file) no longer names \(mounted)")
+        config = config.replacingOccurrences(of: mounted, with: local)
+      }
+      let path = try pki.write("palisade.yaml", config)
+      let check = try await ProcessTests.run(ProcessTests.binary, ["serve", "--config", path, "--check"])
+      #expect(check.status == 0, "\(file): \(check.stdout)\(check.stderr)")
     }
-    let path = try pki.write("palisade.yaml", config)
-    let check = try await ProcessTests.run(ProcessTests.binary, ["serve", "--config", path, "--check"])
-    #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
+    // The sidecar's config: its report socket is the server's, its allowlist lets the checkpoints out.
+    var egress = try String(contentsOfFile: "\(base)/egress.yaml", encoding: .utf8)
+    for (mounted, local) in [("[/models]", "[\(pki.path("models"))]"), ("/run/palisade/reports/", "\(pki.path("reports"))/")] {
+      #expect(egress.contains(mounted), "the sidecar's config no longer names \(mounted)")
+      egress = egress.replacingOccurrences(of: mounted, with: local)
+    }
+    let egressPath = try pki.write("egress.yaml", egress)
+    let egressCheck = try await ProcessTests.run(ProcessTests.binary, ["egress", "--config", egressPath, "--check"])
+    #expect(egressCheck.status == 0, "\(egressCheck.stdout)\(egressCheck.stderr)")
+    #expect(egressCheck.stdout.contains("configuration OK"), "\(egressCheck.stdout)")
   }
 
   // MARK: the admin-port probe (`palisade call health`)
