@@ -22,6 +22,12 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+try:
+    # A real PromQL parser (PyPI promql-parser, Tests/Interop/requirements.txt); without it only brackets are checked.
+    import promql_parser
+except ImportError:
+    promql_parser = None
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KUBE = os.path.join(ROOT, "deploy", "kubernetes")
 SCHEMAS = os.path.join(ROOT, "Tests", "Deploy", "schemas")
@@ -103,7 +109,12 @@ def metric_problems(where, expr, exported, reasons):
             for value in m.group(1).split("|"):
                 if value not in reasons:
                     p.append(f"{where}: palisade_rejections_total has no reason \"{value}\" (recordRejection in Sources/)")
-    if expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}") or expr.count("[") != expr.count("]"):
+    if promql_parser is not None:
+        try:
+            promql_parser.parse(expr)
+        except Exception as e:  # the binding raises a plain ValueError-like error with the parser's message
+            p.append(f"{where}: not PromQL ({e}): {expr!r}")
+    elif expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}") or expr.count("[") != expr.count("]"):
         p.append(f"{where}: unbalanced brackets in {expr!r}")
     return p
 
@@ -571,7 +582,9 @@ def check_monitoring(docs, pod):
         if len(ids) != len(set(ids)):
             p.append("the Grafana dashboard's panel ids must be unique")
         for e in exprs:
-            p += metric_problems("Grafana dashboard", e.replace("$__rate_interval", "5m"), exported, reasons)
+            # Grafana's variables, as Prometheus would see them after interpolation.
+            e = e.replace("$__rate_interval", "5m").replace("$namespace", "palisade").replace("$pod", ".*")
+            p += metric_problems("Grafana dashboard", e, exported, reasons)
         shown = " ".join(exprs)
         for e in alert_exprs:
             for metric in set(re.findall(r'palisade_[a-z_]+', e)):
@@ -731,6 +744,8 @@ def selftest(docs):
             "rules", [r for r in next(g for x in d if x["kind"] == "PrometheusRule" for g in x["spec"]["groups"])["rules"]
                       if r.get("alert") != "PalisadeIntegrityFailure"]),
         "alert without a runbook": lambda d: rule(d, "PalisadeEgressBlocked")["annotations"].pop("runbook"),
+        "alert that is not PromQL": lambda d: rule(d, "PalisadeShedding").__setitem__(
+            "expr", "sum(rate(palisade_rejections_total[5m]) > 0"),
         "dashboard on a metric nobody exports": lambda d: dashboard(d, lambda j: j["panels"][1]["targets"][0].__setitem__(
             "expr", "sum(rate(palisade_grpc_calls_total[5m]))")),
         "sidecar metrics not scraped": lambda d: next(x for x in d if x["kind"] == "PodMonitor")["spec"].__setitem__(
@@ -841,6 +856,7 @@ def main():
     print("manifests OK")
     if "--selftest" in sys.argv:
         print("selftest OK")
+    print("PromQL parsed with promql-parser" if promql_parser else "PromQL: brackets only (pip install promql-parser)")
     return 0
 
 
