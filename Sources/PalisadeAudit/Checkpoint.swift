@@ -141,12 +141,18 @@ public struct AuditSigningKey: Sendable {
 
   /// Reads a PKCS#8 PEM Ed25519 private key ("PRIVATE KEY") that only its owner can read (mode 0600 or
   /// stricter).
+  ///
+  /// One exception, as for the TLS and attestation keys: group read (no write) when the file's group is this
+  /// process's own group and its owner is root or this process's user, which is how Kubernetes mounts a Secret for a
+  /// pod's `fsGroup` (0440, root:fsGroup; a root-owned 0400 file could not be read at all).
   public static func load(path: String, name: String) throws -> AuditSigningKey {
     var info = stat()
     guard stat(path, &info) == 0 else { throw AuditError.key(path: path, reason: "cannot be read") }
     guard (info.st_mode & S_IFMT) == S_IFREG else { throw AuditError.key(path: path, reason: "is not a regular file") }
     let mode = Int(info.st_mode & 0o777)
-    guard mode & 0o077 == 0 else {
+    let ownGroupReadOnly =
+      mode & 0o077 == 0o040 && info.st_gid == getegid() && (info.st_uid == 0 || info.st_uid == geteuid())
+    guard mode & 0o077 == 0 || ownGroupReadOnly else {
       throw AuditError.key(path: path, reason: "is accessible by group or others (mode \(String(mode, radix: 8))); run chmod 600 on it")
     }
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw AuditError.key(path: path, reason: "cannot be read") }

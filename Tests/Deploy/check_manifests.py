@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""Renders deploy/kubernetes (base and every overlay) with `kubectl kustomize`, validates every manifest against
-the Kubernetes OpenAPI schemas offline (kubernetes-validate bundles them; strict: unknown fields are errors) and
-the cert-manager Certificate against Tests/Deploy/schemas, then asserts the security properties the deployment
-promises. `--selftest` breaks each property in a copy of the rendered overlay and expects the check to catch it.
+"""Renders deploy/kubernetes (base, every overlay, and the KServe runtime) with `kubectl kustomize`, validates
+every manifest against the Kubernetes OpenAPI schemas offline (kubernetes-validate bundles them; strict: unknown
+fields are errors) and the custom resources (cert-manager Certificate, prometheus-operator PrometheusRule and
+PodMonitor, KServe ClusterServingRuntime) against the schemas kept in Tests/Deploy/schemas, then asserts the
+security properties the deployment promises: among them the audit log on a PersistentVolume with sync durability,
+the private keys from Secrets with a tight mode, the sidecar's reports on a Unix socket in a shared emptyDir, the
+rollback state off emptyDir, a shutdown budget inside the grace period, and alerts and dashboard panels that name
+only metrics the server and the sidecar export (grepped from Sources/). `--selftest` breaks each property in a copy
+of the rendered overlay and expects the check to catch it.
 Prints "manifests OK" (and "selftest OK") and exits 0, or lists every problem and exits 1.
 """
 import copy
@@ -17,6 +22,12 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+try:
+    # A real PromQL parser (PyPI promql-parser, Tests/Interop/requirements.txt); without it only brackets are checked.
+    import promql_parser
+except ImportError:
+    promql_parser = None
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KUBE = os.path.join(ROOT, "deploy", "kubernetes")
 SCHEMAS = os.path.join(ROOT, "Tests", "Deploy", "schemas")
@@ -24,6 +35,100 @@ SCHEMAS = os.path.join(ROOT, "Tests", "Deploy", "schemas")
 VERSIONS = ["1.29", kubernetes_validate.latest_version()]
 SERVER_UID, EGRESS_UID = 65532, 65533
 INIT_CAPABILITIES = {"NET_ADMIN", "NET_RAW"}
+# Custom resources and the schema file each is checked against (hand-written subsets of their CRDs).
+CRD_SCHEMAS = {
+    ("cert-manager.io/v1", "Certificate"): "certificate-cert-manager-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-coreos-v1.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-monitoring-coreos-v1.json",
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "clusterservingruntime-serving-kserve-v1alpha1.json",
+}
+# swift-service-lifecycle's maximumCancellationDuration after the drain (ServerRuntime.run), and a margin for the
+# final audit checkpoint (one fsync) and process exit.
+CANCELLATION_SECONDS, CLOSE_MARGIN_SECONDS = 5, 2
+# The signals the alerts must cover (issue 16), each as the metric (and label matcher) an alert must use.
+REQUIRED_SIGNALS = {
+    "token refusals": ("palisade_token_refusals_total", None),
+    "policy denials": ("palisade_policy_denials_total", None),
+    "extraction alarms": ("palisade_extraction_alarms_total", None),
+    "quarantines": ("palisade_quarantines_total", None),
+    "integrity failures": ("palisade_integrity_failures_total", None),
+    "audit write failures": ("palisade_audit_records_total", 'result="failed"'),
+    "egress blocks": ("palisade_egress_requests_total", 'result="blocked"'),
+    "certificate expiry": ("palisade_server_certificate_expiry_seconds", None),
+    "breaker open": ("palisade_circuit_breaker_state", None),
+    "shedding": ("palisade_rejections_total", "queue_full"),
+}
+# Functions, keywords and aggregations that may appear in a PromQL expression beside metric names.
+PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "by", "without", "rate", "irate", "increase", "offset", "and", "or", "unless",
+    "on", "ignoring", "group_left", "group_right", "histogram_quantile", "max_over_time", "min_over_time", "changes",
+    "absent", "bool", "le", "time", "vector", "scalar", "clamp_min", "clamp_max", "label_values",
+}
+
+
+def exported_metrics():
+    """Metric names the server and the sidecar export, from their Swift sources, and the reason label values of
+    palisade_rejections_total."""
+    names, reasons = set(), set()
+    for directory, _, files in os.walk(os.path.join(ROOT, "Sources")):
+        for f in files:
+            if not f.endswith(".swift"):
+                continue
+            text = open(os.path.join(directory, f), encoding="utf-8").read()
+            for m in re.finditer(r'MetricNameDescriptor\(\s*namespace:\s*"([a-z_]+)",\s*metricName:\s*"([a-z_]+)"'
+                                 r'(?:,\s*unitName:\s*"([a-z_]*)")?', text):
+                names.add("_".join(x for x in m.groups() if x))
+            # ServerMetrics' counter(name, ...) helper: namespace palisade, unit total.
+            if 'metricName: name, unitName: "total"' in text:
+                names.update(f"palisade_{m.group(1)}_total" for m in re.finditer(r'\bcounter\(\s*"([a-z_]+)"', text))
+            # The sidecar's swift-metrics labels are the full names.
+            names.update(re.findall(r'label:\s*"(palisade_[a-z_]+)"', text))
+            for call in re.findall(r'recordRejection\(reason:([^)]*)\)', text):
+                reasons.update(re.findall(r'"([a-z_]+)"', re.sub(r'contains\("[^"]*"', "", call)))
+    return names, reasons
+
+
+def metric_problems(where, expr, exported, reasons):
+    """Names in a PromQL expression that are not exported metrics; rejection reasons that are never recorded."""
+    p = []
+    stripped = re.sub(r'\{[^}]*\}', "", re.sub(r'"[^"]*"', '""', expr))
+    stripped = re.sub(r'\[[^\]]*\]', "", stripped)
+    # Label lists of aggregations and vector matching, and durations (offset 5m).
+    stripped = re.sub(r'\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)', "", stripped)
+    stripped = re.sub(r'\b\d+(ms|s|m|h|d|w|y)\b', "", stripped)
+    for word in re.findall(r'[a-zA-Z_:][a-zA-Z0-9_:]*', stripped):
+        if not word.startswith("palisade_"):
+            if word not in PROMQL_WORDS:
+                p.append(f"{where}: '{word}' is neither a PromQL word nor a palisade_ metric")
+            continue
+        base = re.sub(r'_(bucket|sum|count)$', "", word)
+        if word not in exported and base not in exported:
+            p.append(f"{where}: metric {word} is not exported by the server or the sidecar (Sources/)")
+    for selector in re.findall(r'palisade_rejections_total\{([^}]*)\}', expr):
+        for m in re.finditer(r'reason=~?"([^"]*)"', selector):
+            for value in m.group(1).split("|"):
+                if value not in reasons:
+                    p.append(f"{where}: palisade_rejections_total has no reason \"{value}\" (recordRejection in Sources/)")
+    if promql_parser is not None:
+        try:
+            promql_parser.parse(expr)
+        except Exception as e:  # the binding raises a plain ValueError-like error with the parser's message
+            p.append(f"{where}: not PromQL ({e}): {expr!r}")
+    elif expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}") or expr.count("[") != expr.count("]"):
+        p.append(f"{where}: unbalanced brackets in {expr!r}")
+    return p
+
+
+def doc_anchors(path):
+    """GitHub's anchors for the headings of a Markdown file."""
+    if not os.path.exists(path):
+        return set()
+    anchors = set()
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r'#+\s+(.*)', line)
+        if m:
+            anchors.add(re.sub(r'[^a-z0-9 _-]', "", m.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
 
 
 def kubectl():
@@ -42,14 +147,21 @@ def render(directory):
 
 def validate_schema(doc):
     where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-    if doc.get("apiVersion") == "cert-manager.io/v1":
-        path = os.path.join(SCHEMAS, f"{doc['kind'].lower()}-cert-manager-v1.json")
-        if not os.path.exists(path):
-            return [f"{where}: no schema for cert-manager {doc['kind']} in {SCHEMAS}"]
+    group = doc.get("apiVersion", "").split("/")[0]
+    if "." in group and not group.endswith(".k8s.io"):
+        name = CRD_SCHEMAS.get((doc.get("apiVersion"), doc.get("kind")))
+        if name is None:
+            return [f"{where}: no schema for {doc.get('apiVersion')} {doc.get('kind')} in {SCHEMAS}"]
         try:
-            jsonschema.validate(doc, json.load(open(path)))
+            jsonschema.validate(doc, json.load(open(os.path.join(SCHEMAS, name))))
         except jsonschema.ValidationError as e:
             return [f"{where}: {e.message} at {'/'.join(map(str, e.absolute_path))}"]
+        if doc.get("kind") == "ClusterServingRuntime":
+            # Its containers and volumes are core/v1 types: validate them as a Pod's.
+            spec = doc["spec"]
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "servingruntime"},
+                   "spec": {"containers": spec["containers"], "volumes": spec.get("volumes", [])}}
+            return [x.replace("Pod/servingruntime", f"{where} (as a Pod)") for x in validate_schema(pod)]
         return []
     problems = []
     for version in VERSIONS:
@@ -77,9 +189,11 @@ def selects(selector, labels):
 def check_properties(docs, overlay=True):
     """Every security property the deployment promises; returns the problems found."""
     p = []
-    dep = one(docs, "Deployment", p)
+    dep = one(docs, "StatefulSet", p)
     if dep is None:
         return p
+    if [d for d in docs if d.get("kind") == "Deployment"]:
+        p.append("the server runs as a StatefulSet (a volume of its own per pod), not a Deployment")
     pod = dep["spec"]["template"]["spec"]
     labels = dep["spec"]["template"]["metadata"].get("labels", {})
     psc = pod.get("securityContext", {})
@@ -172,14 +286,18 @@ def check_properties(docs, overlay=True):
         if env.get("SERVER_UID") != str(SERVER_UID):
             p.append(f"{n}: SERVER_UID must be {SERVER_UID}")
 
-    # Volumes: bundles, config, policy, trust and credentials read-only; only emptyDirs writable.
+    # Volumes: bundles, config, policy, trust and credentials read-only; only emptyDirs and the pod's own
+    # PersistentVolumes (volumeClaimTemplates) writable.
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    claims = {t["metadata"]["name"]: t for t in dep["spec"].get("volumeClaimTemplates", [])}
+    for name in set(volumes) & set(claims):
+        p.append(f"volume {name} is both a pod volume and a volumeClaimTemplate")
     for c in pod.get("containers", []):
         for m in c.get("volumeMounts", []):
             v = volumes.get(m["name"])
-            if v is None:
+            if v is None and m["name"] not in claims:
                 p.append(f"container {c['name']}: mount {m['name']} has no volume")
-            elif "emptyDir" not in v and m.get("readOnly") is not True:
+            elif v is not None and "emptyDir" not in v and m.get("readOnly") is not True:
                 p.append(f"container {c['name']}: {m['name']} must be mounted read-only")
             if m.get("subPath"):
                 p.append(f"container {c['name']}: {m['name']} uses subPath (kubelet never updates it: no rotation)")
@@ -198,6 +316,7 @@ def check_properties(docs, overlay=True):
             p.append(f"the {name} volume must be a ConfigMap")
 
     # The server config the ConfigMap carries points at those mounts.
+    config = None
     if server:
         mounts = {m["name"]: m["mountPath"] for m in server.get("volumeMounts", [])}
         cm_name = volumes.get("config", {}).get("configMap", {}).get("name")
@@ -214,6 +333,8 @@ def check_properties(docs, overlay=True):
                 p.append("config policy.file must be in the policy mount")
             if config.get("models", {}).get("directories") != [mounts.get("models")]:
                 p.append("config models.directories must be the read-only models mount")
+    if server and egress and config is not None:
+        p += check_every_control(dep, pod, psc, server, egress, volumes, claims, config, docs)
 
     # NetworkPolicy: ingress only from labelled callers (and Prometheus on the admin port); egress DNS + CIDRs.
     np = one(docs, "NetworkPolicy", p)
@@ -259,15 +380,23 @@ def check_properties(docs, overlay=True):
     hpa = one(docs, "HorizontalPodAutoscaler", p)
     if hpa:
         ref = hpa["spec"]["scaleTargetRef"]
-        if ref.get("kind") != "Deployment" or ref.get("name") != dep["metadata"]["name"]:
-            p.append("HorizontalPodAutoscaler must scale the Deployment")
+        if ref.get("kind") != "StatefulSet" or ref.get("name") != dep["metadata"]["name"]:
+            p.append("HorizontalPodAutoscaler must scale the StatefulSet")
         if hpa["spec"].get("minReplicas", 1) < 2:
             p.append("HorizontalPodAutoscaler minReplicas must be at least 2 (the PDB needs a spare)")
-    svc = one(docs, "Service", p)
-    if svc and not selects(svc["spec"].get("selector", {}), labels):
-        p.append("Service must select the Palisade pods")
-    if svc and {x["port"] for x in svc["spec"].get("ports", [])} != {8443}:
-        p.append("Service must expose only the mTLS port")
+    services = [d for d in docs if d.get("kind") == "Service"]
+    if dep["spec"].get("serviceName") not in {s["metadata"]["name"] for s in services}:
+        p.append("the StatefulSet's serviceName must be one of the Services")
+    for svc in services:
+        n = svc["metadata"]["name"]
+        if not selects(svc["spec"].get("selector", {}), labels):
+            p.append(f"Service {n} must select the Palisade pods")
+        if {x["port"] for x in svc["spec"].get("ports", [])} != {8443}:
+            p.append(f"Service {n} must expose only the mTLS port")
+        if svc["spec"].get("type", "ClusterIP") != "ClusterIP":
+            p.append(f"Service {n} must be ClusterIP (no NodePort or LoadBalancer in the base)")
+    if overlay:
+        p += check_monitoring(docs, pod)
     if overlay:
         for d in docs:
             if d["kind"] != "Namespace" and not d["metadata"].get("namespace"):
@@ -275,10 +404,286 @@ def check_properties(docs, overlay=True):
     return p
 
 
+def mount_of(container, path):
+    """The volumeMount of `container` whose mountPath holds `path` (the longest), or None."""
+    best = None
+    for m in container.get("volumeMounts", []):
+        root = m["mountPath"].rstrip("/") + "/"
+        if path.startswith(root) and (best is None or len(m["mountPath"]) > len(best["mountPath"])):
+            best = m
+    return best
+
+
+def secret_mode_problems(what, volume):
+    """A Secret volume whose files only the owner (root) and the fsGroup may read, and nobody write."""
+    secret = volume.get("secret")
+    if secret is None:
+        return [f"{what} must come from a Secret volume"]
+    p = []
+    modes = [secret.get("defaultMode", 0o644)] + [i["mode"] for i in secret.get("items", []) if "mode" in i]
+    for mode in modes:
+        if mode & 0o337 or not mode & 0o040:
+            p.append(f"{what}: Secret mode {oct(mode)} must be 0440 or tighter for others (group read, no write)")
+    return p
+
+
+def check_every_control(dep, pod, psc, server, egress, volumes, claims, config, docs):
+    """The controls issue 16 turns on in the pods: audit on a PersistentVolume with sync durability, private keys
+    from Secrets, the sidecar's reports on a Unix socket in a shared emptyDir, checkpoints shipped through the
+    sidecar, the rollback state off emptyDir, and a shutdown budget inside the grace period."""
+    p = []
+    fs_group = psc.get("fsGroup")
+    if fs_group != psc.get("runAsGroup", SERVER_UID) or fs_group != SERVER_UID:
+        p.append(f"pod: fsGroup must be the server's group {SERVER_UID} (Secrets mounted 0440 root:fsGroup)")
+
+    def durable(what, path):
+        m = mount_of(server, path or "")
+        if m is None:
+            p.append(f"{what} ({path}) is in no mount of the server")
+            return None
+        if m["name"] in volumes:
+            kind = next((k for k in volumes[m["name"]] if k != "name"), "?")
+            p.append(f"{what} is on the {kind} volume {m['name']}: it must be the pod's own PersistentVolume "
+                     f"(a volumeClaimTemplate)")
+            return None
+        claim = claims.get(m["name"])
+        if claim is None:
+            p.append(f"{what}: mount {m['name']} is no volumeClaimTemplate")
+            return None
+        spec = claim["spec"]
+        if spec.get("accessModes") != ["ReadWriteOnce"] and spec.get("accessModes") != ["ReadWriteOncePod"]:
+            p.append(f"{what}: claim {m['name']} must be ReadWriteOnce(Pod): one writer")
+        if not spec.get("resources", {}).get("requests", {}).get("storage"):
+            p.append(f"{what}: claim {m['name']} must request storage")
+        if m.get("readOnly"):
+            p.append(f"{what}: mount {m['name']} must be writable")
+        return m
+
+    audit = config.get("audit")
+    if not isinstance(audit, dict):
+        p.append("config: the audit section is missing (no audit log)")
+        audit = {}
+    else:
+        durable("the audit log (audit.directory)", audit.get("directory"))
+        if audit.get("durability", "sync") != "sync":
+            p.append("config audit.durability must be sync (a response only after its record is fsynced)")
+    durable("the rollback state (models.state_file)", config.get("models", {}).get("state_file"))
+
+    # The private keys: from Secrets, 0440 for the fsGroup, mounted only in the server.
+    secret_volumes = {n for n, v in volumes.items() if "secret" in v or "projected" in v}
+    for what, path in (("attestation.key", config.get("attestation", {}).get("key")), ("audit.key", audit.get("key"))):
+        if not path:
+            p.append(f"config {what} is not set")
+            continue
+        m = mount_of(server, path)
+        if m is None or m["name"] not in volumes:
+            p.append(f"config {what} ({path}) is in no volume of the server")
+            continue
+        p += secret_mode_problems(f"config {what}", volumes[m["name"]])
+    for m in egress.get("volumeMounts", []):
+        if m["name"] in secret_volumes:
+            p.append(f"container egress: mounts the Secret volume {m['name']} (it shares the server's fsGroup)")
+
+    # The sidecar's reports: a Unix socket in an emptyDir both containers mount, only the sidecar's UID heard.
+    out = config.get("egress") or {}
+    socket = out.get("report_socket")
+    egress_config = {}
+    ecm = volumes.get("egress-config", {}).get("configMap", {}).get("name")
+    ecms = [d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == ecm]
+    if ecms:
+        egress_config = yaml.safe_load(next(iter(ecms[0]["data"].values())))
+    else:
+        p.append("the egress sidecar's config ConfigMap is not among the manifests")
+    if not socket:
+        p.append("config egress.report_socket is not set: the sidecar's block reports are not audited")
+    else:
+        sm, em = mount_of(server, socket), mount_of(egress, egress_config.get("report_socket") or "")
+        if sm is None or "emptyDir" not in volumes.get(sm["name"], {}):
+            p.append("config egress.report_socket must be in an emptyDir mounted by the server")
+        elif em is None or em["name"] != sm["name"]:
+            p.append("the sidecar's report_socket must be in the same emptyDir as the server's egress.report_socket")
+        elif socket[len(sm["mountPath"]):] != egress_config["report_socket"][len(em["mountPath"]):]:
+            p.append("the sidecar's report_socket and the server's egress.report_socket name different files")
+        if out.get("report_sender_uids") != [EGRESS_UID]:
+            p.append(f"config egress.report_sender_uids must be [{EGRESS_UID}] (the sidecar's UID only)")
+        if int(str(out.get("report_socket_mode", "0660")), 8) & 0o007:
+            p.append("config egress.report_socket_mode must give others nothing")
+    # Checkpoints through the sidecar to an allowlisted collector.
+    listen = egress_config.get("listen", {})
+    if out.get("proxy") != f"{listen.get('host', '127.0.0.1')}:{listen.get('port', 3128)}" or not str(
+            out.get("proxy", "")).startswith("127.0.0.1:"):
+        p.append("config egress.proxy must be the sidecar's loopback listener")
+    url = out.get("checkpoint_url") or ""
+    m = re.match(r'https://([^/:]+)(?::(\d+))?(/.*)', url)
+    if not m:
+        p.append("config egress.checkpoint_url must be an https URL (checkpoints shipped off the pod)")
+    else:
+        host, port, path = m.group(1), int(m.group(2) or 443), m.group(3)
+        if not any(d.get("host") == host and d.get("port", 443) == port and d.get("scheme", "https") == "https"
+                   and "POST" in d.get("methods", ["POST"]) and any(path.startswith(x) for x in d.get("path_prefixes", ["/"]))
+                   for d in egress_config.get("destinations", [])):
+            p.append(f"the sidecar's allowlist must let POST {url} out (egress.checkpoint_url)")
+
+    # Shutdown: drain, cancellation and the final checkpoint inside the grace period.
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    drain = config.get("server", {}).get("shutdown_grace_seconds", 20)
+    if drain + CANCELLATION_SECONDS + CLOSE_MARGIN_SECONDS > grace:
+        p.append(f"terminationGracePeriodSeconds {grace} < server.shutdown_grace_seconds {drain} + "
+                 f"{CANCELLATION_SECONDS} s cancellation + {CLOSE_MARGIN_SECONDS} s for the final checkpoint")
+    return p
+
+
+def check_monitoring(docs, pod):
+    """The PodMonitor scrapes both admin ports; the alerts cover every required signal and name only exported
+    metrics; the dashboard shows the same metrics."""
+    p = []
+    exported, reasons = exported_metrics()
+    ports = {port["name"]: port["containerPort"] for c in pod.get("containers", []) for port in c.get("ports", [])}
+    pm = one(docs, "PodMonitor", p)
+    if pm:
+        scraped = {e.get("port") for e in pm["spec"].get("podMetricsEndpoints", [])}
+        if not {"admin", "egress-admin"} <= scraped or not scraped <= set(ports):
+            p.append(f"PodMonitor must scrape the ports admin and egress-admin of the pod, scrapes {sorted(map(str, scraped))}")
+    rule = one(docs, "PrometheusRule", p)
+    alert_exprs = []
+    if rule:
+        anchors = doc_anchors(os.path.join(ROOT, "docs", "operations.md"))
+        for group in rule["spec"].get("groups", []):
+            for r in group.get("rules", []):
+                name = r.get("alert") or r.get("record")
+                where = f"PrometheusRule {name}"
+                expr = str(r.get("expr", ""))
+                alert_exprs.append(expr)
+                p += metric_problems(where, expr, exported, reasons)
+                if r.get("alert"):
+                    if r.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+                        p.append(f"{where}: needs a severity label (critical, warning or info)")
+                    notes = r.get("annotations", {})
+                    if not notes.get("summary") or not notes.get("description"):
+                        p.append(f"{where}: needs summary and description annotations")
+                    runbook = notes.get("runbook", "")
+                    if not runbook.startswith("docs/operations.md#") or runbook.split("#", 1)[1] not in anchors:
+                        p.append(f"{where}: runbook must name its section of docs/operations.md (### {name})")
+        for signal, (metric, matcher) in REQUIRED_SIGNALS.items():
+            if not any(metric in e and (matcher is None or matcher in e) for e in alert_exprs):
+                p.append(f"PrometheusRule: no alert on {signal} ({metric}{' ' + matcher if matcher else ''})")
+    dashboards = [d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"].get("labels", {}).get("grafana_dashboard")]
+    if len(dashboards) != 1:
+        p.append(f"expected one Grafana dashboard ConfigMap (label grafana_dashboard), found {len(dashboards)}")
+    else:
+        try:
+            dash = json.loads(next(iter(dashboards[0]["data"].values())))
+        except ValueError as e:
+            return p + [f"the Grafana dashboard is not JSON: {e}"]
+        exprs = [t.get("expr", "") for panel in dash.get("panels", []) for t in panel.get("targets", [])]
+        if not exprs:
+            p.append("the Grafana dashboard has no queries")
+        ids = [panel.get("id") for panel in dash.get("panels", [])]
+        if len(ids) != len(set(ids)):
+            p.append("the Grafana dashboard's panel ids must be unique")
+        for e in exprs:
+            # Grafana's variables, as Prometheus would see them after interpolation.
+            e = e.replace("$__rate_interval", "5m").replace("$namespace", "palisade").replace("$pod", ".*")
+            p += metric_problems("Grafana dashboard", e, exported, reasons)
+        shown = " ".join(exprs)
+        for e in alert_exprs:
+            for metric in set(re.findall(r'palisade_[a-z_]+', e)):
+                if metric not in shown:
+                    p.append(f"the Grafana dashboard shows no panel of {metric}, which an alert uses")
+    return p
+
+
+def check_kserve(docs):
+    """The KServe ClusterServingRuntime: gRPC (grpc-v2) only, hardened container, bundles from the model storage
+    mount, the TLS Secret 0440."""
+    p = []
+    runtime = one(docs, "ClusterServingRuntime", p)
+    if runtime is None:
+        return p
+    spec = runtime["spec"]
+    if runtime["metadata"].get("namespace"):
+        p.append("ClusterServingRuntime is cluster-scoped: no namespace")
+    if spec.get("protocolVersions") != ["grpc-v2"]:
+        p.append("ClusterServingRuntime protocolVersions must be [grpc-v2] (Palisade serves the OIP over gRPC only)")
+    containers = {c["name"]: c for c in spec.get("containers", [])}
+    server = containers.get("kserve-container")
+    if server is None:
+        return p + ["ClusterServingRuntime: the runtime container must be named kserve-container (KServe mounts "
+                    "/mnt/models into it)"]
+    sc = server.get("securityContext", {})
+    if (sc.get("runAsNonRoot") is not True or sc.get("runAsUser") != SERVER_UID or sc.get("readOnlyRootFilesystem") is not True
+            or sc.get("allowPrivilegeEscalation") is not False or sc.get("capabilities", {}).get("drop") != ["ALL"]
+            or sc.get("capabilities", {}).get("add") or sc.get("seccompProfile", {}).get("type") != "RuntimeDefault"):
+        p.append("kserve-container: non-root (65532), read-only root, no escalation, drop ALL, RuntimeDefault seccomp")
+    if server.get("args", [None])[0] != "serve" or [x.get("containerPort") for x in server.get("ports", [])] != [8443]:
+        p.append("kserve-container: must run `serve` and expose only the mTLS port 8443")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {m["name"]: m["mountPath"] for m in server.get("volumeMounts", [])}
+    cm = volumes.get("palisade-config", {}).get("configMap", {}).get("name")
+    cms = [d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == cm]
+    if not cms:
+        return p + [f"the KServe config ConfigMap {cm} is not among the manifests"]
+    config = yaml.safe_load(next(iter(cms[0]["data"].values())))
+    if config.get("models", {}).get("directories") != ["/mnt/models"]:
+        p.append("KServe config models.directories must be [/mnt/models] (the storage initializer's download)")
+    if not config.get("models", {}).get("trust"):
+        p.append("KServe config models.trust must name the bundle publishers")
+    tls = config["server"]["tls"]
+    tls_mount = mount_of(server, tls["private_key"])
+    if tls_mount is None or tls_mount["name"] not in volumes:
+        p.append("KServe config server.tls.private_key must be in a mounted volume")
+    else:
+        p += secret_mode_problems("KServe server.tls.private_key", volumes[tls_mount["name"]])
+    for m in server.get("volumeMounts", []):
+        v = volumes.get(m["name"], {})
+        if "emptyDir" not in v and m.get("readOnly") is not True:
+            p.append(f"kserve-container: {m['name']} must be mounted read-only")
+    if not config["policy"]["file"].startswith(mounts.get("palisade-policy", "?") + "/"):
+        p.append("KServe config policy.file must be in the policy mount")
+    return p
+
+
 def selftest(docs):
     """Each broken property must be caught."""
+    def sts(d):
+        return next(x for x in d if x["kind"] == "StatefulSet")
+
     def pod(d):
-        return next(x for x in d if x["kind"] == "Deployment")["spec"]["template"]["spec"]
+        return sts(d)["spec"]["template"]["spec"]
+
+    def volume(d, name):
+        return next(v for v in pod(d)["volumes"] if v["name"] == name)
+
+    def cm(d, prefix):
+        return next(x for x in d if x["kind"] == "ConfigMap" and x["metadata"]["name"].startswith(prefix))
+
+    def edit_config(d, prefix, change):
+        data = cm(d, prefix)["data"]
+        key = next(iter(data))
+        config = yaml.safe_load(data[key])
+        change(config)
+        data[key] = yaml.safe_dump(config)
+
+    def rule(d, alert):
+        return next(r for x in d if x["kind"] == "PrometheusRule" for g in x["spec"]["groups"] for r in g["rules"]
+                    if r.get("alert") == alert)
+
+    def dashboard(d, change):
+        data = next(x for x in d if x["kind"] == "ConfigMap" and x["metadata"].get("labels", {}).get("grafana_dashboard"))["data"]
+        key = next(iter(data))
+        dash = json.loads(data[key])
+        change(dash)
+        data[key] = json.dumps(dash)
+
+    def state_on_emptydir(d):
+        sts(d)["spec"]["volumeClaimTemplates"] = [t for t in sts(d)["spec"]["volumeClaimTemplates"]
+                                                   if t["metadata"]["name"] != "state"]
+        pod(d)["volumes"].append({"name": "state", "emptyDir": {}})
+
+    def unaudited(d):
+        sts(d)["spec"]["volumeClaimTemplates"] = [t for t in sts(d)["spec"]["volumeClaimTemplates"]
+                                                   if t["metadata"]["name"] != "audit"]
+        pod(d)["volumes"].append({"name": "audit", "emptyDir": {}})
 
     def container(d, name):
         return next(c for c in pod(d)["containers"] if c["name"] == name)
@@ -308,6 +713,43 @@ def selftest(docs):
         "no egress policy": lambda d: np(d).__setitem__("policyTypes", ["Ingress"]),
         "key reuse on renewal": lambda d: next(x for x in d if x["kind"] == "Certificate")["spec"]["privateKey"].pop(
             "rotationPolicy"),
+        "a Deployment again": lambda d: sts(d).__setitem__("kind", "Deployment"),
+        "rollback state on an emptyDir": state_on_emptydir,
+        "audit log on an emptyDir": unaudited,
+        "no audit section": lambda d: edit_config(d, "palisade-config", lambda c: c.pop("audit")),
+        "batched audit": lambda d: edit_config(d, "palisade-config", lambda c: c["audit"].__setitem__("durability", "batched")),
+        "attestation key world-readable": lambda d: volume(d, "attestation-key")["secret"].__setitem__("defaultMode", 0o444),
+        "audit key group-writable": lambda d: volume(d, "audit-key")["secret"]["items"][0].__setitem__("mode", 0o460),
+        "attestation key from a ConfigMap": lambda d: volume(d, "attestation-key").update(
+            {"configMap": {"name": "palisade-trust"}}) or volume(d, "attestation-key").pop("secret"),
+        "sidecar mounts a key": lambda d: container(d, "egress")["volumeMounts"].append(
+            {"name": "audit-key", "mountPath": "/keys", "readOnly": True}),
+        "no fsGroup": lambda d: pod(d)["securityContext"].pop("fsGroup"),
+        "reports not received": lambda d: edit_config(d, "palisade-config", lambda c: c["egress"].pop("report_socket")),
+        "reports from any UID": lambda d: edit_config(d, "palisade-config", lambda c: c["egress"].pop("report_sender_uids")),
+        "report socket not shared": lambda d: container(d, "egress").__setitem__(
+            "volumeMounts", [m for m in container(d, "egress")["volumeMounts"] if m["name"] != "egress-reports"]),
+        "report socket on a PersistentVolume": lambda d: edit_config(
+            d, "palisade-config", lambda c: c["egress"].__setitem__("report_socket", "/var/lib/palisade/state/r.sock")),
+        "checkpoints not shipped": lambda d: edit_config(d, "palisade-config", lambda c: c["egress"].pop("checkpoint_url")),
+        "collector not allowlisted": lambda d: edit_config(d, "palisade-egress", lambda c: c.__setitem__(
+            "destinations", [x for x in c["destinations"] if x["name"] != "audit-collector"])),
+        "grace period too short": lambda d: pod(d).__setitem__("terminationGracePeriodSeconds", 20),
+        "alert on a metric nobody exports": lambda d: rule(d, "PalisadeShedding").__setitem__(
+            "expr", "rate(palisade_requests_shed_total[5m]) > 0"),
+        "alert on a rejection reason never recorded": lambda d: rule(d, "PalisadeShedding").__setitem__(
+            "expr", 'rate(palisade_rejections_total{reason="overloaded"}[5m]) > 0'),
+        "no alert on integrity failures": lambda d: next(g for x in d if x["kind"] == "PrometheusRule"
+                                                         for g in x["spec"]["groups"]).__setitem__(
+            "rules", [r for r in next(g for x in d if x["kind"] == "PrometheusRule" for g in x["spec"]["groups"])["rules"]
+                      if r.get("alert") != "PalisadeIntegrityFailure"]),
+        "alert without a runbook": lambda d: rule(d, "PalisadeEgressBlocked")["annotations"].pop("runbook"),
+        "alert that is not PromQL": lambda d: rule(d, "PalisadeShedding").__setitem__(
+            "expr", "sum(rate(palisade_rejections_total[5m]) > 0"),
+        "dashboard on a metric nobody exports": lambda d: dashboard(d, lambda j: j["panels"][1]["targets"][0].__setitem__(
+            "expr", "sum(rate(palisade_grpc_calls_total[5m]))")),
+        "sidecar metrics not scraped": lambda d: next(x for x in d if x["kind"] == "PodMonitor")["spec"].__setitem__(
+            "podMetricsEndpoints", [{"port": "admin"}]),
     }
     failures = []
     for name, breaker in breaks.items():
@@ -318,15 +760,50 @@ def selftest(docs):
     # The schemas catch what the property checks do not look at.
     schema_breaks = {
         "unknown Deployment field": lambda d: pod(d).__setitem__("hostNetwrk", True),
-        "wrong type": lambda d: next(x for x in d if x["kind"] == "Deployment")["spec"].__setitem__("replicas", "two"),
+        "wrong type": lambda d: sts(d)["spec"].__setitem__("replicas", "two"),
         "unknown Certificate field": lambda d: next(x for x in d if x["kind"] == "Certificate")["spec"].__setitem__(
             "dnsName", ["x"]),
+        "unknown PrometheusRule field": lambda d: rule(d, "PalisadeShedding").__setitem__("severity", "warning"),
+        "bad alert duration": lambda d: rule(d, "PalisadeShedding").__setitem__("for", "5 minutes"),
+        "unknown PodMonitor field": lambda d: next(x for x in d if x["kind"] == "PodMonitor")["spec"].__setitem__(
+            "endpoints", []),
     }
     for name, breaker in schema_breaks.items():
         broken = copy.deepcopy(docs)
         breaker(broken)
         if not any(validate_schema(d) for d in broken):
             failures.append(f"selftest: schema break '{name}' was not caught")
+    return failures
+
+
+def selftest_kserve(docs):
+    """Each broken property of the KServe runtime must be caught, by the properties or the schemas."""
+    def runtime(d):
+        return next(x for x in d if x["kind"] == "ClusterServingRuntime")["spec"]
+
+    breaks = {
+        "REST protocol listed": lambda d: runtime(d)["protocolVersions"].append("v2"),
+        "root container": lambda d: runtime(d)["containers"][0]["securityContext"].__setitem__("runAsUser", 0),
+        "TLS key world-readable": lambda d: next(v for v in runtime(d)["volumes"] if v["name"] == "palisade-server-tls")[
+            "secret"].__setitem__("defaultMode", 0o444),
+        "renamed container": lambda d: runtime(d)["containers"][0].__setitem__("name", "palisade"),
+    }
+    schema_breaks = {
+        "unknown runtime field": lambda d: runtime(d).__setitem__("protocols", ["grpc-v2"]),
+        "unknown protocol": lambda d: runtime(d).__setitem__("protocolVersions", ["grpc-v3"]),
+        "unknown container field": lambda d: runtime(d)["containers"][0].__setitem__("argz", []),
+    }
+    failures = []
+    for name, breaker in breaks.items():
+        broken = copy.deepcopy(docs)
+        breaker(broken)
+        if not check_kserve(broken):
+            failures.append(f"selftest: KServe '{name}' was not caught")
+    for name, breaker in schema_breaks.items():
+        broken = copy.deepcopy(docs)
+        breaker(broken)
+        if not any(validate_schema(d) for d in broken):
+            failures.append(f"selftest: KServe schema break '{name}' was not caught")
     return failures
 
 
@@ -347,6 +824,18 @@ def main():
             problems += [f"{rel}: {x}" for x in validate_schema(d)]
         problems += [f"{rel}: {x}" for x in check_properties(docs, overlay="overlays" in rel)]
         print(f"{rel}: {len(docs)} manifests ({', '.join(sorted({d['kind'] for d in docs}))})")
+    kserve = os.path.join(KUBE, "kserve")
+    kserve_docs = None
+    try:
+        kserve_docs = render(kserve)
+    except RuntimeError as e:
+        problems.append(str(e))
+    if kserve_docs is not None:
+        rel = os.path.relpath(kserve, ROOT)
+        for d in kserve_docs:
+            problems += [f"{rel}: {x}" for x in validate_schema(d)]
+        problems += [f"{rel}: {x}" for x in check_kserve(kserve_docs)]
+        print(f"{rel}: {len(kserve_docs)} manifests ({', '.join(sorted({d['kind'] for d in kserve_docs}))})")
     netinit = open(os.path.join(ROOT, "deploy", "container", "netinit.sh"), encoding="utf-8").read()
     if not re.search(r"--uid-owner", netinit) or "-o lo -j ACCEPT" not in netinit or "-j REJECT" not in netinit:
         problems.append("netinit.sh must let the server UID reach only loopback (owner match, lo accepted, rest rejected)")
@@ -358,6 +847,8 @@ def main():
             problems.append("selftest: no overlay rendered")
         else:
             problems += selftest(overlay)
+        if kserve_docs is not None:
+            problems += selftest_kserve(kserve_docs)
     for x in problems:
         print(x)
     if problems:
@@ -365,6 +856,7 @@ def main():
     print("manifests OK")
     if "--selftest" in sys.argv:
         print("selftest OK")
+    print("PromQL parsed with promql-parser" if promql_parser else "PromQL: brackets only (pip install promql-parser)")
     return 0
 
 

@@ -374,6 +374,21 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     #expect(throws: AuditError.key(path: keyPath, reason: "is accessible by group or others (mode 644); run chmod 600 on it")) {
       _ = try AuditLog.open(configuration: config)
     }
+    // A Kubernetes Secret mounted for the pod's fsGroup: 0440, group = the process's own group. Group write, or a
+    // group that is not the process's own, stays refused.
+    let secretPath = scratch.path + "/secret-audit.key"
+    FileManager.default.createFile(atPath: secretPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o440])
+    #expect(try AuditSigningKey.load(path: secretPath, name: "palisade.dev/audit").verifyingKey.name == "palisade.dev/audit")
+    try FileManager.default.setAttributes([.posixPermissions: 0o460], ofItemAtPath: secretPath)
+    #expect(throws: AuditError.key(path: secretPath, reason: "is accessible by group or others (mode 460); run chmod 600 on it")) {
+      _ = try AuditSigningKey.load(path: secretPath, name: "palisade.dev/audit")
+    }
+    if getegid() != 65534 {
+      try FileManager.default.setAttributes([.posixPermissions: 0o440], ofItemAtPath: secretPath)
+      if chown(secretPath, geteuid(), 65534) == 0 {
+        #expect(throws: AuditError.self) { _ = try AuditSigningKey.load(path: secretPath, name: "palisade.dev/audit") }
+      }
+    }
     config.segmentMaxBytes = 10
     #expect(throws: AuditError.self) { _ = try AuditLog.open(configuration: config, key: key) }
     config.segmentMaxBytes = 1 << 20

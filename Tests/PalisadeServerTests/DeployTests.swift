@@ -132,33 +132,107 @@ import Testing
     #expect(r.stdout.contains("manifests OK") && r.stdout.contains("selftest OK"), "\(r.stdout)")
   }
 
-  /// The policy and the server config the pods get are ones palisade accepts (paths moved to real files).
+  /// The policy and the server configs the pods get (the StatefulSet's, with the audit log, the attestation key and
+  /// the report socket; and the KServe runtime's) are ones `palisade serve --check` accepts, and the sidecar's
+  /// config one `palisade egress --check` accepts (mount paths moved to real files).
   @Test func palisadeAcceptsTheKubernetesPolicyAndConfig() async throws {
-    let base = "\(repositoryRoot)/deploy/kubernetes/base/config"
+    let base = "\(Self.kube)/base/config"
     let policy = try await ProcessTests.run(ProcessTests.binary, ["policy", "check", "\(base)/policy.yaml"])
     #expect(policy.status == 0, "\(policy.stdout)\(policy.stderr)")
     let pki = try TestPKI()
+    for path in [try await Self.podConfig(pki), try Self.movedConfig(pki, "\(Self.kube)/kserve/palisade.yaml", [("[/mnt/models]", "[models]")])] {
+      let check = try await ProcessTests.run(ProcessTests.binary, ["serve", "--config", path, "--check"])
+      #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
+    }
+    // The sidecar's config: its report socket is the server's, its allowlist lets the checkpoints out.
+    var egress = try String(contentsOfFile: "\(base)/egress.yaml", encoding: .utf8)
+    for (mounted, local) in [("[/models]", "[\(pki.path("models"))]"), ("/run/palisade/reports/", "\(pki.path("reports"))/")] {
+      #expect(egress.contains(mounted), "the sidecar's config no longer names \(mounted)")
+      egress = egress.replacingOccurrences(of: mounted, with: local)
+    }
+    let egressPath = try pki.write("egress.yaml", egress)
+    let egressCheck = try await ProcessTests.run(ProcessTests.binary, ["egress", "--config", egressPath, "--check"])
+    #expect(egressCheck.status == 0, "\(egressCheck.stdout)\(egressCheck.stderr)")
+    #expect(egressCheck.stdout.contains("configuration OK"), "\(egressCheck.stdout)")
+  }
+
+  /// The pod's server config, run: it binds the report socket (0660), writes audit records for refused calls, and at
+  /// SIGTERM exits 0 after writing a final signed checkpoint that covers every record (what the shutdown budget in
+  /// docs/operations.md relies on). No timing assertion: the budget is checked statically by check_manifests.py.
+  @Test func kubernetesConfigWritesTheFinalCheckpointAtSIGTERM() async throws {
+    let pki = try TestPKI()
+    var config = try String(contentsOfFile: try await Self.podConfig(pki), encoding: .utf8)
+    config = config.replacingOccurrences(of: "0.0.0.0:8443", with: "127.0.0.1:0")
+      .replacingOccurrences(of: "0.0.0.0:9464", with: "127.0.0.1:0")
+      // A checkpoint only at close: the interval and record count are out of reach in this test.
+      .replacingOccurrences(of: "checkpoint_every_records: 1000", with: "checkpoint_every_records: 1000000")
+      .replacingOccurrences(of: "checkpoint_interval_seconds: 10", with: "checkpoint_interval_seconds: 3600")
+    let serve = try ServeProcess(config: try pki.write("palisade.yaml", config))
+    defer { serve.kill() }
+    let port = try await serve.port()
+    #expect(port != 0, "\(serve.log)")
+    var socket = stat()
+    #expect(stat(pki.path("reports/egress-reports.sock"), &socket) == 0 && socket.st_mode & 0o777 == 0o660, "\(serve.log)")
+    let client = try pki.client("client", sans: [.uniformResourceIdentifier("spiffe://palisade.test/ns/demo/sa/caller")])
+    // No token: refused, and each refusal is an audit record.
+    for _ in 0..<3 {
+      let r = try await ProcessTests.run(
+        ProcessTests.binary,
+        ["call", "ready", "--target", "127.0.0.1:\(port)", "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem")])
+      #expect(r.status != 0 && r.stderr.contains("unauthenticated"), "\(r.stdout)\(r.stderr)")
+    }
+    let verify = ["audit", "verify", pki.path("audit/log"), "--key", pki.path("audit.pub.pem"), "--origin", "example.internal/palisade/audit"]
+    let before = try await ProcessTests.run(ProcessTests.binary, verify)
+    #expect(before.stdout.contains("3 records") && before.stdout.contains("0 checkpoints"), "\(before.stdout)\(before.stderr)")
+    #expect(try await serve.terminate() == 0, "\(serve.log)")
+    #expect(serve.log.contains("palisade stopped"), "\(serve.log)")
+    let after = try await ProcessTests.run(ProcessTests.binary, verify)
+    #expect(after.status == 0 && after.stdout.contains("latest checkpoint: size 3"), "\(after.stdout)\(after.stderr)")
+  }
+
+  static let kube = "\(repositoryRoot)/deploy/kubernetes"
+
+  /// The StatefulSet's server config with every mount moved into `pki`'s directory, and the files the mounts hold
+  /// there: the trust material, the audit and attestation keys as kubelet mounts Secrets for the pod's fsGroup
+  /// (0440, the server's own group), the policy, and the report socket's directory.
+  static func podConfig(_ pki: TestPKI) async throws -> String {
     try pki.write("issuer-jwks.json", pki.jwksJSON())
     let key = pki.path("publisher.key")
     #expect(try await ProcessTests.run("/usr/bin/openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]).status == 0)
     #expect(try await ProcessTests.run("/usr/bin/openssl", ["ec", "-in", key, "-pubout", "-out", pki.path("publisher.pub.pem")]).status == 0)
-    try FileManager.default.createDirectory(atPath: pki.path("models"), withIntermediateDirectories: true)
-    try FileManager.default.createDirectory(atPath: pki.path("policy"), withIntermediateDirectories: true)
-    try FileManager.default.copyItem(atPath: "\(base)/policy.yaml", toPath: pki.path("policy/policy.yaml"))
-    var config = try String(contentsOfFile: "\(base)/palisade.yaml", encoding: .utf8)
+    let keygen = try await ProcessTests.run(
+      ProcessTests.binary, ["audit", "keygen", "--out", pki.path("audit"), "--origin", "example.internal/palisade/audit"])
+    #expect(keygen.status == 0, "\(keygen.stderr)")
+    #expect(try await ProcessTests.run("/usr/bin/openssl", ["genpkey", "-algorithm", "ed25519", "-out", pki.path("attestation.key")]).status == 0)
+    for name in ["audit.key", "attestation.key"] {
+      try FileManager.default.setAttributes([.posixPermissions: 0o440], ofItemAtPath: pki.path(name))
+    }
+    return try movedConfig(pki, "\(kube)/base/config/palisade.yaml", [
+      ("[/models]", "[models]"), ("/var/lib/palisade/audit/log", "audit/log"),
+      ("/etc/palisade/audit-key/audit.key", "audit.key"), ("/etc/palisade/attestation/attestation.key", "attestation.key"),
+      ("/run/palisade/reports/egress-reports.sock", "reports/egress-reports.sock"),
+    ])
+  }
+
+  /// `file` with the mounts every server config shares, and `moves`, replaced by paths in `pki`'s directory.
+  static func movedConfig(_ pki: TestPKI, _ file: String, _ moves: [(String, String)]) throws -> String {
+    for dir in ["models", "policy", "reports"] {
+      try FileManager.default.createDirectory(atPath: pki.path(dir), withIntermediateDirectories: true)
+    }
+    if !FileManager.default.fileExists(atPath: pki.path("policy/policy.yaml")) {
+      try FileManager.default.copyItem(atPath: "\(kube)/base/config/policy.yaml", toPath: pki.path("policy/policy.yaml"))
+    }
+    var config = try String(contentsOfFile: file, encoding: .utf8)
     for (mounted, local) in [
       ("/etc/palisade/tls/tls.crt", "server.pem"), ("/etc/palisade/tls/tls.key", "server.key"),
       ("/etc/palisade/tls/ca.crt", "ca-bundle.pem"), ("/etc/palisade/trust/issuer-jwks.json", "issuer-jwks.json"),
       ("/etc/palisade/trust/publisher.pub.pem", "publisher.pub.pem"), ("/etc/palisade/policy/policy.yaml", "policy/policy.yaml"),
-      ("[/models]", "[models]"), ("/var/lib/palisade/state/accepted-versions.json", "state/accepted-versions.json"),
-      ("/tmp/palisade-unpack", "unpack"),
-    ] {
-      #expect(config.contains(mounted), "the Kubernetes config no longer names \(mounted)")
+      ("/var/lib/palisade/state/accepted-versions.json", "state/accepted-versions.json"), ("/tmp/palisade-unpack", "unpack"),
+    ] + moves {
+      #expect(config.contains(mounted), "\(file) no longer names \(mounted)")
       config = config.replacingOccurrences(of: mounted, with: local)
     }
-    let path = try pki.write("palisade.yaml", config)
-    let check = try await ProcessTests.run(ProcessTests.binary, ["serve", "--config", path, "--check"])
-    #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
+    return try pki.write("palisade-\(URL(fileURLWithPath: file).deletingLastPathComponent().lastPathComponent).yaml", config)
   }
 
   // MARK: the admin-port probe (`palisade call health`)
