@@ -17,7 +17,12 @@ struct InteropTests {
   }
 
   /// Runs `python -m model_signing ARGS`; returns (exit status, combined output).
-  static func modelSigning(_ args: [String]) throws -> (Int32, String) {
+  static func modelSigning(_ args: [String]) throws -> (Int32, String) { try runPython(["-m", "model_signing"] + args) }
+
+  /// Runs `python -c SCRIPT ARGS` (the model_signing Python API, for what its CLI cannot do).
+  static func pythonAPI(_ script: String, _ args: [String]) throws -> (Int32, String) { try runPython(["-c", script] + args) }
+
+  static func runPython(_ args: [String]) throws -> (Int32, String) {
     let python = Self.python
     guard FileManager.default.isExecutableFile(atPath: python) else {
       Issue.record(
@@ -27,7 +32,7 @@ struct InteropTests {
     }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: python)
-    p.arguments = ["-m", "model_signing"] + args
+    p.arguments = args
     let out = Pipe()
     p.standardOutput = out
     p.standardError = out
@@ -102,20 +107,6 @@ struct InteropTests {
     try await BundleSigner.sign(directory: dir, key: key.signing, certificateChain: [leaf, ca.intermediate])
     let rootPath = try temp.write("root.pem", try pem(ca.root))
     try Self.expectSuccess(["verify", "certificate", dir, "--signature", temp.sub("bundle/model.sig"), "--certificate_chain", rootPath])
-  }
-
-  /// Runs `python -c SCRIPT ARGS` (the model_signing Python API, for what its CLI cannot do).
-  static func pythonAPI(_ script: String, _ args: [String]) throws -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: Self.python)
-    p.arguments = ["-c", script] + args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
   }
 
   /// The `shards` serialization is part of the format but refused by decision (docs/security.md, "Bundles"): a

@@ -7,23 +7,7 @@ import Testing
 /// Key loading and the OMS key hint, checked against OpenSSL's own output.
 @Suite("Keys")
 struct KeyFormatTests {
-  static func openssl(_ args: [String], input: String) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["openssl"] + args
-    let stdin = Pipe()
-    let stdout = Pipe()
-    p.standardInput = stdin
-    p.standardOutput = stdout
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    stdin.fileHandleForWriting.write(Data(input.utf8))
-    try stdin.fileHandleForWriting.close()
-    let out = String(decoding: stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    #expect(p.terminationStatus == 0, "openssl \(args.joined(separator: " ")) failed")
-    return out
-  }
+  static func openssl(_ args: [String], input: String) throws -> String { try runTool(["openssl"] + args, input: input) }
 
   @Test("hint = sha256 of `openssl ec -pubout`; SEC1 and PKCS#8 keys load", arguments: Curve.allCases)
   func hintAndSEC1(curve: Curve) throws {
@@ -52,18 +36,7 @@ struct KeyFormatTests {
 @Suite("Keys written by certtool")
 struct CerttoolKeyTests {
   static func certtool(_ args: [String], in temp: TempDir) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["certtool"] + args
-    p.currentDirectoryURL = URL(fileURLWithPath: temp.path)
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    #expect(p.terminationStatus == 0, "certtool \(args.joined(separator: " ")) failed (is gnutls-bin installed? `make deps`)")
-    return String(decoding: data, as: UTF8.self)
+    try runTool(["certtool"] + args, directory: temp.path, hint: " (is gnutls-bin installed? `make deps`)")
   }
 
   @Test("a certtool P-384 publisher key pair signs and verifies a bundle")
@@ -83,4 +56,25 @@ struct CerttoolKeyTests {
     let verified = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits")
     #expect(verified.files.count == 5)
   }
+}
+
+/// Runs a command-line tool from PATH (with `input` on stdin, in `directory`); returns its stdout and records a
+/// failed exit as a test issue.
+func runTool(_ argv: [String], input: String? = nil, directory: String? = nil, hint: String = "") throws -> String {
+  let p = Process()
+  p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+  p.arguments = argv
+  if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+  let stdin = Pipe()
+  let stdout = Pipe()
+  p.standardInput = stdin
+  p.standardOutput = stdout
+  p.standardError = FileHandle.nullDevice
+  try p.run()
+  if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+  try stdin.fileHandleForWriting.close()
+  let out = String(decoding: stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+  p.waitUntilExit()
+  #expect(p.terminationStatus == 0, "\(argv.joined(separator: " ")) failed\(hint)")
+  return out
 }
