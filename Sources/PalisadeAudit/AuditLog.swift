@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -81,6 +82,22 @@ public struct AuditRecovery: Sendable, Equatable {
   public var truncatedSegment: String?
   /// Bytes cut from the end of the checkpoints file.
   public var truncatedCheckpointBytes: UInt64
+  /// Bytes (segments and checkpoints) written after the last successful fsync of a failed writer and dropped
+  /// when the log was reopened with ``AuditLog/open(configuration:key:rollingBackTo:)``.
+  public var rolledBackBytes: UInt64 = 0
+}
+
+/// Where a log was last known durable: everything up to here was fsynced. After a write or fsync error the
+/// bytes beyond it are of unknown state (a failed fsync may leave pages in the cache that never reach the disk,
+/// and a later read would see them until they are evicted); reopening with this end cuts them off.
+public struct AuditDurableEnd: Sendable, Equatable {
+  /// Records covered.
+  public var records: UInt64
+  /// The segment file being appended to, and its synced length.
+  public var segment: String
+  public var segmentBytes: UInt64
+  /// The synced length of the checkpoints file.
+  public var checkpointBytes: UInt64
 }
 
 /// The append-only, tamper-evident audit log. Records are leaves of an RFC 6962 Merkle tree; checkpoints of the
@@ -115,13 +132,18 @@ public final class AuditLog: Sendable {
   /// Opens (or creates) the log in `configuration.directory` with the key in `configuration.keyFile`: cuts a torn
   /// tail back to the last complete record, refuses any other damage, checks that the latest checkpoint is
   /// signed by the key and matches the records, and starts the writer.
-  public static func open(configuration: AuditConfiguration) throws -> AuditLog {
+  ///
+  /// `rollingBackTo`: the ``durableEnd`` of a writer that failed; bytes written after it are cut off first (see
+  /// ``AuditDurableEnd``), later segments removed. Only for reopening the same directory in the same process.
+  public static func open(configuration: AuditConfiguration, rollingBackTo end: AuditDurableEnd? = nil) throws -> AuditLog {
     let key = try AuditSigningKey.load(path: configuration.keyFile, name: configuration.origin)
-    return try open(configuration: configuration, key: key)
+    return try open(configuration: configuration, key: key, rollingBackTo: end)
   }
 
   /// `open(configuration:)` with a key already in memory (tests, tools).
-  public static func open(configuration: AuditConfiguration, key: AuditSigningKey) throws -> AuditLog {
+  public static func open(configuration: AuditConfiguration, key: AuditSigningKey, rollingBackTo end: AuditDurableEnd? = nil)
+    throws -> AuditLog
+  {
     try configuration.validate()
     guard key.name == configuration.origin else {
       throw AuditError.configuration("the key's name \(key.name) is not the origin \(configuration.origin)")
@@ -140,15 +162,44 @@ public final class AuditLog: Sendable {
       Glibc.close(lockFD)
       throw AuditError.inUse(dir)
     }
-    do { return try openLocked(configuration: configuration, key: key, lockFD: lockFD) } catch {
+    do {
+      let rolledBack = try end.map { try rollBack(dir: dir, to: $0) } ?? 0
+      return try openLocked(configuration: configuration, key: key, lockFD: lockFD, rolledBack: rolledBack)
+    } catch {
       Glibc.close(lockFD)
       throw error
     }
   }
 
-  private static func openLocked(configuration: AuditConfiguration, key: AuditSigningKey, lockFD: Int32) throws -> AuditLog {
+  /// Cuts the files back to `end` (a failed writer's last fsync): later segments go, the segment and the
+  /// checkpoints file are truncated to their synced lengths. Returns the bytes dropped.
+  private static func rollBack(dir: String, to end: AuditDurableEnd) throws -> UInt64 {
+    var dropped: UInt64 = 0
+    let segments = try LogFiles.segments(in: dir)
+    guard let current = segments.first(where: { $0.name == end.segment }) else { return 0 }
+    for seg in segments where seg.firstIndex > current.firstIndex {
+      let path = dir + "/" + seg.name
+      dropped += (try? POSIXFile.size(path)) ?? 0
+      guard unlink(path) == 0 else { throw AuditError.io(path: path, operation: "unlink", errno: errno) }
+    }
+    for (name, length) in [(end.segment, end.segmentBytes), (LogFiles.checkpoints, end.checkpointBytes)] {
+      let path = dir + "/" + name
+      let size = try POSIXFile.size(path)
+      if size > length {
+        try truncate(path, to: length)
+        dropped += size - length
+      }
+    }
+    try POSIXFile.syncDirectory(dir)
+    return dropped
+  }
+
+  private static func openLocked(configuration: AuditConfiguration, key: AuditSigningKey, lockFD: Int32, rolledBack: UInt64)
+    throws -> AuditLog
+  {
     let dir = configuration.directory
     var recovery = AuditRecovery(recordCount: 0, truncatedBytes: 0, truncatedSegment: nil, truncatedCheckpointBytes: 0)
+    recovery.rolledBackBytes = rolledBack
 
     // Checkpoints first, so that the records can be checked against the latest while they are hashed.
     let cpPath = dir + "/" + LogFiles.checkpoints
@@ -246,13 +297,14 @@ public final class AuditLog: Sendable {
     let segmentName = segments[segments.count - 1].name
     let segmentFD = try openForAppend(dir + "/" + segmentName)
     let cpFD: Int32
-    do { cpFD = try openCheckpoints(cpPath, dir: dir) } catch {
+    let cpBytes: UInt64
+    do { (cpFD, cpBytes) = try openCheckpoints(cpPath, dir: dir) } catch {
       Glibc.close(segmentFD)
       throw error
     }
     let state = WriterState(
       configuration: configuration, key: key, tree: tree, segmentFD: segmentFD, segmentName: segmentName,
-      segmentBytes: lastSegmentBytes, checkpointFD: cpFD, checkpointCount: checkpointCount,
+      segmentBytes: lastSegmentBytes, checkpointFD: cpFD, checkpointBytes: cpBytes, checkpointCount: checkpointCount,
       latestCheckpoint: checkpoints.last, lockFD: lockFD)
     state.start()
     return AuditLog(state: state, recovery: recovery, configuration: configuration, key: key.verifyingKey)
@@ -265,6 +317,22 @@ public final class AuditLog: Sendable {
     let leaf = Merkle.leafHash(payload)
     return try await state.append(payload: payload, leafHash: leaf)
   }
+
+  /// Appends a record and returns once an fsync covers it, in either durability mode (a probe that the disk
+  /// takes writes again, after a failure).
+  public func appendDurable(_ record: AuditRecord) async throws -> UInt64 {
+    let payload = record.canonicalJSON()
+    return try await state.append(payload: payload, leafHash: Merkle.leafHash(payload), durable: true)
+  }
+
+  /// What was last fsynced: the end a reopen after a failure rolls back to.
+  public var durableEnd: AuditDurableEnd { state.withLock { $0.durable } }
+
+  /// The write or fsync error that stopped the writer, if one did.
+  public var failure: AuditError? { state.withLock { $0.failure } }
+
+  /// Whether the writer stopped on an error (one atomic load: cheap enough to ask on every call).
+  public var hasFailed: Bool { state.failedFlag.load(ordering: .acquiring) }
 
   /// The newest signed checkpoint (covering only fsynced records), or nil before the first.
   public func latestCheckpoint() -> SignedCheckpoint? { state.withLock { $0.latestCheckpoint } }
@@ -310,7 +378,7 @@ public final class AuditLog: Sendable {
     return fd
   }
 
-  private static func openCheckpoints(_ path: String, dir: String) throws -> Int32 {
+  private static func openCheckpoints(_ path: String, dir: String) throws -> (Int32, UInt64) {
     let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw AuditError.io(path: path, operation: "open", errno: errno) }
     var info = stat()
@@ -327,8 +395,9 @@ public final class AuditLog: Sendable {
         Glibc.close(fd)
         throw error
       }
+      return (fd, UInt64(Frame.headerSize))
     }
-    return fd
+    return (fd, UInt64(info.st_size))
   }
 
   private static func checkpointFrameCount(_ path: String) throws -> UInt64 {
@@ -349,6 +418,9 @@ final class WriterState: @unchecked Sendable {
     var closed = false
     var failure: AuditError?
     var latestCheckpoint: SignedCheckpoint?
+    /// The queued records include one whose append waits for an fsync (``AuditLog/appendDurable(_:)``).
+    var syncRequested = false
+    var durable: AuditDurableEnd
     var closeWaiters: [CheckedContinuation<Void, Never>] = []
     /// The writer is waiting for work with nothing queued: the next append must wake it (batched mode; in sync
     /// mode every append wakes it).
@@ -357,6 +429,8 @@ final class WriterState: @unchecked Sendable {
 
   private let condition = NSCondition()
   private var locked: Locked
+  /// Set with `locked.failure`, readable without the lock.
+  let failedFlag = Atomic<Bool>(false)
   private let configuration: AuditConfiguration
   private let key: AuditSigningKey
   // Writer-thread only.
@@ -364,7 +438,9 @@ final class WriterState: @unchecked Sendable {
   private var segmentFD: Int32
   private var segmentName: String
   private var segmentBytes: UInt64
+  private var syncedSegmentBytes: UInt64
   private let checkpointFD: Int32
+  private var checkpointBytes: UInt64
   private let lockFD: Int32
   private var checkpointCount: UInt64
   private var syncedSize: UInt64
@@ -375,7 +451,7 @@ final class WriterState: @unchecked Sendable {
 
   init(
     configuration: AuditConfiguration, key: AuditSigningKey, tree: CompactRange, segmentFD: Int32, segmentName: String,
-    segmentBytes: UInt64, checkpointFD: Int32, checkpointCount: UInt64, latestCheckpoint: SignedCheckpoint?,
+    segmentBytes: UInt64, checkpointFD: Int32, checkpointBytes: UInt64, checkpointCount: UInt64, latestCheckpoint: SignedCheckpoint?,
     lockFD: Int32
   ) {
     self.lockFD = lockFD
@@ -385,11 +461,16 @@ final class WriterState: @unchecked Sendable {
     self.segmentFD = segmentFD
     self.segmentName = segmentName
     self.segmentBytes = segmentBytes
+    self.syncedSegmentBytes = segmentBytes
     self.checkpointFD = checkpointFD
+    self.checkpointBytes = checkpointBytes
     self.checkpointCount = checkpointCount
     self.syncedSize = tree.size
     self.checkpointSize = latestCheckpoint?.treeSize ?? 0
-    self.locked = Locked(nextIndex: tree.size, latestCheckpoint: latestCheckpoint)
+    self.locked = Locked(
+      nextIndex: tree.size, latestCheckpoint: latestCheckpoint,
+      durable: AuditDurableEnd(
+        records: tree.size, segment: segmentName, segmentBytes: segmentBytes, checkpointBytes: checkpointBytes))
   }
 
   func withLock<T>(_ body: (inout Locked) -> T) -> T {
@@ -404,8 +485,8 @@ final class WriterState: @unchecked Sendable {
     thread.start()
   }
 
-  func append(payload: [UInt8], leafHash: [UInt8]) async throws -> UInt64 {
-    let sync = configuration.durability == .sync
+  func append(payload: [UInt8], leafHash: [UInt8], durable: Bool = false) async throws -> UInt64 {
+    let sync = configuration.durability == .sync || durable
     // Fast path for batched mode with room in the queue: no suspension at all.
     if !sync, let index = try enqueueWithoutWaiting(payload: payload, leafHash: leafHash) { return index }
     var index: UInt64 = 0
@@ -418,6 +499,8 @@ final class WriterState: @unchecked Sendable {
       locked.nextIndex += 1
       locked.pending.append((payload, leafHash))
       locked.waiters.append(continuation)
+      if durable { locked.syncRequested = true }
+      locked.writerIdle = false
       condition.signal()
     }
     return index
@@ -496,6 +579,8 @@ final class WriterState: @unchecked Sendable {
       locked.waiters = []
       let closing = locked.closing
       let failed = locked.failure != nil
+      let syncRequested = locked.syncRequested
+      locked.syncRequested = false
       condition.unlock()
 
       if failed {
@@ -506,12 +591,15 @@ final class WriterState: @unchecked Sendable {
         if !batch.isEmpty { try write(batch) }
         let now = ContinuousClock.now
         if unsynced > 0
-          && (!batched || closing || unsynced >= configuration.batchMaxRecords || now >= lastSync + configuration.batchInterval)
+          && (!batched || closing || syncRequested || unsynced >= configuration.batchMaxRecords
+            || now >= lastSync + configuration.batchInterval)
         {
           try POSIXFile.sync(segmentFD, path: segmentPath)
           syncedSize = tree.size
+          syncedSegmentBytes = segmentBytes
           unsynced = 0
           lastSync = now
+          markDurable()
         }
         for w in waiters { w.resume() }
         if syncedSize > checkpointSize
@@ -525,6 +613,7 @@ final class WriterState: @unchecked Sendable {
         condition.lock()
         locked.failure = .failed("\(failure)")
         condition.unlock()
+        failedFlag.store(true, ordering: .releasing)
         finish(waiters: waiters, error: .failed("\(failure)"))
         return
       }
@@ -557,12 +646,16 @@ final class WriterState: @unchecked Sendable {
         buffer.removeAll(keepingCapacity: true)
         try POSIXFile.sync(segmentFD, path: segmentPath)
         syncedSize = tree.size
+        syncedSegmentBytes = segmentBytes
         unsynced = 0
+        markDurable()
         Glibc.close(segmentFD)
         try AuditLog.createSegment(dir: configuration.directory, firstIndex: tree.size)
         segmentName = LogFiles.segmentName(firstIndex: tree.size)
         segmentFD = try AuditLog.openForAppend(segmentPath)
         segmentBytes = UInt64(Frame.headerSize)
+        syncedSegmentBytes = segmentBytes
+        markDurable()
       }
       Frame.encode(index: tree.size, payload: record.payload, into: &buffer)
       tree.append(leafHash: record.leafHash)
@@ -583,10 +676,21 @@ final class WriterState: @unchecked Sendable {
     try POSIXFile.writeAll(checkpointFD, frame, path: path)
     try POSIXFile.sync(checkpointFD, path: path)
     checkpointCount += 1
+    checkpointBytes += UInt64(frame.count)
     checkpointSize = syncedSize
     lastCheckpoint = ContinuousClock.now
     condition.lock()
     locked.latestCheckpoint = checkpoint
+    condition.unlock()
+    markDurable()
+  }
+
+  /// Publishes what is now fsynced (writer thread).
+  private func markDurable() {
+    let end = AuditDurableEnd(
+      records: syncedSize, segment: segmentName, segmentBytes: syncedSegmentBytes, checkpointBytes: checkpointBytes)
+    condition.lock()
+    locked.durable = end
     condition.unlock()
   }
 

@@ -183,6 +183,13 @@ enum POSIXFile {
     if r != 0 { throw AuditError.io(path: path, operation: "fsync", errno: errno) }
   }
 
+  /// A file's length.
+  static func size(_ path: String) throws -> UInt64 {
+    var info = stat()
+    guard stat(path, &info) == 0 else { throw AuditError.io(path: path, operation: "stat", errno: errno) }
+    return UInt64(max(0, info.st_size))
+  }
+
   /// Makes a created or renamed entry in `directory` durable.
   static func syncDirectory(_ directory: String) throws {
     let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

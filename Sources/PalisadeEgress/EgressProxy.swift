@@ -74,7 +74,7 @@ public final class EgressProxy: Sendable {
     }
     let tcp = try await ServerBootstrap(group: group)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-      .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+      .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
       .bind(host: config.listen.host, port: config.listen.port, childChannelInitializer: initializer)
     if let a = tcp.channel.localAddress { bound.set(a) }
     var listeners = [tcp]

@@ -52,7 +52,7 @@ struct Upstream: Sendable {
     let isIPLiteral = (try? SocketAddress(ipAddress: target.host, port: 0)) != nil
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .connectTimeout(connectTimeout)
-      .channelOption(.socketOption(.tcp_nodelay), value: 1)
+      .channelOption(.tcpOption(.tcp_nodelay), value: 1)
       .connect(to: address) { channel in
         channel.eventLoop.makeCompletedFuture {
           if let tls {

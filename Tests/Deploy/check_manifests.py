@@ -52,7 +52,7 @@ REQUIRED_SIGNALS = {
     "extraction alarms": ("palisade_extraction_alarms_total", None),
     "quarantines": ("palisade_quarantines_total", None),
     "integrity failures": ("palisade_integrity_failures_total", None),
-    "audit write failures": ("palisade_audit_records_total", 'result="failed"'),
+    "audit write failures": ("palisade_audit_failures_total", None),
     "egress blocks": ("palisade_egress_requests_total", 'result="blocked"'),
     "certificate expiry": ("palisade_server_certificate_expiry_seconds", None),
     "breaker open": ("palisade_circuit_breaker_state", None),

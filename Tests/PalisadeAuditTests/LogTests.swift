@@ -303,6 +303,37 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     #expect(verifyFailure(scratch.log, key.verifyingKey) == nil)
   }
 
+  /// After a write or fsync error, bytes past the last fsync are of unknown state: reopening with the failed
+  /// writer's durable end cuts them (complete frames, later segments, checkpoint frames alike) before recovery.
+  @Test func reopeningRolledBackToTheDurableEndDropsUnsyncedBytes() async throws {
+    let scratch = try Scratch()
+    try await populated(scratch)
+    var log = try makeLog(scratch.log, key: key, segmentMaxBytes: 4096)
+    _ = try await log.appendDurable(record(100))
+    let end = log.durableEnd
+    #expect(end.records == 101 && log.failure == nil && !log.hasFailed)
+    await log.close()
+    // What a failed writer could leave behind: whole frames after the end, a new segment, a checkpoint frame.
+    let segment = scratch.log + "/" + end.segment
+    let synced = try POSIXFile.readAll(segment)
+    var extra: [UInt8] = []
+    Frame.encode(index: 101, payload: record(101).canonicalJSON(), into: &extra)
+    try write(Array(synced.prefix(Int(end.segmentBytes))) + extra, segment)
+    try AuditLog.createSegment(dir: scratch.log, firstIndex: 102)
+    let cpPath = scratch.log + "/" + LogFiles.checkpoints
+    let checkpoints = try POSIXFile.readAll(cpPath)
+    try write(Array(checkpoints.prefix(Int(end.checkpointBytes))) + Array(repeating: 0x41, count: 50), cpPath)
+    var config = AuditConfiguration(directory: scratch.log, keyFile: "")
+    config.segmentMaxBytes = 4096
+    log = try AuditLog.open(configuration: config, key: key, rollingBackTo: end)
+    #expect(log.recovery.recordCount == 101, "\(log.recovery)")
+    #expect(log.recovery.rolledBackBytes == UInt64(extra.count + Frame.headerSize + 50), "\(log.recovery)")
+    #expect(try segmentPaths(scratch.log).last == segment)
+    _ = try await log.append(record(101))
+    await log.close()
+    #expect(verifyFailure(scratch.log, key.verifyingKey) == nil)
+  }
+
   @Test func tamperedCheckpointsAndWrongKeysFail() async throws {
     let scratch = try Scratch()
     try await populated(scratch)

@@ -130,7 +130,7 @@ enum EgressBench {
         privateKey: .privateKey(try NIOSSLPrivateKey(file: pki.path("server.key"), format: .pem))))
     let upstreamChannel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-      .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+      .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
       .childChannelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
           try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS))
@@ -177,7 +177,7 @@ enum EgressBench {
     // One request straight to the destination over a fresh TLS connection.
     let direct: @Sendable ([UInt8]) async throws -> Int = { body in
       let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-        .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        .channelOption(.tcpOption(.tcp_nodelay), value: 1)
         .connect(host: "127.0.0.1", port: upstreamPort) { channel in
           channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: clientTLS, serverHostname: "localhost"))

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 public import Logging
 import PalisadeOutbound
@@ -7,6 +8,14 @@ public import ServiceLifecycle
 /// only (`egress.proxy`): a collector outside holds a copy the server cannot rewrite, so a log rewritten after
 /// the fact no longer matches what was shipped. Checkpoints queue and retry while the sidecar is down; nothing
 /// is ever sent directly.
+///
+/// Delivery is at least once: a request the sidecar forwarded but whose answer was lost (the sidecar killed
+/// meanwhile) is sent again. Every post therefore carries `x-palisade-checkpoint-size` (the tree size: a sequence
+/// number, strictly increasing from one checkpoint of a log to the next) and `idempotency-key` (the SHA-256 of the
+/// note, hex): a collector keeps the first post per key and drops repeats. Two different notes for one size are
+/// not repeats but a forked log, evidence to keep. After a restart the latest checkpoint is shipped again (the
+/// queue lives in memory), so a collector always ends up with the newest one; intermediate checkpoints polled
+/// past are not shipped: each covers every record before it.
 public final class CheckpointShipper: Service, Sendable {
   let auditor: Auditor
   let client: EgressClient
@@ -36,11 +45,17 @@ public final class CheckpointShipper: Service, Sendable {
       try await cancelWhenGracefulShutdown {
         var shipped: String? = nil
         while true {
-          if let note = self.auditor.latestCheckpoint, note != shipped {
+          if let checkpoint = self.auditor.latestSignedCheckpoint, checkpoint.note != shipped {
+            let note = checkpoint.note
             do {
               try await self.client.enqueue(
                 OutboundRequest(
-                  method: "POST", url: self.url, headers: [("content-type", "text/plain; charset=utf-8")],
+                  method: "POST", url: self.url,
+                  headers: [
+                    ("content-type", "text/plain; charset=utf-8"),
+                    ("x-palisade-checkpoint-size", String(checkpoint.treeSize)),
+                    ("idempotency-key", Self.idempotencyKey(note)),
+                  ],
                   body: Array(note.utf8)))
               shipped = note
             } catch {
@@ -53,4 +68,7 @@ public final class CheckpointShipper: Service, Sendable {
     } catch is CancellationError {}
     await client.shutdown()
   }
+
+  /// The SHA-256 of the note, lowercase hex: equal for a repeat of the same checkpoint, and only for it.
+  static func idempotencyKey(_ note: String) -> String { Auditor.hex(SHA256.hash(data: Array(note.utf8))) }
 }

@@ -44,7 +44,6 @@ public final class ServerRuntime: Sendable {
     let repository = repository ?? ModelRepository(required: Set(config.models.required))
     self.repository = repository
     self.metrics = ServerMetrics()
-    self.state = ServingState(repository: repository)
 
     let roots = try PEMFiles.certificates(at: config.server.tls.clientCABundle)
     let verifier = ClientCertificateVerifier(roots: roots)
@@ -59,6 +58,7 @@ public final class ServerRuntime: Sendable {
     let policy = PolicyStore(try CredentialFiles.policy(config.policy.file))
     let exempt = Set(config.auth.exemptRPCs)
     let auditLog: AuditLog?
+    var reopenAudit: (@Sendable (AuditDurableEnd?) throws -> AuditLog)?
     if let a = config.audit {
       var c = AuditConfiguration(directory: a.directory, keyFile: a.key)
       c.durability = a.durability == "batched" ? .batched : .sync
@@ -67,13 +67,27 @@ public final class ServerRuntime: Sendable {
       c.checkpointEveryRecords = a.checkpointEveryRecords
       c.checkpointInterval = .seconds(a.checkpointIntervalSeconds)
       c.origin = a.origin
-      auditLog = try AuditLog.open(configuration: c)
+      let opened = try AuditLog.open(configuration: c)
+      auditLog = opened
+      let r = opened.recovery
+      if r.truncatedBytes > 0 || r.truncatedCheckpointBytes > 0 {
+        // An interrupted append (a crash, kill -9, power loss) left a torn last record: it was cut off.
+        logger.warning(
+          "audit log recovered a torn tail",
+          metadata: [
+            "segment": "\(r.truncatedSegment ?? "-")", "bytes": "\(r.truncatedBytes)",
+            "checkpoint_bytes": "\(r.truncatedCheckpointBytes)", "records": "\(r.recordCount)",
+          ])
+      }
+      reopenAudit = { [c] end in try AuditLog.open(configuration: c, rollingBackTo: end) }
     } else {
       auditLog = nil
       logger.warning("no audit section in the config: decisions are not recorded in an audit log")
     }
-    let auditor = Auditor(log: auditLog, metrics: metrics, logger: logger)
+    let auditor = Auditor(log: auditLog, metrics: metrics, logger: logger, reopen: reopenAudit)
     self.auditor = auditor
+    // Not ready while the audit log is failed: calls are refused then, so load balancers should look elsewhere.
+    self.state = ServingState(repository: repository, isAuditAvailable: { auditor.isAvailable })
     let metrics = self.metrics
     if let socket = config.egress.reportSocket {
       self.egressReports = EgressReportReceiver(
@@ -99,7 +113,7 @@ public final class ServerRuntime: Sendable {
           directories: config.models.directories, trust: try Self.trustPolicy(config.models.trust),
           stateFile: config.models.stateFile ?? "accepted-versions.json",
           unpackDirectory: unpack),
-        runtimes: runtimes, repository: repository, logger: logger, auditor: auditor,
+        runtimes: runtimes, repository: repository, logger: logger, auditor: auditor, metrics: metrics,
         integrity: IntegrityMonitor(
           interval: .seconds(max(1, config.models.integrityCheckSeconds)), repository: repository, metrics: metrics,
           auditor: auditor, logger: logger))

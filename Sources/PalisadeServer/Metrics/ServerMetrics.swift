@@ -134,6 +134,31 @@ public final class ServerMetrics: TransportObserver, Sendable {
     counter("audit_records", "Audit records appended (written) or refused by the log (failed)", [("result", success ? "written" : "failed")])
   }
 
+  /// Counts a bundle load (`loaded`) or a load refused (`refused`: unreadable or vanished directory, a bundle
+  /// that does not verify); a refused load leaves the served version in place.
+  public func recordModelLoad(result: String) {
+    counter("model_loads", "Bundle loads by result (loaded, refused); a refused load leaves the served version", [("result", result)])
+  }
+
+  /// 1 while the audit log takes records, 0 while it is failed (calls are refused).
+  public func setAuditAvailable(_ available: Bool) {
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "audit_available",
+        helpText: "1 while the audit log takes records; 0 while it is failed and calls are refused")
+    ).set(to: available ? 1 : 0)
+  }
+
+  /// Counts the audit log failing (a write or fsync error).
+  public func recordAuditFailure() {
+    counter("audit_failures", "Times the audit log failed (write or fsync error) and calls started being refused", [])
+  }
+
+  /// Counts the audit log reopened after a failure.
+  public func recordAuditRecovery() {
+    counter("audit_recoveries", "Times the audit log was reopened after a failure and serving resumed", [])
+  }
+
   /// Counts a request refused or dropped by the hardening pipeline (reason is a fixed identifier).
   public func recordRejection(reason: String) {
     counter("rejections", "Requests refused or dropped by validation, screening or scheduling, by reason", [("reason", reason)])

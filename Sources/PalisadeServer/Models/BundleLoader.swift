@@ -44,6 +44,7 @@ public final class BundleLoader: Sendable {
   let accepted: AcceptedVersions
   let logger: Logger
   let auditor: Auditor?
+  let metrics: ServerMetrics?
   /// Keeps the verified files read-only in memory and re-hashes them (nil: off).
   public let integrity: IntegrityMonitor?
   /// Test hook: runs with the bundle directory after it verified and before the runtime loads the model (where a
@@ -53,10 +54,11 @@ public final class BundleLoader: Sendable {
 
   public init(
     settings: Settings, runtimes: [any ModelRuntime], repository: ModelRepository, logger: Logger,
-    auditor: Auditor? = nil, integrity: IntegrityMonitor? = nil,
+    auditor: Auditor? = nil, metrics: ServerMetrics? = nil, integrity: IntegrityMonitor? = nil,
     afterVerificationForTesting: (@Sendable (String) async throws -> Void)? = nil
   ) throws {
     self.auditor = auditor
+    self.metrics = metrics
     self.integrity = integrity
     self.afterVerification = afterVerificationForTesting
     self.settings = settings
@@ -73,23 +75,69 @@ public final class BundleLoader: Sendable {
     self.accepted = try AcceptedVersions(path: settings.stateFile)
   }
 
-  /// Every bundle under the configured directories.
+  /// Every bundle under the configured directories (directories that cannot be read are logged and skipped).
   public func discover() -> [Candidate] {
     var out: [Candidate] = []
-    let fm = FileManager.default
     for dir in settings.directories {
-      for name in ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).sorted() where !name.hasPrefix(".") {
-        let modelDir = "\(dir)/\(name)"
-        for entry in (try? fm.contentsOfDirectory(atPath: modelDir)) ?? [] {
-          if let v = Int(entry), v > 0 {
-            out.append(Candidate(name: name, version: v, path: "\(modelDir)/\(entry)", packed: false))
-          } else if entry.hasSuffix(".tar.zst"), let v = Int(entry.dropLast(8)), v > 0 {
-            out.append(Candidate(name: name, version: v, path: "\(modelDir)/\(entry)", packed: true))
-          }
+      let names: [String]
+      switch Self.list(dir) {
+      case .success(let n): names = n
+      case .failure(let e):
+        logger.error("model directory not readable", metadata: ["path": "\(dir)", "error": "\(e.message)"])
+        continue
+      }
+      for name in names.sorted() where !name.hasPrefix(".") {
+        switch candidates(in: dir, name: name) {
+        case .success(let found): out += found
+        case .failure(let e):
+          logger.error("model directory not readable", metadata: ["path": "\(dir)/\(name)", "error": "\(e.message)"])
         }
       }
     }
     return out.sorted { ($0.name, $0.version) < ($1.name, $1.version) }
+  }
+
+  /// The bundles of `name` below `dir`; an empty list when `dir/name` does not exist.
+  private func candidates(in dir: String, name: String) -> Result<[Candidate], ListingError> {
+    let modelDir = "\(dir)/\(name)"
+    let entries: [String]
+    switch Self.list(modelDir) {
+    case .success(let e): entries = e
+    case .failure(let e) where e.errno == ENOENT: return .success([])
+    case .failure(let e): return .failure(e)
+    }
+    var out: [Candidate] = []
+    for entry in entries {
+      if let v = Int(entry), v > 0 {
+        out.append(Candidate(name: name, version: v, path: "\(modelDir)/\(entry)", packed: false))
+      } else if entry.hasSuffix(".tar.zst"), let v = Int(entry.dropLast(8)), v > 0 {
+        out.append(Candidate(name: name, version: v, path: "\(modelDir)/\(entry)", packed: true))
+      }
+    }
+    return .success(out)
+  }
+
+  /// A directory that could not be listed, and why (errno).
+  struct ListingError: Error {
+    var errno: Int32
+    var message: String { String(cString: strerror(errno)) }
+  }
+
+  /// The names in a directory, or the errno that stopped the listing (FileManager's `try?` would turn an
+  /// unreadable directory into an empty one).
+  static func list(_ path: String) -> Result<[String], ListingError> {
+    guard let d = opendir(path) else { return .failure(ListingError(errno: errno)) }
+    defer { closedir(d) }
+    var names: [String] = []
+    errno = 0
+    while let entry = readdir(d) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+      }
+      if name != "." && name != ".." { names.append(name) }
+    }
+    if errno != 0 { return .failure(ListingError(errno: errno)) }
+    return .success(names)
   }
 
   /// Loads the newest bundle of every model; a bad bundle is reported (and shown in RepositoryIndex) and skipped.
@@ -97,18 +145,40 @@ public final class BundleLoader: Sendable {
     let newest = Dictionary(grouping: discover(), by: \.name).compactMap { $0.value.max { $0.version < $1.version } }
     for candidate in newest.sorted(by: { $0.name < $1.name }) {
       do { try await load(candidate) } catch {
+        metrics?.recordModelLoad(result: "refused")
         logger.error(
           "bundle refused", metadata: ["model": "\(candidate.name)", "version": "\(candidate.version)", "reason": "\(error.message)"])
       }
     }
   }
 
-  /// Loads the newest bundle for `name` (RepositoryModelLoad).
+  /// Loads the newest bundle for `name` (RepositoryModelLoad). Whatever refuses it (the model's directory gone
+  /// or unreadable, a bundle that does not verify) leaves the version being served as it is, and is reported:
+  /// the error names the reason, the log and `palisade_model_loads_total{result="refused"}` record it.
   public func load(name: String) async throws(PalisadeError) {
-    guard let candidate = discover().filter({ $0.name == name }).max(by: { $0.version < $1.version }) else {
-      throw PalisadeError(.notFound, "no bundle for model '\(name.sanitizedForMessage)' in the model directories")
+    do throws(PalisadeError) {
+      var found: [Candidate] = []
+      for dir in settings.directories {
+        switch candidates(in: dir, name: name) {
+        case .success(let c): found += c
+        case .failure(let e):
+          logger.error("model directory not readable", metadata: ["path": "\(dir)/\(name)", "error": "\(e.message)"])
+          throw PalisadeError(
+            .failedPrecondition, "the directory of model '\(name.sanitizedForMessage)' cannot be read: \(e.message)")
+        }
+      }
+      guard let candidate = found.max(by: { $0.version < $1.version }) else {
+        throw PalisadeError(.notFound, "no bundle for model '\(name.sanitizedForMessage)' in the model directories")
+      }
+      try await load(candidate)
+    } catch {
+      let served = repository.versions(of: name).filter { repository.isReady(name: name, version: $0) }
+      logger.error(
+        "model load refused",
+        metadata: ["model": "\(name)", "reason": "\(error.message)", "still_serving": "\(served.joined(separator: ","))"])
+      metrics?.recordModelLoad(result: "refused")
+      throw error
     }
-    try await load(candidate)
   }
 
   /// Verifies, loads, warms and installs one bundle, then retires older versions of the model.
@@ -127,6 +197,7 @@ public final class BundleLoader: Sendable {
       for old in repository.versions(of: name) where old != version {
         repository.remove(name: name, version: old)  // in-flight calls hold their model and finish on it
       }
+      metrics?.recordModelLoad(result: "loaded")
       logger.notice(
         "model loaded",
         metadata: ["model": "\(name)", "version": "\(version)", "signer": "\(model.descriptor.properties["signer"] ?? "")"])

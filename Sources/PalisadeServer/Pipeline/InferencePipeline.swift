@@ -47,18 +47,23 @@ public struct InferencePipeline: Sendable {
   {
     let started = ContinuousClock.now
     let trace = CallTrace()
+    // No audit, no answer: while the log is failed nothing runs.
+    try auditor.requireAvailable()
     do {
       let response = try await run(request, call: call, rpc: rpc, trace: trace)
       let latency = ContinuousClock.now - started
       accessLog.record(
         call: call, model: response.modelName, version: response.modelVersion, status: "OK",
         latency: latency, oodScore: response.parameters["palisade_ood_score"]?.doubleParam)
-      await auditor.call(
+      // The answer leaves only once its record is written (and, in sync durability, fsynced).
+      try await auditor.callOrRefuse(
         call, rpc: rpc, model: response.modelName, version: response.modelVersion,
         manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, outputs: trace.outputs,
         status: "OK", reason: trace.outOfDistribution ? "served; inputs flagged out of distribution" : nil,
         latency: latency)
       return response
+    } catch let error as PalisadeError where error == Auditor.unavailable {
+      throw error
     } catch {
       let latency = ContinuousClock.now - started
       let code = StatusMapping.codeName(for: error)

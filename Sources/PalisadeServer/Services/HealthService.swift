@@ -7,16 +7,18 @@ import Synchronization
 public final class ServingState: Sendable {
   private let draining = Atomic<Bool>(false)
   public let repository: ModelRepository
+  private let isAuditAvailable: @Sendable () -> Bool
 
-  public init(repository: ModelRepository) {
+  public init(repository: ModelRepository, isAuditAvailable: @escaping @Sendable () -> Bool = { true }) {
     self.repository = repository
+    self.isAuditAvailable = isAuditAvailable
   }
 
   /// Set when graceful shutdown starts: health turns NOT_SERVING so load balancers stop sending.
   public func beginDraining() { draining.store(true, ordering: .relaxed) }
   public var isDraining: Bool { draining.load(ordering: .relaxed) }
-  /// Ready: not draining and every required model loaded.
-  public var isReady: Bool { !isDraining && repository.isServerReady }
+  /// Ready: not draining, every required model loaded, and the audit log taking records.
+  public var isReady: Bool { !isDraining && repository.isServerReady && isAuditAvailable() }
 }
 
 /// `grpc.health.v1.Health`: `""` is the process (SERVING while not draining), `inference.GRPCInferenceService`

@@ -105,15 +105,19 @@ extension Authorizer {
   public func authorize(_ call: CallContext, rpc: String, model: String?, auditor: Auditor) async throws
     -> Policy.Decision?
   {
+    let decision: Policy.Decision?
     do {
-      let decision = try authorize(call, rpc: rpc, model: model)
-      if !exempt.contains(rpc) {
-        await auditor.call(call, rpc: rpc, model: model, status: "OK", reason: decision.map { $0.reason })
-      }
-      return decision
+      if !exempt.contains(rpc) { try auditor.requireAvailable() }
+      decision = try authorize(call, rpc: rpc, model: model)
     } catch {
+      if error == Auditor.unavailable { throw error }
       await auditor.call(call, rpc: rpc, model: model, status: StatusMapping.codeName(for: error), reason: error.message)
       throw error
     }
+    // Fail closed: an allowed call whose decision cannot be recorded is refused.
+    if !exempt.contains(rpc) {
+      try await auditor.callOrRefuse(call, rpc: rpc, model: model, status: "OK", reason: decision.map { $0.reason })
+    }
+    return decision
   }
 }
