@@ -297,8 +297,9 @@ final class ConnectionManager: ChannelDuplexHandler {
     keepaliveTimeoutTimer = context.eventLoop.scheduleTask(
       in: .nanoseconds(Int64(config.keepaliveTimeout.totalNanoseconds))
     ) {
-      // Also the end of a slowloris: bytes that never make a whole frame do not count as activity.
-      bound.value.observer.transportRefused(reason: "keepalive_timeout")
+      // Also the end of a slowloris: bytes that never make a whole frame do not count as activity. A connection
+      // already closing (idle, age) was counted for that.
+      if !bound.value.closing { bound.value.observer.transportRefused(reason: "keepalive_timeout") }
       bound.value.context?.close(promise: nil)
     }
   }
