@@ -77,6 +77,11 @@ final class HandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
 /// Connection lifetime on the HTTP/2 side: maximum age and idle time (GOAWAY, then a grace period for calls in
 /// flight), server keepalive pings, and graceful shutdown. Sits after `NIOHTTP2Handler` in the connection's
 /// pipeline and learns of streams through ``StreamTracker``.
+///
+/// It also ends abusive connections (``TransportConfiguration/Protections``): NIOHTTP2's flood guards raise
+/// their errors here (NIOHTTP2 has already sent GOAWAY(ENHANCE_YOUR_CALM)); the stream handlers report response
+/// bytes pending towards the peer (a peer that does not read is cut off after a stall timeout or a byte cap) and
+/// oversized header blocks (HPACK bombs). Each is counted by reason and the connection closed.
 final class ConnectionManager: ChannelDuplexHandler {
   typealias InboundIn = HTTP2Frame
   typealias InboundOut = HTTP2Frame
@@ -95,8 +100,21 @@ final class ConnectionManager: ChannelDuplexHandler {
   private var keepaliveTimeoutTimer: Scheduled<Void>?
   private static let pingData = HTTP2PingData(withInteger: 0x5041_4C49_5341_4445)  // "PALISADE"
 
-  init(config: TransportConfiguration.Connections) {
+  private let protections: TransportConfiguration.Protections
+  private let observer: any TransportObserver
+  private var aborted = false
+  private var outboundPending = 0
+  private var lastOutboundProgress = NIODeadline.now()
+  private var stallTimer: Scheduled<Void>?
+  private var oversizedHeaderBlocks = 0
+
+  init(
+    config: TransportConfiguration.Connections, protections: TransportConfiguration.Protections = .defaults,
+    observer: any TransportObserver = NoTransportObserver()
+  ) {
     self.config = config
+    self.protections = protections
+    self.observer = observer
   }
 
   func handlerAdded(context: ChannelHandlerContext) {
@@ -112,8 +130,115 @@ final class ConnectionManager: ChannelDuplexHandler {
   }
 
   func handlerRemoved(context: ChannelHandlerContext) {
-    for timer in [ageTimer, idleTimer, graceTimer, keepaliveTimer, keepaliveTimeoutTimer] { timer?.cancel() }
+    for timer in [ageTimer, idleTimer, graceTimer, keepaliveTimer, keepaliveTimeoutTimer, stallTimer] { timer?.cancel() }
     self.context = nil
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    guard let reason = Self.abuseReason(error) else {
+      context.fireErrorCaught(error)
+      return
+    }
+    // NIOHTTP2 has already written its GOAWAY (ENHANCE_YOUR_CALM for the flood guards) but leaves the
+    // connection open: close it. A stream beyond MAX_CONCURRENT_STREAMS gets GOAWAY(PROTOCOL_ERROR) from NIOHTTP2
+    // (it is a protocol violation); say ENHANCE_YOUR_CALM as well, as for every abuse.
+    closeForAbuse(reason: reason, sendGoAway: reason == "max_concurrent_streams")
+  }
+
+  /// The metric reason for a connection error NIOHTTP2 raised after sending GOAWAY; nil for everything else
+  /// (stream errors, which end one stream only, pass on).
+  static func abuseReason(_ error: any Error) -> String? {
+    switch error {
+    case is NIOHTTP2Errors.ExcessiveRSTFrames: return "rapid_reset"
+    case is NIOHTTP2Errors.ExcessiveStreamErrors: return "stream_errors"
+    case is NIOHTTP2Errors.ExcessiveNumberOfGlitches: return "glitches"
+    case is NIOHTTP2Errors.ExcessiveControlFrames: return "control_frame_flood"
+    case is NIOHTTP2Errors.ExcessiveContinuationFrames: return "continuation_flood"
+    case is NIOHTTP2Errors.ExcessiveOutboundFrameBuffering: return "outbound_control_frames"
+    case is NIOHTTP2Errors.ExcessiveEmptyDataFrames: return "empty_data_flood"
+    case is NIOHTTP2Errors.ExcessivelyLargeHeaderBlock: return "header_block_too_large"
+    case is NIOHTTP2Errors.MaxStreamsViolation: return "max_concurrent_streams"
+    case is NIOHTTP2Errors.UnableToParseFrame, is NIOHTTP2Errors.BadClientMagic: return "protocol_error"
+    default: return nil
+    }
+  }
+
+  /// Counts `reason`, sends GOAWAY(ENHANCE_YOUR_CALM) unless NIOHTTP2 already sent one, stops reading and closes
+  /// the connection shortly after: closing at once, with the flood still unread in the socket, would reset the
+  /// connection and the peer might never see the GOAWAY.
+  func closeForAbuse(reason: String, sendGoAway: Bool) {
+    guard let context, !aborted else { return }
+    aborted = true
+    closing = true
+    observer.transportRefused(reason: reason)
+    for timer in [idleTimer, keepaliveTimer, keepaliveTimeoutTimer, stallTimer, graceTimer] { timer?.cancel() }
+    if sendGoAway {
+      context.writeAndFlush(
+        wrapOutboundOut(
+          HTTP2Frame(
+            streamID: .rootStream,
+            payload: .goAway(lastStreamID: lastStreamID, errorCode: .enhanceYourCalm, opaqueData: nil))),
+        promise: nil)
+    }
+    context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+    let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+    graceTimer = context.eventLoop.scheduleTask(in: .milliseconds(100)) { bound.value.close(promise: nil) }
+  }
+
+  // MARK: Peers that do not read
+
+  /// A stream wrote `bytes` of response DATA; `done` completes when they have gone to the socket (HTTP/2 flow
+  /// control holds them until the peer opens its window; the socket, until the peer reads).
+  func outboundWritten(_ bytes: Int, done: EventLoopFuture<Void>) {
+    guard let context, !aborted else { return }
+    outboundPending += bytes
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    done.whenComplete { _ in bound.value.outboundDone(bytes) }
+    // One response larger than the cap, alone, is let through: the cap is for responses piling up.
+    if outboundPending > protections.maxOutboundBytesPerConnection, outboundPending > bytes {
+      closeForAbuse(reason: "outbound_buffer", sendGoAway: true)
+      return
+    }
+    if stallTimer == nil {
+      lastOutboundProgress = .now()
+      armStall(after: .nanoseconds(protections.writeStallTimeout.totalNanoseconds))
+    }
+  }
+
+  private func outboundDone(_ bytes: Int) {
+    outboundPending -= bytes
+    lastOutboundProgress = .now()
+    if outboundPending <= 0 {
+      outboundPending = 0
+      stallTimer?.cancel()
+      stallTimer = nil
+    }
+  }
+
+  private func armStall(after delay: TimeAmount) {
+    guard let context else { return }
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    stallTimer = context.eventLoop.scheduleTask(in: delay) { bound.value.checkStall() }
+  }
+
+  private func checkStall() {
+    stallTimer = nil
+    guard outboundPending > 0, !aborted else { return }
+    let limit = TimeAmount.nanoseconds(protections.writeStallTimeout.totalNanoseconds)
+    let waited = NIODeadline.now() - lastOutboundProgress
+    if waited >= limit {
+      closeForAbuse(reason: "write_stalled", sendGoAway: true)
+    } else {
+      armStall(after: limit - waited)
+    }
+  }
+
+  /// A stream refused a header block over the size limit; too many on one connection close it.
+  func oversizedHeaderBlock() {
+    oversizedHeaderBlocks += 1
+    if oversizedHeaderBlocks > protections.maxOversizedHeaderBlocks {
+      closeForAbuse(reason: "header_list_abuse", sendGoAway: true)
+    }
   }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -150,6 +275,7 @@ final class ConnectionManager: ChannelDuplexHandler {
     idleTimer?.cancel()
     let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
     idleTimer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(maxIdle.totalNanoseconds))) {
+      bound.value.observer.transportRefused(reason: "idle_timeout")
       bound.value.beginClosing()
     }
   }
@@ -171,6 +297,9 @@ final class ConnectionManager: ChannelDuplexHandler {
     keepaliveTimeoutTimer = context.eventLoop.scheduleTask(
       in: .nanoseconds(Int64(config.keepaliveTimeout.totalNanoseconds))
     ) {
+      // Also the end of a slowloris: bytes that never make a whole frame do not count as activity. A connection
+      // already closing (idle, age) was counted for that.
+      if !bound.value.closing { bound.value.observer.transportRefused(reason: "keepalive_timeout") }
       bound.value.context?.close(promise: nil)
     }
   }

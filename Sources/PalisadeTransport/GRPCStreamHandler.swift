@@ -72,6 +72,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   private let env: StreamEnvironment
   private let connection: PeerConnection
   private let connectionBudget: InflightBudget
+  private let manager: NIOLoopBound<ConnectionManager>?
   private var route = Route.awaitingHeaders
   private var path = ""
   private var requestHeaders = HPACKHeaders()
@@ -100,10 +101,14 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   private var readingPaused = false
   private var deadlineTimer: Scheduled<Void>?
 
-  init(env: StreamEnvironment, connection: PeerConnection, connectionBudget: InflightBudget) {
+  init(
+    env: StreamEnvironment, connection: PeerConnection, connectionBudget: InflightBudget,
+    manager: NIOLoopBound<ConnectionManager>? = nil
+  ) {
     self.env = env
     self.connection = connection
     self.connectionBudget = connectionBudget
+    self.manager = manager
   }
 
   // MARK: Inbound
@@ -177,6 +182,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context: context, code: .resourceExhausted,
         "request headers of \(size) bytes exceed the limit of \(env.maxHeaderListBytes) bytes",
         reason: "header_list_too_large")
+      manager?.value.oversizedHeaderBlock()
       return
     }
     guard headers.first(name: ":method") == "POST" else {
@@ -417,7 +423,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     case .message(let body):
       responseHeadersSent = true
       context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders))), promise: nil)
-      context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed(context: context, body))))), promise: nil)
+      writeData(context: context, framed(context: context, body), promise: nil)
       writeTrailers(context: context, status: Status(code: .ok, message: ""), metadata: [:])
     case .failure(let code, let message):
       writeTrailers(context: context, status: Status(code: Status.Code(code), message: message), metadata: [:])
@@ -459,7 +465,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       responseHeadersSent = true
       context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders))), promise: nil)
     }
-    context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(framed(context: context, body))))), promise: nil)
+    writeData(context: context, framed(context: context, body), promise: nil)
+    context.flush()
     if readingPaused, streamInFlight <= maxMessagesInFlight / 2 {
       readingPaused = false
       context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
@@ -515,10 +522,22 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         responseHeadersSent = true
         context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders))), promise: nil)
       }
-      context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed(context: context, bytes.buffer))))), promise: promise)
+      writeData(context: context, framed(context: context, bytes.buffer), promise: promise)
     case .status(let status, let metadata):
       writeTrailers(context: context, status: status, metadata: metadata, promise: promise)
     }
+  }
+
+  /// Writes response DATA, telling the connection how many bytes wait for the peer until they leave (a peer
+  /// that never reads is cut off: ``ConnectionManager/outboundWritten(_:done:)``).
+  private func writeData(context: ChannelHandlerContext, _ data: ByteBuffer, promise: EventLoopPromise<Void>?) {
+    guard let manager else {
+      context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(data)))), promise: promise)
+      return
+    }
+    let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+    manager.value.outboundWritten(data.readableBytes, done: written.futureResult)
+    context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(data)))), promise: written)
   }
 
   private func framed(context: ChannelHandlerContext, _ body: ByteBuffer) -> ByteBuffer {

@@ -232,18 +232,10 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
     try sync.addHandler(HandshakeGuard(timeout: configuration.connections.handshakeTimeout, observer: observer))
     try sync.addHandler(FlushCoalescer())
 
-    let manager = ConnectionManager(config: configuration.connections)
+    let manager = ConnectionManager(
+      config: configuration.connections, protections: configuration.protections, observer: observer)
     let loopBoundManager = NIOLoopBound(manager, eventLoop: channel.eventLoop)
-    let streams = configuration.streams
-    var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
-    connectionConfiguration.targetWindowSize = streams.targetWindowSize
-    connectionConfiguration.initialSettings = [
-      HTTP2Setting(parameter: .maxConcurrentStreams, value: streams.maxConcurrentStreams),
-      HTTP2Setting(parameter: .initialWindowSize, value: streams.targetWindowSize),
-      HTTP2Setting(parameter: .maxHeaderListSize, value: streams.headerDecoderLimit),
-    ]
-    var streamConfiguration = NIOHTTP2Handler.StreamConfiguration()
-    streamConfiguration.targetWindowSize = streams.targetWindowSize
+    let (connectionConfiguration, streamConfiguration) = Self.http2Configuration(configuration)
     let connectionBudget = InflightBudget(limit: configuration.messages.maxInflightBytesPerConnection)
     _ = try sync.configureHTTP2Pipeline(
       mode: .server, connectionConfiguration: connectionConfiguration, streamConfiguration: streamConfiguration,
@@ -251,7 +243,8 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
     ) { stream in
       stream.eventLoop.makeCompletedFuture {
         try stream.pipeline.syncOperations.addHandler(
-          GRPCStreamHandler(env: env, connection: connection, connectionBudget: connectionBudget))
+          GRPCStreamHandler(
+            env: env, connection: connection, connectionBudget: connectionBudget, manager: loopBoundManager))
       }
     }
     try sync.addHandler(manager)
@@ -273,6 +266,39 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
       }
       for waiter in waiters { waiter.resume() }
     }
+  }
+
+  /// NIOHTTP2's settings and flood guards, every one set from the configuration (none left to the library's
+  /// defaults, which could change under us).
+  static func http2Configuration(_ configuration: TransportConfiguration)
+    -> (NIOHTTP2Handler.ConnectionConfiguration, NIOHTTP2Handler.StreamConfiguration)
+  {
+    let streams = configuration.streams
+    let guards = configuration.protections
+    let window = TimeAmount.nanoseconds(guards.rateWindow.totalNanoseconds)
+    var connection = NIOHTTP2Handler.ConnectionConfiguration()
+    connection.targetWindowSize = streams.targetWindowSize
+    connection.initialSettings = [
+      HTTP2Setting(parameter: .maxConcurrentStreams, value: streams.maxConcurrentStreams),
+      HTTP2Setting(parameter: .initialWindowSize, value: streams.targetWindowSize),
+      HTTP2Setting(parameter: .maxHeaderListSize, value: streams.headerDecoderLimit),
+    ]
+    connection.headerBlockValidation = .enabled
+    connection.contentLengthValidation = .enabled
+    connection.maximumSequentialEmptyDataFrames = guards.maxSequentialEmptyDataFrames
+    connection.maximumBufferedControlFrames = guards.maxBufferedControlFrames
+    connection.maximumSequentialContinuationFrames = guards.maxSequentialContinuationFrames
+    connection.maximumRecentlyResetStreams = guards.maxRecentlyResetStreams
+    connection.maximumConnectionGlitches = guards.maxConnectionGlitches
+    connection.controlFrameRateLimit.maximumCount = guards.maxControlFrames
+    connection.controlFrameRateLimit.windowLength = window
+    var stream = NIOHTTP2Handler.StreamConfiguration()
+    stream.targetWindowSize = streams.targetWindowSize
+    stream.streamResetFrameRateLimit.maximumCount = guards.maxResetFrames
+    stream.streamResetFrameRateLimit.windowLength = window
+    stream.streamErrorRateLimit.maximumCount = guards.maxStreamErrors
+    stream.streamErrorRateLimit.windowLength = window
+    return (connection, stream)
   }
 
   /// `ipv4:127.0.0.1:1234`, as grpc-swift describes peers.

@@ -90,6 +90,9 @@ import Testing
   @Test func annotatedExampleParses() throws {
     let c = try ServerConfig.load(path: "\(repositoryRoot)/deploy/palisade.example.yaml")
     #expect(c.server.limits.maxConcurrentStreams == 128)
+    // The example documents the HTTP/2 guards' defaults, which are swift-nio-http2's own where it has them.
+    #expect(c.server.http2 == .defaults)
+    #expect(ServerRuntime.transportConfiguration(c.server).protections == .defaults)
     #expect(c.models.trust.count == 2)
     #expect(c.models.trust[1].signerSAN == "uri:spiffe://palisade.dev/ns/team-a/*")
   }

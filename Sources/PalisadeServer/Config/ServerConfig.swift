@@ -163,6 +163,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var tls: TLS
     public var limits: Limits
     public var connection: Connection
+    /// HTTP/2 abuse guards (`server.http2`).
+    public var http2: HTTP2 = .defaults
     /// How long SIGTERM waits for in-flight calls before cancelling them.
     public var shutdownGraceSeconds: Int
 
@@ -213,6 +215,25 @@ public struct ServerConfig: Sendable, Equatable {
       self.maxConcurrentStreams = maxConcurrentStreams
     }
     public static let defaults = Limits(maxMessageBytes: 64 << 20, maxConcurrentStreams: 128)
+  }
+
+  /// HTTP/2 abuse guards: swift-nio-http2's flood limits and Palisade's own; exceeding one sends
+  /// GOAWAY(ENHANCE_YOUR_CALM) and closes the connection. Meanings in `TransportConfiguration.Protections`.
+  public struct HTTP2: Sendable, Equatable {
+    public var maxResetFrames = 200
+    public var maxStreamErrors = 200
+    public var maxControlFrames = 200
+    public var rateWindowSeconds = 30
+    public var maxSequentialContinuationFrames = 5
+    public var maxBufferedControlFrames = 10_000
+    public var maxSequentialEmptyDataFrames = 1
+    public var maxRecentlyResetStreams = 32
+    public var maxConnectionGlitches = 200
+    public var maxOversizedHeaderBlocks = 8
+    public var maxOutboundBytesPerConnection = 64 << 20
+    public var writeStallTimeoutSeconds = 30
+    public init() {}
+    public static let defaults = HTTP2()
   }
 
   public struct Connection: Sendable, Equatable {
@@ -395,6 +416,29 @@ extension ServerConfig {
       connection.maxConnections = try m.int("max_connections", in: 1...1_000_000) ?? connection.maxConnections
       connection.maxConnectionsPerAddress =
         try m.int("max_connections_per_address", in: 1...1_000_000) ?? connection.maxConnectionsPerAddress
+      try m.finish()
+    }
+    var http2 = HTTP2.defaults
+    if let m = try server.map("http2") {
+      http2.maxResetFrames = try m.int("max_reset_frames", in: 1...100_000) ?? http2.maxResetFrames
+      http2.maxStreamErrors = try m.int("max_stream_errors", in: 1...100_000) ?? http2.maxStreamErrors
+      http2.maxControlFrames = try m.int("max_control_frames", in: 1...100_000) ?? http2.maxControlFrames
+      http2.rateWindowSeconds = try m.int("rate_window_seconds", in: 1...3600) ?? http2.rateWindowSeconds
+      http2.maxSequentialContinuationFrames =
+        try m.int("max_sequential_continuation_frames", in: 1...1000) ?? http2.maxSequentialContinuationFrames
+      http2.maxBufferedControlFrames =
+        try m.int("max_buffered_control_frames", in: 1...1_000_000) ?? http2.maxBufferedControlFrames
+      http2.maxSequentialEmptyDataFrames =
+        try m.int("max_sequential_empty_data_frames", in: 0...1000) ?? http2.maxSequentialEmptyDataFrames
+      http2.maxRecentlyResetStreams =
+        try m.int("max_recently_reset_streams", in: 0...10_000) ?? http2.maxRecentlyResetStreams
+      http2.maxConnectionGlitches = try m.int("max_connection_glitches", in: 0...1_000_000) ?? http2.maxConnectionGlitches
+      http2.maxOversizedHeaderBlocks =
+        try m.int("max_oversized_header_blocks", in: 0...10_000) ?? http2.maxOversizedHeaderBlocks
+      http2.maxOutboundBytesPerConnection =
+        try m.int("max_outbound_bytes_per_connection", in: (64 << 10)...(1 << 34)) ?? http2.maxOutboundBytesPerConnection
+      http2.writeStallTimeoutSeconds =
+        try m.int("write_stall_timeout_seconds", in: 1...3600) ?? http2.writeStallTimeoutSeconds
       try m.finish()
     }
     let grace = try server.int("shutdown_grace_seconds", in: 0...600) ?? 20
@@ -598,6 +642,7 @@ extension ServerConfig {
         connection: connection, shutdownGraceSeconds: grace),
       auth: auth, policy: PolicySettings(file: resolve(policyFile)), admin: admin, models: models, logging: logging,
       reload: reload)
+    config.server.http2 = http2
     config.scheduling = scheduling
     config.screening = screening
     config.attestation = attestation

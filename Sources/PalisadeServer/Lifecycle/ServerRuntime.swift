@@ -214,6 +214,7 @@ public final class ServerRuntime: Sendable {
   public static func transportConfiguration(_ server: ServerConfig.Server) -> TransportConfiguration {
     let c = server.connection
     let l = server.limits
+    let h = server.http2
     return TransportConfiguration(
       host: server.listen.host, port: server.listen.port,
       connections: .init(
@@ -225,7 +226,16 @@ public final class ServerRuntime: Sendable {
       messages: .init(
         maxMessageBytes: l.maxMessageBytes, maxInflightBytesPerConnection: l.maxInflightBytesPerConnection,
         maxInflightBytesPerPrincipal: l.maxInflightBytesPerPrincipal,
-        messageTimeout: .seconds(l.messageTimeoutSeconds)))
+        messageTimeout: .seconds(l.messageTimeoutSeconds)),
+      protections: .init(
+        maxResetFrames: h.maxResetFrames, maxStreamErrors: h.maxStreamErrors, maxControlFrames: h.maxControlFrames,
+        rateWindow: .seconds(h.rateWindowSeconds), maxSequentialContinuationFrames: h.maxSequentialContinuationFrames,
+        maxBufferedControlFrames: h.maxBufferedControlFrames,
+        maxSequentialEmptyDataFrames: h.maxSequentialEmptyDataFrames,
+        maxRecentlyResetStreams: h.maxRecentlyResetStreams, maxConnectionGlitches: h.maxConnectionGlitches,
+        maxOversizedHeaderBlocks: h.maxOversizedHeaderBlocks,
+        maxOutboundBytesPerConnection: h.maxOutboundBytesPerConnection,
+        writeStallTimeout: .seconds(h.writeStallTimeoutSeconds)))
   }
 
   /// The bundle trust policy from the configuration's trust rules; errors name the key file.
