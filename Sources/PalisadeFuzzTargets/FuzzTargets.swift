@@ -75,6 +75,32 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     }
   }
 
+  /// Whether `data` passes every check of the parsers behind this target, for the targets whose seeds are meant to
+  /// (real tokens, signatures, logs, requests): proves that the corpus and `FuzzKeys` belong together, so that the
+  /// fuzzer starts from inputs that reach the deepest code. Nil for the other targets.
+  public func accepts(_ data: [UInt8]) async -> Bool? {
+    switch self {
+    case .jwt:
+      guard let identity = Targets.identity else { return false }
+      let verifier = TokenVerifier(settings: .init(audience: FuzzKeys.audience), issuers: Targets.issuers)
+      return (try? verifier.verify(authorization: "Bearer " + String(decoding: data, as: UTF8.self), identity: identity, now: fuzzNow)) != nil
+    case .bundleSignature:
+      guard let trust = Targets.trust else { return false }
+      do { try await BundleParsers.checkSignature(data, trust: trust, modelName: "digits", now: fuzzNow) } catch { return false }
+      return true
+    case .auditCheckpoint:
+      guard let key = Targets.auditKey else { return false }
+      return (try? SignedCheckpoint.verify(note: String(decoding: data, as: UTF8.self), key: key, expectedOrigin: key.name)) != nil
+    case .inferRequest:
+      guard let request = try? Inference_ModelInferRequest(serializedBytes: data), let descriptor = Targets.descriptors[request.modelName],
+        let decoded = try? WireTensorDecoder.decode(request)
+      else { return false }
+      return (try? InputValidator().validate(decoded, against: descriptor)) != nil
+    default:
+      return nil
+    }
+  }
+
   /// Removes the scratch directory the file-based bodies (archive, audit segment) write in.
   public static func removeScratch() {
     try? FileManager.default.removeItem(atPath: Targets.scratch)

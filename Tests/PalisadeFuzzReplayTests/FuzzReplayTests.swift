@@ -27,6 +27,27 @@ import Testing
     FuzzTarget.removeScratch()
   }
 
+  /// The seeds meant to be valid are (the corpus and the public keys in FuzzKeys.swift were made together).
+  @Test func validSeedsAreAccepted() async throws {
+    let valid: [FuzzTarget: [String]] = [
+      .jwt: ["es256-oauth", "es384-oauth-aud-list", "eddsa-oauth", "eddsa-spiffe-no-iss", "es256-spiffe"],
+      .bundleSignature: ["model-sig-key"],
+      .auditCheckpoint: ["size-3", "size-1-cosigned"],
+      .inferRequest: ["digits-typed", "digits-raw", "half-bf16-raw", "text-bytes-raw", "text-bytes-typed", "mixed-typed", "mixed-raw"],
+    ]
+    for (target, names) in valid {
+      for name in names {
+        let url = Self.fuzzDirectory.appendingPathComponent("corpus/\(target.rawValue)/\(name)")
+        let accepted = await target.accepts(try [UInt8](Data(contentsOf: url)))
+        #expect(accepted == true, "\(target.rawValue)/\(name) is refused")
+      }
+    }
+    for name in ["expired", "wrong-binding", "alg-none"] {
+      let url = Self.fuzzDirectory.appendingPathComponent("corpus/jwt/\(name)")
+      #expect(await FuzzTarget.jwt.accepts(try [UInt8](Data(contentsOf: url))) == false, "jwt/\(name) is accepted")
+    }
+  }
+
   /// Every target has a directory of seeds, and no directory names a target that does not exist.
   @Test func corpusDirectoriesMatchTargets() throws {
     let names = try FileManager.default.contentsOfDirectory(atPath: Self.fuzzDirectory.appendingPathComponent("corpus").path)
