@@ -25,3 +25,18 @@ public func fuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CI
   selected.runBlocking(bytes)
   return 0
 }
+
+// SwiftPM links an executable with `main` defined as `<module>_main` (for testable executables), so libFuzzer's
+// own `main` is not used: this one hands over to libFuzzer's driver, which calls the two functions above.
+@_silgen_name("LLVMFuzzerRunDriver")
+func runDriver(
+  _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+  _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+
+@_cdecl("palisade_fuzz_main")
+public func palisadeFuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+  var count = argc
+  var vector = argv
+  return runDriver(&count, &vector, fuzzerTestOneInput)
+}
