@@ -46,7 +46,7 @@ for t in "${TARGETS[@]}"; do
   start=$(date +%s)
   scratch="${TMPDIR:-/tmp}/palisade-fuzz-$t-$$"
   [ -d /dev/shm ] && scratch="/dev/shm/palisade-fuzz-$t-$$"
-  PALISADE_FUZZ_TARGET="$t" PALISADE_FUZZ_SCRATCH="$scratch" ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
+  PALISADE_FUZZ_TARGET="$t" PALISADE_FUZZ_SCRATCH="$scratch" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
     nice -n 10 "$BIN" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=1 \
     -print_final_stats=1 -artifact_prefix="$w/artifacts/" "${dict[@]}" "$w/corpus" "Fuzz/corpus/$t" >"$w/log" 2>&1
   rc=$?
