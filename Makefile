@@ -8,7 +8,7 @@ CONFIG ?= deploy/local/palisade.yaml
 APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl gnutls-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps venv build release release-repro sbom pki demo-bundle run test test-image check generate clean
+.PHONY: help deps venv build release release-repro sbom pki demo-bundle run test test-image fuzz fuzz-seeds check generate clean
 
 help:
 	@echo "make run       install what is missing, build, make the dev PKI, start the server ($(CONFIG))"
@@ -18,6 +18,7 @@ help:
 	@echo "make release   release build (.build/release/palisade)"
 	@echo "make release-repro  build HEAD twice from two clean clones and check the binaries are identical (slow)"
 	@echo "make sbom      the reproducible release binary and its CycloneDX SBOM in .build-release-repro/out"
+	@echo "make fuzz      build the libFuzzer driver and fuzz every parser FUZZ_SECONDS each (default 60; Fuzz/README.md)"
 	@echo "make generate  regenerate Swift code from proto/ (needs protoc; not needed for building)"
 
 deps:
@@ -97,6 +98,16 @@ test-image: deps venv
 	$(SWIFT) build --build-tests
 	PALISADE_IMAGE_TEST=1 PALISADE_STATIC_BIN=$(CURDIR)/.build-static/release/palisade \
 	  $(SWIFT) test --skip-build --filter DeployTests
+
+# libFuzzer over every parser that sees outside bytes (Fuzz/README.md): a sanitized release build in .build-fuzz,
+# then each target for FUZZ_SECONDS, one at a time. Not part of `make test`, which replays the committed corpora.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) Fuzz/run.sh $(FUZZ_TARGETS)
+
+# Remakes the seed corpora and the public keys they are checked against (throwaway keys; no private key is kept).
+fuzz-seeds: venv
+	$(VENV)/bin/python Fuzz/make-seeds.py
 
 generate:
 	scripts/generate-protos.sh

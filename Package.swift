@@ -215,6 +215,25 @@ let package = Package(
       swiftSettings: strict
     ),
 
+    // The fuzz targets' bodies (one per parser that sees outside bytes), shared by the libFuzzer driver (Fuzz/Driver,
+    // declared only when PALISADE_FUZZ=1) and the corpus replay test in `make test`. See Fuzz/README.md.
+    .target(
+      name: "PalisadeFuzzTargets",
+      dependencies: [
+        "PalisadeAudit", "PalisadeBundle", "PalisadeCore", "PalisadeEgress", "PalisadeIdentity", "PalisadePolicy",
+        "PalisadeProto", "PalisadeRuntime", "PalisadeServer", "PalisadeWire",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOEmbedded", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+      ],
+      swiftSettings: strict
+    ),
+    .testTarget(name: "PalisadeFuzzReplayTests", dependencies: ["PalisadeFuzzTargets"]),
+
     // Test-only helpers: an in-process PKI, test models, a server on loopback.
     .target(
       name: "PalisadeTestSupport",
@@ -320,3 +339,12 @@ let package = Package(
   ],
   swiftLanguageModes: [.v6]
 )
+
+// The libFuzzer driver has no `main` of its own (libFuzzer's comes with -sanitize=fuzzer), so it exists only for
+// the fuzz build (Fuzz/run.sh): PALISADE_FUZZ=1 swift build -c release --scratch-path .build-fuzz
+//   -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library --product palisade-fuzz
+if Context.environment["PALISADE_FUZZ"] == "1" {
+  package.products.append(.executable(name: "palisade-fuzz", targets: ["palisade-fuzz"]))
+  package.targets.append(
+    .executableTarget(name: "palisade-fuzz", dependencies: ["PalisadeFuzzTargets"], path: "Fuzz/Driver"))
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer driver (sanitized release build, its own scratch path) and fuzzes each target in turn for
+# FUZZ_SECONDS (default 60), one process at a time, niced. `make fuzz` runs this; not part of `make test`.
+#
+#   Fuzz/run.sh                      every target
+#   Fuzz/run.sh jwt pem              some
+#   FUZZ_SECONDS=600 Fuzz/run.sh     longer
+#   FUZZ_NO_BUILD=1 Fuzz/run.sh      reuse the last build
+#
+# Per target, Fuzz/work/<target>/ (not committed) holds the growing corpus (seeded from Fuzz/corpus/<target>), the
+# log, and artifacts: crash-*, timeout-* (over 1 s), oom-* (over 2 GiB RSS), leak-*. A finding stops that target;
+# the script goes on with the next and exits 1 at the end. Fix the bug, then move the reproducer to
+# Fuzz/regressions/<target>/ so that `make test` replays it. Results go to Fuzz/work/summary.tsv.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+SCRATCH=${FUZZ_SCRATCH:-.build-fuzz}
+SWIFT=${SWIFT:-swift}
+ALL=(infer-request onnx-model bundle-signature bundle-manifest bundle-archive jwt jwks policy server-config egress-config
+  egress-http egress-inspector audit-segment audit-record audit-checkpoint pem)
+TARGETS=("$@")
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
+
+if [ -z "${FUZZ_NO_BUILD:-}" ]; then
+  # A clean scratch path starts from the package checkouts the normal build already has (no network needed).
+  if [ ! -d "$SCRATCH/checkouts" ] && [ -d .build/checkouts ]; then
+    mkdir -p "$SCRATCH" && cp -a .build/checkouts .build/repositories .build/workspace-state.json "$SCRATCH/" 2>/dev/null
+  fi
+  PALISADE_FUZZ=1 nice -n 10 "$SWIFT" build -c release --scratch-path "$SCRATCH" \
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library --product palisade-fuzz || exit 2
+fi
+BIN="$SCRATCH/release/palisade-fuzz"
+[ -x "$BIN" ] || { echo "no $BIN" >&2; exit 2; }
+
+mkdir -p Fuzz/work
+SUMMARY=Fuzz/work/summary.tsv
+[ -f "$SUMMARY" ] || printf 'date\ttarget\tseconds\texecs\texecs_per_s\tpeak_rss_mb\tcorpus_files\tcorpus_bytes\tfinding\n' >"$SUMMARY"
+failed=0
+for t in "${TARGETS[@]}"; do
+  [ -d "Fuzz/corpus/$t" ] || { echo "unknown target $t (no Fuzz/corpus/$t)" >&2; failed=1; continue; }
+  w="Fuzz/work/$t"
+  mkdir -p "$w/corpus" "$w/artifacts"
+  dict=()
+  [ -f "Fuzz/dict/$t.dict" ] && dict=(-dict="Fuzz/dict/$t.dict")
+  echo "== $t: ${FUZZ_SECONDS}s"
+  start=$(date +%s)
+  scratch="${TMPDIR:-/tmp}/palisade-fuzz-$t-$$"
+  [ -d /dev/shm ] && scratch="/dev/shm/palisade-fuzz-$t-$$"
+  PALISADE_FUZZ_TARGET="$t" PALISADE_FUZZ_SCRATCH="$scratch" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
+    nice -n 10 "$BIN" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=1 \
+    -print_final_stats=1 -artifact_prefix="$w/artifacts/" "${dict[@]}" "$w/corpus" "Fuzz/corpus/$t" >"$w/log" 2>&1
+  rc=$?
+  rm -rf "$scratch"
+  elapsed=$(( $(date +%s) - start ))
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$w/log" | grep -o '[0-9]*$' | tail -1)
+  speed=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$w/log" | grep -o '[0-9]*$' | tail -1)
+  rss=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$w/log" | grep -o '[0-9]*$' | tail -1)
+  files=$(find "$w/corpus" -type f | wc -l)
+  bytes=$(find "$w/corpus" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+  finding=none
+  if [ $rc -ne 0 ]; then
+    finding=$(ls -t "$w/artifacts" 2>/dev/null | head -1)
+    finding=${finding:-exit-$rc}
+    failed=1
+    echo "   FINDING: $w/artifacts/$finding (log: $w/log)"
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$elapsed" "${execs:-?}" "${speed:-?}" \
+    "${rss:-?}" "$files" "$bytes" "$finding" | tee -a "$SUMMARY"
+done
+exit $failed
