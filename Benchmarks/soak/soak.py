@@ -45,6 +45,8 @@ CONNECTION_CLOSED = re.compile(
     r"GOAWAY|goaway|Socket closed|Connection reset|connection reset|Broken pipe|Connection closed|"
     r"connection closed|Stream removed|Transport closed",
 )
+# A GOAWAY with an error code (ENHANCE_YOUR_CALM, PROTOCOL_ERROR...) is not an orderly close at max age: not retried.
+GOAWAY_ERROR = re.compile(r"Error code: [1-9]")
 
 
 def free_port():
@@ -125,7 +127,8 @@ async def _caller(a):
                 return
             except grpc.aio.AioRpcError as e:
                 details = e.details() or ""
-                if e.code() == grpc.StatusCode.UNAVAILABLE and CONNECTION_CLOSED.search(details) and attempt < 3:
+                if (e.code() == grpc.StatusCode.UNAVAILABLE and CONNECTION_CLOSED.search(details)
+                        and not GOAWAY_ERROR.search(details) and attempt < 3):
                     stats["retries"] += 1
                     continue
                 stats["failed"] += 1
@@ -156,29 +159,26 @@ async def _caller(a):
             next_report += 1
 
     rep = asyncio.create_task(reporter())
-    pending = set()
-    if a["mode"] == "closed":
-        async def worker():
+    # The same `concurrency` workers in both modes: unpaced they measure capacity; paced, each sends its next call
+    # at its next slot (rate / concurrency per worker), or at once when it is behind. A Python client spawning a
+    # task per call falls over long before the server does (measured: it drowned in its own backlog at 80%).
+    n = a["concurrency"]
+
+    async def worker(w):
+        if a["mode"] == "closed":
             while time.monotonic() < stop_at:
                 await one()
-        await asyncio.gather(*(worker() for _ in range(a["concurrency"])))
-    else:
-        interval = 1.0 / a["rate"]
-        t0 = time.monotonic()
-        k = 0
-        while True:
-            due = t0 + k * interval
-            if due >= stop_at:
-                break
+            return
+        interval = n / a["rate"]
+        due = time.monotonic() + w * interval / n
+        while due < stop_at:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one())
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            k += 1
-        if pending:
-            await asyncio.wait(pending, timeout=15)
+            await one()
+            due += interval
+
+    await asyncio.gather(*(worker(w) for w in range(n)))
     # Last partial second.
     await asyncio.sleep(max(0, next_report - time.time()) + 0.05)
     rep.cancel()
@@ -526,7 +526,7 @@ rules:
         rate = capacity * o.load
         print(f"capacity {capacity:.0f} calls/s (closed loop, 3 callers x {o.concurrency}); soaking at {rate:.0f} calls/s "
               f"for {o.duration} s", flush=True)
-        q, procs, start = self.start_callers("open", o.duration, rate=rate / 3)
+        q, procs, start = self.start_callers("open", o.duration, rate=rate / 3, concurrency=o.concurrency)
         time.sleep(max(0, start - time.time()))
         agg = {}  # second -> [ok, failed, retries, latencies]
         errors = []
