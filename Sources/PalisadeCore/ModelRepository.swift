@@ -28,16 +28,47 @@ public final class ModelRepository: Sendable {
 
   private let entries = Mutex<[String: [String: Entry]]>([:])
   private let required: Set<String>
+  /// Told of every model version that leaves the repository (see ``onRetire(_:)``).
+  private let retireObservers = Mutex<[@Sendable ([any ServableModel]) -> Void]>([])
 
   /// Creates a repository. The server is ready only once every name in `required` has a ready version.
   public init(required: Set<String> = []) {
     self.required = required
   }
 
-  /// Adds or replaces a model version; it takes traffic once its state is ``State/ready``.
+  /// Adds or replaces a model version; it takes traffic once its state is ``State/ready``. A replaced model is
+  /// retired (``onRetire(_:)``).
   public func register(_ model: any ServableModel, state: State = .ready) {
     let d = model.descriptor
-    entries.withLock { $0[d.name, default: [:]][d.version] = Entry(model: model, state: state, reason: "") }
+    let replaced = entries.withLock { all -> (any ServableModel)? in
+      let old = all[d.name]?[d.version]?.model
+      all[d.name, default: [:]][d.version] = Entry(model: model, state: state, reason: "")
+      return old
+    }
+    if let replaced { retire([replaced]) }
+  }
+
+  /// Calls `observer` with the model versions that leave the repository (removed, or replaced by a new load of the
+  /// same version), after they left: state kept per version elsewhere (queues, breakers, screening monitors,
+  /// statistics) is released there, or the memory of every version ever loaded would stay. Calls that resolved a
+  /// retired model before it left still finish on it.
+  public func onRetire(_ observer: @escaping @Sendable ([any ServableModel]) -> Void) {
+    retireObservers.withLock { $0.append(observer) }
+  }
+
+  /// Whether `descriptor`'s version (the same bundle, by its digest) is still in the repository. Caches that made
+  /// an entry for a model check this afterwards: a call that resolved a version just before it was removed must
+  /// not leave state behind for it.
+  public func holds(_ descriptor: ModelDescriptor) -> Bool {
+    entries.withLock { all in
+      guard let model = all[descriptor.name]?[descriptor.version]?.model else { return false }
+      return model.descriptor.properties["bundle_digest"] == descriptor.properties["bundle_digest"]
+    }
+  }
+
+  private func retire(_ models: [any ServableModel]) {
+    guard !models.isEmpty else { return }
+    for observer in retireObservers.withLock({ $0 }) { observer(models) }
   }
 
   /// Marks a version (`loading` before it exists, `unavailable` with a reason when it fails).
@@ -53,16 +84,18 @@ public final class ModelRepository: Sendable {
   /// Removes a version; `version: nil` removes every version of `name`. Returns whether anything was removed.
   @discardableResult
   public func remove(name: String, version: String? = nil) -> Bool {
-    entries.withLock { all in
-      guard all[name] != nil else { return false }
+    let (found, models) = entries.withLock { all -> (Bool, [any ServableModel]) in
+      guard let versions = all[name] else { return (false, []) }
       if let version {
-        let removed = all[name]?.removeValue(forKey: version) != nil
+        let removed = all[name]?.removeValue(forKey: version)
         if all[name]?.isEmpty == true { all[name] = nil }
-        return removed
+        return (removed != nil, removed?.model.map { [$0] } ?? [])
       }
       all[name] = nil
-      return true
+      return (true, versions.values.compactMap(\.model))
     }
+    retire(models)
+    return found
   }
 
   /// The model to serve for `name` and `version` (empty `version`: the highest ready version).

@@ -56,4 +56,11 @@ public protocol ModelRuntime: Sendable {
   /// Builds a model from `files.modelFile` (the file named in the manifest) and, if it refers to any, the other
   /// verified files in `files`; with `descriptor` from the manifest.
   func load(files: ModelFiles, descriptor: ModelDescriptor) async throws -> any ServableModel
+  /// Models this runtime built that are still in memory (nil: not counted). Unloaded versions must leave this
+  /// count once their last call finished; the server exports it as `palisade_models_in_memory`.
+  var modelsInMemory: Int? { get }
+}
+
+extension ModelRuntime {
+  public var modelsInMemory: Int? { nil }
 }

@@ -55,6 +55,13 @@ public final class ONNXModel: Sendable {
   let outputIds: [Int]
   private let plans: Mutex<[[[Int]]: ExecutionPlan]>
 
+  /// Models in memory in this process: an unloaded or replaced version that is still counted here has leaked
+  /// (the soak test watches it through `palisade_models_in_memory`).
+  public static var inMemory: Int { live.load(ordering: .relaxed) }
+  private static let live = Atomic<Int>(0)
+
+  deinit { Self.live.subtract(1, ordering: .relaxed) }
+
   /// Reads the model file at `url` and the external-data files it names (relative to its directory), then loads
   /// it. For tools and tests that load a model from disk; the server never does: its loader hands the runtime the
   /// verified bytes (`load(model:externalData:limits:)`).
@@ -305,6 +312,8 @@ public final class ONNXModel: Sendable {
     self.nodes = order.map { nodes[$0] }
     self.initializers = weights
     self.plans = Mutex([:])
+    // Counted from here on: every path out of this point (a throw below included) runs deinit.
+    Self.live.add(1, ordering: .relaxed)
 
     // Plan once for the declared shapes (symbolic dimensions = 1): shape errors fail the load.
     _ = try plan(for: inputs.map { $0.dims.map { if case .fixed(let n) = $0 { n } else { 1 } } })

@@ -138,6 +138,8 @@ public struct ONNXModelRuntime: ModelRuntime {
 
   public var fileExtensions: [String] { ["onnx"] }
 
+  public var modelsInMemory: Int? { ONNXModel.inMemory }
+
   /// Parses `files.modelFile`; external data resolves only against the other verified files below the model file's
   /// directory (`ModelFiles.siblingsOfModelFile`), never against the file system.
   public func load(files: ModelFiles, descriptor: ModelDescriptor) async throws -> any ServableModel {

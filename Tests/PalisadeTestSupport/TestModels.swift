@@ -78,9 +78,9 @@ public final class DoublingModel: ServableModel, Sendable {
   public let descriptor: ModelDescriptor
   private let state = Mutex<(rows: [Int], closed: Bool, failing: Bool, waiters: [CheckedContinuation<Void, Never>])>(([], false, false, []))
 
-  public init(name: String = "double", maxBatch: Int? = nil, gated: Bool = false) {
+  public init(name: String = "double", version: String = "1", maxBatch: Int? = nil, gated: Bool = false) {
     descriptor = ModelDescriptor(
-      name: name, version: "1", platform: "test",
+      name: name, version: version, platform: "test",
       inputs: [TensorSpec(name: "IN", datatype: .fp32, shape: [-1, 4])],
       outputs: [TensorSpec(name: "OUT", datatype: .fp32, shape: [-1, 4])],
       contract: ModelContract(maxBatch: maxBatch))

@@ -33,6 +33,13 @@ public final class ServerRuntime: Sendable {
   public let auditor: Auditor
   /// Receives the egress sidecar's block reports, when `egress.report_socket` is set.
   public let egressReports: EgressReportReceiver?
+  private let pipeline: InferencePipeline
+
+  /// Model versions holding per-version state in each cache (they follow the loaded versions; tests check that
+  /// unloaded and replaced versions leave them).
+  public var modelVersionStates: (scheduler: Int, screening: Int, statistics: Int) {
+    (pipeline.scheduler.modelQueueCount, pipeline.screener.screenCount, pipeline.statistics.versionCount)
+  }
 
   /// Builds the server. Throws errors that name the file or setting at fault. `runtimes` turn verified model
   /// files into servable models.
@@ -126,6 +133,10 @@ public final class ServerRuntime: Sendable {
         auditor: auditor),
       scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger,
       accessLog: config.logging.accessLog, auditor: auditor)
+    self.pipeline = pipeline
+    metrics.beforeRender { [weak metrics] in
+      metrics?.setModelsInMemory(runtimes.compactMap(\.modelsInMemory).reduce(0, +))
+    }
     let authenticator = CallAuthenticator(
       verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger, auditor: auditor)
     // ModelInfer and ModelStreamInfer are served on the transport's fast path; every other RPC goes through

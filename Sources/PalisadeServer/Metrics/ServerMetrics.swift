@@ -262,6 +262,32 @@ public final class ServerMetrics: TransportObserver, Sendable {
     counter("admin_refusals", "Admin HTTP connections refused or closed by their limits", [("reason", reason)])
   }
 
+  /// Model versions holding per-version state in one cache (`scheduler`: queues and breakers, `screening`:
+  /// monitors). It follows the loaded versions: a count that only grows across hot swaps is a leak.
+  public func setModelVersionStates(cache: String, _ count: Int) {
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "model_version_states",
+        helpText: "Model versions holding per-version state, by cache (scheduler: queues and breakers; screening: monitors)"),
+      labels: [("cache", cache)]
+    ).set(to: Double(count))
+  }
+
+  /// Models the runtimes hold in memory (loaded versions, plus unloaded ones until their last call finished).
+  public func setModelsInMemory(_ count: Int) {
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "models_in_memory",
+        helpText: "Models the runtimes hold in memory: loaded versions, and unloaded ones until their last call ended")
+    ).set(to: Double(count))
+  }
+
+  /// Runs `update` before every rendering (gauges read from elsewhere).
+  public func beforeRender(_ update: @escaping @Sendable () -> Void) {
+    renderHooks.withLock { $0.append(update) }
+  }
+  private let renderHooks = Mutex<[@Sendable () -> Void]>([])
+
   /// Open gRPC connections.
   public func connectionsOpen(_ count: Int) {
     registry.makeGauge(
@@ -273,6 +299,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
 
   /// The exposition text.
   public func render() -> [UInt8] {
-    registry.emitToBuffer()
+    for hook in renderHooks.withLock({ $0 }) { hook() }
+    return registry.emitToBuffer()
   }
 }

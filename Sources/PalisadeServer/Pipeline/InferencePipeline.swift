@@ -39,6 +39,22 @@ public struct InferencePipeline: Sendable {
     self.statistics = statistics
     self.metrics = metrics
     self.logger = logger
+    // A version that leaves the repository (unloaded, replaced by a hot swap) takes its per-version state with it.
+    repository.onRetire { [weak scheduler, weak screener, weak statistics] models in
+      let descriptors = models.map(\.descriptor)
+      scheduler?.release(descriptors)
+      screener?.release(descriptors)
+      statistics?.release(descriptors)
+    }
+  }
+
+  /// Releases the per-version state of `descriptor` made by a call that resolved its version just before it left
+  /// the repository (the retirement already ran, so nothing else would).
+  func releaseIfRetired(_ descriptor: ModelDescriptor) {
+    guard !resolver.repository.holds(descriptor) else { return }
+    scheduler.release([descriptor])
+    screener.release([descriptor])
+    statistics.release([descriptor])
   }
 
   /// Runs one `ModelInfer` request for `call`.
@@ -86,19 +102,24 @@ public struct InferencePipeline: Sendable {
     let model = try resolver.resolve(name: request.modelName, version: request.modelVersion)
     try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.modelName)
     // One lookup of the model's queue serves the breaker here and scheduling below.
-    let queue = scheduler.queue(for: model)
+    let (queue, madeQueue) = scheduler.lookup(model)
+    let descriptor = model.descriptor
+    // Per-version state made by this call for a version that left meanwhile is released when the call ends.
+    var made = madeQueue
+    defer { if made { releaseIfRetired(descriptor) } }
     let permit = try queue.breaker.admit(principal: call.identity.spiffeID.description)
     // A half-open probe that ends before the model ran (refused, cancelled) is handed back.
     defer { queue.breaker.release(permit) }
     clock.lap(.resolve)
-    let descriptor = model.descriptor
     trace.descriptor = descriptor
     let started = ContinuousClock.now
     do {
       let (inputs, requested) = try validate(request, descriptor: descriptor)
       trace.inputs = inputs
       clock.lap(.validate)
-      let screening = try await screener.screen(inputs, descriptor: descriptor, call: call)
+      let (screenState, madeScreen) = screener.lookup(descriptor)
+      made = made || madeScreen
+      let screening = try await screener.screen(inputs, descriptor: descriptor, call: call, state: screenState)
       trace.outOfDistribution = screening.outOfDistribution
       clock.lap(.screen)
       let computeStart = ContinuousClock.now
@@ -120,12 +141,13 @@ public struct InferencePipeline: Sendable {
       }
       if let bucket = descriptor.outputPolicy.padToBucketBytes { padding.pad(&response, bucket: bucket) }
       clock.lap(.encode)
-      statistics.recordSuccess(
-        descriptor, total: ContinuousClock.now - started, inputPhase: computeStart - started,
-        compute: computeEnd - computeStart, outputPhase: ContinuousClock.now - computeEnd)
+      made =
+        statistics.recordSuccess(
+          descriptor, total: ContinuousClock.now - started, inputPhase: computeStart - started,
+          compute: computeEnd - computeStart, outputPhase: ContinuousClock.now - computeEnd) || made
       return response
     } catch {
-      statistics.recordFailure(descriptor, total: ContinuousClock.now - started)
+      made = statistics.recordFailure(descriptor, total: ContinuousClock.now - started) || made
       throw error
     }
   }

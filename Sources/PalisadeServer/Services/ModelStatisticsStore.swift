@@ -18,11 +18,25 @@ public final class ModelStatisticsStore: Sendable {
 
   public init() {}
 
+  /// Forgets the counters of model versions that left the repository (RepositoryIndex no longer lists them, so
+  /// ModelStatistics could never report them again).
+  func release(_ descriptors: [ModelDescriptor]) {
+    counters.withLock { all in
+      for d in descriptors { all[Key(name: d.name, version: d.version)] = nil }
+    }
+  }
+
+  /// Model versions with counters (tests).
+  public var versionCount: Int { counters.withLock { $0.count } }
+
+  /// Returns whether this made the version's counters.
+  @discardableResult
   func recordSuccess(
     _ d: ModelDescriptor, total: Duration, inputPhase: Duration, compute: Duration, outputPhase: Duration
-  ) {
+  ) -> Bool {
     let now = UInt64(Date().timeIntervalSince1970 * 1000)
-    counters.withLock { all in
+    return counters.withLock { all in
+      let made = all[Key(name: d.name, version: d.version)] == nil
       var c = all[Key(name: d.name, version: d.version), default: Counters()]
       c.success.count += 1
       c.success.ns += total.nanoseconds
@@ -34,13 +48,18 @@ public final class ModelStatisticsStore: Sendable {
       c.computeOutput.ns += outputPhase.nanoseconds
       c.lastInferenceMs = now
       all[Key(name: d.name, version: d.version)] = c
+      return made
     }
   }
 
-  func recordFailure(_ d: ModelDescriptor, total: Duration) {
+  /// Returns whether this made the version's counters.
+  @discardableResult
+  func recordFailure(_ d: ModelDescriptor, total: Duration) -> Bool {
     counters.withLock { all in
+      let made = all[Key(name: d.name, version: d.version)] == nil
       all[Key(name: d.name, version: d.version), default: Counters()].fail.count += 1
       all[Key(name: d.name, version: d.version), default: Counters()].fail.ns += total.nanoseconds
+      return made
     }
   }
 

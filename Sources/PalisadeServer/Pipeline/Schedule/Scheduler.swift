@@ -76,15 +76,38 @@ public final class Scheduler: Sendable {
 
   /// The queue of `model`, made on first use. Keyed by name, version and bundle digest, so a reloaded bundle gets
   /// a fresh queue and breaker.
-  func queue(for model: any ServableModel) -> ModelQueue {
-    let d = model.descriptor
-    let key = "\(d.name)\u{0}\(d.version)\u{0}\(d.properties["bundle_digest"] ?? "")"
-    return queues.withLock { q in
-      if let existing = q[key] { return existing }
+  func queue(for model: any ServableModel) -> ModelQueue { lookup(model).queue }
+
+  /// The queue of `model`, and whether this lookup made it (the caller then checks that the version is still
+  /// loaded, see ``ModelRepository/holds(_:)``).
+  func lookup(_ model: any ServableModel) -> (queue: ModelQueue, made: Bool) {
+    let key = Self.key(model.descriptor)
+    let (queue, made, count) = queues.withLock { q -> (ModelQueue, Bool, Int) in
+      if let existing = q[key] { return (existing, false, q.count) }
       let made = ModelQueue(model: model, scheduler: self)
       q[key] = made
-      return made
+      return (made, true, q.count)
     }
+    if made { metrics.setModelVersionStates(cache: "scheduler", count) }
+    return (queue, made)
+  }
+
+  /// Drops the queues (each holds its model) and circuit breakers of model versions that left the repository.
+  /// Nothing is lost: requests waiting or running in a dropped queue keep it alive (their tasks and the execution
+  /// slots' waiting list hold it) and it finishes every one of them; then it, and the model, are freed.
+  public func release(_ descriptors: [ModelDescriptor]) {
+    let count = queues.withLock { q -> Int in
+      for d in descriptors { q[Self.key(d)] = nil }
+      return q.count
+    }
+    metrics.setModelVersionStates(cache: "scheduler", count)
+  }
+
+  /// Model versions with a queue (tests, and the `palisade_model_version_states` gauge).
+  public var modelQueueCount: Int { queues.withLock { $0.count } }
+
+  static func key(_ d: ModelDescriptor) -> String {
+    "\(d.name)\u{0}\(d.version)\u{0}\(d.properties["bundle_digest"] ?? "")"
   }
 
   /// The circuit breaker of `model` (checked when the model is resolved).

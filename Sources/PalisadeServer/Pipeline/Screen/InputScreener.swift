@@ -66,10 +66,30 @@ public final class InputScreener: Sendable {
     self.logger = logger
   }
 
-  func screen(for d: ModelDescriptor) -> ModelScreen {
-    let key = ScreenKey(name: d.name, version: d.version, bundle: d.properties["bundle_digest"] ?? "")
-    return screens.withLock { s in
-      if let existing = s[key] { return existing }
+  /// Drops the screening state (OOD scorer, drift windows, the extraction monitor's per-principal streams) of model
+  /// versions that left the repository.
+  public func release(_ descriptors: [ModelDescriptor]) {
+    let count = screens.withLock { s -> Int in
+      for d in descriptors { s[Self.key(d)] = nil }
+      return s.count
+    }
+    metrics.setModelVersionStates(cache: "screening", count)
+  }
+
+  /// Model versions with screening state (tests, and the `palisade_model_version_states` gauge).
+  public var screenCount: Int { screens.withLock { $0.count } }
+
+  static func key(_ d: ModelDescriptor) -> ScreenKey {
+    ScreenKey(name: d.name, version: d.version, bundle: d.properties["bundle_digest"] ?? "")
+  }
+
+  func screen(for d: ModelDescriptor) -> ModelScreen { lookup(d).screen }
+
+  /// The screening state of `d`, made on first use, and whether this lookup made it.
+  func lookup(_ d: ModelDescriptor) -> (screen: ModelScreen, made: Bool) {
+    let key = Self.key(d)
+    let (screen, made, count) = screens.withLock { s -> (ModelScreen, Bool, Int) in
+      if let existing = s[key] { return (existing, false, s.count) }
       var drift: DriftMonitor? = nil
       if !d.screening.references.isEmpty {
         let setters = Dictionary(
@@ -86,13 +106,20 @@ public final class InputScreener: Sendable {
         scorer: OODScorer(d.screening), drift: drift, extraction: extraction,
         referenced: Set(d.screening.references.keys))
       s[key] = made
-      return made
+      return (made, true, s.count)
     }
+    if made { metrics.setModelVersionStates(cache: "screening", count) }
+    return (screen, made)
   }
 
   /// Screens `inputs` (validated, in declaration order) of a call to `descriptor`'s model.
   public func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext) async throws(PalisadeError) -> Outcome {
-    let screen = screen(for: descriptor)
+    try await screen(inputs, descriptor: descriptor, call: call, state: screen(for: descriptor))
+  }
+
+  func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext, state screen: ModelScreen)
+    async throws(PalisadeError) -> Outcome
+  {
     let containment = policy.policy.containment
     // Without reference statistics there is nothing to score and no drift to follow: nothing is converted, and
     // only the extraction monitor (PRADA needs no statistics) looks at the rows.
