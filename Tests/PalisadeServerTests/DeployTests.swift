@@ -167,7 +167,7 @@ import Testing
       // A checkpoint only at close: the interval and record count are out of reach in this test.
       .replacingOccurrences(of: "checkpoint_every_records: 1000", with: "checkpoint_every_records: 1000000")
       .replacingOccurrences(of: "checkpoint_interval_seconds: 10", with: "checkpoint_interval_seconds: 3600")
-    let serve = try ServeProcess(config: try pki.write("palisade.yaml", config))
+    let serve = try LoggedProcess.serve(config: try pki.write("palisade.yaml", config))
     defer { serve.kill() }
     let port = try await serve.port()
     #expect(port != 0, "\(serve.log)")
@@ -239,7 +239,7 @@ import Testing
 
   @Test func healthProbeReportsTheAdminEndpoint() async throws {
     let pki = try TestPKI()
-    let serve = try ServeProcess(config: try ProcessTests().config(pki))
+    let serve = try LoggedProcess.serve(config: try ProcessTests().config(pki))
     defer { serve.kill() }
     let admin = try await Self.adminPort(serve)
     #expect(admin != 0, "\(serve.log)")
@@ -275,7 +275,7 @@ import Testing
   }
 
   /// The "admin endpoint listening" log line's port.
-  static func adminPort(_ serve: ServeProcess) async throws -> Int {
+  static func adminPort(_ serve: LoggedProcess) async throws -> Int {
     guard try await serve.waitFor("admin endpoint listening") else { return 0 }
     for line in serve.log.split(separator: "\n") where line.contains("admin endpoint listening") {
       if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
@@ -376,67 +376,3 @@ import Testing
   }
 }
 
-/// Any process whose standard error and output are collected as they arrive.
-final class LoggedProcess: @unchecked Sendable {
-  let process = Process()
-  private let collected = Mutex<String>("")
-  var log: String { collected.withLock { $0 } }
-
-  init(_ executable: String, _ arguments: [String]) throws {
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    let pipe = Pipe()
-    process.standardError = pipe
-    process.standardOutput = pipe
-    pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-      let text = String(decoding: handle.availableData, as: UTF8.self)
-      self?.collected.withLock { $0 += text }
-    }
-    try process.run()
-  }
-
-  func waitFor(_ text: String, timeout: Duration = .seconds(30)) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-      if log.contains(text) { return true }
-      if !process.isRunning { return log.contains(text) }
-      try await Task.sleep(for: .milliseconds(50))
-    }
-    return false
-  }
-
-  /// The port in the JSON log line containing `marker` (its "listen" field).
-  func jsonPort(after marker: String) async throws -> Int {
-    guard try await waitFor(marker) else { return 0 }
-    for line in log.split(separator: "\n") where line.contains(marker) {
-      if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-        let listen = object["listen"] as? String, let p = Int(listen.split(separator: ":").last ?? "")
-      {
-        return p
-      }
-    }
-    return 0
-  }
-
-  /// Python's http.server: "Serving HTTP on 0.0.0.0 port N".
-  func httpServerPort() async throws -> Int {
-    guard try await waitFor("Serving HTTP") else { return 0 }
-    guard let range = log.range(of: #"port (\d+)"#, options: .regularExpression) else { return 0 }
-    return Int(log[range].dropFirst(5)) ?? 0
-  }
-
-  func terminate() async throws -> Int32 {
-    process.terminate()
-    let deadline = ContinuousClock.now + .seconds(30)
-    while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
-    return process.isRunning ? -1 : process.terminationStatus
-  }
-
-  /// SIGKILL and reap: children inherit the test process's ignored SIGTERM (swift-service-lifecycle ignores it
-  /// to watch it), so helpers like Python's http.server would outlive a plain terminate().
-  func kill() {
-    guard process.isRunning else { return }
-    Foundation.kill(process.processIdentifier, SIGKILL)
-    process.waitUntilExit()
-  }
-}

@@ -26,7 +26,7 @@ import Testing
     try await Self.digitsBundle(models, version: 1, factory)
     let config = try Self.config(pki, factory, audit: false)
     try await Shell.run("chown -R \(Self.nobody):\(Self.nobody) \(pki.directory.path)")
-    let server = try FaultServer(config: config, uid: Self.nobody)
+    let server = try LoggedProcess.serve(config: config, uid: Self.nobody)
     defer { server.kill() }
     let port = try await server.port()
     #expect(port != 0, "\(server.log)")
@@ -89,7 +89,7 @@ import Testing
     let config = try Self.config(pki, factory, audit: true)
     let caller = try Self.caller(pki)
 
-    let first = try FaultServer(config: config)
+    let first = try LoggedProcess.serve(config: config)
     defer { first.kill() }
     let port = try await first.port()
     #expect(try await first.waitFor("model loaded"), "\(first.log)")
@@ -148,7 +148,7 @@ import Testing
     let aside = pki.path("aside")
     try FileManager.default.createDirectory(atPath: aside, withIntermediateDirectories: true)
     for v in [2, 3] { try FileManager.default.moveItem(atPath: "\(models)/digits/\(v).tar.zst", toPath: "\(aside)/\(v).tar.zst") }
-    let second = try FaultServer(config: config)
+    let second = try LoggedProcess.serve(config: config)
     defer { second.kill() }
     let port2 = try await second.port()
     #expect(port2 != 0, "the server restarts on the log the kill left: \(second.log)")
@@ -285,7 +285,7 @@ import Testing
     }
   }
 
-  static func metrics(_ server: FaultServer) async throws -> String {
+  static func metrics(_ server: LoggedProcess) async throws -> String {
     let admin = try await server.listenPort("admin endpoint listening")
     let url = try #require(URL(string: "http://127.0.0.1:\(admin)/metrics"))
     let (data, _) = try await URLSession.shared.data(from: url)
@@ -300,78 +300,3 @@ final class Tally: Sendable {
   var value: Int { count.load(ordering: .relaxed) }
 }
 
-/// A `palisade serve` process, optionally as another user (`setpriv`), whose log is collected as it arrives.
-final class FaultServer: @unchecked Sendable {
-  let process = Process()
-  private let collected = Mutex<String>("")
-  var log: String { collected.withLock { $0 } }
-
-  init(config: String, uid: UInt32? = nil) throws {
-    if let uid {
-      process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-      process.arguments = [
-        "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", ProcessTests.binary, "serve", "--config", config,
-      ]
-    } else {
-      process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-      process.arguments = ["serve", "--config", config]
-    }
-    let err = Pipe()
-    process.standardError = err
-    process.standardOutput = FileHandle.nullDevice
-    err.fileHandleForReading.readabilityHandler = { [weak self] handle in
-      let text = String(decoding: handle.availableData, as: UTF8.self)
-      self?.collected.withLock { $0 += text }
-    }
-    try process.run()
-  }
-
-  func waitFor(_ text: String, timeout: Duration = .seconds(30)) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-      if log.contains(text) { return true }
-      if !process.isRunning { return log.contains(text) }
-      try await Task.sleep(for: .milliseconds(50))
-    }
-    return false
-  }
-
-  /// The port in the `listen` field of the first log line containing `message` (JSON or text format).
-  func listenPort(_ message: String) async throws -> Int {
-    guard try await waitFor(message) else { return 0 }
-    for line in log.split(separator: "\n") where line.contains(message) {
-      if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-        let listen = object["listen"] as? String, let p = Int(listen.split(separator: ":").last ?? "")
-      {
-        return p
-      }
-      if let field = line.split(separator: " ").first(where: { $0.hasPrefix("listen=") }),
-        let p = Int(field.split(separator: ":").last ?? "")
-      {
-        return p
-      }
-    }
-    return 0
-  }
-
-  func port() async throws -> Int { try await listenPort("palisade serving") }
-
-  func sigkill() {
-    guard process.isRunning else { return }
-    Foundation.kill(process.processIdentifier, SIGKILL)
-    process.waitUntilExit()
-  }
-
-  func terminate() async throws -> Int32 {
-    process.terminate()
-    let deadline = ContinuousClock.now + .seconds(30)
-    while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
-    if process.isRunning {
-      sigkill()
-      return -1
-    }
-    return process.terminationStatus
-  }
-
-  func kill() { sigkill() }
-}

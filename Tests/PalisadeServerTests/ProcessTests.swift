@@ -102,7 +102,7 @@ import Testing
   @Test func servesCallsAndStopsCleanlyOnSIGTERM() async throws {
     let pki = try TestPKI()
     let client = try pki.client("cli", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/cli")])
-    let serve = try ServeProcess(config: try config(pki))
+    let serve = try LoggedProcess.serve(config: try config(pki))
     defer { serve.kill() }
     let port = try await serve.port()
     #expect(port != 0, "\(serve.log)")
@@ -128,7 +128,7 @@ import Testing
     let pki = try TestPKI()
     let client = try pki.client("hup", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/hup")])
     // A long interval: only SIGHUP can trigger the reload within this test.
-    let serve = try ServeProcess(config: try config(pki, extra: "reload: {interval_seconds: 3600}"))
+    let serve = try LoggedProcess.serve(config: try config(pki, extra: "reload: {interval_seconds: 3600}"))
     defer { serve.kill() }
     let port = try await serve.port()
     let common = [
@@ -205,63 +205,3 @@ import Testing
   }
 }
 
-/// A `palisade serve` process whose JSON log is collected as it arrives.
-final class ServeProcess: @unchecked Sendable {
-  let process = Process()
-  private let collected = Mutex<String>("")
-  var log: String { collected.withLock { $0 } }
-
-  init(config: String) throws {
-    process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-    process.arguments = ["serve", "--config", config]
-    let err = Pipe()
-    process.standardError = err
-    process.standardOutput = FileHandle.nullDevice
-    err.fileHandleForReading.readabilityHandler = { [weak self] handle in
-      let text = String(decoding: handle.availableData, as: UTF8.self)
-      self?.collected.withLock { $0 += text }
-    }
-    try process.run()
-  }
-
-  /// Waits (bounded) until the log contains `text`.
-  func waitFor(_ text: String, timeout: Duration = .seconds(20)) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-      if log.contains(text) { return true }
-      try await Task.sleep(for: .milliseconds(50))
-    }
-    return false
-  }
-
-  /// The gRPC port from the "palisade serving" log line.
-  func port() async throws -> Int {
-    guard try await waitFor("palisade serving") else { return 0 }
-    for line in log.split(separator: "\n") where line.contains("palisade serving") {
-      if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-        let listen = object["listen"] as? String, let p = Int(listen.split(separator: ":").last ?? "")
-      {
-        return p
-      }
-      // The text format: `... palisade serving listen=127.0.0.1:1234 version=...`.
-      if let field = line.split(separator: " ").first(where: { $0.hasPrefix("listen=") }),
-        let p = Int(field.split(separator: ":").last ?? "")
-      {
-        return p
-      }
-    }
-    return 0
-  }
-
-  func signal(_ number: Int32) { Foundation.kill(process.processIdentifier, number) }
-
-  /// SIGTERM, then the exit status once it has exited (bounded).
-  func terminate() async throws -> Int32 {
-    process.terminate()
-    let deadline = ContinuousClock.now + .seconds(30)
-    while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
-    return process.isRunning ? -1 : process.terminationStatus
-  }
-
-  func kill() { if process.isRunning { process.terminate() } }
-}

@@ -271,7 +271,7 @@ import Testing
     let pki = try TestPKI()
     let client = try pki.client("inj", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/inj")])
     for format in ["text", "json"] {
-      let serve = try ServeProcess(config: try ProcessTests().config(pki, extra: "logging: {format: \(format)}"))
+      let serve = try LoggedProcess.serve(config: try ProcessTests().config(pki, extra: "logging: {format: \(format)}"))
       defer { serve.kill() }
       let port = try await serve.port()
       _ = try await ProcessTests.run(
