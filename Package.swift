@@ -348,3 +348,9 @@ if Context.environment["PALISADE_FUZZ"] == "1" {
   package.targets.append(
     .executableTarget(name: "palisade-fuzz", dependencies: ["PalisadeFuzzTargets"], path: "Fuzz/Driver"))
 }
+
+// Zero warnings, kept there: every target of ours (not the generated protobuf code, not the system libraries)
+// treats warnings as errors, in every build, so a warning cannot land (issue 17; docs/architecture.md).
+for target in package.targets where target.type != .system && !["PalisadeProto", "PalisadeONNXProto"].contains(target.name) {
+  target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-warnings-as-errors"])]
+}

@@ -1,4 +1,4 @@
-public import Yams
+import Yams
 
 /// A configuration or policy file problem, naming where it is.
 public struct YAMLError: Error, Sendable, Equatable, CustomStringConvertible {

@@ -11,6 +11,21 @@ import Testing
   static var isRoot: Bool { getuid() == 0 }
   static var ipTool: String? { ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) } }
 
+  /// True while `make run`'s network-namespace demo holds `palisade-srv` (the namespace test would tear it down).
+  static var demoNamespaceUp: Bool {
+    guard let ip = ipTool else { return false }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: ip)
+    process.arguments = ["netns", "list"]
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    guard (try? process.run()) != nil else { return false }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self).split(whereSeparator: \.isWhitespace).contains("palisade-srv")
+  }
+
   // MARK: the image definition
 
   @Test func containerfileLintAcceptsTheImageDefinition() async throws {
@@ -291,14 +306,13 @@ import Testing
 
   /// deploy/local/netns-up.sh: the server in its namespace is reachable from the host over mTLS, reaches the
   /// sidecar's address and port, and nothing beyond the namespace's /30 (nor, with nft, other host ports).
-  @Test(.enabled(if: DeployTests.isRoot && DeployTests.ipTool != nil, "needs root and iproute2 (ip netns)"))
+  @Test(
+    .enabled(if: DeployTests.isRoot && DeployTests.ipTool != nil, "needs root and iproute2 (ip netns)"),
+    .disabled(
+      if: DeployTests.demoNamespaceUp,
+      "make run's network-namespace demo (palisade-srv) is up: stop it (Ctrl-C, or deploy/local/netns-down.sh) to run this test"))
   func localNamespaceServerReachesOnlyTheSidecar() async throws {
     let ip = try #require(Self.ipTool)
-    let list = try await ProcessTests.run(ip, ["netns", "list"])
-    if list.stdout.contains("palisade-srv") {
-      Issue.record("a local deployment (palisade-srv) is running; stop it to run this test")
-      return
-    }
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netns-\(UUID().uuidString)").path
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let pkiMade = try await ProcessTests.run("\(repositoryRoot)/certs/make-dev-pki.sh", ["\(dir)/pki", "2"])

@@ -30,8 +30,8 @@ import Testing
   @Test func swappedAndUnloadedVersionsAreReleased() async throws {
     var v1: DoublingModel? = DoublingModel(version: "1", gated: true)
     var v2: DoublingModel? = DoublingModel(version: "2")
-    weak var weakV1 = v1
-    weak var weakV2 = v2
+    weak let weakV1 = v1
+    weak let weakV2 = v2
     let server = try await TestServer.start(models: v1.map { [$0] } ?? []) {
       $0.scheduling.modelMaxConcurrentExecutions = 1
       $0.scheduling.batching = false

@@ -164,7 +164,7 @@ import Testing
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: dir) }
     func refusal(_ name: String, _ content: [UInt8]) -> String {
-      FileManager.default.createFile(atPath: "\(dir)/\(name)", contents: Data(content))
+      _ = FileManager.default.createFile(atPath: "\(dir)/\(name)", contents: Data(content))
       do {
         _ = try SampleFile.read(path: "\(dir)/\(name)")
         return "accepted"

@@ -145,7 +145,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "audit_available",
-        helpText: "1 while the audit log takes records; 0 while it is failed and calls are refused")
+        unitName: "", helpText: "1 while the audit log takes records; 0 while it is failed and calls are refused")
     ).set(to: available ? 1 : 0)
   }
 
@@ -184,7 +184,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func setQuarantinesActive(_ n: Int) {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "quarantines_active", helpText: "Automatic quarantines in force")
+        namespace: "palisade", metricName: "quarantines_active", unitName: "", helpText: "Automatic quarantines in force")
     ).set(to: Double(n))
   }
 
@@ -193,7 +193,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "circuit_breaker_state",
-        helpText: "Per-model circuit breaker: 0 closed, 1 half-open, 2 open"),
+        unitName: "", helpText: "Per-model circuit breaker: 0 closed, 1 half-open, 2 open"),
       labels: [("model", model)]
     ).set(to: state.gaugeValue)
   }
@@ -202,7 +202,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func queueDepthGauge(model: String) -> @Sendable (Int) -> Void {
     let gauge = registry.makeGauge(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "queue_depth", helpText: "Requests waiting to run, by model"),
+        namespace: "palisade", metricName: "queue_depth", unitName: "", helpText: "Requests waiting to run, by model"),
       labels: [("model", model)])
     return { gauge.set(to: Double($0)) }
   }
@@ -211,7 +211,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func batchSizeRecorder(model: String) -> @Sendable (Int) -> Void {
     let histogram = registry.makeValueHistogram(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "batch_size", helpText: "Requests per model execution (dynamic batching)"),
+        namespace: "palisade", metricName: "batch_size", unitName: "", helpText: "Requests per model execution (dynamic batching)"),
       labels: [("model", model)], buckets: [1, 2, 4, 8, 16, 32, 64, 128])
     return { histogram.record(Double($0)) }
   }
@@ -222,7 +222,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
       registry.makeGauge(
         descriptor: MetricNameDescriptor(
           namespace: "palisade", metricName: "feature_drift_psi",
-          helpText: "Population stability index of each input feature over the recent window, against the bundle's reference statistics"),
+          unitName: "", helpText: "Population stability index of each input feature over the recent window, against the bundle's reference statistics"),
         labels: [("model", model), ("input", input), ("feature", String(f))])
     }
     return { values in for (g, v) in zip(gauges, values) { g.set(to: v) } }
@@ -268,7 +268,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "model_version_states",
-        helpText: "Model versions holding per-version state, by cache (scheduler: queues and breakers; screening: monitors)"),
+        unitName: "", helpText: "Model versions holding per-version state, by cache (scheduler: queues and breakers; screening: monitors)"),
       labels: [("cache", cache)]
     ).set(to: Double(count))
   }
@@ -278,7 +278,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "models_in_memory",
-        helpText: "Models the runtimes hold in memory: loaded versions, and unloaded ones until their last call ended")
+        unitName: "", helpText: "Models the runtimes hold in memory: loaded versions, and unloaded ones until their last call ended")
     ).set(to: Double(count))
   }
 

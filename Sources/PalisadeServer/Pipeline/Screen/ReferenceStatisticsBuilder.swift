@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import PalisadeCore
 
 /// Computes a bundle's reference statistics from a sample of training inputs (publisher side, `palisade bundle
