@@ -315,6 +315,23 @@ let package = Package(
     ),
     .testTarget(name: "PalisadePolicyTests", dependencies: ["PalisadePolicy", "PalisadeIdentity", "PalisadeYAML"]),
     .testTarget(name: "PalisadeWireTests", dependencies: ["PalisadeWire", "PalisadeCore", "PalisadeProto"]),
+    .testTarget(name: "PalisadeYAMLTests", dependencies: ["PalisadeYAML"]),
+    .testTarget(
+      name: "PalisadeTransportTests",
+      dependencies: [
+        "PalisadeTransport", "PalisadeIdentity", "PalisadeTestSupport", .product(name: "X509", package: "swift-certificates"),
+      ]
+    ),
+    .testTarget(
+      name: "PalisadeOutboundTests",
+      dependencies: [
+        "PalisadeOutbound",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+      ]
+    ),
+    .testTarget(name: "PalisadeClientTests", dependencies: ["PalisadeClient", "PalisadeProto"]),
     .testTarget(
       name: "PalisadeIdentityTests",
       dependencies: [

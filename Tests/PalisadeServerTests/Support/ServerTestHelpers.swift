@@ -79,3 +79,13 @@ func adminGet(_ server: TestServer, _ path: String) async throws -> (Int, String
   let (data, response) = try await URLSession.shared.data(from: url)
   return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
 }
+
+/// The repository root: the nearest directory above this file that holds Package.swift (test files sit in
+/// folders of different depths).
+let repositoryRoot: String = {
+  var url = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+  while url.path != "/" && !FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) {
+    url.deleteLastPathComponent()
+  }
+  return url.path
+}()

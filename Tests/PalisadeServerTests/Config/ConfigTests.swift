@@ -184,11 +184,5 @@ import Testing
   }
 }
 
-/// The repository root, from this file's location.
-let repositoryRoot: String = {
-  var url = URL(fileURLWithPath: #filePath)
-  for _ in 0..<3 { url.deleteLastPathComponent() }
-  return url.path
-}()
 
 import Foundation
