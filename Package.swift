@@ -175,7 +175,7 @@ let package = Package(
       ],
       swiftSettings: strict
     ),
-    // A client for operators, the demo and tests (`palisade call`).
+    // A client for operators, the demo and tests (`palisade call`), and the appraiser of attestation evidence.
     .target(
       name: "PalisadeClient",
       dependencies: [
@@ -184,7 +184,8 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-        "PalisadeIdentity",
+        "PalisadeIdentity", "PalisadeYAML",
+        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "X509", package: "swift-certificates"),

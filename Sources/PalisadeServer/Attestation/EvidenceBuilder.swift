@@ -18,7 +18,7 @@ public import PalisadeIdentity
 /// Each loaded model is a submodule `model:<name>` with its version, bundle and manifest digests and signer.
 public struct EvidenceBuilder: Sendable {
   /// The profile this evidence follows (RFC 9711 `eat_profile`).
-  public static let profile = "tag:palisade.dev,2026:evidence/v1"
+  public static let profile = EvidenceProfile.v1
 
   /// What the builder measures, gathered by the caller at request time.
   public struct Measurements: Sendable {
