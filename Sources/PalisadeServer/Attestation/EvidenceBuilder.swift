@@ -2,6 +2,7 @@ import Crypto
 public import Foundation
 public import PalisadeCore
 public import PalisadeIdentity
+import PalisadeSupport
 
 /// Builds and signs attestation evidence: a JWT (typ `eat+jwt`) whose claims follow the Entity Attestation Token
 /// (RFC 9711) where it has names (`eat_nonce`, `eat_profile`, `iat`, `swname`, `swversion`, `submods`), with

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import PalisadeCore
 
 /// Computes a bundle's reference statistics from a sample of training inputs (publisher side, `palisade bundle
@@ -9,6 +9,11 @@ public struct ReferenceStatisticsBuilder: Sendable {
     public var rows: Int
     public var features: Int
     public var values: [Double]
+    public init(rows: Int, features: Int, values: [Double]) {
+      self.rows = rows
+      self.features = features
+      self.values = values
+    }
   }
 
   /// What `bundle stats` reports.
