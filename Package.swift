@@ -60,6 +60,13 @@ let package = Package(
     .target(name: "PalisadeWire", dependencies: ["PalisadeCore", "PalisadeProto"], swiftSettings: strict),
     // Strict YAML reading: typed values, unknown keys refused, errors that name the key path and line.
     .target(name: "PalisadeYAML", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
+    // Small things every process needs: the JSON and text log handlers, log escaping, hex, and the egress sidecar's
+    // report format (shared by the sidecar that writes it and the server that reads it).
+    .target(
+      name: "PalisadeSupport", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+    // Out-of-distribution scoring against a bundle's reference statistics, and building those statistics from a
+    // sample (`palisade bundle stats`): one scorer for the server and the publisher's tool.
+    .target(name: "PalisadeScreening", dependencies: ["PalisadeCore"], swiftSettings: strict),
     // Caller identity: SPIFFE IDs, certificate thumbprints, client-certificate verification policy.
     .target(
       name: "PalisadeIdentity",
@@ -128,7 +135,7 @@ let package = Package(
       name: "PalisadeServer",
       dependencies: [
         "PalisadeProto", "PalisadeCore", "PalisadeWire", "PalisadeIdentity", "PalisadeTransport", "PalisadeYAML",
-        "PalisadePolicy", "PalisadeBundle", "PalisadeAudit", "PalisadeOutbound",
+        "PalisadePolicy", "PalisadeBundle", "PalisadeAudit", "PalisadeOutbound", "PalisadeScreening", "PalisadeSupport",
         // The extraction monitor's projection and distances run on the kernels (AVX2/FMA; this target is not
         // compiled with the kernel flags).
         "PalisadeKernels",
@@ -153,7 +160,7 @@ let package = Package(
     .target(
       name: "PalisadeEgress",
       dependencies: [
-        "PalisadeYAML",
+        "PalisadeYAML", "PalisadeSupport",
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
@@ -175,7 +182,7 @@ let package = Package(
       ],
       swiftSettings: strict
     ),
-    // A client for operators, the demo and tests (`palisade call`).
+    // A client for operators, the demo and tests (`palisade call`), and the appraiser of attestation evidence.
     .target(
       name: "PalisadeClient",
       dependencies: [
@@ -184,26 +191,37 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-        "PalisadeIdentity",
+        "PalisadeIdentity", "PalisadeYAML",
+        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "X509", package: "swift-certificates"),
       ],
       swiftSettings: strict
     ),
-    // Subcommands. The executable only calls into this.
+    // The subcommands that do not run the server (call, token, policy, bundle, quarantine, attest, audit, egress).
+    // Deliberately without PalisadeServer: the layering test keeps it so.
     .target(
-      name: "PalisadeCLI",
+      name: "PalisadeTools",
       dependencies: [
-        "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck", "PalisadeAudit", "PalisadeEgress",
+        "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity", "PalisadePolicy",
+        "PalisadeBundle", "PalisadeRuntime", "PalisadeScreening", "PalisadeAudit", "PalisadeEgress", "PalisadeSupport",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "Logging", package: "swift-log"),
-        .product(name: "NIOCore", package: "swift-nio"),
-        .product(name: "NIOPosix", package: "swift-nio"),
+      ],
+      swiftSettings: strict
+    ),
+    // The root command and `serve`. The executable only calls into this.
+    .target(
+      name: "PalisadeCLI",
+      dependencies: [
+        "PalisadeServer", "PalisadeTools", "PalisadeSupport", "PalisadeYAML", "PalisadeIdentity", "PalisadeRuntime",
+        "PalisadeCPUCheck",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strict
     ),
@@ -252,7 +270,7 @@ let package = Package(
       name: "serving-bench",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTestSupport", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeRuntime", "PalisadeAudit",
+        "PalisadePolicy", "PalisadeRuntime", "PalisadeAudit", "PalisadeScreening",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
@@ -285,7 +303,7 @@ let package = Package(
     .testTarget(
       name: "PalisadeEgressTests",
       dependencies: [
-        "PalisadeEgress", "PalisadeOutbound", "PalisadeTestSupport", "PalisadeYAML",
+        "PalisadeEgress", "PalisadeOutbound", "PalisadeTestSupport", "PalisadeYAML", "PalisadeSupport",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -294,6 +312,8 @@ let package = Package(
         .product(name: "Crypto", package: "swift-crypto"),
       ]
     ),
+    // The layering rules (docs/architecture.md) over Package.swift and the sources' imports. No dependencies.
+    .testTarget(name: "PalisadeLayeringTests"),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
     .testTarget(name: "PalisadeAuditTests", dependencies: ["PalisadeAudit", .product(name: "Crypto", package: "swift-crypto")]),
     .testTarget(
@@ -346,6 +366,7 @@ let package = Package(
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTransport", "PalisadeWire",
         "PalisadeIdentity", "PalisadeTestSupport", "PalisadeYAML", "PalisadeAudit", "PalisadeOutbound",
+        "PalisadeScreening", "PalisadeSupport",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "X509", package: "swift-certificates"),

@@ -8,6 +8,7 @@ import PalisadeClient
 import PalisadeCore
 import PalisadeProto
 import PalisadeServer
+import PalisadeScreening
 import PalisadeTestSupport
 import PalisadeIdentity
 import PalisadePolicy

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 public import PalisadeYAML
 import PalisadePolicy
+import PalisadeSupport
 
 /// Everything `palisade serve` needs, read from one YAML file. Every setting has a safe default; see
 /// `deploy/palisade.example.yaml` for the annotated reference.

@@ -251,36 +251,11 @@ public final class ServerRuntime: Sendable {
 
   /// The bundle trust policy from the configuration's trust rules; errors name the key file.
   public static func trustPolicy(_ rules: [ServerConfig.Models.TrustRule]) throws -> TrustPolicy {
-    try TrustPolicy(
-      rules: rules.map { rule in
-        var signers: [TrustedSigner] = []
-        for path in rule.publicKeys {
-          let pem: String
-          do { pem = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw PEMFileError(path: path, reason: "cannot be read")
-          }
-          do { signers.append(try TrustedSigner.publicKey(pem: pem)) } catch {
-            throw PEMFileError(path: path, reason: "\(error)")
-          }
-        }
-        if !rule.certificateRoots.isEmpty {
-          let san: SignerIdentityRequirement.SANPattern? = rule.signerSAN.map { s in
-            if s.hasPrefix("dns:") { return .dns(String(s.dropFirst(4))) }
-            if s.hasPrefix("uri:") { return .uri(String(s.dropFirst(4))) }
-            return .email(String(s.drop { $0 != ":" }.dropFirst()))
-          }
-          let identity = try SignerIdentityRequirement(subjectCommonName: rule.signerSubject, san: san)
-          var pems = ""
-          for path in rule.certificateRoots {
-            do { pems += try String(contentsOfFile: path, encoding: .utf8) + "\n" } catch {
-              throw PEMFileError(path: path, reason: "cannot be read")
-            }
-          }
-          do { signers.append(try TrustedSigner.certificate(rootsPEM: pems, identity: identity)) } catch {
-            throw PEMFileError(path: rule.certificateRoots.joined(separator: ", "), reason: "\(error)")
-          }
-        }
-        return TrustPolicy.Rule(modelPattern: rule.models, signers: signers)
+    try TrustPolicy.load(
+      rules.map {
+        .init(
+          models: $0.models, publicKeys: $0.publicKeys, certificateRoots: $0.certificateRoots,
+          signerSubject: $0.signerSubject, signerSAN: $0.signerSAN)
       })
   }
 

@@ -7,6 +7,7 @@ import PalisadeIdentity
 import PalisadeProto
 import PalisadeClient
 @testable import PalisadeServer
+import PalisadeSupport
 import PalisadeTestSupport
 import Synchronization
 import Testing

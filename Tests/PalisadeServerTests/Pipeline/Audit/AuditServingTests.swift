@@ -5,6 +5,7 @@ import PalisadeAudit
 import PalisadeCore
 import PalisadeProto
 @testable import PalisadeServer
+import PalisadeSupport
 import PalisadeTestSupport
 import Testing
 

@@ -5,6 +5,7 @@ import PalisadeBundle
 import PalisadeClient
 import PalisadeProto
 import PalisadeServer
+import PalisadeScreening
 import PalisadeTestSupport
 import Testing
 

@@ -1,6 +1,7 @@
 import Foundation
 import PalisadeCore
 @testable import PalisadeServer
+import PalisadeScreening
 import PalisadeTestSupport
 import Testing
 

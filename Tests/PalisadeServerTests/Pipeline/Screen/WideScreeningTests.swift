@@ -4,6 +4,7 @@ import PalisadeCore
 import PalisadeIdentity
 import PalisadePolicy
 @testable import PalisadeServer
+import PalisadeScreening
 import PalisadeTestSupport
 import Testing
 

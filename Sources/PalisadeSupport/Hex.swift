@@ -1,5 +1,5 @@
 /// Lower-case hex of `bytes`: the one spelling of digests in config, audit records, evidence and integrity checks.
-func hexString(_ bytes: some Sequence<UInt8>) -> String {
+public func hexString(_ bytes: some Sequence<UInt8>) -> String {
   var out = ""
   for b in bytes {
     if b < 16 { out += "0" }

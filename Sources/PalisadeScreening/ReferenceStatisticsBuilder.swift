@@ -9,6 +9,11 @@ public struct ReferenceStatisticsBuilder: Sendable {
     public var rows: Int
     public var features: Int
     public var values: [Double]
+    public init(rows: Int, features: Int, values: [Double]) {
+      self.rows = rows
+      self.features = features
+      self.values = values
+    }
   }
 
   /// What `bundle stats` reports.

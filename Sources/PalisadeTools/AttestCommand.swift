@@ -3,7 +3,6 @@ import Foundation
 import GRPCCore
 import PalisadeClient
 import PalisadeIdentity
-import PalisadeServer
 import PalisadeYAML
 
 /// `palisade attest`: fetch and appraise a server's attestation evidence.

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PalisadeEgress
-import PalisadeServer
+import PalisadeSupport
 
 /// `palisade egress`: run the egress sidecar, the only way out for everything the server sends.
 struct EgressCommand: AsyncParsableCommand {
@@ -28,12 +28,12 @@ struct EgressCommand: AsyncParsableCommand {
 
   func run() async throws {
     let settings: EgressConfig
-    do { settings = try EgressConfig.load(path: config) } catch { ServeCommand.fail("config error: \(error)") }
+    do { settings = try EgressConfig.load(path: config) } catch { Self.fail("config error: \(error)") }
     let level = Logger.Level(rawValue: settings.logLevel) ?? .info
     let logger = Logger(label: "palisade-egress") { JSONLogHandler(label: $0, level: level) }
     let proxy: EgressProxy
     do { proxy = try EgressProxy(config: settings, logger: logger) } catch {
-      ServeCommand.fail("config error: \(error)")
+      Self.fail("config error: \(error)")
     }
     if check {
       print("configuration OK: \(config) (\(proxy.summary); proxy on \(settings.listen.host):\(settings.listen.port))")
@@ -52,5 +52,11 @@ struct EgressCommand: AsyncParsableCommand {
     do { try await task.value } catch is CancellationError {} catch {
       if !task.isCancelled { throw error }
     }
+  }
+
+  /// Prints `message` to standard error and exits with status 2 (invalid configuration), as `serve` does.
+  static func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("palisade: \(message)\n".utf8))
+    Foundation.exit(2)
   }
 }

@@ -69,7 +69,7 @@ public struct TextLogHandler: LogHandler {
     FileHandle.standardError.write(Data(format(event).utf8))
   }
 
-  func format(_ event: LogEvent) -> String {
+  package func format(_ event: LogEvent) -> String {
     var line = "\(JSONLogHandler.timestamp()) \(event.level) \(label): \(LogEscaping.escape("\(event.message)"))"
     let merged = metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 })
     for key in merged.keys.sorted() {

@@ -1,9 +1,9 @@
 import ArgumentParser
 import Foundation
 import PalisadeBundle
-import PalisadeServer
-import PalisadeRuntime
 import PalisadeCore
+import PalisadeRuntime
+import PalisadeScreening
 
 /// `palisade bundle`: make, sign, verify, inspect and pack model bundles.
 struct BundleCommand: AsyncParsableCommand {
@@ -199,7 +199,7 @@ struct BundleCommand: AsyncParsableCommand {
     func run() async throws {
       guard !publicKey.isEmpty || !caRoot.isEmpty else { throw ValidationError("give --public-key or --ca-root") }
       do {
-        let trust = try ServerRuntime.trustPolicy([
+        let trust = try TrustPolicy.load([
           .init(models: name, publicKeys: publicKey, certificateRoots: caRoot, signerSubject: signerSubject, signerSAN: signerSan)
         ])
         let verified = try await BundleVerifier.verify(directory: directory, trust: trust, modelName: name)

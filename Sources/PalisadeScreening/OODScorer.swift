@@ -2,7 +2,8 @@ public import PalisadeCore
 
 /// Scores how far a request's inputs lie from the model's training data: per row, the Mahalanobis distance to
 /// the reference mean (full covariance through its Cholesky factor, or the diagonal) and the largest per-feature
-/// z-score. Built once per loaded model.
+/// z-score. Built once per loaded model by the server's screening stage, and by `palisade bundle stats` to suggest
+/// a threshold scored exactly as the server will score.
 public struct OODScorer: Sendable {
   /// One input's compiled statistics.
   struct Compiled: Sendable {
@@ -56,13 +57,13 @@ public struct OODScorer: Sendable {
     score(FloatingInputs(tensors))
   }
 
-  func score(_ floating: FloatingInputs) -> Score? {
+  package func score(_ floating: FloatingInputs) -> Score? {
     score(floating, rowsOf: nil).score
   }
 
   /// The request's score, and the Mahalanobis distance of every row of input `name` (taken in the same pass),
   /// for a per-row verdict where one request carries many rows.
-  func score(_ floating: FloatingInputs, rowsOf name: String?) -> (score: Score?, rows: [Double]?) {
+  package func score(_ floating: FloatingInputs, rowsOf name: String?) -> (score: Score?, rows: [Double]?) {
     var result: Score? = nil
     var rows: [Double]? = nil
     for (inputName, input) in floating.byName {

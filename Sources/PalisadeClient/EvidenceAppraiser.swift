@@ -94,7 +94,7 @@ public struct EvidenceAppraiser: Sendable {
       throw Refusal(reasons: ["claims are not a JSON object"])
     }
     var failures: [String] = []
-    if claims["eat_profile"] as? String != EvidenceBuilder.profile { failures.append("unknown eat_profile") }
+    if claims["eat_profile"] as? String != EvidenceProfile.v1 { failures.append("unknown eat_profile") }
     if let nonce, claims["eat_nonce"] as? String != Base64URL.encode(nonce) {
       failures.append("nonce does not match this request (replayed or substituted evidence)")
     }
