@@ -17,11 +17,11 @@ struct VectorMathTests {
         return y
     }
 
-    /// Stated bounds (VMath.exp's doc comment): relative error <= 3e-7 where e^x is a normal float; absolute
-    /// error <= 2 * 2^-149 where it is subnormal. Swept over [-106, 90] (past both ends of the float range of
-    /// e^x) at 2M random points plus a fine grid around 0 and the range ends.
+    /// Stated bounds (VMath.exp's doc comment, measured there over every third float): relative error <= 1.2e-7
+    /// where e^x is a normal float, absolute error <= 2^-149 where it is subnormal. Checked here over [-106, 90]
+    /// (past both ends of the float range of e^x) at 512K random points plus fine grids around 0 and the ends.
     @Test func expAccuracyOverTheWholeRange() {
-        var x = randomFloats(1 << 21, seed: 17, in: -106...90)
+        var x = randomFloats(1 << 19, seed: 17, in: -106...90)
         for i in -4096...4096 { x.append(Float(i) / 4096) }
         for edge: Float in [-103.97, -87.34, 88.72] {
             for i in -2048...2048 { x.append(edge + Float(i) * 1e-4) }
@@ -44,8 +44,8 @@ struct VectorMathTests {
                 worstSubnormal = max(worstSubnormal, Swift.abs(Double(yi) - Double(reference)))
             }
         }
-        #expect(worstRelative <= 3e-7, "relative error \(worstRelative) at x = \(worstRelativeAt)")
-        #expect(worstSubnormal <= 2 * Double(Float.leastNonzeroMagnitude), "subnormal error \(worstSubnormal)")
+        #expect(worstRelative <= 1.2e-7, "relative error \(worstRelative) at x = \(worstRelativeAt)")
+        #expect(worstSubnormal <= Double(Float.leastNonzeroMagnitude), "subnormal error \(worstSubnormal)")
     }
 
     @Test func expSpecialValues() {
