@@ -1,179 +1,23 @@
 import Foundation
 import PalisadeKernels
 
-/// Shape inference and kernel construction for one node, with its input types and constant inputs.
-func lower(
-  _ node: GraphNode, _ ins: [ValueType?], _ consts: [HostTensor?], _ ctx: OpContext
-) throws(RuntimeError) -> Lowering {
-  func input(_ i: Int) throws(RuntimeError) -> ValueType {
-    guard i < ins.count, let t = ins[i] else { throw .graph("missing input \(i)") }
-    return t
-  }
-  func optionalInput(_ i: Int) -> ValueType? { i < ins.count ? ins[i] : nil }
-  func constInts(_ i: Int, _ what: String) throws(RuntimeError) -> [Int]? {
-    guard i < ins.count, ins[i] != nil else { return nil }
-    guard let c = consts[i] else {
-      throw RuntimeError(.unsupported, "\(what) must be a constant (data-dependent shapes are not supported)")
-    }
-    guard c.type == .int64 else { throw .shape("\(what) must be INT64") }
-    var out: [Int] = []
-    for v in c.int64Values {
-      // Slice uses INT64_MAX / INT64_MIN as "to the end"; clamp to a range that cannot overflow later.
-      out.append(Int(max(min(v, Int64(1) << 62), -(Int64(1) << 62))))
-    }
-    return out
-  }
-  func requireFloat(_ t: ValueType, _ what: String = "input") throws(RuntimeError) {
-    guard t.type == .float32 else { throw RuntimeError(.unsupported, "\(what) of type \(t.type) (FLOAT only)") }
-  }
-  func noExtraOutputs(_ n: Int) throws(RuntimeError) {
-    for (i, o) in node.outputs.enumerated() where i >= n && o != nil {
-      throw RuntimeError(.unsupported, "optional output \(i)")
-    }
-  }
-  let opset = ctx.opset
+/// Operators that move or convert elements without arithmetic.
+extension OperatorRegistry {
+  static let dataMovementOperators: [OperatorDefinition] = [
+    OperatorDefinition("Transpose") { (n) throws(RuntimeError) in try n.lowerTranspose() },
+    OperatorDefinition("Slice") { (n) throws(RuntimeError) in try n.lowerSlice() },
+    OperatorDefinition("Gather") { (n) throws(RuntimeError) in try n.lowerGather() },
+    OperatorDefinition("ArrayFeatureExtractor", domain: "ai.onnx.ml") { (n) throws(RuntimeError) in try n.lowerArrayFeatureExtractor() },
+    OperatorDefinition("Concat") { (n) throws(RuntimeError) in try n.lowerConcat() },
+    OperatorDefinition("Expand") { (n) throws(RuntimeError) in try n.lowerExpand() },
+    OperatorDefinition("Cast", attributeProblem: castAttributeProblem) { (n) throws(RuntimeError) in try n.lowerCast() },
+    OperatorDefinition("Where") { (n) throws(RuntimeError) in try n.lowerWhere() },
+  ]
+}
 
-  switch node.opType {
-  // MARK: constants and shapes
-  case "Constant":
-    for (key, value) in node.attributes {
-      switch (key, value) {
-      case ("value", .tensor(let t)): return .constant([t])
-      case ("value_float", .float(let f)): return .constant([.floats([f], shape: [])])
-      case ("value_floats", .floats(let f)): return .constant([.floats(f, shape: [f.count])])
-      case ("value_int", .int(let i)): return .constant([.int64s([i], shape: [])])
-      case ("value_ints", .ints(let i)): return .constant([.int64s(i, shape: [i.count])])
-      default: continue
-      }
-    }
-    throw .malformed("Constant without a supported value attribute")
-
-  case "Shape":
-    let x = try input(0)
-    let r = x.shape.count
-    var start = try node.int("start", 0)
-    var end = try node.int("end", r)
-    start = start < 0 ? max(0, start + r) : min(start, r)
-    end = end < 0 ? max(0, end + r) : min(end, r)
-    let dims = start < end ? Array(x.shape[start..<end]) : []
-    return .constant([.int64s(dims.map { Int64($0) }, shape: [dims.count])])
-
-  case "ConstantOfShape":
-    guard let shape = try constInts(0, "shape") else { throw .graph("missing shape") }
-    var value = HostTensor.floats([0], shape: [1])
-    if case .tensor(let t)? = node.attributes["value"] { value = t }
-    let out = try ctx.value(value.type, shape)
-    let t = HostTensor(type: value.type, shape: shape)
-    let es = value.type.size
-    for i in 0..<out.count { (t.storage.raw + i * es).copyMemory(from: value.storage.raw, byteCount: es) }
-    return .constant([t])
-
-  case "Range":
-    let (a, b, c) = (try input(0), try input(1), try input(2))
-    guard let s = consts[0], let l = consts[1], let d = consts[2], s.count == 1, l.count == 1, d.count == 1 else {
-      throw RuntimeError(.unsupported, "Range with non-constant inputs")
-    }
-    guard a.type == b.type, b.type == c.type else { throw .shape("Range inputs differ in type") }
-    if a.type == .int64 {
-      let (s0, l0, d0) = (s.int64Pointer[0], l.int64Pointer[0], d.int64Pointer[0])
-      guard d0 != 0 else { throw .shape("Range with delta 0") }
-      let steps = ((Double(l0) - Double(s0)) / Double(d0)).rounded(.up)
-      guard steps < Double(ctx.limits.maxTensorElements) else { throw .limit("Range too long") }
-      let n = steps > 0 ? Int(exactly: steps) ?? 0 : 0  // integral and bounded above; NaN fails both guards
-      _ = try ctx.value(.int64, [n])
-      return .constant([.int64s((0..<n).map { s0 &+ Int64($0) &* d0 }, shape: [n])])
-    }
-    let (s0, l0, d0) = (s.floatPointer[0], l.floatPointer[0], d.floatPointer[0])
-    guard d0 != 0, s0.isFinite, l0.isFinite, d0.isFinite else { throw .shape("invalid Range") }
-    let nd = ((l0 - s0) / d0).rounded(.up)
-    guard nd < Float(ctx.limits.maxTensorElements) else { throw .limit("Range too long") }
-    let n = nd > 0 ? Int(exactly: nd) ?? 0 : 0
-    return .constant([.floats((0..<n).map { s0 + Float($0) * d0 }, shape: [n])])
-
-  // MARK: views
-  case "Identity":
-    let x = try input(0)
-    return .view(outputs: [x], input: 0, byteOffset: 0)
-
-  case "Dropout":
-    try noExtraOutputs(1)
-    return .view(outputs: [try input(0)], input: 0, byteOffset: 0)
-
-  case "Reshape":
-    let x = try input(0)
-    guard let target = try constInts(1, "shape") else { throw .graph("missing shape") }
-    let allowZero = try node.int("allowzero", 0) != 0
-    var shape: [Int] = []
-    var inferred = -1
-    for (i, d) in target.enumerated() {
-      if d == 0 && !allowZero {
-        guard i < x.shape.count else { throw .shape("Reshape copies dimension \(i) of rank-\(x.shape.count) input") }
-        shape.append(x.shape[i])
-      } else if d == -1 {
-        guard inferred < 0 else { throw .shape("Reshape with more than one -1") }
-        inferred = i
-        shape.append(1)
-      } else {
-        guard d >= 0 else { throw .shape("Reshape to negative dimension \(d)") }
-        shape.append(d)
-      }
-    }
-    if inferred >= 0 {
-      let known = try checkedCount(shape, limit: Int.max, what: "Reshape")
-      guard known > 0, x.count % known == 0 else { throw .shape("cannot reshape \(x.shape) to \(target)") }
-      shape[inferred] = x.count / known
-    }
-    let out = try ctx.value(x.type, shape)
-    guard out.count == x.count else { throw .shape("cannot reshape \(x.shape) (\(x.count) elements) to \(target)") }
-    return .view(outputs: [out], input: 0, byteOffset: 0)
-
-  case "Flatten":
-    let x = try input(0)
-    let axis = try normAxis(try node.int("axis", 1), x.shape.count + 1)
-    let out = try ctx.value(x.type, [product(x.shape[..<axis]), product(x.shape[axis...])])
-    return .view(outputs: [out], input: 0, byteOffset: 0)
-
-  case "Squeeze":
-    let x = try input(0)
-    let axes = opset >= 13 ? try constInts(1, "axes") : try node.ints("axes")
-    var keep = [Bool](repeating: true, count: x.shape.count)
-    if let axes {
-      for a in axes {
-        let n = try normAxis(a, x.shape.count)
-        guard x.shape[n] == 1 else { throw .shape("Squeeze of dimension \(n) of size \(x.shape[n])") }
-        keep[n] = false
-      }
-    } else {
-      for (i, d) in x.shape.enumerated() where d == 1 { keep[i] = false }
-    }
-    let shape = x.shape.enumerated().filter { keep[$0.offset] }.map(\.element)
-    return .view(outputs: [try ctx.value(x.type, shape)], input: 0, byteOffset: 0)
-
-  case "Unsqueeze":
-    let x = try input(0)
-    guard let axes = opset >= 13 ? try constInts(1, "axes") : try node.ints("axes") else {
-      throw .malformed("Unsqueeze without axes")
-    }
-    let rank = x.shape.count + axes.count
-    var ones = Set<Int>()
-    for a in axes {
-      let n = try normAxis(a, rank)
-      guard ones.insert(n).inserted else { throw .shape("repeated Unsqueeze axis") }
-    }
-    var shape: [Int] = []
-    var j = 0
-    for i in 0..<rank {
-      if ones.contains(i) {
-        shape.append(1)
-      } else {
-        shape.append(x.shape[j])
-        j += 1
-      }
-    }
-    return .view(outputs: [try ctx.value(x.type, shape)], input: 0, byteOffset: 0)
-
-  // MARK: data movement
-  case "Transpose":
+extension NodeLowering {
+  /// Dimensions permuted (reversed by default).
+  func lowerTranspose() throws(RuntimeError) -> Lowering {
     let x = try input(0)
     let rank = x.shape.count
     let perm = try node.ints("perm") ?? Array((0..<rank).reversed())
@@ -186,8 +30,10 @@ func lower(
     return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in
       { base, _ in stridedCopy(ins[0].raw(base), outs[0].raw(base), shape: s, strides: t, base: 0, elementSize: es) }
     }
+  }
 
-  case "Slice":
+  /// Strided slices from constant starts/ends/axes/steps (a view when contiguous).
+  func lowerSlice() throws(RuntimeError) -> Lowering {
     let x = try input(0)
     let rank = x.shape.count
     guard let starts = try constInts(1, "starts"), let ends = try constInts(2, "ends") else {
@@ -237,8 +83,10 @@ func lower(
         stridedCopy(ins[0].raw(base), outs[0].raw(base), shape: s, strides: t, base: baseOffset, elementSize: es)
       }
     }
+  }
 
-  case "Gather":
+  /// Slices along `axis` at INT64 indices (checked at plan time when constant, else per call).
+  func lowerGather() throws(RuntimeError) -> Lowering {
     let x = try input(0)
     let idx = try input(1)
     guard idx.type == .int64 else { throw .shape("Gather indices must be INT64") }
@@ -296,8 +144,10 @@ func lower(
         }
       }
     }
+  }
 
-  case "ArrayFeatureExtractor":
+  /// ai.onnx.ml: columns of the last axis at INT64 indices.
+  func lowerArrayFeatureExtractor() throws(RuntimeError) -> Lowering {
     let x = try input(0)
     let idx = try input(1)
     guard idx.type == .int64 else { throw .shape("ArrayFeatureExtractor indices must be INT64") }
@@ -323,8 +173,10 @@ func lower(
         }
       }
     }
+  }
 
-  case "Concat":
+  /// Inputs joined along `axis`.
+  func lowerConcat() throws(RuntimeError) -> Lowering {
     let first = try input(0)
     let rank = first.shape.count
     let axis = try normAxis(try node.int("axis", 0), rank)
@@ -356,8 +208,10 @@ func lower(
         }
       }
     }
+  }
 
-  case "Expand":
+  /// The input broadcast to a constant shape.
+  func lowerExpand() throws(RuntimeError) -> Lowering {
     let x = try input(0)
     guard let target = try constInts(1, "shape") else { throw .graph("missing shape") }
     let shape = try broadcastShapes([x.shape, target])
@@ -367,8 +221,10 @@ func lower(
     return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in
       { base, _ in stridedCopy(ins[0].raw(base), outs[0].raw(base), shape: s, strides: t, base: 0, elementSize: es) }
     }
+  }
 
-  case "Cast":
+  /// Conversion between FLOAT, INT64 and BOOL.
+  func lowerCast() throws(RuntimeError) -> Lowering {
     let x = try input(0)
     guard let to = ElementType(onnxCode: Int32(clamping: try node.int("to", 1))) else {
       throw RuntimeError(.unsupported, "Cast target type")
@@ -402,8 +258,10 @@ func lower(
         }
       }
     }
+  }
 
-  case "Where":
+  /// x where the BOOL condition holds, else y (broadcast).
+  func lowerWhere() throws(RuntimeError) -> Lowering {
     let c = try input(0)
     let x = try input(1)
     let y = try input(2)
@@ -424,49 +282,13 @@ func lower(
         }
       }
     }
-
-  case "Equal", "Less", "Greater":
-    let a = try input(0)
-    let b = try input(1)
-    guard a.type == b.type else { throw .shape("\(node.opType) inputs differ in type") }
-    let shape = try broadcastShapes([a.shape, b.shape])
-    let out = try ctx.value(.bool, shape)
-    let strides = [a.shape, b.shape].map { broadcastStrides($0, to: shape) }
-    let op = node.opType
-    let type = a.type
-    return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in
-      { base, _ in
-        let ap = ins[0].raw(base)
-        let bp = ins[1].raw(base)
-        let o = outs[0].u8(base)
-        try? forEachBroadcast(shape, strides) { n, off in
-          let (x, y): (Double, Double)
-          switch type {
-          case .float32: (x, y) = (Double(ap.load(fromByteOffset: off[0] * 4, as: Float.self)), Double(bp.load(fromByteOffset: off[1] * 4, as: Float.self)))
-          case .int64:
-            let (p, q) = (ap.load(fromByteOffset: off[0] * 8, as: Int64.self), bp.load(fromByteOffset: off[1] * 8, as: Int64.self))
-            o[n] = (op == "Equal" ? p == q : (op == "Less" ? p < q : p > q)) ? 1 : 0
-            return
-          case .bool: (x, y) = (Double(ap.load(fromByteOffset: off[0], as: UInt8.self)), Double(bp.load(fromByteOffset: off[1], as: UInt8.self)))
-          }
-          o[n] = (op == "Equal" ? x == y : (op == "Less" ? x < y : x > y)) ? 1 : 0
-        }
-      }
-    }
-
-  case "Not":
-    let x = try input(0)
-    guard x.type == .bool else { throw .shape("Not needs BOOL") }
-    let n = x.count
-    return .compute(outputs: [x], scratchBytes: 0) { ins, outs, _ in
-      { base, _ in
-        let s = ins[0].u8(base)
-        let o = outs[0].u8(base)
-        for i in 0..<n { o[i] = s[i] == 0 ? 1 : 0 }
-      }
-    }
-
-  default:
-    return try lowerMath(node, ins, consts, ctx)
   }
+}
+
+/// Cast targets other than FLOAT, INT64 and BOOL.
+@Sendable func castAttributeProblem(_ attributes: [String: Attribute]) -> String? {
+  if case .int(let to)? = attributes["to"], ElementType(onnxCode: Int32(clamping: to)) == nil {
+    return "Cast to datatype \(onnxTypeName(Int32(clamping: to)))"
+  }
+  return nil
 }
