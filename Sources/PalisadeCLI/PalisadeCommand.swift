@@ -11,7 +11,7 @@ public struct PalisadeCommand: AsyncParsableCommand {
       """,
     subcommands: [
       ServeCommand.self, CallCommand.self, TokenCommand.self, PolicyCommand.self, BundleCommand.self,
-      QuarantineCommand.self, AttestCommand.self, AuditCommand.self, EgressCommand.self,
+      QuarantineCommand.self, RolloutCommand.self, AttestCommand.self, AuditCommand.self, EgressCommand.self,
     ]
   )
 
