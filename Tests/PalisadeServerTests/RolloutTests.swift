@@ -280,6 +280,32 @@ import Testing
     #expect(records.contains { $0.kind == .other("rollout_promote") && $0.version == "2" })
   }
 
+  @Test func operatorsAbortAndPromoteByHand() async throws {
+    let server = try await Self.start(v2: [:]) { $0.rollouts.defaults.promoteAfterCalls = 100_000; $0.rollouts.defaults.minCalls = 1000 }
+    let op = try goodClient(server, "operator")
+    let unknown = await rpcError { _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "nope" }) } }
+    #expect(unknown?.code == .permissionDenied, "the operator's rule covers classify only: \(String(describing: unknown))")
+    _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.share = 1 }) }
+    let twice = await rpcError { _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify" }) } }
+    #expect(twice?.code == .failedPrecondition, "\(String(describing: twice))")
+    let caller = try goodClient(server, "caller")
+    #expect(try await withClient(server, caller) { c in try await c.modelInfer(Self.request(0)) }.modelVersion == "2")
+
+    let aborted = try await Self.admin(server, op) { try await $0.rolloutAbort(.with { $0.model = "classify"; $0.reason = "not today" }) }
+    #expect(aborted.rollouts.first?.state == "aborted" && aborted.rollouts.first?.reason.contains("not today") == true, "\(aborted)")
+    #expect(try await withClient(server, caller) { c in try await c.modelInfer(Self.request(0)) }.modelVersion == "1")
+    #expect(server.runtime.repository.isReady(name: "classify", version: "2"), "an aborted candidate stays loaded")
+
+    _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.candidateVersion = "2"; $0.share = 0.5 }) }
+    let promoted = try await Self.admin(server, op) { try await $0.rolloutPromote(.with { $0.model = "classify" }) }
+    #expect(promoted.rollouts.first?.state == "promoted", "\(promoted)")
+    #expect(try await withClient(server, caller) { c in try await c.modelInfer(Self.request(0)) }.modelVersion == "2")
+    #expect(server.runtime.repository.versions(of: "classify") == ["2"])
+    let none = await rpcError { _ = try await Self.admin(server, op) { try await $0.rolloutPromote(.with { $0.model = "classify" }) } }
+    #expect(none?.code == .failedPrecondition)
+    try await server.stop()
+  }
+
   @Test func failingCandidateIsRolledBackAndStaysLoaded() async throws {
     let server = try await Self.start(v2: ["fail": "1"])
     let op = try goodClient(server, "operator")
