@@ -324,6 +324,13 @@ import Testing
     #expect(server.runtime.repository.isReady(name: "classify", version: "2"))
     let pinned = await rpcError { _ = try await withClient(server, candidate[0]) { c in try await c.modelInfer(Self.request(1, version: "2")) } }
     #expect(pinned != nil && pinned?.code != .notFound, "\(String(describing: pinned))")
+    // A next rollout that cannot start (no bundle for its candidate) leaves the rolled-back one holding v2 off.
+    let missing = await rpcError {
+      _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.candidateVersion = "3" }) }
+    }
+    #expect(missing?.code == .notFound, "\(String(describing: missing))")
+    #expect(try await withClient(server, candidate[0]) { c in try await c.modelInfer(Self.request(1)) }.modelVersion == "1")
+    #expect(try await Self.status(server, op)?.state == "rolled_back")
     let metrics = try await adminGet(server, "/metrics").1
     #expect(metrics.contains(#"palisade_rollout_events_total{model="classify",event="rollback"} 1"#), "\(metrics)")
     try await server.stop()

@@ -273,22 +273,26 @@ public final class RolloutController: Sendable {
     var rollout = Rollout(id: id, model: model, stable: stable, candidate: target, plan: plan)
     rollout.state = .aborted
     rollout.reason = "loading the candidate"
-    let installed = rollouts.withLock { all -> Bool in
-      if let existing = all[model], existing.state == .active { return false }
+    // The rollout this one replaces (ended, perhaps still holding a rolled-back candidate off unpinned traffic)
+    // comes back if this one cannot start.
+    let installed = rollouts.withLock { all -> (ok: Bool, previous: Rollout?) in
+      if let existing = all[model], existing.state == .active { return (false, nil) }
+      let previous = all[model]
       all[model] = rollout
-      return true
+      return (true, previous)
     }
-    guard installed else {
+    guard installed.ok else {
       throw PalisadeError(.failedPrecondition, "model '\(model.sanitizedForMessage)' already has an active rollout")
     }
+    let previous = installed.previous
     refreshRouted()
     if !repository.isReady(name: model, version: target) {
       guard let bundles, let version = Int(target) else {
-        clear(model: model, id: id)
+        clear(model: model, id: id, restoring: previous)
         throw PalisadeError(.notFound, "version \(target.sanitizedForMessage) of model '\(model.sanitizedForMessage)' is not loaded")
       }
       do throws(PalisadeError) { try await bundles.loadCandidate(name: model, version: version) } catch {
-        clear(model: model, id: id)
+        clear(model: model, id: id, restoring: previous)
         throw error
       }
     }
@@ -443,8 +447,8 @@ public final class RolloutController: Sendable {
     return try repository.resolve(name: model, version: "").descriptor.version
   }
 
-  private func clear(model: String, id: String) {
-    rollouts.withLock { all in if all[model]?.id == id { all[model] = nil } }
+  private func clear(model: String, id: String, restoring previous: Rollout?) {
+    rollouts.withLock { all in if all[model]?.id == id { all[model] = previous } }
     refreshRouted()
   }
 
