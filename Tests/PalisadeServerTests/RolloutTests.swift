@@ -309,6 +309,42 @@ import Testing
     try await server.stop()
   }
 
+  @Test func aPromotedPlannedRolloutLeftInTheConfigServesTheCandidateAfterARestart() async throws {
+    let pki = try TestPKI()
+    let factory = TestBundleFactory()
+    let root = pki.path("models")
+    try await factory.makeClassifier(root: root, name: "classify", version: 1)
+    try await factory.makeClassifier(root: root, name: "classify", version: 2)
+    let publisher = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
+    var plan = RolloutPlan()
+    plan.share = 1
+    plan.minCalls = 5
+    plan.promoteAfterCalls = 5
+    func boot() async throws -> TestServer {
+      let server = try await TestServer.start(pki: pki, models: [], policy: Self.policy) {
+        $0.models.directories = [root]
+        $0.models.stateFile = pki.path("state/accepted.json")
+        $0.models.trust = [.init(models: "classify", publicKeys: [publisher])]
+        $0.rollouts.models = [.init(model: "classify", candidate: "2", plan: plan)]
+      }
+      for _ in 0..<200 where !server.runtime.repository.isReady(name: "classify", version: "2") {
+        try await Task.sleep(for: .milliseconds(25))
+      }
+      return server
+    }
+    let first = try await boot()
+    let caller = try goodClient(first, "caller")
+    let result = await Self.traffic(first, [caller], calls: 10)
+    #expect(result.failures.isEmpty)
+    #expect(first.runtime.rollouts.status(model: "classify").first?.state == .promoted)
+    try await first.stop()
+    // The same config again: v2 is accepted now, so v1 (below it) would be refused by anti-rollback; v2 serves.
+    let second = try await boot()
+    #expect(second.runtime.repository.versions(of: "classify") == ["2"])
+    #expect(try await withClient(second, caller) { c in try await c.modelInfer(Self.request(0)) }.modelVersion == "2")
+    try await second.stop()
+  }
+
   @Test func failingCandidateIsRolledBackAndStaysLoaded() async throws {
     let server = try await Self.start(v2: ["fail": "1"])
     let op = try goodClient(server, "operator")

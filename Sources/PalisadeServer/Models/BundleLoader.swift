@@ -142,10 +142,12 @@ public final class BundleLoader: Sendable {
 
   /// Loads the newest bundle of every model; a bad bundle is reported (and shown in RepositoryIndex) and skipped.
   /// A model in `below` loads its newest bundle below the given version instead (the stable version of a rollout
-  /// planned in the config, whose candidate the rollout loads).
+  /// planned in the config, whose candidate the rollout loads), unless that candidate was accepted already (a
+  /// promoted rollout still in the config: anti-rollback would refuse every version below it).
   public func loadAll(below: [String: Int] = [:]) async {
     let newest = Dictionary(grouping: discover(), by: \.name).compactMap { name, found in
-      found.filter { c in below[name].map { c.version < $0 } ?? true }.max { $0.version < $1.version }
+      let limit = below[name].flatMap { candidate in (accepted.acceptedVersion(of: name) ?? 0) < candidate ? candidate : nil }
+      return found.filter { c in limit.map { c.version < $0 } ?? true }.max { $0.version < $1.version }
     }
     for candidate in newest.sorted(by: { $0.name < $1.name }) {
       do { try await load(candidate) } catch {
