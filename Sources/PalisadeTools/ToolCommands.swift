@@ -9,7 +9,7 @@ public enum ToolCommands {
   public static var all: [any ParsableCommand.Type] {
     [
       CallCommand.self, TokenCommand.self, PolicyCommand.self, BundleCommand.self, QuarantineCommand.self,
-      AttestCommand.self, AuditCommand.self, EgressCommand.self,
+      RolloutCommand.self, AttestCommand.self, AuditCommand.self, EgressCommand.self,
     ]
   }
 }

@@ -31,6 +31,8 @@ public struct ServerConfig: Sendable, Equatable {
   public var audit: Audit?
   /// The egress sidecar: where its block reports arrive, and the proxy the server's own outbound traffic uses.
   public var egress: Egress = .defaults
+  /// Canary and shadow rollouts: defaults, the shadow bound, rollouts started at boot.
+  public var rollouts: RolloutSettings = .defaults
 
   public struct Egress: Sendable, Equatable {
     /// Unix datagram socket the sidecar's `report_socket` points at; nil: reports are not received.
@@ -636,6 +638,7 @@ extension ServerConfig {
       logging.accessLog = try m.bool("access_log") ?? logging.accessLog
       try m.finish()
     }
+    let rollouts = try RolloutSettings.parse(root)
     try root.finish()
     var config = ServerConfig(
       server: Server(
@@ -649,6 +652,7 @@ extension ServerConfig {
     config.attestation = attestation
     config.audit = audit
     config.egress = egress
+    config.rollouts = rollouts
     if admin.enabled, admin.listen == config.server.listen, admin.listen.port != 0 {
       throw root.map_error("admin.listen", "must differ from server.listen")
     }

@@ -34,6 +34,8 @@ public final class ServerRuntime: Sendable {
   /// Receives the egress sidecar's block reports, when `egress.report_socket` is set.
   public let egressReports: EgressReportReceiver?
   private let pipeline: InferencePipeline
+  /// Canary and shadow rollouts (`rollouts` in the config, `palisade rollout`).
+  public let rollouts: RolloutController
 
   /// Model versions holding per-version state in each cache (they follow the loaded versions; tests check that
   /// unloaded and replaced versions leave them).
@@ -125,6 +127,10 @@ public final class ServerRuntime: Sendable {
           interval: .seconds(max(1, config.models.integrityCheckSeconds)), repository: repository, metrics: metrics,
           auditor: auditor, logger: logger))
     }
+    let rollouts = RolloutController(
+      repository: repository, bundles: bundles, settings: config.rollouts, metrics: metrics, auditor: auditor,
+      logger: logger)
+    self.rollouts = rollouts
     let statistics = ModelStatisticsStore()
     let pipeline = InferencePipeline(
       repository: repository, statistics: statistics, authorizer: authorizer,
@@ -132,7 +138,7 @@ public final class ServerRuntime: Sendable {
         settings: config.screening, policy: policy, quarantines: quarantines, metrics: metrics, logger: logger,
         auditor: auditor),
       scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger,
-      accessLog: config.logging.accessLog, auditor: auditor)
+      accessLog: config.logging.accessLog, auditor: auditor, rollouts: rollouts)
     self.pipeline = pipeline
     metrics.beforeRender { [weak metrics] in
       metrics?.setModelsInMemory(runtimes.compactMap(\.modelsInMemory).reduce(0, +))
@@ -155,7 +161,7 @@ public final class ServerRuntime: Sendable {
       services: [
         InferenceService(repository: repository, pipeline: pipeline, bundles: bundles, tokens: tokens, logger: logger),
         HealthService(state: state, maxWatchesPerConnection: config.server.limits.maxWatchesPerConnection),
-        AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor),
+        AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor, rollouts: rollouts),
         AttestationService(
           builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
           sources: .init(
@@ -199,7 +205,11 @@ public final class ServerRuntime: Sendable {
     groupConfig.maximumCancellationDuration = .seconds(5)
     let group = ServiceGroup(configuration: groupConfig)
     // Bundles load while the listener starts: /readyz and ServerReady say when they are in.
-    let loadModels = Task { [bundles] in await bundles?.loadAll() }
+    let loadModels = Task { [bundles, rollouts] in
+      // A model with a rollout planned in the config loads its stable version; the rollout loads the candidate.
+      await bundles?.loadAll(below: Dictionary(config.rollouts.models.compactMap { p in Int(p.candidate).map { (p.model, $0) } }, uniquingKeysWith: { a, _ in a }))
+      await rollouts.startPlanned()
+    }
     defer { loadModels.cancel() }
     let announce = Task { [grpcAddress, logger] in
       let address = await grpcAddress.get()

@@ -282,6 +282,40 @@ public final class ServerMetrics: TransportObserver, Sendable {
     ).set(to: Double(count))
   }
 
+  // MARK: Rollouts
+
+  /// Counts a rollout event (`start`, `promote`, `breach`, `rollback`, `abort`) of `model`.
+  public func recordRollout(event: String, model: String) {
+    counter("rollout_events", "Rollout starts, promotions, threshold breaches, rollbacks and aborts, by model", [("model", model), ("event", event)])
+  }
+
+  /// Counts a call observed by an active rollout (`stable`, `candidate`, or a `shadow` run on the candidate).
+  public func recordRolloutCall(model: String, role: String) {
+    counter("rollout_calls", "Calls observed by active rollouts, by model and role (stable, candidate, shadow)", [("model", model), ("role", role)])
+  }
+
+  /// Counts a shadow run skipped because the shadow bound (`rollouts.shadow_max_concurrent`) was reached.
+  public func recordRolloutShadowSkipped(model: String) {
+    counter("rollout_shadow_skipped", "Shadow runs skipped because the shadow bound was reached, by model", [("model", model)])
+  }
+
+  /// Sets a model's rollout state: 1 active, 2 promoted, 3 rolled back, 4 aborted.
+  public func setRolloutState(model: String, state: RolloutController.State) {
+    let value: Double =
+      switch state {
+      case .active: 1
+      case .promoted: 2
+      case .rolledBack: 3
+      case .aborted: 4
+      }
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "rollout_state", unitName: "",
+        helpText: "A model's latest rollout: 1 active, 2 promoted, 3 rolled back, 4 aborted"),
+      labels: [("model", model)]
+    ).set(to: value)
+  }
+
   /// Runs `update` before every rendering (gauges read from elsewhere).
   public func beforeRender(_ update: @escaping @Sendable () -> Void) {
     renderHooks.withLock { $0.append(update) }

@@ -2,6 +2,7 @@ import Foundation
 public import Logging
 public import PalisadeCore
 public import PalisadeProto
+import PalisadePolicy
 import PalisadeWire
 
 /// The stages of one inference after authentication, in the order of the design brief: authorise, resolve (with
@@ -24,12 +25,13 @@ public struct InferencePipeline: Sendable {
 
   public init(
     repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, screener: InputScreener,
-    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger, accessLog: Bool = false, auditor: Auditor? = nil
+    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger, accessLog: Bool = false, auditor: Auditor? = nil,
+    rollouts: RolloutController? = nil
   ) {
     self.auditor = auditor ?? Auditor(log: nil, metrics: metrics, logger: logger)
     self.accessLog = AccessLog(logger: logger, enabled: accessLog)
     self.authorizer = authorizer
-    self.resolver = ModelResolver(repository: repository)
+    self.resolver = ModelResolver(repository: repository, rollouts: rollouts)
     self.validator = InputValidator()
     self.screener = screener
     self.scheduler = scheduler
@@ -99,7 +101,10 @@ public struct InferencePipeline: Sendable {
     var clock = StageClock(metrics: metrics)
     let decision = try authorizer.authorize(call, rpc: rpc, model: request.modelName)
     clock.lap(.authorise)
-    let model = try resolver.resolve(name: request.modelName, version: request.modelVersion)
+    let principal = call.identity.spiffeID.description
+    let (model, route) = try resolver.resolve(
+      name: request.modelName, version: request.modelVersion, principal: principal,
+      allows: { v in decision?.versions?.allows(v) ?? true })
     try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.modelName)
     // One lookup of the model's queue serves the breaker here and scheduling below.
     let (queue, madeQueue) = scheduler.lookup(model)
@@ -107,12 +112,22 @@ public struct InferencePipeline: Sendable {
     // Per-version state made by this call for a version that left meanwhile is released when the call ends.
     var made = madeQueue
     defer { if made { releaseIfRetired(descriptor) } }
-    let permit = try queue.breaker.admit(principal: call.identity.spiffeID.description)
+    let permit: CircuitBreaker.Permit
+    do { permit = try queue.breaker.admit(principal: principal) } catch {
+      // An open breaker on the candidate is the candidate failing: its rollout counts it.
+      if let route, let rollouts = resolver.rollouts {
+        rollouts.record(route, outcome: .init(latency: .zero, failed: true, outOfDistribution: false, labels: nil))
+      }
+      throw error
+    }
     // A half-open probe that ends before the model ran (refused, cancelled) is handed back.
     defer { queue.breaker.release(permit) }
     clock.lap(.resolve)
     trace.descriptor = descriptor
     let started = ContinuousClock.now
+    // Set once the call reached the model: only what the model does counts in a rollout's windows.
+    var reachedModel = false
+    var outOfDistribution = false
     do {
       let (inputs, requested) = try validate(request, descriptor: descriptor)
       trace.inputs = inputs
@@ -121,11 +136,23 @@ public struct InferencePipeline: Sendable {
       made = made || madeScreen
       let screening = try await screener.screen(inputs, descriptor: descriptor, call: call, state: screenState)
       trace.outOfDistribution = screening.outOfDistribution
+      outOfDistribution = screening.outOfDistribution
       clock.lap(.screen)
       let computeStart = ContinuousClock.now
-      let outputs = try await queue.submit(
-        inputs: inputs, requestedOutputs: requested, principal: call.identity.spiffeID.description)
+      reachedModel = true
+      let outputs = try await queue.submit(inputs: inputs, requestedOutputs: requested, principal: principal)
       let computeEnd = ContinuousClock.now
+      if let route, let rollouts = resolver.rollouts {
+        let (labels, finite) = RolloutController.labels(outputs)
+        // Non-finite scores count as the model's error in the rollout (the caller still gets them).
+        rollouts.record(
+          route,
+          outcome: .init(latency: computeEnd - started, failed: !finite, outOfDistribution: outOfDistribution, labels: labels))
+        if route.shadow != nil {
+          rollouts.shadow(route, inputs: inputs, outOfDistribution: outOfDistribution, stableLabels: labels)
+        }
+        reachedModel = false
+      }
       clock.lap(.compute)
       let selected = try encoder.select(outputs, requested: requested, descriptor: descriptor)
       let hardened = try hardener.harden(selected, descriptor: descriptor)
@@ -147,7 +174,11 @@ public struct InferencePipeline: Sendable {
           compute: computeEnd - computeStart, outputPhase: ContinuousClock.now - computeEnd) || made
       return response
     } catch {
-      made = statistics.recordFailure(descriptor, total: ContinuousClock.now - started) || made
+      let total = ContinuousClock.now - started
+      made = statistics.recordFailure(descriptor, total: total) || made
+      if reachedModel, let route, let rollouts = resolver.rollouts {
+        rollouts.record(route, outcome: .init(latency: total, failed: true, outOfDistribution: outOfDistribution, labels: nil))
+      }
       throw error
     }
   }
