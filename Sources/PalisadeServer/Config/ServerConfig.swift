@@ -30,6 +30,8 @@ public struct ServerConfig: Sendable, Equatable {
   public var audit: Audit?
   /// The egress sidecar: where its block reports arrive, and the proxy the server's own outbound traffic uses.
   public var egress: Egress = .defaults
+  /// OpenTelemetry spans for inference calls; off by default.
+  public var tracing: TracingSettings = .defaults
 
   public struct Egress: Sendable, Equatable {
     /// Unix datagram socket the sidecar's `report_socket` points at; nil: reports are not received.
@@ -635,6 +637,7 @@ extension ServerConfig {
       logging.accessLog = try m.bool("access_log") ?? logging.accessLog
       try m.finish()
     }
+    let tracing = try TracingSettings(yaml: root.map("tracing"))
     try root.finish()
     var config = ServerConfig(
       server: Server(
@@ -648,6 +651,7 @@ extension ServerConfig {
     config.attestation = attestation
     config.audit = audit
     config.egress = egress
+    config.tracing = tracing
     if admin.enabled, admin.listen == config.server.listen, admin.listen.port != 0 {
       throw root.map_error("admin.listen", "must differ from server.listen")
     }
