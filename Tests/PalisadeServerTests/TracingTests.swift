@@ -86,7 +86,8 @@ import Testing
     // 1. ModelInfer with the caller's traceparent: the server span is the caller's span's child, every stage its
     // child, all in the caller's trace, with model, version and status.
     let ok = spans.filter { $0.trace_id == Self.okTrace }
-    let root = try #require(ok.first { $0.kind == 2 }, "a SERVER span in the caller's trace: \(spans)")
+    let root = try #require(
+      ok.first { $0.kind == 2 }, "a SERVER span in the caller's trace: \(spans)\n\(run.server.log)\n\(run.receiver.log)")
     #expect(root.name == "inference.GRPCInferenceService/ModelInfer")
     #expect(root.parent_span_id == Self.okParent)
     #expect(root.string("rpc.system") == "grpc")
@@ -212,6 +213,8 @@ import Testing
   // MARK: helpers
 
   struct Run {
+    /// Kept alive for the run: its directory (configuration, models, the receiver's files) goes with it.
+    var pki: TestPKI
     var server: LoggedProcess
     var receiver: LoggedProcess
     var out: String
@@ -287,7 +290,7 @@ import Testing
       timeout: .seconds(60))
     #expect(calls.status == 0 && calls.stdout.contains("traced calls OK"), "\(calls.stdout)\(calls.stderr)\n\(server.log)")
     return Run(
-      server: server, receiver: receiver, out: out, raw: raw, token: token, principal: principal,
+      pki: pki, server: server, receiver: receiver, out: out, raw: raw, token: token, principal: principal,
       certificateBase64Prefix: String(certificate.dropFirst(40).prefix(40)), tensor: tensor)
   }
 
