@@ -243,7 +243,7 @@ enum ServingBench {
     let tracer = tracing?.tracer
     func one() async throws {
       // What InferenceFastPath does around the pipeline.
-      let spans = tracer?.startCall(rpc: "ModelInfer", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", tracestate: nil)
+      let spans = tracer?.startCall(rpc: "ModelInfer", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
       spans?.identified(requestID: call.requestID)
       spans?.ended(.authenticate)
       _ = try await pipeline.infer(request, call: call, rpc: "ModelInfer", spans: spans)

@@ -5,7 +5,8 @@ Sends, over mTLS with the bearer token:
   1. ModelInfer on MODEL with raw input bytes --input-hex and `traceparent: --traceparent-ok` (must succeed),
   2. ModelInfer on an unknown model with `traceparent: --traceparent-missing` (must be NOT_FOUND),
   3. ModelStreamInfer with one MODEL request and `traceparent: --traceparent-stream` (must succeed),
-  4. ModelInfer on MODEL without a traceparent (must succeed).
+  4. ModelInfer on MODEL without a traceparent (must succeed),
+  5. ModelInfer on MODEL with a malformed traceparent and a tracestate (must succeed).
 Prints "traced calls OK"; exits non-zero with a message on the first surprise.
 Usage: traced_call.py --port P --cert C --key K --ca CA --token T --model M --input NAME --shape 1,64
        --input-hex HEX --traceparent-ok TP1 --traceparent-missing TP2 --traceparent-stream TP3
@@ -61,6 +62,11 @@ def main():
 
     reply = stub.ModelInfer(request(args.model), metadata=[auth], timeout=30)
     check(reply.model_name == args.model, "ModelInfer without traceparent")
+
+    # A malformed traceparent (and a tracestate) must not fail the call: it starts a new trace.
+    reply = stub.ModelInfer(request(args.model), metadata=[
+        auth, ("traceparent", "00-not-a-trace-context-SECRET"), ("tracestate", "vendor=SECRET")], timeout=30)
+    check(reply.model_name == args.model, "ModelInfer with a malformed traceparent")
     print("traced calls OK")
 
 

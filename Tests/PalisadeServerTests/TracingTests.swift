@@ -74,8 +74,8 @@ import Testing
     while ContinuousClock.now < deadline {
       spans = try Self.spans(run.out)
       let traces = Set(spans.map(\.trace_id))
-      if [Self.okTrace, Self.missingTrace, Self.streamTrace].allSatisfy(traces.contains), traces.count >= 4,
-        spans.filter({ $0.name == "audit" }).count >= 4
+      if [Self.okTrace, Self.missingTrace, Self.streamTrace].allSatisfy(traces.contains), traces.count >= 5,
+        spans.filter({ $0.name == "audit" }).count >= 5
       {
         break
       }
@@ -132,13 +132,17 @@ import Testing
     #expect(streamRoot.parent_span_id == Self.streamParent)
     #expect(Set(stream.filter { $0.kind == 1 }.map(\.name)) == Set(Self.stages.dropFirst()))
 
-    // 4. No traceparent: a new trace whose server span has no parent.
+    // 4, 5. No traceparent, or a malformed one: a new trace whose server span has no parent; the malformed header
+    // is neither logged nor exported.
     let fresh = spans.filter { ![Self.okTrace, Self.missingTrace, Self.streamTrace].contains($0.trace_id) && $0.kind == 2 }
-    #expect(fresh.count == 1 && fresh.first?.parent_span_id == "", "\(fresh)")
+    #expect(fresh.count == 2 && fresh.allSatisfy { $0.parent_span_id == "" }, "\(fresh)")
+    #expect(!run.server.log.contains("SECRET"), "\(run.server.log)")
 
     // No token, certificate, principal or tensor bytes anywhere: not in an attribute, not in the exported bytes.
     let raw = try Data(contentsOf: URL(fileURLWithPath: run.raw))
-    for needle in [run.token, String(run.token.split(separator: ".").last ?? ""), run.principal, run.certificateBase64Prefix] {
+    for needle in [
+      run.token, String(run.token.split(separator: ".").last ?? ""), run.principal, run.certificateBase64Prefix, "SECRET",
+    ] {
       #expect(!spans.contains { s in s.attributes.values.contains { $0.text.contains(needle) } }, "\(needle) in an attribute")
       #expect(raw.range(of: Data(needle.utf8)) == nil, "\(needle) in the exported bytes")
     }

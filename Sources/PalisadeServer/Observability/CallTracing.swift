@@ -60,13 +60,15 @@ public struct CallTracer: Sendable {
     return (CallTracer(tracer: backend.tracer), backend.service)
   }
 
-  /// Starts the server span of one call now, as a child of the caller's `traceparent` when it sent a valid one.
-  package func startCall(rpc: String, traceparent: String?, tracestate: String?) -> CallSpans {
+  /// Starts the server span of one call now, as a child of the caller's `traceparent` when it sent a valid one
+  /// (anything else starts a new trace, silently: the tracer would log the header's text for each such call).
+  /// `tracestate` is not carried on: it is a caller-chosen string, and nothing a caller chooses reaches the
+  /// collector.
+  package func startCall(rpc: String, traceparent: String?) -> CallSpans {
     let start = DefaultTracerClock.now
     var context = InstrumentationContext.topLevel
-    if traceparent != nil {
-      tracer.extract(
-        TraceHeaders(traceparent: traceparent, tracestate: tracestate), into: &context, using: TraceHeaders.Extract())
+    if let traceparent, TraceHeaders.isValid(traceparent) {
+      tracer.extract(TraceHeaders(traceparent: traceparent), into: &context, using: TraceHeaders.Extract())
     }
     let root = tracer.startSpan(
       "\(CallSpans.service)/\(rpc)", context: context, ofKind: .server, at: start, function: #function,
@@ -93,19 +95,29 @@ public enum TracingSetupError: Error, CustomStringConvertible {
   }
 }
 
-/// The two W3C Trace Context headers of a call, the carrier the tracer's propagator reads.
-struct TraceHeaders: Sendable {
-  var traceparent: String?
-  var tracestate: String?
+/// A call's W3C `traceparent`, the carrier the tracer's propagator reads.
+struct TraceHeaders: Sendable, CustomStringConvertible {
+  var traceparent: String
+
+  /// Never the header's text (the tracer logs its carrier when it cannot parse it).
+  var description: String { "traceparent" }
 
   struct Extract: Extractor {
     func extract(key: String, from carrier: TraceHeaders) -> String? {
-      switch key {
-      case "traceparent": carrier.traceparent
-      case "tracestate": carrier.tracestate
-      default: nil
-      }
+      key == "traceparent" ? carrier.traceparent : nil
     }
+  }
+
+  /// Version 00 as W3C Trace Context defines it: `00-<32 hex>-<16 hex>-<2 hex>`, lowercase, trace and parent ids
+  /// not all zeros.
+  static func isValid(_ header: String) -> Bool {
+    let b = Array(header.utf8)
+    guard b.count == 55, b[0] == UInt8(ascii: "0"), b[1] == UInt8(ascii: "0"), b[2] == UInt8(ascii: "-"),
+      b[35] == UInt8(ascii: "-"), b[52] == UInt8(ascii: "-")
+    else { return false }
+    func hex(_ c: UInt8) -> Bool { (0x30...0x39).contains(c) || (0x61...0x66).contains(c) }
+    guard b[3..<35].allSatisfy(hex), b[36..<52].allSatisfy(hex), b[53..<55].allSatisfy(hex) else { return false }
+    return b[3..<35].contains { $0 != 0x30 } && b[36..<52].contains { $0 != 0x30 }
   }
 }
 

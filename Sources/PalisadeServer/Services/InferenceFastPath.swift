@@ -42,8 +42,7 @@ public struct InferenceFastPath: FastUnaryHandler {
 
   public func handle(_ call: FastUnaryCall) async -> FastUnaryResponse {
     let start = ContinuousClock.now
-    let spans = tracer?.startCall(
-      rpc: Self.rpc, traceparent: call.header("traceparent"), tracestate: call.header("tracestate"))
+    let spans = tracer?.startCall(rpc: Self.rpc, traceparent: call.header("traceparent"))
     do {
       var context = try await authenticator.identify(call.connection, rpc: Self.rpc)
       spans?.identified(requestID: context.requestID)
@@ -109,7 +108,7 @@ public struct InferenceStreamFastPath: FastStreamHandler {
     let (pipeline, credentials, tracer) = (self.pipeline, self.credentials, self.tracer)
     // Each message is traced as a call of its own under the stream's `traceparent` (authentication happened once,
     // at the stream's start, so a message's spans start at authorise).
-    let (traceparent, tracestate) = tracer == nil ? (nil, nil) : (call.header("traceparent"), call.header("tracestate"))
+    let traceparent = tracer == nil ? nil : call.header("traceparent")
     var context: CallContext?
     do {
       var authenticated = try await authenticator.identify(call.connection, rpc: Self.rpc)
@@ -119,7 +118,7 @@ public struct InferenceStreamFastPath: FastStreamHandler {
       try await credentials.whileValid(session) {
         for await message in messages {
           try credentials.check(session)
-          let spans = tracer?.startCall(rpc: Self.rpc, traceparent: traceparent, tracestate: tracestate)
+          let spans = tracer?.startCall(rpc: Self.rpc, traceparent: traceparent)
           spans?.identified(requestID: session.requestID)
           spans?.skipAuthentication()
           var reply = Inference_ModelStreamInferResponse()
