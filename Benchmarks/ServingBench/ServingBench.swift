@@ -25,7 +25,7 @@ enum ServingBench {
     let args = CommandLine.arguments.dropFirst()
     guard let mode = args.first else {
       print(
-        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | rollout [ITERATIONS] | screen [ROWS [FEATURESxROWS]]")
+        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | rollout [ITERATIONS] | pipeline-trace [ITERATIONS] [off|on] | screen [ROWS [FEATURESxROWS]]")
       exit(2)
     }
     let dir = args.dropFirst().first ?? "/tmp/palisade-bench"
@@ -36,6 +36,8 @@ enum ServingBench {
     case "auth": try authBench(iterations: Int(dir) ?? 20_000)
     case "pipeline": try await pipelineBench(iterations: Int(dir) ?? 20_000)
     case "rollout": try await rolloutBench(iterations: Int(dir) ?? 20_000)
+    case "pipeline-trace":
+      try await tracingBench(iterations: Int(dir) ?? 20_000, traced: args.dropFirst(2).first == "on")
     case "screen": try await screeningBench(rows: Int(dir) ?? 50_000, only: args.dropFirst(2).first)
     case "client":
       let rest = Array(args.dropFirst(2))
@@ -210,6 +212,51 @@ enum ServingBench {
         format: "cpu: model_direct_us=%.2f pipeline_us=%.2f pipeline_without_extraction_monitor_us=%.2f audit_batched_us=%.2f audit_batched_over_pipeline_us=%.2f",
         cpu["direct"] ?? 0, cpu["pipeline"] ?? 0, cpu["pipeline_without_extraction_monitor"] ?? 0,
         cpu["audit_batched"] ?? 0, (cpu["audit_batched"] ?? 0) - (cpu["pipeline"] ?? 0)))
+  }
+
+  /// The whole in-process pipeline (digits, one row per call, no audit log) with tracing off (as configured by
+  /// default: no tracer at all) or on (every call sampled, spans batched for an OTLP exporter whose collector is
+  /// absent, as the fast path makes them). Under callgrind, the difference between two iteration counts is the
+  /// per-call instruction count (docs/benchmarks.md, Tracing).
+  static func tracingBench(iterations: Int, traced: Bool) async throws {
+    let model = try digitsModel()
+    let pki = try TestPKI()
+    let client = try pki.client("bench", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/bench")])
+    let call = CallContext(identity: try PeerIdentity(certificate: client.issued.certificate), requestID: "bench")
+    let metrics = ServerMetrics()
+    let policy = PolicyStore(
+      try Policy.parse(TestServer.allowAllPolicy + "\n    rate_limit: {per_second: 1000000, burst: 1000000}\n"))
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let repository = ModelRepository(required: [])
+    repository.register(model)
+    let pipeline = InferencePipeline(
+      repository: repository, statistics: ModelStatisticsStore(),
+      authorizer: Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: []),
+      screener: InputScreener(settings: .defaults, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
+      scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger)
+    let request = try digitsRequest(raw: true)
+    var settings = TracingSettings()
+    settings.enabled = true
+    settings.endpoint = "http://127.0.0.1:9"  // discard port: nothing listens, exports fail and are dropped
+    let tracing = traced ? try CallTracer.make(settings, logger: logger, environment: [:]) : nil
+    let exporter = Task { [tracing] in try await tracing?.service.run() }
+    defer { exporter.cancel() }
+    let tracer = tracing?.tracer
+    func one() async throws {
+      // What InferenceFastPath does around the pipeline.
+      let spans = tracer?.startCall(rpc: "ModelInfer", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+      spans?.identified(requestID: call.requestID)
+      spans?.ended(.authenticate)
+      _ = try await pipeline.infer(request, call: call, rpc: "ModelInfer", spans: spans)
+      spans?.finish(nil)
+    }
+    for _ in 0..<min(iterations, 1000) { try await one() }
+    let start = ContinuousClock.now
+    for _ in 0..<iterations { try await one() }
+    let d = ContinuousClock.now - start
+    let us = (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(iterations)
+    print(String(format: "tracing=%@ pipeline_us=%.2f", traced ? "on" : "off", us))
   }
 
   static func client(dir: String, port: Int, calls: Int, concurrency: Int, raw: Bool, model: String) async throws {

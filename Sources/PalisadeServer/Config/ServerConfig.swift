@@ -33,6 +33,8 @@ public struct ServerConfig: Sendable, Equatable {
   public var egress: Egress = .defaults
   /// Canary and shadow rollouts: defaults, the shadow bound, rollouts started at boot.
   public var rollouts: RolloutSettings = .defaults
+  /// OpenTelemetry spans for inference calls; off by default.
+  public var tracing: TracingSettings = .defaults
 
   public struct Egress: Sendable, Equatable {
     /// Unix datagram socket the sidecar's `report_socket` points at; nil: reports are not received.
@@ -639,6 +641,7 @@ extension ServerConfig {
       try m.finish()
     }
     let rollouts = try RolloutSettings.parse(root)
+    let tracing = try TracingSettings(yaml: root.map("tracing"))
     try root.finish()
     var config = ServerConfig(
       server: Server(
@@ -653,6 +656,7 @@ extension ServerConfig {
     config.audit = audit
     config.egress = egress
     config.rollouts = rollouts
+    config.tracing = tracing
     if admin.enabled, admin.listen == config.server.listen, admin.listen.port != 0 {
       throw root.map_error("admin.listen", "must differ from server.listen")
     }

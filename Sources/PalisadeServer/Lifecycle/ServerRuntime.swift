@@ -36,6 +36,8 @@ public final class ServerRuntime: Sendable {
   private let pipeline: InferencePipeline
   /// Canary and shadow rollouts (`rollouts` in the config, `palisade rollout`).
   public let rollouts: RolloutController
+  /// Exports finished spans (swift-otel's batch processor and OTLP exporter), when `tracing.enabled`.
+  private let tracingService: (any Service)?
 
   /// Model versions holding per-version state in each cache (they follow the loaded versions; tests check that
   /// unloaded and replaced versions leave them).
@@ -143,17 +145,22 @@ public final class ServerRuntime: Sendable {
     metrics.beforeRender { [weak metrics] in
       metrics?.setModelsInMemory(runtimes.compactMap(\.modelsInMemory).reduce(0, +))
     }
+    let tracing = try CallTracer.make(config.tracing, logger: logger, environment: ProcessInfo.processInfo.environment)
+    self.tracingService = tracing?.service
     let authenticator = CallAuthenticator(
       verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger, auditor: auditor)
     // ModelInfer and ModelStreamInfer are served on the transport's fast path; every other RPC goes through
     // grpc-swift, with the same authentication stages as interceptors.
     let transport = try MTLSServerTransport(
       configuration: Self.transportConfiguration(config.server), certificates: certificates, verifier: verifier,
-      fastPaths: [InferenceFastPath(authenticator: authenticator, pipeline: pipeline, metrics: metrics, logger: logger)],
+      fastPaths: [
+        InferenceFastPath(
+          authenticator: authenticator, pipeline: pipeline, metrics: metrics, logger: logger, tracer: tracing?.tracer)
+      ],
       fastStreams: [
         InferenceStreamFastPath(
           authenticator: authenticator, credentials: StreamCredentials(verifier: tokens), pipeline: pipeline,
-          metrics: metrics, logger: logger)
+          metrics: metrics, logger: logger, tracer: tracing?.tracer)
       ],
       observer: metrics, bound: grpcAddress, logger: logger)
     self.grpcServer = GRPCServer(
@@ -184,7 +191,13 @@ public final class ServerRuntime: Sendable {
 
   /// Runs until SIGTERM/SIGINT or ``shutdown()``, then drains. Returns normally after a graceful shutdown.
   public func run(handleSignals: Bool = true) async throws {
-    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+    // First, so that it shuts down last (the group stops services in reverse order): the drained calls' spans
+    // are exported before the process exits. Tracing never stops serving: if its exporter ends, calls go on.
+    if let tracingService {
+      services.append(.init(service: tracingService, successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
+    }
+    services += [
       .init(service: GRPCServerService(server: grpcServer, state: state, logger: logger)),
       .init(service: shutdownTrigger, successTerminationBehavior: .gracefullyShutdownGroup),
       .init(service: reloader),

@@ -59,14 +59,24 @@ public struct InferencePipeline: Sendable {
     statistics.release([descriptor])
   }
 
-  /// Runs one `ModelInfer` request for `call`.
+  /// Runs one `ModelInfer` request for `call`, untraced.
   public func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String) async throws
     -> Inference_ModelInferResponse
   {
+    try await infer(request, call: call, rpc: rpc, spans: nil)
+  }
+
+  /// Runs one `ModelInfer` request for `call`; `spans` (nil when tracing is off) records each stage.
+  package func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String, spans: CallSpans?) async throws
+    -> Inference_ModelInferResponse
+  {
     let started = ContinuousClock.now
-    let trace = CallTrace()
+    let trace = CallTrace(spans: spans)
     // No audit, no answer: while the log is failed nothing runs.
-    try auditor.requireAvailable()
+    do { try auditor.requireAvailable() } catch {
+      spans?.failed(error, stage: .audit)
+      throw error
+    }
     do {
       let response = try await run(request, call: call, rpc: rpc, trace: trace)
       let latency = ContinuousClock.now - started
@@ -79,10 +89,13 @@ public struct InferencePipeline: Sendable {
         manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, outputs: trace.outputs,
         status: "OK", reason: trace.outOfDistribution ? "served; inputs flagged out of distribution" : nil,
         latency: latency)
+      spans?.ended(.audit)
       return response
     } catch let error as PalisadeError where error == Auditor.unavailable {
+      spans?.failed(error, stage: .audit)
       throw error
     } catch {
+      spans?.failed(error)
       let latency = ContinuousClock.now - started
       let code = StatusMapping.codeName(for: error)
       accessLog.record(
@@ -91,6 +104,7 @@ public struct InferencePipeline: Sendable {
         call, rpc: rpc, model: request.modelName, version: trace.descriptor?.version ?? request.modelVersion,
         manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, status: code,
         reason: (error as? PalisadeError)?.message, latency: latency)
+      spans?.ended(.audit)
       throw error
     }
   }
@@ -98,7 +112,7 @@ public struct InferencePipeline: Sendable {
   func run(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String, trace: CallTrace) async throws
     -> Inference_ModelInferResponse
   {
-    var clock = StageClock(metrics: metrics)
+    var clock = StageClock(metrics: metrics, spans: trace.spans)
     let decision = try authorizer.authorize(call, rpc: rpc, model: request.modelName)
     clock.lap(.authorise)
     let principal = call.identity.spiffeID.description
@@ -122,6 +136,7 @@ public struct InferencePipeline: Sendable {
     }
     // A half-open probe that ends before the model ran (refused, cancelled) is handed back.
     defer { queue.breaker.release(permit) }
+    trace.spans?.resolved(model: descriptor.name, version: descriptor.version)
     clock.lap(.resolve)
     trace.descriptor = descriptor
     let started = ContinuousClock.now
@@ -201,22 +216,31 @@ extension InferencePipeline {
 
 /// What the stages learned about one call, for its audit record (one task writes it, then reads it).
 final class CallTrace: @unchecked Sendable {
+  /// The call's spans; nil when tracing is off.
+  let spans: CallSpans?
   var descriptor: ModelDescriptor?
   var inputs: [Tensor]?
   var outputs: [Tensor]?
   var outOfDistribution = false
+
+  init(spans: CallSpans?) { self.spans = spans }
 }
 
-/// Times consecutive pipeline stages into the per-stage histograms.
+/// Times consecutive pipeline stages into the per-stage histograms, and into the call's spans when it is traced.
 struct StageClock {
   let metrics: ServerMetrics
+  let spans: CallSpans?
   var last = ContinuousClock.now
 
-  init(metrics: ServerMetrics) { self.metrics = metrics }
+  init(metrics: ServerMetrics, spans: CallSpans? = nil) {
+    self.metrics = metrics
+    self.spans = spans
+  }
 
   mutating func lap(_ stage: ServerMetrics.Stage) {
     let now = ContinuousClock.now
     metrics.recordStage(stage, now - last)
     last = now
+    spans?.ended(CallSpans.Stage(stage))
   }
 }
