@@ -155,7 +155,8 @@ public struct InferencePipeline: Sendable {
       clock.lap(.screen)
       let computeStart = ContinuousClock.now
       reachedModel = true
-      let outputs = try await queue.submit(inputs: inputs, requestedOutputs: requested, principal: principal)
+      let completed = try await queue.submit(inputs: inputs, requestedOutputs: requested, principal: principal)
+      let outputs = completed.outputs
       let computeEnd = ContinuousClock.now
       if let route, let rollouts = resolver.rollouts {
         let (labels, finite) = RolloutController.labels(outputs)
@@ -168,7 +169,7 @@ public struct InferencePipeline: Sendable {
         }
         reachedModel = false
       }
-      clock.lap(.compute)
+      clock.lapCompute(queued: completed.waited)
       let selected = try encoder.select(outputs, requested: requested, descriptor: descriptor)
       let hardened = try hardener.harden(selected, descriptor: descriptor)
       trace.outputs = hardened
@@ -242,5 +243,17 @@ struct StageClock {
     metrics.recordStage(stage, now - last)
     last = now
     spans?.ended(CallSpans.Stage(stage))
+  }
+
+  /// Ends stages 7 and 8 together: `queued` of the lap was the wait in the model's queue (the `queue` histogram),
+  /// the rest was compute. One `compute` span covers both.
+  mutating func lapCompute(queued: Duration) {
+    let now = ContinuousClock.now
+    let lap = now - last
+    let waited = min(max(queued, .zero), lap)
+    metrics.recordStage(.queue, waited)
+    metrics.recordStage(.compute, lap - waited)
+    last = now
+    spans?.ended(.compute)
   }
 }

@@ -120,7 +120,7 @@ public final class Scheduler: Sendable {
   public func run(_ model: any ServableModel, inputs: [Tensor], requestedOutputs: [String]?, principal: String = "")
     async throws -> [Tensor]
   {
-    try await queue(for: model).submit(inputs: inputs, requestedOutputs: requestedOutputs, principal: principal)
+    try await queue(for: model).submit(inputs: inputs, requestedOutputs: requestedOutputs, principal: principal).outputs
   }
 
   /// Requests waiting, all models.
@@ -200,6 +200,12 @@ final class ExecutionSlots: Sendable {
 
 /// One model's queue, breaker and batching.
 final class ModelQueue: Sendable {
+  /// A request's outputs, and how long it waited in the queue before its execution started (zero when it ran
+  /// directly on an idle model): the pipeline times that wait as its own stage.
+  struct Completed: Sendable {
+    var outputs: [Tensor]
+    var waited: Duration
+  }
   struct Entry {
     let id: UInt64
     let principal: String
@@ -208,7 +214,7 @@ final class ModelQueue: Sendable {
     let rows: Int?
     let key: [[Int64]]
     let enqueued: ContinuousClock.Instant
-    let continuation: CheckedContinuation<[Tensor], any Error>
+    let continuation: CheckedContinuation<Completed, any Error>
   }
   struct State {
     var pending: Deque<Entry> = []
@@ -246,11 +252,11 @@ final class ModelQueue: Sendable {
     batchSize = metrics.batchSizeRecorder(model: name)
   }
 
-  func submit(inputs: [Tensor], requestedOutputs: [String]?, principal: String) async throws -> [Tensor] {
+  func submit(inputs: [Tensor], requestedOutputs: [String]?, principal: String) async throws -> Completed {
     // An idle model with nothing waiting runs the request here, in the caller's task: no queue entry, no task to
     // start, no continuation. Under load requests queue (and batch) as below.
     if let outputs = try await runDirectlyIfIdle(inputs: inputs, requestedOutputs: requestedOutputs, principal: principal) {
-      return outputs
+      return Completed(outputs: outputs, waited: .zero)
     }
     switch scheduler.slots.reserveQueueSlot(principal: principal) {
     case nil: break
@@ -267,7 +273,7 @@ final class ModelQueue: Sendable {
       return s.nextID
     }
     return try await withTaskCancellationHandler {
-      try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[Tensor], any Error>) in
+      try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Completed, any Error>) in
         let entry = Entry(
           id: id, principal: principal, inputs: inputs, requested: requestedOutputs, rows: batchable ? TensorBatch.rows(inputs) : nil,
           key: TensorBatch.key(inputs), enqueued: .now, continuation: continuation)
@@ -415,7 +421,9 @@ final class ModelQueue: Sendable {
         let outputs = try await scheduler.executor.run(model, inputs: merged, requestedOutputs: nil)
         let parts = try TensorBatch.split(outputs, rows: batch.map { $0.rows ?? 0 })
         breaker.record(.success, duration: ContinuousClock.now - started)
-        for (entry, part) in zip(batch, parts) { entry.continuation.resume(returning: part) }
+        for (entry, part) in zip(batch, parts) {
+          entry.continuation.resume(returning: Completed(outputs: part, waited: started - entry.enqueued))
+        }
       } catch {
         // One request of the batch may be what made the model fail: run each alone, so that every caller gets
         // its own outcome and only the model's own failures reach the breaker.
@@ -432,7 +440,7 @@ final class ModelQueue: Sendable {
     do {
       let outputs = try await scheduler.executor.run(model, inputs: entry.inputs, requestedOutputs: entry.requested)
       breaker.record(.success, duration: ContinuousClock.now - started)
-      entry.continuation.resume(returning: outputs)
+      entry.continuation.resume(returning: Completed(outputs: outputs, waited: started - entry.enqueued))
     } catch {
       breaker.record(CircuitBreaker.Outcome(error), principal: entry.principal, duration: ContinuousClock.now - started)
       entry.continuation.resume(throwing: error)

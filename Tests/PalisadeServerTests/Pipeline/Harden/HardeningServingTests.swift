@@ -149,6 +149,7 @@ import Testing
     let (_, metrics) = try await adminGet(server, "/metrics")
     for needle in [
       #"palisade_stage_duration_seconds_bucket{stage="compute""#, #"palisade_stage_duration_seconds_bucket{stage="screen""#,
+      #"palisade_stage_duration_seconds_bucket{stage="queue""#,
       #"palisade_extraction_alarms_total{model="digits",detector="ood_share"}"#, "palisade_quarantines_total",
       #"palisade_ood_flagged_total{model="digits",action="flag"}"#, #"palisade_batch_size_bucket{model="digits""#,
       #"palisade_circuit_breaker_state{model="digits"} 0"#, #"palisade_queue_depth{model="digits"}"#,

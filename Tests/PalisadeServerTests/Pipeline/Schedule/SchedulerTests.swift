@@ -1,6 +1,6 @@
 import Foundation
 import PalisadeCore
-import PalisadeServer
+@testable import PalisadeServer
 import PalisadeTestSupport
 import Testing
 
@@ -42,6 +42,23 @@ import Testing
       #expect(out[0].values(as: Float.self) == (try request(rows[i], Float(i * 100)))[0].values(as: Float.self)?.map { $0 * 2 })
     }
     #expect(model.executions == [1, 7], "executions: \(model.executions)")
+  }
+
+  @Test func queueWaitIsReportedForTheQueueStage() async throws {
+    // The pipeline times stage 7 (the wait) apart from stage 8 (compute) from what the queue reports.
+    let model = DoublingModel(gated: true)
+    let scheduler = Scheduler(settings: settings(batching: false), metrics: ServerMetrics())
+    let (queue, _) = scheduler.lookup(model)
+    let first = Task { try await queue.submit(inputs: try request(1, 1), requestedOutputs: nil, principal: "a") }
+    for _ in 0..<400 where model.executions.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+    let second = Task { try await queue.submit(inputs: try request(1, 2), requestedOutputs: nil, principal: "b") }
+    try await waitQueued(scheduler, 1)
+    // The second request is queued now and cannot start before the gate opens: it waits at least this long.
+    try await Task.sleep(for: .milliseconds(50))
+    model.setGate(open: true)
+    #expect(try await first.value.waited == .zero, "an idle model runs the request directly")
+    let waited = try await second.value.waited
+    #expect(waited >= .milliseconds(50), "waited \(waited)")
   }
 
   @Test func withoutBatchingEveryRequestRunsAlone() async throws {
