@@ -86,8 +86,11 @@ check: build pki
 
 # Tests run one at a time: many start real servers, sidecars and TLS handshakes with short connection ages and
 # deadlines, and on a 2-core CI machine running them all at once starves them into spurious timeouts.
+# The import check refuses a target importing one of ours it does not depend on (SwiftPM checks it while planning
+# the build, so on a clean clone or after a manifest change; it reports and builds on, then exits 1).
+# PalisadeLayeringTests checks the layering rules themselves (docs/architecture.md).
 test: deps venv
-	$(SWIFT) build --build-tests
+	$(SWIFT) build --build-tests --explicit-target-dependency-import-check error
 	$(SWIFT) test --skip-build --no-parallel
 
 # The image's runtime without a container engine (root): the static-stdlib release build the image uses, its

@@ -43,6 +43,9 @@ let package = Package(
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
     .package(url: "https://github.com/jpsim/Yams.git", exact: "6.2.2"),
     .package(url: "https://github.com/apple/swift-collections.git", exact: "1.6.0"),
+    // Tracing (off by default): the API, and swift-otel's OTLP/gRPC exporter only (no HTTP client in the build).
+    .package(url: "https://github.com/apple/swift-distributed-tracing.git", exact: "1.7.3"),
+    .package(url: "https://github.com/swift-otel/swift-otel.git", exact: "1.6.0", traits: ["OTLPGRPC"]),
   ],
   targets: [
     // Generated protocol code (proto/ -> scripts/generate-protos.sh). Never edited by hand.
@@ -60,6 +63,13 @@ let package = Package(
     .target(name: "PalisadeWire", dependencies: ["PalisadeCore", "PalisadeProto"], swiftSettings: strict),
     // Strict YAML reading: typed values, unknown keys refused, errors that name the key path and line.
     .target(name: "PalisadeYAML", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
+    // Small things every process needs: the JSON and text log handlers, log escaping, hex, and the egress sidecar's
+    // report format (shared by the sidecar that writes it and the server that reads it).
+    .target(
+      name: "PalisadeSupport", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+    // Out-of-distribution scoring against a bundle's reference statistics, and building those statistics from a
+    // sample (`palisade bundle stats`): one scorer for the server and the publisher's tool.
+    .target(name: "PalisadeScreening", dependencies: ["PalisadeCore"], swiftSettings: strict),
     // Caller identity: SPIFFE IDs, certificate thumbprints, client-certificate verification policy.
     .target(
       name: "PalisadeIdentity",
@@ -128,7 +138,7 @@ let package = Package(
       name: "PalisadeServer",
       dependencies: [
         "PalisadeProto", "PalisadeCore", "PalisadeWire", "PalisadeIdentity", "PalisadeTransport", "PalisadeYAML",
-        "PalisadePolicy", "PalisadeBundle", "PalisadeAudit", "PalisadeOutbound",
+        "PalisadePolicy", "PalisadeBundle", "PalisadeAudit", "PalisadeOutbound", "PalisadeScreening", "PalisadeSupport",
         // The extraction monitor's projection and distances run on the kernels (AVX2/FMA; this target is not
         // compiled with the kernel flags).
         "PalisadeKernels",
@@ -146,6 +156,8 @@ let package = Package(
         .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "DequeModule", package: "swift-collections"),
+        .product(name: "Tracing", package: "swift-distributed-tracing"),
+        .product(name: "OTel", package: "swift-otel"),
       ],
       swiftSettings: strict
     ),
@@ -153,7 +165,7 @@ let package = Package(
     .target(
       name: "PalisadeEgress",
       dependencies: [
-        "PalisadeYAML",
+        "PalisadeYAML", "PalisadeSupport",
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
@@ -175,7 +187,7 @@ let package = Package(
       ],
       swiftSettings: strict
     ),
-    // A client for operators, the demo and tests (`palisade call`).
+    // A client for operators, the demo and tests (`palisade call`), and the appraiser of attestation evidence.
     .target(
       name: "PalisadeClient",
       dependencies: [
@@ -184,26 +196,37 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-        "PalisadeIdentity",
+        "PalisadeIdentity", "PalisadeYAML",
+        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "X509", package: "swift-certificates"),
       ],
       swiftSettings: strict
     ),
-    // Subcommands. The executable only calls into this.
+    // The subcommands that do not run the server (call, token, policy, bundle, quarantine, attest, audit, egress).
+    // Deliberately without PalisadeServer: the layering test keeps it so.
     .target(
-      name: "PalisadeCLI",
+      name: "PalisadeTools",
       dependencies: [
-        "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck", "PalisadeAudit", "PalisadeEgress",
+        "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity", "PalisadePolicy",
+        "PalisadeBundle", "PalisadeRuntime", "PalisadeScreening", "PalisadeAudit", "PalisadeEgress", "PalisadeSupport",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "Logging", package: "swift-log"),
-        .product(name: "NIOCore", package: "swift-nio"),
-        .product(name: "NIOPosix", package: "swift-nio"),
+      ],
+      swiftSettings: strict
+    ),
+    // The root command and `serve`. The executable only calls into this.
+    .target(
+      name: "PalisadeCLI",
+      dependencies: [
+        "PalisadeServer", "PalisadeTools", "PalisadeSupport", "PalisadeYAML", "PalisadeIdentity", "PalisadeRuntime",
+        "PalisadeCPUCheck",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strict
     ),
@@ -252,7 +275,7 @@ let package = Package(
       name: "serving-bench",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTestSupport", "PalisadeIdentity",
-        "PalisadePolicy", "PalisadeRuntime", "PalisadeAudit",
+        "PalisadePolicy", "PalisadeRuntime", "PalisadeAudit", "PalisadeScreening",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
@@ -285,7 +308,7 @@ let package = Package(
     .testTarget(
       name: "PalisadeEgressTests",
       dependencies: [
-        "PalisadeEgress", "PalisadeOutbound", "PalisadeTestSupport", "PalisadeYAML",
+        "PalisadeEgress", "PalisadeOutbound", "PalisadeTestSupport", "PalisadeYAML", "PalisadeSupport",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -294,6 +317,8 @@ let package = Package(
         .product(name: "Crypto", package: "swift-crypto"),
       ]
     ),
+    // The layering rules (docs/architecture.md) over Package.swift and the sources' imports. No dependencies.
+    .testTarget(name: "PalisadeLayeringTests"),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
     .testTarget(name: "PalisadeAuditTests", dependencies: ["PalisadeAudit", .product(name: "Crypto", package: "swift-crypto")]),
     .testTarget(
@@ -315,6 +340,23 @@ let package = Package(
     ),
     .testTarget(name: "PalisadePolicyTests", dependencies: ["PalisadePolicy", "PalisadeIdentity", "PalisadeYAML"]),
     .testTarget(name: "PalisadeWireTests", dependencies: ["PalisadeWire", "PalisadeCore", "PalisadeProto"]),
+    .testTarget(name: "PalisadeYAMLTests", dependencies: ["PalisadeYAML"]),
+    .testTarget(
+      name: "PalisadeTransportTests",
+      dependencies: [
+        "PalisadeTransport", "PalisadeIdentity", "PalisadeTestSupport", .product(name: "X509", package: "swift-certificates"),
+      ]
+    ),
+    .testTarget(
+      name: "PalisadeOutboundTests",
+      dependencies: [
+        "PalisadeOutbound",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+      ]
+    ),
+    .testTarget(name: "PalisadeClientTests", dependencies: ["PalisadeClient", "PalisadeProto"]),
     .testTarget(
       name: "PalisadeIdentityTests",
       dependencies: [
@@ -329,6 +371,7 @@ let package = Package(
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTransport", "PalisadeWire",
         "PalisadeIdentity", "PalisadeTestSupport", "PalisadeYAML", "PalisadeAudit", "PalisadeOutbound",
+        "PalisadeScreening", "PalisadeSupport",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "X509", package: "swift-certificates"),
@@ -347,4 +390,10 @@ if Context.environment["PALISADE_FUZZ"] == "1" {
   package.products.append(.executable(name: "palisade-fuzz", targets: ["palisade-fuzz"]))
   package.targets.append(
     .executableTarget(name: "palisade-fuzz", dependencies: ["PalisadeFuzzTargets"], path: "Fuzz/Driver"))
+}
+
+// Zero warnings, kept there: every target of ours (not the generated protobuf code, not the system libraries)
+// treats warnings as errors, in every build, so a warning cannot land (issue 17; docs/architecture.md).
+for target in package.targets where target.type != .system && !["PalisadeProto", "PalisadeONNXProto"].contains(target.name) {
+  target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-warnings-as-errors"])]
 }

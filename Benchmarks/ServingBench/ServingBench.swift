@@ -8,6 +8,7 @@ import PalisadeClient
 import PalisadeCore
 import PalisadeProto
 import PalisadeServer
+import PalisadeScreening
 import PalisadeTestSupport
 import PalisadeIdentity
 import PalisadePolicy
@@ -24,7 +25,7 @@ enum ServingBench {
     let args = CommandLine.arguments.dropFirst()
     guard let mode = args.first else {
       print(
-        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | screen [ROWS [FEATURESxROWS]]")
+        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | rollout [ITERATIONS] | pipeline-trace [ITERATIONS] [off|on] | screen [ROWS [FEATURESxROWS]]")
       exit(2)
     }
     let dir = args.dropFirst().first ?? "/tmp/palisade-bench"
@@ -34,6 +35,9 @@ enum ServingBench {
       try await server(dir: dir, model: rest.first ?? "simple", batching: rest.count < 2 || rest[1] == "batch")
     case "auth": try authBench(iterations: Int(dir) ?? 20_000)
     case "pipeline": try await pipelineBench(iterations: Int(dir) ?? 20_000)
+    case "rollout": try await rolloutBench(iterations: Int(dir) ?? 20_000)
+    case "pipeline-trace":
+      try await tracingBench(iterations: Int(dir) ?? 20_000, traced: args.dropFirst(2).first == "on")
     case "screen": try await screeningBench(rows: Int(dir) ?? 50_000, only: args.dropFirst(2).first)
     case "client":
       let rest = Array(args.dropFirst(2))
@@ -210,6 +214,51 @@ enum ServingBench {
         cpu["audit_batched"] ?? 0, (cpu["audit_batched"] ?? 0) - (cpu["pipeline"] ?? 0)))
   }
 
+  /// The whole in-process pipeline (digits, one row per call, no audit log) with tracing off (as configured by
+  /// default: no tracer at all) or on (every call sampled, spans batched for an OTLP exporter whose collector is
+  /// absent, as the fast path makes them). Under callgrind, the difference between two iteration counts is the
+  /// per-call instruction count (docs/benchmarks.md, Tracing).
+  static func tracingBench(iterations: Int, traced: Bool) async throws {
+    let model = try digitsModel()
+    let pki = try TestPKI()
+    let client = try pki.client("bench", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/bench")])
+    let call = CallContext(identity: try PeerIdentity(certificate: client.issued.certificate), requestID: "bench")
+    let metrics = ServerMetrics()
+    let policy = PolicyStore(
+      try Policy.parse(TestServer.allowAllPolicy + "\n    rate_limit: {per_second: 1000000, burst: 1000000}\n"))
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let repository = ModelRepository(required: [])
+    repository.register(model)
+    let pipeline = InferencePipeline(
+      repository: repository, statistics: ModelStatisticsStore(),
+      authorizer: Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: []),
+      screener: InputScreener(settings: .defaults, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
+      scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger)
+    let request = try digitsRequest(raw: true)
+    var settings = TracingSettings()
+    settings.enabled = true
+    settings.endpoint = "http://127.0.0.1:9"  // discard port: nothing listens, exports fail and are dropped
+    let tracing = traced ? try CallTracer.make(settings, logger: logger, environment: [:]) : nil
+    let exporter = Task { [tracing] in try await tracing?.service.run() }
+    defer { exporter.cancel() }
+    let tracer = tracing?.tracer
+    func one() async throws {
+      // What InferenceFastPath does around the pipeline.
+      let spans = tracer?.startCall(rpc: "ModelInfer", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+      spans?.identified(requestID: call.requestID)
+      spans?.ended(.authenticate)
+      _ = try await pipeline.infer(request, call: call, rpc: "ModelInfer", spans: spans)
+      spans?.finish(nil)
+    }
+    for _ in 0..<min(iterations, 1000) { try await one() }
+    let start = ContinuousClock.now
+    for _ in 0..<iterations { try await one() }
+    let d = ContinuousClock.now - start
+    let us = (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(iterations)
+    print(String(format: "tracing=%@ pipeline_us=%.2f", traced ? "on" : "off", us))
+  }
+
   static func client(dir: String, port: Int, calls: Int, concurrency: Int, raw: Bool, model: String) async throws {
     let a = Array(Int32(0)..<16)
     let digits = model == "digits" ? try digitsRequest(raw: raw) : nil
@@ -257,4 +306,96 @@ enum ServingBench {
       "model=\(model) calls=\(latencies.count) concurrency=\(concurrency) encoding=\(raw ? "raw" : "typed") p50_ms=\(ms(p(0.5))) p90_ms=\(ms(p(0.9))) p99_ms=\(ms(p(0.99))) calls_per_s=\(String(format: "%.0f", Double(latencies.count) / seconds))"
     )
   }
+
+  /// What version routing costs an unpinned call (issue 16): the in-process pipeline on the digits MLP without a
+  /// rollout controller (as before rollouts), with one and no rollout anywhere (the common case: one atomic load),
+  /// with a rollout on another model (a lock and a dictionary lookup), and with an active canary on this model
+  /// (a keyed hash, the windows, the labels). Rounds interleave the variants; the best of each is printed.
+  static func rolloutBench(iterations: Int) async throws {
+    let v1 = try digitsModel()
+    let v2 = Versioned(inner: v1, version: "2")
+    let pki = try TestPKI()
+    let client = try pki.client("bench", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/bench")])
+    let call = CallContext(identity: try PeerIdentity(certificate: client.issued.certificate), requestID: "bench")
+    let metrics = ServerMetrics()
+    let policy = PolicyStore(
+      try Policy.parse(TestServer.allowAllPolicy + "\n    rate_limit: {per_second: 1000000, burst: 1000000}\n"))
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let auditor = Auditor(log: nil, metrics: metrics, logger: logger)
+    func pipeline(_ rollout: String?) async throws -> InferencePipeline {
+      let repository = ModelRepository(required: [])
+      repository.register(v1)
+      repository.register(v2)
+      repository.register(Versioned(inner: v1, version: "1", name: "other"))
+      repository.register(Versioned(inner: v1, version: "2", name: "other"))
+      var controller: RolloutController?
+      if let rollout {
+        let c = RolloutController(
+          repository: repository, bundles: nil, settings: .defaults, metrics: metrics, auditor: auditor, logger: logger)
+        if !rollout.isEmpty {
+          var plan = RolloutPlan()
+          plan.share = 0.5
+          plan.minCalls = 1_000_000_000
+          plan.promoteAfterCalls = 1_000_000_000
+          plan.promoteAfterSeconds = 0
+          _ = try await c.start(model: rollout, candidate: "2", plan: plan, by: "bench")
+        }
+        controller = c
+      }
+      var settings = InputScreener.Settings.defaults
+      settings.extractionMonitor = false
+      return InferencePipeline(
+        repository: repository, statistics: ModelStatisticsStore(),
+        authorizer: Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: []),
+        screener: InputScreener(settings: settings, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
+        scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger, rollouts: controller)
+    }
+    let request = try digitsRequest(raw: true)
+    let variants: [(String, InferencePipeline)] = [
+      ("no_controller", try await pipeline(nil)), ("controller_no_rollout", try await pipeline("")),
+      ("rollout_on_other_model", try await pipeline("other")), ("canary_on_this_model", try await pipeline("digits")),
+    ]
+    var best: [String: Double] = [:]
+    for _ in 0..<3 {
+      for (name, p) in variants {
+        for _ in 0..<500 { _ = try await p.infer(request, call: call, rpc: "ModelInfer") }
+        let start = ContinuousClock.now
+        for _ in 0..<iterations { _ = try await p.infer(request, call: call, rpc: "ModelInfer") }
+        let d = ContinuousClock.now - start
+        let us = (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(iterations)
+        best[name] = min(best[name] ?? .infinity, us)
+      }
+    }
+    // The routing decision alone (a keyed hash of a SPIFFE ID), without the pipeline.
+    let controller = RolloutController(
+      repository: { let r = ModelRepository(); r.register(v1); r.register(v2); return r }(), bundles: nil,
+      settings: .defaults, metrics: metrics, auditor: auditor, logger: logger)
+    var plan = RolloutPlan()
+    plan.share = 0.5
+    _ = try await controller.start(model: "digits", candidate: "2", plan: plan, by: "bench")
+    let principal = "spiffe://palisade.test/sa/bench"
+    var hits = 0
+    let start = ContinuousClock.now
+    for _ in 0..<(iterations * 10) where controller.route(model: "digits", principal: principal)?.role == .candidate { hits += 1 }
+    let d = ContinuousClock.now - start
+    let routeNs = (Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9) / Double(iterations * 10)
+    print(
+      variants.map { "\($0.0)_us=" + String(format: "%.2f", best[$0.0] ?? 0) }.joined(separator: " ")
+        + String(format: " route_decision_ns=%.0f (candidate=%d)", routeNs, hits > 0 ? 1 : 0))
+  }
+}
+
+/// A model under another version (and name): rollouts need two versions of one model.
+struct Versioned: ServableModel {
+  let inner: any ServableModel
+  let descriptor: ModelDescriptor
+  init(inner: any ServableModel, version: String, name: String? = nil) {
+    self.inner = inner
+    var d = inner.descriptor
+    d.version = version
+    if let name { d.name = name }
+    descriptor = d
+  }
+  func infer(_ request: InferenceRequest) async throws -> [Tensor] { try await inner.infer(request) }
 }

@@ -1,4 +1,5 @@
 public import ArgumentParser
+import PalisadeTools
 
 /// `palisade`: the root command. Each capability adds its subcommand when it lands.
 public struct PalisadeCommand: AsyncParsableCommand {
@@ -9,10 +10,8 @@ public struct PalisadeCommand: AsyncParsableCommand {
       Start the server with `palisade serve --config FILE`; talk to it with `palisade call`.
       Every command explains itself with --help.
       """,
-    subcommands: [
-      ServeCommand.self, CallCommand.self, TokenCommand.self, PolicyCommand.self, BundleCommand.self,
-      QuarantineCommand.self, AttestCommand.self, AuditCommand.self, EgressCommand.self,
-    ]
+    // `serve` is the only subcommand here that needs the server; the others live in PalisadeTools.
+    subcommands: [ServeCommand.self] + ToolCommands.all
   )
 
   public init() {}

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PalisadeServer
+import PalisadeSupport
 import PalisadeYAML
 import PalisadeIdentity
 import PalisadeRuntime

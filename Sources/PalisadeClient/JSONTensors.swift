@@ -61,6 +61,14 @@ public enum JSONTensors {
         return n
       }
     }
+    // Integers must fit their type exactly: 300 is not an INT8 and 1.5 is not an INT32 (NSNumber's accessors
+    // would silently wrap or truncate them).
+    func integers<T: FixedWidthInteger>(_: T.Type) throws -> [T] {
+      try numbers().map { n in
+        if let v = T(n.stringValue) ?? T(exactly: n.doubleValue) { return v }
+        throw Error("input '\(name)': \(n) is not a \(datatype.rawValue) value")
+      }
+    }
     switch datatype {
     case .bytes:
       let elements = try data.map { v -> [UInt8] in
@@ -78,14 +86,14 @@ public enum JSONTensors {
       return try Tensor(name: name, datatype: .bf16, shape: shape, storage: .fixed(bytes(of: bits)))
     case .fp32: return try Tensor(name: name, shape: shape, values: try numbers().map(\.floatValue))
     case .fp64: return try Tensor(name: name, shape: shape, values: try numbers().map(\.doubleValue))
-    case .int8: return try Tensor(name: name, shape: shape, values: try numbers().map(\.int8Value))
-    case .int16: return try Tensor(name: name, shape: shape, values: try numbers().map(\.int16Value))
-    case .int32: return try Tensor(name: name, shape: shape, values: try numbers().map(\.int32Value))
-    case .int64: return try Tensor(name: name, shape: shape, values: try numbers().map(\.int64Value))
-    case .uint8: return try Tensor(name: name, shape: shape, values: try numbers().map(\.uint8Value))
-    case .uint16: return try Tensor(name: name, shape: shape, values: try numbers().map(\.uint16Value))
-    case .uint32: return try Tensor(name: name, shape: shape, values: try numbers().map(\.uint32Value))
-    case .uint64: return try Tensor(name: name, shape: shape, values: try numbers().map(\.uint64Value))
+    case .int8: return try Tensor(name: name, shape: shape, values: try integers(Int8.self))
+    case .int16: return try Tensor(name: name, shape: shape, values: try integers(Int16.self))
+    case .int32: return try Tensor(name: name, shape: shape, values: try integers(Int32.self))
+    case .int64: return try Tensor(name: name, shape: shape, values: try integers(Int64.self))
+    case .uint8: return try Tensor(name: name, shape: shape, values: try integers(UInt8.self))
+    case .uint16: return try Tensor(name: name, shape: shape, values: try integers(UInt16.self))
+    case .uint32: return try Tensor(name: name, shape: shape, values: try integers(UInt32.self))
+    case .uint64: return try Tensor(name: name, shape: shape, values: try integers(UInt64.self))
     }
   }
 

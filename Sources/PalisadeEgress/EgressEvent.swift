@@ -1,68 +1,21 @@
-public import Foundation
+import Foundation
 import Logging
+import PalisadeSupport
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
 
-/// One blocked request, as reported to the server's audit log (one JSON object per datagram) and to the alert
-/// webhook. It says what and where, never the data: no path, no query, no header or body bytes.
-public struct EgressEvent: Codable, Sendable, Equatable {
-  /// Always `palisade.egress/v1`.
-  public var schema: String
-  /// Always `blocked`.
-  public var type: String
-  /// RFC 3339 UTC.
-  public var time: String
-  /// Unique per event.
-  public var id: String
-  /// A ``BlockReason`` raw value.
-  public var reason: String
-  /// `url`, `header`, `body` or `request`.
-  public var location: String
-  /// What was found (e.g. "canary token (bundle digits v1)"); never the secret itself.
-  public var detail: String
-  /// The matching destination's name, when the host is allowlisted.
-  public var destination: String?
-  public var method: String
-  public var scheme: String
-  public var host: String
-  public var port: Int
-  /// Body bytes of the refused request.
-  public var bodyBytes: Int
-
-  enum CodingKeys: String, CodingKey {
-    case schema, type, time, id, reason, location, detail, destination, method, scheme, host, port
-    case bodyBytes = "body_bytes"
-  }
-
-  public init(
+extension EgressEvent {
+  /// A new event for a request refused for `reason` (the format itself is shared with the server, in PalisadeSupport).
+  init(
     reason: BlockReason, location: String, detail: String, destination: String?, method: String, scheme: String,
-    host: String, port: Int, bodyBytes: Int, time: Date = Date()
+    host: String, port: Int, bodyBytes: Int
   ) {
-    schema = "palisade.egress/v1"
-    type = "blocked"
-    let f = ISO8601DateFormatter()
-    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    self.time = f.string(from: time)
-    id = UUID().uuidString.lowercased()
-    self.reason = reason.rawValue
-    self.location = location
-    self.detail = detail
-    self.destination = destination
-    self.method = method
-    self.scheme = scheme
-    self.host = host
-    self.port = port
-    self.bodyBytes = bodyBytes
-  }
-
-  /// One line of JSON (sorted keys), without the newline.
-  public func jsonLine() -> [UInt8] {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    return (try? Array(encoder.encode(self))) ?? []
+    self.init(
+      reason: reason.rawValue, location: location, detail: detail, destination: destination, method: method,
+      scheme: scheme, host: host, port: port, bodyBytes: bodyBytes)
   }
 }
 

@@ -4,6 +4,7 @@ import Foundation
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import PalisadeSupport
 
 /// The forward proxy. Clients send absolute-form HTTP/1.1 requests (`POST https://host/path HTTP/1.1`) in plain
 /// HTTP to the proxy on loopback or a Unix socket; the proxy checks the allowlist, resolves the name itself and

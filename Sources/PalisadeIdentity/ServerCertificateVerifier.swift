@@ -1,4 +1,4 @@
-public import Crypto
+import Crypto
 public import X509
 import SwiftASN1
 

@@ -30,7 +30,7 @@ public func softmax(
         while j + 8 <= inner {
             var m = Float8(repeating: -.infinity)
             for a in 0..<axisLength {
-                m = pointwiseMax(m, rx.loadUnaligned(fromByteOffset: (a * inner + j) * 4, as: Float8.self))
+                m = VMath.max(m, rx.loadUnaligned(fromByteOffset: (a * inner + j) * 4, as: Float8.self))
             }
             var s = Float8()
             for a in 0..<axisLength {
@@ -69,7 +69,7 @@ func softmaxRow(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n
     var mv = Float8(repeating: -.infinity)
     var i = 0
     while i + 8 <= n {
-        mv = pointwiseMax(mv, rx.loadUnaligned(fromByteOffset: i * 4, as: Float8.self))
+        mv = VMath.max(mv, rx.loadUnaligned(fromByteOffset: i * 4, as: Float8.self))
         i += 8
     }
     var m = mv.max()

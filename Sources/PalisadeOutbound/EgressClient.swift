@@ -72,6 +72,8 @@ public actor EgressClient {
     public var maxBackoff: Duration = .seconds(30)
     public var connectTimeout: Duration = .seconds(5)
     public var responseTimeout: Duration = .seconds(60)
+    /// A larger answer is treated as a failed attempt: the proxy is ours, but a bound costs nothing.
+    public var maxResponseBytes = 1 << 20
     public init() {}
   }
 
@@ -142,12 +144,20 @@ public actor EgressClient {
 
   typealias ProxyChannel = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
 
+  /// Whole nanoseconds of `d` (sub-second parts included), saturating instead of overflowing.
+  static func nanoseconds(_ d: Duration) -> Int64 {
+    let (seconds, attoseconds) = d.components
+    let (whole, o1) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+    let (sum, o2) = whole.addingReportingOverflow(attoseconds / 1_000_000_000)
+    return o1 || o2 ? .max : max(sum, 0)
+  }
+
   static func exchange(_ request: OutboundRequest, proxy: ProxyAddress, settings: Settings) async throws -> OutboundResponse {
     guard request.url.hasPrefix("https://") || request.url.hasPrefix("http://") else {
       throw OutboundError.notAbsoluteURL(request.url)
     }
     let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-      .connectTimeout(.nanoseconds(Int64(settings.connectTimeout.components.seconds) * 1_000_000_000))
+      .connectTimeout(.nanoseconds(Self.nanoseconds(settings.connectTimeout)))
     let initializer: @Sendable (any Channel) -> EventLoopFuture<ProxyChannel> = { channel in
       channel.eventLoop.makeCompletedFuture {
         try channel.pipeline.syncOperations.addHTTPClientHandlers()
@@ -182,7 +192,11 @@ public actor EgressClient {
               case .head(let h):
                 status = Int(h.status.code)
                 headers = h.headers.map { ($0.name, $0.value) }
-              case .body(let b): body += b.readableBytesView
+              case .body(let b):
+                guard body.count + b.readableBytes <= settings.maxResponseBytes else {
+                  throw OutboundError.proxyUnavailable("the answer is larger than \(settings.maxResponseBytes) bytes")
+                }
+                body += b.readableBytesView
               case .end: return OutboundResponse(status: status, headers: headers, body: body)
               }
             }

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import PalisadeIdentity
 import PalisadeYAML
 
@@ -31,13 +31,14 @@ public struct Policy: Sendable {
 
   /// RPCs that change what the server serves: only rules naming them explicitly grant them.
   public static let adminRPCs: Set<String> = [
-    "RepositoryModelLoad", "RepositoryModelUnload", "ListQuarantines", "LiftQuarantine",
+    "RepositoryModelLoad", "RepositoryModelUnload", "ListQuarantines", "LiftQuarantine", "RolloutStart",
+    "RolloutStatus", "RolloutPromote", "RolloutAbort",
   ]
   /// Every RPC a rule may name.
   public static let knownRPCs: Set<String> = [
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelStreamInfer",
     "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "Check", "Watch",
-    "ListQuarantines", "LiftQuarantine", "Attest",
+    "ListQuarantines", "LiftQuarantine", "Attest", "RolloutStart", "RolloutStatus", "RolloutPromote", "RolloutAbort",
   ]
 
   public struct Rule: Sendable {

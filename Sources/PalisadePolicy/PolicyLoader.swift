@@ -1,6 +1,6 @@
 import Crypto
-public import Foundation
-public import PalisadeIdentity
+import Foundation
+import PalisadeIdentity
 public import PalisadeYAML
 
 extension Policy {

@@ -48,10 +48,66 @@ public enum Palisade_V1_Admin: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "RolloutStart" metadata.
+        public enum RolloutStart: Sendable {
+            /// Request type for "RolloutStart".
+            public typealias Input = Palisade_V1_RolloutStartRequest
+            /// Response type for "RolloutStart".
+            public typealias Output = Palisade_V1_RolloutStatusResponse
+            /// Descriptor for "RolloutStart".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "palisade.v1.Admin"),
+                method: "RolloutStart",
+                type: .unary
+            )
+        }
+        /// Namespace for "RolloutStatus" metadata.
+        public enum RolloutStatus: Sendable {
+            /// Request type for "RolloutStatus".
+            public typealias Input = Palisade_V1_RolloutStatusRequest
+            /// Response type for "RolloutStatus".
+            public typealias Output = Palisade_V1_RolloutStatusResponse
+            /// Descriptor for "RolloutStatus".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "palisade.v1.Admin"),
+                method: "RolloutStatus",
+                type: .unary
+            )
+        }
+        /// Namespace for "RolloutPromote" metadata.
+        public enum RolloutPromote: Sendable {
+            /// Request type for "RolloutPromote".
+            public typealias Input = Palisade_V1_RolloutPromoteRequest
+            /// Response type for "RolloutPromote".
+            public typealias Output = Palisade_V1_RolloutStatusResponse
+            /// Descriptor for "RolloutPromote".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "palisade.v1.Admin"),
+                method: "RolloutPromote",
+                type: .unary
+            )
+        }
+        /// Namespace for "RolloutAbort" metadata.
+        public enum RolloutAbort: Sendable {
+            /// Request type for "RolloutAbort".
+            public typealias Input = Palisade_V1_RolloutAbortRequest
+            /// Response type for "RolloutAbort".
+            public typealias Output = Palisade_V1_RolloutStatusResponse
+            /// Descriptor for "RolloutAbort".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "palisade.v1.Admin"),
+                method: "RolloutAbort",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "palisade.v1.Admin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             ListQuarantines.descriptor,
-            LiftQuarantine.descriptor
+            LiftQuarantine.descriptor,
+            RolloutStart.descriptor,
+            RolloutStatus.descriptor,
+            RolloutPromote.descriptor,
+            RolloutAbort.descriptor
         ]
     }
 }
@@ -119,6 +175,79 @@ extension Palisade_V1_Admin {
             request: GRPCCore.StreamingServerRequest<Palisade_V1_LiftQuarantineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_LiftQuarantineResponse>
+
+        /// Handle the "RolloutStart" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts a canary or shadow rollout of a candidate version of a model (loading its signed bundle when it is
+        /// > not loaded yet). The version unpinned calls resolve to now becomes the stable version.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Palisade_V1_RolloutStartRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Palisade_V1_RolloutStatusResponse` messages.
+        func rolloutStart(
+            request: GRPCCore.StreamingServerRequest<Palisade_V1_RolloutStartRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_RolloutStatusResponse>
+
+        /// Handle the "RolloutStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The rollouts of one model (or of every model), with their per-version windows.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Palisade_V1_RolloutStatusRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Palisade_V1_RolloutStatusResponse` messages.
+        func rolloutStatus(
+            request: GRPCCore.StreamingServerRequest<Palisade_V1_RolloutStatusRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_RolloutStatusResponse>
+
+        /// Handle the "RolloutPromote" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Promotes the candidate now: it takes every unpinned call, the stable version is retired.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Palisade_V1_RolloutPromoteRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Palisade_V1_RolloutStatusResponse` messages.
+        func rolloutPromote(
+            request: GRPCCore.StreamingServerRequest<Palisade_V1_RolloutPromoteRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_RolloutStatusResponse>
+
+        /// Handle the "RolloutAbort" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Ends a rollout without promotion: the candidate stops taking traffic at once and stays loaded.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Palisade_V1_RolloutAbortRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Palisade_V1_RolloutStatusResponse` messages.
+        func rolloutAbort(
+            request: GRPCCore.StreamingServerRequest<Palisade_V1_RolloutAbortRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_RolloutStatusResponse>
     }
 
     /// Service protocol for the "palisade.v1.Admin" service.
@@ -170,6 +299,79 @@ extension Palisade_V1_Admin {
             request: GRPCCore.ServerRequest<Palisade_V1_LiftQuarantineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Palisade_V1_LiftQuarantineResponse>
+
+        /// Handle the "RolloutStart" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts a canary or shadow rollout of a candidate version of a model (loading its signed bundle when it is
+        /// > not loaded yet). The version unpinned calls resolve to now becomes the stable version.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutStartRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Palisade_V1_RolloutStatusResponse` message.
+        func rolloutStart(
+            request: GRPCCore.ServerRequest<Palisade_V1_RolloutStartRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse>
+
+        /// Handle the "RolloutStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The rollouts of one model (or of every model), with their per-version windows.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutStatusRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Palisade_V1_RolloutStatusResponse` message.
+        func rolloutStatus(
+            request: GRPCCore.ServerRequest<Palisade_V1_RolloutStatusRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse>
+
+        /// Handle the "RolloutPromote" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Promotes the candidate now: it takes every unpinned call, the stable version is retired.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutPromoteRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Palisade_V1_RolloutStatusResponse` message.
+        func rolloutPromote(
+            request: GRPCCore.ServerRequest<Palisade_V1_RolloutPromoteRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse>
+
+        /// Handle the "RolloutAbort" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Ends a rollout without promotion: the candidate stops taking traffic at once and stays loaded.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutAbortRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Palisade_V1_RolloutStatusResponse` message.
+        func rolloutAbort(
+            request: GRPCCore.ServerRequest<Palisade_V1_RolloutAbortRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse>
     }
 
     /// Simple service protocol for the "palisade.v1.Admin" service.
@@ -219,6 +421,79 @@ extension Palisade_V1_Admin {
             request: Palisade_V1_LiftQuarantineRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Palisade_V1_LiftQuarantineResponse
+
+        /// Handle the "RolloutStart" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts a canary or shadow rollout of a candidate version of a model (loading its signed bundle when it is
+        /// > not loaded yet). The version unpinned calls resolve to now becomes the stable version.
+        ///
+        /// - Parameters:
+        ///   - request: A `Palisade_V1_RolloutStartRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Palisade_V1_RolloutStatusResponse` to respond with.
+        func rolloutStart(
+            request: Palisade_V1_RolloutStartRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Palisade_V1_RolloutStatusResponse
+
+        /// Handle the "RolloutStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The rollouts of one model (or of every model), with their per-version windows.
+        ///
+        /// - Parameters:
+        ///   - request: A `Palisade_V1_RolloutStatusRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Palisade_V1_RolloutStatusResponse` to respond with.
+        func rolloutStatus(
+            request: Palisade_V1_RolloutStatusRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Palisade_V1_RolloutStatusResponse
+
+        /// Handle the "RolloutPromote" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Promotes the candidate now: it takes every unpinned call, the stable version is retired.
+        ///
+        /// - Parameters:
+        ///   - request: A `Palisade_V1_RolloutPromoteRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Palisade_V1_RolloutStatusResponse` to respond with.
+        func rolloutPromote(
+            request: Palisade_V1_RolloutPromoteRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Palisade_V1_RolloutStatusResponse
+
+        /// Handle the "RolloutAbort" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Ends a rollout without promotion: the candidate stops taking traffic at once and stays loaded.
+        ///
+        /// - Parameters:
+        ///   - request: A `Palisade_V1_RolloutAbortRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Palisade_V1_RolloutStatusResponse` to respond with.
+        func rolloutAbort(
+            request: Palisade_V1_RolloutAbortRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Palisade_V1_RolloutStatusResponse
     }
 }
 
@@ -243,6 +518,50 @@ extension Palisade_V1_Admin.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_LiftQuarantineResponse>(),
             handler: { request, context in
                 try await self.liftQuarantine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Palisade_V1_Admin.Method.RolloutStart.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_RolloutStartRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_RolloutStatusResponse>(),
+            handler: { request, context in
+                try await self.rolloutStart(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Palisade_V1_Admin.Method.RolloutStatus.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_RolloutStatusRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_RolloutStatusResponse>(),
+            handler: { request, context in
+                try await self.rolloutStatus(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Palisade_V1_Admin.Method.RolloutPromote.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_RolloutPromoteRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_RolloutStatusResponse>(),
+            handler: { request, context in
+                try await self.rolloutPromote(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Palisade_V1_Admin.Method.RolloutAbort.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_RolloutAbortRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_RolloutStatusResponse>(),
+            handler: { request, context in
+                try await self.rolloutAbort(
                     request: request,
                     context: context
                 )
@@ -275,6 +594,50 @@ extension Palisade_V1_Admin.ServiceProtocol {
         )
         return GRPCCore.StreamingServerResponse(single: response)
     }
+
+    public func rolloutStart(
+        request: GRPCCore.StreamingServerRequest<Palisade_V1_RolloutStartRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_RolloutStatusResponse> {
+        let response = try await self.rolloutStart(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func rolloutStatus(
+        request: GRPCCore.StreamingServerRequest<Palisade_V1_RolloutStatusRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_RolloutStatusResponse> {
+        let response = try await self.rolloutStatus(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func rolloutPromote(
+        request: GRPCCore.StreamingServerRequest<Palisade_V1_RolloutPromoteRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_RolloutStatusResponse> {
+        let response = try await self.rolloutPromote(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func rolloutAbort(
+        request: GRPCCore.StreamingServerRequest<Palisade_V1_RolloutAbortRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Palisade_V1_RolloutStatusResponse> {
+        let response = try await self.rolloutAbort(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
@@ -299,6 +662,58 @@ extension Palisade_V1_Admin.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Palisade_V1_LiftQuarantineResponse> {
         return GRPCCore.ServerResponse<Palisade_V1_LiftQuarantineResponse>(
             message: try await self.liftQuarantine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func rolloutStart(
+        request: GRPCCore.ServerRequest<Palisade_V1_RolloutStartRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse> {
+        return GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse>(
+            message: try await self.rolloutStart(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func rolloutStatus(
+        request: GRPCCore.ServerRequest<Palisade_V1_RolloutStatusRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse> {
+        return GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse>(
+            message: try await self.rolloutStatus(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func rolloutPromote(
+        request: GRPCCore.ServerRequest<Palisade_V1_RolloutPromoteRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse> {
+        return GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse>(
+            message: try await self.rolloutPromote(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func rolloutAbort(
+        request: GRPCCore.ServerRequest<Palisade_V1_RolloutAbortRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse> {
+        return GRPCCore.ServerResponse<Palisade_V1_RolloutStatusResponse>(
+            message: try await self.rolloutAbort(
                 request: request.message,
                 context: context
             ),
@@ -366,6 +781,99 @@ extension Palisade_V1_Admin {
             deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_LiftQuarantineResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_LiftQuarantineResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RolloutStart" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts a canary or shadow rollout of a candidate version of a model (loading its signed bundle when it is
+        /// > not loaded yet). The version unpinned calls resolve to now becomes the stable version.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutStartRequest` message.
+        ///   - serializer: A serializer for `Palisade_V1_RolloutStartRequest` messages.
+        ///   - deserializer: A deserializer for `Palisade_V1_RolloutStatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func rolloutStart<Result>(
+            request: GRPCCore.ClientRequest<Palisade_V1_RolloutStartRequest>,
+            serializer: some GRPCCore.MessageSerializer<Palisade_V1_RolloutStartRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_RolloutStatusResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RolloutStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The rollouts of one model (or of every model), with their per-version windows.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutStatusRequest` message.
+        ///   - serializer: A serializer for `Palisade_V1_RolloutStatusRequest` messages.
+        ///   - deserializer: A deserializer for `Palisade_V1_RolloutStatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func rolloutStatus<Result>(
+            request: GRPCCore.ClientRequest<Palisade_V1_RolloutStatusRequest>,
+            serializer: some GRPCCore.MessageSerializer<Palisade_V1_RolloutStatusRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_RolloutStatusResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RolloutPromote" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Promotes the candidate now: it takes every unpinned call, the stable version is retired.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutPromoteRequest` message.
+        ///   - serializer: A serializer for `Palisade_V1_RolloutPromoteRequest` messages.
+        ///   - deserializer: A deserializer for `Palisade_V1_RolloutStatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func rolloutPromote<Result>(
+            request: GRPCCore.ClientRequest<Palisade_V1_RolloutPromoteRequest>,
+            serializer: some GRPCCore.MessageSerializer<Palisade_V1_RolloutPromoteRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_RolloutStatusResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RolloutAbort" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Ends a rollout without promotion: the candidate stops taking traffic at once and stays loaded.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutAbortRequest` message.
+        ///   - serializer: A serializer for `Palisade_V1_RolloutAbortRequest` messages.
+        ///   - deserializer: A deserializer for `Palisade_V1_RolloutStatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func rolloutAbort<Result>(
+            request: GRPCCore.ClientRequest<Palisade_V1_RolloutAbortRequest>,
+            serializer: some GRPCCore.MessageSerializer<Palisade_V1_RolloutAbortRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_RolloutStatusResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -458,6 +966,143 @@ extension Palisade_V1_Admin {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "RolloutStart" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts a canary or shadow rollout of a candidate version of a model (loading its signed bundle when it is
+        /// > not loaded yet). The version unpinned calls resolve to now becomes the stable version.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutStartRequest` message.
+        ///   - serializer: A serializer for `Palisade_V1_RolloutStartRequest` messages.
+        ///   - deserializer: A deserializer for `Palisade_V1_RolloutStatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func rolloutStart<Result>(
+            request: GRPCCore.ClientRequest<Palisade_V1_RolloutStartRequest>,
+            serializer: some GRPCCore.MessageSerializer<Palisade_V1_RolloutStartRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_RolloutStatusResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Palisade_V1_Admin.Method.RolloutStart.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RolloutStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The rollouts of one model (or of every model), with their per-version windows.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutStatusRequest` message.
+        ///   - serializer: A serializer for `Palisade_V1_RolloutStatusRequest` messages.
+        ///   - deserializer: A deserializer for `Palisade_V1_RolloutStatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func rolloutStatus<Result>(
+            request: GRPCCore.ClientRequest<Palisade_V1_RolloutStatusRequest>,
+            serializer: some GRPCCore.MessageSerializer<Palisade_V1_RolloutStatusRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_RolloutStatusResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Palisade_V1_Admin.Method.RolloutStatus.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RolloutPromote" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Promotes the candidate now: it takes every unpinned call, the stable version is retired.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutPromoteRequest` message.
+        ///   - serializer: A serializer for `Palisade_V1_RolloutPromoteRequest` messages.
+        ///   - deserializer: A deserializer for `Palisade_V1_RolloutStatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func rolloutPromote<Result>(
+            request: GRPCCore.ClientRequest<Palisade_V1_RolloutPromoteRequest>,
+            serializer: some GRPCCore.MessageSerializer<Palisade_V1_RolloutPromoteRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_RolloutStatusResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Palisade_V1_Admin.Method.RolloutPromote.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RolloutAbort" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Ends a rollout without promotion: the candidate stops taking traffic at once and stays loaded.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Palisade_V1_RolloutAbortRequest` message.
+        ///   - serializer: A serializer for `Palisade_V1_RolloutAbortRequest` messages.
+        ///   - deserializer: A deserializer for `Palisade_V1_RolloutStatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func rolloutAbort<Result>(
+            request: GRPCCore.ClientRequest<Palisade_V1_RolloutAbortRequest>,
+            serializer: some GRPCCore.MessageSerializer<Palisade_V1_RolloutAbortRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Palisade_V1_RolloutStatusResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Palisade_V1_Admin.Method.RolloutAbort.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -518,6 +1163,123 @@ extension Palisade_V1_Admin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_LiftQuarantineRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_LiftQuarantineResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RolloutStart" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Starts a canary or shadow rollout of a candidate version of a model (loading its signed bundle when it is
+    /// > not loaded yet). The version unpinned calls resolve to now becomes the stable version.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Palisade_V1_RolloutStartRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rolloutStart<Result>(
+        request: GRPCCore.ClientRequest<Palisade_V1_RolloutStartRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.rolloutStart(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_RolloutStartRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_RolloutStatusResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RolloutStatus" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The rollouts of one model (or of every model), with their per-version windows.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Palisade_V1_RolloutStatusRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rolloutStatus<Result>(
+        request: GRPCCore.ClientRequest<Palisade_V1_RolloutStatusRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.rolloutStatus(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_RolloutStatusRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_RolloutStatusResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RolloutPromote" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Promotes the candidate now: it takes every unpinned call, the stable version is retired.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Palisade_V1_RolloutPromoteRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rolloutPromote<Result>(
+        request: GRPCCore.ClientRequest<Palisade_V1_RolloutPromoteRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.rolloutPromote(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_RolloutPromoteRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_RolloutStatusResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RolloutAbort" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Ends a rollout without promotion: the candidate stops taking traffic at once and stays loaded.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Palisade_V1_RolloutAbortRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rolloutAbort<Result>(
+        request: GRPCCore.ClientRequest<Palisade_V1_RolloutAbortRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.rolloutAbort(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Palisade_V1_RolloutAbortRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Palisade_V1_RolloutStatusResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -588,6 +1350,139 @@ extension Palisade_V1_Admin.ClientProtocol {
             metadata: metadata
         )
         return try await self.liftQuarantine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RolloutStart" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Starts a canary or shadow rollout of a candidate version of a model (loading its signed bundle when it is
+    /// > not loaded yet). The version unpinned calls resolve to now becomes the stable version.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rolloutStart<Result>(
+        _ message: Palisade_V1_RolloutStartRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Palisade_V1_RolloutStartRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.rolloutStart(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RolloutStatus" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The rollouts of one model (or of every model), with their per-version windows.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rolloutStatus<Result>(
+        _ message: Palisade_V1_RolloutStatusRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Palisade_V1_RolloutStatusRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.rolloutStatus(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RolloutPromote" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Promotes the candidate now: it takes every unpinned call, the stable version is retired.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rolloutPromote<Result>(
+        _ message: Palisade_V1_RolloutPromoteRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Palisade_V1_RolloutPromoteRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.rolloutPromote(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RolloutAbort" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Ends a rollout without promotion: the candidate stops taking traffic at once and stays loaded.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rolloutAbort<Result>(
+        _ message: Palisade_V1_RolloutAbortRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Palisade_V1_RolloutStatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Palisade_V1_RolloutAbortRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.rolloutAbort(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -102,6 +102,215 @@ public nonisolated struct Palisade_V1_LiftQuarantineResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Palisade_V1_RolloutStartRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var model: String = String()
+
+  /// The candidate version; empty: the newest bundle of the model in the model directories.
+  public var candidateVersion: String = String()
+
+  /// "canary" (default) or "shadow".
+  public var mode: String = String()
+
+  /// Share of unpinned calls the candidate takes (canary) or also runs (shadow), 0 < share <= 1; 0: the
+  /// configured default.
+  public var share: Double = 0
+
+  /// Promotion after this many candidate calls within the thresholds; 0: the configured default.
+  public var promoteAfterCalls: Int64 = 0
+
+  /// Or after this many seconds (with at least min_calls candidate calls); 0: the configured default.
+  public var promoteAfterSeconds: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Palisade_V1_RolloutStatusRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Empty: every model with a rollout.
+  public var model: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Palisade_V1_RolloutPromoteRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var model: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Palisade_V1_RolloutAbortRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var model: String = String()
+
+  /// Why, for the audit log and the status.
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One version's window: everything since the rollout started, for both versions alike.
+public nonisolated struct Palisade_V1_RolloutVersionWindow: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var version: String = String()
+
+  public var calls: Int64 = 0
+
+  public var errors: Int64 = 0
+
+  public var errorRate: Double = 0
+
+  public var p99Ms: Double = 0
+
+  public var oodRate: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Palisade_V1_Rollout: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var model: String {
+    get {_storage._model}
+    set {_uniqueStorage()._model = newValue}
+  }
+
+  /// "canary" or "shadow".
+  public var mode: String {
+    get {_storage._mode}
+    set {_uniqueStorage()._mode = newValue}
+  }
+
+  /// "active", "promoted", "rolled_back" or "aborted".
+  public var state: String {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
+
+  public var stableVersion: String {
+    get {_storage._stableVersion}
+    set {_uniqueStorage()._stableVersion = newValue}
+  }
+
+  public var candidateVersion: String {
+    get {_storage._candidateVersion}
+    set {_uniqueStorage()._candidateVersion = newValue}
+  }
+
+  public var share: Double {
+    get {_storage._share}
+    set {_uniqueStorage()._share = newValue}
+  }
+
+  public var startedUnix: Int64 {
+    get {_storage._startedUnix}
+    set {_uniqueStorage()._startedUnix = newValue}
+  }
+
+  public var endedUnix: Int64 {
+    get {_storage._endedUnix}
+    set {_uniqueStorage()._endedUnix = newValue}
+  }
+
+  /// Why it ended (the breached threshold, the operator's reason, the promotion rule).
+  public var reason: String {
+    get {_storage._reason}
+    set {_uniqueStorage()._reason = newValue}
+  }
+
+  public var stable: Palisade_V1_RolloutVersionWindow {
+    get {_storage._stable ?? Palisade_V1_RolloutVersionWindow()}
+    set {_uniqueStorage()._stable = newValue}
+  }
+  /// Returns true if `stable` has been explicitly set.
+  public var hasStable: Bool {_storage._stable != nil}
+  /// Clears the value of `stable`. Subsequent reads from it will return its default value.
+  public mutating func clearStable() {_uniqueStorage()._stable = nil}
+
+  public var candidate: Palisade_V1_RolloutVersionWindow {
+    get {_storage._candidate ?? Palisade_V1_RolloutVersionWindow()}
+    set {_uniqueStorage()._candidate = newValue}
+  }
+  /// Returns true if `candidate` has been explicitly set.
+  public var hasCandidate: Bool {_storage._candidate != nil}
+  /// Clears the value of `candidate`. Subsequent reads from it will return its default value.
+  public mutating func clearCandidate() {_uniqueStorage()._candidate = nil}
+
+  /// Population stability index of the candidate's predicted labels against the stable version's.
+  public var labelPsi: Double {
+    get {_storage._labelPsi}
+    set {_uniqueStorage()._labelPsi = newValue}
+  }
+
+  /// Shadow mode: calls run on both versions and compared, and the share whose labels agreed.
+  public var shadowCompared: Int64 {
+    get {_storage._shadowCompared}
+    set {_uniqueStorage()._shadowCompared = newValue}
+  }
+
+  public var shadowAgreement: Double {
+    get {_storage._shadowAgreement}
+    set {_uniqueStorage()._shadowAgreement = newValue}
+  }
+
+  /// Shadow runs skipped because the shadow bound was reached.
+  public var shadowSkipped: Int64 {
+    get {_storage._shadowSkipped}
+    set {_uniqueStorage()._shadowSkipped = newValue}
+  }
+
+  public var rolloutID: String {
+    get {_storage._rolloutID}
+    set {_uniqueStorage()._rolloutID = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Palisade_V1_RolloutStatusResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var rollouts: [Palisade_V1_Rollout] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Palisade_V1_AttestRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -295,6 +504,416 @@ nonisolated extension Palisade_V1_LiftQuarantineResponse: SwiftProtobuf.Message,
 
   public static func ==(lhs: Palisade_V1_LiftQuarantineResponse, rhs: Palisade_V1_LiftQuarantineResponse) -> Bool {
     if lhs.lifted != rhs.lifted {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Palisade_V1_RolloutStartRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RolloutStartRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{3}candidate_version\0\u{1}mode\0\u{1}share\0\u{3}promote_after_calls\0\u{3}promote_after_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.candidateVersion) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.mode) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.share) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.promoteAfterCalls) }()
+      case 6: try { try decoder.decodeSingularInt64Field(value: &self.promoteAfterSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 1)
+    }
+    if !self.candidateVersion.isEmpty {
+      try visitor.visitSingularStringField(value: self.candidateVersion, fieldNumber: 2)
+    }
+    if !self.mode.isEmpty {
+      try visitor.visitSingularStringField(value: self.mode, fieldNumber: 3)
+    }
+    if self.share.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.share, fieldNumber: 4)
+    }
+    if self.promoteAfterCalls != 0 {
+      try visitor.visitSingularInt64Field(value: self.promoteAfterCalls, fieldNumber: 5)
+    }
+    if self.promoteAfterSeconds != 0 {
+      try visitor.visitSingularInt64Field(value: self.promoteAfterSeconds, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Palisade_V1_RolloutStartRequest, rhs: Palisade_V1_RolloutStartRequest) -> Bool {
+    if lhs.model != rhs.model {return false}
+    if lhs.candidateVersion != rhs.candidateVersion {return false}
+    if lhs.mode != rhs.mode {return false}
+    if lhs.share != rhs.share {return false}
+    if lhs.promoteAfterCalls != rhs.promoteAfterCalls {return false}
+    if lhs.promoteAfterSeconds != rhs.promoteAfterSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Palisade_V1_RolloutStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RolloutStatusRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Palisade_V1_RolloutStatusRequest, rhs: Palisade_V1_RolloutStatusRequest) -> Bool {
+    if lhs.model != rhs.model {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Palisade_V1_RolloutPromoteRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RolloutPromoteRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Palisade_V1_RolloutPromoteRequest, rhs: Palisade_V1_RolloutPromoteRequest) -> Bool {
+    if lhs.model != rhs.model {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Palisade_V1_RolloutAbortRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RolloutAbortRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 1)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Palisade_V1_RolloutAbortRequest, rhs: Palisade_V1_RolloutAbortRequest) -> Bool {
+    if lhs.model != rhs.model {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Palisade_V1_RolloutVersionWindow: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RolloutVersionWindow"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}calls\0\u{1}errors\0\u{3}error_rate\0\u{3}p99_ms\0\u{3}ood_rate\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.version) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.calls) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.errors) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.errorRate) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.p99Ms) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.oodRate) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.version.isEmpty {
+      try visitor.visitSingularStringField(value: self.version, fieldNumber: 1)
+    }
+    if self.calls != 0 {
+      try visitor.visitSingularInt64Field(value: self.calls, fieldNumber: 2)
+    }
+    if self.errors != 0 {
+      try visitor.visitSingularInt64Field(value: self.errors, fieldNumber: 3)
+    }
+    if self.errorRate.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.errorRate, fieldNumber: 4)
+    }
+    if self.p99Ms.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.p99Ms, fieldNumber: 5)
+    }
+    if self.oodRate.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.oodRate, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Palisade_V1_RolloutVersionWindow, rhs: Palisade_V1_RolloutVersionWindow) -> Bool {
+    if lhs.version != rhs.version {return false}
+    if lhs.calls != rhs.calls {return false}
+    if lhs.errors != rhs.errors {return false}
+    if lhs.errorRate != rhs.errorRate {return false}
+    if lhs.p99Ms != rhs.p99Ms {return false}
+    if lhs.oodRate != rhs.oodRate {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Palisade_V1_Rollout: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Rollout"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}mode\0\u{1}state\0\u{3}stable_version\0\u{3}candidate_version\0\u{1}share\0\u{3}started_unix\0\u{3}ended_unix\0\u{1}reason\0\u{1}stable\0\u{1}candidate\0\u{3}label_psi\0\u{3}shadow_compared\0\u{3}shadow_agreement\0\u{3}shadow_skipped\0\u{3}rollout_id\0")
+
+  fileprivate class _StorageClass {
+    var _model: String = String()
+    var _mode: String = String()
+    var _state: String = String()
+    var _stableVersion: String = String()
+    var _candidateVersion: String = String()
+    var _share: Double = 0
+    var _startedUnix: Int64 = 0
+    var _endedUnix: Int64 = 0
+    var _reason: String = String()
+    var _stable: Palisade_V1_RolloutVersionWindow? = nil
+    var _candidate: Palisade_V1_RolloutVersionWindow? = nil
+    var _labelPsi: Double = 0
+    var _shadowCompared: Int64 = 0
+    var _shadowAgreement: Double = 0
+    var _shadowSkipped: Int64 = 0
+    var _rolloutID: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _model = source._model
+      _mode = source._mode
+      _state = source._state
+      _stableVersion = source._stableVersion
+      _candidateVersion = source._candidateVersion
+      _share = source._share
+      _startedUnix = source._startedUnix
+      _endedUnix = source._endedUnix
+      _reason = source._reason
+      _stable = source._stable
+      _candidate = source._candidate
+      _labelPsi = source._labelPsi
+      _shadowCompared = source._shadowCompared
+      _shadowAgreement = source._shadowAgreement
+      _shadowSkipped = source._shadowSkipped
+      _rolloutID = source._rolloutID
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._model) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._mode) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._stableVersion) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._candidateVersion) }()
+        case 6: try { try decoder.decodeSingularDoubleField(value: &_storage._share) }()
+        case 7: try { try decoder.decodeSingularInt64Field(value: &_storage._startedUnix) }()
+        case 8: try { try decoder.decodeSingularInt64Field(value: &_storage._endedUnix) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._reason) }()
+        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._stable) }()
+        case 11: try { try decoder.decodeSingularMessageField(value: &_storage._candidate) }()
+        case 12: try { try decoder.decodeSingularDoubleField(value: &_storage._labelPsi) }()
+        case 13: try { try decoder.decodeSingularInt64Field(value: &_storage._shadowCompared) }()
+        case 14: try { try decoder.decodeSingularDoubleField(value: &_storage._shadowAgreement) }()
+        case 15: try { try decoder.decodeSingularInt64Field(value: &_storage._shadowSkipped) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._rolloutID) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._model.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._model, fieldNumber: 1)
+      }
+      if !_storage._mode.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._mode, fieldNumber: 2)
+      }
+      if !_storage._state.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 3)
+      }
+      if !_storage._stableVersion.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._stableVersion, fieldNumber: 4)
+      }
+      if !_storage._candidateVersion.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._candidateVersion, fieldNumber: 5)
+      }
+      if _storage._share.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._share, fieldNumber: 6)
+      }
+      if _storage._startedUnix != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._startedUnix, fieldNumber: 7)
+      }
+      if _storage._endedUnix != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._endedUnix, fieldNumber: 8)
+      }
+      if !_storage._reason.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._reason, fieldNumber: 9)
+      }
+      try { if let v = _storage._stable {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      } }()
+      try { if let v = _storage._candidate {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      } }()
+      if _storage._labelPsi.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._labelPsi, fieldNumber: 12)
+      }
+      if _storage._shadowCompared != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._shadowCompared, fieldNumber: 13)
+      }
+      if _storage._shadowAgreement.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._shadowAgreement, fieldNumber: 14)
+      }
+      if _storage._shadowSkipped != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._shadowSkipped, fieldNumber: 15)
+      }
+      if !_storage._rolloutID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._rolloutID, fieldNumber: 16)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Palisade_V1_Rollout, rhs: Palisade_V1_Rollout) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._model != rhs_storage._model {return false}
+        if _storage._mode != rhs_storage._mode {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._stableVersion != rhs_storage._stableVersion {return false}
+        if _storage._candidateVersion != rhs_storage._candidateVersion {return false}
+        if _storage._share != rhs_storage._share {return false}
+        if _storage._startedUnix != rhs_storage._startedUnix {return false}
+        if _storage._endedUnix != rhs_storage._endedUnix {return false}
+        if _storage._reason != rhs_storage._reason {return false}
+        if _storage._stable != rhs_storage._stable {return false}
+        if _storage._candidate != rhs_storage._candidate {return false}
+        if _storage._labelPsi != rhs_storage._labelPsi {return false}
+        if _storage._shadowCompared != rhs_storage._shadowCompared {return false}
+        if _storage._shadowAgreement != rhs_storage._shadowAgreement {return false}
+        if _storage._shadowSkipped != rhs_storage._shadowSkipped {return false}
+        if _storage._rolloutID != rhs_storage._rolloutID {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Palisade_V1_RolloutStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RolloutStatusResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rollouts\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.rollouts) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.rollouts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.rollouts, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Palisade_V1_RolloutStatusResponse, rhs: Palisade_V1_RolloutStatusResponse) -> Bool {
+    if lhs.rollouts != rhs.rollouts {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,85 +1,10 @@
 import PalisadeKernels
 
-// Kernels the runtime keeps for itself until PalisadeKernels has equivalents:
-// - `fastExp`: PalisadeKernels' VMath.exp rounds with SIMD `.rounded()` / `SIMD8<Int32>(_:rounding:)`, which the
-//   standard library lowers lane by lane (~15 ns per element here); the 1.5 * 2^23 "magic number" rounding
-//   below is branch-free vector code and about 10x faster, with the same Cephes polynomial.
-//   Likewise `pointwiseMin` / `pointwiseMax` / `clamped` on SIMD8<Float> are lane-wise in the standard library;
-//   comparisons with `replacing(with:where:)` compile to vector compares and blends (~5x faster).
-// - softmax over rows, on `fastExp`.
-// - GELU (erf form) applied after a GEMM, with the erf clamp done by selects (the kernel's epilogue clamps with
-//   `clamped`, which costs ~1 ns per element).
+// Kernels the runtime keeps for itself (the vector math, softmax and GELU are PalisadeKernels'):
 // - 2-D pooling whose windows tile the input without padding (the common 2x2 / stride-2 case), as direct loops.
 // - convolution split over the batch across the worker pool (the kernel parallelises inside one GEMM only,
-//   and per-image GEMMs of a small CNN are below its threshold).
-
-@inline(__always)
-func fastExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
-  let lo = SIMD8<Float>(repeating: -87.3365447505)
-  let hi = SIMD8<Float>(repeating: 88.3762626647949)
-  let clamped = x.replacing(with: lo, where: x .< lo).replacing(with: hi, where: x .> hi)
-  let magic = SIMD8<Float>(repeating: 12_582_912)  // 1.5 * 2^23: adding it rounds to the nearest integer
-  let t = clamped * 1.44269504088896341 + magic
-  let fx = t - magic
-  var r = clamped - fx * 0.693359375
-  r = r - fx * -2.12194440e-4
-  var y = SIMD8<Float>(repeating: 1.9875691500e-4)
-  y = SIMD8(repeating: 1.3981999507e-3).addingProduct(y, r)
-  y = SIMD8(repeating: 8.3334519073e-3).addingProduct(y, r)
-  y = SIMD8(repeating: 4.1665795894e-2).addingProduct(y, r)
-  y = SIMD8(repeating: 1.6666665459e-1).addingProduct(y, r)
-  y = SIMD8(repeating: 5.0000001201e-1).addingProduct(y, r)
-  y = (r + 1).addingProduct(y, r * r)
-  let n = unsafeBitCast(t, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
-  var result = y * unsafeBitCast((n &+ 127) &<< 23, to: SIMD8<Float>.self)
-  result.replace(with: 0, where: x .< -87.3365447505)
-  result.replace(with: x, where: x .!= x)  // NaN stays NaN
-  return result
-}
-
-/// Softmax over `rows` contiguous rows of `n` floats. `y` may equal `x`.
-func softmaxRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, n: Int) {
-  if n == 0 { return }
-  let full = n & ~7
-  for r in 0..<rows {
-    let rx = UnsafeRawPointer(x + r * n)
-    let ry = UnsafeMutableRawPointer(y + r * n)
-    var mv = SIMD8<Float>(repeating: -.infinity)
-    var i = 0
-    while i < full {
-      let v = rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-      mv = mv.replacing(with: v, where: v .> mv)
-      i += 8
-    }
-    var m = mv.max()
-    for j in full..<n { m = max(m, rx.load(fromByteOffset: j * 4, as: Float.self)) }
-    let vm = SIMD8<Float>(repeating: m)
-    var sv = SIMD8<Float>()
-    i = 0
-    while i < full {
-      let e = fastExp(rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - vm)
-      ry.storeBytes(of: e, toByteOffset: i * 4, as: SIMD8<Float>.self)
-      sv += e
-      i += 8
-    }
-    if full < n {
-      var tail = SIMD8<Float>(repeating: -.infinity)
-      for j in full..<n { tail[j - full] = rx.load(fromByteOffset: j * 4, as: Float.self) }
-      var e = fastExp(tail - vm)
-      for j in (n - full)..<8 { e[j] = 0 }
-      for j in full..<n { ry.storeBytes(of: e[j - full], toByteOffset: j * 4, as: Float.self) }
-      sv += e
-    }
-    let inv = 1 / sv.sum()
-    let vinv = SIMD8<Float>(repeating: inv)
-    i = 0
-    while i < full {
-      ry.storeBytes(of: ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * vinv, toByteOffset: i * 4, as: SIMD8<Float>.self)
-      i += 8
-    }
-    for j in full..<n { ry.storeBytes(of: ry.load(fromByteOffset: j * 4, as: Float.self) * inv, toByteOffset: j * 4, as: Float.self) }
-  }
-}
+//   and per-image GEMMs of a small CNN are below its threshold), and the direct convolutions for small CNNs.
+// - the per-channel multiply-add of a batch normalisation.
 
 /// Whether pooling windows tile the input without padding or dilation (every window fully inside).
 func isSimplePool(_ p: Pool2DParams) -> Bool {
@@ -218,60 +143,6 @@ struct BatchConvJob {
       n += parts
     }
   }
-}
-
-/// erf by the Eigen / XLA rational approximation (as PalisadeKernels' VMath.erf), clamped by selects.
-@inline(__always)
-func fastErf(_ input: SIMD8<Float>) -> SIMD8<Float> {
-  let four = SIMD8<Float>(repeating: 4)
-  let x = input.replacing(with: -four, where: input .< -four).replacing(with: four, where: input .> four)
-  let x2 = x * x
-  var p = SIMD8<Float>(repeating: -2.72614225801306e-10)
-  p = SIMD8(repeating: 2.77068142495902e-08).addingProduct(p, x2)
-  p = SIMD8(repeating: -2.10102402082508e-06).addingProduct(p, x2)
-  p = SIMD8(repeating: -5.69250639462346e-05).addingProduct(p, x2)
-  p = SIMD8(repeating: -7.34990630326855e-04).addingProduct(p, x2)
-  p = SIMD8(repeating: -2.95459980854025e-03).addingProduct(p, x2)
-  p = SIMD8(repeating: -1.60960333262415e-02).addingProduct(p, x2)
-  p = p * x
-  var q = SIMD8<Float>(repeating: -1.45660718464996e-05)
-  q = SIMD8(repeating: -2.13374055278905e-04).addingProduct(q, x2)
-  q = SIMD8(repeating: -1.68282697438203e-03).addingProduct(q, x2)
-  q = SIMD8(repeating: -7.37332916720468e-03).addingProduct(q, x2)
-  q = SIMD8(repeating: -1.42647390514189e-02).addingProduct(q, x2)
-  var result = p / q
-  result.replace(with: input, where: input .!= input)
-  return result
-}
-
-/// In-place GELU (erf form) over `count` floats.
-func geluInPlace(_ y: UnsafeMutablePointer<Float>, _ count: Int) {
-  let ry = UnsafeMutableRawPointer(y)
-  var i = 0
-  while i + 8 <= count {
-    let x = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-    let half = x * 0.5
-    ry.storeBytes(of: half.addingProduct(half, fastErf(x * 0.70710678118654752)), toByteOffset: i * 4, as: SIMD8<Float>.self)
-    i += 8
-  }
-  if i < count {
-    var x = SIMD8<Float>()
-    for j in 0..<(count - i) { x[j] = y[i + j] }
-    let half = x * 0.5
-    let r = half.addingProduct(half, fastErf(x * 0.70710678118654752))
-    for j in 0..<(count - i) { y[i + j] = r[j] }
-  }
-}
-
-/// A GEMM's output rows `[rows, n]` with GELU applied afterwards in L1/L2-sized row blocks.
-func denseGelu(
-  m: Int, n: Int, k: Int, a: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-  c: UnsafeMutablePointer<Float>, pool: WorkerPool?
-) {
-  sgemm(
-    transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: a, lda: max(k, 1), b: w, ldb: max(n, 1), beta: 0,
-    c: c, ldc: max(n, 1), epilogue: GemmEpilogue(bias: bias.map { .perColumn($0) } ?? .none), pool: pool)
-  geluInPlace(c, m * n)
 }
 
 /// y = x * mul[c] + add[c] over `[batch, channels, spatial]`, planes `planeRange`.

@@ -149,13 +149,13 @@ public final class ONNXModel: Sendable {
     for entry in proto.opsetImport {
       switch entry.domain {
       case "", "ai.onnx":
-        if entry.version < Int64(OperatorSupport.minOpset) || entry.version > Int64(OperatorSupport.maxOpset) {
+        if entry.version < Int64(OperatorRegistry.minOpset) || entry.version > Int64(OperatorRegistry.maxOpset) {
           unsupported.append(
-            "opset ai.onnx \(entry.version) (supported \(OperatorSupport.minOpset)...\(OperatorSupport.maxOpset))")
+            "opset ai.onnx \(entry.version) (supported \(OperatorRegistry.minOpset)...\(OperatorRegistry.maxOpset))")
         }
         opset = Int(clamping: entry.version)
       case "ai.onnx.ml":
-        if entry.version < 1 || entry.version > 5 { unsupported.append("opset ai.onnx.ml \(entry.version)") }
+        if !OperatorRegistry.mlOpsets.contains(entry.version) { unsupported.append("opset ai.onnx.ml \(entry.version)") }
       default:
         unsupported.append("opset domain '\(entry.domain.sanitizedForModelMessage)'")
       }
@@ -266,9 +266,10 @@ public final class ONNXModel: Sendable {
       }
       let domain = node.domain == "ai.onnx" ? "" : node.domain
       let key = domain.isEmpty ? node.opType : "\(domain).\(node.opType)"
-      if !OperatorSupport.isSupported(domain: domain, opType: node.opType) {
+      if !OperatorRegistry.isSupported(domain: domain, opType: node.opType) {
         unsupportedOps[key, default: 0] += 1
-      } else if let problem = OperatorSupport.attributeProblem(opType: node.opType, attributes: attributes) {
+      } else if let problem = OperatorRegistry.attributeProblem(
+        domain: domain, opType: node.opType, attributes: attributes) {
         unsupported.append("\(label.sanitizedForModelMessage): \(problem)")
       }
       nodes.append(

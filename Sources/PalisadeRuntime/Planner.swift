@@ -332,11 +332,6 @@ struct ImageGroup {
 /// Bytes before a group's slot regions: the chunk counter (64, its own cache line), then up to 16 error cells.
 private let groupHeaderBytes = (64 + 16 * MemoryLayout<RuntimeError?>.stride + 63) & ~63
 
-/// Ops that compute image `n` of their output from image `n` of their first input only (other inputs constant).
-private let imageSeparableOps: Set<String> = [
-  "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "Relu",
-]
-
 /// Kernels of one group, `[slot][chunk][op]`, kept alive by the group's step.
 private final class GroupKernels {
   let kernels: UnsafeMutablePointer<Kernel>
@@ -381,7 +376,7 @@ extension Planner {
   func imageGroups(_ ctx: OpContext) -> [ImageGroup] {
     func batchOf(_ t: Int) -> Int? {
       let op = live[t]
-      guard op.factory != nil, op.view == nil, imageSeparableOps.contains(op.node.opType),
+      guard op.factory != nil, op.view == nil, OperatorRegistry.isImageSeparable(op.node),
         let x = op.inputs.first ?? nil, consts[x] == nil, let xt = types[x], xt.shape.count >= 2, xt.shape[0] >= 2,
         op.inputs.dropFirst().allSatisfy({ $0.map { consts[$0] != nil } ?? true }),
         let y = op.outputs.first ?? nil, op.outputs.dropFirst().allSatisfy({ $0 == nil }), consts[y] == nil,

@@ -1,5 +1,5 @@
 import NIOCore
-public import NIOSSL
+import NIOSSL
 import PalisadeIdentity
 import Synchronization
 

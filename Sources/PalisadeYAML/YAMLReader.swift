@@ -1,4 +1,4 @@
-public import Yams
+import Yams
 
 /// A configuration or policy file problem, naming where it is.
 public struct YAMLError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -90,6 +90,8 @@ public final class YAMLMap {
     return nil
   }
 
+  private static let nulls: Set<String> = ["", "~", "null", "Null", "NULL"]
+
   private func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
   private func patternPath(_ key: String) -> String { pattern.isEmpty ? key : "\(pattern).\(key)" }
 
@@ -111,7 +113,10 @@ public final class YAMLMap {
     let matches = mapping.filter { $0.key.string == key }
     if matches.count > 1 { throw error(key, "appears more than once") }
     guard let node = matches.first?.value else { return nil }
-    if case .scalar(let s) = node, s.tag == Tag(.null) || (s.string.isEmpty && s.style == .plain) { return nil }
+    // A plain empty, `~` or `null` scalar is YAML's null: the setting is absent (its default applies).
+    if case .scalar(let s) = node, s.tag == Tag(.null) || (s.style == .plain && Self.nulls.contains(s.string)) {
+      return nil
+    }
     return node
   }
 

@@ -17,6 +17,7 @@ For each model and batch size 1 and 32: the inputs and onnxruntime's outputs as 
   .venv-fixtures/bin/python Tests/Fixtures/make_fixtures.py
 Uses torch's TorchScript exporter (dynamo=False, opset 17), which emits the classic Shape/Gather/Unsqueeze/
 Concat glue. Deterministic: fixed seeds, single-threaded onnxruntime.
+The one-operator models in ops/ come from make_op_fixtures.py (numpy, onnx and onnxruntime only).
 """
 import json
 import os

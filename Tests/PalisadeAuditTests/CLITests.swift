@@ -160,7 +160,7 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     let scratch = try Scratch()
     let (key, pub) = try Self.keygen(scratch)
     let outPath = scratch.path + "/acks.txt"
-    FileManager.default.createFile(atPath: outPath, contents: nil)
+    _ = FileManager.default.createFile(atPath: outPath, contents: nil)
     let process = Process()
     process.executableURL = URL(fileURLWithPath: Self.binary)
     process.arguments = [

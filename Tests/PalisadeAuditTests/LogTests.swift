@@ -400,7 +400,7 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     var config = AuditConfiguration(directory: scratch.log, keyFile: scratch.path + "/missing.key")
     #expect(throws: AuditError.self) { _ = try AuditLog.open(configuration: config) }
     let keyPath = scratch.path + "/audit.key"
-    FileManager.default.createFile(atPath: keyPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o644])
+    _ = FileManager.default.createFile(atPath: keyPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o644])
     config.keyFile = keyPath
     #expect(throws: AuditError.key(path: keyPath, reason: "is accessible by group or others (mode 644); run chmod 600 on it")) {
       _ = try AuditLog.open(configuration: config)
@@ -408,7 +408,7 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     // A Kubernetes Secret mounted for the pod's fsGroup: 0440, group = the process's own group. Group write, or a
     // group that is not the process's own, stays refused.
     let secretPath = scratch.path + "/secret-audit.key"
-    FileManager.default.createFile(atPath: secretPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o440])
+    _ = FileManager.default.createFile(atPath: secretPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o440])
     #expect(try AuditSigningKey.load(path: secretPath, name: "palisade.dev/audit").verifyingKey.name == "palisade.dev/audit")
     try FileManager.default.setAttributes([.posixPermissions: 0o460], ofItemAtPath: secretPath)
     #expect(throws: AuditError.key(path: secretPath, reason: "is accessible by group or others (mode 460); run chmod 600 on it")) {

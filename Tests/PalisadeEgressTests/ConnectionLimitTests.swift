@@ -4,6 +4,7 @@ import Glibc
 #endif
 import PalisadeEgress
 import PalisadeOutbound
+import PalisadeSupport
 import Testing
 
 /// Slow and surplus clients against a real proxy on loopback, with raw sockets: timeouts, connection caps and the

@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import PalisadeEgress
 import PalisadeOutbound
+import PalisadeSupport
 import PalisadeTestSupport
 import Testing
 

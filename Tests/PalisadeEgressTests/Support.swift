@@ -9,6 +9,7 @@ import NIOPosix
 import NIOSSL
 import PalisadeEgress
 import PalisadeOutbound
+import PalisadeSupport
 import PalisadeTestSupport
 
 /// A local HTTPS server (TLS from the test PKI) that records what reaches it and answers 200.

@@ -19,6 +19,12 @@ public struct TestRuntime: ModelRuntime {
     case "addsub": return Described(descriptor: descriptor, inner: AddSubModel(name: descriptor.name, version: descriptor.version))
     case "slow":
       return Described(descriptor: descriptor, inner: SlowModel(name: descriptor.name, delay: .milliseconds(Int(spec["ms"] ?? "50") ?? 50)))
+    case "classify":
+      return Described(
+        descriptor: descriptor,
+        inner: ClassifierModel(
+          version: descriptor.version, roll: Int(spec["roll"] ?? "0") ?? 0, delay: .milliseconds(Int(spec["ms"] ?? "0") ?? 0),
+          failOnNonZero: spec["fail"] == "1", nonFinite: spec["nan"] == "1"))
     default: throw PalisadeError(.failedPrecondition, "unknown test model kind")
     }
   }
@@ -65,3 +71,22 @@ public struct TestBundleFactory: Sendable {
   }
 }
 
+extension TestBundleFactory {
+  /// Writes and signs a ``ClassifierModel`` bundle as `<root>/<name>/<version>/`: `spec` holds its knobs (`roll`,
+  /// `ms`, `fail`, `nan`), all in the signed model file.
+  @discardableResult
+  public func makeClassifier(root: String, name: String, version: Int, spec: [String: String] = [:]) async throws -> String {
+    let dir = "\(root)/\(name)/\(version)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    var fields = spec
+    fields["kind"] = "classify"
+    try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]).write(to: URL(fileURLWithPath: "\(dir)/model.testmodel"))
+    let manifest = BundleManifest(
+      name: name, version: version, created: Date().addingTimeInterval(-60), expires: Date().addingTimeInterval(86_400),
+      modelFile: "model.testmodel", inputs: [.init(name: "IN", datatype: .fp32, shape: [-1, 4])],
+      outputs: [.init(name: "SCORES", datatype: .fp32, shape: [-1, 4])])
+    try Data(try manifest.encodedJSON()).write(to: URL(fileURLWithPath: "\(dir)/manifest.json"))
+    _ = try await BundleSigner.sign(directory: dir, key: .p256(key))
+    return dir
+  }
+}

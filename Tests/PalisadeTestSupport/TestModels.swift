@@ -120,3 +120,39 @@ public final class DoublingModel: ServableModel, Sendable {
     return [try Tensor(name: "OUT", shape: input.shape, values: values.map { $0 * 2 })]
   }
 }
+
+/// A four-class classifier over FP32 [-1, 4]: the scores are the input rolled by `roll` places (so a non-zero
+/// roll shifts every predicted label), optionally slow, failing on any non-zero input (warm-up runs on zeros, so
+/// it loads), or answering NaN. Rollout tests make candidate versions from it.
+public struct ClassifierModel: ServableModel {
+  public let descriptor: ModelDescriptor
+  let roll: Int
+  let delay: Duration
+  let failOnNonZero: Bool
+  let nonFinite: Bool
+
+  public init(
+    name: String = "classify", version: String = "1", roll: Int = 0, delay: Duration = .zero, failOnNonZero: Bool = false,
+    nonFinite: Bool = false
+  ) {
+    self.roll = roll
+    self.delay = delay
+    self.failOnNonZero = failOnNonZero
+    self.nonFinite = nonFinite
+    descriptor = ModelDescriptor(
+      name: name, version: version, platform: "test",
+      inputs: [TensorSpec(name: "IN", datatype: .fp32, shape: [-1, 4])],
+      outputs: [TensorSpec(name: "SCORES", datatype: .fp32, shape: [-1, 4])])
+  }
+
+  public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
+    guard let t = request.input("IN"), let x = t.values(as: Float.self) else { throw PalisadeError(.internal, "input missing") }
+    if delay > .zero { try await Task.sleep(for: delay) }
+    if failOnNonZero, x.contains(where: { $0 != 0 }) { throw PalisadeError(.internal, "model failed at run time") }
+    var out = [Float](repeating: 0, count: x.count)
+    for row in stride(from: 0, to: x.count, by: 4) {
+      for j in 0..<4 { out[row + j] = nonFinite ? .nan : x[row + ((j + roll) % 4 + 4) % 4] }
+    }
+    return [try Tensor(name: "SCORES", shape: t.shape, values: out)]
+  }
+}

@@ -3,6 +3,7 @@
 //   swift build -c release && .build/release/kernel-bench [--sizes 256,512,1024,2048] [--threads 1,2] [--runs N]
 //                                                          [--mnk 1x512x784,32x512x784] [--transB] [--cpu]
 //                                                          [--packed]
+//   .build/release/kernel-bench --vmath [--runs N] [--cpu]
 //
 // --packed multiplies by a B packed once beforehand (PackedGemmB, what the model runtime does for constant
 // weights) instead of reading B in place or packing it per call.
@@ -13,6 +14,10 @@
 // Prints one line per (threads, shape): "sgemm threads=T n=N gflops=G best_ms=M" (square sizes) or
 // "sgemm threads=T mnk=MxNxK gflops=G best_ms=M" (--mnk, e.g. inference layer shapes), best of N runs after a
 // warm-up, C = A * op(B) with row-major matrices of uniform random values.
+//
+// --vmath times the vector math instead, one thread: exp, erf, GELU and sigmoid over 64K floats in [-20, 20], and
+// row softmax over rows of 10, 64 and 1000, printing "vmath op=NAME ns_per_element=X" (best of N runs); the
+// "vmath-before" lines time the previous implementations (Legacy.swift) in the same build.
 import PalisadeCPUCheck
 import PalisadeKernels
 
@@ -46,6 +51,7 @@ var threadCounts = [1, 2]
 var runs = 7
 var transB = false
 var packed = false
+var vmath = false
 var shapes: [(m: Int, n: Int, k: Int, label: String)] = []
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
@@ -56,6 +62,7 @@ while let argument = arguments.next() {
     case "--transB": transB = true
     case "--cpu": clock = CLOCK_PROCESS_CPUTIME_ID
     case "--packed": packed = true
+    case "--vmath": vmath = true
     case "--mnk":
         shapes = (arguments.next() ?? "").split(separator: ",").map { spec in
             let dims = spec.split(separator: "x").compactMap { Int($0) }
@@ -78,6 +85,52 @@ struct FastRandom: RandomNumberGenerator {
     }
 }
 var generator = FastRandom()
+
+/// Best time per element of `body` over `count` elements (runs after a warm-up).
+func timePerElement(count: Int, runs: Int, _ body: () -> Void) -> Double {
+    var best = Double.infinity
+    let reps = max(1, 50_000_000 / max(count, 1))
+    for run in 0...runs {
+        let start = now()
+        for _ in 0..<reps { body() }
+        let elapsed = (now() - start) / Double(reps)
+        if run > 0 { best = min(best, elapsed) }
+    }
+    return best / Double(count)
+}
+
+if vmath {
+    let count = 1 << 16
+    let x = (0..<count).map { _ in Float.random(in: -20...20, using: &generator) }
+    var y = [Float](repeating: 0, count: count)
+    x.withUnsafeBufferPointer { px in
+        y.withUnsafeMutableBufferPointer { py in
+            guard let px = px.baseAddress, let py = py.baseAddress else { return }
+            for (name, op) in [("exp", UnaryOp.exp), ("erf", .erf), ("gelu", .gelu), ("sigmoid", .sigmoid)] {
+                let t = timePerElement(count: count, runs: runs) { unary(op, px, out: py, count: count) }
+                print("vmath op=\(name) ns_per_element=\(String(format2: t * 1e9))")
+            }
+            for name in ["exp", "erf", "gelu"] {
+                let t = timePerElement(count: count, runs: runs) {
+                    switch name {
+                    case "exp": Legacy.map(px, py, count) { Legacy.exp($0) }
+                    case "erf": Legacy.map(px, py, count) { Legacy.erf($0) }
+                    default: Legacy.map(px, py, count) { Legacy.gelu($0) }
+                    }
+                }
+                print("vmath-before op=\(name) ns_per_element=\(String(format2: t * 1e9))")
+            }
+            for n in [10, 64, 1000] {
+                let rows = count / n
+                let t = timePerElement(count: rows * n, runs: runs) { softmax(px, py, outer: rows, axisLength: n) }
+                print("vmath op=softmax_rows_of_\(n) ns_per_element=\(String(format2: t * 1e9))")
+                let t0 = timePerElement(count: rows * n, runs: runs) { Legacy.softmaxRows(px, py, rows: rows, n: n) }
+                print("vmath-before op=softmax_rows_of_\(n) ns_per_element=\(String(format2: t0 * 1e9))")
+            }
+        }
+    }
+    exit(0)
+}
 if shapes.isEmpty { shapes = sizes.map { ($0, $0, $0, "n=\($0)") } }
 for threads in threadCounts {
     let pool: WorkerPool? = threads > 1 ? WorkerPool(threadCount: threads) : nil

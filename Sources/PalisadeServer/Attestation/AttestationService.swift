@@ -1,6 +1,6 @@
 import Foundation
 public import GRPCCore
-public import Logging
+import Logging
 public import PalisadeCore
 import PalisadeIdentity
 public import PalisadeProto

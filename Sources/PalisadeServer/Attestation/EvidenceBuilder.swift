@@ -2,6 +2,7 @@ import Crypto
 public import Foundation
 public import PalisadeCore
 public import PalisadeIdentity
+import PalisadeSupport
 
 /// Builds and signs attestation evidence: a JWT (typ `eat+jwt`) whose claims follow the Entity Attestation Token
 /// (RFC 9711) where it has names (`eat_nonce`, `eat_profile`, `iat`, `swname`, `swversion`, `submods`), with
@@ -18,7 +19,7 @@ public import PalisadeIdentity
 /// Each loaded model is a submodule `model:<name>` with its version, bundle and manifest digests and signer.
 public struct EvidenceBuilder: Sendable {
   /// The profile this evidence follows (RFC 9711 `eat_profile`).
-  public static let profile = "tag:palisade.dev,2026:evidence/v1"
+  public static let profile = EvidenceProfile.v1
 
   /// What the builder measures, gathered by the caller at request time.
   public struct Measurements: Sendable {

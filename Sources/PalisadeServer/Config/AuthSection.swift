@@ -18,7 +18,9 @@ extension ServerConfig {
       /// certificate's SPIFFE ID instead).
       public var requireCertificateBinding: Bool
 
-      public init(issuer: String, kind: Kind, jwks: String, trustDomain: String? = nil, requireCertificateBinding: Bool? = nil) {
+      public init(
+        issuer: String, kind: Kind, jwks: String, trustDomain: String? = nil, requireCertificateBinding: Bool? = nil
+      ) {
         self.issuer = issuer
         self.kind = kind
         self.jwks = jwks
@@ -71,7 +73,8 @@ extension ServerConfig {
       self.init(audience: audience, issuers: issuers)
       if let exempt = try map.strings("exempt_rpcs") {
         for rpc in exempt where !Policy.knownRPCs.contains(rpc) {
-          throw map.error("exempt_rpcs", "unknown RPC '\(rpc)' (known: \(Policy.knownRPCs.sorted().joined(separator: ", ")))")
+          throw map.error(
+            "exempt_rpcs", "unknown RPC '\(rpc)' (known: \(Policy.knownRPCs.sorted().joined(separator: ", ")))")
         }
         exemptRPCs = exempt
       }

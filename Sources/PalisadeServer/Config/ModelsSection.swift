@@ -39,7 +39,8 @@ extension ServerConfig {
           throw map.error(nil, "needs public_keys or certificate_roots")
         }
         if !certificateRoots.isEmpty && signerSubject == nil && signerSAN == nil {
-          throw map.error("certificate_roots", "needs signer_subject or signer_san: a CA alone does not say who may sign")
+          throw map.error(
+            "certificate_roots", "needs signer_subject or signer_san: a CA alone does not say who may sign")
         }
       }
     }

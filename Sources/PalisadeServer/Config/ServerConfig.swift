@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 public import PalisadeYAML
+import PalisadeSupport
 
 /// Everything `palisade serve` needs, read from one YAML file. Every setting has a safe default; see
 /// `deploy/palisade.example.yaml` for the annotated reference. Each top-level mapping is a ``ConfigSection`` in a
@@ -31,6 +32,10 @@ public struct ServerConfig: Sendable, Equatable {
   public var audit: Audit?
   /// The egress sidecar: where its block reports arrive, and the proxy the server's own outbound traffic uses.
   public var egress: Egress = .defaults
+  /// Canary and shadow rollouts: defaults, the shadow bound, rollouts started at boot.
+  public var rollouts: RolloutSettings = .defaults
+  /// OpenTelemetry spans for inference calls; off by default.
+  public var tracing: TracingSettings = .defaults
   /// SHA-256 of the file this configuration was read from (attestation evidence carries it).
   public var sourceDigest: String?
 
@@ -86,6 +91,8 @@ extension ServerConfig {
     config.egress = try root.section("egress", in: context)
     config.attestation = try root.section("attestation", in: context)
     config.logging = try root.section("logging", in: context)
+    config.rollouts = try RolloutSettings.parse(root)
+    config.tracing = try TracingSettings(yaml: root.map("tracing"))
     try root.finish()
     try config.checkAcrossSections()
     return config

@@ -26,7 +26,8 @@ extension ServerConfig {
     }
 
     public init(reading map: YAMLMap, in context: ConfigContext) throws(YAMLError) {
-      let listen = try map.string("listen").map { s throws(YAMLError) in try context.hostPort(s, key: "listen", in: map) }
+      let listen = try map.string("listen").map { s throws(YAMLError) in try context.hostPort(s, key: "listen", in: map)
+      }
       self.init(listen: listen ?? Self.defaultListen, tls: try map.requiredSection("tls", in: context))
       limits = try map.section("limits", in: context)
       connection = try map.section("connection", in: context)

@@ -1,6 +1,7 @@
 import Foundation
 public import Logging
 import PalisadeCore
+import PalisadeSupport
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -50,22 +51,6 @@ public final class EgressReportReceiver: Service, Sendable {
     self.auditor = auditor
     self.metrics = metrics
     self.logger = logger
-  }
-
-  /// The fields of an `EgressEvent` the audit record keeps.
-  struct Report: Decodable {
-    var schema: String
-    var type: String
-    var id: String
-    var reason: String
-    var location: String
-    var detail: String
-    var destination: String?
-    var method: String
-    var scheme: String
-    var host: String
-    var port: Int
-    var body_bytes: Int?
   }
 
   public func run() async throws {
@@ -226,9 +211,8 @@ public final class EgressReportReceiver: Service, Sendable {
       }
       return
     }
-    guard bytes.count <= 64 << 10, let r = try? JSONDecoder().decode(Report.self, from: Data(bytes)),
-      r.schema == "palisade.egress/v1", r.type == "blocked"
-    else {
+    // The format is the sidecar's own type (PalisadeSupport.EgressEvent), decoded with its schema checked.
+    guard bytes.count <= 64 << 10, let r = EgressEvent.decode(bytes) else {
       metrics.recordRejection(reason: "malformed_egress_report")
       logger.warning("malformed egress report dropped", metadata: ["bytes": "\(bytes.count)", "uid": "\(sender.uid)"])
       return
@@ -240,7 +224,7 @@ public final class EgressReportReceiver: Service, Sendable {
       "port": String(r.port), "sender_uid": String(sender.uid), "sender_pid": String(sender.pid),
     ]
     if let d = r.destination { details["destination"] = d }
-    if let b = r.body_bytes { details["body_bytes"] = String(b) }
+    details["body_bytes"] = String(r.bodyBytes)
     await auditor.event(.egressBlock, status: "BLOCKED", reason: "\(r.reason): \(r.detail)", details: details)
   }
 }

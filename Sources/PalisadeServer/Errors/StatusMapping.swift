@@ -61,11 +61,25 @@ public enum StatusMapping {
     }
   }
 
+  /// The numeric status `error` maps to, without logging (trace attributes).
+  public static func statusCode(for error: any Error) -> Int {
+    switch error {
+    case let e as PalisadeError: Status.Code(rpcCode(e.code)).rawValue
+    case let e as RPCError: Status.Code(e.code).rawValue
+    case is CancellationError: Status.Code.cancelled.rawValue
+    default: Status.Code.internalError.rawValue
+    }
+  }
+
   /// The canonical status name used in metrics and logs (e.g. `OK`, `INVALID_ARGUMENT`).
   public static func codeName(_ code: RPCError.Code?) -> String {
     guard let code else { return "OK" }
-    let raw = Status.Code(code).rawValue
-    return canonicalNames.indices.contains(raw) ? canonicalNames[raw] : "UNKNOWN"
+    return codeName(raw: Status.Code(code).rawValue)
+  }
+
+  /// The canonical name of a numeric status.
+  static func codeName(raw: Int) -> String {
+    canonicalNames.indices.contains(raw) ? canonicalNames[raw] : "UNKNOWN"
   }
 
   private static let canonicalNames = [

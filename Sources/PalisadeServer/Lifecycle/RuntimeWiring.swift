@@ -5,6 +5,7 @@ import PalisadeAudit
 import PalisadeCore
 import PalisadeIdentity
 import PalisadeTransport
+import ServiceLifecycle
 
 /// Builds `ServerRuntime`'s subsystems, one small function each, from the configuration and the parts every
 /// subsystem shares. A new subsystem gets its own function here and one line in `ServerRuntime.init`.
@@ -104,6 +105,18 @@ struct RuntimeWiring {
         auditor: auditor, logger: logger))
   }
 
+  /// Canary and shadow rollouts (`rollouts`, `palisade rollout`).
+  func rolloutController(bundles: BundleLoader?, auditor: Auditor) -> RolloutController {
+    RolloutController(
+      repository: repository, bundles: bundles, settings: config.rollouts, metrics: metrics, auditor: auditor,
+      logger: logger)
+  }
+
+  /// OpenTelemetry spans and their export service, when `tracing.enabled`.
+  func tracing() throws -> (tracer: CallTracer, service: any Service)? {
+    try CallTracer.make(config.tracing, logger: logger, environment: ProcessInfo.processInfo.environment)
+  }
+
   /// Pipeline stage 3.
   func authorizer(_ credentials: Credentials) -> Authorizer {
     Authorizer(
@@ -112,14 +125,16 @@ struct RuntimeWiring {
   }
 
   /// Pipeline stages 3 to 10 for inference calls.
-  func pipeline(_ credentials: Credentials, authorizer: Authorizer, auditor: Auditor) -> InferencePipeline {
+  func pipeline(
+    _ credentials: Credentials, authorizer: Authorizer, auditor: Auditor, rollouts: RolloutController
+  ) -> InferencePipeline {
     InferencePipeline(
       repository: repository, statistics: ModelStatisticsStore(), authorizer: authorizer,
       screener: InputScreener(
         settings: config.screening, policy: credentials.policy, quarantines: credentials.quarantines,
         metrics: metrics, logger: logger, auditor: auditor),
       scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger,
-      accessLog: config.logging.accessLog, auditor: auditor)
+      accessLog: config.logging.accessLog, auditor: auditor, rollouts: rollouts)
   }
 
   /// `palisade_models_in_memory`, summed over the runtimes at each scrape.
@@ -139,16 +154,20 @@ struct RuntimeWiring {
   /// Pipeline stage 1: the mTLS listener. ModelInfer and ModelStreamInfer are served on the transport's fast path;
   /// every other RPC goes through grpc-swift, with the same authentication stages as interceptors.
   func transport(
-    _ credentials: Credentials, authenticator: CallAuthenticator, pipeline: InferencePipeline, bound: BoundAddress
+    _ credentials: Credentials, authenticator: CallAuthenticator, pipeline: InferencePipeline, tracer: CallTracer?,
+    bound: BoundAddress
   ) throws -> MTLSServerTransport {
     try MTLSServerTransport(
       configuration: ServerRuntime.transportConfiguration(config.server), certificates: credentials.certificates,
       verifier: credentials.verifier,
-      fastPaths: [InferenceFastPath(authenticator: authenticator, pipeline: pipeline, metrics: metrics, logger: logger)],
+      fastPaths: [
+        InferenceFastPath(
+          authenticator: authenticator, pipeline: pipeline, metrics: metrics, logger: logger, tracer: tracer)
+      ],
       fastStreams: [
         InferenceStreamFastPath(
           authenticator: authenticator, credentials: StreamCredentials(verifier: credentials.tokens),
-          pipeline: pipeline, metrics: metrics, logger: logger)
+          pipeline: pipeline, metrics: metrics, logger: logger, tracer: tracer)
       ],
       observer: metrics, bound: bound, logger: logger)
   }
@@ -156,14 +175,14 @@ struct RuntimeWiring {
   /// The gRPC services other than the fast path.
   func services(
     _ credentials: Credentials, state: ServingState, pipeline: InferencePipeline, bundles: BundleLoader?,
-    authorizer: Authorizer, auditor: Auditor
+    authorizer: Authorizer, auditor: Auditor, rollouts: RolloutController
   ) throws -> [any RegistrableRPCService] {
     let certificates = credentials.certificates
     return [
       InferenceService(
         repository: repository, pipeline: pipeline, bundles: bundles, tokens: credentials.tokens, logger: logger),
       HealthService(state: state, maxWatchesPerConnection: config.server.limits.maxWatchesPerConnection),
-      AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor),
+      AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor, rollouts: rollouts),
       AttestationService(
         builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
         sources: .init(

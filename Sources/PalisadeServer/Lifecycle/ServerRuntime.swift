@@ -33,6 +33,10 @@ public final class ServerRuntime: Sendable {
   /// Receives the egress sidecar's block reports, when `egress.report_socket` is set.
   public let egressReports: EgressReportReceiver?
   private let pipeline: InferencePipeline
+  /// Canary and shadow rollouts (`rollouts` in the config, `palisade rollout`).
+  public let rollouts: RolloutController
+  /// Exports finished spans (swift-otel's batch processor and OTLP exporter), when `tracing.enabled`.
+  private let tracingService: (any Service)?
 
   /// Model versions holding per-version state in each cache (they follow the loaded versions; tests check that
   /// unloaded and replaced versions leave them).
@@ -64,23 +68,34 @@ public final class ServerRuntime: Sendable {
     self.reloader = wiring.reloader(credentials, auditor: auditor)
     let bundles = try wiring.bundleLoader(runtimes: runtimes, auditor: auditor)
     self.bundles = bundles
+    let rollouts = wiring.rolloutController(bundles: bundles, auditor: auditor)
+    self.rollouts = rollouts
     let authorizer = wiring.authorizer(credentials)
-    let pipeline = wiring.pipeline(credentials, authorizer: authorizer, auditor: auditor)
+    let pipeline = wiring.pipeline(credentials, authorizer: authorizer, auditor: auditor, rollouts: rollouts)
     self.pipeline = pipeline
     wiring.reportModelsInMemory(runtimes)
+    let tracing = try wiring.tracing()
+    self.tracingService = tracing?.service
     let authenticator = wiring.authenticator(credentials, auditor: auditor)
     self.grpcServer = GRPCServer(
       transport: try wiring.transport(
-        credentials, authenticator: authenticator, pipeline: pipeline, bound: grpcAddress),
+        credentials, authenticator: authenticator, pipeline: pipeline, tracer: tracing?.tracer, bound: grpcAddress),
       services: try wiring.services(
-        credentials, state: state, pipeline: pipeline, bundles: bundles, authorizer: authorizer, auditor: auditor),
+        credentials, state: state, pipeline: pipeline, bundles: bundles, authorizer: authorizer, auditor: auditor,
+        rollouts: rollouts),
       interceptors: wiring.interceptors(authenticator))
     self.admin = wiring.adminEndpoint(state: state)
   }
 
   /// Runs until SIGTERM/SIGINT or ``shutdown()``, then drains. Returns normally after a graceful shutdown.
   public func run(handleSignals: Bool = true) async throws {
-    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+    // First, so that it shuts down last (the group stops services in reverse order): the drained calls' spans
+    // are exported before the process exits. Tracing never stops serving: if its exporter ends, calls go on.
+    if let tracingService {
+      services.append(.init(service: tracingService, successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
+    }
+    services += [
       .init(service: GRPCServerService(server: grpcServer, state: state, logger: logger)),
       .init(service: shutdownTrigger, successTerminationBehavior: .gracefullyShutdownGroup),
       .init(service: reloader),
@@ -101,7 +116,11 @@ public final class ServerRuntime: Sendable {
     groupConfig.maximumCancellationDuration = .seconds(5)
     let group = ServiceGroup(configuration: groupConfig)
     // Bundles load while the listener starts: /readyz and ServerReady say when they are in.
-    let loadModels = Task { [bundles] in await bundles?.loadAll() }
+    let loadModels = Task { [bundles, rollouts] in
+      // A model with a rollout planned in the config loads its stable version; the rollout loads the candidate.
+      await bundles?.loadAll(below: Dictionary(config.rollouts.models.compactMap { p in Int(p.candidate).map { (p.model, $0) } }, uniquingKeysWith: { a, _ in a }))
+      await rollouts.startPlanned()
+    }
     defer { loadModels.cancel() }
     let announce = Task { [grpcAddress, logger] in
       let address = await grpcAddress.get()
@@ -153,36 +172,11 @@ public final class ServerRuntime: Sendable {
 
   /// The bundle trust policy from the configuration's trust rules; errors name the key file.
   public static func trustPolicy(_ rules: [ServerConfig.Models.TrustRule]) throws -> TrustPolicy {
-    try TrustPolicy(
-      rules: rules.map { rule in
-        var signers: [TrustedSigner] = []
-        for path in rule.publicKeys {
-          let pem: String
-          do { pem = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw PEMFileError(path: path, reason: "cannot be read")
-          }
-          do { signers.append(try TrustedSigner.publicKey(pem: pem)) } catch {
-            throw PEMFileError(path: path, reason: "\(error)")
-          }
-        }
-        if !rule.certificateRoots.isEmpty {
-          let san: SignerIdentityRequirement.SANPattern? = rule.signerSAN.map { s in
-            if s.hasPrefix("dns:") { return .dns(String(s.dropFirst(4))) }
-            if s.hasPrefix("uri:") { return .uri(String(s.dropFirst(4))) }
-            return .email(String(s.drop { $0 != ":" }.dropFirst()))
-          }
-          let identity = try SignerIdentityRequirement(subjectCommonName: rule.signerSubject, san: san)
-          var pems = ""
-          for path in rule.certificateRoots {
-            do { pems += try String(contentsOfFile: path, encoding: .utf8) + "\n" } catch {
-              throw PEMFileError(path: path, reason: "cannot be read")
-            }
-          }
-          do { signers.append(try TrustedSigner.certificate(rootsPEM: pems, identity: identity)) } catch {
-            throw PEMFileError(path: rule.certificateRoots.joined(separator: ", "), reason: "\(error)")
-          }
-        }
-        return TrustPolicy.Rule(modelPattern: rule.models, signers: signers)
+    try TrustPolicy.load(
+      rules.map {
+        .init(
+          models: $0.models, publicKeys: $0.publicKeys, certificateRoots: $0.certificateRoots,
+          signerSubject: $0.signerSubject, signerSAN: $0.signerSAN)
       })
   }
 

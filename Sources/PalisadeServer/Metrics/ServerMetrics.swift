@@ -145,7 +145,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "audit_available",
-        helpText: "1 while the audit log takes records; 0 while it is failed and calls are refused")
+        unitName: "", helpText: "1 while the audit log takes records; 0 while it is failed and calls are refused")
     ).set(to: available ? 1 : 0)
   }
 
@@ -184,7 +184,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func setQuarantinesActive(_ n: Int) {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "quarantines_active", helpText: "Automatic quarantines in force")
+        namespace: "palisade", metricName: "quarantines_active", unitName: "", helpText: "Automatic quarantines in force")
     ).set(to: Double(n))
   }
 
@@ -193,7 +193,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "circuit_breaker_state",
-        helpText: "Per-model circuit breaker: 0 closed, 1 half-open, 2 open"),
+        unitName: "", helpText: "Per-model circuit breaker: 0 closed, 1 half-open, 2 open"),
       labels: [("model", model)]
     ).set(to: state.gaugeValue)
   }
@@ -202,7 +202,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func queueDepthGauge(model: String) -> @Sendable (Int) -> Void {
     let gauge = registry.makeGauge(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "queue_depth", helpText: "Requests waiting to run, by model"),
+        namespace: "palisade", metricName: "queue_depth", unitName: "", helpText: "Requests waiting to run, by model"),
       labels: [("model", model)])
     return { gauge.set(to: Double($0)) }
   }
@@ -211,7 +211,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func batchSizeRecorder(model: String) -> @Sendable (Int) -> Void {
     let histogram = registry.makeValueHistogram(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "batch_size", helpText: "Requests per model execution (dynamic batching)"),
+        namespace: "palisade", metricName: "batch_size", unitName: "", helpText: "Requests per model execution (dynamic batching)"),
       labels: [("model", model)], buckets: [1, 2, 4, 8, 16, 32, 64, 128])
     return { histogram.record(Double($0)) }
   }
@@ -222,7 +222,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
       registry.makeGauge(
         descriptor: MetricNameDescriptor(
           namespace: "palisade", metricName: "feature_drift_psi",
-          helpText: "Population stability index of each input feature over the recent window, against the bundle's reference statistics"),
+          unitName: "", helpText: "Population stability index of each input feature over the recent window, against the bundle's reference statistics"),
         labels: [("model", model), ("input", input), ("feature", String(f))])
     }
     return { values in for (g, v) in zip(gauges, values) { g.set(to: v) } }
@@ -268,7 +268,7 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "model_version_states",
-        helpText: "Model versions holding per-version state, by cache (scheduler: queues and breakers; screening: monitors)"),
+        unitName: "", helpText: "Model versions holding per-version state, by cache (scheduler: queues and breakers; screening: monitors)"),
       labels: [("cache", cache)]
     ).set(to: Double(count))
   }
@@ -278,8 +278,42 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "models_in_memory",
-        helpText: "Models the runtimes hold in memory: loaded versions, and unloaded ones until their last call ended")
+        unitName: "", helpText: "Models the runtimes hold in memory: loaded versions, and unloaded ones until their last call ended")
     ).set(to: Double(count))
+  }
+
+  // MARK: Rollouts
+
+  /// Counts a rollout event (`start`, `promote`, `breach`, `rollback`, `abort`) of `model`.
+  public func recordRollout(event: String, model: String) {
+    counter("rollout_events", "Rollout starts, promotions, threshold breaches, rollbacks and aborts, by model", [("model", model), ("event", event)])
+  }
+
+  /// Counts a call observed by an active rollout (`stable`, `candidate`, or a `shadow` run on the candidate).
+  public func recordRolloutCall(model: String, role: String) {
+    counter("rollout_calls", "Calls observed by active rollouts, by model and role (stable, candidate, shadow)", [("model", model), ("role", role)])
+  }
+
+  /// Counts a shadow run skipped because the shadow bound (`rollouts.shadow_max_concurrent`) was reached.
+  public func recordRolloutShadowSkipped(model: String) {
+    counter("rollout_shadow_skipped", "Shadow runs skipped because the shadow bound was reached, by model", [("model", model)])
+  }
+
+  /// Sets a model's rollout state: 1 active, 2 promoted, 3 rolled back, 4 aborted.
+  public func setRolloutState(model: String, state: RolloutController.State) {
+    let value: Double =
+      switch state {
+      case .active: 1
+      case .promoted: 2
+      case .rolledBack: 3
+      case .aborted: 4
+      }
+    registry.makeGauge(
+      descriptor: MetricNameDescriptor(
+        namespace: "palisade", metricName: "rollout_state", unitName: "",
+        helpText: "A model's latest rollout: 1 active, 2 promoted, 3 rolled back, 4 aborted"),
+      labels: [("model", model)]
+    ).set(to: value)
   }
 
   /// Runs `update` before every rendering (gauges read from elsewhere).

@@ -141,8 +141,14 @@ public final class BundleLoader: Sendable {
   }
 
   /// Loads the newest bundle of every model; a bad bundle is reported (and shown in RepositoryIndex) and skipped.
-  public func loadAll() async {
-    let newest = Dictionary(grouping: discover(), by: \.name).compactMap { $0.value.max { $0.version < $1.version } }
+  /// A model in `below` loads its newest bundle below the given version instead (the stable version of a rollout
+  /// planned in the config, whose candidate the rollout loads), unless that candidate was accepted already (a
+  /// promoted rollout still in the config: anti-rollback would refuse every version below it).
+  public func loadAll(below: [String: Int] = [:]) async {
+    let newest = Dictionary(grouping: discover(), by: \.name).compactMap { name, found in
+      let limit = below[name].flatMap { candidate in (accepted.acceptedVersion(of: name) ?? 0) < candidate ? candidate : nil }
+      return found.filter { c in limit.map { c.version < $0 } ?? true }.max { $0.version < $1.version }
+    }
     for candidate in newest.sorted(by: { $0.name < $1.name }) {
       do { try await load(candidate) } catch {
         metrics?.recordModelLoad(result: "refused")
@@ -181,8 +187,40 @@ public final class BundleLoader: Sendable {
     }
   }
 
+  /// The newest bundle version of `name` on disk, if any.
+  public func newestVersion(of name: String) -> Int? {
+    settings.directories.flatMap { dir in (try? candidates(in: dir, name: name).get()) ?? [] }.map(\.version).max()
+  }
+
+  /// Loads version `version` of `name` as a rollout candidate: verified like any load (the anti-rollback check
+  /// included), but it retires no other version and is not recorded as accepted until ``accept(name:version:)``
+  /// (its promotion), so that a rolled-back candidate does not lock the stable version out at the next start.
+  public func loadCandidate(name: String, version: Int) async throws(PalisadeError) {
+    let found = settings.directories.flatMap { dir in (try? candidates(in: dir, name: name).get()) ?? [] }
+    guard let candidate = found.first(where: { $0.version == version }) else {
+      throw PalisadeError(
+        .notFound, "no bundle for version \(version) of model '\(name.sanitizedForMessage)' in the model directories")
+    }
+    do throws(PalisadeError) { try await load(candidate, retireOthers: false, record: false) } catch {
+      metrics?.recordModelLoad(result: "refused")
+      logger.error("rollout candidate refused", metadata: ["model": "\(name)", "version": "\(version)", "reason": "\(error.message)"])
+      throw error
+    }
+  }
+
+  /// Records a promoted candidate as accepted (anti-rollback).
+  public func accept(name: String, version: Int) throws(PalisadeError) {
+    do throws(BundleError) { try accepted.checkAndRecord(name: name, version: version) } catch {
+      throw PalisadeError(.failedPrecondition, "version \(version) of '\(name.sanitizedForMessage)' not accepted: \(error.reason)")
+    }
+  }
+
   /// Verifies, loads, warms and installs one bundle, then retires older versions of the model.
   public func load(_ candidate: Candidate) async throws(PalisadeError) {
+    try await load(candidate, retireOthers: true, record: true)
+  }
+
+  func load(_ candidate: Candidate, retireOthers: Bool, record: Bool) async throws(PalisadeError) {
     let name = candidate.name
     let version = String(candidate.version)
     guard loading.withLock({ $0.insert(name).inserted }) else {
@@ -192,9 +230,9 @@ public final class BundleLoader: Sendable {
     let wasReady = repository.isReady(name: name, version: version)
     if !wasReady { repository.setState(name: name, version: version, .loading) }
     do {
-      let model = try await verifyAndBuild(candidate)
+      let model = try await verifyAndBuild(candidate, record: record)
       repository.register(model)
-      for old in repository.versions(of: name) where old != version {
+      for old in repository.versions(of: name) where old != version && retireOthers {
         repository.remove(name: name, version: old)  // in-flight calls hold their model and finish on it
       }
       metrics?.recordModelLoad(result: "loaded")
@@ -219,7 +257,7 @@ public final class BundleLoader: Sendable {
     }
   }
 
-  private func verifyAndBuild(_ candidate: Candidate) async throws -> any ServableModel {
+  private func verifyAndBuild(_ candidate: Candidate, record: Bool) async throws -> any ServableModel {
     func refuse(_ error: BundleError) -> PalisadeError {
       PalisadeError(.failedPrecondition, "bundle \(candidate.name)/\(candidate.version) refused: \(error.reason)")
     }
@@ -299,7 +337,15 @@ public final class BundleLoader: Sendable {
         action: manifest.screeningPolicy?.action == .reject ? .reject : .flag))
     let model = try await runtime.load(files: files, descriptor: descriptor)
     try await Self.warmUp(model)
-    do { try accepted.checkAndRecord(name: candidate.name, version: manifest.version) } catch { throw refuse(error) }
+    do {
+      if record {
+        try accepted.checkAndRecord(name: candidate.name, version: manifest.version)
+      } else {
+        try accepted.check(name: candidate.name, version: manifest.version)
+      }
+    } catch {
+      throw refuse(error)
+    }
     // The same pages the runtime read, every signed file (model file and external data alike), re-hashed from now on.
     integrity?.track(
       model: candidate.name, version: String(manifest.version),

@@ -2,6 +2,7 @@ import Foundation
 public import Logging
 public import PalisadeCore
 public import PalisadeProto
+import PalisadePolicy
 import PalisadeWire
 
 /// The stages of one inference after authentication, in the order of the design brief: authorise, resolve (with
@@ -24,12 +25,13 @@ public struct InferencePipeline: Sendable {
 
   public init(
     repository: ModelRepository, statistics: ModelStatisticsStore, authorizer: Authorizer, screener: InputScreener,
-    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger, accessLog: Bool = false, auditor: Auditor? = nil
+    scheduler: Scheduler, metrics: ServerMetrics, logger: Logger, accessLog: Bool = false, auditor: Auditor? = nil,
+    rollouts: RolloutController? = nil
   ) {
     self.auditor = auditor ?? Auditor(log: nil, metrics: metrics, logger: logger)
     self.accessLog = AccessLog(logger: logger, enabled: accessLog)
     self.authorizer = authorizer
-    self.resolver = ModelResolver(repository: repository)
+    self.resolver = ModelResolver(repository: repository, rollouts: rollouts)
     self.validator = InputValidator()
     self.screener = screener
     self.scheduler = scheduler
@@ -57,14 +59,24 @@ public struct InferencePipeline: Sendable {
     statistics.release([descriptor])
   }
 
-  /// Runs one `ModelInfer` request for `call`.
+  /// Runs one `ModelInfer` request for `call`, untraced.
   public func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String) async throws
     -> Inference_ModelInferResponse
   {
+    try await infer(request, call: call, rpc: rpc, spans: nil)
+  }
+
+  /// Runs one `ModelInfer` request for `call`; `spans` (nil when tracing is off) records each stage.
+  package func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String, spans: CallSpans?) async throws
+    -> Inference_ModelInferResponse
+  {
     let started = ContinuousClock.now
-    let trace = CallTrace()
+    let trace = CallTrace(spans: spans)
     // No audit, no answer: while the log is failed nothing runs.
-    try auditor.requireAvailable()
+    do { try auditor.requireAvailable() } catch {
+      spans?.failed(error, stage: .audit)
+      throw error
+    }
     do {
       let response = try await run(request, call: call, rpc: rpc, trace: trace)
       let latency = ContinuousClock.now - started
@@ -77,10 +89,13 @@ public struct InferencePipeline: Sendable {
         manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, outputs: trace.outputs,
         status: "OK", reason: trace.outOfDistribution ? "served; inputs flagged out of distribution" : nil,
         latency: latency)
+      spans?.ended(.audit)
       return response
     } catch let error as PalisadeError where error == Auditor.unavailable {
+      spans?.failed(error, stage: .audit)
       throw error
     } catch {
+      spans?.failed(error)
       let latency = ContinuousClock.now - started
       let code = StatusMapping.codeName(for: error)
       accessLog.record(
@@ -89,6 +104,7 @@ public struct InferencePipeline: Sendable {
         call, rpc: rpc, model: request.modelName, version: trace.descriptor?.version ?? request.modelVersion,
         manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, status: code,
         reason: (error as? PalisadeError)?.message, latency: latency)
+      spans?.ended(.audit)
       throw error
     }
   }
@@ -96,10 +112,13 @@ public struct InferencePipeline: Sendable {
   func run(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String, trace: CallTrace) async throws
     -> Inference_ModelInferResponse
   {
-    var clock = StageClock(metrics: metrics)
+    var clock = StageClock(metrics: metrics, spans: trace.spans)
     let decision = try authorizer.authorize(call, rpc: rpc, model: request.modelName)
     clock.lap(.authorise)
-    let model = try resolver.resolve(name: request.modelName, version: request.modelVersion)
+    let principal = call.identity.spiffeID.description
+    let (model, route) = try resolver.resolve(
+      name: request.modelName, version: request.modelVersion, principal: principal,
+      allows: { v in decision?.versions?.allows(v) ?? true })
     try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.modelName)
     // One lookup of the model's queue serves the breaker here and scheduling below.
     let (queue, madeQueue) = scheduler.lookup(model)
@@ -107,12 +126,23 @@ public struct InferencePipeline: Sendable {
     // Per-version state made by this call for a version that left meanwhile is released when the call ends.
     var made = madeQueue
     defer { if made { releaseIfRetired(descriptor) } }
-    let permit = try queue.breaker.admit(principal: call.identity.spiffeID.description)
+    let permit: CircuitBreaker.Permit
+    do { permit = try queue.breaker.admit(principal: principal) } catch {
+      // An open breaker on the candidate is the candidate failing: its rollout counts it.
+      if let route, let rollouts = resolver.rollouts {
+        rollouts.record(route, outcome: .init(latency: .zero, failed: true, outOfDistribution: false, labels: nil))
+      }
+      throw error
+    }
     // A half-open probe that ends before the model ran (refused, cancelled) is handed back.
     defer { queue.breaker.release(permit) }
+    trace.spans?.resolved(model: descriptor.name, version: descriptor.version)
     clock.lap(.resolve)
     trace.descriptor = descriptor
     let started = ContinuousClock.now
+    // Set once the call reached the model: only what the model does counts in a rollout's windows.
+    var reachedModel = false
+    var outOfDistribution = false
     do {
       let (inputs, requested) = try validate(request, descriptor: descriptor)
       trace.inputs = inputs
@@ -121,11 +151,23 @@ public struct InferencePipeline: Sendable {
       made = made || madeScreen
       let screening = try await screener.screen(inputs, descriptor: descriptor, call: call, state: screenState)
       trace.outOfDistribution = screening.outOfDistribution
+      outOfDistribution = screening.outOfDistribution
       clock.lap(.screen)
       let computeStart = ContinuousClock.now
-      let outputs = try await queue.submit(
-        inputs: inputs, requestedOutputs: requested, principal: call.identity.spiffeID.description)
+      reachedModel = true
+      let outputs = try await queue.submit(inputs: inputs, requestedOutputs: requested, principal: principal)
       let computeEnd = ContinuousClock.now
+      if let route, let rollouts = resolver.rollouts {
+        let (labels, finite) = RolloutController.labels(outputs)
+        // Non-finite scores count as the model's error in the rollout (the caller still gets them).
+        rollouts.record(
+          route,
+          outcome: .init(latency: computeEnd - started, failed: !finite, outOfDistribution: outOfDistribution, labels: labels))
+        if route.shadow != nil {
+          rollouts.shadow(route, inputs: inputs, outOfDistribution: outOfDistribution, stableLabels: labels)
+        }
+        reachedModel = false
+      }
       clock.lap(.compute)
       let selected = try encoder.select(outputs, requested: requested, descriptor: descriptor)
       let hardened = try hardener.harden(selected, descriptor: descriptor)
@@ -147,7 +189,11 @@ public struct InferencePipeline: Sendable {
           compute: computeEnd - computeStart, outputPhase: ContinuousClock.now - computeEnd) || made
       return response
     } catch {
-      made = statistics.recordFailure(descriptor, total: ContinuousClock.now - started) || made
+      let total = ContinuousClock.now - started
+      made = statistics.recordFailure(descriptor, total: total) || made
+      if reachedModel, let route, let rollouts = resolver.rollouts {
+        rollouts.record(route, outcome: .init(latency: total, failed: true, outOfDistribution: outOfDistribution, labels: nil))
+      }
       throw error
     }
   }
@@ -170,22 +216,31 @@ extension InferencePipeline {
 
 /// What the stages learned about one call, for its audit record (one task writes it, then reads it).
 final class CallTrace: @unchecked Sendable {
+  /// The call's spans; nil when tracing is off.
+  let spans: CallSpans?
   var descriptor: ModelDescriptor?
   var inputs: [Tensor]?
   var outputs: [Tensor]?
   var outOfDistribution = false
+
+  init(spans: CallSpans?) { self.spans = spans }
 }
 
-/// Times consecutive pipeline stages into the per-stage histograms.
+/// Times consecutive pipeline stages into the per-stage histograms, and into the call's spans when it is traced.
 struct StageClock {
   let metrics: ServerMetrics
+  let spans: CallSpans?
   var last = ContinuousClock.now
 
-  init(metrics: ServerMetrics) { self.metrics = metrics }
+  init(metrics: ServerMetrics, spans: CallSpans? = nil) {
+    self.metrics = metrics
+    self.spans = spans
+  }
 
   mutating func lap(_ stage: ServerMetrics.Stage) {
     let now = ContinuousClock.now
     metrics.recordStage(stage, now - last)
     last = now
+    spans?.ended(CallSpans.Stage(stage))
   }
 }

@@ -26,32 +26,45 @@ public struct InferenceFastPath: FastUnaryHandler {
   let pipeline: InferencePipeline
   let metrics: ServerMetrics
   let logger: Logger
+  /// Nil when tracing is off: then no tracer call is made.
+  let tracer: CallTracer?
 
-  public init(authenticator: CallAuthenticator, pipeline: InferencePipeline, metrics: ServerMetrics, logger: Logger) {
+  public init(
+    authenticator: CallAuthenticator, pipeline: InferencePipeline, metrics: ServerMetrics, logger: Logger,
+    tracer: CallTracer? = nil
+  ) {
     self.authenticator = authenticator
     self.pipeline = pipeline
     self.metrics = metrics
     self.logger = logger
+    self.tracer = tracer
   }
 
   public func handle(_ call: FastUnaryCall) async -> FastUnaryResponse {
     let start = ContinuousClock.now
+    let spans = tracer?.startCall(rpc: Self.rpc, traceparent: call.header("traceparent"))
     do {
       var context = try await authenticator.identify(call.connection, rpc: Self.rpc)
+      spans?.identified(requestID: context.requestID)
       try await authenticator.authenticate(&context, authorization: call.header("authorization"), rpc: Self.rpc)
+      spans?.ended(.authenticate)
       let request: Inference_ModelInferRequest
       do {
         request = try Inference_ModelInferRequest(serializedBytes: MessageBytes(call.message))
       } catch {
-        throw PalisadeError(.invalidArgument, "the request is not a valid ModelInferRequest message")
+        let refused = PalisadeError(.invalidArgument, "the request is not a valid ModelInferRequest message")
+        spans?.failed(refused, stage: .validate)
+        throw refused
       }
-      let response = try await pipeline.infer(request, call: context, rpc: Self.rpc)
+      let response = try await pipeline.infer(request, call: context, rpc: Self.rpc, spans: spans)
       let bytes: MessageBytes = try response.serializedBytes()
       metrics.recordRPC(method: Self.rpc, code: "OK", duration: ContinuousClock.now - start)
+      spans?.finish(nil)
       return .message(bytes.buffer)
     } catch {
       let status = StatusMapping.rpcError(for: error, logger: logger.with(rpc: Self.rpc, peer: call.connection.remoteAddress))
       metrics.recordRPC(method: Self.rpc, code: StatusMapping.codeName(status.code), duration: ContinuousClock.now - start)
+      spans?.finish(status)
       return .failure(status.code, status.message)
     }
   }
@@ -72,16 +85,19 @@ public struct InferenceStreamFastPath: FastStreamHandler {
   let pipeline: InferencePipeline
   let metrics: ServerMetrics
   let logger: Logger
+  /// Nil when tracing is off: then no tracer call is made.
+  let tracer: CallTracer?
 
   public init(
     authenticator: CallAuthenticator, credentials: StreamCredentials, pipeline: InferencePipeline,
-    metrics: ServerMetrics, logger: Logger
+    metrics: ServerMetrics, logger: Logger, tracer: CallTracer? = nil
   ) {
     self.authenticator = authenticator
     self.credentials = credentials
     self.pipeline = pipeline
     self.metrics = metrics
     self.logger = logger
+    self.tracer = tracer
   }
 
   public func serve(
@@ -89,7 +105,10 @@ public struct InferenceStreamFastPath: FastStreamHandler {
   ) async -> FastStreamEnd {
     let start = ContinuousClock.now
     let logger = self.logger.with(rpc: Self.rpc, peer: call.connection.remoteAddress)
-    let (pipeline, credentials) = (self.pipeline, self.credentials)
+    let (pipeline, credentials, tracer) = (self.pipeline, self.credentials, self.tracer)
+    // Each message is traced as a call of its own under the stream's `traceparent` (authentication happened once,
+    // at the stream's start, so a message's spans start at authorise).
+    let traceparent = tracer == nil ? nil : call.header("traceparent")
     var context: CallContext?
     do {
       var authenticated = try await authenticator.identify(call.connection, rpc: Self.rpc)
@@ -99,22 +118,33 @@ public struct InferenceStreamFastPath: FastStreamHandler {
       try await credentials.whileValid(session) {
         for await message in messages {
           try credentials.check(session)
+          let spans = tracer?.startCall(rpc: Self.rpc, traceparent: traceparent)
+          spans?.identified(requestID: session.requestID)
+          spans?.skipAuthentication()
           var reply = Inference_ModelStreamInferResponse()
           let request: Inference_ModelInferRequest
           do {
             request = try Inference_ModelInferRequest(serializedBytes: MessageBytes(message))
           } catch {
-            reply.errorMessage = "INVALID_ARGUMENT: a request is not a valid ModelInferRequest message"
+            let refused = PalisadeError(.invalidArgument, "a request is not a valid ModelInferRequest message")
+            spans?.failed(refused, stage: .validate)
+            spans?.finish(refused)
+            reply.errorMessage = "INVALID_ARGUMENT: \(refused.message)"
             respond(try Self.serialized(reply))
             continue
           }
           do {
-            reply.inferResponse = try await pipeline.infer(request, call: session, rpc: Self.rpc)
+            reply.inferResponse = try await pipeline.infer(request, call: session, rpc: Self.rpc, spans: spans)
+            spans?.finish(nil)
           } catch let error where !(error is CancellationError) {
+            spans?.finish(error)
             let status = StatusMapping.rpcError(for: error, logger: logger)
             reply.errorMessage = "\(StatusMapping.codeName(status.code)): \(status.message)"
             reply.inferResponse.id = request.id
             reply.inferResponse.modelName = request.modelName
+          } catch {
+            spans?.finish(error)
+            throw error
           }
           respond(try Self.serialized(reply))
         }

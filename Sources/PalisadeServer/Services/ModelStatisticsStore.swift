@@ -1,6 +1,6 @@
 import Foundation
-public import PalisadeCore
-public import PalisadeProto
+import PalisadeCore
+import PalisadeProto
 import Synchronization
 
 /// Per-model counters behind the `ModelStatistics` RPC (Triton's statistics extension).

@@ -1,5 +1,6 @@
 import Foundation
 public import PalisadeCore
+import PalisadeScreening
 import Synchronization
 
 /// Population stability index of each screened feature over a sliding window of recent rows, against the

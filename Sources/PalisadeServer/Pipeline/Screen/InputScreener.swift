@@ -2,6 +2,7 @@ import Foundation
 public import Logging
 public import PalisadeCore
 import PalisadePolicy
+public import PalisadeScreening
 import Synchronization
 
 /// Pipeline stage 6: screens validated inputs before they are scheduled.
