@@ -91,8 +91,8 @@ extension ServerConfig {
     config.egress = try root.section("egress", in: context)
     config.attestation = try root.section("attestation", in: context)
     config.logging = try root.section("logging", in: context)
-    config.rollouts = try RolloutSettings.parse(root)
-    config.tracing = try TracingSettings(yaml: root.map("tracing"))
+    config.rollouts = try root.section("rollouts", in: context)
+    config.tracing = try root.section("tracing", in: context)
     try root.finish()
     try config.checkAcrossSections()
     return config

@@ -80,6 +80,8 @@ import Testing
     try check(Scheduler.Settings.self)
     try check(CircuitBreaker.Settings.self)
     try check(InputScreener.Settings.self)
+    try check(RolloutSettings.self)
+    try check(TracingSettings.self)
   }
 
   @Test func theKeyLogSeesListsAndNestedSections() throws {
