@@ -26,6 +26,19 @@ public struct YAMLError: Error, Sendable, Equatable, CustomStringConvertible {
   }
 }
 
+/// The settings a reader asked for and the ones a document holds, as key paths with list positions written `[]`
+/// (`models.trust[].public_keys`), so that a test can check that an annotated example and its parser know the
+/// same keys. Pass one to ``YAMLMap/parse(_:file:keyLog:)``.
+public final class YAMLKeyLog {
+  /// Every key some reader asked for, present or not.
+  public private(set) var asked: Set<String> = []
+  /// Every key of every mapping that was read.
+  public private(set) var present: Set<String> = []
+  public init() {}
+  fileprivate func ask(_ path: String) { asked.insert(path) }
+  fileprivate func hold(_ paths: [String]) { present.formUnion(paths) }
+}
+
 /// A YAML mapping read key by key. Every key must be consumed: ``finish()`` refuses the ones nobody asked for,
 /// so a misspelt setting is an error instead of a silently ignored default.
 public final class YAMLMap {
@@ -34,25 +47,36 @@ public final class YAMLMap {
   private let node: Node
   private var consumed: Set<String> = []
   private let file: String?
+  private let keyLog: YAMLKeyLog?
+  /// ``path`` with list positions written `[]`, for the key log.
+  private let pattern: String
 
-  /// Parses `text` whose top level must be a mapping (an empty document is an empty mapping).
-  public static func parse(_ text: String, file: String? = nil) throws(YAMLError) -> YAMLMap {
+  /// Parses `text` whose top level must be a mapping (an empty document is an empty mapping). `keyLog` records
+  /// the keys read and present.
+  public static func parse(_ text: String, file: String? = nil, keyLog: YAMLKeyLog? = nil) throws(YAMLError)
+    -> YAMLMap
+  {
     let root: Node?
     do { root = try Yams.compose(yaml: text) } catch {
       throw YAMLError(file: file, path: "", line: Self.line(of: error), message: "not valid YAML (\(error))")
     }
-    guard let root else { return YAMLMap(path: "", node: Node.mapping(Node.Mapping([])), file: file) }
+    guard let root else {
+      return YAMLMap(path: "", node: Node.mapping(Node.Mapping([])), file: file, keyLog: keyLog, pattern: "")
+    }
     guard case .mapping = root else {
       throw YAMLError(file: file, path: "", line: root.mark?.line, message: "the top level must be a mapping")
     }
-    return YAMLMap(path: "", node: root, file: file)
+    return YAMLMap(path: "", node: root, file: file, keyLog: keyLog, pattern: "")
   }
 
-  init(path: String, node: Node, file: String?) {
+  init(path: String, node: Node, file: String?, keyLog: YAMLKeyLog?, pattern: String) {
     self.path = path
     self.node = node
     if case .mapping(let m) = node { self.mapping = m } else { self.mapping = Node.Mapping([]) }
     self.file = file
+    self.keyLog = keyLog
+    self.pattern = pattern
+    keyLog?.hold(mapping.compactMap { $0.key.string.map(patternPath) })
   }
 
   private static func line(of error: any Error) -> Int? {
@@ -69,6 +93,7 @@ public final class YAMLMap {
   private static let nulls: Set<String> = ["", "~", "null", "Null", "NULL"]
 
   private func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+  private func patternPath(_ key: String) -> String { pattern.isEmpty ? key : "\(pattern).\(key)" }
 
   /// An error about `key` (or about this mapping when `key` is nil).
   public func error(_ key: String?, _ message: String) -> YAMLError {
@@ -84,6 +109,7 @@ public final class YAMLMap {
 
   private func value(_ key: String) throws(YAMLError) -> Node? {
     consumed.insert(key)
+    keyLog?.ask(patternPath(key))
     let matches = mapping.filter { $0.key.string == key }
     if matches.count > 1 { throw error(key, "appears more than once") }
     guard let node = matches.first?.value else { return nil }
@@ -157,7 +183,7 @@ public final class YAMLMap {
   public func map(_ key: String) throws(YAMLError) -> YAMLMap? {
     guard let node = try value(key) else { return nil }
     guard case .mapping = node else { throw error(key, "must be a mapping") }
-    return YAMLMap(path: keyPath(key), node: node, file: file)
+    return YAMLMap(path: keyPath(key), node: node, file: file, keyLog: keyLog, pattern: patternPath(key))
   }
 
   /// A list of mappings.
@@ -169,7 +195,9 @@ public final class YAMLMap {
       guard case .mapping = item else {
         throw YAMLError(file: file, path: "\(keyPath(key))[\(i)]", line: item.mark?.line, message: "must be a mapping")
       }
-      out.append(YAMLMap(path: "\(keyPath(key))[\(i)]", node: item, file: file))
+      out.append(
+        YAMLMap(
+          path: "\(keyPath(key))[\(i)]", node: item, file: file, keyLog: keyLog, pattern: "\(patternPath(key))[]"))
     }
     return out
   }

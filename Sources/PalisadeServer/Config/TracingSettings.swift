@@ -84,3 +84,9 @@ public struct TracingSettings: Sendable, Equatable {
     }
   }
 }
+
+extension TracingSettings: DefaultedConfigSection {
+  public init(reading map: YAMLMap, in context: ConfigContext) throws(YAMLError) {
+    try self.init(yaml: map)
+  }
+}

@@ -4,7 +4,6 @@ public import Logging
 import NIOCore
 public import PalisadeCore
 import PalisadeIdentity
-import PalisadeAudit
 public import PalisadeTransport
 import ServiceLifecycle
 public import PalisadeBundle
@@ -46,7 +45,8 @@ public final class ServerRuntime: Sendable {
   }
 
   /// Builds the server. Throws errors that name the file or setting at fault. `runtimes` turn verified model
-  /// files into servable models.
+  /// files into servable models. Each subsystem is built by one small function in `RuntimeWiring.swift`, in
+  /// dependency order.
   public init(
     config: ServerConfig, repository: ModelRepository? = nil, runtimes: [any ModelRuntime] = [], logger: Logger
   ) throws {
@@ -54,139 +54,37 @@ public final class ServerRuntime: Sendable {
     self.logger = logger
     let repository = repository ?? ModelRepository(required: Set(config.models.required))
     self.repository = repository
-    self.metrics = ServerMetrics()
+    let metrics = ServerMetrics()
+    self.metrics = metrics
+    let wiring = RuntimeWiring(config: config, repository: repository, metrics: metrics, logger: logger)
 
-    let roots = try PEMFiles.certificates(at: config.server.tls.clientCABundle)
-    let verifier = ClientCertificateVerifier(roots: roots)
-    let certificates = try ServerCertificateStore(
-      credentials: ServerCredentials(
-        certificateChainPath: config.server.tls.certificateChain, privateKeyPath: config.server.tls.privateKey))
-    let tokens = TokenVerifier(
-      settings: TokenVerifier.Settings(
-        audience: config.auth.audience, algorithms: Set(config.auth.algorithms), types: Set(config.auth.types),
-        leewaySeconds: config.auth.leewaySeconds, maxLifetimeSeconds: config.auth.maxLifetimeSeconds),
-      issuers: try CredentialFiles.issuers(config.auth))
-    let policy = PolicyStore(try CredentialFiles.policy(config.policy.file))
-    let exempt = Set(config.auth.exemptRPCs)
-    let auditLog: AuditLog?
-    var reopenAudit: (@Sendable (AuditDurableEnd?) throws -> AuditLog)?
-    if let a = config.audit {
-      var c = AuditConfiguration(directory: a.directory, keyFile: a.key)
-      c.durability = a.durability == "batched" ? .batched : .sync
-      c.segmentMaxBytes = UInt64(a.segmentMaxBytes)
-      c.batchInterval = .milliseconds(a.batchIntervalMs)
-      c.checkpointEveryRecords = a.checkpointEveryRecords
-      c.checkpointInterval = .seconds(a.checkpointIntervalSeconds)
-      c.origin = a.origin
-      let opened = try AuditLog.open(configuration: c)
-      auditLog = opened
-      let r = opened.recovery
-      if r.truncatedBytes > 0 || r.truncatedCheckpointBytes > 0 {
-        // An interrupted append (a crash, kill -9, power loss) left a torn last record: it was cut off.
-        logger.warning(
-          "audit log recovered a torn tail",
-          metadata: [
-            "segment": "\(r.truncatedSegment ?? "-")", "bytes": "\(r.truncatedBytes)",
-            "checkpoint_bytes": "\(r.truncatedCheckpointBytes)", "records": "\(r.recordCount)",
-          ])
-      }
-      reopenAudit = { [c] end in try AuditLog.open(configuration: c, rollingBackTo: end) }
-    } else {
-      auditLog = nil
-      logger.warning("no audit section in the config: decisions are not recorded in an audit log")
-    }
-    let auditor = Auditor(log: auditLog, metrics: metrics, logger: logger, reopen: reopenAudit)
+    let credentials = try wiring.credentials()
+    let auditor = try wiring.auditor()
     self.auditor = auditor
     // Not ready while the audit log is failed: calls are refused then, so load balancers should look elsewhere.
-    self.state = ServingState(repository: repository, isAuditAvailable: { auditor.isAvailable })
-    let metrics = self.metrics
-    if let socket = config.egress.reportSocket {
-      self.egressReports = EgressReportReceiver(
-        path: socket, mode: config.egress.reportSocketMode, allowedSenderUIDs: config.egress.reportSenderUIDs.map(Set.init),
-        auditor: auditor, metrics: metrics, logger: logger)
-    } else {
-      self.egressReports = nil
-    }
-    let quarantines = QuarantineStore()
-    let authorizer = Authorizer(
-      store: policy, metrics: metrics, logger: logger, exemptRPCs: exempt, quarantines: quarantines)
-    self.reloader = CredentialReloader(
-      config: config, certificates: certificates, verifier: verifier, tokens: tokens, policy: policy, metrics: metrics,
-      logger: logger, auditor: auditor)
-
-
-    if config.models.directories.isEmpty {
-      self.bundles = nil
-    } else {
-      let unpack = config.models.unpackDirectory ?? FileManager.default.temporaryDirectory.path
-      self.bundles = try BundleLoader(
-        settings: .init(
-          directories: config.models.directories, trust: try Self.trustPolicy(config.models.trust),
-          stateFile: config.models.stateFile ?? "accepted-versions.json",
-          unpackDirectory: unpack),
-        runtimes: runtimes, repository: repository, logger: logger, auditor: auditor, metrics: metrics,
-        integrity: IntegrityMonitor(
-          interval: .seconds(max(1, config.models.integrityCheckSeconds)), repository: repository, metrics: metrics,
-          auditor: auditor, logger: logger))
-    }
-    let rollouts = RolloutController(
-      repository: repository, bundles: bundles, settings: config.rollouts, metrics: metrics, auditor: auditor,
-      logger: logger)
+    let state = ServingState(repository: repository, isAuditAvailable: { auditor.isAvailable })
+    self.state = state
+    self.egressReports = wiring.egressReports(auditor: auditor)
+    self.reloader = wiring.reloader(credentials, auditor: auditor)
+    let bundles = try wiring.bundleLoader(runtimes: runtimes, auditor: auditor)
+    self.bundles = bundles
+    let rollouts = wiring.rolloutController(bundles: bundles, auditor: auditor)
     self.rollouts = rollouts
-    let statistics = ModelStatisticsStore()
-    let pipeline = InferencePipeline(
-      repository: repository, statistics: statistics, authorizer: authorizer,
-      screener: InputScreener(
-        settings: config.screening, policy: policy, quarantines: quarantines, metrics: metrics, logger: logger,
-        auditor: auditor),
-      scheduler: Scheduler(settings: config.scheduling, metrics: metrics), metrics: metrics, logger: logger,
-      accessLog: config.logging.accessLog, auditor: auditor, rollouts: rollouts)
+    let authorizer = wiring.authorizer(credentials)
+    let pipeline = wiring.pipeline(credentials, authorizer: authorizer, auditor: auditor, rollouts: rollouts)
     self.pipeline = pipeline
-    metrics.beforeRender { [weak metrics] in
-      metrics?.setModelsInMemory(runtimes.compactMap(\.modelsInMemory).reduce(0, +))
-    }
-    let tracing = try CallTracer.make(config.tracing, logger: logger, environment: ProcessInfo.processInfo.environment)
+    wiring.reportModelsInMemory(runtimes)
+    let tracing = try wiring.tracing()
     self.tracingService = tracing?.service
-    let authenticator = CallAuthenticator(
-      verifier: tokens, exemptRPCs: exempt, metrics: metrics, logger: logger, auditor: auditor)
-    // ModelInfer and ModelStreamInfer are served on the transport's fast path; every other RPC goes through
-    // grpc-swift, with the same authentication stages as interceptors.
-    let transport = try MTLSServerTransport(
-      configuration: Self.transportConfiguration(config.server), certificates: certificates, verifier: verifier,
-      fastPaths: [
-        InferenceFastPath(
-          authenticator: authenticator, pipeline: pipeline, metrics: metrics, logger: logger, tracer: tracing?.tracer)
-      ],
-      fastStreams: [
-        InferenceStreamFastPath(
-          authenticator: authenticator, credentials: StreamCredentials(verifier: tokens), pipeline: pipeline,
-          metrics: metrics, logger: logger, tracer: tracing?.tracer)
-      ],
-      observer: metrics, bound: grpcAddress, logger: logger)
+    let authenticator = wiring.authenticator(credentials, auditor: auditor)
     self.grpcServer = GRPCServer(
-      transport: transport,
-      services: [
-        InferenceService(repository: repository, pipeline: pipeline, bundles: bundles, tokens: tokens, logger: logger),
-        HealthService(state: state, maxWatchesPerConnection: config.server.limits.maxWatchesPerConnection),
-        AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor, rollouts: rollouts),
-        AttestationService(
-          builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
-          sources: .init(
-            config: config, policy: policy, repository: repository, leafCertificateDER: { certificates.leafDER },
-            auditCheckpoint: { auditor.latestCheckpoint }),
-          authorizer: authorizer, logger: logger, auditor: auditor),
-      ],
-      interceptors: [
-        CallObserverInterceptor(metrics: metrics, logger: logger),
-        CallerIdentityInterceptor(authenticator: authenticator),
-        TokenAuthenticationInterceptor(authenticator: authenticator),
-      ])
-    self.admin =
-      config.admin.enabled
-      ? AdminHTTPServer(
-        host: config.admin.listen.host, port: config.admin.listen.port, state: state, metrics: metrics, logger: logger,
-        maxConnections: config.admin.maxConnections, requestTimeout: .seconds(config.admin.requestTimeoutSeconds))
-      : nil
+      transport: try wiring.transport(
+        credentials, authenticator: authenticator, pipeline: pipeline, tracer: tracing?.tracer, bound: grpcAddress),
+      services: try wiring.services(
+        credentials, state: state, pipeline: pipeline, bundles: bundles, authorizer: authorizer, auditor: auditor,
+        rollouts: rollouts),
+      interceptors: wiring.interceptors(authenticator))
+    self.admin = wiring.adminEndpoint(state: state)
   }
 
   /// Runs until SIGTERM/SIGINT or ``shutdown()``, then drains. Returns normally after a graceful shutdown.

@@ -1,0 +1,26 @@
+public import PalisadeYAML
+
+extension ServerConfig {
+  /// `admin:`, the loopback HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+  public struct Admin: DefaultedConfigSection {
+    public var enabled: Bool
+    public var listen: HostPort
+    /// Open admin connections at once; beyond: closed at once.
+    public var maxConnections: Int = 64
+    /// A request must arrive whole within this of the connection opening or the previous response.
+    public var requestTimeoutSeconds: Int = 10
+    public init(enabled: Bool, listen: HostPort) {
+      self.enabled = enabled
+      self.listen = listen
+    }
+    public static let defaults = Admin(enabled: true, listen: HostPort(host: "127.0.0.1", port: 9464))
+
+    public init(reading map: YAMLMap, in context: ConfigContext) throws(YAMLError) {
+      self = .defaults
+      try map.bool("enabled", into: &enabled)
+      if let s = try map.string("listen") { listen = try context.hostPort(s, key: "listen", in: map) }
+      try map.int("max_connections", in: 1...100_000, into: &maxConnections)
+      try map.int("request_timeout_seconds", in: 1...3600, into: &requestTimeoutSeconds)
+    }
+  }
+}
