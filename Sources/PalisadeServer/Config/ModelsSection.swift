@@ -1,49 +1,12 @@
+public import PalisadeBundle
 public import PalisadeYAML
 
 extension ServerConfig {
   /// `models:`: signed bundle directories, who may sign them, and which models readiness waits for.
   public struct Models: DefaultedConfigSection {
-    /// Who may sign bundles for which model names: the first rule whose pattern matches decides.
-    public struct TrustRule: ConfigSection {
-      /// Model-name glob (`*` within a path segment, `**` across).
-      public var models: String
-      /// PEM public keys (the model_signing "key" method).
-      public var publicKeys: [String]
-      /// PEM CA roots for the "certificate" method; the leaf must also match `signerSubject` / `signerSAN`.
-      public var certificateRoots: [String]
-      /// Glob on the signing certificate's subject common name.
-      public var signerSubject: String?
-      /// `dns:GLOB`, `uri:GLOB` or `email:GLOB` on the signing certificate's SANs.
-      public var signerSAN: String?
-      public init(
-        models: String, publicKeys: [String] = [], certificateRoots: [String] = [], signerSubject: String? = nil,
-        signerSAN: String? = nil
-      ) {
-        self.models = models
-        self.publicKeys = publicKeys
-        self.certificateRoots = certificateRoots
-        self.signerSubject = signerSubject
-        self.signerSAN = signerSAN
-      }
-
-      public init(reading map: YAMLMap, in context: ConfigContext) throws(YAMLError) {
-        self.init(models: try map.requiredString("models"))
-        publicKeys = (try map.strings("public_keys") ?? []).map(context.resolve)
-        certificateRoots = (try map.strings("certificate_roots") ?? []).map(context.resolve)
-        signerSubject = try map.string("signer_subject")
-        signerSAN = try map.string("signer_san")
-        if let san = signerSAN, !["dns:", "uri:", "email:"].contains(where: { san.hasPrefix($0) }) {
-          throw map.error("signer_san", "must start with dns:, uri: or email:")
-        }
-        if publicKeys.isEmpty && certificateRoots.isEmpty {
-          throw map.error(nil, "needs public_keys or certificate_roots")
-        }
-        if !certificateRoots.isEmpty && signerSubject == nil && signerSAN == nil {
-          throw map.error(
-            "certificate_roots", "needs signer_subject or signer_san: a CA alone does not say who may sign")
-        }
-      }
-    }
+    /// Who may sign bundles for which model names: the first rule whose pattern matches decides. The same type
+    /// `palisade bundle verify` builds its policy from (`TrustPolicy.load`).
+    public typealias TrustRule = TrustPolicy.RuleFiles
     /// Names that must have a ready version before `/readyz` and `ServerReady` report ready.
     public var required: [String]
     /// Directories holding signed bundles as `<name>/<version>/` or `<name>/<version>.tar.zst`.
@@ -79,6 +42,26 @@ extension ServerConfig {
         if trust.isEmpty { throw map.error("trust", "is required when directories are set") }
         if stateFile == nil { throw map.error("state_file", "is required when directories are set") }
       }
+    }
+  }
+}
+
+extension TrustPolicy.RuleFiles: ConfigSection {
+  public init(reading map: YAMLMap, in context: ConfigContext) throws(YAMLError) {
+    self.init(models: try map.requiredString("models"))
+    publicKeys = (try map.strings("public_keys") ?? []).map(context.resolve)
+    certificateRoots = (try map.strings("certificate_roots") ?? []).map(context.resolve)
+    signerSubject = try map.string("signer_subject")
+    signerSAN = try map.string("signer_san")
+    if let san = signerSAN, !["dns:", "uri:", "email:"].contains(where: { san.hasPrefix($0) }) {
+      throw map.error("signer_san", "must start with dns:, uri: or email:")
+    }
+    if publicKeys.isEmpty && certificateRoots.isEmpty {
+      throw map.error(nil, "needs public_keys or certificate_roots")
+    }
+    if !certificateRoots.isEmpty && signerSubject == nil && signerSAN == nil {
+      throw map.error(
+        "certificate_roots", "needs signer_subject or signer_san: a CA alone does not say who may sign")
     }
   }
 }

@@ -172,12 +172,7 @@ public final class ServerRuntime: Sendable {
 
   /// The bundle trust policy from the configuration's trust rules; errors name the key file.
   public static func trustPolicy(_ rules: [ServerConfig.Models.TrustRule]) throws -> TrustPolicy {
-    try TrustPolicy.load(
-      rules.map {
-        .init(
-          models: $0.models, publicKeys: $0.publicKeys, certificateRoots: $0.certificateRoots,
-          signerSubject: $0.signerSubject, signerSAN: $0.signerSAN)
-      })
+    try TrustPolicy.load(rules)
   }
 
   /// Starts a graceful shutdown, as SIGTERM does.
