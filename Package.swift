@@ -92,6 +92,17 @@ let package = Package(
     ),
     // libzstd, for packed bundles.
     .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+    // The TCG software stack (ESAPI, TCTI loader, marshalling), for the TPM.
+    .systemLibrary(name: "CTSS2", pkgConfig: "tss2-esys", providers: [.apt(["libtss2-dev"])]),
+    // TPM 2.0: PCRs, the attestation key, quotes, EK certificate, credential activation (ESAPI), and the TPM wire
+    // structures a verifier parses in pure Swift.
+    .target(
+      name: "PalisadeTPM",
+      dependencies: [
+        "CTSS2", .product(name: "Crypto", package: "swift-crypto"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+      ],
+      swiftSettings: strict
+    ),
     // Signed model bundles: OMS signatures, trust policy, manifest, rollback state, .tar.zst packing.
     .target(
       name: "PalisadeBundle",
@@ -128,7 +139,7 @@ let package = Package(
       name: "PalisadeServer",
       dependencies: [
         "PalisadeProto", "PalisadeCore", "PalisadeWire", "PalisadeIdentity", "PalisadeTransport", "PalisadeYAML",
-        "PalisadePolicy", "PalisadeBundle", "PalisadeAudit", "PalisadeOutbound",
+        "PalisadePolicy", "PalisadeBundle", "PalisadeAudit", "PalisadeOutbound", "PalisadeTPM",
         // The extraction monitor's projection and distances run on the kernels (AVX2/FMA; this target is not
         // compiled with the kernel flags).
         "PalisadeKernels",
@@ -184,10 +195,12 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-        "PalisadeIdentity",
+        "PalisadeIdentity", "PalisadeTPM",
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: strict
     ),
@@ -197,6 +210,7 @@ let package = Package(
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity",
         "PalisadePolicy", "PalisadeBundle", "PalisadeRuntime", "PalisadeCPUCheck", "PalisadeAudit", "PalisadeEgress",
+        "PalisadeTPM",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -295,6 +309,14 @@ let package = Package(
       ]
     ),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
+    .testTarget(
+      name: "PalisadeTPMTests",
+      dependencies: [
+        "PalisadeTPM", "PalisadeTestSupport",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+      ]
+    ),
     .testTarget(name: "PalisadeAuditTests", dependencies: ["PalisadeAudit", .product(name: "Crypto", package: "swift-crypto")]),
     .testTarget(
       name: "PalisadeRuntimeTests",
@@ -328,7 +350,7 @@ let package = Package(
       name: "PalisadeServerTests",
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTransport", "PalisadeWire",
-        "PalisadeIdentity", "PalisadeTestSupport", "PalisadeYAML", "PalisadeAudit", "PalisadeOutbound",
+        "PalisadeIdentity", "PalisadeTestSupport", "PalisadeYAML", "PalisadeAudit", "PalisadeOutbound", "PalisadeTPM",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "X509", package: "swift-certificates"),

@@ -76,6 +76,8 @@ public struct ServerConfig: Sendable, Equatable {
     /// The CycloneDX SBOM of this build, whose SHA-256 the evidence reports as `sbom_sha256`. Default:
     /// `share/palisade/sbom.cdx.json` beside the executable's `bin/` (where the image puts it), when present.
     public var sbom: String?
+    /// The TPM that roots the evidence (`attestation.tpm`); nil: software-signed evidence only.
+    public var tpm: TPMAttestationConfig?
     public init(key: String?, sbom: String? = nil) {
       self.key = key
       self.sbom = sbom
@@ -624,6 +626,7 @@ extension ServerConfig {
     if let m = try root.map("attestation") {
       attestation.key = try m.string("key").map(resolve)
       attestation.sbom = try m.string("sbom").map(resolve)
+      attestation.tpm = try m.map("tpm").map { t throws(YAMLError) in try TPMAttestationConfig(yaml: t) }
       try m.finish()
     }
 

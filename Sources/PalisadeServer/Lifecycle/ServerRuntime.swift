@@ -150,18 +150,32 @@ public final class ServerRuntime: Sendable {
           metrics: metrics, logger: logger)
       ],
       observer: metrics, bound: grpcAddress, logger: logger)
+    // attestation.tpm: a TPM the config names must work, or the server does not start (docs/attestation.md).
+    var tpm: TPMAttestor? = nil
+    if let settings = config.attestation.tpm {
+      do { tpm = try TPMAttestor(settings: settings) } catch {
+        throw PalisadeError(.failedPrecondition, "attestation.tpm (\(settings.tcti)): \(error)")
+      }
+    }
+    let attestation = AttestationService(
+      builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
+      tpm: tpm,
+      sources: .init(
+        config: config, policy: policy, repository: repository, leafCertificateDER: { certificates.leafDER },
+        auditCheckpoint: { auditor.latestCheckpoint }),
+      authorizer: authorizer, logger: logger, auditor: auditor)
+    if tpm != nil {
+      // Measured start; model versions are measured as they are retired and before every quote.
+      attestation.reconcileTPM()
+      repository.onRetire { _ in attestation.reconcileTPM() }
+    }
     self.grpcServer = GRPCServer(
       transport: transport,
       services: [
         InferenceService(repository: repository, pipeline: pipeline, bundles: bundles, tokens: tokens, logger: logger),
         HealthService(state: state, maxWatchesPerConnection: config.server.limits.maxWatchesPerConnection),
         AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor),
-        AttestationService(
-          builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
-          sources: .init(
-            config: config, policy: policy, repository: repository, leafCertificateDER: { certificates.leafDER },
-            auditCheckpoint: { auditor.latestCheckpoint }),
-          authorizer: authorizer, logger: logger, auditor: auditor),
+        attestation,
       ],
       interceptors: [
         CallObserverInterceptor(metrics: metrics, logger: logger),
