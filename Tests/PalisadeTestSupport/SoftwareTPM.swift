@@ -32,27 +32,20 @@ public struct SoftwareTPM: Sendable {
   public static func start(caDir: String? = nil) throws -> SoftwareTPM {
     let state = NSTemporaryDirectory() + "palisade-swtpm-\(UUID().uuidString)"
     let ca = caDir ?? sharedCADir
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "\(repositoryRoot)/certs/swtpm-start.sh")
-    process.arguments = [state, ca]
-    // Files, not pipes: the daemonised swtpm inherits the descriptors Process opened, so a pipe never reaches EOF.
+    // system(3), not Process: the daemonised swtpm inherits the descriptors Process opens (a pipe never reaches
+    // EOF) and Process's exit notification can stall under the test runner; the shell's wait is plain waitpid.
     try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
     let outPath = "\(state).out"
     let errPath = "\(state).err"
-    FileManager.default.createFile(atPath: outPath, contents: nil)
-    FileManager.default.createFile(atPath: errPath, contents: nil)
     defer {
       try? FileManager.default.removeItem(atPath: outPath)
       try? FileManager.default.removeItem(atPath: errPath)
     }
-    process.standardOutput = FileHandle(forWritingAtPath: outPath)
-    process.standardError = FileHandle(forWritingAtPath: errPath)
-    try process.run()
-    process.waitUntilExit()
+    let status = system("'\(repositoryRoot)/certs/swtpm-start.sh' '\(state)' '\(ca)' </dev/null >'\(outPath)' 2>'\(errPath)'")
     let stdout = FileManager.default.contents(atPath: outPath) ?? Data()
     let stderr = FileManager.default.contents(atPath: errPath) ?? Data()
     let tcti = String(decoding: stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    guard process.terminationStatus == 0, tcti.hasPrefix("swtpm:") else {
+    guard status == 0, tcti.hasPrefix("swtpm:") else {
       throw SoftwareTPMError(message: "swtpm-start.sh failed: \(String(decoding: stderr, as: UTF8.self))")
     }
     return SoftwareTPM(tcti: tcti, stateDir: state, caDir: ca)
