@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 CONFIG ?= deploy/local/palisade.yaml
 # Debian packages the build, the dev PKI and the tests need.
-APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl gnutls-bin
+APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl gnutls-bin libtss2-dev swtpm swtpm-tools tpm2-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help deps venv build release release-repro sbom pki demo-bundle run test test-image fuzz fuzz-seeds check generate clean

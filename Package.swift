@@ -102,6 +102,17 @@ let package = Package(
     ),
     // libzstd, for packed bundles.
     .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+    // The TCG software stack (ESAPI, TCTI loader, marshalling), for the TPM.
+    .systemLibrary(name: "CTSS2", pkgConfig: "tss2-esys", providers: [.apt(["libtss2-dev"])]),
+    // TPM 2.0: PCRs, the attestation key, quotes, EK certificate, credential activation (ESAPI), and the TPM wire
+    // structures a verifier parses in pure Swift.
+    .target(
+      name: "PalisadeTPM",
+      dependencies: [
+        "CTSS2", .product(name: "Crypto", package: "swift-crypto"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+      ],
+      swiftSettings: strict
+    ),
     // Signed model bundles: OMS signatures, trust policy, manifest, rollback state, .tar.zst packing.
     .target(
       name: "PalisadeBundle",
@@ -139,6 +150,7 @@ let package = Package(
       dependencies: [
         "PalisadeProto", "PalisadeCore", "PalisadeWire", "PalisadeIdentity", "PalisadeTransport", "PalisadeYAML",
         "PalisadePolicy", "PalisadeBundle", "PalisadeAudit", "PalisadeOutbound", "PalisadeScreening", "PalisadeSupport",
+        "PalisadeTPM",
         // The extraction monitor's projection and distances run on the kernels (AVX2/FMA; this target is not
         // compiled with the kernel flags).
         "PalisadeKernels",
@@ -196,11 +208,13 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-        "PalisadeIdentity", "PalisadeYAML",
+        "PalisadeIdentity", "PalisadeYAML", "PalisadeTPM",
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: strict
     ),
@@ -211,6 +225,7 @@ let package = Package(
       dependencies: [
         "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeYAML", "PalisadeIdentity", "PalisadePolicy",
         "PalisadeBundle", "PalisadeRuntime", "PalisadeScreening", "PalisadeAudit", "PalisadeEgress", "PalisadeSupport",
+        "PalisadeTPM",
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -320,6 +335,14 @@ let package = Package(
     // The layering rules (docs/architecture.md) over Package.swift and the sources' imports. No dependencies.
     .testTarget(name: "PalisadeLayeringTests"),
     .testTarget(name: "PalisadeCoreTests", dependencies: ["PalisadeCore"]),
+    .testTarget(
+      name: "PalisadeTPMTests",
+      dependencies: [
+        "PalisadeTPM", "PalisadeTestSupport",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+      ]
+    ),
     .testTarget(name: "PalisadeAuditTests", dependencies: ["PalisadeAudit", .product(name: "Crypto", package: "swift-crypto")]),
     .testTarget(
       name: "PalisadeRuntimeTests",
@@ -371,7 +394,7 @@ let package = Package(
       dependencies: [
         "PalisadeServer", "PalisadeClient", "PalisadeCore", "PalisadeProto", "PalisadeTransport", "PalisadeWire",
         "PalisadeIdentity", "PalisadeTestSupport", "PalisadeYAML", "PalisadeAudit", "PalisadeOutbound",
-        "PalisadeScreening", "PalisadeSupport",
+        "PalisadeScreening", "PalisadeSupport", "PalisadeTPM",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "X509", package: "swift-certificates"),

@@ -5,6 +5,7 @@ import NIOCore
 import NIOSSL
 import PalisadeIdentity
 import PalisadeProto
+public import PalisadeTPM
 import Synchronization
 import X509
 
@@ -14,13 +15,16 @@ public struct AttestationExchange: Sendable {
   public var keyID: String
   /// SHA-256 (hex) of the public key of the TLS certificate this connection verified.
   public var presentedPublicKeySHA256: String
+  /// The TPM part, when the server has one (attestation.tpm).
+  public var tpm: TPMEvidenceBytes? = nil
 }
 
 /// Calls `palisade.v1.Attestation/Attest` with `nonce` over mTLS. The server certificate is verified here
 /// (RFC 5280 path to `tls.serverCA`, the host in its SANs) rather than by BoringSSL, so that the exchange also
 /// reports which certificate this very connection presented: the caller checks the evidence is bound to it.
-public func attest(host: String, port: Int, tls: ClientTLSFiles, token: String?, nonce: [UInt8]) async throws
-  -> AttestationExchange
+public func attest(
+  host: String, port: Int, tls: ClientTLSFiles, token: String?, nonce: [UInt8], challenge: TPMCredential.Challenge? = nil
+) async throws -> AttestationExchange
 {
   let roots = try PEMFiles.certificates(at: tls.serverCA)
   let verifier = ServerCertificateVerifier(roots: roots, host: host)
@@ -43,12 +47,29 @@ public func attest(host: String, port: Int, tls: ClientTLSFiles, token: String?,
       }
     }
   ) { client in
-    try await Palisade_V1_Attestation.Client(wrapping: client).attest(.with { $0.nonce = Data(nonce) })
+    try await Palisade_V1_Attestation.Client(wrapping: client).attest(
+      .with {
+        $0.nonce = Data(nonce)
+        if let challenge {
+          $0.credentialBlob = Data(challenge.credentialBlob)
+          $0.encryptedSecret = Data(challenge.encryptedSecret)
+        }
+      })
   }
   guard let presented = seen.value.withLock({ $0 }) else {
     throw RPCError(code: .unavailable, message: "the server certificate was not verified on this connection")
   }
-  return AttestationExchange(evidence: response.evidence, keyID: response.keyID, presentedPublicKeySHA256: presented)
+  var exchange = AttestationExchange(evidence: response.evidence, keyID: response.keyID, presentedPublicKeySHA256: presented)
+  if response.hasTpm {
+    let t = response.tpm
+    var values: [Int: [UInt8]] = [:]
+    for (index, value) in t.pcrValues { values[Int(index)] = Array(value) }
+    exchange.tpm = TPMEvidenceBytes(
+      quoteAttest: Array(t.quoteAttest), quoteSignature: Array(t.quoteSignature), akPublic: Array(t.akPublic),
+      ekPublic: Array(t.ekPublic), ekCertificate: Array(t.ekCertificate), eventLog: t.eventLog, pcr: Int(t.pcr),
+      pcrValues: values, activatedCredential: Array(t.activatedCredential))
+  }
+  return exchange
 }
 
 /// The public-key digest seen by the verification callback of one connection.

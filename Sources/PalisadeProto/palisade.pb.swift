@@ -316,8 +316,18 @@ public nonisolated struct Palisade_V1_AttestRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// 16 to 64 random bytes chosen by the caller; returned inside the signed evidence.
+  /// 16 to 64 random bytes chosen by the caller; returned inside the signed evidence (and, with a TPM, as the
+  /// quote's qualifyingData).
   public var nonce: Data = Data()
+
+  /// Credential activation (docs/attestation.md): a TPM2_MakeCredential the caller made against the endorsement key
+  /// of an earlier answer, for the name of its attestation key. When both are set, the server's TPM releases the
+  /// credential (TPM2_ActivateCredential) into `tpm.activated_credential`; it can only if the attestation key and
+  /// the endorsement key live in the same TPM.
+  public var credentialBlob: Data = Data()
+
+  /// TPM2B_ENCRYPTED_SECRET, marshalled
+  public var encryptedSecret: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -330,11 +340,59 @@ public nonisolated struct Palisade_V1_AttestResponse: Sendable {
   // methods supported on all messages.
 
   /// The evidence: a JWT (JWS compact serialisation) with EAT (RFC 9711) claims, signed with the server's
-  /// attestation key.
+  /// attestation key. With a TPM its claims carry `palisade.tpm_quote_sha256`, the SHA-256 of `tpm.quote_attest`.
   public var evidence: String = String()
 
   /// The attestation public key's JWK thumbprint (RFC 7638), to pick the key when several are trusted.
   public var keyID: String = String()
+
+  /// The TPM's part (attestation.tpm); absent when the server has no TPM and its evidence is software-signed.
+  public var tpm: Palisade_V1_TPMEvidence {
+    get {_tpm ?? Palisade_V1_TPMEvidence()}
+    set {_tpm = newValue}
+  }
+  /// Returns true if `tpm` has been explicitly set.
+  public var hasTpm: Bool {self._tpm != nil}
+  /// Clears the value of `tpm`. Subsequent reads from it will return its default value.
+  public mutating func clearTpm() {self._tpm = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tpm: Palisade_V1_TPMEvidence? = nil
+}
+
+/// TPM 2.0 evidence: every binary field is the TPM's own marshalled structure (TPM 2.0 Part 2), big-endian.
+public nonisolated struct Palisade_V1_TPMEvidence: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// TPMS_ATTEST of TPM2_Quote (magic, type quote, extraData = the request nonce, PCR selection, PCR digest).
+  public var quoteAttest: Data = Data()
+
+  /// TPMT_SIGNATURE over quote_attest by the attestation key (ECDSA P-256, SHA-256).
+  public var quoteSignature: Data = Data()
+
+  /// TPMT_PUBLIC of the attestation key (restricted ECC P-256 signing key, a primary of the endorsement hierarchy).
+  public var akPublic: Data = Data()
+
+  /// TPMT_PUBLIC of the endorsement key (ECC), and its certificate (DER) from the TPM's NV.
+  public var ekPublic: Data = Data()
+
+  public var ekCertificate: Data = Data()
+
+  /// The measurement event log (JSON, docs/attestation.md) whose replay gives the value of PCR `pcr`.
+  public var eventLog: String = String()
+
+  public var pcr: UInt32 = 0
+
+  /// The SHA-256 bank values of every quoted PCR, by index (the application PCR and any boot PCRs).
+  public var pcrValues: Dictionary<UInt32,Data> = [:]
+
+  /// The credential the TPM released for the request's activation challenge.
+  public var activatedCredential: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -921,7 +979,7 @@ nonisolated extension Palisade_V1_RolloutStatusResponse: SwiftProtobuf.Message, 
 
 nonisolated extension Palisade_V1_AttestRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AttestRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nonce\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nonce\0\u{3}credential_blob\0\u{3}encrypted_secret\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -930,6 +988,8 @@ nonisolated extension Palisade_V1_AttestRequest: SwiftProtobuf.Message, SwiftPro
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.nonce) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.credentialBlob) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.encryptedSecret) }()
       default: break
       }
     }
@@ -939,11 +999,19 @@ nonisolated extension Palisade_V1_AttestRequest: SwiftProtobuf.Message, SwiftPro
     if !self.nonce.isEmpty {
       try visitor.visitSingularBytesField(value: self.nonce, fieldNumber: 1)
     }
+    if !self.credentialBlob.isEmpty {
+      try visitor.visitSingularBytesField(value: self.credentialBlob, fieldNumber: 2)
+    }
+    if !self.encryptedSecret.isEmpty {
+      try visitor.visitSingularBytesField(value: self.encryptedSecret, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Palisade_V1_AttestRequest, rhs: Palisade_V1_AttestRequest) -> Bool {
     if lhs.nonce != rhs.nonce {return false}
+    if lhs.credentialBlob != rhs.credentialBlob {return false}
+    if lhs.encryptedSecret != rhs.encryptedSecret {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -951,7 +1019,7 @@ nonisolated extension Palisade_V1_AttestRequest: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Palisade_V1_AttestResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AttestResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}evidence\0\u{3}key_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}evidence\0\u{3}key_id\0\u{1}tpm\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -961,24 +1029,103 @@ nonisolated extension Palisade_V1_AttestResponse: SwiftProtobuf.Message, SwiftPr
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.evidence) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.keyID) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._tpm) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.evidence.isEmpty {
       try visitor.visitSingularStringField(value: self.evidence, fieldNumber: 1)
     }
     if !self.keyID.isEmpty {
       try visitor.visitSingularStringField(value: self.keyID, fieldNumber: 2)
     }
+    try { if let v = self._tpm {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Palisade_V1_AttestResponse, rhs: Palisade_V1_AttestResponse) -> Bool {
     if lhs.evidence != rhs.evidence {return false}
     if lhs.keyID != rhs.keyID {return false}
+    if lhs._tpm != rhs._tpm {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Palisade_V1_TPMEvidence: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TPMEvidence"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}quote_attest\0\u{3}quote_signature\0\u{3}ak_public\0\u{3}ek_public\0\u{3}ek_certificate\0\u{3}event_log\0\u{1}pcr\0\u{3}pcr_values\0\u{3}activated_credential\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.quoteAttest) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.quoteSignature) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.akPublic) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.ekPublic) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.ekCertificate) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.eventLog) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.pcr) }()
+      case 8: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt32,SwiftProtobuf.ProtobufBytes>.self, value: &self.pcrValues) }()
+      case 9: try { try decoder.decodeSingularBytesField(value: &self.activatedCredential) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.quoteAttest.isEmpty {
+      try visitor.visitSingularBytesField(value: self.quoteAttest, fieldNumber: 1)
+    }
+    if !self.quoteSignature.isEmpty {
+      try visitor.visitSingularBytesField(value: self.quoteSignature, fieldNumber: 2)
+    }
+    if !self.akPublic.isEmpty {
+      try visitor.visitSingularBytesField(value: self.akPublic, fieldNumber: 3)
+    }
+    if !self.ekPublic.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ekPublic, fieldNumber: 4)
+    }
+    if !self.ekCertificate.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ekCertificate, fieldNumber: 5)
+    }
+    if !self.eventLog.isEmpty {
+      try visitor.visitSingularStringField(value: self.eventLog, fieldNumber: 6)
+    }
+    if self.pcr != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pcr, fieldNumber: 7)
+    }
+    if !self.pcrValues.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt32,SwiftProtobuf.ProtobufBytes>.self, value: self.pcrValues, fieldNumber: 8)
+    }
+    if !self.activatedCredential.isEmpty {
+      try visitor.visitSingularBytesField(value: self.activatedCredential, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Palisade_V1_TPMEvidence, rhs: Palisade_V1_TPMEvidence) -> Bool {
+    if lhs.quoteAttest != rhs.quoteAttest {return false}
+    if lhs.quoteSignature != rhs.quoteSignature {return false}
+    if lhs.akPublic != rhs.akPublic {return false}
+    if lhs.ekPublic != rhs.ekPublic {return false}
+    if lhs.ekCertificate != rhs.ekCertificate {return false}
+    if lhs.eventLog != rhs.eventLog {return false}
+    if lhs.pcr != rhs.pcr {return false}
+    if lhs.pcrValues != rhs.pcrValues {return false}
+    if lhs.activatedCredential != rhs.activatedCredential {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -3,7 +3,9 @@ import Foundation
 import GRPCCore
 import PalisadeClient
 import PalisadeIdentity
+import PalisadeTPM
 import PalisadeYAML
+import X509
 
 /// `palisade attest`: fetch and appraise a server's attestation evidence.
 struct AttestCommand: AsyncParsableCommand {
@@ -27,8 +29,8 @@ struct AttestCommand: AsyncParsableCommand {
   }
 
   static func appraise(
-    _ evidence: String, key: String, nonce: [UInt8]?, tls: String?, expect: String?
-  ) throws {
+    _ evidence: String, key: String, nonce: [UInt8]?, tls: String?, expect: String?, print printClaims: Bool = true
+  ) throws -> [UInt8] {
     let pem: String
     do { pem = try String(contentsOfFile: key, encoding: .utf8) } catch { throw fail("cannot read --key \(key)") }
     var expectations: EvidenceAppraiser.Expectations? = nil
@@ -38,7 +40,8 @@ struct AttestCommand: AsyncParsableCommand {
     do {
       let appraisal = try EvidenceAppraiser(publicKeyPEM: pem).appraise(
         evidence, nonce: nonce, tlsPublicKeySHA256: tls, expectations: expectations)
-      print(String(decoding: appraisal.claimsJSON, as: UTF8.self))
+      if printClaims { print(String(decoding: appraisal.claimsJSON, as: UTF8.self)) }
+      return appraisal.claimsJSON
     } catch {
       throw fail("evidence refused: \(error.description)")
     }
@@ -50,23 +53,63 @@ struct AttestCommand: AsyncParsableCommand {
     @Option(help: "The server's attestation public key (PEM).") var attestationKey: String
     @Option(help: "Reference values (YAML).") var expect: String?
     @Option(help: "Also write the raw evidence (JWT) to this file.") var save: String?
+    @Option(
+      help: """
+        Require evidence rooted in a TPM: the TPM manufacturers' root (and issuing) certificates (PEM) the \
+        endorsement key certificate must chain to. The TPM quote, event log and credential activation are then \
+        appraised too (docs/attestation.md).
+        """)
+    var tpmRoots: String?
 
     func run() async throws {
-      var rng = SystemRandomNumberGenerator()
-      let nonce = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
       let (host, port) = try connection.hostPort()
-      let exchange: AttestationExchange
-      do {
-        exchange = try await attest(
-          host: host, port: port,
-          tls: ClientTLSFiles(certificate: connection.cert, privateKey: connection.key, serverCA: connection.ca),
-          token: try connection.bearer(), nonce: nonce)
-      } catch let error as RPCError {
-        throw AttestCommand.fail("\(error.code): \(error.message)")
+      let tls = ClientTLSFiles(certificate: connection.cert, privateKey: connection.key, serverCA: connection.ca)
+      let token = try connection.bearer()
+      func call(_ challenge: TPMCredential.Challenge?) async throws -> (AttestationExchange, [UInt8]) {
+        var rng = SystemRandomNumberGenerator()
+        let nonce = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        do {
+          return (try await attest(host: host, port: port, tls: tls, token: token, nonce: nonce, challenge: challenge), nonce)
+        } catch let error as RPCError {
+          throw AttestCommand.fail("\(error.code): \(error.message)")
+        }
       }
+      guard let tpmRoots else {
+        let (exchange, nonce) = try await call(nil)
+        if let save { try Data(exchange.evidence.utf8).write(to: URL(fileURLWithPath: save)) }
+        _ = try AttestCommand.appraise(
+          exchange.evidence, key: attestationKey, nonce: nonce, tls: exchange.presentedPublicKeySHA256, expect: expect)
+        return
+      }
+      let manufacturers: [Certificate]
+      do { manufacturers = try PEMFiles.certificates(at: tpmRoots) } catch { throw AttestCommand.fail("cannot read --tpm-roots \(tpmRoots)") }
+      let appraiser = TPMEvidenceAppraiser(manufacturerCertificates: manufacturers)
+      // Round 1: the TPM's keys. Round 2: a quote for a fresh nonce, with the credential sealed to the EK for the
+      // AK's name, which only that TPM can release.
+      let (first, _) = try await call(nil)
+      guard let firstTPM = first.tpm else { throw AttestCommand.fail("evidence refused: the server sent no TPM evidence (software-signed only)") }
+      let identity: TPMEvidenceAppraiser.Identity
+      let sealed: TPMEvidenceAppraiser.Sealed
+      do {
+        identity = try await appraiser.identity(firstTPM)
+        sealed = try appraiser.challenge(for: identity)
+      } catch { throw AttestCommand.fail("evidence refused: \(error)") }
+      let (exchange, nonce) = try await call(sealed.challenge)
       if let save { try Data(exchange.evidence.utf8).write(to: URL(fileURLWithPath: save)) }
-      try AttestCommand.appraise(
-        exchange.evidence, key: attestationKey, nonce: nonce, tls: exchange.presentedPublicKeySHA256, expect: expect)
+      let claimsJSON = try AttestCommand.appraise(
+        exchange.evidence, key: attestationKey, nonce: nonce, tls: exchange.presentedPublicKeySHA256, expect: expect,
+        print: false)
+      guard let tpm = exchange.tpm else { throw AttestCommand.fail("evidence refused: the server sent no TPM evidence") }
+      guard tpm.akPublic == firstTPM.akPublic, tpm.ekPublic == firstTPM.ekPublic else {
+        throw AttestCommand.fail("evidence refused: the TPM keys changed between the two rounds")
+      }
+      guard let claims = (try? JSONSerialization.jsonObject(with: Data(claimsJSON))) as? [String: Any] else {
+        throw AttestCommand.fail("evidence refused: claims are not a JSON object")
+      }
+      do {
+        try await appraiser.appraise(tpm, nonce: nonce, claims: claims, sealed: sealed)
+      } catch { throw AttestCommand.fail("evidence refused: \(error)") }
+      print(String(decoding: claimsJSON, as: UTF8.self))
     }
   }
 
@@ -90,7 +133,7 @@ struct AttestCommand: AsyncParsableCommand {
         })), bytes.count * 2 == nonce.count else { throw ValidationError("--nonce must be hex") }
         nonceBytes = bytes
       }
-      try AttestCommand.appraise(
+      _ = try AttestCommand.appraise(
         text.trimmingCharacters(in: .whitespacesAndNewlines), key: attestationKey, nonce: nonceBytes, tls: tlsPublicKeySha256,
         expect: expect)
     }

@@ -113,7 +113,7 @@ enum LayeringRules {
   /// must not drag the server into.
   static let belowTheServer = [
     "PalisadeRuntime", "PalisadeBundle", "PalisadeIdentity", "PalisadePolicy", "PalisadeAudit", "PalisadeEgress",
-    "PalisadeClient", "PalisadeTools", "PalisadeScreening", "PalisadeSupport",
+    "PalisadeClient", "PalisadeTools", "PalisadeScreening", "PalisadeSupport", "PalisadeTPM",
   ]
 
   /// Every broken rule, in words that name the path from the target to what it must not reach.

@@ -22,6 +22,12 @@ if [ "${STRIP:-1}" != 0 ] && command -v strip >/dev/null; then strip --strip-all
 
 # Every absolute path ldd names (libraries and the loader), at the same path, links resolved.
 libs=$(ldd "$binary" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
+# The TSS's TCTI loader opens the TPM transport library at run time (dlopen, invisible to ldd): the kernel device
+# one (attestation.tpm.tcti device:/dev/tpmrm0, docs/attestation.md), and what it links.
+tcti=$(ldconfig -p 2>/dev/null | awk '/libtss2-tcti-device\.so\.0 / { print $NF; exit }')
+if [ -n "$tcti" ]; then
+  libs=$(printf '%s\n' $libs "$tcti" $(ldd "$tcti" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }') | sort -u)
+fi
 if [ -z "$libs" ]; then echo "make-rootfs.sh: ldd found no libraries (is $binary static?)" >&2; fi
 for lib in $libs; do
   mkdir -p "$out$(dirname "$lib")"

@@ -1,9 +1,11 @@
+import Crypto
 import Foundation
 public import GRPCCore
 import Logging
 public import PalisadeCore
 import PalisadeIdentity
 public import PalisadeProto
+import PalisadeTPM
 import PalisadeTransport
 import Synchronization
 import X509
@@ -21,6 +23,8 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
   }
 
   let builder: EvidenceBuilder?
+  /// The TPM rooting the evidence (attestation.tpm), when configured.
+  let tpm: TPMAttestor?
   let sources: Sources
   let authorizer: Authorizer
   let logger: Logger
@@ -29,7 +33,11 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
   /// Hashed once, like the executable: the SBOM ships with the build and does not change while it runs.
   private let sbomDigest = Mutex<String??>(nil)
 
-  init(builder: EvidenceBuilder?, sources: Sources, authorizer: Authorizer, logger: Logger, auditor: Auditor) {
+  init(
+    builder: EvidenceBuilder?, tpm: TPMAttestor? = nil, sources: Sources, authorizer: Authorizer, logger: Logger,
+    auditor: Auditor
+  ) {
+    self.tpm = tpm
     self.auditor = auditor
     self.builder = builder
     self.sources = sources
@@ -51,9 +59,12 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
     guard let der = sources.leafCertificateDER(), let leaf = try? Certificate(derEncoded: der) else {
       throw PalisadeError(.internal, "attestation failed", detail: "no server certificate")
     }
+    var m = measurements(tls: leaf.publicKeySHA256)
+    var tpmPart: Palisade_V1_TPMEvidence? = nil
+    if let tpm { tpmPart = try tpmEvidence(tpm, request: request, measurements: &m) }
     let evidence: String
     do {
-      evidence = try builder.evidence(nonce: Array(request.nonce), measurements: measurements(tls: leaf.publicKeySHA256))
+      evidence = try builder.evidence(nonce: Array(request.nonce), measurements: m)
     } catch {
       throw PalisadeError(.internal, "attestation failed", detail: "\(error)")
     }
@@ -62,6 +73,53 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
     return .with {
       $0.evidence = evidence
       $0.keyID = builder.keyID
+      if let tpmPart { $0.tpm = tpmPart }
+    }
+  }
+
+  /// Brings the TPM's measurements up to date with `m`, activates the caller's credential challenge when there is
+  /// one, and quotes for the request nonce; `m` then carries the quote's digest, binding the claims to it.
+  func tpmEvidence(_ tpm: TPMAttestor, request: Palisade_V1_AttestRequest, measurements m: inout EvidenceBuilder.Measurements)
+    throws(PalisadeError) -> Palisade_V1_TPMEvidence
+  {
+    var activated: [UInt8] = []
+    do {
+      try tpm.reconcile(m.tpmState)
+      if !request.credentialBlob.isEmpty || !request.encryptedSecret.isEmpty {
+        do {
+          activated = try tpm.activate(
+            credentialBlob: Array(request.credentialBlob), encryptedSecret: Array(request.encryptedSecret))
+        } catch {
+          throw PalisadeError(.invalidArgument, "credential activation failed", detail: "\(error)")
+        }
+      }
+      let parts = try tpm.evidence(nonce: Array(request.nonce))
+      m.tpmQuoteSHA256 = hexString(SHA256.hash(data: parts.quote.attest))
+      return .with {
+        $0.quoteAttest = Data(parts.quote.attest)
+        $0.quoteSignature = Data(parts.quote.signature)
+        $0.akPublic = Data(parts.akPublic)
+        $0.ekPublic = Data(parts.ekPublic)
+        $0.ekCertificate = Data(parts.ekCertificate)
+        $0.eventLog = parts.eventLog
+        $0.pcr = UInt32(clamping: parts.pcr)
+        for (index, value) in parts.pcrValues { $0.pcrValues[UInt32(clamping: index)] = Data(value) }
+        $0.activatedCredential = Data(activated)
+      }
+    } catch let error as PalisadeError {
+      throw error
+    } catch {
+      logger.error("TPM attestation failed", metadata: ["error": "\(error)"])
+      throw PalisadeError(.unavailable, "the TPM is not available", detail: "\(error)")
+    }
+  }
+
+  /// Brings the TPM's measurements up to date (at start and when model versions are retired); errors are logged,
+  /// the next Attest retries.
+  func reconcileTPM() {
+    guard let tpm else { return }
+    do { try tpm.reconcile(measurements(tls: "").tpmState) } catch {
+      logger.error("TPM measurement failed", metadata: ["error": "\(error)"])
     }
   }
 

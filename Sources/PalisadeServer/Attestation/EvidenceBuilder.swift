@@ -33,6 +33,8 @@ public struct EvidenceBuilder: Sendable {
     public var tlsSPKISHA256: String
     public var auditCheckpoint: String?
     public var models: [ModelDescriptor]
+    /// SHA-256 (hex) of the TPM quote (TPMS_ATTEST) sent with this evidence; nil: no TPM, software-signed only.
+    public var tpmQuoteSHA256: String?
     public init(
       executableSHA256: String, configSHA256: String?, policySHA256: String, clientCABundleSHA256: String?,
       jwksSHA256: [String: String], trustSHA256: [String], tlsSPKISHA256: String, auditCheckpoint: String?,
@@ -70,6 +72,9 @@ public struct EvidenceBuilder: Sendable {
     if let s = m.sbomSHA256 { palisade["sbom_sha256"] = s }
     if let c = m.clientCABundleSHA256 { palisade["client_ca_bundle_sha256"] = c }
     if let a = m.auditCheckpoint { palisade["audit_checkpoint"] = a }
+    // What roots this evidence: the key file alone, or a TPM quote the claims are bound to.
+    palisade["evidence_root"] = m.tpmQuoteSHA256 == nil ? "software-key" : "tpm"
+    if let q = m.tpmQuoteSHA256 { palisade["tpm_quote_sha256"] = q }
     var submods: [String: Any] = [:]
     for d in m.models {
       submods["model:\(d.name)"] = [

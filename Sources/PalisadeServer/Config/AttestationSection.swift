@@ -9,6 +9,8 @@ extension ServerConfig {
     /// The CycloneDX SBOM of this build, whose SHA-256 the evidence reports as `sbom_sha256`. Default:
     /// `share/palisade/sbom.cdx.json` beside the executable's `bin/` (where the image puts it), when present.
     public var sbom: String?
+    /// The TPM that roots the evidence (`attestation.tpm`); nil: software-signed evidence only.
+    public var tpm: TPMAttestationConfig?
     public init(key: String?, sbom: String? = nil) {
       self.key = key
       self.sbom = sbom
@@ -17,6 +19,7 @@ extension ServerConfig {
 
     public init(reading map: YAMLMap, in context: ConfigContext) throws(YAMLError) {
       self.init(key: try map.string("key").map(context.resolve), sbom: try map.string("sbom").map(context.resolve))
+      tpm = try map.map("tpm").map { t throws(YAMLError) in try TPMAttestationConfig(yaml: t) }
     }
   }
 }

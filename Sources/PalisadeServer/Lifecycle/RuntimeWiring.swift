@@ -177,19 +177,38 @@ struct RuntimeWiring {
     _ credentials: Credentials, state: ServingState, pipeline: InferencePipeline, bundles: BundleLoader?,
     authorizer: Authorizer, auditor: Auditor, rollouts: RolloutController
   ) throws -> [any RegistrableRPCService] {
-    let certificates = credentials.certificates
     return [
       InferenceService(
         repository: repository, pipeline: pipeline, bundles: bundles, tokens: credentials.tokens, logger: logger),
       HealthService(state: state, maxWatchesPerConnection: config.server.limits.maxWatchesPerConnection),
       AdminService(authorizer: authorizer, metrics: metrics, logger: logger, auditor: auditor, rollouts: rollouts),
-      AttestationService(
-        builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
-        sources: .init(
-          config: config, policy: credentials.policy, repository: repository,
-          leafCertificateDER: { certificates.leafDER }, auditCheckpoint: { auditor.latestCheckpoint }),
-        authorizer: authorizer, logger: logger, auditor: auditor),
+      try attestation(credentials, authorizer: authorizer, auditor: auditor),
     ]
+  }
+
+  /// The Attestation RPC: evidence signed with the configured key and, with `attestation.tpm`, quoted by the TPM
+  /// (which must work, or the server does not start: docs/attestation.md).
+  func attestation(_ credentials: Credentials, authorizer: Authorizer, auditor: Auditor) throws -> AttestationService {
+    var tpm: TPMAttestor? = nil
+    if let settings = config.attestation.tpm {
+      do { tpm = try TPMAttestor(settings: settings) } catch {
+        throw PalisadeError(.failedPrecondition, "attestation.tpm (\(settings.tcti)): \(error)")
+      }
+    }
+    let certificates = credentials.certificates
+    let attestation = AttestationService(
+      builder: try config.attestation.key.map { path in EvidenceBuilder(key: try CredentialFiles.signingKey(path)) },
+      tpm: tpm,
+      sources: .init(
+        config: config, policy: credentials.policy, repository: repository,
+        leafCertificateDER: { certificates.leafDER }, auditCheckpoint: { auditor.latestCheckpoint }),
+      authorizer: authorizer, logger: logger, auditor: auditor)
+    if tpm != nil {
+      // Measured start; model versions are measured as they are retired and before every quote.
+      attestation.reconcileTPM()
+      repository.onRetire { _ in attestation.reconcileTPM() }
+    }
+    return attestation
   }
 
   /// Outermost first: metrics and error normalisation, then the caller's identity, then the token.
