@@ -4,6 +4,7 @@ public import GRPCCore
 import Logging
 public import PalisadeCore
 import PalisadeIdentity
+import PalisadeSupport
 public import PalisadeProto
 import PalisadeTPM
 import PalisadeTransport
