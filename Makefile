@@ -8,7 +8,7 @@ CONFIG ?= deploy/local/palisade.yaml
 APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl gnutls-bin libtss2-dev swtpm swtpm-tools tpm2-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps venv build release release-repro sbom pki demo-bundle run test test-image fuzz fuzz-seeds check generate clean
+.PHONY: help deps venv build release release-repro sbom pki demo-bundle run test test-image fuzz fuzz-seeds check generate format format-check clean
 
 help:
 	@echo "make run       install what is missing, build, make the dev PKI, start the server ($(CONFIG))"
@@ -20,6 +20,7 @@ help:
 	@echo "make sbom      the reproducible release binary and its CycloneDX SBOM in .build-release-repro/out"
 	@echo "make fuzz      build the libFuzzer driver and fuzz every parser FUZZ_SECONDS each (default 60; Fuzz/README.md)"
 	@echo "make generate  regenerate Swift code from proto/ (needs protoc; not needed for building)"
+	@echo "make format    lay out the Swift sources as .swift-format says (make test checks it)"
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -89,7 +90,7 @@ check: build pki
 # The import check refuses a target importing one of ours it does not depend on (SwiftPM checks it while planning
 # the build, so on a clean clone or after a manifest change; it reports and builds on, then exits 1).
 # PalisadeLayeringTests checks the layering rules themselves (docs/architecture.md).
-test: deps venv
+test: deps venv format-check
 	$(SWIFT) build --build-tests --explicit-target-dependency-import-check error
 	$(SWIFT) test --skip-build --no-parallel
 
@@ -114,6 +115,18 @@ fuzz-seeds: venv
 
 generate:
 	scripts/generate-protos.sh
+
+# The house layout (.swift-format): `make format` applies it, `make test` refuses a tree that does not follow it.
+# Generated code (protobuf, the fuzz seed keys) is left as its generator writes it.
+FORMAT_FILES = $(shell find Sources Tests Fuzz Benchmarks -name '*.swift' -not -path 'Sources/PalisadeProto/*' \
+  -not -path 'Sources/PalisadeONNXProto/*' -not -name 'FuzzKeys.swift' | sort)
+
+format:
+	$(SWIFT) format --in-place --parallel $(FORMAT_FILES)
+
+format-check:
+	@$(SWIFT) format lint --strict --parallel $(FORMAT_FILES) || \
+	  { echo "the tree does not follow .swift-format: run 'make format'" >&2; exit 1; }
 
 clean:
 	rm -rf .build certs/out run $(VENV)

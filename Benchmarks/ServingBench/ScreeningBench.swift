@@ -8,7 +8,7 @@ import PalisadeTestSupport
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// `serving-bench screen [ROWS [FEATURESxROWS]]`: the screening stage's cost per row, in process (release build);
@@ -36,7 +36,8 @@ extension ServingBench {
       var out = [Float](repeating: 0, count: count * side * side)
       for r in 0..<count {
         for _ in 0..<3 {
-          let cx = Float(rng.next() % UInt64(side)), cy = Float(rng.next() % UInt64(side))
+          let cx = Float(rng.next() % UInt64(side))
+          let cy = Float(rng.next() % UInt64(side))
           let radius = Float(side) / Float(4 + rng.next() % 4)
           for y in 0..<side {
             for x in 0..<side {
@@ -63,7 +64,9 @@ extension ServingBench {
     }
 
     /// Times `body` over `requests` prepared requests (`rowsPerRequest` rows each), cycling through them.
-    func time(_ requests: [[Tensor]], rowsPerRequest: Int, total: Int, _ body: ([Tensor]) async throws -> Bool) async rethrows -> Result {
+    func time(_ requests: [[Tensor]], rowsPerRequest: Int, total: Int, _ body: ([Tensor]) async throws -> Bool)
+      async rethrows -> Result
+    {
       let calls = max(1, total / rowsPerRequest)
       // Warm-up: fills the history and the distance window.
       for i in 0..<max(400 / rowsPerRequest, 8) { _ = try await body(requests[i % requests.count]) }
@@ -93,7 +96,8 @@ extension ServingBench {
     print("|---|---:|---:|---:|---:|---:|")
     func report(_ what: String, _ features: Int, _ batch: Int, _ r: Result) {
       print(
-        "| \(what) | \(features) | \(batch) | \(String(format: "%.2f", r.wallPerRow)) | \(String(format: "%.2f", r.cpuPerRow)) | \(r.alarms) |")
+        "| \(what) | \(features) | \(batch) | \(String(format: "%.2f", r.wallPerRow)) | \(String(format: "%.2f", r.cpuPerRow)) | \(r.alarms) |"
+      )
     }
 
     for (side, batch) in [(28, 1), (28, 32), (8, 1), (8, 32)] where only == nil || only == "\(side * side)x\(batch)" {
@@ -147,7 +151,8 @@ extension ServingBench {
         _ = try await screener.screen(q, descriptor: descriptor, call: call)
         return false
       }
-      report("InputScreener.screen, \(withStats ? "reference statistics" : "no reference statistics")", features, batch, r)
+      report(
+        "InputScreener.screen, \(withStats ? "reference statistics" : "no reference statistics")", features, batch, r)
     }
   }
 }
@@ -241,7 +246,9 @@ final class LegacyExtractionMonitor: Sendable {
             best = min(best, sum)
           }
           stream.distances.append(Double(best.squareRoot()))
-          if stream.distances.count > settings.window { stream.distances.removeFirst(stream.distances.count - settings.window) }
+          if stream.distances.count > settings.window {
+            stream.distances.removeFirst(stream.distances.count - settings.window)
+          }
         }
         if stream.history.count < settings.history {
           stream.history.append(row)
@@ -251,7 +258,9 @@ final class LegacyExtractionMonitor: Sendable {
         }
         if let ood = outOfDistribution {
           stream.oodFlags.append(ood)
-          if stream.oodFlags.count > settings.window { stream.oodFlags.removeFirst(stream.oodFlags.count - settings.window) }
+          if stream.oodFlags.count > settings.window {
+            stream.oodFlags.removeFirst(stream.oodFlags.count - settings.window)
+          }
         }
       }
       if stream.oodFlags.count >= settings.window {
@@ -287,12 +296,18 @@ final class LegacyExtractionMonitor: Sendable {
 func legacyShapiroWilkW(_ sample: [Double]) -> Double? {
   func normalQuantile(_ p: Double) -> Double {
     guard p > 0, p < 1 else { return p <= 0 ? -.infinity : .infinity }
-    let a = [-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
-             -3.066479806614716e+01, 2.506628277459239e+00]
-    let b = [-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
-             -1.328068155288572e+01]
-    let c = [-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
-             4.374664141464968e+00, 2.938163982698783e+00]
+    let a = [
+      -3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
+      -3.066479806614716e+01, 2.506628277459239e+00,
+    ]
+    let b = [
+      -5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
+      -1.328068155288572e+01,
+    ]
+    let c = [
+      -7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
+      4.374664141464968e+00, 2.938163982698783e+00,
+    ]
     let d = [7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00]
     let low = 0.02425
     if p < low {

@@ -25,7 +25,8 @@ enum ServingBench {
     let args = CommandLine.arguments.dropFirst()
     guard let mode = args.first else {
       print(
-        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | rollout [ITERATIONS] | pipeline-trace [ITERATIONS] [off|on] | screen [ROWS [FEATURESxROWS]]")
+        "usage: serving-bench server DIR [simple|digits] [batch|nobatch] | client DIR PORT CALLS CONCURRENCY [raw|typed] [simple|digits] | auth [ITERATIONS] | pipeline [ITERATIONS] | rollout [ITERATIONS] | pipeline-trace [ITERATIONS] [off|on] | screen [ROWS [FEATURESxROWS]]"
+      )
       exit(2)
     }
     let dir = args.dropFirst().first ?? "/tmp/palisade-bench"
@@ -88,7 +89,9 @@ enum ServingBench {
     }
     let client = try server.pki.client("bench", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/bench")])
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    for (from, to) in [(client.cert, "client.pem"), (client.key, "client.key"), (server.pki.path("ca-bundle.pem"), "ca.pem")] {
+    for (from, to) in [
+      (client.cert, "client.pem"), (client.key, "client.key"), (server.pki.path("ca-bundle.pem"), "ca.pem"),
+    ] {
       try? FileManager.default.removeItem(atPath: "\(dir)/\(to)")
       try FileManager.default.copyItem(atPath: from, toPath: "\(dir)/\(to)")
     }
@@ -113,7 +116,8 @@ enum ServingBench {
       settings: .init(audience: TestPKI.audience),
       issuers: [.init(issuer: TestPKI.issuerName, kind: .oauth, keys: jwks, requireCertificateBinding: true)])
     let policy = try Policy.parse(
-      TestServer.allowAllPolicy + "\n    models: [\"simple*\"]\n    rate_limit: {per_second: 1000000, burst: 1000000}\n")
+      TestServer.allowAllPolicy + "\n    models: [\"simple*\"]\n    rate_limit: {per_second: 1000000, burst: 1000000}\n"
+    )
     let limiter = RateLimiter()
     let tokens = try (0..<iterations).map { _ in "Bearer " + (try pki.token(for: client.issued)) }
     func time(_ body: () throws -> Void) rethrows -> Double {
@@ -123,7 +127,9 @@ enum ServingBench {
       return (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(iterations)
     }
     let uncached = try time { for t in tokens { _ = try verifier.verify(authorization: t, identity: identity) } }
-    let cached = try time { for _ in 0..<iterations { _ = try verifier.verify(authorization: tokens[0], identity: identity) } }
+    let cached = try time {
+      for _ in 0..<iterations { _ = try verifier.verify(authorization: tokens[0], identity: identity) }
+    }
     let facts = Policy.CallFacts(
       spiffeID: identity.spiffeID, subject: nil, scopes: [], rpc: "ModelInfer", model: "simple")
     let authorise = time {
@@ -132,7 +138,10 @@ enum ServingBench {
         if let limit = d.rateLimit { _ = limiter.acquire("\(d.rule ?? "")\u{0}\(facts.spiffeID)", limit: limit) }
       }
     }
-    print(String(format: "token_uncached_us=%.2f token_cached_us=%.2f authorise_us=%.2f cached_total_us=%.2f", uncached, cached, authorise, cached + authorise))
+    print(
+      String(
+        format: "token_uncached_us=%.2f token_cached_us=%.2f authorise_us=%.2f cached_total_us=%.2f", uncached, cached,
+        authorise, cached + authorise))
   }
 
   /// Per-call cost of the whole in-process pipeline (authorise, resolve, validate, screen, schedule, compute,
@@ -167,12 +176,17 @@ enum ServingBench {
       }
       return InferencePipeline(
         repository: repository, statistics: ModelStatisticsStore(), authorizer: authorizer,
-        screener: InputScreener(settings: settings, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
+        screener: InputScreener(
+          settings: settings, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
         scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger, auditor: auditor)
     }
     let full = try pipeline(screening: true)
     let request = try digitsRequest(raw: true)
-    let inputs = [try Tensor(name: "input", shape: [1, 64], values: (try SampleFile.read(path: "\(fixtures)/digits_reference.npy")).values.prefix(64).map { Float($0) })]
+    let inputs = [
+      try Tensor(
+        name: "input", shape: [1, 64],
+        values: (try SampleFile.read(path: "\(fixtures)/digits_reference.npy")).values.prefix(64).map { Float($0) })
+    ]
     // Process CPU per call beside the wall time: the audit writer's thread works on the other core, which the
     // caller's wall time does not show.
     var cpu: [String: Double] = [:]
@@ -190,26 +204,40 @@ enum ServingBench {
       cpu[label] = (processCPU() - cpu0) / Double(iterations)
       return (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(iterations)
     }
-    for _ in 0..<1000 { _ = try await model.infer(InferenceRequest(inputs: inputs)); _ = try await full.infer(request, call: call, rpc: "ModelInfer") }
-    let direct = try await time("direct") { for _ in 0..<iterations { _ = try await model.infer(InferenceRequest(inputs: inputs)) } }
-    let piped = try await time("pipeline") { for _ in 0..<iterations { _ = try await full.infer(request, call: call, rpc: "ModelInfer") } }
+    for _ in 0..<1000 {
+      _ = try await model.infer(InferenceRequest(inputs: inputs))
+      _ = try await full.infer(request, call: call, rpc: "ModelInfer")
+    }
+    let direct = try await time("direct") {
+      for _ in 0..<iterations { _ = try await model.infer(InferenceRequest(inputs: inputs)) }
+    }
+    let piped = try await time("pipeline") {
+      for _ in 0..<iterations { _ = try await full.infer(request, call: call, rpc: "ModelInfer") }
+    }
     let noMonitor = try pipeline(screening: false)
-    let pipedNoMonitor = try await time("pipeline_without_extraction_monitor") { for _ in 0..<iterations { _ = try await noMonitor.infer(request, call: call, rpc: "ModelInfer") } }
+    let pipedNoMonitor = try await time("pipeline_without_extraction_monitor") {
+      for _ in 0..<iterations { _ = try await noMonitor.infer(request, call: call, rpc: "ModelInfer") }
+    }
     let batched = try pipeline(screening: true, audit: .batched)
-    let pipedBatched = try await time("audit_batched") { for _ in 0..<iterations { _ = try await batched.infer(request, call: call, rpc: "ModelInfer") } }
+    let pipedBatched = try await time("audit_batched") {
+      for _ in 0..<iterations { _ = try await batched.infer(request, call: call, rpc: "ModelInfer") }
+    }
     let synced = try pipeline(screening: true, audit: .sync)
     let syncIterations = min(iterations, 2000)
     let start = ContinuousClock.now
     for _ in 0..<syncIterations { _ = try await synced.infer(request, call: call, rpc: "ModelInfer") }
     let d = ContinuousClock.now - start
-    let pipedSync = (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(syncIterations)
+    let pipedSync =
+      (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(syncIterations)
     print(
       String(
-        format: "model_direct_us=%.2f pipeline_us=%.2f pipeline_overhead_us=%.2f pipeline_without_extraction_monitor_us=%.2f ratio=%.2f audit_batched_us=%.2f audit_sync_one_caller_us=%.2f",
+        format:
+          "model_direct_us=%.2f pipeline_us=%.2f pipeline_overhead_us=%.2f pipeline_without_extraction_monitor_us=%.2f ratio=%.2f audit_batched_us=%.2f audit_sync_one_caller_us=%.2f",
         direct, piped, piped - direct, pipedNoMonitor, piped / direct, pipedBatched, pipedSync))
     print(
       String(
-        format: "cpu: model_direct_us=%.2f pipeline_us=%.2f pipeline_without_extraction_monitor_us=%.2f audit_batched_us=%.2f audit_batched_over_pipeline_us=%.2f",
+        format:
+          "cpu: model_direct_us=%.2f pipeline_us=%.2f pipeline_without_extraction_monitor_us=%.2f audit_batched_us=%.2f audit_batched_over_pipeline_us=%.2f",
         cpu["direct"] ?? 0, cpu["pipeline"] ?? 0, cpu["pipeline_without_extraction_monitor"] ?? 0,
         cpu["audit_batched"] ?? 0, (cpu["audit_batched"] ?? 0) - (cpu["pipeline"] ?? 0)))
   }
@@ -233,7 +261,8 @@ enum ServingBench {
     let pipeline = InferencePipeline(
       repository: repository, statistics: ModelStatisticsStore(),
       authorizer: Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: []),
-      screener: InputScreener(settings: .defaults, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
+      screener: InputScreener(
+        settings: .defaults, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
       scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger)
     let request = try digitsRequest(raw: true)
     var settings = TracingSettings()
@@ -245,7 +274,8 @@ enum ServingBench {
     let tracer = tracing?.tracer
     func one() async throws {
       // What InferenceFastPath does around the pipeline.
-      let spans = tracer?.startCall(rpc: "ModelInfer", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+      let spans = tracer?.startCall(
+        rpc: "ModelInfer", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
       spans?.identified(requestID: call.requestID)
       spans?.ended(.authenticate)
       _ = try await pipeline.infer(request, call: call, rpc: "ModelInfer", spans: spans)
@@ -262,18 +292,21 @@ enum ServingBench {
   static func client(dir: String, port: Int, calls: Int, concurrency: Int, raw: Bool, model: String) async throws {
     let a = Array(Int32(0)..<16)
     let digits = model == "digits" ? try digitsRequest(raw: raw) : nil
-    let request = digits ?? Inference_ModelInferRequest.with { r in
-      r.modelName = "simple"
-      for name in ["INPUT0", "INPUT1"] {
-        var input = Inference_ModelInferRequest.InferInputTensor()
-        input.name = name
-        input.datatype = "INT32"
-        input.shape = [1, 16]
-        if raw { r.rawInputContents.append(a.withUnsafeBytes { Data($0) }) } else { input.contents.intContents = a }
-        r.inputs.append(input)
+    let request =
+      digits
+      ?? Inference_ModelInferRequest.with { r in
+        r.modelName = "simple"
+        for name in ["INPUT0", "INPUT1"] {
+          var input = Inference_ModelInferRequest.InferInputTensor()
+          input.name = name
+          input.datatype = "INT32"
+          input.shape = [1, 16]
+          if raw { r.rawInputContents.append(a.withUnsafeBytes { Data($0) }) } else { input.contents.intContents = a }
+          r.inputs.append(input)
+        }
       }
-    }
-    let tls = ClientTLSFiles(certificate: "\(dir)/client.pem", privateKey: "\(dir)/client.key", serverCA: "\(dir)/ca.pem")
+    let tls = ClientTLSFiles(
+      certificate: "\(dir)/client.pem", privateKey: "\(dir)/client.key", serverCA: "\(dir)/ca.pem")
     let token = try String(contentsOfFile: "\(dir)/token", encoding: .utf8)
     let (latencies, elapsed) = try await withInferenceClient(host: "127.0.0.1", port: port, tls: tls, token: token) {
       client in
@@ -299,7 +332,9 @@ enum ServingBench {
       }
       return (all.sorted(), ContinuousClock.now - start)
     }
-    func ms(_ d: Duration) -> String { String(format: "%.3f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000) }
+    func ms(_ d: Duration) -> String {
+      String(format: "%.3f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000)
+    }
     let p = { (q: Double) in latencies[min(latencies.count - 1, Int(Double(latencies.count) * q))] }
     let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     print(
@@ -348,8 +383,10 @@ enum ServingBench {
       return InferencePipeline(
         repository: repository, statistics: ModelStatisticsStore(),
         authorizer: Authorizer(store: policy, metrics: metrics, logger: logger, exemptRPCs: []),
-        screener: InputScreener(settings: settings, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
-        scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger, rollouts: controller)
+        screener: InputScreener(
+          settings: settings, policy: policy, quarantines: QuarantineStore(), metrics: metrics, logger: logger),
+        scheduler: Scheduler(settings: .defaults, metrics: metrics), metrics: metrics, logger: logger,
+        rollouts: controller)
     }
     let request = try digitsRequest(raw: true)
     let variants: [(String, InferencePipeline)] = [
@@ -369,7 +406,12 @@ enum ServingBench {
     }
     // The routing decision alone (a keyed hash of a SPIFFE ID), without the pipeline.
     let controller = RolloutController(
-      repository: { let r = ModelRepository(); r.register(v1); r.register(v2); return r }(), bundles: nil,
+      repository: {
+        let r = ModelRepository()
+        r.register(v1)
+        r.register(v2)
+        return r
+      }(), bundles: nil,
       settings: .defaults, metrics: metrics, auditor: auditor, logger: logger)
     var plan = RolloutPlan()
     plan.share = 0.5
@@ -377,9 +419,12 @@ enum ServingBench {
     let principal = "spiffe://palisade.test/sa/bench"
     var hits = 0
     let start = ContinuousClock.now
-    for _ in 0..<(iterations * 10) where controller.route(model: "digits", principal: principal)?.role == .candidate { hits += 1 }
+    for _ in 0..<(iterations * 10) where controller.route(model: "digits", principal: principal)?.role == .candidate {
+      hits += 1
+    }
     let d = ContinuousClock.now - start
-    let routeNs = (Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9) / Double(iterations * 10)
+    let routeNs =
+      (Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9) / Double(iterations * 10)
     print(
       variants.map { "\($0.0)_us=" + String(format: "%.2f", best[$0.0] ?? 0) }.joined(separator: " ")
         + String(format: " route_decision_ns=%.0f (candidate=%d)", routeNs, hits > 0 ? 1 : 0))

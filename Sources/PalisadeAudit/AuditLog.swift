@@ -2,9 +2,9 @@ import Foundation
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #elseif canImport(Darwin)
-import Darwin
+  import Darwin
 #endif
 
 /// How the audit log is kept. Every field has a safe default (`AuditConfiguration.defaults`).
@@ -65,7 +65,9 @@ public struct AuditConfiguration: Sendable {
     guard checkpointEveryRecords > 0, checkpointInterval > .zero else {
       throw AuditError.configuration("checkpoint_every_records and checkpoint_interval_seconds must be positive")
     }
-    guard validKeyName(origin) else { throw AuditError.configuration("origin \"\(origin)\" must be non-empty with no spaces or '+'") }
+    guard validKeyName(origin) else {
+      throw AuditError.configuration("origin \"\(origin)\" must be non-empty with no spaces or '+'")
+    }
     guard maxQueuedRecords > 0 else { throw AuditError.configuration("max_queued_records must be positive") }
     guard writeDelay >= .zero, writeDelay <= .seconds(1), writeBatchRecords > 0 else {
       throw AuditError.configuration("write_delay_ms must be between 0 and 1000 and write_batch_records positive")
@@ -135,13 +137,17 @@ public final class AuditLog: Sendable {
   ///
   /// `rollingBackTo`: the ``durableEnd`` of a writer that failed; bytes written after it are cut off first (see
   /// ``AuditDurableEnd``), later segments removed. Only for reopening the same directory in the same process.
-  public static func open(configuration: AuditConfiguration, rollingBackTo end: AuditDurableEnd? = nil) throws -> AuditLog {
+  public static func open(configuration: AuditConfiguration, rollingBackTo end: AuditDurableEnd? = nil) throws
+    -> AuditLog
+  {
     let key = try AuditSigningKey.load(path: configuration.keyFile, name: configuration.origin)
     return try open(configuration: configuration, key: key, rollingBackTo: end)
   }
 
   /// `open(configuration:)` with a key already in memory (tests, tools).
-  public static func open(configuration: AuditConfiguration, key: AuditSigningKey, rollingBackTo end: AuditDurableEnd? = nil)
+  public static func open(
+    configuration: AuditConfiguration, key: AuditSigningKey, rollingBackTo end: AuditDurableEnd? = nil
+  )
     throws -> AuditLog
   {
     try configuration.validate()
@@ -151,7 +157,8 @@ public final class AuditLog: Sendable {
     let dir = configuration.directory
     if !FileManager.default.fileExists(atPath: dir) {
       do {
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+          atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
       } catch { throw AuditError.io(path: dir, operation: "mkdir", errno: EACCES) }
     }
     // One writer per directory: a second process (or a second open) appending would interleave frames.
@@ -194,7 +201,9 @@ public final class AuditLog: Sendable {
     return dropped
   }
 
-  private static func openLocked(configuration: AuditConfiguration, key: AuditSigningKey, lockFD: Int32, rolledBack: UInt64)
+  private static func openLocked(
+    configuration: AuditConfiguration, key: AuditSigningKey, lockFD: Int32, rolledBack: UInt64
+  )
     throws -> AuditLog
   {
     let dir = configuration.directory
@@ -211,20 +220,26 @@ public final class AuditLog: Sendable {
         recovery.truncatedCheckpointBytes = UInt64(bytes.count)
       } else {
         guard Array(bytes.prefix(8)) == Frame.checkpointMagic else {
-          throw AuditError.corrupt(segment: LogFiles.checkpoints, offset: 0, index: nil, reason: "not a checkpoints file")
+          throw AuditError.corrupt(
+            segment: LogFiles.checkpoints, offset: 0, index: nil, reason: "not a checkpoints file")
         }
         let scan = Frame.scan(bytes, firstIndex: 0)
         if let p = scan.problem {
           guard p.isTornTail else {
-            throw AuditError.corrupt(segment: LogFiles.checkpoints, offset: p.offset, index: p.expectedIndex, reason: p.reason)
+            throw AuditError.corrupt(
+              segment: LogFiles.checkpoints, offset: p.offset, index: p.expectedIndex, reason: p.reason)
           }
           try truncate(cpPath, to: scan.validEnd)
           recovery.truncatedCheckpointBytes = UInt64(bytes.count) - scan.validEnd
         }
         if let last = scan.frames.last {
           let note = String(decoding: last.payload, as: UTF8.self)
-          do { checkpoints.append(try SignedCheckpoint.verify(note: note, key: key.verifyingKey, expectedOrigin: configuration.origin)) } catch {
-            throw AuditError.corrupt(segment: LogFiles.checkpoints, offset: last.offset, index: last.index, reason: "\(error)")
+          do {
+            checkpoints.append(
+              try SignedCheckpoint.verify(note: note, key: key.verifyingKey, expectedOrigin: configuration.origin))
+          } catch {
+            throw AuditError.corrupt(
+              segment: LogFiles.checkpoints, offset: last.offset, index: last.index, reason: "\(error)")
           }
         }
       }
@@ -240,7 +255,10 @@ public final class AuditLog: Sendable {
       let isLast = i == segments.count - 1
       let bytes = try POSIXFile.readAll(path)
       if bytes.count < Frame.headerSize {
-        guard isLast, bytes.allSatisfy({ $0 == 0 }) || Frame.fileHeader(magic: Frame.segmentMagic, firstIndex: seg.firstIndex).starts(with: bytes) else {
+        guard isLast,
+          bytes.allSatisfy({ $0 == 0 })
+            || Frame.fileHeader(magic: Frame.segmentMagic, firstIndex: seg.firstIndex).starts(with: bytes)
+        else {
           throw AuditError.corrupt(segment: seg.name, offset: 0, index: nil, reason: "segment header is damaged")
         }
         // Created but its header never reached the disk: write it again.
@@ -250,8 +268,11 @@ public final class AuditLog: Sendable {
         lastSegmentBytes = UInt64(Frame.headerSize)
         continue
       }
-      guard Array(bytes.prefix(Frame.headerSize)) == Frame.fileHeader(magic: Frame.segmentMagic, firstIndex: seg.firstIndex) else {
-        throw AuditError.corrupt(segment: seg.name, offset: 0, index: seg.firstIndex, reason: "segment header does not match its name")
+      guard
+        Array(bytes.prefix(Frame.headerSize)) == Frame.fileHeader(magic: Frame.segmentMagic, firstIndex: seg.firstIndex)
+      else {
+        throw AuditError.corrupt(
+          segment: seg.name, offset: 0, index: seg.firstIndex, reason: "segment header does not match its name")
       }
       guard seg.firstIndex == tree.size else {
         throw AuditError.corrupt(
@@ -286,7 +307,8 @@ public final class AuditLog: Sendable {
       }
     }
     if let cp = checkpoints.last, cp.treeSize == 0, cp.rootHash != Merkle.emptyRoot {
-      throw AuditError.corrupt(segment: LogFiles.checkpoints, offset: 0, index: nil, reason: "an empty checkpoint with a non-empty root")
+      throw AuditError.corrupt(
+        segment: LogFiles.checkpoints, offset: 0, index: nil, reason: "an empty checkpoint with a non-empty root")
     }
 
     if segments.isEmpty {
@@ -451,7 +473,8 @@ final class WriterState: @unchecked Sendable {
 
   init(
     configuration: AuditConfiguration, key: AuditSigningKey, tree: CompactRange, segmentFD: Int32, segmentName: String,
-    segmentBytes: UInt64, checkpointFD: Int32, checkpointBytes: UInt64, checkpointCount: UInt64, latestCheckpoint: SignedCheckpoint?,
+    segmentBytes: UInt64, checkpointFD: Int32, checkpointBytes: UInt64, checkpointCount: UInt64,
+    latestCheckpoint: SignedCheckpoint?,
     lockFD: Int32
   ) {
     self.lockFD = lockFD

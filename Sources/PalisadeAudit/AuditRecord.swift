@@ -231,7 +231,8 @@ public struct AuditRecord: Codable, Sendable, Equatable {
       throw AuditError.malformedRecord("not an audit record: \(error)")
     }
     guard record.canonicalJSON() == bytes else {
-      throw AuditError.malformedRecord("record JSON is not in canonical form (sorted keys, no whitespace, JCS escapes, no unknown fields)")
+      throw AuditError.malformedRecord(
+        "record JSON is not in canonical form (sorted keys, no whitespace, JCS escapes, no unknown fields)")
     }
     return record
   }
@@ -264,7 +265,9 @@ enum CanonicalJSON {
       case 0x0C: out.append(contentsOf: [0x5C, UInt8(ascii: "f")])
       case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
       case 0..<0x20:
-        out.append(contentsOf: [0x5C, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(b >> 4)], hex[Int(b & 15)]])
+        out.append(contentsOf: [
+          0x5C, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(b >> 4)], hex[Int(b & 15)],
+        ])
       default: out.append(b)
       }
     }

@@ -38,7 +38,9 @@ public enum AuditVerifier {
 
   /// Verifies the log in `directory` against `key`. The checkpoint origin must be `origin` (default: the key
   /// name).
-  public static func verify(directory: String, key: AuditVerifyingKey, origin: String? = nil) throws(Failure) -> VerifiedLog {
+  public static func verify(directory: String, key: AuditVerifyingKey, origin: String? = nil) throws(Failure)
+    -> VerifiedLog
+  {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
       throw Failure(file: directory, reason: "not a directory")
@@ -50,14 +52,22 @@ public enum AuditVerifier {
     var locations: [(segment: Int, offset: UInt64)] = []
     for (i, seg) in segments.enumerated() {
       let bytes: [UInt8]
-      do { bytes = try POSIXFile.readAll(directory + "/" + seg.name) } catch { throw Failure(file: seg.name, reason: "\(error)") }
+      do { bytes = try POSIXFile.readAll(directory + "/" + seg.name) } catch {
+        throw Failure(file: seg.name, reason: "\(error)")
+      }
       guard bytes.count >= Frame.headerSize,
         Array(bytes.prefix(Frame.headerSize)) == Frame.fileHeader(magic: Frame.segmentMagic, firstIndex: seg.firstIndex)
-      else { throw Failure(index: seg.firstIndex, file: seg.name, offset: 0, reason: "segment header is missing, damaged or does not match its name") }
+      else {
+        throw Failure(
+          index: seg.firstIndex, file: seg.name, offset: 0,
+          reason: "segment header is missing, damaged or does not match its name")
+      }
       guard seg.firstIndex == tree.size else {
         throw Failure(
           index: tree.size, file: seg.name, offset: 0,
-          reason: "segment starts at record \(seg.firstIndex) but the previous segment ends at \(tree.size) (a segment is missing or extra)")
+          reason:
+            "segment starts at record \(seg.firstIndex) but the previous segment ends at \(tree.size) (a segment is missing or extra)"
+        )
       }
       let scan = Frame.scan(bytes, firstIndex: seg.firstIndex)
       for frame in scan.frames {
@@ -69,7 +79,9 @@ public enum AuditVerifier {
         locations.append((i, frame.offset))
       }
       if let p = scan.problem {
-        let torn = p.isTornTail && i == segments.count - 1 ? " (a torn tail from an interrupted append; opening the log cuts it back)" : ""
+        let torn =
+          p.isTornTail && i == segments.count - 1
+          ? " (a torn tail from an interrupted append; opening the log cuts it back)" : ""
         throw Failure(index: p.expectedIndex, file: seg.name, offset: p.offset, reason: p.reason + torn)
       }
     }
@@ -78,26 +90,33 @@ public enum AuditVerifier {
     let cpPath = directory + "/" + LogFiles.checkpoints
     if FileManager.default.fileExists(atPath: cpPath) {
       let bytes: [UInt8]
-      do { bytes = try POSIXFile.readAll(cpPath) } catch { throw Failure(file: LogFiles.checkpoints, reason: "\(error)") }
+      do { bytes = try POSIXFile.readAll(cpPath) } catch {
+        throw Failure(file: LogFiles.checkpoints, reason: "\(error)")
+      }
       if !bytes.isEmpty {
         guard bytes.count >= Frame.headerSize, Array(bytes.prefix(8)) == Frame.checkpointMagic else {
           throw Failure(file: LogFiles.checkpoints, offset: 0, reason: "checkpoints file header is missing or damaged")
         }
         let scan = Frame.scan(bytes, firstIndex: 0)
         if let p = scan.problem {
-          throw Failure(file: LogFiles.checkpoints, offset: p.offset, reason: "checkpoint \(p.expectedIndex): \(p.reason)")
+          throw Failure(
+            file: LogFiles.checkpoints, offset: p.offset, reason: "checkpoint \(p.expectedIndex): \(p.reason)")
         }
         var previous: SignedCheckpoint?
         for frame in scan.frames {
           let fail = { (reason: String, index: UInt64?) in
-            Failure(index: index, file: LogFiles.checkpoints, offset: frame.offset, reason: "checkpoint \(frame.index): \(reason)")
+            Failure(
+              index: index, file: LogFiles.checkpoints, offset: frame.offset,
+              reason: "checkpoint \(frame.index): \(reason)")
           }
           let cp: SignedCheckpoint
           do {
-            cp = try SignedCheckpoint.verify(note: String(decoding: frame.payload, as: UTF8.self), key: key, expectedOrigin: origin ?? key.name)
+            cp = try SignedCheckpoint.verify(
+              note: String(decoding: frame.payload, as: UTF8.self), key: key, expectedOrigin: origin ?? key.name)
           } catch { throw fail("\(error)", nil) }
           guard cp.treeSize <= tree.size else {
-            throw fail("covers \(cp.treeSize) records but the log holds only \(tree.size) (records were removed)", tree.size)
+            throw fail(
+              "covers \(cp.treeSize) records but the log holds only \(tree.size) (records were removed)", tree.size)
           }
           if let previous {
             guard cp.treeSize >= previous.treeSize else {
@@ -110,12 +129,15 @@ public enum AuditVerifier {
             let loc = from < UInt64(locations.count) ? locations[Int(from)] : nil
             throw Failure(
               index: from, file: loc.map { segments[$0.segment].name } ?? LogFiles.checkpoints, offset: loc?.offset,
-              reason: "records \(from)..<\(cp.treeSize) do not hash to the root signed in checkpoint \(frame.index) (a record was altered, removed, inserted or reordered)")
+              reason:
+                "records \(from)..<\(cp.treeSize) do not hash to the root signed in checkpoint \(frame.index) (a record was altered, removed, inserted or reordered)"
+            )
           }
           if let previous, previous.treeSize > 0 {
             guard let proof = tree.consistencyProof(first: previous.treeSize, second: cp.treeSize),
               Merkle.verifyConsistency(
-                firstSize: previous.treeSize, firstRoot: previous.rootHash, secondSize: cp.treeSize, secondRoot: cp.rootHash,
+                firstSize: previous.treeSize, firstRoot: previous.rootHash, secondSize: cp.treeSize,
+                secondRoot: cp.rootHash,
                 proof: proof)
             else { throw fail("not consistent with the previous checkpoint", previous.treeSize) }
           }
@@ -134,9 +156,11 @@ extension AuditVerifier.VerifiedLog {
     let chosen: SignedCheckpoint?
     if let s = checkpointSize { chosen = checkpoints.last { $0.treeSize == s } } else { chosen = checkpoints.last }
     guard let checkpoint = chosen else {
-      throw AuditError.proof(checkpointSize.map { "no checkpoint has tree size \($0)" } ?? "the log has no checkpoint yet")
+      throw AuditError.proof(
+        checkpointSize.map { "no checkpoint has tree size \($0)" } ?? "the log has no checkpoint yet")
     }
-    guard index < checkpoint.treeSize, let path = tree.inclusionProof(index: index, treeSize: checkpoint.treeSize) else {
+    guard index < checkpoint.treeSize, let path = tree.inclusionProof(index: index, treeSize: checkpoint.treeSize)
+    else {
       throw AuditError.proof("record \(index) is not covered by the checkpoint of size \(checkpoint.treeSize)")
     }
     return InclusionProofDocument(
@@ -147,13 +171,16 @@ extension AuditVerifier.VerifiedLog {
   /// A consistency proof between the trees of `from` and `to` records (`to` default: the latest checkpoint).
   public func consistencyProof(from: UInt64, to: UInt64?) throws -> ConsistencyProofDocument {
     let second = to ?? checkpoints.last?.treeSize ?? tree.size
-    guard from <= second, second <= tree.size, let firstRoot = tree.root(treeSize: from), let secondRoot = tree.root(treeSize: second) else {
+    guard from <= second, second <= tree.size, let firstRoot = tree.root(treeSize: from),
+      let secondRoot = tree.root(treeSize: second)
+    else {
       throw AuditError.proof("need 0 <= from <= to <= \(tree.size) (from \(from), to \(second))")
     }
     let proof = from == 0 || from == second ? [] : (tree.consistencyProof(first: from, second: second) ?? [])
     return ConsistencyProofDocument(
       firstSize: from, secondSize: second, firstRoot: firstRoot, secondRoot: secondRoot, proof: proof,
-      firstCheckpoint: checkpoints.last { $0.treeSize == from }?.note, secondCheckpoint: checkpoints.last { $0.treeSize == second }?.note)
+      firstCheckpoint: checkpoints.last { $0.treeSize == from }?.note,
+      secondCheckpoint: checkpoints.last { $0.treeSize == second }?.note)
   }
 }
 
@@ -172,8 +199,10 @@ public struct InclusionProofDocument: Sendable {
   public var checkpoint: String
 
   public var json: [String: Any] {
-    ["leaf_index": leafIndex, "tree_size": treeSize, "record": record, "leaf_hash": hex(leafHash),
-     "audit_path": auditPath.map(hex), "root_hash": hex(rootHash), "checkpoint": checkpoint]
+    [
+      "leaf_index": leafIndex, "tree_size": treeSize, "record": record, "leaf_hash": hex(leafHash),
+      "audit_path": auditPath.map(hex), "root_hash": hex(rootHash), "checkpoint": checkpoint,
+    ]
   }
 }
 

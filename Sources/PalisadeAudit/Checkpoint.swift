@@ -2,9 +2,9 @@ public import Crypto
 public import Foundation
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #elseif canImport(Darwin)
-import Darwin
+  import Darwin
 #endif
 
 /// A checkpoint of the log in the C2SP signed-note format (https://c2sp.org/tlog-checkpoint,
@@ -50,8 +50,12 @@ public struct SignedCheckpoint: Sendable, Equatable {
 
   /// Parses a note and verifies its signature with `key`: the key's name and hash must appear on a signature
   /// line, and that signature must verify over the text. Other signature lines (cosigners) are ignored.
-  public static func verify(note: String, key: AuditVerifyingKey, expectedOrigin: String? = nil) throws -> SignedCheckpoint {
-    guard let split = note.range(of: "\n\n") else { throw AuditError.checkpoint("no blank line between text and signatures") }
+  public static func verify(note: String, key: AuditVerifyingKey, expectedOrigin: String? = nil) throws
+    -> SignedCheckpoint
+  {
+    guard let split = note.range(of: "\n\n") else {
+      throw AuditError.checkpoint("no blank line between text and signatures")
+    }
     let text = String(note[..<split.lowerBound]) + "\n"
     let sigBlock = note[split.upperBound...]
     guard sigBlock.hasSuffix("\n") else { throw AuditError.checkpoint("signature block does not end in a newline") }
@@ -73,7 +77,9 @@ public struct SignedCheckpoint: Sendable, Equatable {
     guard lines.count >= 3 else { throw AuditError.checkpoint("note text has fewer than three lines") }
     let origin = String(lines[lines.startIndex])
     let sizeText = String(lines[lines.startIndex + 1])
-    guard let size = UInt64(sizeText), String(size) == sizeText else { throw AuditError.checkpoint("tree size \(sizeText) is not a decimal number") }
+    guard let size = UInt64(sizeText), String(size) == sizeText else {
+      throw AuditError.checkpoint("tree size \(sizeText) is not a decimal number")
+    }
     guard let root = Data(base64Encoded: String(lines[lines.startIndex + 2])), root.count == 32 else {
       throw AuditError.checkpoint("root hash is not base64 of 32 bytes")
     }
@@ -82,7 +88,9 @@ public struct SignedCheckpoint: Sendable, Equatable {
     }
     var micros: Int64 = 0
     for ext in lines.dropFirst(3) where ext.hasPrefix("time ") {
-      guard let t = RFC3339Micros.parse(String(ext.dropFirst(5))) else { throw AuditError.checkpoint("malformed time line") }
+      guard let t = RFC3339Micros.parse(String(ext.dropFirst(5))) else {
+        throw AuditError.checkpoint("malformed time line")
+      }
       micros = t
     }
     return SignedCheckpoint(origin: origin, treeSize: size, rootHash: Array(root), timeMicros: micros, note: note)
@@ -95,7 +103,9 @@ public struct SignedCheckpoint: Sendable, Equatable {
 /// Fixed DER prefixes of Ed25519 keys (RFC 8410): PKCS#8 private keys and SubjectPublicKeyInfo public keys,
 /// the forms `openssl genpkey -algorithm ed25519` reads and writes.
 enum Ed25519DER {
-  static let pkcs8Prefix: [UInt8] = [0x30, 0x2E, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]
+  static let pkcs8Prefix: [UInt8] = [
+    0x30, 0x2E, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+  ]
   static let spkiPrefix: [UInt8] = [0x30, 0x2A, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x03, 0x21, 0x00]
 
   static func pem(_ label: String, _ der: [UInt8]) -> String {
@@ -128,7 +138,9 @@ public struct AuditSigningKey: Sendable {
   let keyHash: [UInt8]
 
   public init(name: String, privateKey: Curve25519.Signing.PrivateKey) throws {
-    guard validKeyName(name) else { throw AuditError.configuration("key name \"\(name)\" must be non-empty with no spaces or '+'") }
+    guard validKeyName(name) else {
+      throw AuditError.configuration("key name \"\(name)\" must be non-empty with no spaces or '+'")
+    }
     self.name = name
     self.privateKey = privateKey
     self.keyHash = noteKeyHash(name: name, publicKey: Array(privateKey.publicKey.rawRepresentation))
@@ -153,9 +165,12 @@ public struct AuditSigningKey: Sendable {
     let ownGroupReadOnly =
       mode & 0o077 == 0o040 && info.st_gid == getegid() && (info.st_uid == 0 || info.st_uid == geteuid())
     guard mode & 0o077 == 0 || ownGroupReadOnly else {
-      throw AuditError.key(path: path, reason: "is accessible by group or others (mode \(String(mode, radix: 8))); run chmod 600 on it")
+      throw AuditError.key(
+        path: path, reason: "is accessible by group or others (mode \(String(mode, radix: 8))); run chmod 600 on it")
     }
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw AuditError.key(path: path, reason: "cannot be read") }
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+      throw AuditError.key(path: path, reason: "cannot be read")
+    }
     guard let der = Ed25519DER.der(fromPEM: text, label: "PRIVATE KEY"), der.count == 48,
       Array(der.prefix(16)) == Ed25519DER.pkcs8Prefix,
       let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: der.suffix(32))
@@ -164,7 +179,9 @@ public struct AuditSigningKey: Sendable {
   }
 
   /// PKCS#8 PEM of the private key.
-  public var privateKeyPEM: String { Ed25519DER.pem("PRIVATE KEY", Ed25519DER.pkcs8Prefix + Array(privateKey.rawRepresentation)) }
+  public var privateKeyPEM: String {
+    Ed25519DER.pem("PRIVATE KEY", Ed25519DER.pkcs8Prefix + Array(privateKey.rawRepresentation))
+  }
 
   /// The matching verifying key.
   public var verifyingKey: AuditVerifyingKey {
@@ -188,7 +205,9 @@ public struct AuditVerifyingKey: Sendable {
 
   /// From a PEM public key.
   public init(pem: String, name: String) throws {
-    guard validKeyName(name) else { throw AuditError.configuration("key name \"\(name)\" must be non-empty with no spaces or '+'") }
+    guard validKeyName(name) else {
+      throw AuditError.configuration("key name \"\(name)\" must be non-empty with no spaces or '+'")
+    }
     guard let der = Ed25519DER.der(fromPEM: pem, label: "PUBLIC KEY"), der.count == 44,
       Array(der.prefix(12)) == Ed25519DER.spkiPrefix,
       let key = try? Curve25519.Signing.PublicKey(rawRepresentation: der.suffix(32))
@@ -198,7 +217,8 @@ public struct AuditVerifyingKey: Sendable {
 
   /// From a signed-note verifier key string.
   public init(verifierKey: String) throws {
-    let parts = verifierKey.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "+", maxSplits: 2, omittingEmptySubsequences: false)
+    let parts = verifierKey.trimmingCharacters(in: .whitespacesAndNewlines).split(
+      separator: "+", maxSplits: 2, omittingEmptySubsequences: false)
     guard parts.count == 3, validKeyName(String(parts[0])), parts[1].count == 8, let hash = UInt32(parts[1], radix: 16),
       let raw = Data(base64Encoded: String(parts[2])), raw.count == 33, raw.first == 0x01,
       let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw.dropFirst())
@@ -206,12 +226,16 @@ public struct AuditVerifyingKey: Sendable {
     self.init(checkedName: String(parts[0]), publicKey: key)
     var expected: [UInt8] = []
     Frame.appendBE(hash, to: &expected)
-    guard expected == keyHash else { throw AuditError.key(path: "(verifier key)", reason: "key hash does not match the key") }
+    guard expected == keyHash else {
+      throw AuditError.key(path: "(verifier key)", reason: "key hash does not match the key")
+    }
   }
 
   /// Reads a key file: a PEM public key (named `name`) or a verifier key string.
   public static func load(path: String, name: String) throws -> AuditVerifyingKey {
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw AuditError.key(path: path, reason: "cannot be read") }
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+      throw AuditError.key(path: path, reason: "cannot be read")
+    }
     do {
       if text.contains("-----BEGIN") { return try AuditVerifyingKey(pem: text, name: name) }
       return try AuditVerifyingKey(verifierKey: text)
@@ -221,7 +245,9 @@ public struct AuditVerifyingKey: Sendable {
   }
 
   /// The PEM SubjectPublicKeyInfo.
-  public var publicKeyPEM: String { Ed25519DER.pem("PUBLIC KEY", Ed25519DER.spkiPrefix + Array(publicKey.rawRepresentation)) }
+  public var publicKeyPEM: String {
+    Ed25519DER.pem("PUBLIC KEY", Ed25519DER.spkiPrefix + Array(publicKey.rawRepresentation))
+  }
 
   var keyHashHex: String { keyHash.map { String(format: "%02x", $0) }.joined() }
 

@@ -1,9 +1,9 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #elseif canImport(Darwin)
-import Darwin
+  import Darwin
 #endif
 
 /// CRC-32C (Castagnoli), the frame checksum: it detects torn and damaged frames. Tampering is detected by the
@@ -101,7 +101,9 @@ enum Frame {
         break
       }
       if remaining < overhead {
-        fail("incomplete frame (\(remaining) bytes)", torn: Array(bytes[offset...]).starts(with: magic.prefix(min(4, remaining))))
+        fail(
+          "incomplete frame (\(remaining) bytes)",
+          torn: Array(bytes[offset...]).starts(with: magic.prefix(min(4, remaining))))
         break
       }
       guard Array(bytes[offset..<offset + 4]) == magic else {
@@ -120,14 +122,17 @@ enum Frame {
         break
       }
       let stored = readBE(bytes, at: end - 4, as: UInt32.self)
-      let crc = bytes.withUnsafeBytes { CRC32C.update(0, UnsafeRawBufferPointer(rebasing: $0[(offset + 4)..<(end - 4)])) }
+      let crc = bytes.withUnsafeBytes {
+        CRC32C.update(0, UnsafeRawBufferPointer(rebasing: $0[(offset + 4)..<(end - 4)]))
+      }
       guard crc == stored else {
         // A complete frame with a bad checksum at the very end can be a partially persisted write.
         fail("frame checksum mismatch", torn: end == bytes.count)
         break
       }
       guard index == expected else {
-        fail("frame carries index \(index), expected \(expected) (a record missing, reordered or duplicated)", torn: false)
+        fail(
+          "frame carries index \(index), expected \(expected) (a record missing, reordered or duplicated)", torn: false)
         break
       }
       scan.frames.append((index, UInt64(offset), Array(bytes[(offset + 16)..<(end - 4)])))
@@ -176,9 +181,9 @@ enum POSIXFile {
 
   static func sync(_ fd: Int32, path: String) throws {
     #if os(Linux)
-    let r = fdatasync(fd)
+      let r = fdatasync(fd)
     #else
-    let r = fsync(fd)
+      let r = fsync(fd)
     #endif
     if r != 0 { throw AuditError.io(path: path, operation: "fsync", errno: errno) }
   }

@@ -27,7 +27,8 @@ public final class AcceptedVersions: Sendable {
       }
       for (name, value) in members {
         guard case .number(_, let v) = value, v >= 1, v <= Double(Int32.max) * 1e6, let version = Int(exactly: v) else {
-          throw BundleError(.io, "\(path): corrupt accepted-versions state (version of '\(name)' is not a positive integer)")
+          throw BundleError(
+            .io, "\(path): corrupt accepted-versions state (version of '\(name)' is not a positive integer)")
         }
         versions[name] = version
       }

@@ -26,12 +26,15 @@ public enum BundlePacker {
       .sorted(by: RelativePath.omsOrder)
     var st = stat()
     guard fstatat(rootFD, OMS.signatureFileName, &st, AT_SYMLINK_NOFOLLOW) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-      throw BundleError(.invalidInput, "\(directory): \(OMS.signatureFileName) is missing (sign the bundle before packing it)")
+      throw BundleError(
+        .invalidInput, "\(directory): \(OMS.signatureFileName) is missing (sign the bundle before packing it)")
     }
     let files = [signature] + signed
 
     let url = URL(fileURLWithPath: archive)
-    let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(UUID().uuidString)").path
+    let temp = url.deletingLastPathComponent().appendingPathComponent(
+      ".\(url.lastPathComponent).tmp-\(UUID().uuidString)"
+    ).path
     let outFD = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
     guard outFD >= 0 else { throw BundleError.io(temp, "create", errno: errno) }
     var done = false
@@ -40,9 +43,13 @@ public enum BundlePacker {
       if !done { unlink(temp) }
     }
     let compressor = try ZstdCompressor(level: compressionLevel)
-    let sink = { (chunk: UnsafeRawBufferPointer) throws(BundleError) in try FileTree.writeAll(fd: outFD, chunk, path: temp) }
+    let sink = { (chunk: UnsafeRawBufferPointer) throws(BundleError) in
+      try FileTree.writeAll(fd: outFD, chunk, path: temp)
+    }
     func emit(_ bytes: [UInt8], finish: Bool = false) throws(BundleError) {
-      try BundleError.typed { try bytes.withUnsafeBytes { raw in try compressor.compress(raw, finish: finish, sink: sink) } }
+      try BundleError.typed {
+        try bytes.withUnsafeBytes { raw in try compressor.compress(raw, finish: finish, sink: sink) }
+      }
     }
 
     var emittedDirs = Set<RelativePath>()
@@ -189,7 +196,8 @@ public enum BundleUnpacker {
         if let declared = ZstdDecompressor.declaredContentSize(UnsafeRawBufferPointer(rebasing: inBuffer[0..<n])),
           declared > UInt64(clamping: limits.maxTotalBytes)
         {
-          throw BundleError(.unsafeArchive, "archive: declares \(declared) bytes, over the limit of \(limits.maxTotalBytes)")
+          throw BundleError(
+            .unsafeArchive, "archive: declares \(declared) bytes, over the limit of \(limits.maxTotalBytes)")
         }
       }
       var input = ZSTD_inBuffer(src: inBuffer.baseAddress, size: n, pos: 0)
@@ -204,7 +212,9 @@ public enum BundleUnpacker {
           guard produced <= limits.maxTotalBytes else {
             throw BundleError(.unsafeArchive, "archive: expands beyond the limit of \(limits.maxTotalBytes) bytes")
           }
-          if produced > UnpackLimits.ratioFloorBytes, Double(produced) > limits.maxCompressionRatio * Double(max(consumed, 1)) {
+          if produced > UnpackLimits.ratioFloorBytes,
+            Double(produced) > limits.maxCompressionRatio * Double(max(consumed, 1))
+          {
             throw BundleError(
               .unsafeArchive, "archive: compression ratio exceeds \(limits.maxCompressionRatio) (possible zstd bomb)")
           }
@@ -214,7 +224,8 @@ public enum BundleUnpacker {
             chunk = UnsafeRawBufferPointer(rebasing: chunk[used...])
             if let signature = reader.pendingSignature {
               // Nothing but this signature has been read into memory, and nothing at all written.
-              let check = try await BundleVerifier.checkSignature(signature, trust: trust, modelName: modelName, now: now)
+              let check = try await BundleVerifier.checkSignature(
+                signature, trust: trust, modelName: modelName, now: now)
               try reader.accept(check, signature: signature)
               verified = check
             }
@@ -247,14 +258,18 @@ enum Tar {
       // Split at a '/' so that the prefix fits 155 bytes and the name 100.
       let trimmed = directory ? Array(bytes.dropLast()) : bytes
       guard
-        let cut = trimmed.indices.reversed().first(where: { trimmed[$0] == UInt8(ascii: "/") && $0 <= 155 && bytes.count - $0 - 1 <= 100 })
+        let cut = trimmed.indices.reversed().first(where: {
+          trimmed[$0] == UInt8(ascii: "/") && $0 <= 155 && bytes.count - $0 - 1 <= 100
+        })
       else {
         throw BundleError(.invalidInput, "\(path): path too long for a ustar archive")
       }
       prefix = Array(bytes[..<cut])
       name = Array(bytes[(cut + 1)...])
     }
-    guard size >= 0, size < 0o77777777777 else { throw BundleError(.invalidInput, "\(path): too large for a ustar archive") }
+    guard size >= 0, size < 0o77777777777 else {
+      throw BundleError(.invalidInput, "\(path): too large for a ustar archive")
+    }
     func put(_ field: [UInt8], at offset: Int) { for (i, b) in field.enumerated() { h[offset + i] = b } }
     func octal(_ value: Int64, width: Int) -> [UInt8] {
       let digits = String(value, radix: 8)
@@ -279,7 +294,9 @@ enum Tar {
   }
 
   /// Zero bytes after `size` bytes of data, up to the next block.
-  static func padding(_ size: Int64) -> Int { Int(truncatingIfNeeded: (Int64(block) - size % Int64(block)) % Int64(block)) }
+  static func padding(_ size: Int64) -> Int {
+    Int(truncatingIfNeeded: (Int64(block) - size % Int64(block)) % Int64(block))
+  }
 
   /// A decoded, validated header.
   struct Entry {
@@ -349,15 +366,21 @@ enum Tar {
     case UInt8(ascii: "L"), UInt8(ascii: "K"): throw refuse("\(display): GNU long-name entries are not supported")
     default: throw refuse("\(display): unsupported entry type '\(String(UnicodeScalar(type)))'")
     }
-    guard let linkName = stringField(h[157..<257]), linkName.isEmpty else { throw refuse("\(display): entry has a link target") }
+    guard let linkName = stringField(h[157..<257]), linkName.isEmpty else {
+      throw refuse("\(display): entry has a link target")
+    }
     guard let size = octalField(h[124..<136]) else { throw refuse("\(display): unreadable size field") }
     guard full.count <= limits.maxPathLength else {
       throw refuse("\(display): path longer than \(limits.maxPathLength) bytes")
     }
     guard !full.isEmpty else { throw refuse("entry with an empty path") }
     guard full.first != UInt8(ascii: "/") else { throw refuse("\(display): absolute paths are not allowed") }
-    guard let text = String(validating: full, as: UTF8.self) else { throw refuse("\(display): path is not valid UTF-8") }
-    guard !full.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { throw refuse("\(display): control character in path") }
+    guard let text = String(validating: full, as: UTF8.self) else {
+      throw refuse("\(display): path is not valid UTF-8")
+    }
+    guard !full.contains(where: { $0 < 0x20 || $0 == 0x7F }) else {
+      throw refuse("\(display): control character in path")
+    }
     let isDir = type == UInt8(ascii: "5")
     var parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
     if isDir, parts.count > 1, parts.last == "" { parts.removeLast() }
@@ -486,7 +509,8 @@ struct TarExtractor {
           close(fd)
           state = .end  // the descriptor is closed: nothing for `abandon` to close if the digest is refused
           guard Array(hasher.finalize()) == expected else {
-            throw BundleError(.contentMismatch, "archive: \(path): digest mismatch (does not match \(OMS.signatureFileName))")
+            throw BundleError(
+              .contentMismatch, "archive: \(path): digest mismatch (does not match \(OMS.signatureFileName))")
           }
           state = padding > 0 ? .padding(padding) : .header
         } else {
@@ -516,17 +540,21 @@ struct TarExtractor {
     guard zeroBlocks == 0 else { throw BundleError(.unsafeArchive, "archive: entry after a zero block") }
     let entry = try Tar.parse(block, limits: limits)
     entries += 1
-    guard entries <= limits.maxFiles else { throw BundleError(.unsafeArchive, "archive: more than \(limits.maxFiles) entries") }
+    guard entries <= limits.maxFiles else {
+      throw BundleError(.unsafeArchive, "archive: more than \(limits.maxFiles) entries")
+    }
 
     guard let signed else {
       // The first entry: model.sig, kept in memory until the caller verified it. Nothing is written before.
       guard entry.kind == .file, entry.path.components == [OMS.signatureFileName] else {
         throw BundleError(
           .unsafeArchive,
-          "archive: the first entry must be \(OMS.signatureFileName), found '\(entry.path)' (pack bundles with `palisade bundle pack`)")
+          "archive: the first entry must be \(OMS.signatureFileName), found '\(entry.path)' (pack bundles with `palisade bundle pack`)"
+        )
       }
       guard entry.size <= Int64(limits.maxSignatureBytes), let size = Int(exactly: entry.size) else {
-        throw BundleError(.unsafeArchive, "archive: \(OMS.signatureFileName) is larger than \(limits.maxSignatureBytes) bytes")
+        throw BundleError(
+          .unsafeArchive, "archive: \(OMS.signatureFileName) is larger than \(limits.maxSignatureBytes) bytes")
       }
       seen.insert(entry.path)
       signatureBytes.reserveCapacity(size)
@@ -554,7 +582,8 @@ struct TarExtractor {
       let (total, overflow) = declaredBytes.addingReportingOverflow(entry.size)
       guard !overflow, total <= limits.maxTotalBytes else {
         throw BundleError(
-          .unsafeArchive, "archive: \(entry.path): declares \(entry.size) bytes, beyond the limit of \(limits.maxTotalBytes) in all")
+          .unsafeArchive,
+          "archive: \(entry.path): declares \(entry.size) bytes, beyond the limit of \(limits.maxTotalBytes) in all")
       }
       declaredBytes = total
     }
@@ -567,7 +596,8 @@ struct TarExtractor {
       if mkdirat(parent, last, 0o700) != 0 {
         // Implied earlier by a file below it: fine if it is our directory.
         var st = stat()
-        guard errno == EEXIST, fstatat(parent, last, &st, AT_SYMLINK_NOFOLLOW) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+        guard errno == EEXIST, fstatat(parent, last, &st, AT_SYMLINK_NOFOLLOW) == 0, (st.st_mode & S_IFMT) == S_IFDIR
+        else {
           throw BundleError(.unsafeArchive, "archive: \(entry.path): cannot create directory")
         }
       }
@@ -585,11 +615,13 @@ struct TarExtractor {
         fchmod(fd, 0o400)
         close(fd)
         guard Array(SHA256.hash(data: [UInt8]())) == expected else {
-          throw BundleError(.contentMismatch, "archive: \(entry.path): digest mismatch (does not match \(OMS.signatureFileName))")
+          throw BundleError(
+            .contentMismatch, "archive: \(entry.path): digest mismatch (does not match \(OMS.signatureFileName))")
         }
         state = .header
       } else {
-        state = .data(fd: fd, path: entry.path, remaining: entry.size, padding: padding, hasher: SHA256(), expected: expected)
+        state = .data(
+          fd: fd, path: entry.path, remaining: entry.size, padding: padding, hasher: SHA256(), expected: expected)
       }
     }
   }

@@ -31,7 +31,8 @@ public enum BundleInspector {
     switch envelope.material {
     case .publicKey(let hint):
       return UnverifiedSignatureSummary(
-        method: .publicKey, keyHint: hint, certificateSubjects: [], resources: resources, ignorePaths: statement.ignorePaths,
+        method: .publicKey, keyHint: hint, certificateSubjects: [], resources: resources,
+        ignorePaths: statement.ignorePaths,
         rootDigest: Hex.encode(statement.rootDigest))
     case .certificates(let chain):
       return UnverifiedSignatureSummary(

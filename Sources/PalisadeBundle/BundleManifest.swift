@@ -27,9 +27,18 @@ public struct BundleManifest: Sendable, Hashable, Codable {
   /// Open Inference Protocol datatypes.
   public enum Datatype: String, Sendable, Hashable, Codable, CaseIterable {
     case bool = "BOOL"
-    case uint8 = "UINT8", uint16 = "UINT16", uint32 = "UINT32", uint64 = "UINT64"
-    case int8 = "INT8", int16 = "INT16", int32 = "INT32", int64 = "INT64"
-    case fp16 = "FP16", bf16 = "BF16", fp32 = "FP32", fp64 = "FP64"
+    case uint8 = "UINT8"
+    case uint16 = "UINT16"
+    case uint32 = "UINT32"
+    case uint64 = "UINT64"
+    case int8 = "INT8"
+    case int16 = "INT16"
+    case int32 = "INT32"
+    case int64 = "INT64"
+    case fp16 = "FP16"
+    case bf16 = "BF16"
+    case fp32 = "FP32"
+    case fp64 = "FP64"
     case bytes = "BYTES"
   }
 
@@ -187,7 +196,8 @@ public struct BundleManifest: Sendable, Hashable, Codable {
     let c = try decoder.container(keyedBy: CodingKeys.self)
     schema = try c.decode(String.self, forKey: .schema)
     guard schema == Self.schemaID else {
-      throw DecodingError.dataCorruptedError(forKey: .schema, in: c, debugDescription: "unsupported schema '\(schema)' (expected \(Self.schemaID))")
+      throw DecodingError.dataCorruptedError(
+        forKey: .schema, in: c, debugDescription: "unsupported schema '\(schema)' (expected \(Self.schemaID))")
     }
     name = try c.decode(String.self, forKey: .name)
     version = try c.decode(Int.self, forKey: .version)
@@ -262,7 +272,8 @@ public struct BundleManifest: Sendable, Hashable, Codable {
 
   /// Fields that hold integers (paths as `describe` writes them; `[]` for any array element).
   static let integerFields: Set<String> = [
-    "version", "max_batch", "inputs[].shape[]", "outputs[].shape[]", "output_policy.top_k", "output_policy.round_decimals",
+    "version", "max_batch", "inputs[].shape[]", "outputs[].shape[]", "output_policy.top_k",
+    "output_policy.round_decimals",
     "output_policy.pad_to_bucket_bytes",
   ]
 
@@ -280,10 +291,13 @@ public struct BundleManifest: Sendable, Hashable, Codable {
         for (i, item) in items.enumerated() { try visit(item, pattern: pattern + "[]", path: "\(path)[\(i)]") }
       case .number(let text, _) where integerFields.contains(pattern):
         let digits = text.hasPrefix("-") ? text.dropFirst() : Substring(text)
-        guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }), Int64(text) != nil else {
+        guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+          Int64(text) != nil
+        else {
           let shown = text.count > 32 ? String(text.prefix(32)) + "…" : text
           throw BundleError(
-            .invalidManifest, "\(bundleManifestFileName): field '\(path)': \(shown) is not an integer from -2^63 to 2^63-1")
+            .invalidManifest,
+            "\(bundleManifestFileName): field '\(path)': \(shown) is not an integer from -2^63 to 2^63-1")
         }
       default:
         break
@@ -299,7 +313,9 @@ public struct BundleManifest: Sendable, Hashable, Codable {
   /// Consistency checks beyond types. Throws naming the field.
   public func validate() throws(BundleError) {
     let file = bundleManifestFileName
-    func fail(_ field: String, _ why: String) -> BundleError { BundleError(.invalidManifest, "\(file): field '\(field)': \(why)") }
+    func fail(_ field: String, _ why: String) -> BundleError {
+      BundleError(.invalidManifest, "\(file): field '\(field)': \(why)")
+    }
     guard !name.isEmpty, name.utf8.count <= 256, name.unicodeScalars.allSatisfy({ isNameScalar($0) }),
       !name.hasPrefix("/"), !name.hasSuffix("/"), !name.contains("//")
     else {
@@ -307,7 +323,8 @@ public struct BundleManifest: Sendable, Hashable, Codable {
     }
     guard version > 0 else { throw fail("version", "must be a positive integer") }
     guard created <= expires else { throw fail("expires", "is before 'created'") }
-    guard RelativePath.parseSigned(modelFile) != nil, modelFile != bundleManifestFileName, modelFile != OMS.signatureFileName
+    guard RelativePath.parseSigned(modelFile) != nil, modelFile != bundleManifestFileName,
+      modelFile != OMS.signatureFileName
     else {
       throw fail("model_file", "must be a relative path to the model inside the bundle")
     }
@@ -320,7 +337,9 @@ public struct BundleManifest: Sendable, Hashable, Codable {
         guard !t.name.isEmpty else { throw fail("\(f).name", "must not be empty") }
         guard names.insert(Array(t.name.utf8)).inserted else { throw fail("\(f).name", "duplicate name '\(t.name)'") }
         guard t.shape.count <= 16 else { throw fail("\(f).shape", "more than 16 dimensions") }
-        guard t.shape.allSatisfy({ $0 >= -1 }) else { throw fail("\(f).shape", "dimensions must be -1 (variable) or >= 0") }
+        guard t.shape.allSatisfy({ $0 >= -1 }) else {
+          throw fail("\(f).shape", "dimensions must be -1 (variable) or >= 0")
+        }
         // Fixed dimensions multiply into buffer sizes (warm-up, validation): bound them before anything does.
         var fixedElements: Int64 = 1
         for d in t.shape where d > 0 {
@@ -333,7 +352,9 @@ public struct BundleManifest: Sendable, Hashable, Codable {
         let features: Int? = t.shape.last.flatMap { $0 > 0 ? Int(exactly: $0) : nil }
         if let r = t.featureRange {
           guard label == "inputs" else { throw fail("\(f).feature_range", "only inputs have ranges") }
-          guard r.min.count == r.max.count, !r.min.isEmpty else { throw fail("\(f).feature_range", "min and max must have the same, non-zero length") }
+          guard r.min.count == r.max.count, !r.min.isEmpty else {
+            throw fail("\(f).feature_range", "min and max must have the same, non-zero length")
+          }
           if let features, features != r.min.count {
             throw fail("\(f).feature_range", "has \(r.min.count) values but the last dimension is \(features)")
           }
@@ -356,8 +377,12 @@ public struct BundleManifest: Sendable, Hashable, Codable {
             throw fail(f2, "give either 'covariance' or 'covariance_diagonal', not both")
           }
           if let cov = s.covariance {
-            guard cov.count == n, cov.allSatisfy({ $0.count == n }) else { throw fail("\(f2).covariance", "must be a \(n)x\(n) matrix") }
-            guard cov.allSatisfy({ $0.allSatisfy(\.isFinite) }) else { throw fail("\(f2).covariance", "values must be finite") }
+            guard cov.count == n, cov.allSatisfy({ $0.count == n }) else {
+              throw fail("\(f2).covariance", "must be a \(n)x\(n) matrix")
+            }
+            guard cov.allSatisfy({ $0.allSatisfy(\.isFinite) }) else {
+              throw fail("\(f2).covariance", "values must be finite")
+            }
             for a in 0..<n {
               guard cov[a][a] >= 0 else { throw fail("\(f2).covariance", "diagonal must be >= 0") }
               for b in 0..<a where abs(cov[a][b] - cov[b][a]) > 1e-9 * max(1, abs(cov[a][b])) {
@@ -384,13 +409,17 @@ public struct BundleManifest: Sendable, Hashable, Codable {
       if p.labelOnly == true, labels?.isEmpty ?? true { throw fail("output_policy.label_only", "needs 'labels'") }
     }
     if let s = screeningPolicy {
-      guard s.oodThreshold.isFinite, s.oodThreshold > 0 else { throw fail("screening_policy.ood_threshold", "must be finite and > 0") }
+      guard s.oodThreshold.isFinite, s.oodThreshold > 0 else {
+        throw fail("screening_policy.ood_threshold", "must be finite and > 0")
+      }
       guard inputs.contains(where: { $0.referenceStatistics != nil }) else {
         throw fail("screening_policy", "needs reference_statistics on an input")
       }
     }
     if let b = maxBatch, b < 1 { throw fail("max_batch", "must be >= 1") }
-    if let tokens = canaryTokens, tokens.contains(where: \.isEmpty) { throw fail("canary_tokens", "must not contain empty strings") }
+    if let tokens = canaryTokens, tokens.contains(where: \.isEmpty) {
+      throw fail("canary_tokens", "must not contain empty strings")
+    }
   }
 }
 
@@ -412,7 +441,9 @@ extension VerifiedBundle {
     let manifest = try BundleManifest.decode(bytes)
     if let requested = requestedModelName {
       guard manifest.name.utf8.elementsEqual(requested.utf8) else {
-        throw BundleError(.invalidManifest, "\(bundleManifestFileName): name '\(manifest.name)' is not the requested model '\(requested)'")
+        throw BundleError(
+          .invalidManifest,
+          "\(bundleManifestFileName): name '\(manifest.name)' is not the requested model '\(requested)'")
       }
     }
     guard signerIsAllowed(for: manifest.name) else {
@@ -422,10 +453,12 @@ extension VerifiedBundle {
       throw BundleError(.untrustedSignature, "signer not allowed for model '\(manifest.name)'")
     }
     guard verifiedDigest(manifest.modelFile) != nil else {
-      throw BundleError(.invalidManifest, "\(bundleManifestFileName): model_file '\(manifest.modelFile)' is not among the signed files")
+      throw BundleError(
+        .invalidManifest, "\(bundleManifestFileName): model_file '\(manifest.modelFile)' is not among the signed files")
     }
     guard manifest.expires >= now else {
-      throw BundleError(.expired, "bundle '\(manifest.name)' version \(manifest.version) expired at \(formatRFC3339(manifest.expires))")
+      throw BundleError(
+        .expired, "bundle '\(manifest.name)' version \(manifest.version) expired at \(formatRFC3339(manifest.expires))")
     }
     return manifest
   }
@@ -506,7 +539,8 @@ extension BundleManifest.ScreeningPolicy {
 private func decodeRFC3339<K: CodingKey>(_ c: KeyedDecodingContainer<K>, _ key: K) throws -> Date {
   let text = try c.decode(String.self, forKey: key)
   guard let date = parseRFC3339(text) else {
-    throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "'\(text)' is not an RFC 3339 date-time")
+    throw DecodingError.dataCorruptedError(
+      forKey: key, in: c, debugDescription: "'\(text)' is not an RFC 3339 date-time")
   }
   return date
 }

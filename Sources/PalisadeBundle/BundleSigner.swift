@@ -25,7 +25,9 @@ public enum BundleSigner {
   /// Convenience for the CLI: the key as PEM (PKCS#8 or SEC1) and, for the certificate method, the chain as PEM text
   /// (leaf first, then intermediates, concatenated).
   @discardableResult
-  public static func sign(directory: String, keyPEM: String, certificateChainPEM: String? = nil) async throws(BundleError) -> Result {
+  public static func sign(directory: String, keyPEM: String, certificateChainPEM: String? = nil)
+    async throws(BundleError) -> Result
+  {
     let key = try BundleSigningKey(pem: keyPEM)
     var chain: [Certificate]? = nil
     if let certificateChainPEM {
@@ -77,13 +79,15 @@ public enum BundleSigner {
     defer { close(rootFD) }
     let files = try FileTree.regularFiles(rootFD: rootFD, label: directory, excluding: ignore.map { [$0] })
       .sorted(by: RelativePath.omsOrder)
-    let hashed = try await FileTree.hashFiles(rootFD: rootFD, label: directory, files, maxConcurrent: maxConcurrentHashes)
+    let hashed = try await FileTree.hashFiles(
+      rootFD: rootFD, label: directory, files, maxConcurrent: maxConcurrentHashes)
     let resources = hashed.map { OMS.Resource(path: $0.path, digest: $0.digest) }
     let subject = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
     let payload = OMS.statementJSON(subjectName: subject, resources: resources, ignorePaths: ignore)
     let signature = try key.signDER(OMS.pae(payload))
     let sigPath = (directory as NSString).appendingPathComponent(OMS.signatureFileName)
-    try FileTree.writeAtomically(OMS.signatureFileJSON(material: material, payload: payload, signature: signature), to: sigPath)
+    try FileTree.writeAtomically(
+      OMS.signatureFileJSON(material: material, payload: payload, signature: signature), to: sigPath)
     return Result(
       signaturePath: sigPath, files: files.map(\.name),
       rootDigest: Hex.encode(OMS.rootDigest(resources.map(\.digest))))

@@ -58,7 +58,8 @@ public struct VerifiedBundle: Sendable {
   private let sealed: [RelativePath: SealedBytes]
 
   init(
-    directory: String, files: [VerifiedFile], signer: SignerDescription, rootDigest: String, requestedModelName: String?,
+    directory: String, files: [VerifiedFile], signer: SignerDescription, rootDigest: String,
+    requestedModelName: String?,
     manifestBytes: [UInt8]?, trust: TrustPolicy, matchedRules: Set<Int>, digests: [RelativePath: [UInt8]],
     sealed: [RelativePath: SealedBytes]
   ) {
@@ -186,7 +187,9 @@ public enum BundleVerifier {
       if let kept = h.sealed { sealed[resource.path] = kept }
       if h.path == manifestPath {
         if let kept = h.sealed {
-          guard kept.count <= 16 << 20 else { throw BundleError(.invalidManifest, "\(manifestPath): larger than \(16 << 20) bytes") }
+          guard kept.count <= 16 << 20 else {
+            throw BundleError(.invalidManifest, "\(manifestPath): larger than \(16 << 20) bytes")
+          }
           manifestBytes = kept.bytes
         } else {
           manifestBytes = h.contents
@@ -232,9 +235,11 @@ public enum BundleVerifier {
       guard let s = matched[deciding] else {
         if !matched.isEmpty {
           let others = matched.keys.sorted().map { "'\(trust.rules[$0].modelPattern)'" }.joined(separator: ", ")
-          throw BundleError(.untrustedSignature, "signer not allowed for model '\(modelName)' (it is trusted only for \(others))")
+          throw BundleError(
+            .untrustedSignature, "signer not allowed for model '\(modelName)' (it is trusted only for \(others))")
         }
-        throw BundleError(.untrustedSignature, "\(failures[deciding] ?? "signature not verified") (model '\(modelName)')")
+        throw BundleError(
+          .untrustedSignature, "\(failures[deciding] ?? "signature not verified") (model '\(modelName)')")
       }
       signer = s
     } else {
@@ -262,7 +267,9 @@ public enum BundleVerifier {
   }
 
   /// Checks the envelope's signature against one rule's signers.
-  private static func evaluate(_ envelope: OMS.Envelope, message: [UInt8], rule: TrustPolicy.Rule, now: Date) async -> Evaluation {
+  private static func evaluate(_ envelope: OMS.Envelope, message: [UInt8], rule: TrustPolicy.Rule, now: Date) async
+    -> Evaluation
+  {
     switch envelope.material {
     case .publicKey(let hint):
       let keys = rule.signers.compactMap { if case .publicKey(let k) = $0 { k } else { nil } }
@@ -275,18 +282,24 @@ public enum BundleVerifier {
       guard let key = candidates.first(where: { $0.isValidDERSignature(envelope.signature, for: message) }) else {
         return .failure("signature does not verify with the trusted public key")
       }
-      return .success(SignerDescription(method: .publicKey, description: "public key \(key.curveName) sha256:\(key.omsHint)"))
+      return .success(
+        SignerDescription(method: .publicKey, description: "public key \(key.curveName) sha256:\(key.omsHint)"))
 
     case .certificates(let chain):
-      let signers = rule.signers.compactMap { if case .certificate(let roots, let id) = $0 { (roots, id) } else { nil } }
-      guard !signers.isEmpty else { return .failure("certificate-method signature, but no certificate signer is trusted") }
+      let signers = rule.signers.compactMap {
+        if case .certificate(let roots, let id) = $0 { (roots, id) } else { nil }
+      }
+      guard !signers.isEmpty else {
+        return .failure("certificate-method signature, but no certificate signer is trusted")
+      }
       guard let leaf = chain.first else { return .failure("empty certificate chain") }
       guard let leafKey = BundlePublicKey(certificateKey: leaf.publicKey) else {
         return .failure("leaf certificate key is not ECDSA P-256, P-384 or P-521")
       }
       var reasons: [String] = []
       for (roots, identity) in signers {
-        if let reason = await validateChain(leaf: leaf, intermediates: Array(chain.dropFirst()), roots: roots, now: now) {
+        if let reason = await validateChain(leaf: leaf, intermediates: Array(chain.dropFirst()), roots: roots, now: now)
+        {
           reasons.append(reason)
           continue
         }
@@ -313,7 +326,9 @@ public enum BundleVerifier {
   }
 
   /// Nil if `leaf` chains through `intermediates` to one of `roots` under RFC 5280 at `now`, with our extra rules.
-  static func validateChain(leaf: Certificate, intermediates: [Certificate], roots: [Certificate], now: Date) async -> String? {
+  static func validateChain(leaf: Certificate, intermediates: [Certificate], roots: [Certificate], now: Date) async
+    -> String?
+  {
     var verifier = Verifier(rootCertificates: CertificateStore(roots)) {
       RFC5280Policy(fixedExpiryValidationTime: now)
       CodeSigningChainPolicy()

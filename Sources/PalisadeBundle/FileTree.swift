@@ -74,7 +74,9 @@ enum FileTree {
   }
 
   /// As `regularFiles(root:excluding:)`, below an already opened directory.
-  static func regularFiles(rootFD: Int32, label: String, excluding excluded: [[String]]) throws(BundleError) -> [RelativePath] {
+  static func regularFiles(rootFD: Int32, label: String, excluding excluded: [[String]]) throws(BundleError)
+    -> [RelativePath]
+  {
     var result: [RelativePath] = []
     var entries = 0
     try walk(fd: rootFD, prefix: [], root: label, excluded: excluded, into: &result, entries: &entries)
@@ -93,10 +95,12 @@ enum FileTree {
   }
 
   private static func walk(
-    fd: Int32, prefix: [String], root: String, excluded: [[String]], into result: inout [RelativePath], entries: inout Int
+    fd: Int32, prefix: [String], root: String, excluded: [[String]], into result: inout [RelativePath],
+    entries: inout Int
   ) throws(BundleError) {
     guard prefix.count < maxDepth else {
-      throw BundleError(.contentMismatch, "\(RelativePath(components: prefix)): directory nesting deeper than \(maxDepth)")
+      throw BundleError(
+        .contentMismatch, "\(RelativePath(components: prefix)): directory nesting deeper than \(maxDepth)")
     }
     // fdopendir takes ownership of its descriptor, so give it a duplicate.
     let dupFD = dup(fd)
@@ -120,13 +124,17 @@ enum FileTree {
         throw BundleError(.contentMismatch, "\(RelativePath(components: prefix)): a file name is not valid UTF-8")
       }
       entries += 1
-      guard entries <= maxEntries else { throw BundleError(.contentMismatch, "\(root): more than \(maxEntries) entries") }
+      guard entries <= maxEntries else {
+        throw BundleError(.contentMismatch, "\(root): more than \(maxEntries) entries")
+      }
       names.append(name)
     }
     for name in names {
       let path = RelativePath(components: prefix + [name])
       var st = stat()
-      guard fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { throw BundleError.io(path.name, "stat", errno: errno) }
+      guard fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
+        throw BundleError.io(path.name, "stat", errno: errno)
+      }
       switch st.st_mode & S_IFMT {
       case S_IFREG:
         if !excluded.contains(where: { path.isEqualOrBelow($0) }) { result.append(path) }
@@ -150,7 +158,9 @@ enum FileTree {
     defer { for fd in opened { close(fd) } }
     for component in path.components.dropLast() {
       let next = openat(dirFD, component, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-      guard next >= 0 else { throw BundleError(.contentMismatch, "\(path): cannot open (\(String(cString: strerror(errno))))") }
+      guard next >= 0 else {
+        throw BundleError(.contentMismatch, "\(path): cannot open (\(String(cString: strerror(errno))))")
+      }
       opened.append(next)
       dirFD = next
     }
@@ -198,7 +208,9 @@ enum FileTree {
   static func hashFile(rootFD: Int32, _ path: RelativePath, keep: Keep) throws(BundleError) -> Hashed {
     let (fd, size) = try openRegularFile(rootFD: rootFD, path)
     defer { close(fd) }
-    guard let expected = Int(exactly: size) else { throw BundleError(.contentMismatch, "\(path): size \(size) out of range") }
+    guard let expected = Int(exactly: size) else {
+      throw BundleError(.contentMismatch, "\(path): size \(size) out of range")
+    }
     var hasher = SHA256()
     var kept: [UInt8] = []
     var sealed: SealedBytes? = nil
@@ -253,7 +265,8 @@ enum FileTree {
   /// Hashes `files` below the directory `rootFD` in parallel, at most `maxConcurrent` at a time (each task blocks on
   /// reads, so the bound keeps us from monopolising the cooperative pool). Results come back in the input order.
   static func hashFiles(
-    rootFD: Int32, label: String, _ files: [RelativePath], keep: @escaping @Sendable (RelativePath) -> Keep = { _ in .nothing },
+    rootFD: Int32, label: String, _ files: [RelativePath],
+    keep: @escaping @Sendable (RelativePath) -> Keep = { _ in .nothing },
     maxConcurrent: Int = defaultConcurrency
   ) async throws(BundleError) -> [Hashed] {
     let width = max(1, maxConcurrent)
@@ -292,7 +305,9 @@ enum FileTree {
   static func writeAtomically(_ data: [UInt8], to path: String, mode: mode_t = 0o644) throws(BundleError) {
     let url = URL(fileURLWithPath: path)
     let dir = url.deletingLastPathComponent().path
-    let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(UUID().uuidString)").path
+    let temp = url.deletingLastPathComponent().appendingPathComponent(
+      ".\(url.lastPathComponent).tmp-\(UUID().uuidString)"
+    ).path
     let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
     guard fd >= 0 else { throw BundleError.io(temp, "create", errno: errno) }
     var ok = false
@@ -328,7 +343,9 @@ enum FileTree {
   }
 
   /// Reads a whole regular file (not through a symlink), refusing files over `limit` bytes.
-  static func readSmallFile(_ path: String, limit: Int, kind: BundleError.Kind, label: String) throws(BundleError) -> [UInt8] {
+  static func readSmallFile(_ path: String, limit: Int, kind: BundleError.Kind, label: String) throws(BundleError)
+    -> [UInt8]
+  {
     let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
     guard fd >= 0 else { throw openFailure(errno, kind: kind, label: label) }
     defer { close(fd) }
@@ -336,7 +353,9 @@ enum FileTree {
   }
 
   /// Reads a whole regular file directly in the directory `dirFD` (one component, not through a symlink).
-  static func readSmallFile(dirFD: Int32, name: String, limit: Int, kind: BundleError.Kind, label: String) throws(BundleError) -> [UInt8] {
+  static func readSmallFile(dirFD: Int32, name: String, limit: Int, kind: BundleError.Kind, label: String)
+    throws(BundleError) -> [UInt8]
+  {
     let fd = openat(dirFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
     guard fd >= 0 else { throw openFailure(errno, kind: kind, label: label) }
     defer { close(fd) }
@@ -349,9 +368,13 @@ enum FileTree {
     return BundleError.io(label, "open", errno: code)
   }
 
-  private static func readSmall(fd: Int32, limit: Int, kind: BundleError.Kind, label: String) throws(BundleError) -> [UInt8] {
+  private static func readSmall(fd: Int32, limit: Int, kind: BundleError.Kind, label: String) throws(BundleError)
+    -> [UInt8]
+  {
     var st = stat()
-    guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw BundleError(kind, "\(label): not a regular file") }
+    guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+      throw BundleError(kind, "\(label): not a regular file")
+    }
     guard st.st_size >= 0, st.st_size <= limit else { throw BundleError(kind, "\(label): larger than \(limit) bytes") }
     var out: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)

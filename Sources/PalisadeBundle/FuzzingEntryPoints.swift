@@ -11,7 +11,9 @@ package enum BundleParsers {
   }
 
   /// The whole signature check against `trust`: structure, trust rule, signer, signature, signed statement.
-  package static func checkSignature(_ bytes: [UInt8], trust: TrustPolicy, modelName: String?, now: Date) async throws(BundleError) {
+  package static func checkSignature(_ bytes: [UInt8], trust: TrustPolicy, modelName: String?, now: Date)
+    async throws(BundleError)
+  {
     _ = try await BundleVerifier.checkSignature(bytes, trust: trust, modelName: modelName, now: now)
   }
 

@@ -13,7 +13,9 @@ public enum BundleSigningKey: Sendable {
   /// Text around the block (as `certtool` writes it) is ignored.
   public init(pem text: String) throws(BundleError) {
     let key: PEMText.ECPrivateKey?
-    do { key = try PEMText.ecPrivateKey(text) } catch { throw BundleError(.invalidInput, "private key: \(error.description)") }
+    do { key = try PEMText.ecPrivateKey(text) } catch {
+      throw BundleError(.invalidInput, "private key: \(error.description)")
+    }
     switch key {
     case .p256(let k): self = .p256(k)
     case .p384(let k): self = .p384(k)

@@ -98,7 +98,8 @@ enum OMS {
 
   private static func hex4(_ v: UInt32) -> String {
     let digits = Array("0123456789abcdef")
-    return "\\u" + String([digits[Int(v >> 12 & 0xF)], digits[Int(v >> 8 & 0xF)], digits[Int(v >> 4 & 0xF)], digits[Int(v & 0xF)]])
+    return "\\u"
+      + String([digits[Int(v >> 12 & 0xF)], digits[Int(v >> 8 & 0xF)], digits[Int(v >> 4 & 0xF)], digits[Int(v & 0xF)]])
   }
 
   /// The compact signature file, keys in the reference order.
@@ -157,13 +158,18 @@ enum OMS {
     let vm = try top.object("verificationMaterial", kind: k)
     try vm.rejectUnknown(["publicKey", "x509CertificateChain", "certificate", "tlogEntries"], kind: k)
     if let tlog = vm.value("tlogEntries") {
-      guard case .array(let entries) = tlog else { throw BundleError(k, "\(file): 'verificationMaterial.tlogEntries' must be an array") }
+      guard case .array(let entries) = tlog else {
+        throw BundleError(k, "\(file): 'verificationMaterial.tlogEntries' must be an array")
+      }
       // Key and certificate signatures carry no transparency-log entries; entries would go unchecked, so refuse them.
       guard entries.isEmpty else { throw BundleError(k, "\(file): transparency-log entries are not supported") }
     }
     let present = ["publicKey", "x509CertificateChain", "certificate"].filter { vm.value($0) != nil }
     guard present.count == 1 else {
-      throw BundleError(k, "\(file): 'verificationMaterial' must hold exactly one of publicKey, x509CertificateChain, certificate (found \(present.count))")
+      throw BundleError(
+        k,
+        "\(file): 'verificationMaterial' must hold exactly one of publicKey, x509CertificateChain, certificate (found \(present.count))"
+      )
     }
     let material: Material
     switch present[0] {
@@ -183,7 +189,8 @@ enum OMS {
       guard items.count <= 10 else { throw BundleError(k, "\(file): certificate chain longer than 10") }
       var certificates: [Certificate] = []
       for (i, item) in items.enumerated() {
-        let c = try JSONObjectReader(item, path: "verificationMaterial.x509CertificateChain.certificates[\(i)]", file: file, kind: k)
+        let c = try JSONObjectReader(
+          item, path: "verificationMaterial.x509CertificateChain.certificates[\(i)]", file: file, kind: k)
         try c.rejectUnknown(["rawBytes"], kind: k)
         let der = try base64(try c.string("rawBytes", kind: k), field: c.field("rawBytes"))
         do {
@@ -194,7 +201,8 @@ enum OMS {
       }
       material = .certificates(certificates)
     default:
-      throw BundleError(k, "\(file): keyless Sigstore 'certificate' material is not supported (use key or certificate-chain signing)")
+      throw BundleError(
+        k, "\(file): keyless Sigstore 'certificate' material is not supported (use key or certificate-chain signing)")
     }
 
     let env = try top.object("dsseEnvelope", kind: k)
@@ -206,7 +214,8 @@ enum OMS {
     }
     let signatures = try env.array("signatures", kind: k)
     guard signatures.count == 1 else {
-      throw BundleError(k, "\(file): 'dsseEnvelope.signatures' must hold exactly one signature (found \(signatures.count))")
+      throw BundleError(
+        k, "\(file): 'dsseEnvelope.signatures' must hold exactly one signature (found \(signatures.count))")
     }
     let s = try JSONObjectReader(signatures[0], path: "dsseEnvelope.signatures[0]", file: file, kind: k)
     try s.rejectUnknown(["sig", "keyid"], kind: k)
@@ -250,7 +259,9 @@ enum OMS {
       throw BundleError(k, "\(f): unsupported predicateType '\(pType)'")
     }
     let subjects = try top.array("subject", kind: k)
-    guard subjects.count == 1 else { throw BundleError(k, "\(f): expected exactly one subject, found \(subjects.count)") }
+    guard subjects.count == 1 else {
+      throw BundleError(k, "\(f): expected exactly one subject, found \(subjects.count)")
+    }
     let subject = try JSONObjectReader(subjects[0], path: "subject[0]", file: f, kind: k)
     try subject.rejectUnknown(["name", "digest"], kind: k)
     _ = try subject.optionalString("name", kind: k)
@@ -269,11 +280,16 @@ enum OMS {
     // removing one would go unseen (and model_signing's own CLI cannot verify shard signatures).
     guard method == "files" else {
       throw BundleError(
-        k, "\(f): serialization method '\(method)' is not supported (only 'files'; re-sign with model_signing's default)")
+        k,
+        "\(f): serialization method '\(method)' is not supported (only 'files'; re-sign with model_signing's default)")
     }
-    guard ser.value("shard_size") == nil else { throw BundleError(k, "\(f): 'shard_size' is not valid for the files method") }
+    guard ser.value("shard_size") == nil else {
+      throw BundleError(k, "\(f): 'shard_size' is not valid for the files method")
+    }
     let hashType = try ser.string("hash_type", kind: k)
-    guard hashType == "sha256" else { throw BundleError(k, "\(f): hash_type '\(hashType)' is not supported (only 'sha256')") }
+    guard hashType == "sha256" else {
+      throw BundleError(k, "\(f): hash_type '\(hashType)' is not supported (only 'sha256')")
+    }
     // Older (1.0.x) signers omit allow_symlinks/ignore_paths; absent means false / none.
     if ser.value("allow_symlinks") != nil {
       guard try ser.bool("allow_symlinks", kind: k) == false else {
@@ -286,7 +302,10 @@ enum OMS {
         guard case .string(let p) = item else { throw BundleError(k, "\(f): 'ignore_paths[\(i)]' must be a string") }
         // Stricter than the reference: the signer cannot widen what is excluded (e.g. "." would exclude everything).
         guard defaultIgnorePaths.contains(where: { Array($0.utf8) == Array(p.utf8) }) else {
-          throw BundleError(k, "\(f): signer-chosen ignore path '\(p)' is not allowed (only \(defaultIgnorePaths.joined(separator: ", ")))")
+          throw BundleError(
+            k,
+            "\(f): signer-chosen ignore path '\(p)' is not allowed (only \(defaultIgnorePaths.joined(separator: ", ")))"
+          )
         }
         ignorePaths.append(p)
       }
@@ -299,7 +318,9 @@ enum OMS {
       try r.rejectUnknown(["name", "algorithm", "digest"], kind: k)
       let name = try r.string("name", kind: k)
       let algorithm = try r.string("algorithm", kind: k)
-      guard algorithm == "sha256" else { throw BundleError(k, "\(f): resource '\(name)': algorithm '\(algorithm)' is not supported") }
+      guard algorithm == "sha256" else {
+        throw BundleError(k, "\(f): resource '\(name)': algorithm '\(algorithm)' is not supported")
+      }
       guard let d = Hex.decodeLowercase(try r.string("digest", kind: k)), d.count == 32 else {
         throw BundleError(k, "\(f): resource '\(name)': digest is not 64 lowercase hex digits")
       }

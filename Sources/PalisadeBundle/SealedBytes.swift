@@ -35,7 +35,8 @@ public final class SealedBytes: @unchecked Sendable {
       let flags = MAP_PRIVATE | MAP_ANONYMOUS
     #endif
     guard let p = mmap(nil, mapped, PROT_READ | PROT_WRITE, flags, -1, 0), p != MAP_FAILED else {
-      throw BundleError(.io, "cannot map \(capacity) bytes of memory for a verified file (\(String(cString: strerror(errno))))")
+      throw BundleError(
+        .io, "cannot map \(capacity) bytes of memory for a verified file (\(String(cString: strerror(errno))))")
     }
     base = p
     count = 0

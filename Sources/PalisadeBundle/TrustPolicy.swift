@@ -36,11 +36,15 @@ public enum TrustedSigner: Sendable {
   case certificate(roots: [Certificate], identity: SignerIdentityRequirement)
 
   /// Convenience: the key method from a PEM `PUBLIC KEY`.
-  public static func publicKey(pem: String) throws(BundleError) -> TrustedSigner { .publicKey(try BundlePublicKey(pem: pem)) }
+  public static func publicKey(pem: String) throws(BundleError) -> TrustedSigner {
+    .publicKey(try BundlePublicKey(pem: pem))
+  }
 
   /// Convenience: the certificate method from a PEM file's text holding one or more root certificates. Each must be a
   /// self-signed CA certificate (anything else could never anchor a chain: partial chains are refused).
-  public static func certificate(rootsPEM: String, identity: SignerIdentityRequirement) throws(BundleError) -> TrustedSigner {
+  public static func certificate(rootsPEM: String, identity: SignerIdentityRequirement) throws(BundleError)
+    -> TrustedSigner
+  {
     let roots: [Certificate]
     do {
       roots = try PEMDocument.parseMultiple(pemString: rootsPEM).map { try Certificate(pemDocument: $0) }
@@ -86,7 +90,9 @@ public struct SignerIdentityRequirement: Sendable, Hashable {
   /// Nil if `leaf` satisfies the requirement, else why not.
   func mismatch(_ leaf: Certificate) -> String? {
     if let pattern = subjectCommonName {
-      let names = leaf.subject.flatMap { $0 }.filter { $0.type == .RDNAttributeType.commonName }.compactMap { String($0.value) }
+      let names = leaf.subject.flatMap { $0 }.filter { $0.type == .RDNAttributeType.commonName }.compactMap {
+        String($0.value)
+      }
       guard names.count == 1, let cn = names.first else {
         return "leaf certificate must have exactly one subject common name (found \(names.count))"
       }
@@ -105,7 +111,8 @@ public struct SignerIdentityRequirement: Sendable, Hashable {
       let (values, pattern, separator, label): ([String], String, Character, String) =
         switch san {
         case .dns(let p): (all.compactMap { if case .dnsName(let v) = $0 { v } else { nil } }, p, ".", "DNS")
-        case .uri(let p): (all.compactMap { if case .uniformResourceIdentifier(let v) = $0 { v } else { nil } }, p, "/", "URI")
+        case .uri(let p):
+          (all.compactMap { if case .uniformResourceIdentifier(let v) = $0 { v } else { nil } }, p, "/", "URI")
         case .email(let p): (all.compactMap { if case .rfc822Name(let v) = $0 { v } else { nil } }, p, "/", "email")
         }
       guard values.contains(where: { Glob.matches(pattern: pattern, $0, separator: separator) }) else {

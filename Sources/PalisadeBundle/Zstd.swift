@@ -37,7 +37,9 @@ final class ZstdCompressor {
       try check(code)
       remaining = code
       if produced > 0 {
-        try BundleError.typed { try output.withUnsafeBytes { out in try sink(UnsafeRawBufferPointer(rebasing: out[0..<produced])) } }
+        try BundleError.typed {
+          try output.withUnsafeBytes { out in try sink(UnsafeRawBufferPointer(rebasing: out[0..<produced])) }
+        }
       }
       if finish {
         if remaining == 0 { return }
@@ -87,7 +89,8 @@ final class ZstdDecompressor {
 
   /// One decompression step: consumes from `input` (advancing `pos`), writes into `output`.
   /// Returns (bytes produced, zstd's hint: 0 when a frame is complete and fully flushed).
-  func step(_ input: inout ZSTD_inBuffer, into output: UnsafeMutableRawBufferPointer) throws(BundleError) -> (Int, Int) {
+  func step(_ input: inout ZSTD_inBuffer, into output: UnsafeMutableRawBufferPointer) throws(BundleError) -> (Int, Int)
+  {
     var outBuf = ZSTD_outBuffer(dst: output.baseAddress, size: output.count, pos: 0)
     let code = ZSTD_decompressStream(dctx, &outBuf, &input)
     if ZSTD_isError(code) != 0 {

@@ -50,7 +50,9 @@ struct ServeCommand: AsyncParsableCommand {
       Self.fail("config error: \(error)")
     }
     if check {
-      print("configuration OK: \(config) (gRPC on \(settings.server.listen), admin \(settings.admin.enabled ? settings.admin.listen.description : "disabled"))")
+      print(
+        "configuration OK: \(config) (gRPC on \(settings.server.listen), admin \(settings.admin.enabled ? settings.admin.listen.description : "disabled"))"
+      )
       return
     }
     try await runtime.run()

@@ -23,9 +23,9 @@ public struct AttestationExchange: Sendable {
 /// (RFC 5280 path to `tls.serverCA`, the host in its SANs) rather than by BoringSSL, so that the exchange also
 /// reports which certificate this very connection presented: the caller checks the evidence is bound to it.
 public func attest(
-  host: String, port: Int, tls: ClientTLSFiles, token: String?, nonce: [UInt8], challenge: TPMCredential.Challenge? = nil
-) async throws -> AttestationExchange
-{
+  host: String, port: Int, tls: ClientTLSFiles, token: String?, nonce: [UInt8],
+  challenge: TPMCredential.Challenge? = nil
+) async throws -> AttestationExchange {
   let roots = try PEMFiles.certificates(at: tls.serverCA)
   let verifier = ServerCertificateVerifier(roots: roots, host: host)
   let seen = PresentedKey()
@@ -59,7 +59,8 @@ public func attest(
   guard let presented = seen.value.withLock({ $0 }) else {
     throw RPCError(code: .unavailable, message: "the server certificate was not verified on this connection")
   }
-  var exchange = AttestationExchange(evidence: response.evidence, keyID: response.keyID, presentedPublicKeySHA256: presented)
+  var exchange = AttestationExchange(
+    evidence: response.evidence, keyID: response.keyID, presentedPublicKeySHA256: presented)
   if response.hasTpm {
     let t = response.tpm
     var values: [Int: [UInt8]] = [:]

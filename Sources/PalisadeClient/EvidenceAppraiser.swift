@@ -51,7 +51,9 @@ public struct EvidenceAppraiser: Sendable {
       for m in try root.maps("models") ?? [] {
         guard let name = try m.string("name"), !name.isEmpty else { throw m.error("name", "is required") }
         e.models.append(
-          Model(name: name, versions: try m.strings("versions"), signer: try m.string("signer"), manifestSHA256: try m.strings("manifest_sha256")))
+          Model(
+            name: name, versions: try m.strings("versions"), signer: try m.string("signer"),
+            manifestSHA256: try m.strings("manifest_sha256")))
         try m.finish()
       }
       try root.finish()
@@ -81,7 +83,8 @@ public struct EvidenceAppraiser: Sendable {
     _ evidence: String, nonce: [UInt8]?, tlsPublicKeySHA256: String?, expectations: Expectations?, now: Date = Date()
   ) throws(Refusal) -> Appraisal {
     let parts = evidence.split(separator: ".", omittingEmptySubsequences: false)
-    guard parts.count == 3, let headerBytes = Base64URL.decode(String(parts[0])), let payload = Base64URL.decode(String(parts[1])),
+    guard parts.count == 3, let headerBytes = Base64URL.decode(String(parts[0])),
+      let payload = Base64URL.decode(String(parts[1])),
       let signature = Base64URL.decode(String(parts[2])),
       let header = (try? JSONSerialization.jsonObject(with: Data(headerBytes))) as? [String: Any]
     else { throw Refusal(reasons: ["evidence is not a compact JWS"]) }
@@ -111,7 +114,9 @@ public struct EvidenceAppraiser: Sendable {
       func check(_ key: String, _ allowed: [String]?, _ what: String) {
         guard let allowed else { return }
         let value = measured[key] as? String ?? ""
-        if !allowed.contains(value) { failures.append("\(what) \(value.isEmpty ? "(missing)" : value) is not an allowed value") }
+        if !allowed.contains(value) {
+          failures.append("\(what) \(value.isEmpty ? "(missing)" : value) is not an allowed value")
+        }
       }
       check("executable_sha256", e.executableSHA256, "executable digest")
       check("sbom_sha256", e.sbomSHA256, "SBOM digest")
@@ -125,7 +130,8 @@ public struct EvidenceAppraiser: Sendable {
         }
         let version = (sub["swversion"] as? [String])?.first ?? ""
         if let versions = m.versions, !versions.contains(version) {
-          failures.append("model \(m.name) runs version \(version), expected one of \(versions.joined(separator: ", "))")
+          failures.append(
+            "model \(m.name) runs version \(version), expected one of \(versions.joined(separator: ", "))")
         }
         if let signer = m.signer, !((sub["signer"] as? String) ?? "").contains(signer) {
           failures.append("model \(m.name) is signed by \(sub["signer"] as? String ?? "(unknown)"), expected \(signer)")
@@ -142,7 +148,8 @@ public struct EvidenceAppraiser: Sendable {
       }
     }
     guard failures.isEmpty else { throw Refusal(reasons: failures) }
-    let pretty = (try? JSONSerialization.data(withJSONObject: claims, options: [.prettyPrinted, .sortedKeys])) ?? Data(payload)
+    let pretty =
+      (try? JSONSerialization.data(withJSONObject: claims, options: [.prettyPrinted, .sortedKeys])) ?? Data(payload)
     return Appraisal(claimsJSON: Array(pretty))
   }
 

@@ -14,7 +14,9 @@ public enum JSONTensors {
 
   /// Builds a request from `{"inputs": [...], "outputs": [{"name": ...}], "id": ...}`. With `raw`, inputs travel in
   /// `raw_input_contents` (FP16 and BF16 always do).
-  public static func request(model: String, version: String, json: Data, raw: Bool) throws -> Inference_ModelInferRequest {
+  public static func request(model: String, version: String, json: Data, raw: Bool) throws
+    -> Inference_ModelInferRequest
+  {
     guard let root = try JSONSerialization.jsonObject(with: json) as? [String: Any] else {
       throw Error("the request must be a JSON object with an \"inputs\" list")
     }
@@ -49,7 +51,8 @@ public enum JSONTensors {
   static func tensor(_ json: [String: Any]) throws -> Tensor {
     guard let name = json["name"] as? String else { throw Error("an input has no \"name\"") }
     guard let dt = json["datatype"] as? String, let datatype = DataType(wireName: dt) else {
-      throw Error("input '\(name)': \"datatype\" must be one of \(DataType.allCases.map(\.rawValue).joined(separator: ", "))")
+      throw Error(
+        "input '\(name)': \"datatype\" must be one of \(DataType.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     guard let shape = (json["shape"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.int64Value }) else {
       throw Error("input '\(name)': \"shape\" must be a list of integers")
@@ -77,7 +80,8 @@ public enum JSONTensors {
       }
       return try Tensor(name: name, datatype: .bytes, shape: shape, storage: .bytes(elements))
     case .bool:
-      return try Tensor(name: name, datatype: .bool, shape: shape, storage: .fixed(try numbers().map { $0.boolValue ? 1 : 0 }))
+      return try Tensor(
+        name: name, datatype: .bool, shape: shape, storage: .fixed(try numbers().map { $0.boolValue ? 1 : 0 }))
     case .fp16:
       let bits = try numbers().map { Half.bits(from: $0.floatValue) }
       return try Tensor(name: name, datatype: .fp16, shape: shape, storage: .fixed(bytes(of: bits)))
@@ -115,7 +119,8 @@ public enum JSONTensors {
       if i < response.rawOutputContents.count, let dt = DataType(wireName: out.datatype) {
         data = decodeRaw(response.rawOutputContents[i], dt)
       } else {
-        data = c.boolContents.map { $0 as Any } + c.intContents.map { $0 as Any } + c.int64Contents.map { $0 as Any }
+        data =
+          c.boolContents.map { $0 as Any } + c.intContents.map { $0 as Any } + c.int64Contents.map { $0 as Any }
           + c.uintContents.map { $0 as Any } + c.uint64Contents.map { $0 as Any } + c.fp32Contents.map { $0 as Any }
           + c.fp64Contents.map { $0 as Any } + c.bytesContents.map { String(decoding: $0, as: UTF8.self) as Any }
       }
@@ -155,7 +160,8 @@ public enum JSONTensors {
       var out: [Any] = []
       var i = 0
       while i + 4 <= bytes.count {
-        let n = Int(UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 24)
+        let n = Int(
+          UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 24)
         i += 4
         guard i + n <= bytes.count else { break }
         out.append(String(decoding: bytes[i..<(i + n)], as: UTF8.self))

@@ -123,7 +123,9 @@ public struct TPMEvidenceAppraiser: Sendable {
     let secret = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
     do {
       let name = try identity.ak.name
-      return Sealed(challenge: try TPMCredential.make(ek: identity.ek, objectName: name, secret: secret), secret: secret, akName: name)
+      return Sealed(
+        challenge: try TPMCredential.make(ek: identity.ek, objectName: name, secret: secret), secret: secret,
+        akName: name)
     } catch { throw Refusal("cannot seal a credential to the endorsement key: \(error)") }
   }
 
@@ -150,7 +152,9 @@ public struct TPMEvidenceAppraiser: Sendable {
     } catch { throw Refusal("quote: \(error)") }
     let akKey: P256.Signing.PublicKey
     do { akKey = try id.ak.p256SigningKey() } catch { throw Refusal("attestation key: \(error)") }
-    if !signature.verifies(e.quoteAttest, key: akKey) { failures.append("the quote signature does not verify with the attestation key") }
+    if !signature.verifies(e.quoteAttest, key: akKey) {
+      failures.append("the quote signature does not verify with the attestation key")
+    }
     if info.extraData != nonce { failures.append("the quote is not over this request's nonce (replayed)") }
     let sha256 = info.selections.filter { $0.hash == TPMConst.algSHA256 }
     let selected = sha256.flatMap { $0.pcrs }.sorted()
@@ -175,14 +179,22 @@ public struct TPMEvidenceAppraiser: Sendable {
       let replay = try log.replay()
       state = replay.state
       if log.pcr != e.pcr { failures.append("the event log is for PCR \(log.pcr), not \(e.pcr)") }
-      if log.initial != String(repeating: "0", count: 64) { failures.append("the application PCR was not reset before measuring") }
-      if replay.pcr != e.pcrValues[e.pcr] { failures.append("the event log does not replay to the quoted PCR value (tampered or incomplete)") }
+      if log.initial != String(repeating: "0", count: 64) {
+        failures.append("the application PCR was not reset before measuring")
+      }
+      if replay.pcr != e.pcrValues[e.pcr] {
+        failures.append("the event log does not replay to the quoted PCR value (tampered or incomplete)")
+      }
     } catch { failures.append("\(error)") }
     // 5. The claims and the quote, bound.
     let palisade = claims["palisade"] as? [String: Any] ?? [:]
-    if palisade["evidence_root"] as? String != "tpm" { failures.append("the claims do not say they are rooted in a TPM") }
+    if palisade["evidence_root"] as? String != "tpm" {
+      failures.append("the claims do not say they are rooted in a TPM")
+    }
     let quoteDigest = Array(SHA256.hash(data: e.quoteAttest)).map { String(format: "%02x", $0) }.joined()
-    if palisade["tpm_quote_sha256"] as? String != quoteDigest { failures.append("the claims are not bound to this quote") }
+    if palisade["tpm_quote_sha256"] as? String != quoteDigest {
+      failures.append("the claims are not bound to this quote")
+    }
     let claimed = Self.claimedState(claims)
     for name in Set(claimed.keys).union(state.keys).sorted() where claimed[name] != state[name] {
       failures.append(
@@ -196,7 +208,8 @@ public struct TPMEvidenceAppraiser: Sendable {
     let p = claims["palisade"] as? [String: Any] ?? [:]
     var state: [String: String] = [:]
     for (key, name) in [
-      ("executable_sha256", "executable"), ("policy_sha256", "policy"), ("config_sha256", "config"), ("sbom_sha256", "sbom"),
+      ("executable_sha256", "executable"), ("policy_sha256", "policy"), ("config_sha256", "config"),
+      ("sbom_sha256", "sbom"),
       ("client_ca_bundle_sha256", "client_ca_bundle"),
     ] {
       if let v = p[key] as? String { state[name] = v }
@@ -236,7 +249,9 @@ struct EKCertificatePolicy: VerifierPolicy {
   mutating func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult {
     let leaf = chain.leaf
     do {
-      if let eku = try leaf.extensions.extendedKeyUsage, !eku.contains(ExtendedKeyUsage.Usage(oid: Self.ekCertificateUsage)) {
+      if let eku = try leaf.extensions.extendedKeyUsage,
+        !eku.contains(ExtendedKeyUsage.Usage(oid: Self.ekCertificateUsage))
+      {
         return .failsToMeetPolicy(reason: "the certificate is not an EK certificate (extended key usage)")
       }
     } catch {

@@ -60,7 +60,9 @@ extension String {
     var out = ""
     out.reserveCapacity(Swift.min(utf8.count, limit))
     for scalar in unicodeScalars.prefix(limit) {
-      if scalar.properties.generalCategory == .control || scalar == "'" { out.append("?") } else {
+      if scalar.properties.generalCategory == .control || scalar == "'" {
+        out.append("?")
+      } else {
         out.unicodeScalars.append(scalar)
       }
     }

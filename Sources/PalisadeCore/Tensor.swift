@@ -1,5 +1,5 @@
 #if _endian(big)
-#error("Palisade stores tensors in the protocol's little-endian layout and assumes a little-endian host.")
+  #error("Palisade stores tensors in the protocol's little-endian layout and assumes a little-endian host.")
 #endif
 
 /// A named tensor in the protocol's own layout: row-major, little-endian, no padding.

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #elseif canImport(Darwin)
-import Darwin
+  import Darwin
 #endif
 public import NIOCore
 
@@ -134,9 +134,9 @@ enum Resolver {
     var hints = addrinfo()
     hints.ai_family = AF_UNSPEC
     #if canImport(Glibc)
-    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+      hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
     #else
-    hints.ai_socktype = SOCK_STREAM
+      hints.ai_socktype = SOCK_STREAM
     #endif
     hints.ai_protocol = Int32(IPPROTO_TCP)
     var result: UnsafeMutablePointer<addrinfo>?

@@ -22,11 +22,13 @@ final class EgressAdminServer: Sendable {
           guard try ConnectionGuard.admit(channel, limiter: limiter, settings: settings, metrics: metrics) else {
             return nil
           }
-          return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+          return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+            wrappingChannelSynchronously: channel)
         }
       }
     if let a = server.channel.localAddress { proxy.adminBound.set(a) }
-    proxy.logger.info("egress admin endpoint listening", metadata: ["port": "\(server.channel.localAddress?.port ?? 0)"])
+    proxy.logger.info(
+      "egress admin endpoint listening", metadata: ["port": "\(server.channel.localAddress?.port ?? 0)"])
     try await withThrowingDiscardingTaskGroup { group in
       try await server.executeThenClose { connections in
         for try await connection in connections {
@@ -42,9 +44,12 @@ final class EgressAdminServer: Sendable {
                   guard let h = head else { return }
                   let (status, body) = self.respond(h)
                   var headers = HTTPHeaders()
-                  headers.add(name: "content-type", value: h.uri.hasPrefix("/metrics") ? "text/plain; version=0.0.4" : "text/plain")
+                  headers.add(
+                    name: "content-type",
+                    value: h.uri.hasPrefix("/metrics") ? "text/plain; version=0.0.4" : "text/plain")
                   headers.add(name: "content-length", value: String(body.count))
-                  try await outbound.write(.head(HTTPResponseHead(version: h.version, status: status, headers: headers)))
+                  try await outbound.write(
+                    .head(HTTPResponseHead(version: h.version, status: status, headers: headers)))
                   try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
                   try await outbound.write(.end(nil))
                   if !h.isKeepAlive { return }
@@ -63,7 +68,8 @@ final class EgressAdminServer: Sendable {
     switch head.uri.split(separator: "?").first.map(String.init) ?? head.uri {
     case "/healthz": return (.ok, Array("ok\n".utf8))
     case "/readyz":
-      return proxy.bound.address != nil ? (.ok, Array("ready\n".utf8)) : (.serviceUnavailable, Array("not listening\n".utf8))
+      return proxy.bound.address != nil
+        ? (.ok, Array("ready\n".utf8)) : (.serviceUnavailable, Array("not listening\n".utf8))
     case "/metrics": return (.ok, proxy.metrics.render())
     default: return (.notFound, Array("not found\n".utf8))
     }

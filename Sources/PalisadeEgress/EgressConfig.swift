@@ -217,7 +217,8 @@ public struct EgressConfig: Sendable {
       }
       c.maxInflightBodyBytes = try m.int("max_inflight_body_bytes", in: 1...(1 << 34))
       if let budget = c.maxInflightBodyBytes, budget < c.maxBodyBytes {
-        throw m.error("max_inflight_body_bytes", "must be at least max_body_bytes (\(c.maxBodyBytes)): no body could be accepted")
+        throw m.error(
+          "max_inflight_body_bytes", "must be at least max_body_bytes (\(c.maxBodyBytes)): no body could be accepted")
       }
       try m.finish()
     }
@@ -292,12 +293,14 @@ public struct EgressConfig: Sendable {
     c.reportSocket = resolve(try root.string("report_socket"))
     if let hook = try root.string("alert_webhook") {
       guard let target = ProxyTarget(absoluteURI: hook), c.destinations.contains(where: { $0.matches(target) }) else {
-        throw root.error("alert_webhook", "must be an absolute http(s) URL that an entry of destinations allows for POST")
+        throw root.error(
+          "alert_webhook", "must be an absolute http(s) URL that an entry of destinations allows for POST")
       }
       c.alertWebhook = hook
     }
     if let m = try root.map("logging") {
-      c.logLevel = try m.choice("level", ["trace", "debug", "info", "notice", "warning", "error", "critical"]) ?? "info"
+      c.logLevel =
+        try m.choice("level", ["trace", "debug", "info", "notice", "warning", "error", "critical"]) ?? "info"
       try m.finish()
     }
     try root.finish()

@@ -2,9 +2,9 @@ import Foundation
 import Logging
 import PalisadeSupport
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #elseif canImport(Darwin)
-import Darwin
+  import Darwin
 #endif
 
 extension EgressEvent {
@@ -36,9 +36,9 @@ final class EventReporter: Sendable {
     var line = event.jsonLine()
     line.append(0x0A)
     #if canImport(Glibc)
-    let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+      let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     #else
-    let fd = socket(AF_UNIX, SOCK_DGRAM, 0)
+      let fd = socket(AF_UNIX, SOCK_DGRAM, 0)
     #endif
     guard fd >= 0 else { return false }
     defer { close(fd) }
@@ -58,7 +58,8 @@ final class EventReporter: Sendable {
       }
     }
     if sent != line.count {
-      logger.warning("egress event not delivered to report_socket", metadata: ["errno": "\(errno)", "id": "\(event.id)"])
+      logger.warning(
+        "egress event not delivered to report_socket", metadata: ["errno": "\(errno)", "id": "\(event.id)"])
       return false
     }
     return true

@@ -17,7 +17,8 @@ public final class EgressMetrics: Sendable {
 
   func allowed(destination: String, requestBytes: Int, responseBytes: Int) {
     Counter(
-      label: "palisade_egress_requests_total", dimensions: [("result", "allowed"), ("reason", ""), ("destination", destination)],
+      label: "palisade_egress_requests_total",
+      dimensions: [("result", "allowed"), ("reason", ""), ("destination", destination)],
       factory: factory
     ).increment()
     Counter(label: "palisade_egress_request_bytes_total", dimensions: [("destination", destination)], factory: factory)
@@ -35,20 +36,25 @@ public final class EgressMetrics: Sendable {
   }
 
   func upstreamError(destination: String) {
-    Counter(label: "palisade_egress_upstream_errors_total", dimensions: [("destination", destination)], factory: factory)
-      .increment()
+    Counter(
+      label: "palisade_egress_upstream_errors_total", dimensions: [("destination", destination)], factory: factory
+    )
+    .increment()
   }
 
   func report(delivered: Bool, channel: String) {
     Counter(
-      label: "palisade_egress_reports_total", dimensions: [("channel", channel), ("result", delivered ? "sent" : "failed")],
+      label: "palisade_egress_reports_total",
+      dimensions: [("channel", channel), ("result", delivered ? "sent" : "failed")],
       factory: factory
     ).increment()
   }
 
   func tunnel(destination: String) {
-    Counter(label: "palisade_egress_connect_tunnels_total", dimensions: [("destination", destination)], factory: factory)
-      .increment()
+    Counter(
+      label: "palisade_egress_connect_tunnels_total", dimensions: [("destination", destination)], factory: factory
+    )
+    .increment()
   }
 
   /// A connection refused at accept (over a cap) or closed for being too slow (a timeout), or a request refused

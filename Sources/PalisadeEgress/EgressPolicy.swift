@@ -11,7 +11,8 @@ public struct ProxyTarget: Sendable, Equatable {
 
   /// Parses an absolute http(s) URI; nil for anything else (origin form, user info, fragments, odd schemes).
   public init?(absoluteURI uri: String) {
-    guard let c = URLComponents(string: uri), let scheme = c.scheme?.lowercased(), scheme == "https" || scheme == "http",
+    guard let c = URLComponents(string: uri), let scheme = c.scheme?.lowercased(),
+      scheme == "https" || scheme == "http",
       let host = c.host, !host.isEmpty, c.user == nil, c.password == nil, c.fragment == nil
     else { return nil }
     self.scheme = scheme
@@ -77,7 +78,9 @@ struct EgressPolicy: Sendable {
 
   func decide(method: String, target: ProxyTarget) -> Decision {
     let candidates = destinations.filter { $0.host == target.host }
-    guard !candidates.isEmpty else { return .deny(.destination, "host is not an allowed destination", destination: nil) }
+    guard !candidates.isEmpty else {
+      return .deny(.destination, "host is not an allowed destination", destination: nil)
+    }
     let onPort = candidates.filter { $0.port == target.port && $0.scheme == target.scheme }
     guard let first = onPort.first else {
       return .deny(.destination, "scheme or port is not allowed for this host", destination: candidates[0].name)
@@ -104,7 +107,8 @@ struct EgressPolicy: Sendable {
     let path = pathAndQuery.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
     let lower = path.lowercased()
     if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || lower.contains("\\") { return false }
-    for segment in path.split(separator: "/", omittingEmptySubsequences: false) where segment == "." || segment == ".." {
+    for segment in path.split(separator: "/", omittingEmptySubsequences: false) where segment == "." || segment == ".."
+    {
       return false
     }
     return true

@@ -41,7 +41,8 @@ public final class EgressProxy: Sendable {
     var canaries = config.inspection.canaryTokens.enumerated().map { Canary($1, source: "configured #\($0 + 1)") }
     canaries += found.canaries
     inspector = Inspector(settings: config.inspection, canaries: canaries, weights: found.weights)
-    metrics.setFingerprints(canaries: canaries.count, weightWindows: found.weights?.count ?? 0, bundles: found.bundles.count)
+    metrics.setFingerprints(
+      canaries: canaries.count, weightWindows: found.weights?.count ?? 0, bundles: found.bundles.count)
     summary =
       "\(config.destinations.count) destinations, \(canaries.count) canary tokens, \(found.bundles.count) bundles, "
       + "\(found.weights?.count ?? 0) weight windows"
@@ -69,7 +70,9 @@ public final class EgressProxy: Sendable {
     let metrics = self.metrics
     let initializer: @Sendable (any Channel) -> EventLoopFuture<Connection?> = { channel in
       channel.eventLoop.makeCompletedFuture {
-        guard try ConnectionGuard.admit(channel, limiter: limiter, settings: settings, metrics: metrics) else { return nil }
+        guard try ConnectionGuard.admit(channel, limiter: limiter, settings: settings, metrics: metrics) else {
+          return nil
+        }
         return try Connection(wrappingChannelSynchronously: channel)
       }
     }
@@ -145,7 +148,8 @@ public final class EgressProxy: Sendable {
           case .body(var b):
             guard refused == nil, let h = head else { continue }
             if body.readableBytes + b.readableBytes > self.config.maxBodyBytes {
-              let reply = self.block(.bodyTooLarge, "body exceeds max_body_bytes", head: h, bodyBytes: body.readableBytes + b.readableBytes)
+              let reply = self.block(
+                .bodyTooLarge, "body exceeds max_body_bytes", head: h, bodyBytes: body.readableBytes + b.readableBytes)
               try await self.write(reply, to: outbound, version: h.version, close: true)
               return
             }
@@ -164,7 +168,8 @@ public final class EgressProxy: Sendable {
             if refused == nil, h.method == .CONNECT, let target = ProxyTarget(authority: h.uri),
               let destination = self.policy.connectDestination(target)
             {
-              try await self.tunnel(connection.channel, head: h, target: target, destination: destination, outbound: outbound)
+              try await self.tunnel(
+                connection.channel, head: h, target: target, destination: destination, outbound: outbound)
               return
             }
             let reply: Reply
@@ -191,20 +196,26 @@ public final class EgressProxy: Sendable {
     outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
   ) async throws {
     func refuse(_ reason: BlockReason, _ why: String) async throws {
-      let reply = block(reason, why, head: head, target: target, destination: destination.name, bodyBytes: 0, close: true)
+      let reply = block(
+        reason, why, head: head, target: target, destination: destination.name, bodyBytes: 0, close: true)
       try await write(reply, to: outbound, version: head.version, close: true)
     }
     let addresses: [SocketAddress]
     do {
-      addresses = try await NIOThreadPool.singleton.runIfActive { try Resolver.resolve(host: target.host, port: target.port) }
+      addresses = try await NIOThreadPool.singleton.runIfActive {
+        try Resolver.resolve(host: target.host, port: target.port)
+      }
     } catch {
       return try await refuse(.resolution, "\(error)")
     }
     for a in addresses {
       let cls = AddressClass.of(a)
-      if cls == .metadata { return try await refuse(.metadataAddress, "\(target.host) resolves to a cloud metadata address") }
+      if cls == .metadata {
+        return try await refuse(.metadataAddress, "\(target.host) resolves to a cloud metadata address")
+      }
       if cls != .global && !destination.allowPrivate {
-        return try await refuse(.address, "\(target.host) resolves to a \(cls.rawValue) address and allow_private is false")
+        return try await refuse(
+          .address, "\(target.host) resolves to a \(cls.rawValue) address and allow_private is false")
       }
     }
     var upstreamChannel: (any Channel)?
@@ -235,7 +246,9 @@ public final class EgressProxy: Sendable {
     try await client.eventLoop.submit {
       let ops = client.pipeline.syncOperations
       if let h = try? ops.handler(type: HTTPResponseEncoder.self) { ops.removeHandler(h, promise: nil) }
-      if let h = try? ops.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) { ops.removeHandler(h, promise: nil) }
+      if let h = try? ops.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+        ops.removeHandler(h, promise: nil)
+      }
       if let h = try? ops.handler(type: HTTPServerPipelineHandler.self) { ops.removeHandler(h, promise: nil) }
       if let h = try? ops.handler(type: HTTPServerProtocolErrorHandler.self) { ops.removeHandler(h, promise: nil) }
       if let h = try? ops.handler(type: RequestTimeoutHandler.self) { ops.removeHandler(h, promise: nil) }
@@ -248,7 +261,8 @@ public final class EgressProxy: Sendable {
   }
 
   private func write(
-    _ reply: Reply, to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, version: HTTPVersion, close: Bool
+    _ reply: Reply, to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, version: HTTPVersion,
+    close: Bool
   ) async throws {
     var headers = reply.headers
     headers.replaceOrAdd(name: "content-length", value: String(reply.body.readableBytes))
@@ -276,7 +290,9 @@ public final class EgressProxy: Sendable {
 
   /// Codings named in the refusal; any other value is "unrecognised" (a header value is the sender's text and does
   /// not go into logs and events).
-  private static let knownCodings: Set<String> = ["gzip", "x-gzip", "deflate", "br", "compress", "x-compress", "zstd", "aes128gcm"]
+  private static let knownCodings: Set<String> = [
+    "gzip", "x-gzip", "deflate", "br", "compress", "x-compress", "zstd", "aes128gcm",
+  ]
 
   /// The first content or transfer coding the inspector cannot read through, or nil. Only identity (and chunked
   /// framing, which NIO decodes) can be inspected: a compressed body would be opaque.
@@ -302,7 +318,9 @@ public final class EgressProxy: Sendable {
       logger.warning(
         "CONNECT refused: a tunnel cannot be inspected",
         metadata: ["host": "\(target?.host ?? "-")", "port": "\(target?.port ?? 0)"])
-      return block(.destination, "CONNECT tunnels are refused (uninspectable)", head: head, target: target, bodyBytes: 0, close: true)
+      return block(
+        .destination, "CONNECT tunnels are refused (uninspectable)", head: head, target: target, bodyBytes: 0,
+        close: true)
     }
     let headBytes = head.uri.utf8.count + head.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
     if headBytes > config.maxHeaderBytes {
@@ -324,12 +342,16 @@ public final class EgressProxy: Sendable {
     let head = request.head
     let method = head.method.rawValue
     guard let target = ProxyTarget(absoluteURI: head.uri) else {
-      return block(.badRequest, "only absolute-form http(s) URIs are proxied", head: head, bodyBytes: request.body.readableBytes, isAlert: request.isAlert)
+      return block(
+        .badRequest, "only absolute-form http(s) URIs are proxied", head: head, bodyBytes: request.body.readableBytes,
+        isAlert: request.isAlert)
     }
     let destination: EgressConfig.Destination
     switch policy.decide(method: method, target: target) {
     case .deny(let reason, let why, let name):
-      return block(reason, why, head: head, target: target, destination: name, bodyBytes: request.body.readableBytes, isAlert: request.isAlert)
+      return block(
+        reason, why, head: head, target: target, destination: name, bodyBytes: request.body.readableBytes,
+        isAlert: request.isAlert)
     case .allow(let d):
       destination = d
     }
@@ -361,7 +383,8 @@ public final class EgressProxy: Sendable {
         return refuse(.address, "\(target.host) resolves to a \(cls.rawValue) address and allow_private is false")
       }
     }
-    let requestBytes = head.uri.utf8.count + headerPairs.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 4 } + bodyBytes.count
+    let requestBytes =
+      head.uri.utf8.count + headerPairs.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 4 } + bodyBytes.count
     guard budgets.charge(destination, bytes: requestBytes) else {
       return refuse(.byteBudget, "byte budget of destination \(destination.name) is spent for this window")
     }
@@ -372,7 +395,8 @@ public final class EgressProxy: Sendable {
       do {
         let response = try await upstream.exchange(
           address: address, target: target, useTLS: target.scheme == "https", head: outHead, body: request.body)
-        metrics.allowed(destination: destination.name, requestBytes: requestBytes, responseBytes: response.body.readableBytes)
+        metrics.allowed(
+          destination: destination.name, requestBytes: requestBytes, responseBytes: response.body.readableBytes)
         logger.info(
           "egress allowed",
           metadata: [
@@ -386,7 +410,8 @@ public final class EgressProxy: Sendable {
     }
     metrics.upstreamError(destination: destination.name)
     logger.warning(
-      "upstream failed", metadata: ["destination": "\(destination.name)", "error": "\(lastError.map { "\($0)" } ?? "-")"])
+      "upstream failed",
+      metadata: ["destination": "\(destination.name)", "error": "\(lastError.map { "\($0)" } ?? "-")"])
     var headers = HTTPHeaders()
     headers.add(name: "content-type", value: "text/plain")
     headers.add(name: "x-palisade-egress-error", value: "upstream")

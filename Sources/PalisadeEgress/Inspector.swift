@@ -1,9 +1,9 @@
 import Crypto
 import Foundation
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #elseif canImport(Darwin)
-import Darwin
+  import Darwin
 #endif
 
 /// Something in a request that must not leave. `detail` says what and where, never the data itself.
@@ -108,7 +108,9 @@ public final class Inspector: Sendable {
   /// deep (`decodeRuns` is false for their output).
   func scan(_ raw: UnsafeRawBufferPointer, location: String, via: String?, decodeRuns: Bool) -> Finding? {
     let suffix = via.map { " (\($0))" } ?? ""
-    func finding(_ r: BlockReason, _ d: String) -> Finding { Finding(reason: r, location: location, detail: d + suffix) }
+    func finding(_ r: BlockReason, _ d: String) -> Finding {
+      Finding(reason: r, location: location, detail: d + suffix)
+    }
     for c in canaries where Self.find(c.bytes, in: raw, from: 0) != nil {
       return finding(.canary, "canary token (\(c.source))")
     }
@@ -121,7 +123,9 @@ public final class Inspector: Sendable {
     if !secretFingerprints.isEmpty, let n = matchSecret(raw) {
       return finding(.secret, "secret with configured fingerprint #\(n)")
     }
-    if let w = weights, let source = w.firstMatch(in: raw) { return finding(.modelWeights, "model weights of \(source)") }
+    if let w = weights, let source = w.firstMatch(in: raw) {
+      return finding(.modelWeights, "model weights of \(source)")
+    }
     if decodeRuns, let f = scanRuns(raw, location: location, via: via) { return f }
     return nil
   }
@@ -251,7 +255,9 @@ public final class Inspector: Sendable {
     func scanDecoded(_ label: String) -> Finding? {
       guard decoded.count >= minDecodedBytes else { return nil }
       return decoded.withUnsafeBytes { raw -> Finding? in
-        if raw.count >= Self.structuralMinBytes { return scan(raw, location: location, via: prefix + label, decodeRuns: false) }
+        if raw.count >= Self.structuralMinBytes {
+          return scan(raw, location: location, via: prefix + label, decodeRuns: false)
+        }
         // Too short for anything but a canary or a secret (most decoded runs are words): only those are looked for.
         for c in canaries where c.bytes.count <= raw.count && Self.find(c.bytes, in: raw, from: 0) != nil {
           return Finding(reason: .canary, location: location, detail: "canary token (\(c.source)) (\(prefix)\(label))")
@@ -279,7 +285,7 @@ public final class Inspector: Sendable {
           values.append(UInt8(truncatingIfNeeded: v))
           if v >= 62 { cuts.append((values.count - 1, values.count)) }
           j += 1
-        } else if (Self.isBlank(c) || Self.isLineBreak(c)), let next = Self.skipWrap(raw, j) {
+        } else if Self.isBlank(c) || Self.isLineBreak(c), let next = Self.skipWrap(raw, j) {
           j = next
           cuts.append((values.count, values.count))
         } else {
@@ -323,7 +329,8 @@ public final class Inspector: Sendable {
           if bits >= settings.highEntropy.minBitsPerChar {
             return Finding(
               reason: .highEntropy, location: location,
-              detail: "base64-like run of \(values.count) characters at \(String(format: "%.2f", bits)) bits per character")
+              detail:
+                "base64-like run of \(values.count) characters at \(String(format: "%.2f", bits)) bits per character")
           }
         }
       }
@@ -347,7 +354,7 @@ public final class Inspector: Sendable {
           values.append(v)
           group += 1
           j += 1
-        } else if (Self.isBlank(c) || Self.isLineBreak(c)), let next = Self.skipWrap(raw, j) {
+        } else if Self.isBlank(c) || Self.isLineBreak(c), let next = Self.skipWrap(raw, j) {
           j = next
           group = 0
         } else if c == UInt8(ascii: ":") || c == 0x20, group >= 2, group % 2 == 0, j + 1 < n,

@@ -61,7 +61,8 @@ struct Upstream: Sendable {
             try channel.pipeline.syncOperations.addHandler(handler)
           }
           try channel.pipeline.syncOperations.addHTTPClientHandlers()
-          return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+          return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+            wrappingChannelSynchronously: channel)
         }
       }
     return try await channel.executeThenClose { inbound, outbound in

@@ -83,16 +83,23 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case .jwt:
       guard let identity = Targets.identity else { return false }
       let verifier = TokenVerifier(settings: .init(audience: FuzzKeys.audience), issuers: Targets.issuers)
-      return (try? verifier.verify(authorization: "Bearer " + String(decoding: data, as: UTF8.self), identity: identity, now: fuzzNow)) != nil
+      return
+        (try? verifier.verify(
+          authorization: "Bearer " + String(decoding: data, as: UTF8.self), identity: identity, now: fuzzNow)) != nil
     case .bundleSignature:
       guard let trust = Targets.trust else { return false }
-      do { try await BundleParsers.checkSignature(data, trust: trust, modelName: "digits", now: fuzzNow) } catch { return false }
+      do { try await BundleParsers.checkSignature(data, trust: trust, modelName: "digits", now: fuzzNow) } catch {
+        return false
+      }
       return true
     case .auditCheckpoint:
       guard let key = Targets.auditKey else { return false }
-      return (try? SignedCheckpoint.verify(note: String(decoding: data, as: UTF8.self), key: key, expectedOrigin: key.name)) != nil
+      return
+        (try? SignedCheckpoint.verify(note: String(decoding: data, as: UTF8.self), key: key, expectedOrigin: key.name))
+        != nil
     case .inferRequest:
-      guard let request = try? Inference_ModelInferRequest(serializedBytes: data), let descriptor = Targets.descriptors[request.modelName],
+      guard let request = try? Inference_ModelInferRequest(serializedBytes: data),
+        let descriptor = Targets.descriptors[request.modelName],
         let decoded = try? WireTensorDecoder.decode(request)
       else { return false }
       return (try? InputValidator().validate(decoded, against: descriptor)) != nil
@@ -132,26 +139,40 @@ enum Targets {
     func model(_ name: String, _ inputs: [TensorSpec], contract: ModelContract) -> ModelDescriptor {
       ModelDescriptor(
         name: name, version: "1", platform: "onnx", inputs: inputs,
-        outputs: [TensorSpec(name: "probabilities", datatype: .fp32, shape: [-1, 10]), TensorSpec(name: "label", datatype: .int64, shape: [-1])],
+        outputs: [
+          TensorSpec(name: "probabilities", datatype: .fp32, shape: [-1, 10]),
+          TensorSpec(name: "label", datatype: .int64, shape: [-1]),
+        ],
         contract: contract)
     }
     let digits = model(
       "digits", [TensorSpec(name: "input", datatype: .fp32, shape: [-1, 64])],
       contract: ModelContract(
-        maxBatch: 64, featureRanges: ["input": .init(min: Array(repeating: 0, count: 64), max: Array(repeating: 16, count: 64))],
+        maxBatch: 64,
+        featureRanges: ["input": .init(min: Array(repeating: 0, count: 64), max: Array(repeating: 16, count: 64))],
         allowNonFinite: false))
     let half = model(
-      "half", [TensorSpec(name: "x", datatype: .fp16, shape: [-1, 4]), TensorSpec(name: "y", datatype: .bf16, shape: [-1, 4])],
-      contract: ModelContract(maxBatch: 8, featureRanges: ["x": .init(min: [-1, -1, -1, -1], max: [1, 1, 1, 1])], allowNonFinite: false))
+      "half",
+      [
+        TensorSpec(name: "x", datatype: .fp16, shape: [-1, 4]), TensorSpec(name: "y", datatype: .bf16, shape: [-1, 4]),
+      ],
+      contract: ModelContract(
+        maxBatch: 8, featureRanges: ["x": .init(min: [-1, -1, -1, -1], max: [1, 1, 1, 1])], allowNonFinite: false))
     let text = model(
-      "text", [TensorSpec(name: "text", datatype: .bytes, shape: [-1]), TensorSpec(name: "ids", datatype: .int64, shape: [-1, 3])],
+      "text",
+      [
+        TensorSpec(name: "text", datatype: .bytes, shape: [-1]),
+        TensorSpec(name: "ids", datatype: .int64, shape: [-1, 3]),
+      ],
       contract: ModelContract(maxBatch: 16, maxBytesElementLength: 64))
     let mixed = model(
       "mixed",
       [
         TensorSpec(name: "b", datatype: .bool, shape: [2]), TensorSpec(name: "u8", datatype: .uint8, shape: [-1]),
-        TensorSpec(name: "i16", datatype: .int16, shape: [-1, -1]), TensorSpec(name: "u32", datatype: .uint32, shape: [-1]),
-        TensorSpec(name: "u64", datatype: .uint64, shape: [1]), TensorSpec(name: "f64", datatype: .fp64, shape: [-1, 2]),
+        TensorSpec(name: "i16", datatype: .int16, shape: [-1, -1]),
+        TensorSpec(name: "u32", datatype: .uint32, shape: [-1]),
+        TensorSpec(name: "u64", datatype: .uint64, shape: [1]),
+        TensorSpec(name: "f64", datatype: .fp64, shape: [-1, 2]),
         TensorSpec(name: "i8", datatype: .int8, shape: [-1]), TensorSpec(name: "u16", datatype: .uint16, shape: [-1]),
         TensorSpec(name: "i32", datatype: .int32, shape: [-1]),
       ],
@@ -169,7 +190,8 @@ enum Targets {
     // What the server would send back for tensors like these (typed and raw), as a round trip.
     var outputs = descriptor
     outputs.outputs = decoded.map { TensorSpec(name: $0.name, datatype: $0.datatype, shape: $0.shape) }
-    _ = try? ResponseEncoder().encode(outputs: decoded, raw: !request.rawInputContents.isEmpty, descriptor: outputs, requestID: request.id)
+    _ = try? ResponseEncoder().encode(
+      outputs: decoded, raw: !request.rawInputContents.isEmpty, descriptor: outputs, requestID: request.id)
   }
 
   // MARK: ONNX loader and planner
@@ -221,7 +243,8 @@ enum Targets {
     try? FileManager.default.removeItem(atPath: output)
     guard FileManager.default.createFile(atPath: input, contents: Data(archive)) else { return }
     let limits = UnpackLimits(maxTotalBytes: 4 << 20, maxFiles: 64, maxSignatureBytes: 1 << 20)
-    _ = try? await BundleUnpacker.unpack(archive: input, into: output, trust: trust, modelName: "digits", now: fuzzNow, limits: limits)
+    _ = try? await BundleUnpacker.unpack(
+      archive: input, into: output, trust: trust, modelName: "digits", now: fuzzNow, limits: limits)
     try? FileManager.default.removeItem(atPath: output)
   }
 
@@ -263,11 +286,13 @@ enum Targets {
   }
 
   static func serverConfig(_ data: [UInt8]) {
-    _ = try? ServerConfig.parse(String(decoding: data, as: UTF8.self), file: "palisade.yaml", baseDirectory: "/nonexistent")
+    _ = try? ServerConfig.parse(
+      String(decoding: data, as: UTF8.self), file: "palisade.yaml", baseDirectory: "/nonexistent")
   }
 
   static func egressConfig(_ data: [UInt8]) {
-    _ = try? EgressConfig.parse(String(decoding: data, as: UTF8.self), file: "egress.yaml", baseDirectory: "/nonexistent")
+    _ = try? EgressConfig.parse(
+      String(decoding: data, as: UTF8.self), file: "egress.yaml", baseDirectory: "/nonexistent")
   }
 
   // MARK: Egress
@@ -275,8 +300,12 @@ enum Targets {
   /// The sidecar's configuration for the egress targets: two destinations, every inspection on, a canary, a secret
   /// fingerprint and a small weight index.
   static let egress: (config: EgressConfig, inspector: Inspector)? = {
-    guard var config = try? EgressConfig.parse(FuzzKeys.egressConfigYAML, baseDirectory: "/nonexistent") else { return nil }
-    config.inspection.secretSHA256 = [SHA256.hash(data: Array(FuzzKeys.secret.utf8)).map { String(hexByte: $0) }.joined()]
+    guard var config = try? EgressConfig.parse(FuzzKeys.egressConfigYAML, baseDirectory: "/nonexistent") else {
+      return nil
+    }
+    config.inspection.secretSHA256 = [
+      SHA256.hash(data: Array(FuzzKeys.secret.utf8)).map { String(hexByte: $0) }.joined()
+    ]
     var builder = WeightIndex.Builder(window: 64, stride: 32, minDistinctBytes: 16)
     var state: UInt64 = 0x9E37_79B9_7F4A_7C15
     let weights: [UInt8] = (0..<4096).map { _ in

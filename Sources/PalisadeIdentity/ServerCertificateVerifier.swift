@@ -14,7 +14,8 @@ public struct ServerCertificateVerifier: Sendable {
 
   public init(roots: [Certificate], host: String) {
     self.roots = roots
-    let isIP = host.contains(":") || (host.split(separator: ".").count == 4 && host.allSatisfy { $0.isNumber || $0 == "." })
+    let isIP =
+      host.contains(":") || (host.split(separator: ".").count == 4 && host.allSatisfy { $0.isNumber || $0 == "." })
     self.hostname = isIP ? nil : host
     self.ip = isIP ? host : nil
   }
@@ -37,7 +38,9 @@ public struct ServerCertificateVerifier: Sendable {
     switch await verifier.validate(leaf: leaf, intermediates: CertificateStore(intermediates)) {
     case .validCertificate: return .success(leaf)
     case .couldNotValidate(let failures):
-      return .failure(.init("server certificate refused: \(failures.map { $0.policyFailureReason.description }.joined(separator: "; "))"))
+      return .failure(
+        .init(
+          "server certificate refused: \(failures.map { $0.policyFailureReason.description }.joined(separator: "; "))"))
     }
   }
 }

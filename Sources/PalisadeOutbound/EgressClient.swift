@@ -152,7 +152,9 @@ public actor EgressClient {
     return o1 || o2 ? .max : max(sum, 0)
   }
 
-  static func exchange(_ request: OutboundRequest, proxy: ProxyAddress, settings: Settings) async throws -> OutboundResponse {
+  static func exchange(_ request: OutboundRequest, proxy: ProxyAddress, settings: Settings) async throws
+    -> OutboundResponse
+  {
     guard request.url.hasPrefix("https://") || request.url.hasPrefix("http://") else {
       throw OutboundError.notAbsoluteURL(request.url)
     }
@@ -167,8 +169,10 @@ public actor EgressClient {
     let channel: ProxyChannel
     do {
       switch proxy {
-      case .tcp(let host, let port): channel = try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
-      case .unix(let path): channel = try await bootstrap.connect(unixDomainSocketPath: path, channelInitializer: initializer)
+      case .tcp(let host, let port):
+        channel = try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
+      case .unix(let path):
+        channel = try await bootstrap.connect(unixDomainSocketPath: path, channelInitializer: initializer)
       }
     } catch {
       throw OutboundError.proxyUnavailable("\(proxy): \(error)")
@@ -177,7 +181,8 @@ public actor EgressClient {
       group.addTask {
         do {
           return try await channel.executeThenClose { inbound, outbound in
-            var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.url)
+            var head = HTTPRequestHead(
+              version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.url)
             for (name, value) in request.headers { head.headers.add(name: name, value: value) }
             head.headers.replaceOrAdd(name: "content-length", value: String(request.body.count))
             head.headers.replaceOrAdd(name: "connection", value: "close")

@@ -120,7 +120,8 @@ public struct Policy: Sendable {
     if quarantine.contains(where: { call.spiffeID == $0 || call.spiffeID.isWithin($0) }) {
       return Decision(allowed: false, rule: nil, line: nil, reason: "principal is quarantined")
     }
-    for rule in rules where rule.matches(principal: call) && rule.matches(rpc: call.rpc) && rule.matches(model: call.model) {
+    for rule in rules
+    where rule.matches(principal: call) && rule.matches(rpc: call.rpc) && rule.matches(model: call.model) {
       return Decision(
         allowed: rule.effect == .allow, rule: rule.name, line: rule.line,
         reason: "rule '\(rule.name)' \(rule.effect == .allow ? "allows" : "denies")", versions: rule.versions,
@@ -132,7 +133,13 @@ public struct Policy: Sendable {
 
 /// A version constraint such as `>=2`, `<5`, `=3` or `>=2,<5` on integer model versions.
 public struct VersionConstraint: Sendable, Equatable, CustomStringConvertible {
-  public enum Op: String, Sendable { case ge = ">=", gt = ">", le = "<=", lt = "<", eq = "=" }
+  public enum Op: String, Sendable {
+    case ge = ">="
+    case gt = ">"
+    case le = "<="
+    case lt = "<"
+    case eq = "="
+  }
   public var clauses: [(op: Op, version: Int64)]
   public var description: String { clauses.map { "\($0.op.rawValue)\($0.version)" }.joined(separator: ",") }
 
@@ -140,7 +147,8 @@ public struct VersionConstraint: Sendable, Equatable, CustomStringConvertible {
     var clauses: [(Op, Int64)] = []
     for part in text.split(separator: ",") {
       let p = part.trimmingCharacters(in: .whitespaces)
-      guard let op = [Op.ge, .le, .gt, .lt, .eq].first(where: { p.hasPrefix($0.rawValue) }) ?? (Int64(p) != nil ? .eq : nil)
+      guard
+        let op = [Op.ge, .le, .gt, .lt, .eq].first(where: { p.hasPrefix($0.rawValue) }) ?? (Int64(p) != nil ? .eq : nil)
       else { return nil }
       let number = p.hasPrefix(op.rawValue) ? String(p.dropFirst(op.rawValue.count)) : p
       guard let v = Int64(number.trimmingCharacters(in: .whitespaces)), v >= 0 else { return nil }

@@ -42,7 +42,9 @@ extension Policy {
         switch key {
         case "spiffe", "spiffe_prefix":
           let id: SPIFFEID
-          do { id = try SPIFFEID(parsing: value) } catch { throw p.error(key, "'\(value)' is not a SPIFFE ID (\(error))") }
+          do { id = try SPIFFEID(parsing: value) } catch {
+            throw p.error(key, "'\(value)' is not a SPIFFE ID (\(error))")
+          }
           principals.append(key == "spiffe" ? .spiffe(id) : .spiffePrefix(id))
         case "subject": principals.append(.subject(value))
         case "scope": principals.append(.scope(value))

@@ -23,7 +23,8 @@ public final class RateLimiter: Sendable {
         if all.count >= maxBuckets { all.removeAll() }
       }
       var bucket = all[key] ?? Bucket(tokens: limit.burst, updated: now)
-      let elapsed = Double((now - bucket.updated).components.seconds)
+      let elapsed =
+        Double((now - bucket.updated).components.seconds)
         + Double((now - bucket.updated).components.attoseconds) / 1e18
       bucket.tokens = min(limit.burst, bucket.tokens + elapsed * limit.perSecond)
       bucket.updated = now

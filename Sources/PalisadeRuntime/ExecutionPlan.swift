@@ -78,13 +78,16 @@ public final class ExecutionPlan: Sendable {
 
   /// Runs the plan `iterations` times and returns each step's label and fastest time in nanoseconds
   /// (diagnostics; the minimum is robust to preemption on a shared machine).
-  public func profile(_ inputs: [Tensor], iterations: Int, pool: WorkerPool?) throws(RuntimeError) -> [(String, Double)] {
+  public func profile(_ inputs: [Tensor], iterations: Int, pool: WorkerPool?) throws(RuntimeError) -> [(String, Double)]
+  {
     _ = try execute(inputs, pool: pool)
     let arena = ArenaBuffer(byteCount: arenaBytes)
     for (i, tensor) in inputs.enumerated() {
       if case .fixed(let bytes) = tensor.storage, bytes.count <= arenaBytes - inputOffsets[i] {
         bytes.withUnsafeBytes { src in
-          if let s = src.baseAddress, src.count > 0 { (arena.raw + inputOffsets[i]).copyMemory(from: s, byteCount: src.count) }
+          if let s = src.baseAddress, src.count > 0 {
+            (arena.raw + inputOffsets[i]).copyMemory(from: s, byteCount: src.count)
+          }
         }
       }
     }
@@ -115,7 +118,9 @@ public final class ExecutionPlan: Sendable {
       var expected = inputTypes[i].size
       for d in inputShapes[i] { expected *= d }
       guard bytes.count == expected else {
-        throw RuntimeError(.invalidInput, "input '\(tensor.name.sanitizedForModelMessage)' has \(bytes.count) bytes, expected \(expected)")
+        throw RuntimeError(
+          .invalidInput,
+          "input '\(tensor.name.sanitizedForModelMessage)' has \(bytes.count) bytes, expected \(expected)")
       }
       bytes.withUnsafeBytes { src in
         if let s = src.baseAddress, src.count > 0 { (base + inputOffsets[i]).copyMemory(from: s, byteCount: src.count) }
@@ -136,7 +141,9 @@ public final class ExecutionPlan: Sendable {
       case .constant(let t): src = UnsafeRawPointer(t.storage.raw)
       }
       let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-        if let dst = buffer.baseAddress, count > 0 { UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: count) }
+        if let dst = buffer.baseAddress, count > 0 {
+          UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: count)
+        }
         initialized = count
       }
       do {

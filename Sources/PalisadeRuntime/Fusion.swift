@@ -61,7 +61,8 @@ extension Planner {
       let isDiv = scaleOp.node.opType == "Div" && scaleOp.inputs[0] == x && abs(s - 1.41421356) < 1e-4
       let isMul = scaleOp.node.opType == "Mul" && abs(s - 0.70710678) < 1e-4
       guard isDiv || isMul else { continue }
-      guard let erf = soleConsumer(scaleOut), live[erf].node.opType == "Erf", let erfOut = live[erf].outputs.first ?? nil,
+      guard let erf = soleConsumer(scaleOut), live[erf].node.opType == "Erf",
+        let erfOut = live[erf].outputs.first ?? nil,
         let add = soleConsumer(erfOut), live[add].node.opType == "Add", constScalar(otherInput(add, erfOut)) == 1,
         let addOut = live[add].outputs.first ?? nil,
         let mul = soleConsumer(addOut), mul == second, live[mul].node.opType == "Mul", otherInput(mul, addOut) == x,
@@ -143,8 +144,11 @@ extension Planner {
       name: op.node.name, opType: "_Dense", domain: "", inputs: inputs, outputs: [cur],
       attributes: ["_activation": .string(activationName)])
     node.name = op.node.name
-    let lowering = try lower(node, inputs.map { $0.flatMap { types[$0] } }, inputs.map { $0.flatMap { consts[$0] } }, ctx)
-    guard case .compute(let outs, let scratch, let factory) = lowering, types[cur]?.shape == outs[0].shape else { return }
+    let lowering = try lower(
+      node, inputs.map { $0.flatMap { types[$0] } }, inputs.map { $0.flatMap { consts[$0] } }, ctx)
+    guard case .compute(let outs, let scratch, let factory) = lowering, types[cur]?.shape == outs[0].shape else {
+      return
+    }
     for j in removed { live[j].removed = true }
     var label = "Dense(\(op.label)"
     if bias != nil { label += "+bias" }
@@ -178,8 +182,11 @@ extension Planner {
       final = bnOut
       label += "+BatchNormalization"
     }
-    let lowering = try lower(node, op.inputs.map { $0.flatMap { types[$0] } }, op.inputs.map { $0.flatMap { consts[$0] } }, ctx)
-    guard case .compute(let outs, let scratch, let factory) = lowering, types[final]?.shape == outs[0].shape else { return }
+    let lowering = try lower(
+      node, op.inputs.map { $0.flatMap { types[$0] } }, op.inputs.map { $0.flatMap { consts[$0] } }, ctx)
+    guard case .compute(let outs, let scratch, let factory) = lowering, types[final]?.shape == outs[0].shape else {
+      return
+    }
     for r in removed { live[r].removed = true }
     live[i] = LiveOp(
       node: node, inputs: op.inputs, outputs: [final], outTypes: outs, view: nil, scratchBytes: scratch,

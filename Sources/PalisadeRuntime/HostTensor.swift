@@ -95,14 +95,18 @@ struct HostTensor: Sendable {
 
   static func floats(_ values: [Float], shape: [Int]) -> HostTensor {
     let t = HostTensor(type: .float32, shape: shape)
-    values.withUnsafeBytes { if let b = $0.baseAddress, $0.count > 0 { t.storage.raw.copyMemory(from: b, byteCount: $0.count) } }
+    values.withUnsafeBytes {
+      if let b = $0.baseAddress, $0.count > 0 { t.storage.raw.copyMemory(from: b, byteCount: $0.count) }
+    }
     return t
   }
 
   static func int64s(_ values: [Int64], shape: [Int]) -> HostTensor {
     let t = HostTensor(type: .int64, shape: shape)
     do {
-      values.withUnsafeBytes { if let b = $0.baseAddress, $0.count > 0 { t.storage.raw.copyMemory(from: b, byteCount: $0.count) } }
+      values.withUnsafeBytes {
+        if let b = $0.baseAddress, $0.count > 0 { t.storage.raw.copyMemory(from: b, byteCount: $0.count) }
+      }
     }
     return t
   }

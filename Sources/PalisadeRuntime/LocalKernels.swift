@@ -89,7 +89,12 @@ func simplePool(
         let base = src + i * sh * w + j * sw
         if isMax {
           var m = -Float.infinity
-          for a in 0..<kh { for b in 0..<kw { let v = base[a * w + b]; if v > m || v != v { m = v } } }
+          for a in 0..<kh {
+            for b in 0..<kw {
+              let v = base[a * w + b]
+              if v > m || v != v { m = v }
+            }
+          }
           dst[i * ow + j] = m
         } else {
           var s: Float = 0
@@ -123,7 +128,8 @@ struct BatchConvJob {
     var n = part
     while n < batch {
       if let flat, let workspace {
-        flat.run(input + n * inputStride, weight, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
+        flat.run(
+          input + n * inputStride, weight, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
         n += parts
         continue
       }
@@ -133,7 +139,8 @@ struct BatchConvJob {
         continue
       }
       if let direct, let workspace {
-        direct.run(input + n * inputStride, weight, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
+        direct.run(
+          input + n * inputStride, weight, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
         n += parts
         continue
       }
@@ -209,12 +216,14 @@ func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ 
   let (d, s) = (UnsafeMutableRawPointer(dst), UnsafeRawPointer(src))
   var j = 0
   while j + 8 <= n {
-    d.storeBytes(of: s.loadUnaligned(fromByteOffset: j &* 4, as: SIMD8<Float>.self), toByteOffset: j &* 4, as: SIMD8<Float>.self)
+    d.storeBytes(
+      of: s.loadUnaligned(fromByteOffset: j &* 4, as: SIMD8<Float>.self), toByteOffset: j &* 4, as: SIMD8<Float>.self)
     j &+= 8
   }
   if j < n {
     let k = n &- 8
-    d.storeBytes(of: s.loadUnaligned(fromByteOffset: k &* 4, as: SIMD8<Float>.self), toByteOffset: k &* 4, as: SIMD8<Float>.self)
+    d.storeBytes(
+      of: s.loadUnaligned(fromByteOffset: k &* 4, as: SIMD8<Float>.self), toByteOffset: k &* 4, as: SIMD8<Float>.self)
   }
 }
 
@@ -332,8 +341,10 @@ struct DirectConv {
                 for s in 0..<3 {
                   let v = row.loadUnaligned(fromByteOffset: s * 4, as: SIMD8<Float>.self)
                   let u = row.loadUnaligned(fromByteOffset: (8 + s) * 4, as: SIMD8<Float>.self)
-                  let (p0, p1, p2, p3) = (SIMD8<Float>(repeating: w0[k]), SIMD8<Float>(repeating: w1[k]),
-                                          SIMD8<Float>(repeating: w2[k]), SIMD8<Float>(repeating: w3[k]))
+                  let (p0, p1, p2, p3) = (
+                    SIMD8<Float>(repeating: w0[k]), SIMD8<Float>(repeating: w1[k]),
+                    SIMD8<Float>(repeating: w2[k]), SIMD8<Float>(repeating: w3[k])
+                  )
                   a0 = a0.addingProduct(v, p0)
                   a1 = a1.addingProduct(v, p1)
                   a2 = a2.addingProduct(v, p2)
@@ -347,26 +358,28 @@ struct DirectConv {
               }
             }
           } else {
-          for ic in 0..<cin {
-            for r in 0..<kh {
-              let row = UnsafeRawPointer(scratch + (ic * hp + oh * sh + r) * wp)
-              for s in 0..<kw {
-                let v = load8(row, ow * sw + s)
-                let u = load8(row, (ow + 8) * sw + s)
-                let (p0, p1, p2, p3) = (SIMD8<Float>(repeating: w0[k]), SIMD8<Float>(repeating: w1[k]),
-                                        SIMD8<Float>(repeating: w2[k]), SIMD8<Float>(repeating: w3[k]))
-                a0 = a0.addingProduct(v, p0)
-                a1 = a1.addingProduct(v, p1)
-                a2 = a2.addingProduct(v, p2)
-                a3 = a3.addingProduct(v, p3)
-                c0 = c0.addingProduct(u, p0)
-                c1 = c1.addingProduct(u, p1)
-                c2 = c2.addingProduct(u, p2)
-                c3 = c3.addingProduct(u, p3)
-                k += 1
+            for ic in 0..<cin {
+              for r in 0..<kh {
+                let row = UnsafeRawPointer(scratch + (ic * hp + oh * sh + r) * wp)
+                for s in 0..<kw {
+                  let v = load8(row, ow * sw + s)
+                  let u = load8(row, (ow + 8) * sw + s)
+                  let (p0, p1, p2, p3) = (
+                    SIMD8<Float>(repeating: w0[k]), SIMD8<Float>(repeating: w1[k]),
+                    SIMD8<Float>(repeating: w2[k]), SIMD8<Float>(repeating: w3[k])
+                  )
+                  a0 = a0.addingProduct(v, p0)
+                  a1 = a1.addingProduct(v, p1)
+                  a2 = a2.addingProduct(v, p2)
+                  a3 = a3.addingProduct(v, p3)
+                  c0 = c0.addingProduct(u, p0)
+                  c1 = c1.addingProduct(u, p1)
+                  c2 = c2.addingProduct(u, p2)
+                  c3 = c3.addingProduct(u, p3)
+                  k += 1
+                }
               }
             }
-          }
           }
           if relu {
             a0.replace(with: zero, where: a0 .< zero)
@@ -490,7 +503,9 @@ struct ChannelVectorConv {
       let o2 = lanes > 2 ? 16 : 0
       let o3 = lanes > 3 ? 24 : 0
       /// Stores up to 32 channels of one output pixel (channel planes `plane` apart).
-      @inline(__always) func store(_ a0: SIMD8<Float>, _ a1: SIMD8<Float>, _ a2: SIMD8<Float>, _ a3: SIMD8<Float>, pixel: Int) {
+      @inline(__always) func store(
+        _ a0: SIMD8<Float>, _ a1: SIMD8<Float>, _ a2: SIMD8<Float>, _ a3: SIMD8<Float>, pixel: Int
+      ) {
         var (a0, a1, a2, a3) = (a0, a1, a2, a3)
         if relu {
           a0.replace(with: zero, where: a0 .< zero)
@@ -748,9 +763,18 @@ struct FlatConv {
             }
           }
         }
-        store(a0, 0, q); store(a1, 1, q); store(a2, 2, q); store(a3, 3, q)
-        store(c0, 0, q + 8); store(c1, 1, q + 8); store(c2, 2, q + 8); store(c3, 3, q + 8)
-        store(d0, 0, q + 16); store(d1, 1, q + 16); store(d2, 2, q + 16); store(d3, 3, q + 16)
+        store(a0, 0, q)
+        store(a1, 1, q)
+        store(a2, 2, q)
+        store(a3, 3, q)
+        store(c0, 0, q + 8)
+        store(c1, 1, q + 8)
+        store(c2, 2, q + 8)
+        store(c3, 3, q + 8)
+        store(d0, 0, q + 16)
+        store(d1, 1, q + 16)
+        store(d2, 2, q + 16)
+        store(d3, 3, q + 16)
         q += 24
       }
       oc += 4
@@ -764,10 +788,14 @@ struct FlatConv {
         let group = min(8, cout - oc8)
         // Channels past `group` repeat the last one (valid reads; not stored).
         @inline(__always) func channel(_ j: Int) -> Int { oc8 + min(j, group - 1) }
-        let (w0, w1, w2, w3) = (weight + channel(0) * kSize, weight + channel(1) * kSize,
-                                weight + channel(2) * kSize, weight + channel(3) * kSize)
-        let (w4, w5, w6, w7) = (weight + channel(4) * kSize, weight + channel(5) * kSize,
-                                weight + channel(6) * kSize, weight + channel(7) * kSize)
+        let (w0, w1, w2, w3) = (
+          weight + channel(0) * kSize, weight + channel(1) * kSize,
+          weight + channel(2) * kSize, weight + channel(3) * kSize
+        )
+        let (w4, w5, w6, w7) = (
+          weight + channel(4) * kSize, weight + channel(5) * kSize,
+          weight + channel(6) * kSize, weight + channel(7) * kSize
+        )
         @inline(__always) func start(_ j: Int) -> SIMD8<Float> { SIMD8<Float>(repeating: bias?[channel(j)] ?? 0) }
         var (a0, a1, a2, a3) = (start(0), start(1), start(2), start(3))
         var (a4, a5, a6, a7) = (start(4), start(5), start(6), start(7))
@@ -789,7 +817,8 @@ struct FlatConv {
           }
         }
         for g in 0..<group {
-          var v = g < 4 ? (g == 0 ? a0 : g == 1 ? a1 : g == 2 ? a2 : a3) : (g == 4 ? a4 : g == 5 ? a5 : g == 6 ? a6 : a7)
+          var v =
+            g < 4 ? (g == 0 ? a0 : g == 1 ? a1 : g == 2 ? a2 : a3) : (g == 4 ? a4 : g == 5 ? a5 : g == 6 ? a6 : a7)
           if relu { v.replace(with: zero, where: v .< zero) }
           if let f = postFactors {
             v = SIMD8<Float>(repeating: f[cout + oc8 + g]).addingProduct(v, SIMD8<Float>(repeating: f[oc8 + g]))

@@ -2,11 +2,11 @@ import Foundation
 import PalisadeONNXProto
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #elseif canImport(Musl)
-import Musl
+  import Musl
 #elseif canImport(Darwin)
-import Darwin
+  import Darwin
 #endif
 
 /// Reading model files from disk, for `ONNXModel.load(contentsOf:)` only (tools and tests). The server's runtime
@@ -33,7 +33,9 @@ enum ModelFileReader {
     guard fstat(file, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
       throw RuntimeError(.externalData, "\(what) is not a regular file")
     }
-    guard let size = Int(exactly: info.st_size), size >= 0 else { throw RuntimeError(.externalData, "\(what): bad size") }
+    guard let size = Int(exactly: info.st_size), size >= 0 else {
+      throw RuntimeError(.externalData, "\(what): bad size")
+    }
     guard size <= max(0, limit) else { throw .limit("\(what) is \(size) bytes, above the limit of \(max(0, limit))") }
     var buffer = [UInt8](repeating: 0, count: size)
     var done = 0

@@ -71,7 +71,8 @@ public final class ONNXModel: Sendable {
     guard dirFD >= 0 else { throw .malformed("cannot open the model's directory") }
     defer { close(dirFD) }
     let name = url.lastPathComponent
-    let data = try ModelFileReader.readFile(dirFD: dirFD, components: [name], limit: limits.maxModelBytes, what: "model file")
+    let data = try ModelFileReader.readFile(
+      dirFD: dirFD, components: [name], limit: limits.maxModelBytes, what: "model file")
     let proto = try parse(data, limits: limits)
     var external: ExternalData = [:]
     var total = 0
@@ -155,7 +156,9 @@ public final class ONNXModel: Sendable {
         }
         opset = Int(clamping: entry.version)
       case "ai.onnx.ml":
-        if !OperatorRegistry.mlOpsets.contains(entry.version) { unsupported.append("opset ai.onnx.ml \(entry.version)") }
+        if !OperatorRegistry.mlOpsets.contains(entry.version) {
+          unsupported.append("opset ai.onnx.ml \(entry.version)")
+        }
       default:
         unsupported.append("opset domain '\(entry.domain.sanitizedForModelMessage)'")
       }
@@ -186,7 +189,7 @@ public final class ONNXModel: Sendable {
         weights[vid] = try TensorDecoder.decode(
           tensor, what: "initializer '\(tensor.name.sanitizedForModelMessage)'",
           externalData: externalData, limits: limits, budget: &budget)
-      } catch where error.kind == .unsupported {
+      } catch  where error.kind == .unsupported {
         unsupported.append(error.message)
       }
     }
@@ -246,7 +249,7 @@ public final class ONNXModel: Sendable {
         do {
           attributes[a.name] = try TensorDecoder.attribute(
             a, node: label, externalData: externalData, limits: limits, budget: &budget)
-        } catch where error.kind == .unsupported {
+        } catch  where error.kind == .unsupported {
           unsupported.append(error.message)
         }
       }
@@ -259,7 +262,8 @@ public final class ONNXModel: Sendable {
         }
         let v = id(name)
         guard !produced.contains(v) else {
-          throw .graph("value '\(name.sanitizedForModelMessage)' is produced more than once (\(label.sanitizedForModelMessage))")
+          throw .graph(
+            "value '\(name.sanitizedForModelMessage)' is produced more than once (\(label.sanitizedForModelMessage))")
         }
         produced.insert(v)
         outputsOfNode.append(v)
@@ -269,7 +273,8 @@ public final class ONNXModel: Sendable {
       if !OperatorRegistry.isSupported(domain: domain, opType: node.opType) {
         unsupportedOps[key, default: 0] += 1
       } else if let problem = OperatorRegistry.attributeProblem(
-        domain: domain, opType: node.opType, attributes: attributes) {
+        domain: domain, opType: node.opType, attributes: attributes)
+      {
         unsupported.append("\(label.sanitizedForModelMessage): \(problem)")
       }
       nodes.append(
@@ -329,7 +334,8 @@ public final class ONNXModel: Sendable {
     for (value, shape) in zip(inputs, shapes) {
       guard value.dims.count == shape.count else {
         throw RuntimeError(
-          .invalidInput, "input '\(value.name.sanitizedForModelMessage)' has rank \(shape.count), expected \(value.dims.count)")
+          .invalidInput,
+          "input '\(value.name.sanitizedForModelMessage)' has rank \(shape.count), expected \(value.dims.count)")
       }
       for (d, n) in zip(value.dims, shape) {
         switch d {
@@ -338,7 +344,9 @@ public final class ONNXModel: Sendable {
             .invalidInput, "input '\(value.name.sanitizedForModelMessage)' has shape \(shape), expected \(value.dims)")
         case .symbolic where n < 1 || n > limits.maxSymbolicDimension:
           throw RuntimeError(
-            .invalidInput, "input '\(value.name.sanitizedForModelMessage)': dimension \(n) out of range 1...\(limits.maxSymbolicDimension)")
+            .invalidInput,
+            "input '\(value.name.sanitizedForModelMessage)': dimension \(n) out of range 1...\(limits.maxSymbolicDimension)"
+          )
         default: break
         }
       }
@@ -364,7 +372,8 @@ public final class ONNXModel: Sendable {
       guard t.datatype == value.elementType.dataType else {
         throw RuntimeError(
           .invalidInput,
-          "input '\(value.name.sanitizedForModelMessage)' is \(t.datatype.rawValue), expected \(value.elementType.dataType.rawValue)")
+          "input '\(value.name.sanitizedForModelMessage)' is \(t.datatype.rawValue), expected \(value.elementType.dataType.rawValue)"
+        )
       }
       ordered.append(t)
     }

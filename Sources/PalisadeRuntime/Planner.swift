@@ -278,17 +278,22 @@ struct Planner {
     for (i, v) in model.outputIds.enumerated() {
       guard let t = types[v] else { throw .graph("output '\(model.outputs[i].name)' has no type") }
       guard t.type == model.outputs[i].elementType else {
-        throw .shape("output '\(model.outputs[i].name.sanitizedForModelMessage)' is \(t.type), declared \(model.outputs[i].elementType)")
+        throw .shape(
+          "output '\(model.outputs[i].name.sanitizedForModelMessage)' is \(t.type), declared \(model.outputs[i].elementType)"
+        )
       }
       let declared = model.outputs[i].dims
       if declared.count == t.shape.count {
         for (d, n) in zip(declared, t.shape) {
           if case .fixed(let f) = d, f != n {
-            throw .shape("output '\(model.outputs[i].name.sanitizedForModelMessage)' has shape \(t.shape), declared \(declared)")
+            throw .shape(
+              "output '\(model.outputs[i].name.sanitizedForModelMessage)' has shape \(t.shape), declared \(declared)")
           }
         }
       } else if model.outputs[i].shapeDeclared {
-        throw .shape("output '\(model.outputs[i].name.sanitizedForModelMessage)' has rank \(t.shape.count), declared \(declared.count)")
+        throw .shape(
+          "output '\(model.outputs[i].name.sanitizedForModelMessage)' has rank \(t.shape.count), declared \(declared.count)"
+        )
       }
       outputShapes.append(t.shape)
       if let c = consts[v] {

@@ -66,13 +66,19 @@ public struct ONNXServableModel: ServableModel {
           throw .shape("\(role) '\(spec.name.sanitizedForModelMessage)' is not in the graph")
         }
         guard g.datatype == spec.datatype else {
-          throw .shape("\(role) '\(spec.name.sanitizedForModelMessage)' is \(g.datatype.rawValue) in the graph, \(spec.datatype.rawValue) in the descriptor")
+          throw .shape(
+            "\(role) '\(spec.name.sanitizedForModelMessage)' is \(g.datatype.rawValue) in the graph, \(spec.datatype.rawValue) in the descriptor"
+          )
         }
         guard g.shape.isEmpty && role == "output" || g.shape.count == spec.shape.count else {
-          throw .shape("\(role) '\(spec.name.sanitizedForModelMessage)' has rank \(g.shape.count) in the graph, \(spec.shape.count) in the descriptor")
+          throw .shape(
+            "\(role) '\(spec.name.sanitizedForModelMessage)' has rank \(g.shape.count) in the graph, \(spec.shape.count) in the descriptor"
+          )
         }
         for (a, b) in zip(g.shape, spec.shape) where a >= 0 && b >= 0 && a != b {
-          throw .shape("\(role) '\(spec.name.sanitizedForModelMessage)' has shape \(g.shape) in the graph, \(spec.shape) in the descriptor")
+          throw .shape(
+            "\(role) '\(spec.name.sanitizedForModelMessage)' has shape \(g.shape) in the graph, \(spec.shape) in the descriptor"
+          )
         }
       }
     }
@@ -148,7 +154,8 @@ public struct ONNXModelRuntime: ModelRuntime {
     guard let modelFile = files.modelFile else {
       throw PalisadeError(
         .failedPrecondition,
-        "model '\(descriptor.name.sanitizedForMessage)' cannot be loaded: its model file is not among the verified files")
+        "model '\(descriptor.name.sanitizedForMessage)' cannot be loaded: its model file is not among the verified files"
+      )
     }
     let external = files.siblingsOfModelFile
     do {
@@ -157,7 +164,9 @@ public struct ONNXModelRuntime: ModelRuntime {
           let model = try ONNXModel.load(model: modelFile, externalData: external, limits: limits)
           return try ONNXServableModel(model: model, descriptor: descriptor, pool: pool)
         } catch let error as RuntimeError {
-          throw PalisadeError(.failedPrecondition, "model '\(descriptor.name.sanitizedForMessage)' cannot be loaded: \(error.description)")
+          throw PalisadeError(
+            .failedPrecondition, "model '\(descriptor.name.sanitizedForMessage)' cannot be loaded: \(error.description)"
+          )
         }
       }
     } catch let error as PalisadeError {

@@ -30,14 +30,17 @@ enum TensorDecoder {
     }
     let count = try checkedCount(shape, limit: limits.maxTensorElements, what: what)
     let (bytes, o) = count.multipliedReportingOverflow(by: sourceSize)
-    guard !o, bytes <= budget else { throw .limit("\(what): weights exceed the limit of \(limits.maxWeightBytes) bytes") }
+    guard !o, bytes <= budget else {
+      throw .limit("\(what): weights exceed the limit of \(limits.maxWeightBytes) bytes")
+    }
     budget -= bytes
     let out = HostTensor(type: type, shape: shape)
     let dst = out.storage.raw
 
     func fromRaw(_ raw: UnsafeRawBufferPointer) throws(RuntimeError) {
       guard raw.count == bytes else {
-        throw .shape("\(what) declares \(shape) (\(bytes) bytes of \(onnxTypeName(code))) but has \(raw.count) bytes of data")
+        throw .shape(
+          "\(what) declares \(shape) (\(bytes) bytes of \(onnxTypeName(code))) but has \(raw.count) bytes of data")
       }
       guard count > 0, let base = raw.baseAddress else { return }
       switch code {
@@ -52,7 +55,9 @@ enum TensorDecoder {
           dst.storeBytes(of: Float(Double(bitPattern: UInt64(littleEndian: v))), toByteOffset: i * 4, as: Float.self)
         }
       case 9:
-        for i in 0..<count { dst.storeBytes(of: base.load(fromByteOffset: i, as: UInt8.self) != 0 ? 1 : 0, toByteOffset: i, as: UInt8.self) }
+        for i in 0..<count {
+          dst.storeBytes(of: base.load(fromByteOffset: i, as: UInt8.self) != 0 ? 1 : 0, toByteOffset: i, as: UInt8.self)
+        }
       default:
         dst.copyMemory(from: base, byteCount: bytes)
       }
@@ -117,12 +122,14 @@ enum TensorDecoder {
       case "offset":
         // A decimal string: Int(_:) refuses signs other than '-', non-digits and values beyond Int.
         guard let v = Int(entry.value), v >= 0 else {
-          throw RuntimeError(.externalData, "\(what): invalid external-data offset (a non-negative integer is required)")
+          throw RuntimeError(
+            .externalData, "\(what): invalid external-data offset (a non-negative integer is required)")
         }
         offset = v
       case "length":
         guard let v = Int(entry.value), v >= 0 else {
-          throw RuntimeError(.externalData, "\(what): invalid external-data length (a non-negative integer is required)")
+          throw RuntimeError(
+            .externalData, "\(what): invalid external-data length (a non-negative integer is required)")
         }
         length = v
       default: break  // checksum and future keys
@@ -138,19 +145,23 @@ enum TensorDecoder {
     guard !location.hasPrefix("/"), !location.contains("\\"), !location.contains("\0"),
       components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." })
     else {
-      throw RuntimeError(.externalData, "\(what): external-data location '\(safeName)' is outside the model's directory")
+      throw RuntimeError(
+        .externalData, "\(what): external-data location '\(safeName)' is outside the model's directory")
     }
     if let length, length != bytes {
-      throw RuntimeError(.shapeMismatch, "\(what): external-data length \(length) disagrees with its declared size \(bytes)")
+      throw RuntimeError(
+        .shapeMismatch, "\(what): external-data length \(length) disagrees with its declared size \(bytes)")
     }
     guard let file = files[location] else {
-      throw RuntimeError(.externalData, "\(what): external-data file '\(safeName)' is not among the bundle's verified files")
+      throw RuntimeError(
+        .externalData, "\(what): external-data file '\(safeName)' is not among the bundle's verified files")
     }
     let size = file.count
     let (end, o) = offset.addingReportingOverflow(bytes)
     guard !o, end <= size else {
       throw RuntimeError(
-        .externalData, "\(what): external data [\(offset), \(offset)+\(bytes)) lies beyond the end of '\(safeName)' (\(size) bytes)")
+        .externalData,
+        "\(what): external data [\(offset), \(offset)+\(bytes)) lies beyond the end of '\(safeName)' (\(size) bytes)")
     }
     return (file, offset..<end)
   }
@@ -163,8 +174,19 @@ enum TensorDecoder {
     }
     var type = a.type
     if !a.hasType {  // IR < 3 style: infer from the populated field
-      if a.hasF { type = .float } else if a.hasI { type = .int } else if a.hasS { type = .string }
-      else if a.hasT { type = .tensor } else if !a.ints.isEmpty { type = .ints } else if !a.floats.isEmpty { type = .floats }
+      if a.hasF {
+        type = .float
+      } else if a.hasI {
+        type = .int
+      } else if a.hasS {
+        type = .string
+      } else if a.hasT {
+        type = .tensor
+      } else if !a.ints.isEmpty {
+        type = .ints
+      } else if !a.floats.isEmpty {
+        type = .floats
+      }
     }
     switch type {
     case .int: return .int(a.i)

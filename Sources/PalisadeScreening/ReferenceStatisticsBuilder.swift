@@ -35,7 +35,9 @@ public struct ReferenceStatisticsBuilder: Sendable {
     let n = sample.rows
     let k = sample.features
     guard n >= 2, k >= 1 else { throw SampleFileError("needs at least 2 rows and 1 feature, got \(n)×\(k)") }
-    guard k <= 4096 || covariance == .diagonal else { throw SampleFileError("full covariance needs at most 4096 features") }
+    guard k <= 4096 || covariance == .diagonal else {
+      throw SampleFileError("full covariance needs at most 4096 features")
+    }
     var mean = [Double](repeating: 0, count: k)
     var lo = [Double](repeating: .infinity, count: k)
     var hi = [Double](repeating: -.infinity, count: k)
@@ -53,7 +55,12 @@ public struct ReferenceStatisticsBuilder: Sendable {
     switch covariance {
     case .diagonal:
       var variance = [Double](repeating: 0, count: k)
-      for r in 0..<n { for j in 0..<k { let d = sample.values[r * k + j] - mean[j]; variance[j] += d * d } }
+      for r in 0..<n {
+        for j in 0..<k {
+          let d = sample.values[r * k + j] - mean[j]
+          variance[j] += d * d
+        }
+      }
       variance = variance.map { $0 / Double(n - 1) }
       reference = .init(mean: mean, std: variance.map { $0.squareRoot() }, covarianceDiagonal: variance)
     case .full:
@@ -92,7 +99,9 @@ public struct SampleFileError: Error, CustomStringConvertible, Sendable {
 public enum SampleFile {
   public static func read(path: String) throws(SampleFileError) -> ReferenceStatisticsBuilder.Sample {
     let data: Data
-    do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch { throw SampleFileError("\(path): cannot be read") }
+    do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+      throw SampleFileError("\(path): cannot be read")
+    }
     let bytes = [UInt8](data)
     do {
       if bytes.starts(with: [0x93] + Array("NUMPY".utf8)) { return try npy(bytes) }
@@ -129,7 +138,9 @@ public enum SampleFile {
     guard let fortran = field("fortran_order"), fortran.hasPrefix("False") else {
       throw SampleFileError("Fortran-ordered arrays are not supported; save with np.ascontiguousarray")
     }
-    guard let shapeField = field("shape"), let open = shapeField.firstIndex(of: "("), let close = shapeField.firstIndex(of: ")") else {
+    guard let shapeField = field("shape"), let open = shapeField.firstIndex(of: "("),
+      let close = shapeField.firstIndex(of: ")")
+    else {
       throw SampleFileError("no shape in .npy header")
     }
     let dims = shapeField[shapeField.index(after: open)..<close].split(separator: ",").compactMap {
@@ -138,19 +149,34 @@ public enum SampleFile {
     guard let rows = dims.first, rows > 0 else { throw SampleFileError("the array needs at least one row") }
     var features = 1
     for d in dims.dropFirst() {
-      guard d > 0, features.multipliedReportingOverflow(by: d).overflow == false else { throw SampleFileError("bad shape") }
+      guard d > 0, features.multipliedReportingOverflow(by: d).overflow == false else {
+        throw SampleFileError("bad shape")
+      }
       features *= d
     }
     let width: Int
     let convert: (ArraySlice<UInt8>) -> Double
     switch descr {
-    case "<f4": width = 4; convert = { Double(Float(bitPattern: le32($0))) }
-    case "<f8": width = 8; convert = { Double(bitPattern: le64($0)) }
-    case "<i4": width = 4; convert = { Double(Int32(bitPattern: le32($0))) }
-    case "<i8": width = 8; convert = { Double(Int64(bitPattern: le64($0))) }
-    case "|u1", "<u1": width = 1; convert = { Double($0.first ?? 0) }
-    case "|i1", "<i1": width = 1; convert = { Double(Int8(bitPattern: $0.first ?? 0)) }
-    default: throw SampleFileError("dtype '\(descr)' is not supported (use float32, float64, int32, int64, uint8 or int8)")
+    case "<f4":
+      width = 4
+      convert = { Double(Float(bitPattern: le32($0))) }
+    case "<f8":
+      width = 8
+      convert = { Double(bitPattern: le64($0)) }
+    case "<i4":
+      width = 4
+      convert = { Double(Int32(bitPattern: le32($0))) }
+    case "<i8":
+      width = 8
+      convert = { Double(Int64(bitPattern: le64($0))) }
+    case "|u1", "<u1":
+      width = 1
+      convert = { Double($0.first ?? 0) }
+    case "|i1", "<i1":
+      width = 1
+      convert = { Double(Int8(bitPattern: $0.first ?? 0)) }
+    default:
+      throw SampleFileError("dtype '\(descr)' is not supported (use float32, float64, int32, int64, uint8 or int8)")
     }
     let (count, o1) = rows.multipliedReportingOverflow(by: features)
     let (total, o2) = count.multipliedReportingOverflow(by: width)

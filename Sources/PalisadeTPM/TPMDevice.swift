@@ -158,7 +158,10 @@ public final class TPMDevice: @unchecked Sendable {
   public func readPublic(persistentHandle: UInt32) throws(TPMError) -> TPMECCPublic {
     try with { esys throws(TPMError) in
       let object = try Self.fromTPMPublic(esys, persistentHandle)
-      defer { var o = object; _ = Esys_TR_Close(esys, &o) }
+      defer {
+        var o = object
+        _ = Esys_TR_Close(esys, &o)
+      }
       var outPublic: UnsafeMutablePointer<TPM2B_PUBLIC>? = nil
       var name: UnsafeMutablePointer<TPM2B_NAME>? = nil
       var qualified: UnsafeMutablePointer<TPM2B_NAME>? = nil
@@ -197,11 +200,14 @@ public final class TPMDevice: @unchecked Sendable {
         Esys_Free(signature)
       }
       try Self.check(
-        Esys_Quote(esys, key.handle, Self.trPassword, Self.trNone, Self.trNone, &qualifying, &scheme, &selection, &quoted, &signature),
+        Esys_Quote(
+          esys, key.handle, Self.trPassword, Self.trNone, Self.trNone, &qualifying, &scheme, &selection, &quoted,
+          &signature),
         "Quote")
       guard let quoted, let signature else { throw .malformed("Quote returned nothing") }
       let attest = try Self.marshal(quoted, Tss2_MU_TPM2B_ATTEST_Marshal)
-      return TPMQuote(attest: Array(attest.dropFirst(2)), signature: try Self.marshal(signature, Tss2_MU_TPMT_SIGNATURE_Marshal))
+      return TPMQuote(
+        attest: Array(attest.dropFirst(2)), signature: try Self.marshal(signature, Tss2_MU_TPMT_SIGNATURE_Marshal))
     }
   }
 
@@ -212,14 +218,18 @@ public final class TPMDevice: @unchecked Sendable {
   public func nvRead(index: UInt32) throws(TPMError) -> [UInt8] {
     try with { esys throws(TPMError) in
       let nv = try Self.fromTPMPublic(esys, index)
-      defer { var o = nv; _ = Esys_TR_Close(esys, &o) }
+      defer {
+        var o = nv
+        _ = Esys_TR_Close(esys, &o)
+      }
       var nvPublic: UnsafeMutablePointer<TPM2B_NV_PUBLIC>? = nil
       var nvName: UnsafeMutablePointer<TPM2B_NAME>? = nil
       defer {
         Esys_Free(nvPublic)
         Esys_Free(nvName)
       }
-      try Self.check(Esys_NV_ReadPublic(esys, nv, Self.trNone, Self.trNone, Self.trNone, &nvPublic, &nvName), "NV_ReadPublic")
+      try Self.check(
+        Esys_NV_ReadPublic(esys, nv, Self.trNone, Self.trNone, Self.trNone, &nvPublic, &nvName), "NV_ReadPublic")
       guard let nvPublic else { throw .malformed("NV_ReadPublic returned nothing") }
       let size = Int(nvPublic.pointee.nvPublic.dataSize)
       var out: [UInt8] = []
@@ -229,7 +239,8 @@ public final class TPMDevice: @unchecked Sendable {
         while out.count < size {
           let chunk = UInt16(min(512, size - out.count))
           var data: UnsafeMutablePointer<TPM2B_MAX_NV_BUFFER>? = nil
-          let rc = Esys_NV_Read(esys, auth, nv, Self.trPassword, Self.trNone, Self.trNone, chunk, UInt16(out.count), &data)
+          let rc = Esys_NV_Read(
+            esys, auth, nv, Self.trPassword, Self.trNone, Self.trNone, chunk, UInt16(out.count), &data)
           defer { Esys_Free(data) }
           guard rc == 0, let data else {
             failed = rc
@@ -264,12 +275,16 @@ public final class TPMDevice: @unchecked Sendable {
     let ekNameAlg = ekPublic.nameAlg
     return try with { esys throws(TPMError) in
       let ek = try Self.fromTPMPublic(esys, ekHandle)
-      defer { var o = ek; _ = Esys_TR_Close(esys, &o) }
+      defer {
+        var o = ek
+        _ = Esys_TR_Close(esys, &o)
+      }
       if ekPublic.attributes.contains(.userWithAuth) {
         var certInfo: UnsafeMutablePointer<TPM2B_DIGEST>? = nil
         defer { Esys_Free(certInfo) }
         try Self.check(
-          Esys_ActivateCredential(esys, key.handle, ek, Self.trPassword, Self.trPassword, Self.trNone, &blob, &secret, &certInfo),
+          Esys_ActivateCredential(
+            esys, key.handle, ek, Self.trPassword, Self.trPassword, Self.trNone, &blob, &secret, &certInfo),
           "ActivateCredential")
         guard let certInfo else { throw .malformed("ActivateCredential returned nothing") }
         return Array(try Self.marshal(certInfo, Tss2_MU_TPM2B_DIGEST_Marshal).dropFirst(2))
@@ -292,7 +307,8 @@ public final class TPMDevice: @unchecked Sendable {
       }
       try Self.check(
         Esys_PolicySecret(
-          esys, Self.trEndorsement, session, Self.trPassword, Self.trNone, Self.trNone, nil, nil, nil, 0, &timeout, &ticket),
+          esys, Self.trEndorsement, session, Self.trPassword, Self.trNone, Self.trNone, nil, nil, nil, 0, &timeout,
+          &ticket),
         "PolicySecret(endorsement)")
       var certInfo: UnsafeMutablePointer<TPM2B_DIGEST>? = nil
       defer { Esys_Free(certInfo) }
@@ -308,13 +324,16 @@ public final class TPMDevice: @unchecked Sendable {
 
   static func fromTPMPublic(_ esys: OpaquePointer, _ handle: UInt32) throws(TPMError) -> UInt32 {
     var object: UInt32 = trNone
-    try check(Esys_TR_FromTPMPublic(esys, handle, trNone, trNone, trNone, &object), "TR_FromTPMPublic(0x\(String(handle, radix: 16)))")
+    try check(
+      Esys_TR_FromTPMPublic(esys, handle, trNone, trNone, trNone, &object),
+      "TR_FromTPMPublic(0x\(String(handle, radix: 16)))")
     return object
   }
 
   /// Parses `bytes` into a C structure with the TSS's own unmarshaller (which checks every size), all of them.
   static func unmarshal<T>(
-    _ bytes: [UInt8], _ initial: T, _ f: (UnsafePointer<UInt8>?, Int, UnsafeMutablePointer<Int>?, UnsafeMutablePointer<T>?) -> UInt32
+    _ bytes: [UInt8], _ initial: T,
+    _ f: (UnsafePointer<UInt8>?, Int, UnsafeMutablePointer<Int>?, UnsafeMutablePointer<T>?) -> UInt32
   ) throws(TPMError) -> T {
     var value = initial
     var offset = 0
@@ -325,7 +344,8 @@ public final class TPMDevice: @unchecked Sendable {
 
   /// Marshals a C structure with the TSS's marshaller.
   static func marshal<T>(
-    _ value: UnsafePointer<T>, _ f: (UnsafePointer<T>?, UnsafeMutablePointer<UInt8>?, Int, UnsafeMutablePointer<Int>?) -> UInt32
+    _ value: UnsafePointer<T>,
+    _ f: (UnsafePointer<T>?, UnsafeMutablePointer<UInt8>?, Int, UnsafeMutablePointer<Int>?) -> UInt32
   ) throws(TPMError) -> [UInt8] {
     var buffer = [UInt8](repeating: 0, count: 4096)
     var offset = 0

@@ -44,7 +44,9 @@ public struct TPMEventLog: Codable, Sendable, Equatable {
   public enum ReplayError: Error, Sendable, Equatable, CustomStringConvertible {
     case malformed(String)
     public var description: String {
-      switch self { case .malformed(let m): "event log: \(m)" }
+      switch self {
+      case .malformed(let m): "event log: \(m)"
+      }
     }
   }
 
@@ -57,7 +59,9 @@ public struct TPMEventLog: Codable, Sendable, Equatable {
     var state: [String: String] = [:]
     for (i, e) in events.enumerated() {
       let expected = Event.extendValue(kind: e.kind, name: e.name, digest: e.digest)
-      guard Self.unhex(e.extend) == expected else { throw .malformed("event \(i) (\(e.name)): extend does not match its content") }
+      guard Self.unhex(e.extend) == expected else {
+        throw .malformed("event \(i) (\(e.name)): extend does not match its content")
+      }
       switch e.kind {
       case "measure": state[e.name] = e.digest
       case "remove": state[e.name] = nil

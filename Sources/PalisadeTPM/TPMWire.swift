@@ -214,7 +214,9 @@ public struct TPMQuoteInfo: Sendable {
       let size = Int(try r.u8("pcrSelect.sizeofSelect"))
       let bitmap = try r.take(size, "pcrSelect.pcrSelect")
       var pcrs: [Int] = []
-      for (i, byte) in bitmap.enumerated() { for bit in 0..<8 where byte & (1 << bit) != 0 { pcrs.append(i * 8 + bit) } }
+      for (i, byte) in bitmap.enumerated() {
+        for bit in 0..<8 where byte & (1 << bit) != 0 { pcrs.append(i * 8 + bit) }
+      }
       selections.append((hash, pcrs))
     }
     pcrDigest = try r.sized("pcrDigest")
@@ -293,7 +295,8 @@ public enum TPMHash {
     var out: [UInt8] = []
     var counter: UInt32 = 1
     while out.count * 8 < bits {
-      out += try hmac(alg, key: key, be32(counter) + Array(label.utf8) + [0] + contextU + contextV + be32(UInt32(clamping: bits)))
+      out += try hmac(
+        alg, key: key, be32(counter) + Array(label.utf8) + [0] + contextU + contextV + be32(UInt32(clamping: bits)))
       counter += 1
     }
     return Array(out.prefix(bits / 8))
@@ -369,7 +372,9 @@ public enum TPMCredential {
     plain.sized(secret)
     let encIdentity: [UInt8]
     do {
-      encIdentity = Array(try AES._CFB.encrypt(plain.bytes, using: SymmetricKey(data: symKey), iv: AES._CFB.IV(ivBytes: [UInt8](repeating: 0, count: 16))))
+      encIdentity = Array(
+        try AES._CFB.encrypt(
+          plain.bytes, using: SymmetricKey(data: symKey), iv: AES._CFB.IV(ivBytes: [UInt8](repeating: 0, count: 16))))
     } catch {
       throw .malformed("AES-CFB failed")
     }

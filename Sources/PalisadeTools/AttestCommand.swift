@@ -69,7 +69,9 @@ struct AttestCommand: AsyncParsableCommand {
         var rng = SystemRandomNumberGenerator()
         let nonce = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
         do {
-          return (try await attest(host: host, port: port, tls: tls, token: token, nonce: nonce, challenge: challenge), nonce)
+          return (
+            try await attest(host: host, port: port, tls: tls, token: token, nonce: nonce, challenge: challenge), nonce
+          )
         } catch let error as RPCError {
           throw AttestCommand.fail("\(error.code): \(error.message)")
         }
@@ -82,12 +84,16 @@ struct AttestCommand: AsyncParsableCommand {
         return
       }
       let manufacturers: [Certificate]
-      do { manufacturers = try PEMFiles.certificates(at: tpmRoots) } catch { throw AttestCommand.fail("cannot read --tpm-roots \(tpmRoots)") }
+      do { manufacturers = try PEMFiles.certificates(at: tpmRoots) } catch {
+        throw AttestCommand.fail("cannot read --tpm-roots \(tpmRoots)")
+      }
       let appraiser = TPMEvidenceAppraiser(manufacturerCertificates: manufacturers)
       // Round 1: the TPM's keys. Round 2: a quote for a fresh nonce, with the credential sealed to the EK for the
       // AK's name, which only that TPM can release.
       let (first, _) = try await call(nil)
-      guard let firstTPM = first.tpm else { throw AttestCommand.fail("evidence refused: the server sent no TPM evidence (software-signed only)") }
+      guard let firstTPM = first.tpm else {
+        throw AttestCommand.fail("evidence refused: the server sent no TPM evidence (software-signed only)")
+      }
       let identity: TPMEvidenceAppraiser.Identity
       let sealed: TPMEvidenceAppraiser.Sealed
       do {
@@ -99,7 +105,9 @@ struct AttestCommand: AsyncParsableCommand {
       let claimsJSON = try AttestCommand.appraise(
         exchange.evidence, key: attestationKey, nonce: nonce, tls: exchange.presentedPublicKeySHA256, expect: expect,
         print: false)
-      guard let tpm = exchange.tpm else { throw AttestCommand.fail("evidence refused: the server sent no TPM evidence") }
+      guard let tpm = exchange.tpm else {
+        throw AttestCommand.fail("evidence refused: the server sent no TPM evidence")
+      }
       guard tpm.akPublic == firstTPM.akPublic, tpm.ekPublic == firstTPM.ekPublic else {
         throw AttestCommand.fail("evidence refused: the TPM keys changed between the two rounds")
       }
@@ -124,17 +132,23 @@ struct AttestCommand: AsyncParsableCommand {
 
     func run() throws {
       let text: String
-      do { text = try String(contentsOfFile: evidence, encoding: .utf8) } catch { throw AttestCommand.fail("cannot read \(evidence)") }
+      do { text = try String(contentsOfFile: evidence, encoding: .utf8) } catch {
+        throw AttestCommand.fail("cannot read \(evidence)")
+      }
       var nonceBytes: [UInt8]? = nil
       if let nonce {
-        guard nonce.count % 2 == 0, let bytes = Optional(stride(from: 0, to: nonce.count, by: 2).compactMap({ i -> UInt8? in
-          let start = nonce.index(nonce.startIndex, offsetBy: i)
-          return UInt8(nonce[start..<nonce.index(start, offsetBy: 2)], radix: 16)
-        })), bytes.count * 2 == nonce.count else { throw ValidationError("--nonce must be hex") }
+        guard nonce.count % 2 == 0,
+          let bytes = Optional(
+            stride(from: 0, to: nonce.count, by: 2).compactMap({ i -> UInt8? in
+              let start = nonce.index(nonce.startIndex, offsetBy: i)
+              return UInt8(nonce[start..<nonce.index(start, offsetBy: 2)], radix: 16)
+            })), bytes.count * 2 == nonce.count
+        else { throw ValidationError("--nonce must be hex") }
         nonceBytes = bytes
       }
       _ = try AttestCommand.appraise(
-        text.trimmingCharacters(in: .whitespacesAndNewlines), key: attestationKey, nonce: nonceBytes, tls: tlsPublicKeySha256,
+        text.trimmingCharacters(in: .whitespacesAndNewlines), key: attestationKey, nonce: nonceBytes,
+        tls: tlsPublicKeySha256,
         expect: expect)
     }
   }

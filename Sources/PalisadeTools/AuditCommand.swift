@@ -3,7 +3,7 @@ import Foundation
 import PalisadeAudit
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// `palisade audit`: verify the tamper-evident audit log, prove inclusion and consistency, make audit keys.
@@ -25,7 +25,8 @@ struct AuditCommand: AsyncParsableCommand {
   }
 
   static func printJSON(_ object: [String: Any]) throws {
-    let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    let data = try JSONSerialization.data(
+      withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
     print(String(decoding: data, as: UTF8.self))
   }
 
@@ -55,11 +56,14 @@ struct AuditCommand: AsyncParsableCommand {
 
     func run() throws {
       let log = try AuditCommand.verified(logDir, keyOptions)
-      var line = "audit log OK: \(log.recordCount) records in \(log.segmentCount) segments, \(log.checkpoints.count) checkpoints"
+      var line =
+        "audit log OK: \(log.recordCount) records in \(log.segmentCount) segments, \(log.checkpoints.count) checkpoints"
       if let cp = log.checkpoints.last {
         line += "; latest checkpoint: size \(cp.treeSize), root \(Data(cp.rootHash).base64EncodedString())"
       }
-      if log.uncheckpointed > 0 { line += "; \(log.uncheckpointed) records after the latest checkpoint (not yet signed)" }
+      if log.uncheckpointed > 0 {
+        line += "; \(log.uncheckpointed) records after the latest checkpoint (not yet signed)"
+      }
       print(line)
     }
   }
@@ -79,7 +83,9 @@ struct AuditCommand: AsyncParsableCommand {
         guard let s = UInt64(checkpoint) else { throw ValidationError("--checkpoint must be latest or a tree size") }
         size = s
       }
-      do { try AuditCommand.printJSON(try log.inclusionProof(index: index, checkpointSize: size).json) } catch let e as AuditError {
+      do { try AuditCommand.printJSON(try log.inclusionProof(index: index, checkpointSize: size).json) } catch let e
+        as AuditError
+      {
         throw AuditCommand.fail("\(e)")
       }
     }
@@ -156,7 +162,9 @@ struct AuditCommand: AsyncParsableCommand {
     @Flag(help: "Print only the summary.") var quiet = false
 
     func run() async throws {
-      guard let durability = AuditConfiguration.Durability(rawValue: mode) else { throw ValidationError("--mode is sync or batched") }
+      guard let durability = AuditConfiguration.Durability(rawValue: mode) else {
+        throw ValidationError("--mode is sync or batched")
+      }
       var config = AuditConfiguration(directory: logDir, keyFile: key)
       config.durability = durability
       config.segmentMaxBytes = segmentMaxBytes
@@ -189,7 +197,9 @@ struct AuditCommand: AsyncParsableCommand {
       await log.close()
       let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
       FileHandle.standardError.write(
-        Data("appended \(count) records (\(mode), concurrency \(concurrency)) in \(String(format: "%.3f", seconds)) s: \(Int(Double(count) / seconds))/s\n".utf8))
+        Data(
+          "appended \(count) records (\(mode), concurrency \(concurrency)) in \(String(format: "%.3f", seconds)) s: \(Int(Double(count) / seconds))/s\n"
+            .utf8))
     }
   }
 }

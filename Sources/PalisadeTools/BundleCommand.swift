@@ -38,11 +38,15 @@ struct BundleCommand: AsyncParsableCommand {
     @Option(help: "Days until the bundle expires.") var expiresDays = 90
     @Option(help: "Largest batch the model accepts.") var maxBatch: Int?
     @Option(help: "The bundle directory to create.") var out: String
-    @Option(help: "A sample of training inputs (.npy or CSV): adds reference statistics and an OOD threshold (see `bundle stats`).")
+    @Option(
+      help:
+        "A sample of training inputs (.npy or CSV): adds reference statistics and an OOD threshold (see `bundle stats`)."
+    )
     var stats: String?
     @Option(help: "The input the --stats sample belongs to (default: the first input).") var statsInput: String?
     @Option(help: "Covariance kept in the statistics: diagonal or full.") var covariance: String = "diagonal"
-    @Option(help: "What the server does with out-of-distribution inputs: flag or reject.") var oodAction: String = "flag"
+    @Option(help: "What the server does with out-of-distribution inputs: flag or reject.") var oodAction: String =
+      "flag"
     @Option(help: "Output policy: keep only the k best scores per row.") var topK: Int?
     @Option(help: "Output policy: round scores to this many decimals.") var roundDecimals: Int?
     @Flag(help: "Output policy: send only the arg-max label.") var labelOnly = false
@@ -56,10 +60,13 @@ struct BundleCommand: AsyncParsableCommand {
           guard parts.count == 3, let dt = BundleManifest.Datatype(rawValue: parts[1]) else {
             throw ValidationError("tensor '\(s)' must be NAME:DATATYPE:DIMS with an OIP datatype")
           }
-          let dims = parts[2].isEmpty ? [] : try parts[2].split(separator: ",").map { d -> Int64 in
-            guard let v = Int64(d), v >= -1 else { throw ValidationError("bad dimension '\(d)' in '\(s)'") }
-            return v
-          }
+          let dims =
+            parts[2].isEmpty
+            ? []
+            : try parts[2].split(separator: ",").map { d -> Int64 in
+              guard let v = Int64(d), v >= -1 else { throw ValidationError("bad dimension '\(d)' in '\(s)'") }
+              return v
+            }
           return BundleManifest.Tensor(name: parts[0], datatype: dt, shape: dims)
         }
       }
@@ -200,11 +207,15 @@ struct BundleCommand: AsyncParsableCommand {
       guard !publicKey.isEmpty || !caRoot.isEmpty else { throw ValidationError("give --public-key or --ca-root") }
       do {
         let trust = try TrustPolicy.load([
-          .init(models: name, publicKeys: publicKey, certificateRoots: caRoot, signerSubject: signerSubject, signerSAN: signerSan)
+          .init(
+            models: name, publicKeys: publicKey, certificateRoots: caRoot, signerSubject: signerSubject,
+            signerSAN: signerSan)
         ])
         let verified = try await BundleVerifier.verify(directory: directory, trust: trust, modelName: name)
         let manifest = try verified.manifest()
-        print("verified: \(manifest.name) v\(manifest.version), signer \(verified.signer), \(verified.files.count) files, expires \(manifest.expires)")
+        print(
+          "verified: \(manifest.name) v\(manifest.version), signer \(verified.signer), \(verified.files.count) files, expires \(manifest.expires)"
+        )
       } catch {
         throw BundleCommand.fail("refused: \(error)")
       }

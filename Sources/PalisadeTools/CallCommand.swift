@@ -26,14 +26,17 @@ struct CallCommand: AsyncParsableCommand {
     var key = "certs/out/client-a.key"
     @Option(help: "CA bundle that signs the server certificate (PEM).")
     var ca = "certs/out/ca-bundle.pem"
-    @Option(help: "Bearer token (JWT) bound to --cert; default: $PALISADE_TOKEN. `palisade token mint` makes dev tokens.")
+    @Option(
+      help: "Bearer token (JWT) bound to --cert; default: $PALISADE_TOKEN. `palisade token mint` makes dev tokens.")
     var token: String?
     @Option(help: "Read the bearer token from this file instead.")
     var tokenFile: String?
 
     func bearer() throws -> String? {
       if let tokenFile {
-        do { return try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) } catch {
+        do {
+          return try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        } catch {
           throw ValidationError("cannot read --token-file \(tokenFile)")
         }
       }
@@ -41,7 +44,8 @@ struct CallCommand: AsyncParsableCommand {
     }
 
     func call<R: Sendable>(
-      _ body: @escaping @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>)
+      _ body:
+        @escaping @Sendable (Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>)
         async throws -> R
     ) async throws -> R {
       try await connect { try await body(Inference_GRPCInferenceService.Client(wrapping: $0)) }
@@ -101,7 +105,12 @@ struct CallCommand: AsyncParsableCommand {
       let version = self.version
       let ready = try await connection.call { client in
         if let model {
-          return try await client.modelReady(.with { $0.name = model; $0.version = version }).ready
+          return try await client.modelReady(
+            .with {
+              $0.name = model
+              $0.version = version
+            }
+          ).ready
         }
         return try await client.serverReady(.init()).ready
       }
@@ -123,7 +132,11 @@ struct CallCommand: AsyncParsableCommand {
       let version = self.version
       let json: String = try await connection.call { client in
         if let model {
-          let m = try await client.modelMetadata(.with { $0.name = model; $0.version = version })
+          let m = try await client.modelMetadata(
+            .with {
+              $0.name = model
+              $0.version = version
+            })
           func spec(_ t: Inference_ModelMetadataResponse.TensorMetadata) -> [String: Any] {
             ["name": t.name, "datatype": t.datatype, "shape": t.shape]
           }
@@ -139,7 +152,9 @@ struct CallCommand: AsyncParsableCommand {
     }
 
     static func render(_ object: [String: Any]) throws -> String {
-      String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]), as: UTF8.self)
+      String(
+        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]),
+        as: UTF8.self)
     }
   }
 

@@ -31,7 +31,9 @@ extension CallCommand {
     var quiet = false
 
     func validate() throws {
-      guard (1...60).contains(timeout) else { throw ValidationError("--timeout must be 1 to 60 seconds, got \(timeout)") }
+      guard (1...60).contains(timeout) else {
+        throw ValidationError("--timeout must be 1 to 60 seconds, got \(timeout)")
+      }
       _ = try AdminURL(url)
     }
 
@@ -129,10 +131,13 @@ enum HTTPProbe {
     _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
       // With SO_SNDTIMEO, a connect that times out fails with EINPROGRESS.
-      if errno == EINPROGRESS || errno == EAGAIN { throw Failure(description: "connect: timed out after \(timeoutSeconds)s") }
+      if errno == EINPROGRESS || errno == EAGAIN {
+        throw Failure(description: "connect: timed out after \(timeoutSeconds)s")
+      }
       throw Failure(description: "connect: \(String(cString: strerror(errno)))")
     }
-    let request = Array("GET \(url.path) HTTP/1.0\r\nHost: \(url.host):\(url.port)\r\nUser-Agent: palisade-probe\r\n\r\n".utf8)
+    let request = Array(
+      "GET \(url.path) HTTP/1.0\r\nHost: \(url.host):\(url.port)\r\nUser-Agent: palisade-probe\r\n\r\n".utf8)
     var sent = 0
     while sent < request.count {
       let n = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }

@@ -22,11 +22,14 @@ struct PolicyCommand: ParsableCommand {
 
   struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Validate a policy file: schema and meaning (unknown RPCs, bad SPIFFE IDs, versions), with line numbers.")
+      abstract:
+        "Validate a policy file: schema and meaning (unknown RPCs, bad SPIFFE IDs, versions), with line numbers.")
     @Argument(help: "The policy file.") var file: String
     func run() throws {
       let policy = try PolicyCommand.load(file)
-      print("policy OK: \(file): \(policy.rules.count) rules, \(policy.quarantine.count) quarantined, sha256 \(policy.digest)")
+      print(
+        "policy OK: \(file): \(policy.rules.count) rules, \(policy.quarantine.count) quarantined, sha256 \(policy.digest)"
+      )
     }
   }
 
@@ -57,7 +60,9 @@ struct PolicyCommand: ParsableCommand {
         let ok = d.allowed == expectAllow && (expectRule == nil || expectRule == d.rule)
         if !ok { failures += 1 }
         let what = "\(facts.spiffeID) \(facts.rpc)\(facts.model.map { " \($0)" } ?? "")"
-        print("\(ok ? "PASS" : "FAIL")  line \(line ?? 0)  \(what) -> \(d.allowed ? "allow" : "deny") (\(d.rule ?? "default deny"))\(ok ? "" : "; expected \(expectAllow ? "allow" : "deny")\(expectRule.map { " by \($0)" } ?? "")")")
+        print(
+          "\(ok ? "PASS" : "FAIL")  line \(line ?? 0)  \(what) -> \(d.allowed ? "allow" : "deny") (\(d.rule ?? "default deny"))\(ok ? "" : "; expected \(expectAllow ? "allow" : "deny")\(expectRule.map { " by \($0)" } ?? "")")"
+        )
       }
       print("\(table.count - failures) passed, \(failures) failed")
       if failures > 0 { throw ExitCode(1) }
@@ -100,7 +105,9 @@ struct PolicyCommand: ParsableCommand {
     func run() throws {
       let policy = try PolicyCommand.load(file)
       let id: SPIFFEID
-      do { id = try SPIFFEID(parsing: principal) } catch { throw ValidationError("--principal is not a SPIFFE ID: \(error)") }
+      do { id = try SPIFFEID(parsing: principal) } catch {
+        throw ValidationError("--principal is not a SPIFFE ID: \(error)")
+      }
       let d = policy.decide(.init(spiffeID: id, subject: subject, scopes: scope, rpc: rpc, model: model))
       print("\(d.allowed ? "ALLOW" : "DENY"): \(d.reason)")
       if let rule = d.rule { print("rule: \(rule) (line \(d.line ?? 0))") }

@@ -17,7 +17,8 @@ struct QuarantineCommand: AsyncParsableCommand {
   )
 
   struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the quarantines in force, one JSON object per line.")
+    static let configuration = CommandConfiguration(
+      abstract: "Print the quarantines in force, one JSON object per line.")
     @OptionGroup var connection: CallCommand.Connection
     func run() async throws {
       let response = try await connection.connect { client in

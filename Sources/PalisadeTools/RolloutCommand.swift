@@ -83,7 +83,11 @@ struct RolloutCommand: AsyncParsableCommand {
     func run() async throws {
       let (model, reason) = (self.model, self.reason ?? "")
       let response = try await connection.connect { client in
-        try await Palisade_V1_Admin.Client(wrapping: client).rolloutAbort(.with { $0.model = model; $0.reason = reason })
+        try await Palisade_V1_Admin.Client(wrapping: client).rolloutAbort(
+          .with {
+            $0.model = model
+            $0.reason = reason
+          })
       }
       try RolloutCommand.print(response)
     }

@@ -51,7 +51,9 @@ struct TokenCommand: ParsableCommand {
       var thumbprint: [UInt8]?
       var subject = sub
       if let bindCert {
-        guard let leaf = try PEMFiles.certificates(at: bindCert).first else { throw ValidationError("no certificate in \(bindCert)") }
+        guard let leaf = try PEMFiles.certificates(at: bindCert).first else {
+          throw ValidationError("no certificate in \(bindCert)")
+        }
         let identity: PeerIdentity
         do { identity = try PeerIdentity(certificate: leaf) } catch {
           throw ValidationError("\(bindCert): \(error)")
@@ -79,21 +81,30 @@ struct TokenCommand: ParsableCommand {
       if text.hasPrefix("Bearer ") { text.removeFirst(7) }
       let parts = text.split(separator: ".", omittingEmptySubsequences: false)
       guard parts.count == 3, let header = Base64URL.decode(parts[0]), let payload = Base64URL.decode(parts[1]),
-        let h = try? JSONSerialization.jsonObject(with: Data(header)), let p = try? JSONSerialization.jsonObject(with: Data(payload))
+        let h = try? JSONSerialization.jsonObject(with: Data(header)),
+        let p = try? JSONSerialization.jsonObject(with: Data(payload))
       else { throw ValidationError("not a compact JWS token") }
       var out: [String: Any] = ["header": h, "claims": p, "verified": false]
       if let claims = p as? [String: Any], let exp = (claims["exp"] as? NSNumber)?.doubleValue {
         // Whatever the token says, never trap: a non-finite or huge exp is shown as it is.
         let remaining = (exp - Date().timeIntervalSince1970).rounded(.down)
-        if let seconds = Int(exactly: remaining) { out["expires_in_seconds"] = seconds } else { out["exp_out_of_range"] = true }
+        if let seconds = Int(exactly: remaining) {
+          out["expires_in_seconds"] = seconds
+        } else {
+          out["exp_out_of_range"] = true
+        }
       }
-      print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+      print(
+        String(
+          decoding: try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys]),
+          as: UTF8.self))
     }
   }
 
   struct JWKSCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-      commandName: "jwks", abstract: "Print the JWKS (public key) for an issuer private key, for the server's auth.issuers.")
+      commandName: "jwks",
+      abstract: "Print the JWKS (public key) for an issuer private key, for the server's auth.issuers.")
     @Option(help: "The issuer's private key (PEM).")
     var key = "certs/out/issuer.key"
     @Option(help: "The key id.")
@@ -101,7 +112,9 @@ struct TokenCommand: ParsableCommand {
 
     func run() throws {
       let jwk = try TokenCommand.signingKey(at: key).jwk(kid: kid)
-      print(String(decoding: try JSONSerialization.data(withJSONObject: ["keys": [jwk]], options: [.sortedKeys]), as: UTF8.self))
+      print(
+        String(
+          decoding: try JSONSerialization.data(withJSONObject: ["keys": [jwk]], options: [.sortedKeys]), as: UTF8.self))
     }
   }
 }

@@ -15,7 +15,10 @@ public final class ConnectionLimiter: Sendable {
     self.maxPerAddress = maxPerAddress
   }
 
-  public enum Refusal: String, Sendable { case total = "max_connections", perAddress = "max_connections_per_address" }
+  public enum Refusal: String, Sendable {
+    case total = "max_connections"
+    case perAddress = "max_connections_per_address"
+  }
 
   /// Admits a connection from `host`, or says which cap it hits.
   public func admit(_ host: String) -> Refusal? {

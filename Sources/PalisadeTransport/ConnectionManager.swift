@@ -130,7 +130,9 @@ final class ConnectionManager: ChannelDuplexHandler {
   }
 
   func handlerRemoved(context: ChannelHandlerContext) {
-    for timer in [ageTimer, idleTimer, graceTimer, keepaliveTimer, keepaliveTimeoutTimer, stallTimer] { timer?.cancel() }
+    for timer in [ageTimer, idleTimer, graceTimer, keepaliveTimer, keepaliveTimeoutTimer, stallTimer] {
+      timer?.cancel()
+    }
     self.context = nil
   }
 
@@ -311,7 +313,8 @@ final class ConnectionManager: ChannelDuplexHandler {
     let promise = context.eventLoop.makePromise(of: Void.self)
     context.writeAndFlush(
       wrapOutboundOut(
-        HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastStreamID, errorCode: .noError, opaqueData: nil))),
+        HTTP2Frame(
+          streamID: .rootStream, payload: .goAway(lastStreamID: lastStreamID, errorCode: .noError, opaqueData: nil))),
       promise: promise)
     let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
     promise.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
@@ -325,7 +328,8 @@ final class ConnectionManager: ChannelDuplexHandler {
     keepaliveTimer?.cancel()
     context.writeAndFlush(
       wrapOutboundOut(
-        HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastStreamID, errorCode: .noError, opaqueData: nil))),
+        HTTP2Frame(
+          streamID: .rootStream, payload: .goAway(lastStreamID: lastStreamID, errorCode: .noError, opaqueData: nil))),
       promise: nil)
     if openStreams == 0 {
       closeAfterWrites()

@@ -16,7 +16,11 @@ struct StreamEnvironment: Sendable {
   let logger: Logger
   let localAddress: String
   /// Starts a grpc-swift call on a stream (set by `listen`).
-  let startGeneric: @Sendable (NIOAsyncChannel<RPCRequestPart<MessageBytes>, RPCResponsePart<MessageBytes>>, MethodDescriptor, PeerConnection, StreamCancellation) -> Void
+  let startGeneric:
+    @Sendable (
+      NIOAsyncChannel<RPCRequestPart<MessageBytes>, RPCResponsePart<MessageBytes>>, MethodDescriptor, PeerConnection,
+      StreamCancellation
+    ) -> Void
 }
 
 /// Lets the task serving a stream and the stream's handler (on the event loop) agree on cancellation: whichever
@@ -200,7 +204,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     self.path = path
     if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" {
       refuse(
-        context: context, code: .unimplemented, "grpc-encoding '\(encoding.prefix(32))' is not supported (identity only)",
+        context: context, code: .unimplemented,
+        "grpc-encoding '\(encoding.prefix(32))' is not supported (identity only)",
         reason: "bad_request")
       return
     }
@@ -366,7 +371,9 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     case .fast:
       fastMessages.append(message)
       if fastMessages.count > 1 {
-        refuse(context: context, code: .internalError, "a unary call takes exactly one request message", reason: "bad_request")
+        refuse(
+          context: context, code: .internalError, "a unary call takes exactly one request message",
+          reason: "bad_request")
       }
     case .fastStream:
       streamInFlight += 1
@@ -397,7 +404,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
   private func runFast(context: ChannelHandlerContext, handler: any FastUnaryHandler) {
     guard fastMessages.count == 1, let message = fastMessages.first else {
-      refuse(context: context, code: .internalError, "a unary call takes exactly one request message", reason: "bad_request")
+      refuse(
+        context: context, code: .internalError, "a unary call takes exactly one request message", reason: "bad_request")
       return
     }
     fastMessages = []
@@ -660,7 +668,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       if name.hasPrefix(":") || name == "grpc-status" || name == "grpc-message" || name == "content-type" { continue }
       switch value {
       case .string(let s): headers.add(name: name, value: s)
-      case .binary(let b): headers.add(name: name.hasSuffix("-bin") ? name : name + "-bin", value: Data(b).base64EncodedString())
+      case .binary(let b):
+        headers.add(name: name.hasSuffix("-bin") ? name : name + "-bin", value: Data(b).base64EncodedString())
       }
     }
   }

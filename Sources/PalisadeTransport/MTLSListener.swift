@@ -88,7 +88,8 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
   /// `verifier` decides on client chains (its roots can be replaced while running).
   public init(
     configuration: TransportConfiguration, certificates: ServerCertificateStore, verifier: ClientCertificateVerifier,
-    fastPaths: [any FastUnaryHandler] = [], fastStreams: [any FastStreamHandler] = [], observer: any TransportObserver = NoTransportObserver(),
+    fastPaths: [any FastUnaryHandler] = [], fastStreams: [any FastStreamHandler] = [],
+    observer: any TransportObserver = NoTransportObserver(),
     bound: BoundAddress = BoundAddress(), eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
     logger: Logger
   ) throws {
@@ -139,7 +140,8 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
   ) async throws {
     let env = StreamEnvironment(
       messages: configuration.messages, maxHeaderListBytes: configuration.streams.maxHeaderListBytes,
-      fastPaths: fastPaths, fastStreams: fastStreams, principalBudget: principalBudget, observer: observer, logger: logger,
+      fastPaths: fastPaths, fastStreams: fastStreams, principalBudget: principalBudget, observer: observer,
+      logger: logger,
       localAddress: "\(configuration.host):\(configuration.port)",
       startGeneric: { channel, method, connection, cancellation in
         Self.serve(channel, method: method, connection: connection, cancellation: cancellation, handler: streamHandler)

@@ -61,11 +61,13 @@ public final class ServerCertificateStore: Sendable {
       throw PEMFileError(path: credentials.privateKeyPath, reason: "is not a PEM private key")
     }
     // A key that does not match the certificate would fail every handshake: refuse it here instead.
-    var probe = TLSConfiguration.makeServerConfiguration(certificateChain: [.certificate(leaf)], privateKey: .privateKey(key))
+    var probe = TLSConfiguration.makeServerConfiguration(
+      certificateChain: [.certificate(leaf)], privateKey: .privateKey(key))
     probe.minimumTLSVersion = .tlsv13
     do { _ = try NIOSSLContext(configuration: probe) } catch {
       throw PEMFileError(
-        path: credentials.privateKeyPath, reason: "does not match the certificate in \(credentials.certificateChainPath)")
+        path: credentials.privateKeyPath,
+        reason: "does not match the certificate in \(credentials.certificateChainPath)")
     }
     return (chain, key)
   }

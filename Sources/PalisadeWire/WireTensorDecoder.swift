@@ -53,7 +53,8 @@ public enum WireTensorDecoder {
       guard data.count == expected else {
         throw PalisadeError.invalidInput(
           name,
-          "raw contents hold \(data.count) bytes, shape and \(datatype.rawValue) (\(width) bytes each) need \(expected)")
+          "raw contents hold \(data.count) bytes, shape and \(datatype.rawValue) (\(width) bytes each) need \(expected)"
+        )
       }
       if datatype == .bool, data.contains(where: { $0 > 1 }) {
         throw PalisadeError.invalidInput(name, "BOOL raw contents must be 0 or 1 per byte")
@@ -108,8 +109,11 @@ public enum WireTensorDecoder {
     case .fp64: field = "fp64_contents"
     case .bytes: field = "bytes_contents"
     case .fp16, .bf16:
-      if count == 0 && populated.isEmpty { return try Tensor(name: name, datatype: datatype, shape: shape, storage: .fixed([])) }
-      throw PalisadeError.invalidInput(name, "\(datatype.rawValue) has no typed contents field; send raw_input_contents")
+      if count == 0 && populated.isEmpty {
+        return try Tensor(name: name, datatype: datatype, shape: shape, storage: .fixed([]))
+      }
+      throw PalisadeError.invalidInput(
+        name, "\(datatype.rawValue) has no typed contents field; send raw_input_contents")
     }
     if let other = populated.first(where: { $0.0 != field }) {
       throw PalisadeError.invalidInput(name, "\(datatype.rawValue) data must be in \(field), not \(other.0)")
@@ -147,7 +151,8 @@ public enum WireTensorDecoder {
     case .fp32: return try Tensor(name: name, shape: shape, values: c.fp32Contents)
     case .fp64: return try Tensor(name: name, shape: shape, values: c.fp64Contents)
     case .bytes:
-      return try Tensor(name: name, datatype: .bytes, shape: shape, storage: .bytes(c.bytesContents.map { [UInt8]($0) }))
+      return try Tensor(
+        name: name, datatype: .bytes, shape: shape, storage: .bytes(c.bytesContents.map { [UInt8]($0) }))
     case .fp16, .bf16:
       throw PalisadeError.invalidInput(name, "\(datatype.rawValue) has no typed contents field")
     }

@@ -4,7 +4,7 @@ import Testing
 @testable import PalisadeAudit
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -12,7 +12,9 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
 
 /// The real `palisade audit` subcommands, with an independent Python check and openssl.
 @Suite(.serialized) struct AuditCLITests {
-  static var binary: String { ProcessInfo.processInfo.environment["PALISADE_BIN"] ?? "\(repositoryRoot)/.build/debug/palisade" }
+  static var binary: String {
+    ProcessInfo.processInfo.environment["PALISADE_BIN"] ?? "\(repositoryRoot)/.build/debug/palisade"
+  }
   static let python = ProcessInfo.processInfo.environment["PALISADE_PYTHON"] ?? "/usr/bin/python3"
   static let checker = "\(repositoryRoot)/Tests/Interop/rfc6962_check.py"
 
@@ -51,7 +53,12 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     private let lock = NSLock()
     private var data = Data()
     private var finished = false
-    func set(_ d: Data) { lock.withLock { data = d; finished = true } }
+    func set(_ d: Data) {
+      lock.withLock {
+        data = d
+        finished = true
+      }
+    }
     var done: Bool { lock.withLock { finished } }
     var value: Data { lock.withLock { data } }
   }
@@ -84,12 +91,17 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     let scratch = try Scratch()
     let (key, pub) = try Self.keygen(scratch)
     let bench = try Self.audit(
-      ["append-bench", scratch.log, "--key", key, "--mode", "sync", "--count", "300", "--concurrency", "1", "--checkpoint-every",
-       "100", "--segment-max-bytes", "8192", "--quiet"])
+      [
+        "append-bench", scratch.log, "--key", key, "--mode", "sync", "--count", "300", "--concurrency", "1",
+        "--checkpoint-every",
+        "100", "--segment-max-bytes", "8192", "--quiet",
+      ])
     #expect(bench.status == 0, "\(bench.stderr)")
     let verify = try Self.audit(["verify", scratch.log, "--key", pub])
     #expect(verify.status == 0, "\(verify.stderr)")
-    #expect(verify.stdout.contains("audit log OK: 300 records") && verify.stdout.contains("3 checkpoints"), "\(verify.stdout)")
+    #expect(
+      verify.stdout.contains("audit log OK: 300 records") && verify.stdout.contains("3 checkpoints"), "\(verify.stdout)"
+    )
 
     for (index, checkpoint) in [("0", "latest"), ("123", "latest"), ("99", "100"), ("150", "200"), ("299", "300")] {
       let prove = try Self.audit(["prove", scratch.log, "--key", pub, "--index", index, "--checkpoint", checkpoint])
@@ -115,7 +127,9 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
       #expect(check.status == 0 && check.stdout.contains("consistency OK"), "\(check.stderr)\n\(c.stdout)")
     }
     let whole = try Self.run(Self.python, [Self.checker, "log", scratch.log])
-    #expect(whole.status == 0 && whole.stdout.contains("OK: 300 records, 3 checkpoints match"), "\(whole.stdout)\(whole.stderr)")
+    #expect(
+      whole.status == 0 && whole.stdout.contains("OK: 300 records, 3 checkpoints match"),
+      "\(whole.stdout)\(whole.stderr)")
 
     // openssl verifies the latest checkpoint's Ed25519 signature over the note text.
     let cpBytes = try POSIXFile.readAll(scratch.log + "/" + LogFiles.checkpoints)
@@ -127,7 +141,10 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     try blob.dropFirst(4).write(to: URL(fileURLWithPath: scratch.path + "/note.sig"))
     let ossl = try Self.run(
       "/usr/bin/openssl",
-      ["pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-in", scratch.path + "/note.txt", "-sigfile", scratch.path + "/note.sig"])
+      [
+        "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-in", scratch.path + "/note.txt", "-sigfile",
+        scratch.path + "/note.sig",
+      ])
     #expect(ossl.status == 0 && ossl.stdout.contains("Signature Verified Successfully"), "\(ossl.stdout)\(ossl.stderr)")
 
     // One byte changed: exit 1 naming the record, segment and offset; the Python check fails too.
@@ -138,8 +155,9 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     try write(changed, seg)
     let bad = try Self.audit(["verify", scratch.log, "--key", pub])
     #expect(bad.status == 1)
-    #expect(bad.stderr.contains("record \(frames[3].index)") && bad.stderr.contains((seg as NSString).lastPathComponent)
-      && bad.stderr.contains("offset \(frames[3].offset)"), "\(bad.stderr)")
+    #expect(
+      bad.stderr.contains("record \(frames[3].index)") && bad.stderr.contains((seg as NSString).lastPathComponent)
+        && bad.stderr.contains("offset \(frames[3].offset)"), "\(bad.stderr)")
     #expect(try Self.run(Self.python, [Self.checker, "log", scratch.log]).status == 1)
 
     // The wrong key.

@@ -16,8 +16,10 @@ final class Scratch: @unchecked Sendable {
 
 func record(_ i: Int) -> AuditRecord {
   AuditRecord(
-    kind: i % 7 == 0 ? .modelLoad : .call, principal: "spiffe://palisade.test/sa/c\(i % 3)", tokenID: "jti-\(i)", rpc: "ModelInfer",
-    model: "digits", version: "1", inputSHA256: String(repeating: "a", count: 64), status: i % 5 == 0 ? "PERMISSION_DENIED" : "OK",
+    kind: i % 7 == 0 ? .modelLoad : .call, principal: "spiffe://palisade.test/sa/c\(i % 3)", tokenID: "jti-\(i)",
+    rpc: "ModelInfer",
+    model: "digits", version: "1", inputSHA256: String(repeating: "a", count: 64),
+    status: i % 5 == 0 ? "PERMISSION_DENIED" : "OK",
     reason: i % 5 == 0 ? "rule client-b-no-infer" : nil, latencyMicros: Int64(i), requestID: "r\(i)")
 }
 
@@ -97,9 +99,13 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     let v2 = try AuditVerifier.verify(directory: scratch.log, key: key.verifyingKey)
     #expect(v2.recordCount == 151 && v2.checkpoints.last?.treeSize == 151)
     let proof = try v2.inclusionProof(index: 42)
-    #expect(Merkle.verifyInclusion(leafHash: proof.leafHash, index: 42, treeSize: 151, proof: proof.auditPath, root: proof.rootHash))
+    #expect(
+      Merkle.verifyInclusion(
+        leafHash: proof.leafHash, index: 42, treeSize: 151, proof: proof.auditPath, root: proof.rootHash))
     let c = try v2.consistencyProof(from: 150, to: 151)
-    #expect(Merkle.verifyConsistency(firstSize: 150, firstRoot: c.firstRoot, secondSize: 151, secondRoot: c.secondRoot, proof: c.proof))
+    #expect(
+      Merkle.verifyConsistency(
+        firstSize: 150, firstRoot: c.firstRoot, secondSize: 151, secondRoot: c.secondRoot, proof: c.proof))
   }
 
   /// Checkpoints come on time even when no more records arrive (and, in batched mode, only after the interval
@@ -115,12 +121,16 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     let log = try AuditLog.open(configuration: config, key: key)
     for i in 0..<3 { _ = try await log.append(record(i)) }
     let deadline = ContinuousClock.now + .seconds(30)
-    while log.latestCheckpoint()?.treeSize != 3 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+    while log.latestCheckpoint()?.treeSize != 3 && ContinuousClock.now < deadline {
+      try await Task.sleep(for: .milliseconds(20))
+    }
     #expect(log.latestCheckpoint()?.treeSize == 3)
     // Nothing new: no further checkpoint, however long the log idles (several intervals here).
     try await Task.sleep(for: .milliseconds(700))
     let checkpoints = try framesOf(scratch.log + "/" + LogFiles.checkpoints).frames
-    let sizes = try checkpoints.map { try SignedCheckpoint.verify(note: String(decoding: $0.payload, as: UTF8.self), key: key.verifyingKey).treeSize }
+    let sizes = try checkpoints.map {
+      try SignedCheckpoint.verify(note: String(decoding: $0.payload, as: UTF8.self), key: key.verifyingKey).treeSize
+    }
     #expect(sizes.last == 3 && sizes.filter { $0 == 3 }.count == 1, "one checkpoint at size 3, none repeated: \(sizes)")
     await log.close()
     #expect(verifyFailure(scratch.log, key.verifyingKey) == nil)
@@ -233,14 +243,18 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     let segments = try segmentPaths(scratch.log)
     let path = segments[1]
     let (bytes, frames) = try framesOf(path)
-    func span(_ i: Int) -> Range<Int> { Int(frames[i].offset)..<(Int(frames[i].offset) + Frame.overhead + frames[i].payload.count) }
+    func span(_ i: Int) -> Range<Int> {
+      Int(frames[i].offset)..<(Int(frames[i].offset) + Frame.overhead + frames[i].payload.count)
+    }
 
     // Delete frame 2.
     var deleted = bytes
     deleted.removeSubrange(span(2))
     try write(deleted, path)
     var failure = verifyFailure(scratch.log, key.verifyingKey)
-    #expect(failure?.index == frames[2].index && failure?.reason.contains("expected") == true, "\(String(describing: failure))")
+    #expect(
+      failure?.index == frames[2].index && failure?.reason.contains("expected") == true,
+      "\(String(describing: failure))")
 
     // Swap frames 1 and 2.
     var swapped = Array(bytes[..<span(1).lowerBound])
@@ -262,7 +276,9 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     try write(bytes, path)
     try FileManager.default.removeItem(atPath: path)
     failure = verifyFailure(scratch.log, key.verifyingKey)
-    #expect(failure?.index == frames[0].index && failure?.reason.contains("segment") == true, "\(String(describing: failure))")
+    #expect(
+      failure?.index == frames[0].index && failure?.reason.contains("segment") == true, "\(String(describing: failure))"
+    )
     try write(bytes, path)
     #expect(verifyFailure(scratch.log, key.verifyingKey) == nil)
 
@@ -281,7 +297,8 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     let (clean, _) = try framesOf(last)
     var partial: [UInt8] = []
     Frame.encode(index: 100, payload: record(100).canonicalJSON(), into: &partial)
-    for torn in [Array(partial.prefix(7)), Array(partial.prefix(partial.count - 1)), [UInt8](repeating: 0, count: 300)] {
+    for torn in [Array(partial.prefix(7)), Array(partial.prefix(partial.count - 1)), [UInt8](repeating: 0, count: 300)]
+    {
       try write(clean + torn, last)
       // Before recovery the verifier reports the torn tail where it starts.
       let failure = verifyFailure(scratch.log, key.verifyingKey)
@@ -363,7 +380,9 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
       note.replaceSubrange(i...i, with: note[i] == "A" ? "B" : "A")
     }
     var failure = verifyFailure(scratch.log, key.verifyingKey)
-    #expect(failure?.reason.contains("checkpoint 3") == true && failure?.reason.contains("does not verify") == true, "\(String(describing: failure))")
+    #expect(
+      failure?.reason.contains("checkpoint 3") == true && failure?.reason.contains("does not verify") == true,
+      "\(String(describing: failure))")
 
     // The signed size changed: the signature no longer covers the text.
     try rewrite(2) { note in
@@ -384,15 +403,19 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
   }
 
   @Test func checkpointNotesFollowTheSignedNoteFormat() throws {
-    let cp = try SignedCheckpoint.sign(origin: "palisade.dev/audit", treeSize: 8, rootHash: unhex(MerkleTests.roots[8]), key: key)
+    let cp = try SignedCheckpoint.sign(
+      origin: "palisade.dev/audit", treeSize: 8, rootHash: unhex(MerkleTests.roots[8]), key: key)
     let lines = cp.note.split(separator: "\n", omittingEmptySubsequences: false)
-    #expect(lines[0] == "palisade.dev/audit" && lines[1] == "8" && lines[2] == "XcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg=")
+    #expect(
+      lines[0] == "palisade.dev/audit" && lines[1] == "8" && lines[2] == "XcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg=")
     #expect(lines[3].hasPrefix("time ") && lines[4] == "" && lines[5].hasPrefix("\u{2014} palisade.dev/audit "))
     let vkey = key.verifyingKey.verifierKey
     #expect(vkey.hasPrefix("palisade.dev/audit+"))
     let parsed = try AuditVerifyingKey(verifierKey: vkey)
     #expect(try SignedCheckpoint.verify(note: cp.note, key: parsed) == cp)
-    #expect(throws: AuditError.self) { _ = try AuditVerifyingKey(verifierKey: vkey.replacingOccurrences(of: "+", with: "+0", options: [], range: nil)) }
+    #expect(throws: AuditError.self) {
+      _ = try AuditVerifyingKey(verifierKey: vkey.replacingOccurrences(of: "+", with: "+0", options: [], range: nil))
+    }
   }
 
   @Test func badConfigurationsAndKeysAreRefused() throws {
@@ -400,18 +423,26 @@ func verifyFailure(_ dir: String, _ key: AuditVerifyingKey) -> AuditVerifier.Fai
     var config = AuditConfiguration(directory: scratch.log, keyFile: scratch.path + "/missing.key")
     #expect(throws: AuditError.self) { _ = try AuditLog.open(configuration: config) }
     let keyPath = scratch.path + "/audit.key"
-    _ = FileManager.default.createFile(atPath: keyPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o644])
+    _ = FileManager.default.createFile(
+      atPath: keyPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o644])
     config.keyFile = keyPath
-    #expect(throws: AuditError.key(path: keyPath, reason: "is accessible by group or others (mode 644); run chmod 600 on it")) {
+    #expect(
+      throws: AuditError.key(path: keyPath, reason: "is accessible by group or others (mode 644); run chmod 600 on it")
+    ) {
       _ = try AuditLog.open(configuration: config)
     }
     // A Kubernetes Secret mounted for the pod's fsGroup: 0440, group = the process's own group. Group write, or a
     // group that is not the process's own, stays refused.
     let secretPath = scratch.path + "/secret-audit.key"
-    _ = FileManager.default.createFile(atPath: secretPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o440])
-    #expect(try AuditSigningKey.load(path: secretPath, name: "palisade.dev/audit").verifyingKey.name == "palisade.dev/audit")
+    _ = FileManager.default.createFile(
+      atPath: secretPath, contents: Data(key.privateKeyPEM.utf8), attributes: [.posixPermissions: 0o440])
+    #expect(
+      try AuditSigningKey.load(path: secretPath, name: "palisade.dev/audit").verifyingKey.name == "palisade.dev/audit")
     try FileManager.default.setAttributes([.posixPermissions: 0o460], ofItemAtPath: secretPath)
-    #expect(throws: AuditError.key(path: secretPath, reason: "is accessible by group or others (mode 460); run chmod 600 on it")) {
+    #expect(
+      throws: AuditError.key(
+        path: secretPath, reason: "is accessible by group or others (mode 460); run chmod 600 on it")
+    ) {
       _ = try AuditSigningKey.load(path: secretPath, name: "palisade.dev/audit")
     }
     if getegid() != 65534 {

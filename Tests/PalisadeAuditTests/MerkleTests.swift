@@ -16,7 +16,9 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
 /// Known answers: the certificate-transparency test data (google/certificate-transparency merkle tests;
 /// also used by transparency-dev/merkle and RFC 9162 implementations).
 @Suite struct MerkleTests {
-  static let data: [[UInt8]] = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"].map(unhex)
+  static let data: [[UInt8]] = [
+    "", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f",
+  ].map(unhex)
   static let roots = [
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
@@ -30,27 +32,57 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
   ]
   static let inclusion: [(UInt64, UInt64, [String])] = [
     (0, 1, []),
-    (0, 8, ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"]),
-    (5, 8, ["bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]),
+    (
+      0, 8,
+      [
+        "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+      ]
+    ),
+    (
+      5, 8,
+      [
+        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+      ]
+    ),
     (2, 3, ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
-    (1, 5, ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"]),
+    (
+      1, 5,
+      [
+        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+      ]
+    ),
   ]
   static let consistency: [(UInt64, UInt64, [String])] = [
     (1, 1, []),
-    (1, 8, ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"]),
-    (6, 8, ["0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]),
-    (2, 5, ["5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"]),
+    (
+      1, 8,
+      [
+        "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+      ]
+    ),
+    (
+      6, 8,
+      [
+        "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+        "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+      ]
+    ),
+    (
+      2, 5,
+      [
+        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+      ]
+    ),
   ]
 
   func store(_ n: Int) -> MerkleTreeStore {
@@ -65,7 +97,8 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
     #expect(hex(compact.root) == Self.roots[0])
     for n in 0...8 {
       #expect(hex(full.root(treeSize: UInt64(n)) ?? []) == Self.roots[n], "size \(n)")
-      #expect(hex(Merkle.root(leafHashes: ArraySlice(Self.data.prefix(n).map { Merkle.leafHash($0) }))) == Self.roots[n])
+      #expect(
+        hex(Merkle.root(leafHashes: ArraySlice(Self.data.prefix(n).map { Merkle.leafHash($0) }))) == Self.roots[n])
       if n > 0 {
         compact.append(leafHash: Merkle.leafHash(Self.data[n - 1]))
         #expect(hex(compact.root) == Self.roots[n], "compact range, size \(n)")
@@ -78,17 +111,23 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
     for (index, size, expected) in Self.inclusion {
       let proof = full.inclusionProof(index: index, treeSize: size)
       #expect(proof?.map(hex) == expected, "PATH(\(index), D[\(size)])")
-      #expect(Merkle.verifyInclusion(leafHash: full.leafHash(index), index: index, treeSize: size, proof: expected.map(unhex), root: unhex(Self.roots[Int(size)])))
+      #expect(
+        Merkle.verifyInclusion(
+          leafHash: full.leafHash(index), index: index, treeSize: size, proof: expected.map(unhex),
+          root: unhex(Self.roots[Int(size)])))
     }
   }
 
   @Test func consistencyProofsMatchThePublishedVectors() {
     let full = store(8)
     for (first, second, expected) in Self.consistency {
-      #expect(full.consistencyProof(first: first, second: second)?.map(hex) == expected, "PROOF(\(first), D[\(second)])")
-      #expect(Merkle.verifyConsistency(
-        firstSize: first, firstRoot: unhex(Self.roots[Int(first)]), secondSize: second, secondRoot: unhex(Self.roots[Int(second)]),
-        proof: expected.map(unhex)))
+      #expect(
+        full.consistencyProof(first: first, second: second)?.map(hex) == expected, "PROOF(\(first), D[\(second)])")
+      #expect(
+        Merkle.verifyConsistency(
+          firstSize: first, firstRoot: unhex(Self.roots[Int(first)]), secondSize: second,
+          secondRoot: unhex(Self.roots[Int(second)]),
+          proof: expected.map(unhex)))
     }
   }
 
@@ -110,30 +149,47 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
         let proof = s.inclusionProof(index: m, treeSize: n) ?? []
         #expect(Merkle.verifyInclusion(leafHash: leaves[Int(m)], index: m, treeSize: n, proof: proof, root: root))
         if n > 1 {
-          #expect(!Merkle.verifyInclusion(leafHash: leaves[Int(m)], index: (m + 1) % n, treeSize: n, proof: proof, root: root))
-          #expect(!Merkle.verifyInclusion(leafHash: leaves[Int((m + 1) % n)], index: m, treeSize: n, proof: proof, root: root))
+          #expect(
+            !Merkle.verifyInclusion(leafHash: leaves[Int(m)], index: (m + 1) % n, treeSize: n, proof: proof, root: root)
+          )
+          #expect(
+            !Merkle.verifyInclusion(leafHash: leaves[Int((m + 1) % n)], index: m, treeSize: n, proof: proof, root: root)
+          )
           var bad = proof
           bad[0][0] ^= 1
           #expect(!Merkle.verifyInclusion(leafHash: leaves[Int(m)], index: m, treeSize: n, proof: bad, root: root))
-          #expect(!Merkle.verifyInclusion(leafHash: leaves[Int(m)], index: m, treeSize: n, proof: proof.dropLast(), root: root))
+          #expect(
+            !Merkle.verifyInclusion(
+              leafHash: leaves[Int(m)], index: m, treeSize: n, proof: proof.dropLast(), root: root))
         }
         if m > 0 {
           let first = m
           let c = s.consistencyProof(first: first, second: n) ?? []
           let firstRoot = s.root(treeSize: first) ?? []
-          #expect(Merkle.verifyConsistency(firstSize: first, firstRoot: firstRoot, secondSize: n, secondRoot: root, proof: c), "\(first)->\(n)")
-          #expect(!Merkle.verifyConsistency(firstSize: first, firstRoot: root, secondSize: n, secondRoot: root, proof: c) || first == n)
+          #expect(
+            Merkle.verifyConsistency(firstSize: first, firstRoot: firstRoot, secondSize: n, secondRoot: root, proof: c),
+            "\(first)->\(n)")
+          #expect(
+            !Merkle.verifyConsistency(firstSize: first, firstRoot: root, secondSize: n, secondRoot: root, proof: c)
+              || first == n)
           if !c.isEmpty {
             var bad = c
             bad[bad.count - 1][5] ^= 0x40
-            #expect(!Merkle.verifyConsistency(firstSize: first, firstRoot: firstRoot, secondSize: n, secondRoot: root, proof: bad))
+            #expect(
+              !Merkle.verifyConsistency(
+                firstSize: first, firstRoot: firstRoot, secondSize: n, secondRoot: root, proof: bad))
           }
         }
       }
       #expect(!Merkle.verifyInclusion(leafHash: leaves[0], index: n, treeSize: n, proof: [], root: root))
     }
-    #expect(Merkle.verifyConsistency(firstSize: 0, firstRoot: Merkle.emptyRoot, secondSize: 5, secondRoot: s.root(treeSize: 5) ?? [], proof: []))
-    #expect(!Merkle.verifyConsistency(firstSize: 8, firstRoot: s.root(treeSize: 8) ?? [], secondSize: 6, secondRoot: s.root(treeSize: 6) ?? [], proof: []))
+    #expect(
+      Merkle.verifyConsistency(
+        firstSize: 0, firstRoot: Merkle.emptyRoot, secondSize: 5, secondRoot: s.root(treeSize: 5) ?? [], proof: []))
+    #expect(
+      !Merkle.verifyConsistency(
+        firstSize: 8, firstRoot: s.root(treeSize: 8) ?? [], secondSize: 6, secondRoot: s.root(treeSize: 6) ?? [],
+        proof: []))
   }
 
   @Test func crc32cKnownAnswer() {
@@ -144,22 +200,27 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
 @Suite struct RecordTests {
   @Test func canonicalJSONIsSortedCompactAndRoundTrips() throws {
     var r = AuditRecord(
-      kind: .modelRefused, time: Date(timeIntervalSince1970: 1_764_220_087.123456), principal: "spiffe://td/a\"b\\c\n\u{1}é",
-      model: "digits", status: "FAILED_PRECONDITION", reason: "signature", latencyMicros: -5, details: ["z": "1", "a": "2"])
+      kind: .modelRefused, time: Date(timeIntervalSince1970: 1_764_220_087.123456),
+      principal: "spiffe://td/a\"b\\c\n\u{1}é",
+      model: "digits", status: "FAILED_PRECONDITION", reason: "signature", latencyMicros: -5,
+      details: ["z": "1", "a": "2"])
     r.timeMicros = 1_764_220_087_123_456
     let json = String(decoding: r.canonicalJSON(), as: UTF8.self)
     #expect(
       json
-        == #"{"details":{"a":"2","z":"1"},"kind":"model_refused","latency_us":-5,"model":"digits","principal":"spiffe://td/a\"b\\c\n\u0001é","reason":"signature","status":"FAILED_PRECONDITION","time":"2025-11-27T05:08:07.123456Z"}"#)
+        == #"{"details":{"a":"2","z":"1"},"kind":"model_refused","latency_us":-5,"model":"digits","principal":"spiffe://td/a\"b\\c\n\u0001é","reason":"signature","status":"FAILED_PRECONDITION","time":"2025-11-27T05:08:07.123456Z"}"#
+    )
     #expect(try AuditRecord.decodeCanonical(r.canonicalJSON()) == r)
     // Also what JSONEncoder/JSONDecoder make of it (Codable).
     let decoded = try JSONDecoder().decode(AuditRecord.self, from: try JSONEncoder().encode(r))
     #expect(decoded == r)
-    #expect(AuditRecord.Kind("egress_block") == .egressBlock && AuditRecord.Kind("future_kind") == .other("future_kind"))
+    #expect(
+      AuditRecord.Kind("egress_block") == .egressBlock && AuditRecord.Kind("future_kind") == .other("future_kind"))
   }
 
   @Test func sha256HexIsLowercaseHex() {
-    #expect(AuditRecord.sha256Hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    #expect(
+      AuditRecord.sha256Hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
   }
 
   @Test func keysAreWrittenInByteOrder() {
@@ -167,7 +228,8 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
     #expect(Set(AuditRecord.keyOrder) == Set(AuditRecord.CodingKeys.allCases.map(\.rawValue)))
     let full = AuditRecord(
       kind: .call, principal: "p", certificateThumbprint: "c", tokenID: "t", rpc: "r", model: "m", version: "v",
-      manifestDigest: "d", inputSHA256: "i", outputSHA256: "o", status: "s", reason: "why", latencyMicros: 1, requestID: "q",
+      manifestDigest: "d", inputSHA256: "i", outputSHA256: "o", status: "s", reason: "why", latencyMicros: 1,
+      requestID: "q",
       details: ["k": "v"])
     let object = (try? JSONSerialization.jsonObject(with: Data(full.canonicalJSON()))) as? [String: Any]
     #expect(object?.count == AuditRecord.keyOrder.count)
@@ -185,7 +247,8 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
     ] {
       #expect(throws: AuditError.self, "\(text)") { try AuditRecord.decodeCanonical(Array(text.utf8)) }
     }
-    #expect((try? AuditRecord.decodeCanonical(Array(#"{"kind":"call","time":"2025-11-27T05:08:07.123456Z"}"#.utf8))) != nil)
+    #expect(
+      (try? AuditRecord.decodeCanonical(Array(#"{"kind":"call","time":"2025-11-27T05:08:07.123456Z"}"#.utf8))) != nil)
   }
 
   @Test func timeFormatIsExact() {

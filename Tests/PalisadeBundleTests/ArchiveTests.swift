@@ -8,7 +8,8 @@ import Testing
 struct ArchiveTests {
   /// A ustar header with arbitrary fields (valid checksum unless told otherwise).
   static func header(
-    _ name: String, type: Character = "0", size: Int64 = 0, link: String = "", magic: [UInt8] = Array("ustar".utf8) + [0],
+    _ name: String, type: Character = "0", size: Int64 = 0, link: String = "",
+    magic: [UInt8] = Array("ustar".utf8) + [0],
     version: [UInt8] = Array("00".utf8)
   ) throws -> [UInt8] {
     var h = try Tar.header(path: "placeholder", size: size, directory: false)
@@ -49,10 +50,14 @@ struct ArchiveTests {
     return out
   }
 
-  static func data(_ bytes: [UInt8]) -> [UInt8] { bytes + [UInt8](repeating: 0, count: (512 - bytes.count % 512) % 512) }
+  static func data(_ bytes: [UInt8]) -> [UInt8] {
+    bytes + [UInt8](repeating: 0, count: (512 - bytes.count % 512) % 512)
+  }
 
   /// A signed bundle directory (the small test bundle), its signer and a trust policy for `digits`.
-  static func signedBundle(in temp: TempDir, name: String = "bundle") async throws -> (dir: String, key: TestKey, trust: TrustPolicy) {
+  static func signedBundle(in temp: TempDir, name: String = "bundle") async throws -> (
+    dir: String, key: TestKey, trust: TrustPolicy
+  ) {
     let dir = try makeBundleDirectory(in: temp, name: name)
     let key = TestKey()
     try await BundleSigner.sign(directory: dir, key: key.signing)
@@ -67,11 +72,14 @@ struct ArchiveTests {
 
   /// A file of `dir` as a tar entry (optionally with other content).
   static func fileEntry(_ dir: String, _ name: String, content: [UInt8]? = nil) throws -> [[UInt8]] {
-    let bytes = try content ?? Array(Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent(name))))
+    let bytes =
+      try content ?? Array(Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent(name))))
     return [try header(name, size: Int64(bytes.count)), data(bytes)]
   }
 
-  static func unpack(_ archive: String, into out: String, trust: TrustPolicy, limits: UnpackLimits = UnpackLimits()) async throws {
+  static func unpack(_ archive: String, into out: String, trust: TrustPolicy, limits: UnpackLimits = UnpackLimits())
+    async throws
+  {
     try await BundleUnpacker.unpack(archive: archive, into: out, trust: trust, modelName: "digits", limits: limits)
   }
 
@@ -113,7 +121,9 @@ struct ArchiveTests {
   @Test("system tar reads our archives, and writes ones we read") func systemTar() async throws {
     let temp = try TempDir()
     let dir = try makeBundleDirectory(in: temp)
-    let long = String(repeating: "d", count: 60) + "/" + String(repeating: "e", count: 60) + "/" + String(repeating: "f", count: 80)
+    let long =
+      String(repeating: "d", count: 60) + "/" + String(repeating: "e", count: 60) + "/"
+      + String(repeating: "f", count: 80)
     try temp.write("bundle/" + long, "deep")
     let key = TestKey()
     try await BundleSigner.sign(directory: dir, key: key.signing)
@@ -133,7 +143,11 @@ struct ArchiveTests {
     // The documented way to make one without `palisade bundle pack`: ustar format, model.sig named first.
     let own = temp.sub("own.tar")
     _ = try Self.run(
-      "tar", ["--format=ustar", "-C", dir, "-cf", own, "model.sig", "manifest.json", "model.onnx", "empty.dat", "sub.json", "sub/deeper/notes.md", long])
+      "tar",
+      [
+        "--format=ustar", "-C", dir, "-cf", own, "model.sig", "manifest.json", "model.onnx", "empty.dat", "sub.json",
+        "sub/deeper/notes.md", long,
+      ])
     let ownArchive = temp.sub("own.tar.zst")
     try Data(try ZstdCompressor.compress(try temp.read("own.tar"))).write(to: URL(fileURLWithPath: ownArchive))
     try await Self.unpack(ownArchive, into: temp.sub("out2"), trust: trust)
@@ -169,7 +183,8 @@ struct ArchiveTests {
     let temp = try TempDir()
     let archive = try Self.archive(blocks, in: temp)
     let out = temp.sub("out")
-    let policy = trust ?? TrustPolicy(rules: [.init(modelPattern: "digits", signers: [.publicKey(TestKey().publicKey)])])
+    let policy =
+      trust ?? TrustPolicy(rules: [.init(modelPattern: "digits", signers: [.publicKey(TestKey().publicKey)])])
     await expectRefused(fragment, kind: kind, sourceLocation: sourceLocation) {
       try await Self.unpack(archive, into: out, trust: policy, limits: limits)
     }
@@ -178,7 +193,8 @@ struct ArchiveTests {
   }
 
   @Test("tar with '..'") func dotDot() async throws {
-    try await refused([try Self.header("../evil", size: 4), Self.data(Array("evil".utf8))], "'..' path components are not allowed")
+    try await refused(
+      [try Self.header("../evil", size: 4), Self.data(Array("evil".utf8))], "'..' path components are not allowed")
     try await refused([try Self.header("a/../../evil", size: 0)], "'..' path components")
   }
 
@@ -193,7 +209,8 @@ struct ArchiveTests {
     let temp = try TempDir()
     let (dir, _, trust) = try await Self.signedBundle(in: temp)
     try await refused(
-      try Self.signatureEntry(dir) + [try Self.header("model.onnx", type: "2", link: "/etc/passwd")], "symbolic links are not allowed",
+      try Self.signatureEntry(dir) + [try Self.header("model.onnx", type: "2", link: "/etc/passwd")],
+      "symbolic links are not allowed",
       trust: trust)
   }
 
@@ -206,14 +223,17 @@ struct ArchiveTests {
   @Test("non-ustar oddities") func oddities() async throws {
     try await refused([try Self.header("pax", type: "x")], "pax extended headers")
     try await refused([try Self.header("gnu", type: "L")], "GNU long-name")
-    try await refused([try Self.header("old", magic: Array("ustar ".utf8), version: [0x20, 0])], "not a POSIX ustar header")
+    try await refused(
+      [try Self.header("old", magic: Array("ustar ".utf8), version: [0x20, 0])], "not a POSIX ustar header")
     var bad = try Self.header("sum")
     bad[0] = UInt8(ascii: "t")
     try await refused([bad], "header checksum mismatch")
     let temp = try TempDir()
     let (dir, _, trust) = try await Self.signedBundle(in: temp)
     let sig = try Self.signatureEntry(dir)
-    try await refused(sig + (try Self.fileEntry(dir, "sub.json")) + (try Self.fileEntry(dir, "sub.json")), "duplicate entry", trust: trust)
+    try await refused(
+      sig + (try Self.fileEntry(dir, "sub.json")) + (try Self.fileEntry(dir, "sub.json")), "duplicate entry",
+      trust: trust)
     try await refused(sig + sig, "duplicate entry", trust: trust)
   }
 
@@ -222,13 +242,17 @@ struct ArchiveTests {
     let (dir, _, trust) = try await Self.signedBundle(in: temp)
     let sig = try Self.signatureEntry(dir)
     try await refused(
-      sig + (try Self.fileEntry(dir, "empty.dat")) + [try Self.header("b")], "more than 2 entries", trust: trust, limits: UnpackLimits(maxFiles: 2))
-    try await refused([try Self.header(String(repeating: "x", count: 40))], "path longer than 32 bytes", limits: UnpackLimits(maxPathLength: 32))
+      sig + (try Self.fileEntry(dir, "empty.dat")) + [try Self.header("b")], "more than 2 entries", trust: trust,
+      limits: UnpackLimits(maxFiles: 2))
+    try await refused(
+      [try Self.header(String(repeating: "x", count: 40))], "path longer than 32 bytes",
+      limits: UnpackLimits(maxPathLength: 32))
     // The signature fits; model.onnx does not (refused for what the zstd frame or the entry's header declares, or
     // for what came out).
     let sofar = Int64(512 + sig[1].count)
     try await refused(
-      sig + (try Self.fileEntry(dir, "model.onnx")), "the limit of", trust: trust, limits: UnpackLimits(maxTotalBytes: sofar + 4096))
+      sig + (try Self.fileEntry(dir, "model.onnx")), "the limit of", trust: trust,
+      limits: UnpackLimits(maxTotalBytes: sofar + 4096))
     try await refused(sig, "larger than 64 bytes", trust: trust, limits: UnpackLimits(maxSignatureBytes: 64))
   }
 
@@ -241,17 +265,23 @@ struct ArchiveTests {
     let tail: [[UInt8]] = [try Self.header("model.onnx", size: 1 << 30), [UInt8](repeating: 0xA5, count: 4096)]
     // Signed by a key the policy does not trust.
     let other = TrustPolicy(rules: [.init(modelPattern: "digits", signers: [.publicKey(TestKey().publicKey)])])
-    try await refused(try Self.signatureEntry(dir) + tail, "key hint does not match", kind: .untrustedSignature, trust: other)
+    try await refused(
+      try Self.signatureEntry(dir) + tail, "key hint does not match", kind: .untrustedSignature, trust: other)
     // A trusted signer, but not for this model name.
     let elsewhere = TrustPolicy(rules: [.init(modelPattern: "other", signers: trust.rules[0].signers)])
-    try await refused(try Self.signatureEntry(dir) + tail, "no trust rule for model 'digits'", kind: .untrustedSignature, trust: elsewhere)
+    try await refused(
+      try Self.signatureEntry(dir) + tail, "no trust rule for model 'digits'", kind: .untrustedSignature,
+      trust: elsewhere)
     // A tampered signature file.
     var sig = Array(try Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent("model.sig"))))
     sig = Array(String(decoding: sig, as: UTF8.self).replacingOccurrences(of: "\"sig\":\"M", with: "\"sig\":\"N").utf8)
     try await refused(
-      [try Self.header("model.sig", size: Int64(sig.count)), Self.data(sig)] + tail, "does not verify", kind: .untrustedSignature, trust: trust)
+      [try Self.header("model.sig", size: Int64(sig.count)), Self.data(sig)] + tail, "does not verify",
+      kind: .untrustedSignature, trust: trust)
     // Not a signature at all.
-    try await refused([try Self.header("model.sig", size: 4), Self.data(Array("junk".utf8))] + tail, "not valid JSON", kind: .malformedSignature, trust: trust)
+    try await refused(
+      [try Self.header("model.sig", size: 4), Self.data(Array("junk".utf8))] + tail, "not valid JSON",
+      kind: .malformedSignature, trust: trust)
     // No signature first.
     try await refused(tail, "the first entry must be model.sig", trust: trust)
   }
@@ -264,13 +294,16 @@ struct ArchiveTests {
     let sig = try Self.signatureEntry(dir)
     // A huge unsigned entry: refused at its header, before any of its (here: garbage) data.
     try await refused(
-      sig + [try Self.header("evil.bin", size: 1 << 30), [UInt8](repeating: 0xA5, count: 4096)], "evil.bin: not in the signed file set",
+      sig + [try Self.header("evil.bin", size: 1 << 30), [UInt8](repeating: 0xA5, count: 4096)],
+      "evil.bin: not in the signed file set",
       trust: trust)
     try await refused(sig + [try Self.header("extra/", type: "5")], "not a directory of any signed file", trust: trust)
     // A signed name with other content.
     let files = ["manifest.json", "model.onnx", "empty.dat", "sub.json", "sub/deeper/notes.md"]
     var blocks = sig
-    for name in files { blocks += try Self.fileEntry(dir, name, content: name == "model.onnx" ? Array(repeating: 7, count: 5000) : nil) }
+    for name in files {
+      blocks += try Self.fileEntry(dir, name, content: name == "model.onnx" ? Array(repeating: 7, count: 5000) : nil)
+    }
     try await refused(blocks, "model.onnx: digest mismatch", kind: .contentMismatch, trust: trust)
     var empty = sig
     for name in files { empty += try Self.fileEntry(dir, name, content: name == "empty.dat" ? [1] : nil) }
@@ -300,7 +333,9 @@ struct ArchiveTests {
     try head.withUnsafeBytes { try compressor.compress($0, finish: false, sink: sink) }
     let zeros = [UInt8](repeating: 0, count: 1 << 20)
     for _ in 0..<1024 { try zeros.withUnsafeBytes { try compressor.compress($0, finish: false, sink: sink) } }
-    try zeros.prefix(1024).withUnsafeBytes { try compressor.compress(UnsafeRawBufferPointer($0), finish: true, sink: sink) }
+    try zeros.prefix(1024).withUnsafeBytes {
+      try compressor.compress(UnsafeRawBufferPointer($0), finish: true, sink: sink)
+    }
     try Data(compressed).write(to: URL(fileURLWithPath: path))
     #expect(compressed.count < 1 << 20)
 
@@ -309,7 +344,8 @@ struct ArchiveTests {
     #expect(!FileManager.default.fileExists(atPath: out))
     // With the ratio disabled, the size limit stops it at the entry's header.
     await expectRefused("model.onnx: declares 1073741824 bytes, beyond the limit") {
-      try await Self.unpack(path, into: out, trust: trust, limits: UnpackLimits(maxTotalBytes: 64 << 20, maxCompressionRatio: .infinity))
+      try await Self.unpack(
+        path, into: out, trust: trust, limits: UnpackLimits(maxTotalBytes: 64 << 20, maxCompressionRatio: .infinity))
     }
   }
 

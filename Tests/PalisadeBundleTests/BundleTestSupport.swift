@@ -39,7 +39,8 @@ final class TempDir: @unchecked Sendable {
 
 /// Manifest JSON for tests, with overridable fields.
 func manifestJSON(
-  name: String = "digits", version: Int = 3, created: String = "2019-01-01T00:00:00Z", expires: String = "2099-01-01T00:00:00Z",
+  name: String = "digits", version: Int = 3, created: String = "2019-01-01T00:00:00Z",
+  expires: String = "2099-01-01T00:00:00Z",
   extra: String = "",
   modelFile: String = "model.onnx"
 ) -> String {
@@ -67,13 +68,15 @@ func manifestJSON(
 }
 
 /// A small bundle directory: model, manifest, a nested file and an empty file.
-func makeBundleDirectory(in temp: TempDir, name: String = "bundle", manifest: String = manifestJSON()) throws -> String {
+func makeBundleDirectory(in temp: TempDir, name: String = "bundle", manifest: String = manifestJSON()) throws -> String
+{
   let dir = temp.sub(name)
   try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
   let t = dir as NSString
   try Data((0..<5000).map { UInt8($0 % 251) }).write(to: URL(fileURLWithPath: t.appendingPathComponent("model.onnx")))
   try Data(manifest.utf8).write(to: URL(fileURLWithPath: t.appendingPathComponent("manifest.json")))
-  try FileManager.default.createDirectory(atPath: t.appendingPathComponent("sub/deeper"), withIntermediateDirectories: true)
+  try FileManager.default.createDirectory(
+    atPath: t.appendingPathComponent("sub/deeper"), withIntermediateDirectories: true)
   try Data("notes".utf8).write(to: URL(fileURLWithPath: t.appendingPathComponent("sub/deeper/notes.md")))
   try Data("tok".utf8).write(to: URL(fileURLWithPath: t.appendingPathComponent("sub.json")))
   try Data().write(to: URL(fileURLWithPath: t.appendingPathComponent("empty.dat")))
@@ -133,11 +136,13 @@ struct TestCA: Sendable {
     intermediateKey = TestKey(.p256)
     let now = Date()
     root = try Self.certificate(
-      subject: "\(name) Root", issuer: "\(name) Root", key: rootKey.certificatePublicKey, signer: rootKey.certificateKey,
+      subject: "\(name) Root", issuer: "\(name) Root", key: rootKey.certificatePublicKey,
+      signer: rootKey.certificateKey,
       notBefore: now.addingTimeInterval(-86_400), notAfter: now.addingTimeInterval(10 * 86_400), ca: true)
     intermediate = try Self.certificate(
       subject: "\(name) Intermediate", issuer: "\(name) Root", key: intermediateKey.certificatePublicKey,
-      signer: rootKey.certificateKey, notBefore: now.addingTimeInterval(-86_400), notAfter: now.addingTimeInterval(5 * 86_400),
+      signer: rootKey.certificateKey, notBefore: now.addingTimeInterval(-86_400),
+      notAfter: now.addingTimeInterval(5 * 86_400),
       ca: true)
   }
 
@@ -145,12 +150,14 @@ struct TestCA: Sendable {
 
   /// A leaf issued by the intermediate.
   func leaf(
-    key: TestKey, commonName: String = "publisher", sans: [GeneralName] = [.uniformResourceIdentifier("spiffe://example.org/publisher")],
+    key: TestKey, commonName: String = "publisher",
+    sans: [GeneralName] = [.uniformResourceIdentifier("spiffe://example.org/publisher")],
     usage: LeafUsage = .codeSigning, notBefore: Date = Date().addingTimeInterval(-3600),
     notAfter: Date = Date().addingTimeInterval(86_400)
   ) throws -> Certificate {
     try Self.certificate(
-      subject: try DistinguishedName { CommonName(commonName) }, issuer: intermediate.subject, key: key.certificatePublicKey, signer: intermediateKey.certificateKey,
+      subject: try DistinguishedName { CommonName(commonName) }, issuer: intermediate.subject,
+      key: key.certificatePublicKey, signer: intermediateKey.certificateKey,
       notBefore: notBefore, notAfter: notAfter, ca: false, sans: sans, usage: usage)
   }
 
@@ -159,7 +166,8 @@ struct TestCA: Sendable {
     notAfter: Date, ca: Bool, sans: [GeneralName] = [], usage: LeafUsage = .codeSigning
   ) throws -> Certificate {
     try certificate(
-      subject: try DistinguishedName { CommonName(subject) }, issuer: try DistinguishedName { CommonName(issuer) }, key: key,
+      subject: try DistinguishedName { CommonName(subject) }, issuer: try DistinguishedName { CommonName(issuer) },
+      key: key,
       signer: signer, notBefore: notBefore, notAfter: notAfter, ca: ca, sans: sans, usage: usage)
   }
 
@@ -171,7 +179,8 @@ struct TestCA: Sendable {
       version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: key, notValidBefore: notBefore,
       notValidAfter: notAfter, issuer: issuer, subject: subject, signatureAlgorithm: signatureAlgorithm(for: signer),
       extensions: try Certificate.Extensions {
-        Critical(ca ? BasicConstraints.isCertificateAuthority(maxPathLength: nil) : BasicConstraints.notCertificateAuthority)
+        Critical(
+          ca ? BasicConstraints.isCertificateAuthority(maxPathLength: nil) : BasicConstraints.notCertificateAuthority)
         if ca {
           Critical(KeyUsage(keyCertSign: true, cRLSign: true))
         } else {
@@ -220,5 +229,7 @@ func expectRefused(
 ) async {
   guard let error = await expectBundleError(body, sourceLocation: sourceLocation) else { return }
   #expect(error.reason.contains(fragment), "reason was: \(error.reason)", sourceLocation: sourceLocation)
-  if let kind { #expect(error.kind == kind, "kind was \(error.kind) (\(error.reason))", sourceLocation: sourceLocation) }
+  if let kind {
+    #expect(error.kind == kind, "kind was \(error.kind) (\(error.reason))", sourceLocation: sourceLocation)
+  }
 }

@@ -30,7 +30,8 @@ struct EdgeCaseTests {
     let key = TestKey()
     try await BundleSigner.sign(directory: dir, key: key.signing)
     let sig = String(decoding: try temp.read("bundle/model.sig"), as: UTF8.self)
-    try temp.write("bundle/model.sig", sig.replacingOccurrences(of: "{\"mediaType\":", with: "{\"mediaType\":\"x\",\"mediaType\":"))
+    try temp.write(
+      "bundle/model.sig", sig.replacingOccurrences(of: "{\"mediaType\":", with: "{\"mediaType\":\"x\",\"mediaType\":"))
     let trust = TrustPolicy(rules: [.init(modelPattern: "**", signers: [.publicKey(key.publicKey)])])
     await expectRefused("duplicate member 'mediaType'", kind: .malformedSignature) {
       _ = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits")
@@ -78,7 +79,9 @@ struct EdgeCaseTests {
     let ca = try TestCA()
     let identity = try SignerIdentityRequirement(subjectCommonName: "*")
     _ = try TrustedSigner.certificate(rootsPEM: try pem(ca.root), identity: identity)
-    #expect(throws: BundleError.self) { _ = try TrustedSigner.certificate(rootsPEM: try pem(ca.intermediate), identity: identity) }
+    #expect(throws: BundleError.self) {
+      _ = try TrustedSigner.certificate(rootsPEM: try pem(ca.intermediate), identity: identity)
+    }
     #expect(throws: BundleError.self) { _ = try TrustedSigner.certificate(rootsPEM: "junk", identity: identity) }
   }
 }

@@ -25,7 +25,9 @@ struct HostileNumberTests {
       refuse(base.replacingOccurrences(of: "\"top_k\": 2", with: "\"top_k\": \(value)"), "top_k")
     }
     refuse(base.replacingOccurrences(of: "\"max_batch\": 8", with: "\"max_batch\": -9223372036854775808"), "max_batch")
-    refuse(base.replacingOccurrences(of: "\"round_decimals\": 3", with: "\"round_decimals\": 9223372036854775807"), "round_decimals")
+    refuse(
+      base.replacingOccurrences(of: "\"round_decimals\": 3", with: "\"round_decimals\": 9223372036854775807"),
+      "round_decimals")
   }
 
   @Test("manifest shapes whose size overflows") func manifestShapes() {
@@ -39,7 +41,8 @@ struct HostileNumberTests {
       refuse(base.replacingOccurrences(of: "\"shape\": [-1, 4]", with: "\"shape\": \(shape)"), "inputs[0].shape")
     }
     refuse(
-      base.replacingOccurrences(of: "\"shape\": [-1, 3]", with: "\"shape\": [9223372036854775807, 9223372036854775807]"),
+      base.replacingOccurrences(
+        of: "\"shape\": [-1, 3]", with: "\"shape\": [9223372036854775807, 9223372036854775807]"),
       "outputs[0].shape")
     // The largest allowed fixed size still loads.
     let ok = base.replacingOccurrences(of: "\"shape\": [-1, 4]", with: "\"shape\": [-1, 536870911, 4]")
@@ -84,7 +87,8 @@ struct HostileNumberTests {
       let t = try TempDir()
       let archive = try ArchiveTests.archive(sig + [try Self.header("model.onnx", sizeField: field)], in: t)
       await expectRefused(fragment, kind: .unsafeArchive) {
-        try await ArchiveTests.unpack(archive, into: t.sub("out"), trust: trust, limits: UnpackLimits(maxTotalBytes: 1 << 30))
+        try await ArchiveTests.unpack(
+          archive, into: t.sub("out"), trust: trust, limits: UnpackLimits(maxTotalBytes: 1 << 30))
       }
       #expect(!FileManager.default.fileExists(atPath: t.sub("out")))
     }

@@ -12,15 +12,20 @@ import X509
 struct InteropTests {
   static var python: String {
     if let env = ProcessInfo.processInfo.environment["PALISADE_OMS_PYTHON"], !env.isEmpty { return env }
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent()
     return root.appendingPathComponent(".venv/bin/python").path
   }
 
   /// Runs `python -m model_signing ARGS`; returns (exit status, combined output).
-  static func modelSigning(_ args: [String]) throws -> (Int32, String) { try runPython(["-m", "model_signing"] + args) }
+  static func modelSigning(_ args: [String]) throws -> (Int32, String) {
+    try runPython(["-m", "model_signing"] + args)
+  }
 
   /// Runs `python -c SCRIPT ARGS` (the model_signing Python API, for what its CLI cannot do).
-  static func pythonAPI(_ script: String, _ args: [String]) throws -> (Int32, String) { try runPython(["-c", script] + args) }
+  static func pythonAPI(_ script: String, _ args: [String]) throws -> (Int32, String) {
+    try runPython(["-c", script] + args)
+  }
 
   static func runPython(_ args: [String]) throws -> (Int32, String) {
     let python = Self.python
@@ -44,7 +49,9 @@ struct InteropTests {
 
   static func expectSuccess(_ args: [String], sourceLocation: SourceLocation = #_sourceLocation) throws {
     let (status, output) = try modelSigning(args)
-    #expect(status == 0, "model_signing \(args.prefix(2).joined(separator: " ")) failed: \(output)", sourceLocation: sourceLocation)
+    #expect(
+      status == 0, "model_signing \(args.prefix(2).joined(separator: " ")) failed: \(output)",
+      sourceLocation: sourceLocation)
   }
 
   @Test("model_signing sign key → our verifier accepts; a tampered copy is refused")
@@ -75,11 +82,15 @@ struct InteropTests {
     let leafPath = try temp.write("leaf.pem", try pem(leaf))
     let chainPath = try temp.write("int.pem", try pem(ca.intermediate))
     try Self.expectSuccess([
-      "sign", "certificate", dir, "--private_key", keyPath, "--signing_certificate", leafPath, "--certificate_chain", chainPath,
+      "sign", "certificate", dir, "--private_key", keyPath, "--signing_certificate", leafPath, "--certificate_chain",
+      chainPath,
       "--signature", temp.sub("bundle/model.sig"),
     ])
-    let identity = try SignerIdentityRequirement(subjectCommonName: "publisher", san: .uri("spiffe://example.org/publisher"))
-    let trust = TrustPolicy(rules: [.init(modelPattern: "**", signers: [.certificate(roots: [ca.root], identity: identity)])])
+    let identity = try SignerIdentityRequirement(
+      subjectCommonName: "publisher", san: .uri("spiffe://example.org/publisher"))
+    let trust = TrustPolicy(rules: [
+      .init(modelPattern: "**", signers: [.certificate(roots: [ca.root], identity: identity)])
+    ])
     let verified = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits")
     #expect(verified.signer.method == .certificate)
   }
@@ -93,7 +104,9 @@ struct InteropTests {
     let pubPath = try temp.write("pub.pem", key.publicPEM)
     try Self.expectSuccess(["verify", "key", dir, "--signature", temp.sub("bundle/model.sig"), "--public_key", pubPath])
     try temp.write("bundle/sub.json", "tampered")
-    let (status, _) = try Self.modelSigning(["verify", "key", dir, "--signature", temp.sub("bundle/model.sig"), "--public_key", pubPath])
+    let (status, _) = try Self.modelSigning([
+      "verify", "key", dir, "--signature", temp.sub("bundle/model.sig"), "--public_key", pubPath,
+    ])
     #expect(status != 0)
   }
 
@@ -106,7 +119,9 @@ struct InteropTests {
     let leaf = try ca.leaf(key: key)
     try await BundleSigner.sign(directory: dir, key: key.signing, certificateChain: [leaf, ca.intermediate])
     let rootPath = try temp.write("root.pem", try pem(ca.root))
-    try Self.expectSuccess(["verify", "certificate", dir, "--signature", temp.sub("bundle/model.sig"), "--certificate_chain", rootPath])
+    try Self.expectSuccess([
+      "verify", "certificate", dir, "--signature", temp.sub("bundle/model.sig"), "--certificate_chain", rootPath,
+    ])
   }
 
   /// The `shards` serialization is part of the format but refused by decision (docs/security.md, "Bundles"): a

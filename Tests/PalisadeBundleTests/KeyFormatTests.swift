@@ -7,7 +7,9 @@ import Testing
 /// Key loading and the OMS key hint, checked against OpenSSL's own output.
 @Suite("Keys")
 struct KeyFormatTests {
-  static func openssl(_ args: [String], input: String) throws -> String { try runTool(["openssl"] + args, input: input) }
+  static func openssl(_ args: [String], input: String) throws -> String {
+    try runTool(["openssl"] + args, input: input)
+  }
 
   @Test("hint = sha256 of `openssl ec -pubout`; SEC1 and PKCS#8 keys load", arguments: Curve.allCases)
   func hintAndSEC1(curve: Curve) throws {
@@ -25,7 +27,12 @@ struct KeyFormatTests {
   @Test("unsupported keys are refused with a reason")
   func unsupported() {
     let ed = Curve25519.Signing.PrivateKey()
-    let pem = "-----BEGIN PRIVATE KEY-----\n" + Data([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20] + ed.rawRepresentation).base64EncodedString() + "\n-----END PRIVATE KEY-----\n"
+    let pem =
+      "-----BEGIN PRIVATE KEY-----\n"
+      + Data(
+        [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]
+          + ed.rawRepresentation
+      ).base64EncodedString() + "\n-----END PRIVATE KEY-----\n"
     #expect(throws: BundleError.self) { _ = try BundleSigningKey(pem: pem) }
     #expect(throws: BundleError.self) { _ = try BundlePublicKey(pem: "not a key") }
   }
@@ -42,7 +49,8 @@ struct CerttoolKeyTests {
   @Test("a certtool P-384 publisher key pair signs and verifies a bundle")
   func certtoolP384() async throws {
     let temp = try TempDir()
-    _ = try Self.certtool(["--generate-privkey", "--ecc", "--curve", "secp384r1", "--outfile", "publisher.key"], in: temp)
+    _ = try Self.certtool(
+      ["--generate-privkey", "--ecc", "--curve", "secp384r1", "--outfile", "publisher.key"], in: temp)
     let publicText = try Self.certtool(["--load-privkey", "publisher.key", "--pubkey-info"], in: temp)
     let privateText = try String(contentsOfFile: temp.sub("publisher.key"), encoding: .utf8)
     #expect(!privateText.hasPrefix("-----BEGIN") && !publicText.hasPrefix("-----BEGIN"), "no text before the blocks")

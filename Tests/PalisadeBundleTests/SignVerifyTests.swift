@@ -37,9 +37,12 @@ struct SignVerifyTests {
     let ca = try TestCA()
     let key = TestKey(curve)
     let leaf = try ca.leaf(key: key)
-    try await BundleSigner.sign(directory: dir, keyPEM: key.privatePEM, certificateChainPEM: try pem(leaf) + pem(ca.intermediate))
+    try await BundleSigner.sign(
+      directory: dir, keyPEM: key.privatePEM, certificateChainPEM: try pem(leaf) + pem(ca.intermediate))
     let identity = try SignerIdentityRequirement(subjectCommonName: "publisher", san: .uri("spiffe://example.org/*"))
-    let trust = TrustPolicy(rules: [.init(modelPattern: "dig*", signers: [.certificate(roots: [ca.root], identity: identity)])])
+    let trust = TrustPolicy(rules: [
+      .init(modelPattern: "dig*", signers: [.certificate(roots: [ca.root], identity: identity)])
+    ])
     let verified = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits")
     #expect(verified.signer.method == .certificate)
     #expect(verified.signer.description.contains("publisher"))
@@ -54,11 +57,16 @@ struct SignVerifyTests {
     try await BundleSigner.sign(directory: dir, key: key.signing)
     let sig = try temp.read("bundle/model.sig")
     let text = String(decoding: sig, as: UTF8.self)
-    #expect(text.hasPrefix("{\"mediaType\":\"application/vnd.dev.sigstore.bundle.v0.3+json\",\"verificationMaterial\":{\"publicKey\":{\"hint\":\""))
+    #expect(
+      text.hasPrefix(
+        "{\"mediaType\":\"application/vnd.dev.sigstore.bundle.v0.3+json\",\"verificationMaterial\":{\"publicKey\":{\"hint\":\""
+      ))
     #expect(!text.hasSuffix("\n"))
     let envelope = try OMS.parseEnvelope(sig)
     let payload = String(decoding: envelope.payload, as: UTF8.self)
-    #expect(payload.hasPrefix("{\n  \"_type\": \"https://in-toto.io/Statement/v1\",\n  \"subject\": [\n    {\n      \"name\": \"bundle\","))
+    #expect(
+      payload.hasPrefix(
+        "{\n  \"_type\": \"https://in-toto.io/Statement/v1\",\n  \"subject\": [\n    {\n      \"name\": \"bundle\","))
     // The hint is sha256 of the canonical PEM, which is what OpenSSL writes (`sha256sum pub.pem`).
     #expect(key.publicKey.canonicalPEM == key.publicPEM + "\n" || key.publicKey.canonicalPEM == key.publicPEM)
     #expect(text.contains(key.publicKey.omsHint))
@@ -66,9 +74,14 @@ struct SignVerifyTests {
 
   @Test("resources are sorted component-wise")
   func sortOrder() {
-    let names = ["tokenizer.txt", "sub.json", "sub/weights.bin", "sub/deeper/notes.md", "model.onnx", "empty.dat", "config.json"]
+    let names = [
+      "tokenizer.txt", "sub.json", "sub/weights.bin", "sub/deeper/notes.md", "model.onnx", "empty.dat", "config.json",
+    ]
     let sorted = names.compactMap(RelativePath.parseSigned).sorted(by: RelativePath.omsOrder).map(\.name)
-    #expect(sorted == ["config.json", "empty.dat", "model.onnx", "sub/deeper/notes.md", "sub/weights.bin", "sub.json", "tokenizer.txt"])
+    #expect(
+      sorted == [
+        "config.json", "empty.dat", "model.onnx", "sub/deeper/notes.md", "sub/weights.bin", "sub.json", "tokenizer.txt",
+      ])
   }
 
   @Test("the reference document's example root digest and PAE")
@@ -127,7 +140,9 @@ struct SignVerifyTests {
   @Test("added file") func added() async throws {
     let f = try await Fixture()
     try Data("extra".utf8).write(to: URL(fileURLWithPath: f.path("sub/extra.bin")))
-    await expectRefused("sub/extra.bin: file is not in the signed set", kind: .contentMismatch) { _ = try await f.verify() }
+    await expectRefused("sub/extra.bin: file is not in the signed set", kind: .contentMismatch) {
+      _ = try await f.verify()
+    }
   }
 
   @Test("added empty file") func addedEmpty() async throws {
@@ -182,7 +197,8 @@ struct SignVerifyTests {
     var sig = envelope.signature
     sig[sig.count - 3] ^= 0x01
     try f.editSignature { text in
-      text.replacingOccurrences(of: Data(envelope.signature).base64EncodedString(), with: Data(sig).base64EncodedString())
+      text.replacingOccurrences(
+        of: Data(envelope.signature).base64EncodedString(), with: Data(sig).base64EncodedString())
     }
     await expectRefused("signature does not verify", kind: .untrustedSignature) { _ = try await f.verify() }
   }
@@ -190,9 +206,11 @@ struct SignVerifyTests {
   @Test("tampered payload") func tamperedPayload() async throws {
     let f = try await Fixture()
     let envelope = try OMS.parseEnvelope(try f.temp.read("bundle/model.sig"))
-    let payload = String(decoding: envelope.payload, as: UTF8.self).replacingOccurrences(of: "\"model.onnx\"", with: "\"model.onnz\"")
+    let payload = String(decoding: envelope.payload, as: UTF8.self).replacingOccurrences(
+      of: "\"model.onnx\"", with: "\"model.onnz\"")
     try f.editSignature { text in
-      text.replacingOccurrences(of: Data(envelope.payload).base64EncodedString(), with: Data(payload.utf8).base64EncodedString())
+      text.replacingOccurrences(
+        of: Data(envelope.payload).base64EncodedString(), with: Data(payload.utf8).base64EncodedString())
     }
     await expectRefused("signature does not verify") { _ = try await f.verify() }
   }
@@ -211,7 +229,9 @@ struct SignVerifyTests {
 
   @Test("forged key hint") func forgedHint() async throws {
     let f = try await Fixture()
-    try f.editSignature { $0.replacingOccurrences(of: f.key.publicKey.omsHint, with: String(repeating: "ab", count: 32)) }
+    try f.editSignature {
+      $0.replacingOccurrences(of: f.key.publicKey.omsHint, with: String(repeating: "ab", count: 32))
+    }
     await expectRefused("key hint does not match") { _ = try await f.verify() }
   }
 
@@ -242,7 +262,8 @@ struct SignVerifyTests {
     let f = try await Fixture(manifest: manifestJSON(extra: ",\n  \"debug\": true"))
     let verified = try await f.verify()
     await expectRefused("unknown field 'debug'", kind: .invalidManifest) { _ = try verified.manifest() }
-    let g = try await Fixture(manifest: manifestJSON().replacingOccurrences(of: "\"top_k\": 2", with: "\"top_k\": 2, \"topk\": 1"))
+    let g = try await Fixture(
+      manifest: manifestJSON().replacingOccurrences(of: "\"top_k\": 2", with: "\"top_k\": 2, \"topk\": 1"))
     let v2 = try await g.verify()
     await expectRefused("unknown field 'output_policy.topk'") { _ = try v2.manifest() }
   }
@@ -271,14 +292,17 @@ struct SignVerifyTests {
     if extraResource { resources = [] }
     let payload = OMS.statementJSON(subjectName: "bundle", resources: resources, ignorePaths: ignorePaths)
     let sig = try f.key.signing.signDER(OMS.pae(payload))
-    let file = OMS.signatureFileJSON(material: OMS.publicKeyMaterial(hint: f.key.publicKey.omsHint), payload: payload, signature: sig)
+    let file = OMS.signatureFileJSON(
+      material: OMS.publicKeyMaterial(hint: f.key.publicKey.omsHint), payload: payload, signature: sig)
     try Data(file).write(to: URL(fileURLWithPath: f.path("model.sig")))
   }
 
   @Test("signer-chosen ignore_paths of '.'") func ignoreDot() async throws {
     let f = try await Fixture()
     try resign(f, ignorePaths: ["."], extraResource: true)
-    await expectRefused("signer-chosen ignore path '.' is not allowed", kind: .unsupportedPayload) { _ = try await f.verify() }
+    await expectRefused("signer-chosen ignore path '.' is not allowed", kind: .unsupportedPayload) {
+      _ = try await f.verify()
+    }
     try resign(f, ignorePaths: ["model.onnx"])
     await expectRefused("ignore path 'model.onnx' is not allowed") { _ = try await f.verify() }
     try resign(f, ignorePaths: [".git"])
@@ -288,7 +312,9 @@ struct SignVerifyTests {
   @Test("unknown field in model.sig") func unknownSignatureField() async throws {
     let f = try await Fixture()
     try f.editSignature { $0.replacingOccurrences(of: "\"tlogEntries\":[]", with: "\"tlogEntries\":[],\"extra\":1") }
-    await expectRefused("unknown field 'verificationMaterial.extra'", kind: .malformedSignature) { _ = try await f.verify() }
+    await expectRefused("unknown field 'verificationMaterial.extra'", kind: .malformedSignature) {
+      _ = try await f.verify()
+    }
   }
 
   @Test("missing model.sig") func missingSignature() async throws {
@@ -306,19 +332,26 @@ struct SignVerifyTests {
     let key: TestKey
     let identity: SignerIdentityRequirement
 
-    init(leaf makeLeaf: (TestCA, TestKey) throws -> Certificate, chain: ((TestCA, Certificate) -> [Certificate])? = nil) async throws {
+    init(leaf makeLeaf: (TestCA, TestKey) throws -> Certificate, chain: ((TestCA, Certificate) -> [Certificate])? = nil)
+      async throws
+    {
       temp = try TempDir()
       dir = try makeBundleDirectory(in: temp)
       ca = try TestCA()
       key = TestKey()
       let leaf = try makeLeaf(ca, key)
       identity = try SignerIdentityRequirement(subjectCommonName: "publisher")
-      try await BundleSigner.sign(directory: dir, key: key.signing, certificateChain: chain?(ca, leaf) ?? [leaf, ca.intermediate])
+      try await BundleSigner.sign(
+        directory: dir, key: key.signing, certificateChain: chain?(ca, leaf) ?? [leaf, ca.intermediate])
     }
 
-    func verify(roots: [Certificate]? = nil, identity: SignerIdentityRequirement? = nil, now: Date = Date()) async throws {
+    func verify(roots: [Certificate]? = nil, identity: SignerIdentityRequirement? = nil, now: Date = Date())
+      async throws
+    {
       let trust = TrustPolicy(rules: [
-        .init(modelPattern: "digits", signers: [.certificate(roots: roots ?? [ca.root], identity: identity ?? self.identity)])
+        .init(
+          modelPattern: "digits",
+          signers: [.certificate(roots: roots ?? [ca.root], identity: identity ?? self.identity)])
       ])
       _ = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits", now: now)
     }
@@ -438,7 +471,9 @@ struct SignVerifyTests {
     #expect(throws: JSONParseError.self) { _ = try StrictJSONParser.parse(Array("{\"a\":1,\"a\":2}".utf8)) }
     #expect(throws: JSONParseError.self) { _ = try StrictJSONParser.parse(Array("{\"a\":1} x".utf8)) }
     #expect(throws: JSONParseError.self) { _ = try StrictJSONParser.parse(Array("\"\\ud800\"".utf8)) }
-    #expect(throws: JSONParseError.self) { _ = try StrictJSONParser.parse(Array(String(repeating: "[", count: 100).utf8)) }
+    #expect(throws: JSONParseError.self) {
+      _ = try StrictJSONParser.parse(Array(String(repeating: "[", count: 100).utf8))
+    }
     #expect((try? StrictJSONParser.parse(Array("{\"a\":[1.5e3,true,null,\"\\u00e9\"]}".utf8))) != nil)
   }
 
@@ -452,15 +487,26 @@ struct SignVerifyTests {
       }
     }
     refuse(manifestJSON(version: 0), "field 'version'")
-    refuse(manifestJSON().replacingOccurrences(of: "\"FP32\", \"shape\": [-1, 4]", with: "\"FLOAT\", \"shape\": [-1, 4]"), "inputs[0].datatype")
-    refuse(manifestJSON().replacingOccurrences(of: "\"shape\": [-1, 4]", with: "\"shape\": [-1, 5]"), "inputs[0].feature_range")
+    refuse(
+      manifestJSON().replacingOccurrences(of: "\"FP32\", \"shape\": [-1, 4]", with: "\"FLOAT\", \"shape\": [-1, 4]"),
+      "inputs[0].datatype")
+    refuse(
+      manifestJSON().replacingOccurrences(of: "\"shape\": [-1, 4]", with: "\"shape\": [-1, 5]"),
+      "inputs[0].feature_range")
     refuse(manifestJSON(expires: "tomorrow"), "field 'expires'")
-    refuse(manifestJSON().replacingOccurrences(of: "\"palisade.bundle/v1\"", with: "\"palisade.bundle/v2\""), "unsupported schema")
-    refuse(manifestJSON().replacingOccurrences(of: "\"action\": \"flag\"", with: "\"action\": \"drop\""), "screening_policy.action")
-    let ok = try BundleManifest.decode(Array(manifestJSON().replacingOccurrences(of: "\"max_batch\": 8,", with: "").utf8))
+    refuse(
+      manifestJSON().replacingOccurrences(of: "\"palisade.bundle/v1\"", with: "\"palisade.bundle/v2\""),
+      "unsupported schema")
+    refuse(
+      manifestJSON().replacingOccurrences(of: "\"action\": \"flag\"", with: "\"action\": \"drop\""),
+      "screening_policy.action")
+    let ok = try BundleManifest.decode(
+      Array(manifestJSON().replacingOccurrences(of: "\"max_batch\": 8,", with: "").utf8))
     #expect(ok.maxBatch == nil)
     refuse(manifestJSON().replacingOccurrences(of: "\"name\": \"digits\",", with: ""), "missing field 'name'")
-    refuse(manifestJSON().replacingOccurrences(of: "\"version\": 3", with: "\"version\": 3, \"version\": 4"), "duplicate member")
+    refuse(
+      manifestJSON().replacingOccurrences(of: "\"version\": 3", with: "\"version\": 3, \"version\": 4"),
+      "duplicate member")
     // Round trip through the encoder.
     let manifest = try BundleManifest.decode(Array(manifestJSON().utf8))
     #expect(try BundleManifest.decode(try manifest.encodedJSON()) == manifest)

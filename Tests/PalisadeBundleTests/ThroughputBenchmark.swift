@@ -34,7 +34,9 @@ struct ThroughputBenchmark {
     _ = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits")  // warm the page cache
 
     let clock = ContinuousClock()
-    let ours = try await clock.measure { _ = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits") }
+    let ours = try await clock.measure {
+      _ = try await BundleVerifier.verify(directory: dir, trust: trust, modelName: "digits")
+    }
     let reference = try clock.measure {
       let p = Process()
       p.executableURL = URL(fileURLWithPath: "/usr/bin/env")

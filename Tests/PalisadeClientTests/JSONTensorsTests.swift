@@ -13,7 +13,8 @@ import Testing
 
   @Test func typedRequest() throws {
     let r = try request(
-      #"{"id": "call-1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3.5, 4]]}], "outputs": [{"name": "label"}]}"#)
+      #"{"id": "call-1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3.5, 4]]}], "outputs": [{"name": "label"}]}"#
+    )
     #expect(r.modelName == "digits")
     #expect(r.modelVersion == "2")
     #expect(r.id == "call-1")
@@ -47,10 +48,13 @@ import Testing
   @Test func integersMustFitExactly() throws {
     let ok = try request(#"{"inputs": [{"name": "i", "datatype": "INT8", "shape": [3], "data": [-128, 127, 3.0]}]}"#)
     #expect(ok.inputs[0].contents.intContents == [-128, 127, 3])
-    let big = try request(#"{"inputs": [{"name": "u", "datatype": "UINT64", "shape": [1], "data": [18446744073709551615]}]}"#)
+    let big = try request(
+      #"{"inputs": [{"name": "u", "datatype": "UINT64", "shape": [1], "data": [18446744073709551615]}]}"#)
     #expect(big.inputs[0].contents.uint64Contents == [UInt64.max])
-    for (datatype, value) in [("INT8", "300"), ("INT8", "-129"), ("UINT8", "-1"), ("INT32", "1.5"), ("UINT16", "70000"),
-                              ("INT64", "1e30")] {
+    for (datatype, value) in [
+      ("INT8", "300"), ("INT8", "-129"), ("UINT8", "-1"), ("INT32", "1.5"), ("UINT16", "70000"),
+      ("INT64", "1e30"),
+    ] {
       #expect {
         _ = try request(#"{"inputs": [{"name": "i", "datatype": "\#(datatype)", "shape": [1], "data": [\#(value)]}]}"#)
       } throws: { error in
@@ -64,11 +68,26 @@ import Testing
       (#"[1, 2]"#, "must be a JSON object"),
       (#"{"inputs": []}"#, "non-empty \"inputs\" list"),
       (#"{"inputs": [{"datatype": "FP32", "shape": [1], "data": [1]}]}"#, "an input has no \"name\""),
-      (#"{"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]}]}"#, "input 'x': \"datatype\" must be one of"),
-      (#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": "1", "data": [1]}]}"#, "input 'x': \"shape\" must be a list"),
-      (#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]}"#, "input 'x': \"data\" must hold numbers"),
-      (#"{"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": [1]}]}"#, "input 's': BYTES data must be strings"),
-      (#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": [{}]}"#, "needs a \"name\""),
+      (
+        #"{"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]}]}"#,
+        "input 'x': \"datatype\" must be one of"
+      ),
+      (
+        #"{"inputs": [{"name": "x", "datatype": "FP32", "shape": "1", "data": [1]}]}"#,
+        "input 'x': \"shape\" must be a list"
+      ),
+      (
+        #"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]}"#,
+        "input 'x': \"data\" must hold numbers"
+      ),
+      (
+        #"{"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": [1]}]}"#,
+        "input 's': BYTES data must be strings"
+      ),
+      (
+        #"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": [{}]}"#,
+        "needs a \"name\""
+      ),
     ]
     for (json, message) in cases {
       #expect(throws: (any Error).self, "\(json)") { _ = try request(json) }

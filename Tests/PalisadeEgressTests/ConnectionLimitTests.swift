@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 import PalisadeEgress
 import PalisadeOutbound
@@ -20,8 +20,12 @@ struct ConnectionLimitTests {
       let (data, closed) = s.readAll()
       #expect(closed && data.isEmpty, "port \(port): the connection stays open")
     }
-    #expect(try await h.waitForMetric(#"palisade_egress_connections_refused_total{listener="proxy",reason="header_timeout"} 1"#))
-    #expect(try await h.waitForMetric(#"palisade_egress_connections_refused_total{listener="admin",reason="header_timeout"} 1"#))
+    #expect(
+      try await h.waitForMetric(
+        #"palisade_egress_connections_refused_total{listener="proxy",reason="header_timeout"} 1"#))
+    #expect(
+      try await h.waitForMetric(
+        #"palisade_egress_connections_refused_total{listener="admin",reason="header_timeout"} 1"#))
     // Whole requests are not affected.
     let ok = try await h.send(h.url("/ingest/x"), body: Array("fine".utf8))
     #expect(ok.status == 200)
@@ -31,16 +35,21 @@ struct ConnectionLimitTests {
 
   @Test("a body that stalls is closed after idle_timeout; one that trickles in is closed after request_timeout")
   func slowBodies() async throws {
-    let h = try await Harness(limits: "idle_timeout_seconds: 1, request_timeout_seconds: 120, header_timeout_seconds: 5")
-    let head = "POST https://localhost:\(h.upstream.port)/ingest/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n"
+    let h = try await Harness(
+      limits: "idle_timeout_seconds: 1, request_timeout_seconds: 120, header_timeout_seconds: 5")
+    let head =
+      "POST https://localhost:\(h.upstream.port)/ingest/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n"
     let stalled = try RawSocket(tcpPort: h.proxy.bound.port ?? 0)
     #expect(stalled.send(head + "0123456789"))
     let (data, closed) = stalled.readAll()
     #expect(closed && data.isEmpty)
-    #expect(try await h.waitForMetric(#"palisade_egress_connections_refused_total{listener="proxy",reason="idle_timeout"} 1"#))
+    #expect(
+      try await h.waitForMetric(#"palisade_egress_connections_refused_total{listener="proxy",reason="idle_timeout"} 1"#)
+    )
 
     // One byte every 100 ms: never idle for 10 s, but never done within request_timeout (2 s) either.
-    let h2 = try await Harness(limits: "idle_timeout_seconds: 10, request_timeout_seconds: 2, header_timeout_seconds: 5")
+    let h2 = try await Harness(
+      limits: "idle_timeout_seconds: 10, request_timeout_seconds: 2, header_timeout_seconds: 5")
     let trickle = try RawSocket(tcpPort: h2.proxy.bound.port ?? 0)
     #expect(trickle.send(head))
     var closedByProxy = false
@@ -52,7 +61,9 @@ struct ConnectionLimitTests {
       try await Task.sleep(for: .milliseconds(100))
     }
     #expect(closedByProxy)
-    #expect(try await h2.waitForMetric(#"palisade_egress_connections_refused_total{listener="proxy",reason="request_timeout"} 1"#))
+    #expect(
+      try await h2.waitForMetric(
+        #"palisade_egress_connections_refused_total{listener="proxy",reason="request_timeout"} 1"#))
     #expect(h.upstream.received.isEmpty && h2.upstream.received.isEmpty)
     await h.stop()
     await h2.stop()
@@ -61,7 +72,8 @@ struct ConnectionLimitTests {
   @Test("the connection caps refuse the N+1th connection (per address, then in total) with 503, on both listeners")
   func connectionCaps() async throws {
     let h = try await Harness(
-      limits: "max_connections: 3, max_connections_per_address: 2, header_timeout_seconds: 120, idle_timeout_seconds: 120",
+      limits:
+        "max_connections: 3, max_connections_per_address: 2, header_timeout_seconds: 120, idle_timeout_seconds: 120",
       admin: "max_connections: 1")
     let port = h.proxy.bound.port ?? 0
     let a = try RawSocket(tcpPort: port)
@@ -79,8 +91,11 @@ struct ConnectionLimitTests {
     let (refusedTotal, closedTotal) = u2.readAll()
     #expect(closedTotal && String(decoding: refusedTotal, as: UTF8.self).hasPrefix("HTTP/1.1 503"))
     let metrics = h.metricsText
-    #expect(metrics.contains(#"palisade_egress_connections_refused_total{listener="proxy",reason="max_connections_per_address"} 1"#))
-    #expect(metrics.contains(#"palisade_egress_connections_refused_total{listener="proxy",reason="max_connections"} 1"#))
+    #expect(
+      metrics.contains(
+        #"palisade_egress_connections_refused_total{listener="proxy",reason="max_connections_per_address"} 1"#))
+    #expect(
+      metrics.contains(#"palisade_egress_connections_refused_total{listener="proxy",reason="max_connections"} 1"#))
     // A closed connection frees its place.
     a.close()
     #expect(try await h.waitForMetric(#"palisade_egress_open_connections{listener="proxy"} 2.0"#))
@@ -93,7 +108,9 @@ struct ConnectionLimitTests {
     let extraAdmin = try RawSocket(tcpPort: adminPort)
     let (adminRefused, adminClosed) = extraAdmin.readAll()
     #expect(adminClosed && String(decoding: adminRefused, as: UTF8.self).hasPrefix("HTTP/1.1 503"))
-    #expect(h.metricsText.contains(#"palisade_egress_connections_refused_total{listener="admin",reason="max_connections"} 1"#))
+    #expect(
+      h.metricsText.contains(#"palisade_egress_connections_refused_total{listener="admin",reason="max_connections"} 1"#)
+    )
     for s in [b, c, u, u2, heldAdmin, extraAdmin] { s.close() }
     await h.stop()
   }
@@ -110,7 +127,9 @@ struct ConnectionLimitTests {
     #expect(refused.status == 503)
     #expect(refused.headers.contains { $0.0 == "x-palisade-egress-error" && $0.1 == "overloaded" })
     #expect(refused.blockedReason == nil, "not a policy refusal: the server's client retries it")
-    #expect(h.metricsText.contains(#"palisade_egress_connections_refused_total{listener="proxy",reason="max_inflight_body_bytes"} 1"#))
+    #expect(
+      h.metricsText.contains(
+        #"palisade_egress_connections_refused_total{listener="proxy",reason="max_inflight_body_bytes"} 1"#))
     // The slow upload finishes and is answered; its bytes are given back.
     #expect(slow.send(String(repeating: "a", count: 2000)))
     let (answer, _) = slow.readAll()
@@ -125,17 +144,22 @@ struct ConnectionLimitTests {
   @Test("a compressed body (Content-Encoding or a transfer coding other than chunked) is refused with 415")
   func contentEncoding() async throws {
     let h = try await Harness()
-    for (name, value) in [("content-encoding", "gzip"), ("content-encoding", "identity, br"), ("Content-Encoding", "deflate")] {
+    for (name, value) in [
+      ("content-encoding", "gzip"), ("content-encoding", "identity, br"), ("Content-Encoding", "deflate"),
+    ] {
       let r = try await h.send(h.url("/ingest/x"), headers: [(name, value)], body: [0x1f, 0x8b, 0x08, 0x00])
       #expect(r.status == 415 && r.blockedReason == "content_encoding", "\(name): \(value)")
     }
-    let identity = try await h.send(h.url("/ingest/x"), headers: [("content-encoding", "identity")], body: Array("plain".utf8))
+    let identity = try await h.send(
+      h.url("/ingest/x"), headers: [("content-encoding", "identity")], body: Array("plain".utf8))
     #expect(identity.status == 200)
     let s = try RawSocket(tcpPort: h.proxy.bound.port ?? 0)
     s.send(
-      "POST https://localhost:\(h.upstream.port)/ingest/x HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n4\r\nabcd\r\n0\r\n\r\n")
+      "POST https://localhost:\(h.upstream.port)/ingest/x HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+    )
     let (answer, _) = s.readAll()
-    #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 415"), "\(String(decoding: answer, as: UTF8.self))")
+    #expect(
+      String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 415"), "\(String(decoding: answer, as: UTF8.self))")
     #expect(h.upstream.received.count == 1)
     let event = try #require(h.events.next())
     #expect(event.reason == "content_encoding" && event.detail.hasPrefix("Content-Encoding gzip"))
@@ -150,14 +174,16 @@ struct ConnectionLimitTests {
 
   @Test("IPv4-compatible and NAT64 forms of the metadata address are refused as metadata even with allow_private")
   func embeddedMetadata() async throws {
-    let h = try await Harness(destinationExtras: """
-        - {name: compat, host: "::a9fe:a9fe", port: 80, scheme: http, allow_private: true}
-        - {name: nat64, host: "64:ff9b::a9fe:a9fe", port: 80, scheme: http, allow_private: true}
-        - {name: sixtofour, host: "2002:a9fe:a9fe::1", port: 80, scheme: http, allow_private: true}
-      """)
+    let h = try await Harness(
+      destinationExtras: """
+          - {name: compat, host: "::a9fe:a9fe", port: 80, scheme: http, allow_private: true}
+          - {name: nat64, host: "64:ff9b::a9fe:a9fe", port: 80, scheme: http, allow_private: true}
+          - {name: sixtofour, host: "2002:a9fe:a9fe::1", port: 80, scheme: http, allow_private: true}
+        """)
     for host in ["::a9fe:a9fe", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1"] {
       let r = try await h.send("http://[\(host)]/latest/meta-data/")
-      #expect(r.status == 403 && r.blockedReason == "metadata_address", "\(host): \(r.status) \(r.blockedReason ?? "-")")
+      #expect(
+        r.status == 403 && r.blockedReason == "metadata_address", "\(host): \(r.status) \(r.blockedReason ?? "-")")
     }
     await h.stop()
   }

@@ -13,7 +13,9 @@ struct EgressProxyTests {
   @Test("an allowed destination passes, with TLS originated by the sidecar and hop-by-hop headers dropped")
   func allowed() async throws {
     let h = try await Harness()
-    let r = try await h.send(h.url("/ingest/checkpoint"), headers: [("x-kind", "checkpoint"), ("proxy-authorization", "x")], body: Array("hello".utf8))
+    let r = try await h.send(
+      h.url("/ingest/checkpoint"), headers: [("x-kind", "checkpoint"), ("proxy-authorization", "x")],
+      body: Array("hello".utf8))
     #expect(r.status == 200)
     #expect(String(decoding: r.body, as: UTF8.self) == "ok 5")
     let got = try #require(h.upstream.received.first)
@@ -59,11 +61,12 @@ struct EgressProxyTests {
 
   @Test("a name resolving to loopback is refused without allow_private; metadata addresses are always refused")
   func addresses() async throws {
-    let h = try await Harness(destinationExtras: """
-        - {name: loop, host: localhost, port: 9, methods: [POST]}
-        - {name: meta, host: 169.254.169.254, port: 80, scheme: http, allow_private: true}
-        - {name: meta6, host: "fd00:ec2::254", port: 80, scheme: http, allow_private: true}
-      """)
+    let h = try await Harness(
+      destinationExtras: """
+          - {name: loop, host: localhost, port: 9, methods: [POST]}
+          - {name: meta, host: 169.254.169.254, port: 80, scheme: http, allow_private: true}
+          - {name: meta6, host: "fd00:ec2::254", port: 80, scheme: http, allow_private: true}
+        """)
     let loop = try await h.send(h.url("/x", port: 9))
     #expect(loop.status == 403 && loop.blockedReason == "address")
     let meta = try await h.send("http://169.254.169.254/latest/meta-data/")
@@ -113,11 +116,14 @@ struct EgressProxyTests {
     let h = try await Harness()
     // W + S - 1 bytes from an offset that is not a multiple of the stride.
     let chunk = Array(h.weights[1001..<(1001 + 64 + 32 - 1)])
-    let raw = try await h.send(h.url("/ingest/x"), headers: [("content-type", "application/octet-stream")], body: [1, 2, 3] + chunk + [9])
+    let raw = try await h.send(
+      h.url("/ingest/x"), headers: [("content-type", "application/octet-stream")], body: [1, 2, 3] + chunk + [9])
     #expect(raw.status == 403 && raw.blockedReason == "model_weights")
-    let b64 = try await h.send(h.url("/ingest/x"), body: Array("{\"blob\":\"\(Data(chunk).base64EncodedString())\"}".utf8))
+    let b64 = try await h.send(
+      h.url("/ingest/x"), body: Array("{\"blob\":\"\(Data(chunk).base64EncodedString())\"}".utf8))
     #expect(b64.status == 403 && b64.blockedReason == "model_weights")
-    let hex = try await h.send(h.url("/ingest/x"), body: Array(("x" + chunk.map { String(format: "%02x", $0) }.joined()).utf8))
+    let hex = try await h.send(
+      h.url("/ingest/x"), body: Array(("x" + chunk.map { String(format: "%02x", $0) }.joined()).utf8))
     #expect(hex.status == 403 && hex.blockedReason == "model_weights")
     let event = try #require(h.events.next())
     #expect(event.reason == "model_weights" && event.detail.contains("bundle digits v1"))
@@ -131,14 +137,15 @@ struct EgressProxyTests {
 
   @Test("the byte budget is enforced per destination and window")
   func budget() async throws {
-    let h = try await Harness(destinationExtras: """
-        - name: budgeted
-          host: 127.0.0.1
-          port: UPSTREAM_PORT
-          path_prefixes: [/b/]
-          allow_private: true
-          byte_budget: {bytes: 2500, window_seconds: 3600}
-      """)
+    let h = try await Harness(
+      destinationExtras: """
+          - name: budgeted
+            host: 127.0.0.1
+            port: UPSTREAM_PORT
+            path_prefixes: [/b/]
+            allow_private: true
+            byte_budget: {bytes: 2500, window_seconds: 3600}
+        """)
     let url = "https://127.0.0.1:\(h.upstream.port)/b/x"
     let first = try await h.send(url, body: [UInt8](repeating: 0x61, count: 1000))
     let second = try await h.send(url, body: [UInt8](repeating: 0x61, count: 1000))
@@ -165,7 +172,8 @@ struct EgressProxyTests {
   @Test("CONNECT is refused")
   func connect() async throws {
     let h = try await Harness()
-    let (status, headers) = try await rawRequest(port: h.proxy.bound.port ?? 0, method: .CONNECT, uri: "localhost:\(h.upstream.port)")
+    let (status, headers) = try await rawRequest(
+      port: h.proxy.bound.port ?? 0, method: .CONNECT, uri: "localhost:\(h.upstream.port)")
     #expect(status == 403)
     #expect(headers.contains { $0.0 == "x-palisade-egress-block" && $0.1 == "destination" })
     #expect(h.upstream.received.isEmpty)
@@ -204,9 +212,10 @@ struct EgressProxyTests {
 
   @Test("a destination that allows CONNECT gets an uninspected tunnel (curl through it), counted")
   func connectAllowed() async throws {
-    let h = try await Harness(destinationExtras: """
-        - {name: tunnel, host: 127.0.0.1, port: UPSTREAM_PORT, allow_private: true, allow_connect: true}
-      """)
+    let h = try await Harness(
+      destinationExtras: """
+          - {name: tunnel, host: 127.0.0.1, port: UPSTREAM_PORT, allow_private: true, allow_connect: true}
+        """)
     let (status, output) = try run([
       "curl", "-sS", "--max-time", "20", "--proxytunnel", "-x", "http://127.0.0.1:\(h.proxy.bound.port ?? 0)",
       "--cacert", h.pki.path("server-ca.pem"), "-d", "hello", "https://127.0.0.1:\(h.upstream.port)/anything",
@@ -217,7 +226,8 @@ struct EgressProxyTests {
     let text = String(decoding: h.proxy.metrics.render(), as: UTF8.self)
     #expect(text.contains(#"palisade_egress_connect_tunnels_total{destination="tunnel"} 1"#))
     // The same host on the same port without allow_connect for another name: refused.
-    let (refused, _) = try await rawRequest(port: h.proxy.bound.port ?? 0, method: .CONNECT, uri: "localhost:\(h.upstream.port)")
+    let (refused, _) = try await rawRequest(
+      port: h.proxy.bound.port ?? 0, method: .CONNECT, uri: "localhost:\(h.upstream.port)")
     #expect(refused == 403)
     await h.stop()
   }

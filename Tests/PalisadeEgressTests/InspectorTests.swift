@@ -50,9 +50,12 @@ struct InspectorTests {
     let weights = Self.random(4096)
     let i = Self.inspector({ $0.highEntropy.enabled = false }, weights: weights)
     let chunk = Data(weights[300..<700])
-    let wrapped = chunk.base64EncodedString(options: [.lineLength76Characters, .endLineWithCarriageReturn, .endLineWithLineFeed])
+    let wrapped = chunk.base64EncodedString(options: [
+      .lineLength76Characters, .endLineWithCarriageReturn, .endLineWithLineFeed,
+    ])
     #expect(i.inspect(uri: "/", headers: [], body: Array("x=\(wrapped)".utf8))?.reason == .modelWeights)
-    let url = chunk.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+    let url = chunk.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(
+      of: "/", with: "_")
     for prefix in ["", "a", "ab", "abc"] {
       #expect(i.inspect(uri: "/", headers: [], body: Array("\"\(prefix)\(url)\"".utf8))?.reason == .modelWeights)
     }
@@ -134,7 +137,9 @@ struct InspectorTests {
     for ip in metadata { #expect(try cls(ip) == .metadata, "\(ip)") }
     #expect(try cls("100.100.100.200") == .metadata)
     #expect(try cls("169.254.170.23") == .metadata)
-    for ip in ["::10.0.0.1", "::ffff:0:10.0.0.1", "64:ff9b::10.1.2.3", "2002:0a00:0001::1", "2002:c0a8:0101::", "::ffff:0:0:1"] {
+    for ip in [
+      "::10.0.0.1", "::ffff:0:10.0.0.1", "64:ff9b::10.1.2.3", "2002:0a00:0001::1", "2002:c0a8:0101::", "::ffff:0:0:1",
+    ] {
       #expect(try cls(ip) == .privateUse, "\(ip)")
     }
     #expect(try cls("::127.0.0.1") == .loopback)
@@ -167,13 +172,22 @@ struct InspectorTests {
     #expect(failure("inspection:\n  secret_sha256: [abc]\n")?.path == "inspection.secret_sha256")
     #expect(failure("alert_webhook: https://nowhere.example/x\n")?.path == "alert_webhook")
     #expect(failure("tls:\n  client_certificate: c.pem\n")?.path == "tls.client_certificate")
-    #expect(failure("limits: {max_connections: 4, max_connections_per_address: 5}\n")?.path == "limits.max_connections_per_address")
-    #expect(failure("limits: {max_body_bytes: 2048, max_inflight_body_bytes: 1024}\n")?.path == "limits.max_inflight_body_bytes")
-    #expect(failure("admin: {max_connections: 2, max_connections_per_address: 3}\n")?.path == "admin.max_connections_per_address")
+    #expect(
+      failure("limits: {max_connections: 4, max_connections_per_address: 5}\n")?.path
+        == "limits.max_connections_per_address")
+    #expect(
+      failure("limits: {max_body_bytes: 2048, max_inflight_body_bytes: 1024}\n")?.path
+        == "limits.max_inflight_body_bytes")
+    #expect(
+      failure("admin: {max_connections: 2, max_connections_per_address: 3}\n")?.path
+        == "admin.max_connections_per_address")
     #expect(failure("limits: {header_timeout_seconds: 0}\n")?.path == "limits.header_timeout_seconds")
     let defaults = EgressConfig()
-    #expect(defaults.headerTimeoutSeconds == 10 && defaults.idleTimeoutSeconds == 30 && defaults.requestTimeoutSeconds == 60)
-    #expect(defaults.maxConnections == 256 && defaults.maxConnectionsPerAddress == 64 && defaults.inflightBodyBudget == 64 << 20)
+    #expect(
+      defaults.headerTimeoutSeconds == 10 && defaults.idleTimeoutSeconds == 30 && defaults.requestTimeoutSeconds == 60)
+    #expect(
+      defaults.maxConnections == 256 && defaults.maxConnectionsPerAddress == 64
+        && defaults.inflightBodyBudget == 64 << 20)
     #expect(example.headerTimeoutSeconds == 10 && example.maxConnections == 256 && example.admin.maxConnections == 16)
     let lowered = try EgressConfig.parse("limits: {max_connections: 8}\nadmin: {max_connections: 2}\n")
     #expect(lowered.maxConnectionsPerAddress == 8 && lowered.admin.maxConnectionsPerAddress == 2)
@@ -181,7 +195,9 @@ struct InspectorTests {
 
   // MARK: regression tests for the adversarial review
 
-  static func sha256Hex(_ s: String) -> String { SHA256.hash(data: Data(s.utf8)).map { String(format: "%02x", $0) }.joined() }
+  static func sha256Hex(_ s: String) -> String {
+    SHA256.hash(data: Data(s.utf8)).map { String(format: "%02x", $0) }.joined()
+  }
 
   @Test("base64 whose last quantum is partial (length not a multiple of 3) is decoded, padded or not")
   func base64PartialQuantum() {
@@ -191,16 +207,19 @@ struct InspectorTests {
       let bare = padded.replacingOccurrences(of: "=", with: "")
       let url = bare.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
       for encoded in [padded, bare, url] {
-        #expect(i.inspect(uri: "/", headers: [], body: Array(encoded.utf8))?.reason == .canary, "\(canary) as \(encoded)")
+        #expect(
+          i.inspect(uri: "/", headers: [], body: Array(encoded.utf8))?.reason == .canary, "\(canary) as \(encoded)")
         #expect(i.inspect(uri: "/", headers: [], body: Array("{\"v\":\"\(encoded)\"}".utf8))?.reason == .canary)
         #expect(i.inspect(uri: "/ingest?d=\(encoded)&x=1", headers: [], body: [])?.reason == .canary)
       }
     }
-    for secret in ["pw-7", "s3cr3t-database-password", "s3cr3t-database-passwordX", "tok_ABCDEFGHIJ"] where secret.utf8.count >= 6 {
+    for secret in ["pw-7", "s3cr3t-database-password", "s3cr3t-database-passwordX", "tok_ABCDEFGHIJ"]
+    where secret.utf8.count >= 6 {
       let i = Self.inspector({ $0.secretSHA256 = [Self.sha256Hex(secret)] })
       let padded = Data(secret.utf8).base64EncodedString()
       for encoded in [padded, padded.replacingOccurrences(of: "=", with: "")] {
-        #expect(i.inspect(uri: "/", headers: [], body: Array("{\"k\": \"\(encoded)\"}".utf8))?.reason == .secret, "\(secret)")
+        #expect(
+          i.inspect(uri: "/", headers: [], body: Array("{\"k\": \"\(encoded)\"}".utf8))?.reason == .secret, "\(secret)")
         #expect(i.inspect(uri: "/", headers: [("authorization", "Basic \(encoded)")], body: [])?.reason == .secret)
       }
     }
@@ -212,8 +231,12 @@ struct InspectorTests {
     let i = Self.inspector(canaries: [canary])
     let encoded = canary.utf8.map { String(format: "%%%02X", $0) }.joined()
     for junk in ["%FF", "%zz", "%", "%e2%82", "%C3%28"] {
-      #expect(i.inspect(uri: "https://h.example/ingest?a=\(junk)&q=\(encoded)", headers: [], body: [])?.reason == .canary, "\(junk)")
-      #expect(i.inspect(uri: "https://h.example/ingest?q=\(encoded)&z=\(junk)", headers: [], body: [])?.reason == .canary, "\(junk)")
+      #expect(
+        i.inspect(uri: "https://h.example/ingest?a=\(junk)&q=\(encoded)", headers: [], body: [])?.reason == .canary,
+        "\(junk)")
+      #expect(
+        i.inspect(uri: "https://h.example/ingest?q=\(encoded)&z=\(junk)", headers: [], body: [])?.reason == .canary,
+        "\(junk)")
     }
     // Nested: a percent-encoded percent-encoding.
     let twice = encoded.replacingOccurrences(of: "%", with: "%25")
@@ -228,11 +251,15 @@ struct InspectorTests {
       "https://hooks.example:443/hook/\(secret)", "https://hooks.example/hook/\(secret)/post",
       "https://hooks.example:8443/v1?key=\(secret)", "https://hooks.example/v1?a=1&key=\(secret)#f",
       "https://hooks.example/v1;jsessionid=\(secret)", "https://hooks.example/v1?next=/x/\(secret)",
-      "https://hooks.example/v1?k=\(secret.replacingOccurrences(of: "-", with: "%2D"))", "https://hooks.example/a:\(secret)@b",
+      "https://hooks.example/v1?k=\(secret.replacingOccurrences(of: "-", with: "%2D"))",
+      "https://hooks.example/a:\(secret)@b",
     ]
     for uri in uris { #expect(i.inspect(uri: uri, headers: [], body: [])?.reason == .secret, "\(uri)") }
-    #expect(i.inspect(uri: "https://hooks.example/", headers: [("x-api-key", "k=\(secret)")], body: [])?.reason == .secret)
-    #expect(i.inspect(uri: "https://hooks.example/", headers: [], body: Array("url=https://x/\(secret)/y".utf8))?.reason == .secret)
+    #expect(
+      i.inspect(uri: "https://hooks.example/", headers: [("x-api-key", "k=\(secret)")], body: [])?.reason == .secret)
+    #expect(
+      i.inspect(uri: "https://hooks.example/", headers: [], body: Array("url=https://x/\(secret)/y".utf8))?.reason
+        == .secret)
     let b64 = Data(secret.utf8).base64EncodedString().replacingOccurrences(of: "=", with: "")
     #expect(i.inspect(uri: "https://hooks.example/hook/\(b64)", headers: [], body: [])?.reason == .secret)
     #expect(i.inspect(uri: "https://hooks.example/hook/tok_\(b64)", headers: [], body: [])?.reason == .secret)
@@ -247,7 +274,8 @@ struct InspectorTests {
     let json = canary.utf8.map { String(format: "\\u%04x", $0) }.joined()
     let mixed = "cfg-\\u0063anary-91b2c3d4e5f6%30718"
     for form in [percent, json, mixed, "cfg\\x2dcanary-91b2c3d4e5f60718"] {
-      #expect(i.inspect(uri: "/", headers: [], body: Array("{\"note\":\"\(form)\"}".utf8))?.reason == .canary, "\(form)")
+      #expect(
+        i.inspect(uri: "/", headers: [], body: Array("{\"note\":\"\(form)\"}".utf8))?.reason == .canary, "\(form)")
       #expect(i.inspect(uri: "/", headers: [("x-trace", form)], body: [])?.reason == .canary, "\(form)")
     }
     // Base64 inside a JSON string with escaped slashes and \n line breaks.
@@ -274,12 +302,16 @@ struct InspectorTests {
       }
       for (sep, indent) in [("\n", "    "), ("\r\n", "\t"), (" \n", "  ")] {
         let body = "key: |\n" + lines.map { indent + $0 }.joined(separator: sep) + "\n"
-        #expect(i.inspect(uri: "/", headers: [], body: Array(body.utf8))?.reason == .modelWeights, "\(width) \(sep.debugDescription)")
+        #expect(
+          i.inspect(uri: "/", headers: [], body: Array(body.utf8))?.reason == .modelWeights,
+          "\(width) \(sep.debugDescription)")
       }
     }
     let hex = chunk.map { String(format: "%02x", $0) }
-    let openssl = stride(from: 0, to: hex.count, by: 15).map { "    " + hex[$0..<min($0 + 15, hex.count)].joined(separator: ":") + ":" }
-      .joined(separator: "\n")
+    let openssl = stride(from: 0, to: hex.count, by: 15).map {
+      "    " + hex[$0..<min($0 + 15, hex.count)].joined(separator: ":") + ":"
+    }
+    .joined(separator: "\n")
     #expect(i.inspect(uri: "/", headers: [], body: Array(("priv:\n" + openssl).utf8))?.reason == .modelWeights)
     let dump = stride(from: 0, to: hex.count, by: 16).map { hex[$0..<min($0 + 16, hex.count)].joined(separator: " ") }
       .joined(separator: "\n")
@@ -315,7 +347,9 @@ struct InspectorTests {
     let (status, output) = try run(["sh", "-c", script, "sh", dir.path])
     guard status == 0 else { throw POSIXError(.EIO, userInfo: [NSLocalizedDescriptionKey: output]) }
     var out: [String: [UInt8]] = [:]
-    for name in ["pkcs8-ec", "sec1", "sec1-384", "pkcs8-rsa", "pkcs1", "pkcs8-ed25519", "encrypted", "cert", "public", "signature"] {
+    for name in [
+      "pkcs8-ec", "sec1", "sec1-384", "pkcs8-rsa", "pkcs1", "pkcs8-ed25519", "encrypted", "cert", "public", "signature",
+    ] {
       out[name] = Array(try Data(contentsOf: dir.appendingPathComponent("\(name).der")))
     }
     out["p12"] = Array(try Data(contentsOf: dir.appendingPathComponent("store.p12")))
@@ -330,10 +364,14 @@ struct InspectorTests {
       let der = try #require(keys[name])
       let b64 = Data(der).base64EncodedString()
       let hex = der.map { String(format: "%02x", $0) }.joined()
-      #expect(i.inspect(uri: "/", headers: [], body: Array("{\"key\":\"\(b64)\"}".utf8))?.reason == .privateKey, "\(name) base64")
-      #expect(i.inspect(uri: "/", headers: [], body: [0x01, 0x02] + der + [0x03])?.reason == .privateKey, "\(name) raw")
+      #expect(
+        i.inspect(uri: "/", headers: [], body: Array("{\"key\":\"\(b64)\"}".utf8))?.reason == .privateKey,
+        "\(name) base64")
+      #expect(
+        i.inspect(uri: "/", headers: [], body: [0x01, 0x02] + der + [0x03])?.reason == .privateKey, "\(name) raw")
       #expect(i.inspect(uri: "/", headers: [], body: Array("k=\(hex)".utf8))?.reason == .privateKey, "\(name) hex")
-      let url = b64.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+      let url = b64.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+        .replacingOccurrences(of: "=", with: "")
       #expect(i.inspect(uri: "/x?k=\(url)", headers: [], body: [])?.reason == .privateKey, "\(name) base64url")
     }
     for name in ["cert", "public", "signature"] {
@@ -346,15 +384,24 @@ struct InspectorTests {
   @Test("a JWK with a private \"d\" member is refused (also JSON-escaped); a public JWK passes")
   func privateJWK() {
     let i = Self.inspector()
-    let pub = #"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#
+    let pub =
+      #"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#
     let priv = String(pub.dropLast()) + #","d":"jpsQnnGQmL-YBIffH1136cLyeWSk7mj5tQpSm9jUJhw"}"#
-    let okp = #"{"d" : "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A", "crv":"Ed25519","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#
+    let okp =
+      #"{"d" : "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A", "crv":"Ed25519","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#
     #expect(i.inspect(uri: "/", headers: [], body: Array(priv.utf8))?.reason == .privateKey)
     #expect(i.inspect(uri: "/", headers: [], body: Array(okp.utf8))?.reason == .privateKey)
-    #expect(i.inspect(uri: "/", headers: [], body: Array("{\"jwk\":\"\(priv.replacingOccurrences(of: "\"", with: "\\\""))\"}".utf8))?.reason == .privateKey)
-    #expect(i.inspect(uri: "/", headers: [], body: Array(Data(priv.utf8).base64EncodedString().utf8))?.reason == .privateKey)
+    #expect(
+      i.inspect(
+        uri: "/", headers: [], body: Array("{\"jwk\":\"\(priv.replacingOccurrences(of: "\"", with: "\\\""))\"}".utf8))?
+        .reason == .privateKey)
+    #expect(
+      i.inspect(uri: "/", headers: [], body: Array(Data(priv.utf8).base64EncodedString().utf8))?.reason == .privateKey)
     #expect(i.inspect(uri: "/", headers: [], body: Array("{\"keys\":[\(pub)]}".utf8)) == nil)
-    #expect(i.inspect(uri: "/", headers: [], body: Array(#"{"kty":"x"} {"d":"jpsQnnGQmL-YBIffH1136cLyeWSk7mj5tQpSm9jUJhw"}"#.utf8)) == nil)
+    #expect(
+      i.inspect(
+        uri: "/", headers: [], body: Array(#"{"kty":"x"} {"d":"jpsQnnGQmL-YBIffH1136cLyeWSk7mj5tQpSm9jUJhw"}"#.utf8))
+        == nil)
   }
 
   @Test("a JWT whose dots are percent-encoded (%2E) is found in the URL, a header and the body")
@@ -363,20 +410,24 @@ struct InspectorTests {
     let jwt = "eyJhbGciOiJFUzI1NiJ9%2EeyJzdWIiOiJhIiwiZXhwIjoxfQ%2Ec2lnbmF0dXJl"
     #expect(i.inspect(uri: "https://h.example/x?t=\(jwt)&bad=%zz", headers: [], body: [])?.reason == .jwt)
     #expect(i.inspect(uri: "/", headers: [("x-token", jwt)], body: [])?.reason == .jwt)
-    #expect(i.inspect(uri: "/", headers: [], body: Array("token=\(jwt.replacingOccurrences(of: "%2E", with: "%2e"))".utf8))?.reason == .jwt)
+    #expect(
+      i.inspect(uri: "/", headers: [], body: Array("token=\(jwt.replacingOccurrences(of: "%2E", with: "%2e"))".utf8))?
+        .reason == .jwt)
   }
 
   @Test("inspection never traps on random bytes built from the characters its decoders look for")
   func adversarialBytes() {
     let weights = Self.random(4096)
-    let i = Self.inspector({ $0.secretSHA256 = [Self.sha256Hex("not-in-any-input")] }, canaries: ["never-present-canary"], weights: weights)
+    let i = Self.inspector(
+      { $0.secretSHA256 = [Self.sha256Hex("not-in-any-input")] }, canaries: ["never-present-canary"], weights: weights)
     let pieces: [[UInt8]] = [
       Array("%".utf8), Array("%2".utf8), Array("%zz".utf8), Array("\\".utf8), Array("\\u".utf8), Array("\\ud83d".utf8),
       Array("\\udc00".utf8), Array("\\x4".utf8), Array("\\n".utf8), Array("=".utf8), Array("==".utf8), Array("\n".utf8),
       Array("\r\n  ".utf8), Array(" ".utf8), Array(":".utf8), Array("/".utf8), Array("+".utf8), Array("-_".utf8),
       Array("QUJD".utf8), Array("ab".utf8), Array("0f".utf8), Array("{".utf8), Array("}".utf8), Array("\"kty\"".utf8),
       Array("\"d\":\"".utf8), Array("eyJ".utf8), Array(".".utf8), Array("-----BEGIN ".utf8),
-      [0x30], [0x30, 0x81], [0x30, 0x82, 0xff], [0x02, 0x01, 0x00], [0x02, 0x01, 0x01], [0x02, 0x01, 0x03], [0x04, 0x20],
+      [0x30], [0x30, 0x81], [0x30, 0x82, 0xff], [0x02, 0x01, 0x00], [0x02, 0x01, 0x01], [0x02, 0x01, 0x03],
+      [0x04, 0x20],
       [0x06, 0x09, 0x2A, 0x86, 0x48], [0x02, 0x82, 0x01], [0xA0], [0x00], [0xff],
     ]
     var g = SystemRandomNumberGenerator()

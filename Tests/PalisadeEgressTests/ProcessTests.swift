@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 import PalisadeEgress
 import PalisadeOutbound
@@ -137,7 +137,9 @@ struct EgressProcessTests {
     #expect(await client.delivered.count == 1)
 
     first.kill()
-    await #expect(throws: OutboundError.self) { _ = try await client.send(OutboundRequest(url: url, body: Array("direct?".utf8))) }
+    await #expect(throws: OutboundError.self) {
+      _ = try await client.send(OutboundRequest(url: url, body: Array("direct?".utf8)))
+    }
     try await client.enqueue(OutboundRequest(url: url, body: Array("two".utf8)))
     try await client.enqueue(OutboundRequest(url: url, body: Array("three".utf8)))
     try await waitUntil { await client.failedAttempts >= 3 }

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 import Logging
 import NIOCore
@@ -77,12 +77,14 @@ final class TestHTTPSServer: @unchecked Sendable {
       case .body(let b): body += b.readableBytesView
       case .end:
         guard let h = head else { return }
-        server.record(Received(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }, body: body))
+        server.record(
+          Received(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }, body: body))
         let reply = ByteBuffer(string: "ok \(body.count)")
         var headers = HTTPHeaders()
         headers.add(name: "content-length", value: String(reply.readableBytes))
         headers.add(name: "x-upstream", value: "test")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: .ok, headers: headers))), promise: nil)
+        context.write(
+          wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: .ok, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(reply))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
       }
@@ -116,7 +118,8 @@ final class Harness: @unchecked Sendable {
     var generator = SystemRandomNumberGenerator()
     weights = (0..<65_536).map { _ in UInt8.random(in: 0...255, using: &generator) }
     try Data(weights).write(to: bundle.appendingPathComponent("model.onnx"))
-    let manifest = #"{"schema": "palisade.bundle/v1", "name": "digits", "version": 1, "canary_tokens": ["\#(bundleCanary)"]}"#
+    let manifest =
+      #"{"schema": "palisade.bundle/v1", "name": "digits", "version": 1, "canary_tokens": ["\#(bundleCanary)"]}"#
     try Data(manifest.utf8).write(to: bundle.appendingPathComponent("manifest.json"))
     events = try EventSink(path: directory.appendingPathComponent("events.sock").path)
     let yaml = """
@@ -256,7 +259,9 @@ final class RawSocket {
     addr.sin_port = in_port_t(UInt16(clamping: tcpPort).bigEndian)
     addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
     let rc = withUnsafePointer(to: &addr) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+      }
     }
     guard rc == 0 else {
       Glibc.close(fd)
@@ -272,7 +277,9 @@ final class RawSocket {
       for (i, b) in unixPath.utf8.enumerated() { dst[i] = b }
     }
     let rc = withUnsafePointer(to: &addr) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+      }
     }
     guard rc == 0 else {
       Glibc.close(fd)

@@ -33,7 +33,9 @@ import Testing
       .jwt: ["es256-oauth", "es384-oauth-aud-list", "eddsa-oauth", "eddsa-spiffe-no-iss", "es256-spiffe"],
       .bundleSignature: ["model-sig-key"],
       .auditCheckpoint: ["size-3", "size-1-cosigned"],
-      .inferRequest: ["digits-typed", "digits-raw", "half-bf16-raw", "text-bytes-raw", "text-bytes-typed", "mixed-typed", "mixed-raw"],
+      .inferRequest: [
+        "digits-typed", "digits-raw", "half-bf16-raw", "text-bytes-raw", "text-bytes-typed", "mixed-typed", "mixed-raw",
+      ],
     ]
     for (target, names) in valid {
       for name in names {
@@ -50,7 +52,8 @@ import Testing
 
   /// Every target has a directory of seeds, and no directory names a target that does not exist.
   @Test func corpusDirectoriesMatchTargets() throws {
-    let names = try FileManager.default.contentsOfDirectory(atPath: Self.fuzzDirectory.appendingPathComponent("corpus").path)
+    let names = try FileManager.default.contentsOfDirectory(
+      atPath: Self.fuzzDirectory.appendingPathComponent("corpus").path)
     #expect(Set(names.filter { !$0.hasPrefix(".") }) == Set(FuzzTarget.allCases.map(\.rawValue)))
   }
 }

@@ -69,7 +69,9 @@ import X509
 
   @Test func nonSPIFFEURIIsRefused() throws {
     let leaf = try pki.issue(commonName: "a", sans: [.uniformResourceIdentifier("https://td/a")])
-    #expect(throws: PeerIdentity.Failure.notSPIFFE(.notSPIFFEScheme)) { try PeerIdentity(certificate: leaf.certificate) }
+    #expect(throws: PeerIdentity.Failure.notSPIFFE(.notSPIFFEScheme)) {
+      try PeerIdentity(certificate: leaf.certificate)
+    }
   }
 
   @Test func base64URLMatchesRFC4648() {

@@ -21,7 +21,8 @@ struct PEMTextTests {
     try p.run()
     let data = out.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    #expect(p.terminationStatus == 0, "certtool \(args.joined(separator: " ")) failed (is gnutls-bin installed? `make deps`)")
+    #expect(
+      p.terminationStatus == 0, "certtool \(args.joined(separator: " ")) failed (is gnutls-bin installed? `make deps`)")
     return String(decoding: data, as: UTF8.self)
   }
 
@@ -86,11 +87,14 @@ struct PEMTextTests {
     #expect(roots.count == 1)
   }
 
-  @Test("certtool PKCS#8 keys (leading zero in the scalar) load on every curve", arguments: ["secp256r1", "secp384r1", "secp521r1"])
+  @Test(
+    "certtool PKCS#8 keys (leading zero in the scalar) load on every curve",
+    arguments: ["secp256r1", "secp384r1", "secp521r1"])
   func certtoolPKCS8(curve: String) throws {
     let dir = try Self.tempDir()
     defer { try? FileManager.default.removeItem(at: dir) }
-    _ = try Self.certtool(["--generate-privkey", "--ecc", "--curve", curve, "--pkcs8", "--password", "", "--outfile", "k.pem"], in: dir)
+    _ = try Self.certtool(
+      ["--generate-privkey", "--ecc", "--curve", curve, "--pkcs8", "--password", "", "--outfile", "k.pem"], in: dir)
     let text = try String(contentsOf: dir.appendingPathComponent("k.pem"), encoding: .utf8)
     #expect(text.contains("-----BEGIN PRIVATE KEY-----"))
     #expect(try PEMText.ecPrivateKey(text) != nil)
@@ -104,7 +108,9 @@ struct PEMTextTests {
     var der = Array(a.derRepresentation)
     let pointA = Array(a.publicKey.x963Representation)
     let pointB = Array(b.publicKey.x963Representation)
-    guard let at = (0...(der.count - pointA.count)).first(where: { der[$0..<($0 + pointA.count)].elementsEqual(pointA) }) else {
+    guard
+      let at = (0...(der.count - pointA.count)).first(where: { der[$0..<($0 + pointA.count)].elementsEqual(pointA) })
+    else {
       Issue.record("public point not found in SEC1 DER")
       return
     }

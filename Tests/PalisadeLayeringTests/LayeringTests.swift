@@ -56,9 +56,13 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
       try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
       try Data(text.utf8).write(to: url)
     }
-    try write("Sources/PalisadeKernels/Gemm.swift", "// import PalisadeServer (a comment, not an import)\nimport PalisadeCore\n")
+    try write(
+      "Sources/PalisadeKernels/Gemm.swift", "// import PalisadeServer (a comment, not an import)\nimport PalisadeCore\n"
+    )
     try write("Sources/PalisadeCore/Tensor.swift", "public struct Tensor {}\n")
-    try write("Sources/PalisadeBundle/Sign.swift", "import Foundation\n#if os(Linux)\n  @testable import PalisadeHelper\n#endif\n")
+    try write(
+      "Sources/PalisadeBundle/Sign.swift",
+      "import Foundation\n#if os(Linux)\n  @testable import PalisadeHelper\n#endif\n")
     try write("Sources/PalisadeHelper/Helper.swift", "public import PalisadeServer\n")
     try write("Sources/PalisadeServer/Server.swift", "import PalisadeCore\n")
     try write("Sources/PalisadeAudit/Log.swift", "import PalisadeCore\n")
@@ -78,11 +82,14 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     #expect(violations.count == 2, "\(violations)")
     #expect(
       violations.contains(
-        "PalisadeKernels reaches PalisadeCore: PalisadeKernels -> PalisadeCore (imported at Sources/PalisadeKernels/Gemm.swift:2)"),
+        "PalisadeKernels reaches PalisadeCore: PalisadeKernels -> PalisadeCore (imported at Sources/PalisadeKernels/Gemm.swift:2)"
+      ),
       "\(violations)")
     #expect(
       violations.contains {
-        $0.hasPrefix("PalisadeBundle reaches PalisadeServer: PalisadeBundle -> PalisadeHelper (imported at Sources/PalisadeBundle/Sign.swift:3) -> PalisadeServer")
+        $0.hasPrefix(
+          "PalisadeBundle reaches PalisadeServer: PalisadeBundle -> PalisadeHelper (imported at Sources/PalisadeBundle/Sign.swift:3) -> PalisadeServer"
+        )
       }, "\(violations)")
     #expect(graph.reach(from: "PalisadeAudit")["PalisadeServer"] == nil, "audit reaches only core")
   }

@@ -40,7 +40,9 @@ struct TargetGraph {
       declared[name] = deps
     }
     for name in names {
-      var list = (declared[name] ?? []).filter(names.contains).map { Edge(to: $0, because: "declared in Package.swift") }
+      var list = (declared[name] ?? []).filter(names.contains).map {
+        Edge(to: $0, because: "declared in Package.swift")
+      }
       if let directory = directories[name] {
         for found in try Self.imports(under: root.appendingPathComponent(directory), relativeTo: root)
         where names.contains(found.module) && found.module != name {

@@ -224,7 +224,8 @@ final class ScriptedProxy: Sendable {
         out.add(name: "content-length", value: String(response.body.utf8.count))
         out.add(name: "connection", value: "close")
         let status = HTTPResponseStatus(statusCode: response.status)
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: out))), promise: nil)
+        context.write(
+          wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: out))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: response.body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
       }

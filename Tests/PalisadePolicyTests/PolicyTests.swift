@@ -33,20 +33,21 @@ import Testing
     Policy.CallFacts(spiffeID: try SPIFFEID(parsing: id), subject: subject, scopes: scopes, rpc: rpc, model: model)
   }
 
-  @Test(arguments: [
-    ("spiffe://td/ns/app/sa/a", "ModelInfer", "digits", true, "app"),
-    ("spiffe://td/ns/app/sa/a", "ModelInfer", "digits-v2", true, "app"),
-    ("spiffe://td/ns/app/sa/a", "ModelInfer", "team/x/y", true, "app"),
-    ("spiffe://td/ns/app/sa/a", "ModelInfer", "other", false, nil),
-    ("spiffe://td/ns/app/sa/b", "ModelInfer", "digits", false, "no-b"),
-    ("spiffe://td/ns/app/sa/b", "ModelMetadata", "digits", true, "app"),
-    ("spiffe://td/ns/application/sa/a", "ModelInfer", "digits", false, nil),
-    ("spiffe://td/ns/app/sa/a", "RepositoryModelLoad", "digits", false, nil),
-    ("spiffe://td/ns/ops/sa/op", "RepositoryModelLoad", "digits", true, "ops"),
-    ("spiffe://td/ns/ops/sa/op", "ModelInfer", "digits", false, nil),
-    ("spiffe://td/ns/bad/sa/x", "ModelInfer", "digits", false, nil),
-    ("spiffe://other/ns/app/sa/a", "ModelInfer", "digits", false, nil),
-  ] as [(String, String, String, Bool, String?)])
+  @Test(
+    arguments: [
+      ("spiffe://td/ns/app/sa/a", "ModelInfer", "digits", true, "app"),
+      ("spiffe://td/ns/app/sa/a", "ModelInfer", "digits-v2", true, "app"),
+      ("spiffe://td/ns/app/sa/a", "ModelInfer", "team/x/y", true, "app"),
+      ("spiffe://td/ns/app/sa/a", "ModelInfer", "other", false, nil),
+      ("spiffe://td/ns/app/sa/b", "ModelInfer", "digits", false, "no-b"),
+      ("spiffe://td/ns/app/sa/b", "ModelMetadata", "digits", true, "app"),
+      ("spiffe://td/ns/application/sa/a", "ModelInfer", "digits", false, nil),
+      ("spiffe://td/ns/app/sa/a", "RepositoryModelLoad", "digits", false, nil),
+      ("spiffe://td/ns/ops/sa/op", "RepositoryModelLoad", "digits", true, "ops"),
+      ("spiffe://td/ns/ops/sa/op", "ModelInfer", "digits", false, nil),
+      ("spiffe://td/ns/bad/sa/x", "ModelInfer", "digits", false, nil),
+      ("spiffe://other/ns/app/sa/a", "ModelInfer", "digits", false, nil),
+    ] as [(String, String, String, Bool, String?)])
   func decisionTable(id: String, rpc: String, model: String, allowed: Bool, rule: String?) throws {
     let policy = try Policy.parse(Self.text)
     let d = policy.decide(try facts(id, rpc, model))
@@ -105,23 +106,45 @@ import Testing
     #expect(limiter.acquire("a", limit: limit, now: t0 + .milliseconds(600)) == nil)
   }
 
-  @Test(arguments: [
-    ("version: 2\nrules: []", "version", 1),
-    ("rules: []", "version", 1),
-    ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'https://x'}]\n    rpcs: ['*']", "rules[0].principals[0].spiffe", 4),
-    ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: [ModelInfr]", "rules[0].rpcs", 5),
-    ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    versions: 'latest'", "rules[0].versions", 6),
-    ("version: 1\nrules:\n  - name: a\n    principals: []\n    rpcs: ['*']", "rules[0].principals", 4),
-    ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x', scope: s}]\n    rpcs: ['*']", "rules[0].principals[0]", 4),
-    ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']", "rules[1].name", 6),
-    ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    effect: deny\n    rate_limit: {per_second: 1}", "rules[0].rate_limit", 7),
-    ("version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    models: [digits]\n    colour: red", "rules[0].colour", 7),
-    ("version: 1\nquarantine: ['nope']", "quarantine", 2),
-    ("version: 1\ncontainment: {extraction: ban}", "containment.extraction", 2),
-    ("version: 1\ncontainment: {screening: drop}", "containment.screening", 2),
-    ("version: 1\ncontainment: {quarantine_seconds: 0}", "containment.quarantine_seconds", 2),
-    ("version: 1\ncontainment: {alert: yes}", "containment.alert", 2),
-  ] as [(String, String, Int)])
+  @Test(
+    arguments: [
+      ("version: 2\nrules: []", "version", 1),
+      ("rules: []", "version", 1),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'https://x'}]\n    rpcs: ['*']",
+        "rules[0].principals[0].spiffe", 4
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: [ModelInfr]",
+        "rules[0].rpcs", 5
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    versions: 'latest'",
+        "rules[0].versions", 6
+      ),
+      ("version: 1\nrules:\n  - name: a\n    principals: []\n    rpcs: ['*']", "rules[0].principals", 4),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x', scope: s}]\n    rpcs: ['*']",
+        "rules[0].principals[0]", 4
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']",
+        "rules[1].name", 6
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    effect: deny\n    rate_limit: {per_second: 1}",
+        "rules[0].rate_limit", 7
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    models: [digits]\n    colour: red",
+        "rules[0].colour", 7
+      ),
+      ("version: 1\nquarantine: ['nope']", "quarantine", 2),
+      ("version: 1\ncontainment: {extraction: ban}", "containment.extraction", 2),
+      ("version: 1\ncontainment: {screening: drop}", "containment.screening", 2),
+      ("version: 1\ncontainment: {quarantine_seconds: 0}", "containment.quarantine_seconds", 2),
+      ("version: 1\ncontainment: {alert: yes}", "containment.alert", 2),
+    ] as [(String, String, Int)])
   func errorsNameKeyAndLine(text: String, path: String, line: Int) {
     do {
       _ = try Policy.parse(text, file: "p.yaml")

@@ -23,7 +23,9 @@ enum Build {
     return v
   }
 
-  static func node(_ op: String, _ inputs: [String], _ outputs: [String], domain: String = "", ints: [String: [Int64]] = [:]) -> Onnx_NodeProto {
+  static func node(
+    _ op: String, _ inputs: [String], _ outputs: [String], domain: String = "", ints: [String: [Int64]] = [:]
+  ) -> Onnx_NodeProto {
     var n = Onnx_NodeProto()
     n.opType = op
     n.input = inputs
@@ -122,8 +124,11 @@ struct BadInputTests {
             let count = Int(shape.reduce(1, *))
             switch value.elementType {
             case .int64: return try Tensor(name: value.name, shape: shape, values: [Int64](repeating: 1, count: count))
-            case .bool: return try Tensor(name: value.name, datatype: .bool, shape: shape, storage: .fixed([UInt8](repeating: 1, count: count)))
-            case .float32: return try Tensor(name: value.name, shape: shape, values: [Float](repeating: 0.5, count: count))
+            case .bool:
+              return try Tensor(
+                name: value.name, datatype: .bool, shape: shape, storage: .fixed([UInt8](repeating: 1, count: count)))
+            case .float32:
+              return try Tensor(name: value.name, shape: shape, values: [Float](repeating: 0.5, count: count))
             }
           }
           _ = try? model.predict(inputs)
@@ -137,7 +142,9 @@ struct BadInputTests {
 
   @Test func graphWithCycle() throws {
     let bytes = try Build.model(
-      nodes: [Build.node("Add", ["x", "b"], ["a"]), Build.node("Relu", ["a"], ["b"]), Build.node("Relu", ["b"], ["y"])],
+      nodes: [
+        Build.node("Add", ["x", "b"], ["a"]), Build.node("Relu", ["a"], ["b"]), Build.node("Relu", ["b"], ["y"]),
+      ],
       inputs: [Build.value("x", 1, [nil, 4])], outputs: [Build.value("y", 1, [nil, 4])])
     let error = try #require(Build.loadError(bytes))
     #expect(error.kind == .invalidGraph)
@@ -164,7 +171,8 @@ struct BadInputTests {
     #expect(e1.message.contains("Add"))
     let matmul = try Build.model(
       nodes: [Build.node("MatMul", ["a", "w"], ["y"])], inputs: [Build.value("a", 1, [nil, 3])],
-      outputs: [Build.value("y", 1, [nil, 2])], initializers: [Build.floats("w", [4, 2], [Float](repeating: 1, count: 8))])
+      outputs: [Build.value("y", 1, [nil, 2])],
+      initializers: [Build.floats("w", [4, 2], [Float](repeating: 1, count: 8))])
     #expect(Build.loadError(matmul)?.kind == .shapeMismatch)
     // The declared output shape must agree with inference.
     let declared = try Build.model(
@@ -239,7 +247,9 @@ struct BadInputTests {
       initializers: [str], opsets: [("", 17), ("com.example", 1)])
     let error = try #require(Build.loadError(bytes))
     #expect(error.kind == .unsupported)
-    for needle in ["LSTM (2 nodes)", "NonMaxSuppression", "com.example.FancyOp", "FLOAT16", "STRING", "opset domain 'com.example'"] {
+    for needle in [
+      "LSTM (2 nodes)", "NonMaxSuppression", "com.example.FancyOp", "FLOAT16", "STRING", "opset domain 'com.example'",
+    ] {
       #expect(error.message.contains(needle), "missing \(needle) in: \(error.message)")
     }
     #expect(!error.message.contains("Relu"))
@@ -247,7 +257,8 @@ struct BadInputTests {
 
   @Test func unsupportedOpset() throws {
     let bytes = try Build.model(
-      nodes: [Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, [2])], outputs: [Build.value("y", 1, [2])],
+      nodes: [Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, [2])],
+      outputs: [Build.value("y", 1, [2])],
       opsets: [("", 5)])
     let error = try #require(Build.loadError(bytes))
     #expect(error.kind == .unsupported)
@@ -305,15 +316,23 @@ struct ExternalDataTests {
 
   @Test func refusesLocationsThatAreNotGivenFiles() throws {
     let files: ExternalData = ["weights.bin": Self.weights, "sub/w.bin": Self.weights]
-    for location in ["../secret.bin", "sub/../../secret.bin", "/etc/passwd", "sub/../weights.bin", "./weights.bin", "sub//w.bin", "missing.bin", ""] {
+    for location in [
+      "../secret.bin", "sub/../../secret.bin", "/etc/passwd", "sub/../weights.bin", "./weights.bin", "sub//w.bin",
+      "missing.bin", "",
+    ] {
       let error = Build.loadError(try Self.model(location: location), externalData: files)
       #expect(error?.kind == .externalData, "location \(location): \(String(describing: error))")
     }
     #expect(Build.loadError(try Self.model(location: "sub/w.bin", offset: 0), externalData: files) == nil)
     // Offsets and lengths beyond the file, or disagreeing with the declared size.
-    #expect(Build.loadError(try Self.model(location: "weights.bin", offset: 16), externalData: files)?.kind == .externalData)
-    #expect(Build.loadError(try Self.model(location: "weights.bin", offset: 1 << 62), externalData: files)?.kind == .externalData)
-    #expect(Build.loadError(try Self.model(location: "weights.bin", offset: nil, length: 12), externalData: files)?.kind == .shapeMismatch)
+    #expect(
+      Build.loadError(try Self.model(location: "weights.bin", offset: 16), externalData: files)?.kind == .externalData)
+    #expect(
+      Build.loadError(try Self.model(location: "weights.bin", offset: 1 << 62), externalData: files)?.kind
+        == .externalData)
+    #expect(
+      Build.loadError(try Self.model(location: "weights.bin", offset: nil, length: 12), externalData: files)?.kind
+        == .shapeMismatch)
     // No files given: refused.
     #expect(Build.loadError(try Self.model(location: "weights.bin"), externalData: nil)?.kind == .externalData)
   }
@@ -321,15 +340,21 @@ struct ExternalDataTests {
   /// Offsets and lengths are decimal strings in the file: hostile ones are a clean error, never a trap.
   @Test func hostileOffsetsAndLengths() throws {
     let files: ExternalData = ["weights.bin": Self.weights]
-    let offsets = ["-1", "-9223372036854775808", "9223372036854775807", "9223372036854775808", "99999999999999999999999", "1e3", "0x10", " 8", "8 ", ""]
+    let offsets = [
+      "-1", "-9223372036854775808", "9223372036854775807", "9223372036854775808", "99999999999999999999999", "1e3",
+      "0x10", " 8", "8 ", "",
+    ]
     for offset in offsets {
       let error = Build.loadError(try Self.model(location: "weights.bin", offset: offset), externalData: files)
       #expect(error?.kind == .externalData, "offset '\(offset)': \(String(describing: error))")
     }
     for length in ["-16", "-9223372036854775808", "9223372036854775807", "18446744073709551616", "sixteen"] {
-      let error = Build.loadError(try Self.model(location: "weights.bin", offset: nil, length: length), externalData: files)
+      let error = Build.loadError(
+        try Self.model(location: "weights.bin", offset: nil, length: length), externalData: files)
       #expect(error != nil, "length '\(length)' loaded")
-      #expect(error?.kind == .externalData || error?.kind == .shapeMismatch, "length '\(length)': \(String(describing: error))")
+      #expect(
+        error?.kind == .externalData || error?.kind == .shapeMismatch,
+        "length '\(length)': \(String(describing: error))")
     }
   }
 
@@ -348,9 +373,12 @@ struct ExternalDataTests {
     let out = try good.predict([try Tensor(name: "x", shape: [4], values: [Float](repeating: 0, count: 4))])
     #expect(out[0].values(as: Float.self) == [3, 4, 5, 6])
 
-    try fm.createSymbolicLink(at: models.appendingPathComponent("link.bin"), withDestinationURL: root.appendingPathComponent("secret.bin"))
+    try fm.createSymbolicLink(
+      at: models.appendingPathComponent("link.bin"), withDestinationURL: root.appendingPathComponent("secret.bin"))
     try fm.createSymbolicLink(at: models.appendingPathComponent("linkdir"), withDestinationURL: root)
-    for (name, location) in [("a.onnx", "link.bin"), ("b.onnx", "linkdir/secret.bin"), ("c.onnx", "../secret.bin"), ("d.onnx", "missing.bin")] {
+    for (name, location) in [
+      ("a.onnx", "link.bin"), ("b.onnx", "linkdir/secret.bin"), ("c.onnx", "../secret.bin"), ("d.onnx", "missing.bin"),
+    ] {
       let url = try write(name, location: location)
       do {
         _ = try ONNXModel.load(contentsOf: url)
@@ -385,7 +413,8 @@ struct HostileAttributeTests {
       var node = Build.node("Conv", ["x", "w"], ["y"])
       node.attribute = attributes
       let bytes = try Build.model(
-        nodes: [node], inputs: [Build.value("x", 1, [nil, 1, 8, 8])], outputs: [Build.value("y", 1, [nil, 2, nil, nil])],
+        nodes: [node], inputs: [Build.value("x", 1, [nil, 1, 8, 8])],
+        outputs: [Build.value("y", 1, [nil, 2, nil, nil])],
         initializers: [Build.floats("w", [2, 1, 3, 3], [Float](repeating: 0.1, count: 18))])
       _ = Build.loadError(bytes)  // an error or (for harmless values) a load; never a trap
     }
@@ -400,7 +429,9 @@ struct HostileAttributeTests {
       t.int64Data = v
       return t
     }
-    for (starts, ends, steps) in [([Int64.min], [Int64.max], [Int64.min]), ([Int64.max], [Int64.min], [-1]), ([0], [4], [0])] {
+    for (starts, ends, steps) in [
+      ([Int64.min], [Int64.max], [Int64.min]), ([Int64.max], [Int64.min], [-1]), ([0], [4], [0]),
+    ] {
       let bytes = try Build.model(
         nodes: [Build.node("Slice", ["x", "s", "e", "a", "st"], ["y"])], inputs: [Build.value("x", 1, [4, 4])],
         outputs: [Build.value("y", 1, [nil, 4])],
@@ -438,19 +469,24 @@ struct HostileNumberTests {
   @Test func extremeDimensions() throws {
     for dims in [[Int64.max], [Int64.max, 2], [Int64.min], [1, Int64.max]] as [[Int64?]] {
       let bytes = try Build.model(
-        nodes: [Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, dims)], outputs: [Build.value("y", 1, dims)])
+        nodes: [Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, dims)],
+        outputs: [Build.value("y", 1, dims)])
       _ = Build.loadError(bytes)  // an error or (negative dims: unknown size) a load; never a trap
     }
     let huge = try Build.model(
-      nodes: [Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, [Int64.max])], outputs: [Build.value("y", 1, [Int64.max])])
+      nodes: [Build.node("Relu", ["x"], ["y"])], inputs: [Build.value("x", 1, [Int64.max])],
+      outputs: [Build.value("y", 1, [Int64.max])])
     #expect(Build.loadError(huge)?.kind == .limitExceeded)
-    for dims in [[Int64.max], [Int64.min], [-1], [Int64.max, 0], [0, Int64.max], [3_037_000_500, 3_037_000_500]] as [[Int64]] {
+    for dims in [[Int64.max], [Int64.min], [-1], [Int64.max, 0], [0, Int64.max], [3_037_000_500, 3_037_000_500]]
+      as [[Int64]]
+    {
       var t = Onnx_TensorProto()
       t.name = "w"
       t.dataType = 1
       t.dims = dims
       let bytes = try Build.model(
-        nodes: [Build.node("Identity", ["w"], ["y"])], inputs: [], outputs: [Build.value("y", 1, [nil])], initializers: [t])
+        nodes: [Build.node("Identity", ["w"], ["y"])], inputs: [], outputs: [Build.value("y", 1, [nil])],
+        initializers: [t])
       let error = Build.loadError(bytes)
       // A zero-element tensor with a huge other dimension may load; everything else is refused.
       if !dims.contains(0) { #expect(error != nil, "initializer dims \(dims) loaded") }
@@ -463,7 +499,8 @@ struct HostileNumberTests {
       var node = Build.node("Conv", ["x", "w"], ["y"])
       node.attribute = [Self.intAttr("group", group)]
       let bytes = try Build.model(
-        nodes: [node], inputs: [Build.value("x", 1, [nil, 2, 8, 8])], outputs: [Build.value("y", 1, [nil, 2, nil, nil])],
+        nodes: [node], inputs: [Build.value("x", 1, [nil, 2, 8, 8])],
+        outputs: [Build.value("y", 1, [nil, 2, nil, nil])],
         initializers: [Build.floats("w", [2, 2, 3, 3], [Float](repeating: 0.1, count: 36))])
       let error = Build.loadError(bytes)
       #expect(error != nil, "group \(group) loaded")
@@ -482,7 +519,8 @@ struct HostileNumberTests {
     ]
     for mode in ["SAME_UPPER", "SAME_LOWER"] {
       for c in cases {
-        var node = Build.node("MaxPool", ["x"], ["y"], ints: ["kernel_shape": c.kernel, "strides": c.strides, "dilations": c.dilations])
+        var node = Build.node(
+          "MaxPool", ["x"], ["y"], ints: ["kernel_shape": c.kernel, "strides": c.strides, "dilations": c.dilations])
         node.attribute.append(Self.stringAttr("auto_pad", mode))
         let bytes = try Build.model(
           nodes: [node], inputs: [Build.value("x", 1, [1, 1, 8, 8])], outputs: [Build.value("y", 1, [1, 1, nil, nil])])

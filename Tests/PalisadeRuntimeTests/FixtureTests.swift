@@ -6,7 +6,9 @@ import Testing
 
 @Suite("Reference models vs onnxruntime")
 struct FixtureTests {
-  static let modelNames = ["mlp_digits.onnx", "mlp_torch.onnx", "mlp_torch_ext.onnx", "cnn_torch.onnx", "encoder_torch.onnx", "glue_ops.onnx"]
+  static let modelNames = [
+    "mlp_digits.onnx", "mlp_torch.onnx", "mlp_torch_ext.onnx", "cnn_torch.onnx", "encoder_torch.onnx", "glue_ops.onnx",
+  ]
 
   @Test("outputs match onnxruntime within 1e-4 rel / 1e-5 abs", arguments: modelNames)
   func matchesOnnxruntime(_ name: String) throws {

@@ -47,11 +47,15 @@ struct FusionTests {
     let variance = Self.values(g.cout, seed: 6).map { abs($0) + 0.2 }
     var conv = Build.node(
       "Conv", ["x", "w", "b"], ["c"],
-      ints: ["strides": [Int64(g.stride), Int64(g.stride)], "pads": Array(repeating: Int64(g.pad), count: 4),
-             "dilations": [Int64(g.dilation), Int64(g.dilation)], "kernel_shape": [3, 3]])
+      ints: [
+        "strides": [Int64(g.stride), Int64(g.stride)], "pads": Array(repeating: Int64(g.pad), count: 4),
+        "dilations": [Int64(g.dilation), Int64(g.dilation)], "kernel_shape": [3, 3],
+      ])
     conv.name = "conv"
     let bytes = try Build.model(
-      nodes: [conv, Build.node("Relu", ["c"], ["r"]), Build.node("BatchNormalization", ["r", "s", "t", "m", "v"], ["y"])],
+      nodes: [
+        conv, Build.node("Relu", ["c"], ["r"]), Build.node("BatchNormalization", ["r", "s", "t", "m", "v"], ["y"]),
+      ],
       inputs: [Build.value("x", 1, [nil, Int64(g.cin), Int64(g.h), Int64(g.w)])],
       outputs: [Build.value("y", 1, [nil, Int64(g.cout), nil, nil])],
       initializers: [
@@ -80,7 +84,8 @@ struct FusionTests {
                   let iy = oy * g.stride - g.pad + ky * g.dilation
                   let ix = ox * g.stride - g.pad + kx * g.dilation
                   guard iy >= 0, iy < g.h, ix >= 0, ix < g.w else { continue }
-                  sum += Double(input[((n * g.cin + c) * g.h + iy) * g.w + ix])
+                  sum +=
+                    Double(input[((n * g.cin + c) * g.h + iy) * g.w + ix])
                     * Double(weights[((o * g.cin + c) * 3 + ky) * 3 + kx])
                 }
               }
@@ -96,7 +101,9 @@ struct FusionTests {
         [try Tensor(name: "x", shape: [Int64(batch), Int64(g.cin), Int64(g.h), Int64(g.w)], values: input)], pool: pool)
       let got = try #require(output.first?.values(as: Float.self))
       #expect(got.count == expected.count)
-      let bad = zip(got, expected).enumerated().first { abs(Double($0.element.0) - $0.element.1) > 1e-4 * max(1, abs($0.element.1)) }
+      let bad = zip(got, expected).enumerated().first {
+        abs(Double($0.element.0) - $0.element.1) > 1e-4 * max(1, abs($0.element.1))
+      }
       #expect(bad == nil, "\(g.name), pool \(pool == nil ? "none" : "2"): first mismatch \(String(describing: bad))")
     }
   }

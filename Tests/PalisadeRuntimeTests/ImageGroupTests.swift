@@ -21,7 +21,8 @@ struct ImageGroupTests {
       Build.node("Conv", ["x", "w1", "b1"], ["c1"], ints: ["pads": [1, 1, 1, 1], "kernel_shape": [3, 3]]),
       Build.node("Relu", ["c1"], ["r1"]),
       Build.node("MaxPool", ["r1"], ["p1"], ints: ["kernel_shape": [2, 2], "strides": [2, 2]]),
-      Build.node("Conv", ["p1", "w2"], ["c2"], ints: ["pads": [1, 1, 1, 1], "strides": [2, 2], "kernel_shape": [3, 3]]),
+      Build.node(
+        "Conv", ["p1", "w2"], ["c2"], ints: ["pads": [1, 1, 1, 1], "strides": [2, 2], "kernel_shape": [3, 3]]),
       Build.node("AveragePool", ["c2"], ["p2"], ints: ["kernel_shape": [2, 2], "strides": [2, 2]]),
       Build.node("Relu", ["p2"], ["r2"]),
       Build.node("GlobalAveragePool", ["r2"], ["y"]),
@@ -84,7 +85,8 @@ struct ImageGroupTests {
     }
     #expect(try model.plan(for: [[batch, 1, 16, 16]]).stepLabels.contains { $0.hasPrefix("Images(") })
     for pool in [nil, WorkerPool(threadCount: 2)] {
-      let output = try model.predict([try Tensor(name: "x", shape: [Int64(batch), 1, 16, 16], values: input)], pool: pool)
+      let output = try model.predict(
+        [try Tensor(name: "x", shape: [Int64(batch), 1, 16, 16], values: input)], pool: pool)
       #expect(output.first?.values(as: Float.self) == expected)
     }
   }

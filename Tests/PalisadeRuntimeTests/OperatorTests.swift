@@ -73,7 +73,10 @@ struct OperatorTests {
       }
     }
     let missing = OperatorRegistry.supported.filter { !covered.contains($0) }
-    #expect(missing.isEmpty, "registered operators without an onnxruntime fixture (add a case to Tests/Fixtures/make_op_fixtures.py): \(missing)")
+    #expect(
+      missing.isEmpty,
+      "registered operators without an onnxruntime fixture (add a case to Tests/Fixtures/make_op_fixtures.py): \(missing)"
+    )
     // And the fixtures use nothing the registry does not list.
     #expect(covered.subtracting(OperatorRegistry.supported).isEmpty)
   }

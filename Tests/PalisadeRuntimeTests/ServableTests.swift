@@ -9,10 +9,11 @@ struct ServableTests {
   @Test func specsAndDescriptor() throws {
     let model = try ONNXModel.load(contentsOf: Fixtures.directory.appendingPathComponent("mlp_digits.onnx"))
     #expect(model.inputSpecs == [TensorSpec(name: "input", datatype: .fp32, shape: [-1, 64])])
-    #expect(model.outputSpecs == [
-      TensorSpec(name: "label", datatype: .int64, shape: [-1]),
-      TensorSpec(name: "probabilities", datatype: .fp32, shape: [-1, 10]),
-    ])
+    #expect(
+      model.outputSpecs == [
+        TensorSpec(name: "label", datatype: .int64, shape: [-1]),
+        TensorSpec(name: "probabilities", datatype: .fp32, shape: [-1, 10]),
+      ])
     let d = model.descriptor(name: "digits", version: "1")
     #expect(d.platform == "onnx")
     // A descriptor that disagrees with the graph is refused.
@@ -49,7 +50,9 @@ struct ServableTests {
     }
   }
 
-  @Test("a batch size never seen before gives the rows of a larger batch", arguments: ["mlp_torch.onnx", "cnn_torch.onnx", "encoder_torch.onnx", "mlp_digits.onnx"])
+  @Test(
+    "a batch size never seen before gives the rows of a larger batch",
+    arguments: ["mlp_torch.onnx", "cnn_torch.onnx", "encoder_torch.onnx", "mlp_digits.onnx"])
   func batchSpecialisation(_ name: String) throws {
     let manifest = try Fixtures.manifest()
     let entry = try #require(manifest.models.first { $0.model == name })
@@ -107,7 +110,8 @@ struct ModelRuntimeTests {
     let data = try Fixtures.bytes("mlp_torch_ext.onnx.data")
     let probe = try ONNXModel.load(contentsOf: Fixtures.directory.appendingPathComponent("mlp_torch_ext.onnx"))
     let descriptor = probe.descriptor(name: "mlp", version: "1")
-    let files = ModelFiles(modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": bytes, "mlp_torch_ext.onnx.data": data])
+    let files = ModelFiles(
+      modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": bytes, "mlp_torch_ext.onnx.data": data])
     let servable = try await runtime.load(files: files, descriptor: descriptor)
     #expect(servable.descriptor == descriptor)
     let x = try Tensor(name: "input", shape: [2, 64], values: [Float](repeating: 0.5, count: 128))
@@ -115,7 +119,8 @@ struct ModelRuntimeTests {
     #expect(out[0].shape == [2, 10])
     // A corrupt file is a failed precondition with the reason.
     do {
-      let corrupt = ModelFiles(modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": Array(bytes.prefix(40))])
+      let corrupt = ModelFiles(
+        modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": Array(bytes.prefix(40))])
       _ = try await runtime.load(files: corrupt, descriptor: descriptor)
       Issue.record("corrupt model loaded")
     } catch let error as PalisadeError {
@@ -132,7 +137,9 @@ struct ModelRuntimeTests {
     let descriptor = try ONNXModel.load(contentsOf: Fixtures.directory.appendingPathComponent("mlp_torch_ext.onnx"))
       .descriptor(name: "mlp", version: "1")
     do {
-      _ = try await runtime.load(files: ModelFiles(modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": bytes]), descriptor: descriptor)
+      _ = try await runtime.load(
+        files: ModelFiles(modelFileName: "mlp_torch_ext.onnx", files: ["mlp_torch_ext.onnx": bytes]),
+        descriptor: descriptor)
       Issue.record("external data was found outside the given files")
     } catch let error as PalisadeError {
       #expect(error.code == .failedPrecondition)
@@ -147,7 +154,8 @@ struct ModelRuntimeTests {
     let x = try Tensor(name: "input", shape: [1, 64], values: [Float](repeating: 0.25, count: 64))
     #expect(try await servable.infer(InferenceRequest(inputs: [x]))[0].shape == [1, 10])
     let elsewhere = ModelFiles(
-      modelFileName: "onnx/mlp_torch_ext.onnx", files: ["onnx/mlp_torch_ext.onnx": bytes, "mlp_torch_ext.onnx.data": data])
+      modelFileName: "onnx/mlp_torch_ext.onnx",
+      files: ["onnx/mlp_torch_ext.onnx": bytes, "mlp_torch_ext.onnx.data": data])
     await #expect(throws: PalisadeError.self) { _ = try await runtime.load(files: elsewhere, descriptor: descriptor) }
   }
 }

@@ -50,7 +50,9 @@ import Testing
     // Sticky: the same principal gets the same version every time.
     for i in 0..<500 {
       for _ in 0..<3 {
-        #expect(controller.routesToCandidate(model: "classify", principal: "spiffe://palisade.test/sa/caller-\(i)") == firstRoutes[i])
+        #expect(
+          controller.routesToCandidate(model: "classify", principal: "spiffe://palisade.test/sa/caller-\(i)")
+            == firstRoutes[i])
       }
     }
     // Pinned calls never move, whoever calls.
@@ -80,14 +82,19 @@ import Testing
   }
 
   @Test func configSectionIsReadWithDefaultsAndCheckedWithTheReason() throws {
-    let base = "server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nauth: {audience: p, issuers: [{issuer: i, jwks: j}]}\npolicy: {file: p.yaml}"
+    let base =
+      "server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nauth: {audience: p, issuers: [{issuer: i, jwks: j}]}\npolicy: {file: p.yaml}"
     #expect(try ServerConfig.parse(base, baseDirectory: "/").rollouts == .defaults)
     let c = try ServerConfig.parse(
-      base + "\nrollouts:\n  defaults: {share: 0.1, max_label_psi: 0.2}\n  shadow_max_concurrent: 3\n  models:\n    - {model: digits, candidate: 2, mode: shadow}\n",
+      base
+        + "\nrollouts:\n  defaults: {share: 0.1, max_label_psi: 0.2}\n  shadow_max_concurrent: 3\n  models:\n    - {model: digits, candidate: 2, mode: shadow}\n",
       baseDirectory: "/")
-    #expect(c.rollouts.defaults.share == 0.1 && c.rollouts.defaults.maxLabelPSI == 0.2 && c.rollouts.shadowMaxConcurrent == 3)
+    #expect(
+      c.rollouts.defaults.share == 0.1 && c.rollouts.defaults.maxLabelPSI == 0.2 && c.rollouts.shadowMaxConcurrent == 3)
     let planned = try #require(c.rollouts.models.first)
-    #expect(planned.model == "digits" && planned.candidate == "2" && planned.plan.mode == .shadow && planned.plan.share == 0.1)
+    #expect(
+      planned.model == "digits" && planned.candidate == "2" && planned.plan.mode == .shadow && planned.plan.share == 0.1
+    )
     for (text, path) in [
       ("rollouts: {defaults: {share: 2}}", "rollouts.defaults.share"),
       ("rollouts: {models: [{model: m}]}", "rollouts.models[0].candidate"),
@@ -114,13 +121,14 @@ import Testing
 }
 
 @Suite struct RolloutServingTests {
-  static let policy = TestServer.allowAllPolicy + """
+  static let policy =
+    TestServer.allowAllPolicy + """
 
-      - name: release-managers
-        principals: [{spiffe: "spiffe://palisade.test/sa/operator"}]
-        rpcs: [RolloutStart, RolloutStatus, RolloutPromote, RolloutAbort]
-        models: ["classify"]
-    """
+        - name: release-managers
+          principals: [{spiffe: "spiffe://palisade.test/sa/operator"}]
+          rpcs: [RolloutStart, RolloutStatus, RolloutPromote, RolloutAbort]
+          models: ["classify"]
+      """
 
   /// A server loading `classify` v1 from a signed bundle, with v2 (`spec`) written next to it afterwards.
   /// With `planned`, both bundles are on disk at start and the config starts the rollout.
@@ -175,19 +183,29 @@ import Testing
     return .with {
       $0.modelName = "classify"
       $0.modelVersion = version
-      $0.inputs = [.with { $0.name = "IN"; $0.datatype = "FP32"; $0.shape = [1, 4]; $0.contents.fp32Contents = row }]
+      $0.inputs = [
+        .with {
+          $0.name = "IN"
+          $0.datatype = "FP32"
+          $0.shape = [1, 4]
+          $0.contents.fp32Contents = row
+        }
+      ]
     }
   }
 
   /// Callers until at least `each` land on either side of the active canary (a principal's side is sticky).
-  static func callersOnBothSides(_ server: TestServer, each: Int) throws -> (stable: [TestClient], candidate: [TestClient]) {
+  static func callersOnBothSides(_ server: TestServer, each: Int) throws -> (
+    stable: [TestClient], candidate: [TestClient]
+  ) {
     var stable: [TestClient] = []
     var candidate: [TestClient] = []
     var i = 0
     while (stable.count < each || candidate.count < each) && i < 200 {
       let name = "caller-\(i)"
       i += 1
-      let toCandidate = server.runtime.rollouts.routesToCandidate(model: "classify", principal: "spiffe://palisade.test/sa/\(name)")
+      let toCandidate = server.runtime.rollouts.routesToCandidate(
+        model: "classify", principal: "spiffe://palisade.test/sa/\(name)")
       if toCandidate && candidate.count < each {
         candidate.append(try goodClient(server, name))
       } else if !toCandidate && stable.count < each {
@@ -199,7 +217,9 @@ import Testing
 
   /// `calls` calls from each caller (one connection each, all callers at once); the versions that answered, and
   /// the calls that failed.
-  static func traffic(_ server: TestServer, _ callers: [TestClient], calls: Int) async -> (versions: [String: Int], failures: [String]) {
+  static func traffic(_ server: TestServer, _ callers: [TestClient], calls: Int) async -> (
+    versions: [String: Int], failures: [String]
+  ) {
     await withTaskGroup(of: ([String], [String]).self) { group in
       for caller in callers {
         group.addTask {
@@ -254,10 +274,16 @@ import Testing
     #expect(denied?.code == .permissionDenied)
 
     let started = try await Self.admin(server, op) {
-      try await $0.rolloutStart(.with { $0.model = "classify"; $0.share = 0.5 })
+      try await $0.rolloutStart(
+        .with {
+          $0.model = "classify"
+          $0.share = 0.5
+        })
     }
     #expect(started.rollouts.first?.state == "active" && started.rollouts.first?.candidateVersion == "2", "\(started)")
-    #expect(server.runtime.repository.isReady(name: "classify", version: "1"), "the stable version stays while the candidate loads")
+    #expect(
+      server.runtime.repository.isReady(name: "classify", version: "1"),
+      "the stable version stays while the candidate loads")
     let (stable, candidate) = try Self.callersOnBothSides(server, each: 1)
     let result = await Self.traffic(server, stable + candidate, calls: 70)
     #expect(result.failures.isEmpty, "\(result.failures.prefix(3))")
@@ -279,32 +305,66 @@ import Testing
     try await server.stop()
     let log = try AuditVerifier.verify(directory: server.pki.path("audit"), key: key.verifyingKey)
     let records = try log.records.map { try JSONDecoder().decode(AuditRecord.self, from: Data($0)) }
-    #expect(records.contains { $0.kind == .other("rollout_start") && $0.version == "2" && $0.principal == "spiffe://palisade.test/sa/operator" })
+    #expect(
+      records.contains {
+        $0.kind == .other("rollout_start") && $0.version == "2" && $0.principal == "spiffe://palisade.test/sa/operator"
+      })
     #expect(records.contains { $0.kind == .other("rollout_promote") && $0.version == "2" })
   }
 
   @Test func operatorsAbortAndPromoteByHand() async throws {
-    let server = try await Self.start(v2: [:]) { $0.rollouts.defaults.promoteAfterCalls = 100_000; $0.rollouts.defaults.minCalls = 1000 }
+    let server = try await Self.start(v2: [:]) {
+      $0.rollouts.defaults.promoteAfterCalls = 100_000
+      $0.rollouts.defaults.minCalls = 1000
+    }
     let op = try goodClient(server, "operator")
-    let unknown = await rpcError { _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "nope" }) } }
-    #expect(unknown?.code == .permissionDenied, "the operator's rule covers classify only: \(String(describing: unknown))")
-    _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.share = 1 }) }
-    let twice = await rpcError { _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify" }) } }
+    let unknown = await rpcError {
+      _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "nope" }) }
+    }
+    #expect(
+      unknown?.code == .permissionDenied, "the operator's rule covers classify only: \(String(describing: unknown))")
+    _ = try await Self.admin(server, op) {
+      try await $0.rolloutStart(
+        .with {
+          $0.model = "classify"
+          $0.share = 1
+        })
+    }
+    let twice = await rpcError {
+      _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify" }) }
+    }
     #expect(twice?.code == .failedPrecondition, "\(String(describing: twice))")
     let caller = try goodClient(server, "caller")
     #expect(try await withClient(server, caller) { c in try await c.modelInfer(Self.request(0)) }.modelVersion == "2")
 
-    let aborted = try await Self.admin(server, op) { try await $0.rolloutAbort(.with { $0.model = "classify"; $0.reason = "not today" }) }
-    #expect(aborted.rollouts.first?.state == "aborted" && aborted.rollouts.first?.reason.contains("not today") == true, "\(aborted)")
+    let aborted = try await Self.admin(server, op) {
+      try await $0.rolloutAbort(
+        .with {
+          $0.model = "classify"
+          $0.reason = "not today"
+        })
+    }
+    #expect(
+      aborted.rollouts.first?.state == "aborted" && aborted.rollouts.first?.reason.contains("not today") == true,
+      "\(aborted)")
     #expect(try await withClient(server, caller) { c in try await c.modelInfer(Self.request(0)) }.modelVersion == "1")
     #expect(server.runtime.repository.isReady(name: "classify", version: "2"), "an aborted candidate stays loaded")
 
-    _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.candidateVersion = "2"; $0.share = 0.5 }) }
+    _ = try await Self.admin(server, op) {
+      try await $0.rolloutStart(
+        .with {
+          $0.model = "classify"
+          $0.candidateVersion = "2"
+          $0.share = 0.5
+        })
+    }
     let promoted = try await Self.admin(server, op) { try await $0.rolloutPromote(.with { $0.model = "classify" }) }
     #expect(promoted.rollouts.first?.state == "promoted", "\(promoted)")
     #expect(try await withClient(server, caller) { c in try await c.modelInfer(Self.request(0)) }.modelVersion == "2")
     #expect(server.runtime.repository.versions(of: "classify") == ["2"])
-    let none = await rpcError { _ = try await Self.admin(server, op) { try await $0.rolloutPromote(.with { $0.model = "classify" }) } }
+    let none = await rpcError {
+      _ = try await Self.admin(server, op) { try await $0.rolloutPromote(.with { $0.model = "classify" }) }
+    }
     #expect(none?.code == .failedPrecondition)
     try await server.stop()
   }
@@ -348,7 +408,14 @@ import Testing
   @Test func failingCandidateIsRolledBackAndStaysLoaded() async throws {
     let server = try await Self.start(v2: ["fail": "1"])
     let op = try goodClient(server, "operator")
-    _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.candidateVersion = "2"; $0.share = 0.5 }) }
+    _ = try await Self.admin(server, op) {
+      try await $0.rolloutStart(
+        .with {
+          $0.model = "classify"
+          $0.candidateVersion = "2"
+          $0.share = 0.5
+        })
+    }
     let (stable, candidate) = try Self.callersOnBothSides(server, each: 1)
     _ = await Self.traffic(server, stable + candidate, calls: 45)
     let s = try #require(try await Self.ended(server, op))
@@ -358,14 +425,23 @@ import Testing
     let back = try await withClient(server, candidate[0]) { c in try await c.modelInfer(Self.request(1)) }
     #expect(back.modelVersion == "1")
     #expect(server.runtime.repository.isReady(name: "classify", version: "2"))
-    let pinned = await rpcError { _ = try await withClient(server, candidate[0]) { c in try await c.modelInfer(Self.request(1, version: "2")) } }
+    let pinned = await rpcError {
+      _ = try await withClient(server, candidate[0]) { c in try await c.modelInfer(Self.request(1, version: "2")) }
+    }
     #expect(pinned != nil && pinned?.code != .notFound, "\(String(describing: pinned))")
     // A next rollout that cannot start (no bundle for its candidate) leaves the rolled-back one holding v2 off.
     let missing = await rpcError {
-      _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.candidateVersion = "3" }) }
+      _ = try await Self.admin(server, op) {
+        try await $0.rolloutStart(
+          .with {
+            $0.model = "classify"
+            $0.candidateVersion = "3"
+          })
+      }
     }
     #expect(missing?.code == .notFound, "\(String(describing: missing))")
-    #expect(try await withClient(server, candidate[0]) { c in try await c.modelInfer(Self.request(1)) }.modelVersion == "1")
+    #expect(
+      try await withClient(server, candidate[0]) { c in try await c.modelInfer(Self.request(1)) }.modelVersion == "1")
     #expect(try await Self.status(server, op)?.state == "rolled_back")
     let metrics = try await adminGet(server, "/metrics").1
     #expect(metrics.contains(#"palisade_rollout_events_total{model="classify",event="rollback"} 1"#), "\(metrics)")
@@ -375,7 +451,13 @@ import Testing
   @Test func slowCandidateIsRolledBackOnLatency() async throws {
     let server = try await Self.start(v2: ["ms": "60"]) { $0.rollouts.defaults.maxP99Ms = 40 }
     let op = try goodClient(server, "operator")
-    _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.share = 0.5 }) }
+    _ = try await Self.admin(server, op) {
+      try await $0.rolloutStart(
+        .with {
+          $0.model = "classify"
+          $0.share = 0.5
+        })
+    }
     let (stable, candidate) = try Self.callersOnBothSides(server, each: 1)
     let result = await Self.traffic(server, stable + candidate, calls: 40)
     #expect(result.failures.isEmpty)
@@ -387,7 +469,14 @@ import Testing
   @Test func shiftedCandidateIsRolledBackUnderConcurrentLoadWithoutLosingACall() async throws {
     let server = try await Self.start(v2: ["roll": "1"])
     let op = try goodClient(server, "operator")
-    _ = try await Self.admin(server, op) { try await $0.rolloutStart(.with { $0.model = "classify"; $0.mode = "canary"; $0.share = 0.5 }) }
+    _ = try await Self.admin(server, op) {
+      try await $0.rolloutStart(
+        .with {
+          $0.model = "classify"
+          $0.mode = "canary"
+          $0.share = 0.5
+        })
+    }
     let (stable, candidate) = try Self.callersOnBothSides(server, each: 3)
     let result = await Self.traffic(server, stable + candidate, calls: 60)
     // Every call was answered, by one version or the other, across the rollback.

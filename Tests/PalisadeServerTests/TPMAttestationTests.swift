@@ -109,7 +109,9 @@ import X509
     let replay = await Self.refusal { try await appraiser.appraise(replayed, nonce: n, claims: claims, sealed: sealed) }
     #expect(replay.contains("not over this request's nonce") && replay.contains("not bound to this quote"), "\(replay)")
     // A wrong nonce.
-    let wrong = await Self.refusal { try await appraiser.appraise(tpm, nonce: Self.nonce(), claims: claims, sealed: sealed) }
+    let wrong = await Self.refusal {
+      try await appraiser.appraise(tpm, nonce: Self.nonce(), claims: claims, sealed: sealed)
+    }
     #expect(wrong.contains("not over this request's nonce"), "\(wrong)")
     // A tampered event log: one digest changed (and its extend recomputed, so the log is self-consistent).
     var parsed = try TPMEventLog.parse(tpm.eventLog)
@@ -123,23 +125,30 @@ import X509
     parsed = try TPMEventLog.parse(tpm.eventLog)
     parsed.events[i].digest = String(repeating: "1", count: 64)
     tampered.eventLog = parsed.json()
-    let inconsistent = await Self.refusal { try await appraiser.appraise(tampered, nonce: n, claims: claims, sealed: sealed) }
+    let inconsistent = await Self.refusal {
+      try await appraiser.appraise(tampered, nonce: n, claims: claims, sealed: sealed)
+    }
     #expect(inconsistent.contains("extend does not match its content"), "\(inconsistent)")
     // An EK certificate from an untrusted root (here: the TLS CA, not a TPM manufacturer).
-    let untrusted = TPMEvidenceAppraiser(manufacturerCertificates: try PEMFiles.certificates(at: a.server.pki.path("server-ca.pem")))
+    let untrusted = TPMEvidenceAppraiser(
+      manufacturerCertificates: try PEMFiles.certificates(at: a.server.pki.path("server-ca.pem")))
     let root = await Self.refusal { try await untrusted.appraise(tpm, nonce: n, claims: claims, sealed: sealed) }
     #expect(root.contains("does not chain to a trusted TPM manufacturer root"), "\(root)")
 
     // A quote from another TPM (same manufacturer): the challenge for this TPM's AK, sent to the other server,
     // cannot be activated there; and that TPM's evidence does not have the AK the credential was sealed for.
     let b = try await Self.start()
-    let relayed = await rpcError { _ = try await Self.exchange(b.server, nonce: Self.nonce(), challenge: sealed.challenge) }
+    let relayed = await rpcError {
+      _ = try await Self.exchange(b.server, nonce: Self.nonce(), challenge: sealed.challenge)
+    }
     #expect(relayed?.code == .invalidArgument && relayed?.message.contains("credential activation failed") == true)
     let nb = Self.nonce()
     let other = try await Self.exchange(b.server, nonce: nb)
     let otherTPM = try #require(other.tpm)
     let otherClaims = try Self.claims(b, other, nonce: nb)
-    let foreign = await Self.refusal { try await appraiser.appraise(otherTPM, nonce: nb, claims: otherClaims, sealed: sealed) }
+    let foreign = await Self.refusal {
+      try await appraiser.appraise(otherTPM, nonce: nb, claims: otherClaims, sealed: sealed)
+    }
     #expect(foreign.contains("not the one the credential was sealed for"), "\(foreign)")
     try await b.stop()
 
@@ -150,7 +159,9 @@ import X509
     let sealed3 = try appraiser.challenge(for: identity)
     let after = try await Self.exchange(a.server, nonce: n3, challenge: sealed3.challenge)
     let afterTPM = try #require(after.tpm)
-    let swapped = await Self.refusal { try await appraiser.appraise(afterTPM, nonce: n3, claims: claims, sealed: sealed3) }
+    let swapped = await Self.refusal {
+      try await appraiser.appraise(afterTPM, nonce: n3, claims: claims, sealed: sealed3)
+    }
     #expect(swapped.contains("not bound to this quote") && swapped.contains("model:simple/1"), "\(swapped)")
     let afterClaims = try Self.claims(a, after, nonce: n3)
     try await appraiser.appraise(afterTPM, nonce: n3, claims: afterClaims, sealed: sealed3)
@@ -176,7 +187,8 @@ import X509
     let token = try a.server.pki.write("token", client.token ?? "")
     let roots = try a.server.pki.write(
       "tpm-roots.pem",
-      try String(contentsOfFile: a.swtpm.manufacturerRoot, encoding: .utf8) + String(contentsOfFile: a.swtpm.issuingCA, encoding: .utf8))
+      try String(contentsOfFile: a.swtpm.manufacturerRoot, encoding: .utf8)
+        + String(contentsOfFile: a.swtpm.issuingCA, encoding: .utf8))
     let common = [
       "attest", "request", "--target", "127.0.0.1:\(a.server.port)", "--cert", client.cert, "--key", client.key, "--ca",
       a.server.pki.path("server-ca.pem"), "--token-file", token, "--attestation-key", pub,
@@ -184,7 +196,8 @@ import X509
     let ok = try await ProcessTests.run(ProcessTests.binary, common + ["--tpm-roots", roots])
     #expect(ok.status == 0, "\(ok.stderr)")
     #expect(ok.stdout.contains("\"tpm_quote_sha256\""))
-    let refused = try await ProcessTests.run(ProcessTests.binary, common + ["--tpm-roots", a.server.pki.path("server-ca.pem")])
+    let refused = try await ProcessTests.run(
+      ProcessTests.binary, common + ["--tpm-roots", a.server.pki.path("server-ca.pem")])
     #expect(refused.status == 1 && refused.stderr.contains("manufacturer root"), "\(refused.stderr)")
     try await a.stop()
   }

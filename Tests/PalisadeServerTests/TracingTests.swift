@@ -34,15 +34,25 @@ import Testing
   }
 
   enum AttributeValue: Decodable, Equatable {
-    case string(String), int(Int), double(Double), bool(Bool), other
+    case string(String)
+    case int(Int)
+    case double(Double)
+    case bool(Bool)
+    case other
 
     init(from decoder: any Decoder) throws {
       let c = try decoder.singleValueContainer()
-      if let b = try? c.decode(Bool.self) { self = .bool(b) }
-      else if let i = try? c.decode(Int.self) { self = .int(i) }
-      else if let d = try? c.decode(Double.self) { self = .double(d) }
-      else if let s = try? c.decode(String.self) { self = .string(s) }
-      else { self = .other }
+      if let b = try? c.decode(Bool.self) {
+        self = .bool(b)
+      } else if let i = try? c.decode(Int.self) {
+        self = .int(i)
+      } else if let d = try? c.decode(Double.self) {
+        self = .double(d)
+      } else if let s = try? c.decode(String.self) {
+        self = .string(s)
+      } else {
+        self = .other
+      }
     }
 
     var text: String {
@@ -63,7 +73,9 @@ import Testing
   static let streamTrace = "a3ce929d0e0e47364bf92f3577b34da6"
   static let streamParent = "b7ad6b7169203331"
 
-  static let stages = ["authenticate", "authorise", "resolve", "validate", "screen", "compute", "harden", "encode", "audit"]
+  static let stages = [
+    "authenticate", "authorise", "resolve", "validate", "screen", "compute", "harden", "encode", "audit",
+  ]
 
   @Test func spansContinueTheCallersTraceWithAStagePerPipelineStep() async throws {
     let run = try await Self.serveAndCall(tracing: "enabled: true")
@@ -87,7 +99,8 @@ import Testing
     // child, all in the caller's trace, with model, version and status.
     let ok = spans.filter { $0.trace_id == Self.okTrace }
     let root = try #require(
-      ok.first { $0.kind == 2 }, "a SERVER span in the caller's trace: \(spans)\n\(run.server.log)\n\(run.receiver.log)")
+      ok.first { $0.kind == 2 }, "a SERVER span in the caller's trace: \(spans)\n\(run.server.log)\n\(run.receiver.log)"
+    )
     #expect(root.name == "inference.GRPCInferenceService/ModelInfer")
     #expect(root.parent_span_id == Self.okParent)
     #expect(root.string("rpc.system") == "grpc")
@@ -98,7 +111,7 @@ import Testing
     #expect(root.string("palisade.request_id")?.isEmpty == false)
     #expect(root.resource["service.name"] == .string("palisade-test"))
     let children = ok.filter { $0.span_id != root.span_id }
-    #expect(children.map(\.name) .sorted() == Self.stages.sorted(), "\(children.map(\.name))")
+    #expect(children.map(\.name).sorted() == Self.stages.sorted(), "\(children.map(\.name))")
     for child in children {
       #expect(child.parent_span_id == root.span_id, "\(child.name)")
       #expect(child.kind == 1, "\(child.name) is INTERNAL")
@@ -134,16 +147,20 @@ import Testing
 
     // 4, 5. No traceparent, or a malformed one: a new trace whose server span has no parent; the malformed header
     // is neither logged nor exported.
-    let fresh = spans.filter { ![Self.okTrace, Self.missingTrace, Self.streamTrace].contains($0.trace_id) && $0.kind == 2 }
+    let fresh = spans.filter {
+      ![Self.okTrace, Self.missingTrace, Self.streamTrace].contains($0.trace_id) && $0.kind == 2
+    }
     #expect(fresh.count == 2 && fresh.allSatisfy { $0.parent_span_id == "" }, "\(fresh)")
     #expect(!run.server.log.contains("SECRET"), "\(run.server.log)")
 
     // No token, certificate, principal or tensor bytes anywhere: not in an attribute, not in the exported bytes.
     let raw = try Data(contentsOf: URL(fileURLWithPath: run.raw))
     for needle in [
-      run.token, String(run.token.split(separator: ".").last ?? ""), run.principal, run.certificateBase64Prefix, "SECRET",
+      run.token, String(run.token.split(separator: ".").last ?? ""), run.principal, run.certificateBase64Prefix,
+      "SECRET",
     ] {
-      #expect(!spans.contains { s in s.attributes.values.contains { $0.text.contains(needle) } }, "\(needle) in an attribute")
+      #expect(
+        !spans.contains { s in s.attributes.values.contains { $0.text.contains(needle) } }, "\(needle) in an attribute")
       #expect(raw.range(of: Data(needle.utf8)) == nil, "\(needle) in the exported bytes")
     }
     #expect(raw.range(of: run.tensor.prefix(16)) == nil, "tensor bytes in the exported bytes")
@@ -185,7 +202,8 @@ import Testing
     // The annotated example spells out every default.
     #expect(try ServerConfig.load(path: "\(repositoryRoot)/deploy/palisade.example.yaml").tracing == .defaults)
     let root = try YAMLMap.parse(
-      "tracing: {enabled: true, endpoint: \"http://[::1]:4318\", sample_ratio: 0.25, max_queued_spans: 100, max_export_batch: 50}")
+      "tracing: {enabled: true, endpoint: \"http://[::1]:4318\", sample_ratio: 0.25, max_queued_spans: 100, max_export_batch: 50}"
+    )
     let t = try TracingSettings(yaml: try root.map("tracing"))
     #expect(t.enabled && t.endpoint == "http://[::1]:4318" && t.sampleRatio == 0.25 && t.maxQueuedSpans == 100)
     for good in ["http://127.0.0.1:4317", "http://localhost:4317", "http://127.8.9.10:1"] {
@@ -202,7 +220,8 @@ import Testing
     }
     for (text, key) in [
       ("tracing: {enabled: yes please}", "tracing.enabled"), ("tracing: {sample_ratio: 2}", "tracing.sample_ratio"),
-      ("tracing: {exporter: zipkin}", "tracing.exporter"), ("tracing: {max_queued_spans: 10, max_export_batch: 11}", "tracing.max_export_batch"),
+      ("tracing: {exporter: zipkin}", "tracing.exporter"),
+      ("tracing: {max_queued_spans: 10, max_export_batch: 11}", "tracing.max_export_batch"),
     ] {
       let m = try YAMLMap.parse(text)
       do {
@@ -281,18 +300,24 @@ import Testing
     let token = try pki.token(for: client.issued)
     // 64 FP32 features in [0, 1) that spell a recognisable byte pattern.
     var tensor = Data()
-    for i in 0..<64 { withUnsafeBytes(of: (Float(i) * 0.0151 + 0.00017).bitPattern.littleEndian) { tensor.append(contentsOf: $0) } }
+    for i in 0..<64 {
+      withUnsafeBytes(of: (Float(i) * 0.0151 + 0.00017).bitPattern.littleEndian) { tensor.append(contentsOf: $0) }
+    }
     let certificate = try String(contentsOfFile: client.cert, encoding: .utf8)
       .split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
     let calls = try await ProcessTests.run(
       InteropTests.python,
-      ["\(repositoryRoot)/Tests/Interop/traced_call.py", "--port", "\(serverPort)", "--cert", client.cert, "--key",
-       client.key, "--ca", pki.path("ca-bundle.pem"), "--token", token, "--model", "digits", "--input", "input",
-       "--shape", "1,64", "--input-hex", tensor.map { String(format: "%02x", $0) }.joined(),
-       "--traceparent-ok", "00-\(okTrace)-\(okParent)-01", "--traceparent-missing", "00-\(missingTrace)-\(okParent)-01",
-       "--traceparent-stream", "00-\(streamTrace)-\(streamParent)-01"],
+      [
+        "\(repositoryRoot)/Tests/Interop/traced_call.py", "--port", "\(serverPort)", "--cert", client.cert, "--key",
+        client.key, "--ca", pki.path("ca-bundle.pem"), "--token", token, "--model", "digits", "--input", "input",
+        "--shape", "1,64", "--input-hex", tensor.map { String(format: "%02x", $0) }.joined(),
+        "--traceparent-ok", "00-\(okTrace)-\(okParent)-01", "--traceparent-missing",
+        "00-\(missingTrace)-\(okParent)-01",
+        "--traceparent-stream", "00-\(streamTrace)-\(streamParent)-01",
+      ],
       timeout: .seconds(60))
-    #expect(calls.status == 0 && calls.stdout.contains("traced calls OK"), "\(calls.stdout)\(calls.stderr)\n\(server.log)")
+    #expect(
+      calls.status == 0 && calls.stdout.contains("traced calls OK"), "\(calls.stdout)\(calls.stderr)\n\(server.log)")
     return Run(
       pki: pki, server: server, receiver: receiver, out: out, raw: raw, token: token, principal: principal,
       certificateBase64Prefix: String(certificate.dropFirst(40).prefix(40)), tensor: tensor)

@@ -93,7 +93,8 @@ import X509
     }
     // Garbage from the wire is refused by the unmarshaller.
     #expect(throws: TPMError.self) {
-      try tpm.activateCredential(key: ak, ekHandle: SoftwareTPM.eccEKHandle, credentialBlob: [0, 9, 1], encryptedSecret: [])
+      try tpm.activateCredential(
+        key: ak, ekHandle: SoftwareTPM.eccEKHandle, credentialBlob: [0, 9, 1], encryptedSecret: [])
     }
   }
 

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// A software TPM 2.0 (swtpm) for a test, started by certs/swtpm-start.sh with an endorsement key certificate from
@@ -41,7 +41,8 @@ public struct SoftwareTPM: Sendable {
       try? FileManager.default.removeItem(atPath: outPath)
       try? FileManager.default.removeItem(atPath: errPath)
     }
-    let status = system("'\(repositoryRoot)/certs/swtpm-start.sh' '\(state)' '\(ca)' </dev/null >'\(outPath)' 2>'\(errPath)'")
+    let status = system(
+      "'\(repositoryRoot)/certs/swtpm-start.sh' '\(state)' '\(ca)' </dev/null >'\(outPath)' 2>'\(errPath)'")
     let stdout = FileManager.default.contents(atPath: outPath) ?? Data()
     let stderr = FileManager.default.contents(atPath: errPath) ?? Data()
     let tcti = String(decoding: stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)

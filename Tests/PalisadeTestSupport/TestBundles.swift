@@ -12,18 +12,23 @@ public struct TestRuntime: ModelRuntime {
   public func load(files: ModelFiles, descriptor: ModelDescriptor) async throws -> any ServableModel {
     guard let file = files.modelFile else { throw PalisadeError(.failedPrecondition, "no model file") }
     let bytes = file.withBytes { Array($0) }
-    guard let spec = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: String], let kind = spec["kind"] else {
+    guard let spec = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: String], let kind = spec["kind"]
+    else {
       throw PalisadeError(.failedPrecondition, "not a test model")
     }
     switch kind {
-    case "addsub": return Described(descriptor: descriptor, inner: AddSubModel(name: descriptor.name, version: descriptor.version))
+    case "addsub":
+      return Described(descriptor: descriptor, inner: AddSubModel(name: descriptor.name, version: descriptor.version))
     case "slow":
-      return Described(descriptor: descriptor, inner: SlowModel(name: descriptor.name, delay: .milliseconds(Int(spec["ms"] ?? "50") ?? 50)))
+      return Described(
+        descriptor: descriptor,
+        inner: SlowModel(name: descriptor.name, delay: .milliseconds(Int(spec["ms"] ?? "50") ?? 50)))
     case "classify":
       return Described(
         descriptor: descriptor,
         inner: ClassifierModel(
-          version: descriptor.version, roll: Int(spec["roll"] ?? "0") ?? 0, delay: .milliseconds(Int(spec["ms"] ?? "0") ?? 0),
+          version: descriptor.version, roll: Int(spec["roll"] ?? "0") ?? 0,
+          delay: .milliseconds(Int(spec["ms"] ?? "0") ?? 0),
           failOnNonZero: spec["fail"] == "1", nonFinite: spec["nan"] == "1"))
     default: throw PalisadeError(.failedPrecondition, "unknown test model kind")
     }
@@ -62,8 +67,14 @@ public struct TestBundleFactory: Sendable {
       manifest = BundleManifest(
         name: name, version: version, created: Date().addingTimeInterval(-60), expires: expires,
         modelFile: "model.testmodel",
-        inputs: [.init(name: "INPUT0", datatype: .int32, shape: [1, 16]), .init(name: "INPUT1", datatype: .int32, shape: [1, 16])],
-        outputs: [.init(name: "OUTPUT0", datatype: .int32, shape: [1, 16]), .init(name: "OUTPUT1", datatype: .int32, shape: [1, 16])])
+        inputs: [
+          .init(name: "INPUT0", datatype: .int32, shape: [1, 16]),
+          .init(name: "INPUT1", datatype: .int32, shape: [1, 16]),
+        ],
+        outputs: [
+          .init(name: "OUTPUT0", datatype: .int32, shape: [1, 16]),
+          .init(name: "OUTPUT1", datatype: .int32, shape: [1, 16]),
+        ])
     }
     try Data(try manifest.encodedJSON()).write(to: URL(fileURLWithPath: "\(dir)/manifest.json"))
     _ = try await BundleSigner.sign(directory: dir, key: .p256(signer ?? key))
@@ -75,12 +86,15 @@ extension TestBundleFactory {
   /// Writes and signs a ``ClassifierModel`` bundle as `<root>/<name>/<version>/`: `spec` holds its knobs (`roll`,
   /// `ms`, `fail`, `nan`), all in the signed model file.
   @discardableResult
-  public func makeClassifier(root: String, name: String, version: Int, spec: [String: String] = [:]) async throws -> String {
+  public func makeClassifier(root: String, name: String, version: Int, spec: [String: String] = [:]) async throws
+    -> String
+  {
     let dir = "\(root)/\(name)/\(version)"
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     var fields = spec
     fields["kind"] = "classify"
-    try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]).write(to: URL(fileURLWithPath: "\(dir)/model.testmodel"))
+    try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]).write(
+      to: URL(fileURLWithPath: "\(dir)/model.testmodel"))
     let manifest = BundleManifest(
       name: name, version: version, created: Date().addingTimeInterval(-60), expires: Date().addingTimeInterval(86_400),
       modelFile: "model.testmodel", inputs: [.init(name: "IN", datatype: .fp32, shape: [-1, 4])],

@@ -20,7 +20,8 @@ public struct AddSubModel: ServableModel {
   }
 
   public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
-    guard let a = request.input("INPUT0")?.values(as: Int32.self), let b = request.input("INPUT1")?.values(as: Int32.self)
+    guard let a = request.input("INPUT0")?.values(as: Int32.self),
+      let b = request.input("INPUT1")?.values(as: Int32.self)
     else { throw PalisadeError(.internal, "inputs missing") }
     return [
       try Tensor(name: "OUTPUT0", shape: [1, 16], values: zip(a, b).map { $0 &+ $1 }),
@@ -76,7 +77,8 @@ public struct SlowModel: ServableModel {
 /// `gate`, when set, holds every execution until it is opened, and `failing` makes executions fail.
 public final class DoublingModel: ServableModel, Sendable {
   public let descriptor: ModelDescriptor
-  private let state = Mutex<(rows: [Int], closed: Bool, failing: Bool, waiters: [CheckedContinuation<Void, Never>])>(([], false, false, []))
+  private let state = Mutex<(rows: [Int], closed: Bool, failing: Bool, waiters: [CheckedContinuation<Void, Never>])>(
+    ([], false, false, []))
 
   public init(name: String = "double", version: String = "1", maxBatch: Int? = nil, gated: Bool = false) {
     descriptor = ModelDescriptor(
@@ -132,7 +134,8 @@ public struct ClassifierModel: ServableModel {
   let nonFinite: Bool
 
   public init(
-    name: String = "classify", version: String = "1", roll: Int = 0, delay: Duration = .zero, failOnNonZero: Bool = false,
+    name: String = "classify", version: String = "1", roll: Int = 0, delay: Duration = .zero,
+    failOnNonZero: Bool = false,
     nonFinite: Bool = false
   ) {
     self.roll = roll
@@ -146,7 +149,9 @@ public struct ClassifierModel: ServableModel {
   }
 
   public func infer(_ request: InferenceRequest) async throws -> [Tensor] {
-    guard let t = request.input("IN"), let x = t.values(as: Float.self) else { throw PalisadeError(.internal, "input missing") }
+    guard let t = request.input("IN"), let x = t.values(as: Float.self) else {
+      throw PalisadeError(.internal, "input missing")
+    }
     if delay > .zero { try await Task.sleep(for: delay) }
     if failOnNonZero, x.contains(where: { $0 != 0 }) { throw PalisadeError(.internal, "model failed at run time") }
     var out = [Float](repeating: 0, count: x.count)

@@ -35,7 +35,8 @@ public final class TestPKI: @unchecked Sendable {
     try write("ca-bundle.pem", Self.pem(root.certificate))
     try write("server-ca.pem", Self.pem(root.certificate))
     let server = try issue(
-      commonName: "localhost", issuer: intermediate, sans: [.dnsName("localhost"), .ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1]))],
+      commonName: "localhost", issuer: intermediate,
+      sans: [.dnsName("localhost"), .ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1]))],
       usage: .serverAuth)
     try write("server.pem", server.chainPEM)
     try write("server.key", server.keyPEM, mode: 0o600)
@@ -93,7 +94,8 @@ public final class TestPKI: @unchecked Sendable {
       issuer: issuer.certificate.subject, subject: try DistinguishedName { CommonName(commonName) },
       signatureAlgorithm: .ecdsaWithSHA256,
       extensions: try Certificate.Extensions {
-        Critical(isCA ? BasicConstraints.isCertificateAuthority(maxPathLength: nil) : BasicConstraints.notCertificateAuthority)
+        Critical(
+          isCA ? BasicConstraints.isCertificateAuthority(maxPathLength: nil) : BasicConstraints.notCertificateAuthority)
         Critical(KeyUsage(digitalSignature: true))
         if !sans.isEmpty { SubjectAlternativeNames(sans) }
         if let eku { eku }

@@ -40,7 +40,8 @@ public final class TestServer: @unchecked Sendable {
     logger.logLevel = ProcessInfo.processInfo.environment["PALISADE_TEST_LOG"] == nil ? .critical : .debug
     let repository = ModelRepository(required: Set(config.models.required))
     for model in models { repository.register(model) }
-    let runtime = try ServerRuntime(config: config, repository: repository, runtimes: [TestRuntime(), ONNXModelRuntime()], logger: logger)
+    let runtime = try ServerRuntime(
+      config: config, repository: repository, runtimes: [TestRuntime(), ONNXModelRuntime()], logger: logger)
     let task = Task { try await runtime.run(handleSignals: false) }
     let port = await runtime.grpcAddress.get().port ?? 0
     let adminPort = await runtime.admin?.bound.get().port ?? 0

@@ -50,13 +50,23 @@ import X509
     let good = try serverPair(pki, "server-1")
     let notPEM = try pki.write("garbage.pem", "not a certificate\n")
     let empty = try pki.write("empty.pem", "")
-    let openKey = try pki.write("open.key", try String(contentsOfFile: good.privateKeyPath, encoding: .utf8), mode: 0o644)
+    let openKey = try pki.write(
+      "open.key", try String(contentsOfFile: good.privateKeyPath, encoding: .utf8), mode: 0o644)
     let cases: [(ServerCredentials, String, String)] = [
-      (.init(certificateChainPath: notPEM, privateKeyPath: good.privateKeyPath), notPEM, "is not a PEM certificate chain"),
+      (
+        .init(certificateChainPath: notPEM, privateKeyPath: good.privateKeyPath), notPEM,
+        "is not a PEM certificate chain"
+      ),
       (.init(certificateChainPath: empty, privateKeyPath: good.privateKeyPath), empty, ""),
       (.init(certificateChainPath: good.certificateChainPath, privateKeyPath: notPEM), notPEM, ""),
-      (.init(certificateChainPath: good.certificateChainPath, privateKeyPath: openKey), openKey, "accessible by group or others"),
-      (.init(certificateChainPath: good.certificateChainPath, privateKeyPath: pki.path("missing.key")), "missing.key", ""),
+      (
+        .init(certificateChainPath: good.certificateChainPath, privateKeyPath: openKey), openKey,
+        "accessible by group or others"
+      ),
+      (
+        .init(certificateChainPath: good.certificateChainPath, privateKeyPath: pki.path("missing.key")), "missing.key",
+        ""
+      ),
     ]
     for (credentials, path, reason) in cases {
       #expect {

@@ -17,7 +17,8 @@ import Testing
 
   @Test func typedValuesAreRead() throws {
     let map = try YAMLMap.parse(
-      "name: digits\ncount: 3\nratio: 0.25\non: true\nmode: fast\nlist: [a, b]\nnested:\n  inner: 7\nitems:\n  - k: 1\n  - k: 2\n")
+      "name: digits\ncount: 3\nratio: 0.25\non: true\nmode: fast\nlist: [a, b]\nnested:\n  inner: 7\nitems:\n  - k: 1\n  - k: 2\n"
+    )
     #expect(try map.string("name") == "digits")
     #expect(try map.int("count", in: 0...10) == 3)
     #expect(try map.double("ratio", in: 0...1) == 0.25)
@@ -65,7 +66,9 @@ import Testing
 
   @Test func duplicateKeyIsRefused() {
     // A repeated key must not let a later line silently override a reviewed earlier one.
-    let e = refusal("token_ttl: 60\ntoken_ttl: 86400\n") { m throws(YAMLError) in _ = try m.int("token_ttl", in: 0...100_000) }
+    let e = refusal("token_ttl: 60\ntoken_ttl: 86400\n") { m throws(YAMLError) in
+      _ = try m.int("token_ttl", in: 0...100_000)
+    }
     #expect(e?.message.contains("duplicated key(s): 'token_ttl'") == true, "\(String(describing: e))")
     let nested = refusal("a:\n  b: 1\n  b: 2\n") { _ throws(YAMLError) in }
     #expect(nested?.message.contains("'b'") == true, "\(String(describing: nested))")
@@ -74,7 +77,10 @@ import Testing
   @Test func mergeKeysAreNotSilentlyHonoured() {
     // `<<: *base` would import settings nobody reads here; it is an unknown key like any other.
     let e = refusal("base: &b {x: 1}\nuse:\n  <<: *b\n  y: 2\n") { m throws(YAMLError) in
-      _ = try m.map("base").map { b throws(YAMLError) in _ = try b.int("x", in: 0...9); try b.finish() }
+      _ = try m.map("base").map { b throws(YAMLError) in
+        _ = try b.int("x", in: 0...9)
+        try b.finish()
+      }
       let use = try m.map("use")
       _ = try use?.int("y", in: 0...9)
       try use?.finish()
@@ -89,8 +95,10 @@ import Testing
       ("x: .nan\n", { m throws(YAMLError) in _ = try m.double("x", in: 0...1) }, "x", "must be a number"),
       ("x: .inf\n", { m throws(YAMLError) in _ = try m.double("x", in: 0...1) }, "x", "must be a number"),
       ("b: yes\n", { m throws(YAMLError) in _ = try m.bool("b") }, "b", "must be true or false"),
-      ("c: medium\n", { m throws(YAMLError) in _ = try m.choice("c", ["fast", "slow"]) }, "c",
-       "must be one of fast, slow, got 'medium'"),
+      (
+        "c: medium\n", { m throws(YAMLError) in _ = try m.choice("c", ["fast", "slow"]) }, "c",
+        "must be one of fast, slow, got 'medium'"
+      ),
       ("s: [a, {b: 1}]\n", { m throws(YAMLError) in _ = try m.strings("s") }, "s[1]", "must be a string"),
       ("m: 3\n", { m throws(YAMLError) in _ = try m.map("m") }, "m", "must be a mapping"),
       ("l: [1]\n", { m throws(YAMLError) in _ = try m.maps("l") }, "l[0]", "must be a mapping"),

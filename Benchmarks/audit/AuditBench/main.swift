@@ -6,7 +6,7 @@ import Foundation
 import PalisadeAudit
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 let arguments = CommandLine.arguments
@@ -34,7 +34,8 @@ func sampleRecord(_ n: Int) -> AuditRecord {
 func cpuMicros() -> Double {
   var usage = rusage()
   getrusage(RUSAGE_SELF.rawValue, &usage)
-  return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+  return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6
+    + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
 }
 
 func fresh(_ name: String) throws -> String {
@@ -74,7 +75,9 @@ func raw(payload: [UInt8], count: Int, fsyncEach: Bool) throws -> Measurement {
   return measure(count, start, cpu0)
 }
 
-func audit(mode: AuditConfiguration.Durability, concurrency: Int, count: Int, key: AuditSigningKey) async throws -> Measurement {
+func audit(mode: AuditConfiguration.Durability, concurrency: Int, count: Int, key: AuditSigningKey) async throws
+  -> Measurement
+{
   var config = AuditConfiguration(directory: try fresh("log-\(mode.rawValue)-\(concurrency)"), keyFile: "")
   config.durability = mode
   let log = try AuditLog.open(configuration: config, key: key)
@@ -110,7 +113,9 @@ let encodeStart = cpuMicros()
 var sink = 0
 for i in 0..<count { sink &+= Int(Merkle.leafHash(sampleRecord(i).canonicalJSON())[0]) }
 let encodeCost = (cpuMicros() - encodeStart) / Double(count)
-print("caller-side cost (build record + canonical JSON + leaf hash): \(String(format: "%.2f", encodeCost)) µs/record [\(sink % 2)]")
+print(
+  "caller-side cost (build record + canonical JSON + leaf hash): \(String(format: "%.2f", encodeCost)) µs/record [\(sink % 2)]"
+)
 let rawSync = try raw(payload: payload, count: syncCount, fsyncEach: true)
 let rawBuffered = try raw(payload: payload, count: count, fsyncEach: false)
 print("")
@@ -118,7 +123,8 @@ print("| run | appenders | records | appends/s | CPU µs/append | ÷ raw fsync/r
 print("|---|---:|---:|---:|---:|---:|---:|")
 func row(_ name: String, _ c: Int, _ n: Int, _ m: Measurement) {
   print(
-    "| \(name) | \(c) | \(n) | \(Int(m.rate)) | \(String(format: "%.1f", m.cpu)) | \(String(format: "%.2f", m.rate / rawSync.rate)) | \(String(format: "%.3f", m.rate / rawBuffered.rate)) |")
+    "| \(name) | \(c) | \(n) | \(Int(m.rate)) | \(String(format: "%.1f", m.cpu)) | \(String(format: "%.2f", m.rate / rawSync.rate)) | \(String(format: "%.3f", m.rate / rawBuffered.rate)) |"
+  )
 }
 row("raw write+fdatasync per record", 1, syncCount, rawSync)
 row("raw buffered write (one fdatasync)", 1, count, rawBuffered)
@@ -150,11 +156,14 @@ func paced(rate: Int, seconds: Double, key: AuditSigningKey) async throws {
     let baseline = try await pacedRun(mode: nil, concurrency: concurrency, rate: rate, seconds: seconds, key: key)
     func row(_ name: String, _ m: PacedMeasurement) {
       print(
-        "| \(name) | \(concurrency) | \(Int(m.rate)) | \(String(format: "%.1f", m.cpu)) | \(String(format: "%+.1f", m.cpu - baseline.cpu)) | \(String(format: "%.2f", m.voluntary)) | \(String(format: "%.2f", m.involuntary)) |")
+        "| \(name) | \(concurrency) | \(Int(m.rate)) | \(String(format: "%.1f", m.cpu)) | \(String(format: "%+.1f", m.cpu - baseline.cpu)) | \(String(format: "%.2f", m.voluntary)) | \(String(format: "%.2f", m.involuntary)) |"
+      )
     }
     row("no log (pacing only)", baseline)
     for mode in [AuditConfiguration.Durability.batched, .sync] {
-      row("AuditLog \(mode.rawValue)", try await pacedRun(mode: mode, concurrency: concurrency, rate: rate, seconds: seconds, key: key))
+      row(
+        "AuditLog \(mode.rawValue)",
+        try await pacedRun(mode: mode, concurrency: concurrency, rate: rate, seconds: seconds, key: key))
     }
   }
 }
@@ -167,10 +176,12 @@ struct PacedMeasurement {
 }
 
 func loadAverage() -> String {
-  (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+  (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(
+    separator: " ") ?? "?"
 }
 
-func pacedRun(mode: AuditConfiguration.Durability?, concurrency: Int, rate: Int, seconds: Double, key: AuditSigningKey) async throws
+func pacedRun(mode: AuditConfiguration.Durability?, concurrency: Int, rate: Int, seconds: Double, key: AuditSigningKey)
+  async throws
   -> PacedMeasurement
 {
   let directory = try fresh("paced-\(mode?.rawValue ?? "none")-\(concurrency)")

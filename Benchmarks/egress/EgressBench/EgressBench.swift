@@ -29,7 +29,8 @@ final class Upstream: ChannelInboundHandler, @unchecked Sendable {
       let reply = ByteBuffer(string: "ok \(count)")
       var headers = HTTPHeaders()
       headers.add(name: "content-length", value: String(reply.readableBytes))
-      context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+      context.write(
+        wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
       context.write(wrapOutboundOut(.body(.byteBuffer(reply))), promise: nil)
       context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
@@ -86,7 +87,9 @@ struct Result {
   var mbps: Double
 }
 
-func measure(_ body: [UInt8], requests: Int, concurrency: Int, _ send: @escaping @Sendable ([UInt8]) async throws -> Int)
+func measure(
+  _ body: [UInt8], requests: Int, concurrency: Int, _ send: @escaping @Sendable ([UInt8]) async throws -> Int
+)
   async throws -> Result
 {
   for _ in 0..<5 {
@@ -145,7 +148,8 @@ enum EgressBench {
     let bundle = pki.directory.appendingPathComponent("models/bench/1")
     try FileManager.default.createDirectory(at: bundle, withIntermediateDirectories: true)
     var rng = SystemRandomNumberGenerator()
-    try Data((0..<(8 << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }).write(to: bundle.appendingPathComponent("weights.bin"))
+    try Data((0..<(8 << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }).write(
+      to: bundle.appendingPathComponent("weights.bin"))
     try Data(#"{"name": "bench", "version": 1, "canary_tokens": ["bench-canary-0123456789"]}"#.utf8)
       .write(to: bundle.appendingPathComponent("manifest.json"))
 
@@ -180,9 +184,11 @@ enum EgressBench {
         .channelOption(.tcpOption(.tcp_nodelay), value: 1)
         .connect(host: "127.0.0.1", port: upstreamPort) { channel in
           channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: clientTLS, serverHostname: "localhost"))
+            try channel.pipeline.syncOperations.addHandler(
+              NIOSSLClientHandler(context: clientTLS, serverHostname: "localhost"))
             try channel.pipeline.syncOperations.addHTTPClientHandlers()
-            return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+            return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+              wrappingChannelSynchronously: channel)
           }
         }
       return try await channel.executeThenClose { inbound, outbound in
@@ -209,7 +215,9 @@ enum EgressBench {
 
     let requests = argument("--requests", 200)
     let concurrency = argument("--concurrency", 4)
-    print("egress-bench: \(requests) sequential requests for latency, \(requests * 2) at concurrency \(concurrency) for throughput")
+    print(
+      "egress-bench: \(requests) sequential requests for latency, \(requests * 2) at concurrency \(concurrency) for throughput"
+    )
     print("inspection: \(proxy.summary)")
     print("")
     print("| body | path | p50 ms | p99 ms | req/s | MB/s |")
@@ -220,31 +228,40 @@ enum EgressBench {
       let alphabet = Array("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 {}\":,.\n".utf8)
       let body = (0..<size).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] }
       // The inspection alone (same settings and fingerprints as the proxy), to separate it from the network hop.
-  let inspector = Inspector(
-    settings: config.inspection, canaries: fingerprints.canaries, weights: fingerprints.weights)
-  let inspectStart = ContinuousClock.now
-  for _ in 0..<10 { precondition(inspector.inspect(uri: "/ingest", headers: [], body: body) == nil, "benign body flagged") }
-  let inspectMs = (ContinuousClock.now - inspectStart) / 10
-  let ms = Double(inspectMs.components.attoseconds) / 1e15 + Double(inspectMs.components.seconds) * 1e3
-  print(String(format: "inspection alone, %@: %.3f ms per request", label, ms))
-  if CommandLine.arguments.contains("--breakdown") {
-    for (name, tweak) in [
-      ("no base64 decoding", { (s: inout EgressConfig.Inspection) in s.decodeBase64 = false }),
-      ("no hex decoding", { (s: inout EgressConfig.Inspection) in s.decodeHex = false }),
-      ("no runs at all", { (s: inout EgressConfig.Inspection) in s.decodeHex = false; s.decodeBase64 = false; s.highEntropy.enabled = false }),
-    ] {
-      var settings = config.inspection
-      tweak(&settings)
-      let i = Inspector(settings: settings, canaries: fingerprints.canaries, weights: fingerprints.weights)
-      let t0 = ContinuousClock.now
-      for _ in 0..<10 { _ = i.inspect(uri: "/ingest", headers: [], body: body) }
-      print("  \(name): \((ContinuousClock.now - t0) / 10)")
-    }
-    let t0 = ContinuousClock.now
-    for _ in 0..<10 { _ = fingerprints.weights?.firstMatch(in: body) }
-    print("  weights alone: \((ContinuousClock.now - t0) / 10)")
-  }
-  let d = try await measure(body, requests: n, concurrency: concurrency, direct)
+      let inspector = Inspector(
+        settings: config.inspection, canaries: fingerprints.canaries, weights: fingerprints.weights)
+      let inspectStart = ContinuousClock.now
+      for _ in 0..<10 {
+        precondition(inspector.inspect(uri: "/ingest", headers: [], body: body) == nil, "benign body flagged")
+      }
+      let inspectMs = (ContinuousClock.now - inspectStart) / 10
+      let ms = Double(inspectMs.components.attoseconds) / 1e15 + Double(inspectMs.components.seconds) * 1e3
+      print(String(format: "inspection alone, %@: %.3f ms per request", label, ms))
+      if CommandLine.arguments.contains("--breakdown") {
+        for (name, tweak) in [
+          ("no base64 decoding", { (s: inout EgressConfig.Inspection) in s.decodeBase64 = false }),
+          ("no hex decoding", { (s: inout EgressConfig.Inspection) in s.decodeHex = false }),
+          (
+            "no runs at all",
+            { (s: inout EgressConfig.Inspection) in
+              s.decodeHex = false
+              s.decodeBase64 = false
+              s.highEntropy.enabled = false
+            }
+          ),
+        ] {
+          var settings = config.inspection
+          tweak(&settings)
+          let i = Inspector(settings: settings, canaries: fingerprints.canaries, weights: fingerprints.weights)
+          let t0 = ContinuousClock.now
+          for _ in 0..<10 { _ = i.inspect(uri: "/ingest", headers: [], body: body) }
+          print("  \(name): \((ContinuousClock.now - t0) / 10)")
+        }
+        let t0 = ContinuousClock.now
+        for _ in 0..<10 { _ = fingerprints.weights?.firstMatch(in: body) }
+        print("  weights alone: \((ContinuousClock.now - t0) / 10)")
+      }
+      let d = try await measure(body, requests: n, concurrency: concurrency, direct)
       let s = try await measure(body, requests: n, concurrency: concurrency, viaSidecar)
       for (path, r) in [("direct TLS", d), ("via sidecar", s)] {
         print(String(format: "| %@ | %@ | %.2f | %.2f | %.0f | %.1f |", label, path, r.p50, r.p99, r.rps, r.mbps))

@@ -125,7 +125,10 @@ for (name, url) in models {
         )
       } else {
         print(
-          name.padding(toLength: 20, withPad: " ", startingAt: 0), String(format: "%7d %11.1f %11.1f %7d %6d %10.1f", batch, median, mean, samples.count, plan.stepCount, Double(plan.arenaBytes) / 1024))
+          name.padding(toLength: 20, withPad: " ", startingAt: 0),
+          String(
+            format: "%7d %11.1f %11.1f %7d %6d %10.1f", batch, median, mean, samples.count, plan.stepCount,
+            Double(plan.arenaBytes) / 1024))
       }
     } catch {
       print("\(name) batch \(batch): \(error)")

@@ -66,7 +66,9 @@ public struct JWKS: Sendable {
       if let use = jwk["use"] as? String, use != "sig" {
         throw LoadError(description: "kid '\(kid)': \"use\" is '\(use)', expected 'sig'")
       }
-      guard jwk["d"] == nil else { throw LoadError(description: "kid '\(kid)' holds a private key; publish only public keys") }
+      guard jwk["d"] == nil else {
+        throw LoadError(description: "kid '\(kid)' holds a private key; publish only public keys")
+      }
       let key = try parseKey(jwk, kid: kid)
       if let alg = jwk["alg"] as? String, alg != key.algorithm {
         throw LoadError(description: "kid '\(kid)': \"alg\" \(alg) does not fit its key type (\(key.algorithm))")
@@ -85,13 +87,15 @@ public struct JWKS: Sendable {
     }
     switch (jwk["kty"] as? String, jwk["crv"] as? String) {
     case ("EC", "P-256"):
-      let x = try coordinate("x"), y = try coordinate("y")
+      let x = try coordinate("x")
+      let y = try coordinate("y")
       guard let key = try? P256.Signing.PublicKey(rawRepresentation: x + y) else {
         throw LoadError(description: "kid '\(kid)': not a valid P-256 point")
       }
       return .es256(key)
     case ("EC", "P-384"):
-      let x = try coordinate("x"), y = try coordinate("y")
+      let x = try coordinate("x")
+      let y = try coordinate("y")
       guard let key = try? P384.Signing.PublicKey(rawRepresentation: x + y) else {
         throw LoadError(description: "kid '\(kid)': not a valid P-384 point")
       }
@@ -103,7 +107,8 @@ public struct JWKS: Sendable {
       return .edDSA(key)
     case (let kty, let crv):
       throw LoadError(
-        description: "kid '\(kid)': unsupported key type \(kty ?? "none")/\(crv ?? "none") (EC P-256, EC P-384, OKP Ed25519)")
+        description:
+          "kid '\(kid)': unsupported key type \(kty ?? "none")/\(crv ?? "none") (EC P-256, EC P-384, OKP Ed25519)")
     }
   }
 }

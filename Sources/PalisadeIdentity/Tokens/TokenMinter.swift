@@ -19,13 +19,20 @@ public enum TokenSigningKey: Sendable {
   /// Reads a PEM private key (PKCS#8 or SEC1 for EC, PKCS#8 for Ed25519); text around the block is ignored.
   public init(pem text: String) throws {
     switch try PEMText.ecPrivateKey(text) {
-    case .p256(let k): self = .es256(k); return
-    case .p384(let k): self = .es384(k); return
+    case .p256(let k):
+      self = .es256(k)
+      return
+    case .p384(let k):
+      self = .es384(k)
+      return
     case .p521: throw JWKS.LoadError(description: "P-521 keys cannot sign tokens (ES512 is not on the allowlist)")
     case nil: break
     }
     let pem = PEMText.soleBlock(text)
-    if let k = try? Curve25519.Signing.PrivateKey(pemRepresentation: pem) { self = .edDSA(k); return }
+    if let k = try? Curve25519.Signing.PrivateKey(pemRepresentation: pem) {
+      self = .edDSA(k)
+      return
+    }
     throw JWKS.LoadError(description: "not a PEM P-256, P-384 or Ed25519 private key")
   }
 
@@ -42,15 +49,21 @@ public enum TokenSigningKey: Sendable {
     switch self {
     case .es256(let k):
       let raw = Array(k.publicKey.rawRepresentation)
-      return ["kty": "EC", "crv": "P-256", "x": Base64URL.encode(raw[0..<32]), "y": Base64URL.encode(raw[32...]),
-              "kid": kid, "alg": "ES256", "use": "sig"]
+      return [
+        "kty": "EC", "crv": "P-256", "x": Base64URL.encode(raw[0..<32]), "y": Base64URL.encode(raw[32...]),
+        "kid": kid, "alg": "ES256", "use": "sig",
+      ]
     case .es384(let k):
       let raw = Array(k.publicKey.rawRepresentation)
-      return ["kty": "EC", "crv": "P-384", "x": Base64URL.encode(raw[0..<48]), "y": Base64URL.encode(raw[48...]),
-              "kid": kid, "alg": "ES384", "use": "sig"]
+      return [
+        "kty": "EC", "crv": "P-384", "x": Base64URL.encode(raw[0..<48]), "y": Base64URL.encode(raw[48...]),
+        "kid": kid, "alg": "ES384", "use": "sig",
+      ]
     case .edDSA(let k):
-      return ["kty": "OKP", "crv": "Ed25519", "x": Base64URL.encode(Array(k.publicKey.rawRepresentation)), "kid": kid,
-              "alg": "EdDSA", "use": "sig"]
+      return [
+        "kty": "OKP", "crv": "Ed25519", "x": Base64URL.encode(Array(k.publicKey.rawRepresentation)), "kid": kid,
+        "alg": "EdDSA", "use": "sig",
+      ]
     }
   }
 }
@@ -64,7 +77,8 @@ public enum TokenMinter {
     var h: [String: Any] = ["alg": key.algorithm, "typ": "JWT", "kid": kid]
     h.merge(header) { $1 }
     let headerPart = Base64URL.encode(Array(try JSONSerialization.data(withJSONObject: h, options: [.sortedKeys])))
-    let payloadPart = Base64URL.encode(Array(try JSONSerialization.data(withJSONObject: claims, options: [.sortedKeys])))
+    let payloadPart = Base64URL.encode(
+      Array(try JSONSerialization.data(withJSONObject: claims, options: [.sortedKeys])))
     let input = Array("\(headerPart).\(payloadPart)".utf8)
     return "\(headerPart).\(payloadPart).\(Base64URL.encode(try key.sign(input)))"
   }

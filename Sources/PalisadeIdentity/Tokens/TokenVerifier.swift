@@ -104,7 +104,8 @@ public final class TokenVerifier: Sendable {
   }
 
   /// Verifies the `authorization` header value for a caller with `identity`.
-  public func verify(authorization: String?, identity: PeerIdentity, now: Date = Date()) throws(TokenError) -> Verified {
+  public func verify(authorization: String?, identity: PeerIdentity, now: Date = Date()) throws(TokenError) -> Verified
+  {
     guard let header = authorization else { throw .missing }
     guard header.utf8.count <= settings.maxTokenBytes + 7 else { throw .oversized }
     guard header.hasPrefix("Bearer ") else { throw .malformed("not a Bearer credential") }
@@ -245,8 +246,14 @@ extension TokenVerifier {
 
 /// Why a token was refused. Logged and audited; the caller only ever sees a generic UNAUTHENTICATED.
 public enum TokenError: Error, Equatable, Sendable, CustomStringConvertible {
-  case missing, oversized, malformed(String), algorithmNotAllowed(String), wrongType(String?), unknownIssuer(String?)
-  case unknownKey(String), badSignature, wrongAudience, expired, notYetValid, issuedInFuture, lifetimeTooLong(Int)
+  case missing, oversized
+  case malformed(String)
+  case algorithmNotAllowed(String)
+  case wrongType(String?)
+  case unknownIssuer(String?)
+  case unknownKey(String)
+  case badSignature, wrongAudience, expired, notYetValid, issuedInFuture
+  case lifetimeTooLong(Int)
   case bindingMissing, bindingMismatch, subjectMismatch, keyRetired
 
   public var description: String {

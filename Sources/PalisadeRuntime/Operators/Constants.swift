@@ -4,9 +4,13 @@ import PalisadeKernels
 /// Values known at plan time: constants and shapes (folded, never run).
 extension OperatorRegistry {
   static let constantOperators: [OperatorDefinition] = [
-    OperatorDefinition("Constant", attributeProblem: constantAttributeProblem) { (n) throws(RuntimeError) in try n.lowerConstant() },
+    OperatorDefinition("Constant", attributeProblem: constantAttributeProblem) { (n) throws(RuntimeError) in
+      try n.lowerConstant()
+    },
     OperatorDefinition("Shape") { (n) throws(RuntimeError) in try n.lowerShape() },
-    OperatorDefinition("ConstantOfShape", attributeProblem: constantOfShapeAttributeProblem) { (n) throws(RuntimeError) in try n.lowerConstantOfShape() },
+    OperatorDefinition("ConstantOfShape", attributeProblem: constantOfShapeAttributeProblem) {
+      (n) throws(RuntimeError) in try n.lowerConstantOfShape()
+    },
     OperatorDefinition("Range") { (n) throws(RuntimeError) in try n.lowerRange() },
   ]
 }

@@ -4,7 +4,7 @@ import PalisadeKernels
 /// 2-D convolution.
 extension OperatorRegistry {
   static let convolutionOperators: [OperatorDefinition] = [
-    OperatorDefinition("Conv", imageSeparable: true) { (n) throws(RuntimeError) in try n.lowerConv() },
+    OperatorDefinition("Conv", imageSeparable: true) { (n) throws(RuntimeError) in try n.lowerConv() }
   ]
 }
 
@@ -22,10 +22,13 @@ extension NodeLowering {
     let strides = try node.ints("strides") ?? [1, 1]
     let dilations = try node.ints("dilations") ?? [1, 1]
     var pads = try node.ints("pads") ?? [0, 0, 0, 0]
-    if let ks = try node.ints("kernel_shape"), ks != Array(w.shape[2...]) { throw .shape("Conv kernel_shape \(ks) vs weights \(w.shape)") }
+    if let ks = try node.ints("kernel_shape"), ks != Array(w.shape[2...]) {
+      throw .shape("Conv kernel_shape \(ks) vs weights \(w.shape)")
+    }
     guard strides.count == 2, dilations.count == 2, pads.count == 4 else { throw .shape("Conv attribute lengths") }
-    pads = try autoPads(node, input: Array(x.shape[2...]), kernel: Array(w.shape[2...]), strides: strides,
-                        dilations: dilations, pads: pads)
+    pads = try autoPads(
+      node, input: Array(x.shape[2...]), kernel: Array(w.shape[2...]), strides: strides,
+      dilations: dilations, pads: pads)
     // `group` comes from the file: checked before it is multiplied.
     let (groupedChannels, groupOverflow) = w.shape[1].multipliedReportingOverflow(by: group)
     guard group >= 1, !groupOverflow, groupedChannels == x.shape[1] else {
@@ -53,7 +56,8 @@ extension NodeLowering {
     // A fused BatchNormalization after the activation (Fusion): y = act(conv) * mul[c] + add[c].
     var post: HostTensor? = nil
     if let m = node.attributes["_post_mul"], let a = node.attributes["_post_add"] {
-      guard case .floats(let mul) = m, case .floats(let add) = a, mul.count == w.shape[0], add.count == w.shape[0] else {
+      guard case .floats(let mul) = m, case .floats(let add) = a, mul.count == w.shape[0], add.count == w.shape[0]
+      else {
         throw .malformed("\(node.label): fused batch normalisation does not match the output channels")
       }
       post = HostTensor.floats(mul + add, shape: [2 * w.shape[0]])
@@ -96,17 +100,20 @@ extension NodeLowering {
           // The direct kernels apply a fused batch normalisation in registers; the GEMM path afterwards.
           if let post, flat == nil, direct == nil, narrow == nil {
             let (o, f) = (outs[0].f(base), post.floatPointer)
-            channelAffine(o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
-                          planes: 0..<(batch * outChannels))
+            channelAffine(
+              o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
+              planes: 0..<(batch * outChannels))
           }
           return
         }
-        conv2d(params, input: ins[0].f(base), weight: ins[1].f(base), bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil,
-               output: outs[0].f(base), workspace: scratch > 0 ? ws.f(base) : nil, activation: act, pool: pool)
+        conv2d(
+          params, input: ins[0].f(base), weight: ins[1].f(base), bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil,
+          output: outs[0].f(base), workspace: scratch > 0 ? ws.f(base) : nil, activation: act, pool: pool)
         if let post {
           let (o, f) = (outs[0].f(base), post.floatPointer)
-          channelAffine(o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
-                        planes: 0..<(batch * outChannels))
+          channelAffine(
+            o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
+            planes: 0..<(batch * outChannels))
         }
       }
     }
@@ -123,7 +130,9 @@ func autoPads(
   case let mode where mode == "SAME_UPPER" || mode == "SAME_LOWER":
     var out = [0, 0, 0, 0]
     for d in 0..<2 {
-      guard strides[d] >= 1, dilations[d] >= 1, kernel[d] >= 1, input[d] >= 0 else { throw .shape("invalid kernel geometry") }
+      guard strides[d] >= 1, dilations[d] >= 1, kernel[d] >= 1, input[d] >= 0 else {
+        throw .shape("invalid kernel geometry")
+      }
       // Strides, dilations and kernel sizes come from the file (up to 2^48 each): every product is checked.
       let o = input[d] / strides[d] + (input[d] % strides[d] != 0 ? 1 : 0)
       let (covered, o1) = max(0, o - 1).multipliedReportingOverflow(by: strides[d])

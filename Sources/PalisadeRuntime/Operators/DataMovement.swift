@@ -7,10 +7,13 @@ extension OperatorRegistry {
     OperatorDefinition("Transpose") { (n) throws(RuntimeError) in try n.lowerTranspose() },
     OperatorDefinition("Slice") { (n) throws(RuntimeError) in try n.lowerSlice() },
     OperatorDefinition("Gather") { (n) throws(RuntimeError) in try n.lowerGather() },
-    OperatorDefinition("ArrayFeatureExtractor", domain: "ai.onnx.ml") { (n) throws(RuntimeError) in try n.lowerArrayFeatureExtractor() },
+    OperatorDefinition("ArrayFeatureExtractor", domain: "ai.onnx.ml") { (n) throws(RuntimeError) in
+      try n.lowerArrayFeatureExtractor()
+    },
     OperatorDefinition("Concat") { (n) throws(RuntimeError) in try n.lowerConcat() },
     OperatorDefinition("Expand") { (n) throws(RuntimeError) in try n.lowerExpand() },
-    OperatorDefinition("Cast", attributeProblem: castAttributeProblem) { (n) throws(RuntimeError) in try n.lowerCast() },
+    OperatorDefinition("Cast", attributeProblem: castAttributeProblem) { (n) throws(RuntimeError) in try n.lowerCast()
+    },
     OperatorDefinition("Where") { (n) throws(RuntimeError) in try n.lowerWhere() },
   ]
 }
@@ -244,11 +247,14 @@ extension NodeLowering {
             let c: Int64 = v.isNaN ? Int64.min : (v >= 9.2e18 ? Int64.max : (v <= -9.2e18 ? Int64.min : Int64(v)))
             dst.storeBytes(of: c, toByteOffset: i * 8, as: Int64.self)
           case (.float32, .bool):
-            dst.storeBytes(of: src.load(fromByteOffset: i * 4, as: Float.self) != 0 ? 1 : 0, toByteOffset: i, as: UInt8.self)
+            dst.storeBytes(
+              of: src.load(fromByteOffset: i * 4, as: Float.self) != 0 ? 1 : 0, toByteOffset: i, as: UInt8.self)
           case (.int64, .float32):
-            dst.storeBytes(of: Float(src.load(fromByteOffset: i * 8, as: Int64.self)), toByteOffset: i * 4, as: Float.self)
+            dst.storeBytes(
+              of: Float(src.load(fromByteOffset: i * 8, as: Int64.self)), toByteOffset: i * 4, as: Float.self)
           case (.int64, .bool):
-            dst.storeBytes(of: src.load(fromByteOffset: i * 8, as: Int64.self) != 0 ? 1 : 0, toByteOffset: i, as: UInt8.self)
+            dst.storeBytes(
+              of: src.load(fromByteOffset: i * 8, as: Int64.self) != 0 ? 1 : 0, toByteOffset: i, as: UInt8.self)
           case (.bool, .float32):
             dst.storeBytes(of: Float(src.load(fromByteOffset: i, as: UInt8.self)), toByteOffset: i * 4, as: Float.self)
           case (.bool, .int64):

@@ -37,7 +37,8 @@ extension NodeLowering {
     let opType = node.opType
     let fmod = try node.int("fmod", 0) != 0
     if a.type == .float32 && opType != "Mod" {
-      let op: BinaryOp = opType == "Add" ? .add : opType == "Sub" ? .sub : opType == "Mul" ? .mul : opType == "Div" ? .div : .pow
+      let op: BinaryOp =
+        opType == "Add" ? .add : opType == "Sub" ? .sub : opType == "Mul" ? .mul : opType == "Div" ? .div : .pow
       return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in
         { (base, _) throws(RuntimeError) in
           do {

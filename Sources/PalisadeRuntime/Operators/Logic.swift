@@ -30,12 +30,22 @@ extension NodeLowering {
         try? forEachBroadcast(shape, strides) { n, off in
           let (x, y): (Double, Double)
           switch type {
-          case .float32: (x, y) = (Double(ap.load(fromByteOffset: off[0] * 4, as: Float.self)), Double(bp.load(fromByteOffset: off[1] * 4, as: Float.self)))
+          case .float32:
+            (x, y) = (
+              Double(ap.load(fromByteOffset: off[0] * 4, as: Float.self)),
+              Double(bp.load(fromByteOffset: off[1] * 4, as: Float.self))
+            )
           case .int64:
-            let (p, q) = (ap.load(fromByteOffset: off[0] * 8, as: Int64.self), bp.load(fromByteOffset: off[1] * 8, as: Int64.self))
+            let (p, q) = (
+              ap.load(fromByteOffset: off[0] * 8, as: Int64.self), bp.load(fromByteOffset: off[1] * 8, as: Int64.self)
+            )
             o[n] = (op == "Equal" ? p == q : (op == "Less" ? p < q : p > q)) ? 1 : 0
             return
-          case .bool: (x, y) = (Double(ap.load(fromByteOffset: off[0], as: UInt8.self)), Double(bp.load(fromByteOffset: off[1], as: UInt8.self)))
+          case .bool:
+            (x, y) = (
+              Double(ap.load(fromByteOffset: off[0], as: UInt8.self)),
+              Double(bp.load(fromByteOffset: off[1], as: UInt8.self))
+            )
           }
           o[n] = (op == "Equal" ? x == y : (op == "Less" ? x < y : x > y)) ? 1 : 0
         }

@@ -50,13 +50,15 @@ extension NodeLowering {
       { base, pool in
         let (ap, bp, cp) = (ins[0].f(base), ins[1].f(base), outs[0].f(base))
         if foldBatch {
-          sgemm(transA: false, transB: false, m: m * batchCount, n: n, k: k, alpha: 1, a: ap, lda: max(k, 1),
-                b: bp, ldb: max(n, 1), beta: 0, c: cp, ldc: max(n, 1), pool: pool)
+          sgemm(
+            transA: false, transB: false, m: m * batchCount, n: n, k: k, alpha: 1, a: ap, lda: max(k, 1),
+            b: bp, ldb: max(n, 1), beta: 0, c: cp, ldc: max(n, 1), pool: pool)
           return
         }
         for i in 0..<aOffsets.count {
-          sgemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: ap + aOffsets[i], lda: max(k, 1),
-                b: bp + bOffsets[i], ldb: max(n, 1), beta: 0, c: cp + i * m * n, ldc: max(n, 1), pool: pool)
+          sgemm(
+            transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: ap + aOffsets[i], lda: max(k, 1),
+            b: bp + bOffsets[i], ldb: max(n, 1), beta: 0, c: cp + i * m * n, ldc: max(n, 1), pool: pool)
         }
       }
     }
@@ -93,9 +95,10 @@ extension NodeLowering {
           for i in 0..<m { for j in 0..<n { cp[i * n + j] = c[i * cStrides[0] + j * cStrides[1]] } }
           betaUsed = beta
         }
-        sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: ins[0].f(base),
-              lda: max(a.shape[1], 1), b: ins[1].f(base), ldb: max(b.shape[1], 1), beta: betaUsed, c: cp,
-              ldc: max(n, 1), epilogue: GemmEpilogue(activation: act), pool: pool)
+        sgemm(
+          transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: ins[0].f(base),
+          lda: max(a.shape[1], 1), b: ins[1].f(base), ldb: max(b.shape[1], 1), beta: betaUsed, c: cp,
+          ldc: max(n, 1), epilogue: GemmEpilogue(activation: act), pool: pool)
       }
     }
   }
@@ -123,21 +126,24 @@ extension NodeLowering {
         if act == .gelu {
           // GELU after the whole GEMM, one vector pass over the output, rather than in the tile epilogue.
           let c = outs[0].f(base)
-          sgemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: ins[0].f(base), lda: max(k, 1),
-                b: ins[1].f(base), ldb: max(n, 1), beta: 0, c: c, ldc: max(n, 1),
-                epilogue: GemmEpilogue(bias: bias.map { .perColumn($0) } ?? .none), pool: pool)
+          sgemm(
+            transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: ins[0].f(base), lda: max(k, 1),
+            b: ins[1].f(base), ldb: max(n, 1), beta: 0, c: c, ldc: max(n, 1),
+            epilogue: GemmEpilogue(bias: bias.map { .perColumn($0) } ?? .none), pool: pool)
           unary(.gelu, c, out: c, count: m * n)
           return
         }
         let epilogue = GemmEpilogue(bias: bias.map { .perColumn($0) } ?? .none, activation: act)
         if let packed {
-          sgemm(m: m, a: ins[0].f(base), lda: max(k, 1), packedB: packed, c: outs[0].f(base), ldc: max(n, 1),
-                epilogue: epilogue, pool: pool)
+          sgemm(
+            m: m, a: ins[0].f(base), lda: max(k, 1), packedB: packed, c: outs[0].f(base), ldc: max(n, 1),
+            epilogue: epilogue, pool: pool)
           return
         }
-        sgemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: ins[0].f(base), lda: max(k, 1),
-              b: ins[1].f(base), ldb: max(n, 1), beta: 0, c: outs[0].f(base), ldc: max(n, 1),
-              epilogue: epilogue, pool: pool)
+        sgemm(
+          transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: ins[0].f(base), lda: max(k, 1),
+          b: ins[1].f(base), ldb: max(n, 1), beta: 0, c: outs[0].f(base), ldc: max(n, 1),
+          epilogue: epilogue, pool: pool)
       }
     }
   }

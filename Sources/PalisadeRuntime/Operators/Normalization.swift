@@ -5,7 +5,9 @@ import PalisadeKernels
 extension OperatorRegistry {
   static let normalizationOperators: [OperatorDefinition] = [
     OperatorDefinition("LayerNormalization") { (n) throws(RuntimeError) in try n.lowerLayerNormalization() },
-    OperatorDefinition("BatchNormalization", imageSeparable: true) { (n) throws(RuntimeError) in try n.lowerBatchNormalization() },
+    OperatorDefinition("BatchNormalization", imageSeparable: true) { (n) throws(RuntimeError) in
+      try n.lowerBatchNormalization()
+    },
   ]
 }
 
@@ -19,14 +21,17 @@ extension NodeLowering {
     let axis = try normAxis(try node.int("axis", -1), x.shape.count)
     let rows = product(x.shape[..<axis])
     let cols = product(x.shape[axis...])
-    guard scale.count == cols else { throw .shape("LayerNormalization scale has \(scale.count) elements, need \(cols)") }
+    guard scale.count == cols else {
+      throw .shape("LayerNormalization scale has \(scale.count) elements, need \(cols)")
+    }
     let hasBias = optionalInput(2) != nil
     if let b = optionalInput(2), b.count != cols { throw .shape("LayerNormalization bias has \(b.count) elements") }
     let eps = try node.float("epsilon", 1e-5)
     return .compute(outputs: [x], scratchBytes: 0) { ins, outs, _ in
       { base, _ in
-        layerNorm(ins[0].f(base), outs[0].f(base), rows: rows, cols: cols, gamma: UnsafePointer(ins[1].f(base)),
-                  beta: hasBias ? UnsafePointer(ins[2].f(base)) : nil, epsilon: eps)
+        layerNorm(
+          ins[0].f(base), outs[0].f(base), rows: rows, cols: cols, gamma: UnsafePointer(ins[1].f(base)),
+          beta: hasBias ? UnsafePointer(ins[2].f(base)) : nil, epsilon: eps)
       }
     }
   }
@@ -47,7 +52,9 @@ extension NodeLowering {
       params.append(t)
     }
     let eps = try node.float("epsilon", 1e-5)
-    let (sc, bi, mean, variance) = (params[0].floatValues, params[1].floatValues, params[2].floatValues, params[3].floatValues)
+    let (sc, bi, mean, variance) = (
+      params[0].floatValues, params[1].floatValues, params[2].floatValues, params[3].floatValues
+    )
     var mul = [Float](repeating: 0, count: c)
     var add = [Float](repeating: 0, count: c)
     for i in 0..<c {

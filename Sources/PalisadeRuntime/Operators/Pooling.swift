@@ -6,7 +6,8 @@ extension OperatorRegistry {
   static let poolingOperators: [OperatorDefinition] = [
     OperatorDefinition("MaxPool", imageSeparable: true) { (n) throws(RuntimeError) in try n.lowerPool() },
     OperatorDefinition("AveragePool", imageSeparable: true) { (n) throws(RuntimeError) in try n.lowerPool() },
-    OperatorDefinition("GlobalAveragePool", imageSeparable: true) { (n) throws(RuntimeError) in try n.lowerGlobalPool() },
+    OperatorDefinition("GlobalAveragePool", imageSeparable: true) { (n) throws(RuntimeError) in try n.lowerGlobalPool()
+    },
     OperatorDefinition("GlobalMaxPool", imageSeparable: true) { (n) throws(RuntimeError) in try n.lowerGlobalPool() },
   ]
 }
@@ -17,13 +18,16 @@ extension NodeLowering {
     try noExtraOutputs(1)
     let x = try input(0)
     try requireFloat(x)
-    guard x.shape.count == 4 else { throw RuntimeError(.unsupported, "\(node.opType) on rank \(x.shape.count) (2-D only)") }
+    guard x.shape.count == 4 else {
+      throw RuntimeError(.unsupported, "\(node.opType) on rank \(x.shape.count) (2-D only)")
+    }
     guard let kernel = try node.ints("kernel_shape"), kernel.count == 2 else { throw .shape("pool kernel_shape") }
     let strides = try node.ints("strides") ?? [1, 1]
     let dilations = try node.ints("dilations") ?? [1, 1]
     var pads = try node.ints("pads") ?? [0, 0, 0, 0]
     guard strides.count == 2, dilations.count == 2, pads.count == 4 else { throw .shape("pool attribute lengths") }
-    pads = try autoPads(node, input: Array(x.shape[2...]), kernel: kernel, strides: strides, dilations: dilations, pads: pads)
+    pads = try autoPads(
+      node, input: Array(x.shape[2...]), kernel: kernel, strides: strides, dilations: dilations, pads: pads)
     let params: Pool2DParams
     do {
       params = try Pool2DParams(

@@ -22,7 +22,8 @@ extension NodeLowering {
     let rank = x.shape.count
     let axis = try normAxis(try node.int("axis", opset >= 13 ? -1 : 1), rank)
     let outer = product(x.shape[..<axis])
-    let (len, inner) = opset >= 13
+    let (len, inner) =
+      opset >= 13
       ? (x.shape[axis], product(x.shape[(axis + 1)...])) : (product(x.shape[axis...]), 1)
     let log = node.opType == "LogSoftmax"
     let n = x.count

@@ -115,7 +115,9 @@ struct OpContext {
   var opset: Int
   var limits: LoadLimits
 
-  func value(_ type: ElementType, _ shape: [Int], _ what: @autoclosure () -> String = "output") throws(RuntimeError) -> ValueType {
+  func value(_ type: ElementType, _ shape: [Int], _ what: @autoclosure () -> String = "output") throws(RuntimeError)
+    -> ValueType
+  {
     guard shape.count <= 16 else { throw .limit("\(what()) has rank \(shape.count) (at most 16)") }
     let n = try checkedCount(shape, limit: limits.maxTensorElements, what: what())
     return ValueType(type: type, shape: shape, count: n)

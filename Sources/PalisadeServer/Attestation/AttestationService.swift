@@ -69,8 +69,11 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
     } catch {
       throw PalisadeError(.internal, "attestation failed", detail: "\(error)")
     }
-    logger.info("attestation evidence issued", metadata: ["principal": "\(call.identity.spiffeID)", "request_id": "\(call.requestID)"])
-    await auditor.event(.attestation, principal: call.identity.spiffeID.description, status: "OK", details: ["key_id": builder.keyID])
+    logger.info(
+      "attestation evidence issued",
+      metadata: ["principal": "\(call.identity.spiffeID)", "request_id": "\(call.requestID)"])
+    await auditor.event(
+      .attestation, principal: call.identity.spiffeID.description, status: "OK", details: ["key_id": builder.keyID])
     return .with {
       $0.evidence = evidence
       $0.keyID = builder.keyID
@@ -80,7 +83,9 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
 
   /// Brings the TPM's measurements up to date with `m`, activates the caller's credential challenge when there is
   /// one, and quotes for the request nonce; `m` then carries the quote's digest, binding the claims to it.
-  func tpmEvidence(_ tpm: TPMAttestor, request: Palisade_V1_AttestRequest, measurements m: inout EvidenceBuilder.Measurements)
+  func tpmEvidence(
+    _ tpm: TPMAttestor, request: Palisade_V1_AttestRequest, measurements m: inout EvidenceBuilder.Measurements
+  )
     throws(PalisadeError) -> Palisade_V1_TPMEvidence
   {
     var activated: [UInt8] = []
@@ -140,12 +145,15 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
     }
     var jwks: [String: String] = [:]
     for issuer in c.auth.issuers { jwks[issuer.issuer] = EvidenceBuilder.fileSHA256(issuer.jwks) ?? "" }
-    let trust = c.models.trust.flatMap { $0.publicKeys + $0.certificateRoots }.map { EvidenceBuilder.fileSHA256($0) ?? "" }
+    let trust = c.models.trust.flatMap { $0.publicKeys + $0.certificateRoots }.map {
+      EvidenceBuilder.fileSHA256($0) ?? ""
+    }
     let ready = sources.repository.index().filter { $0.state == .ready }
     let models = ready.compactMap { try? sources.repository.resolve(name: $0.name, version: $0.version).descriptor }
     return .init(
       executableSHA256: executable, configSHA256: c.sourceDigest, policySHA256: sources.policy.policy.digest,
-      clientCABundleSHA256: EvidenceBuilder.fileSHA256(c.server.tls.clientCABundle), jwksSHA256: jwks, trustSHA256: trust,
+      clientCABundleSHA256: EvidenceBuilder.fileSHA256(c.server.tls.clientCABundle), jwksSHA256: jwks,
+      trustSHA256: trust,
       tlsSPKISHA256: tls, auditCheckpoint: sources.auditCheckpoint(), models: models, sbomSHA256: sbom)
   }
 

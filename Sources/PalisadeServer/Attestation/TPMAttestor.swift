@@ -53,7 +53,8 @@ public final class TPMAttestor: @unchecked Sendable {
   }
 
   private func extend(_ event: TPMEventLog.Event) throws(TPMError) {
-    try device.pcrExtend(settings.pcr, sha256: TPMEventLog.Event.extendValue(kind: event.kind, name: event.name, digest: event.digest))
+    try device.pcrExtend(
+      settings.pcr, sha256: TPMEventLog.Event.extendValue(kind: event.kind, name: event.name, digest: event.digest))
     log.events.append(event)
   }
 

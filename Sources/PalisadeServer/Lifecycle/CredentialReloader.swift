@@ -17,7 +17,9 @@ enum CredentialFiles {
         throw PEMFileError(path: issuer.jwks, reason: "cannot be read")
       }
       let keys: JWKS
-      do { keys = try JWKS.parse(data) } catch { throw PEMFileError(path: issuer.jwks, reason: "is not usable: \(error)") }
+      do { keys = try JWKS.parse(data) } catch {
+        throw PEMFileError(path: issuer.jwks, reason: "is not usable: \(error)")
+      }
       return TokenVerifier.Issuer(
         issuer: issuer.issuer, kind: issuer.kind == .spiffe ? .spiffe : .oauth, keys: keys,
         trustDomain: issuer.trustDomain, requireCertificateBinding: issuer.requireCertificateBinding)
@@ -71,7 +73,8 @@ public final class CredentialReloader: Service, Sendable {
     let policyFile = config.policy.file
     watched = [
       Watched(kind: "server_certificate", files: [tls.certificateChain, tls.privateKey]) {
-        try certificates.reload(ServerCredentials(certificateChainPath: tls.certificateChain, privateKeyPath: tls.privateKey))
+        try certificates.reload(
+          ServerCredentials(certificateChainPath: tls.certificateChain, privateKeyPath: tls.privateKey))
       },
       Watched(kind: "client_ca", files: [tls.clientCABundle]) {
         verifier.replaceRoots(try PEMFiles.certificates(at: tls.clientCABundle))
@@ -129,7 +132,9 @@ public final class CredentialReloader: Service, Sendable {
           w.kind == "policy" ? .policyReload : .credentialReload, status: "OK", details: ["kind": w.kind])
       } catch {
         metrics.recordReload(kind: w.kind, success: false)
-        logger.error("credential reload refused; the previous one stays in force", metadata: ["kind": "\(w.kind)", "error": "\(error)"])
+        logger.error(
+          "credential reload refused; the previous one stays in force",
+          metadata: ["kind": "\(w.kind)", "error": "\(error)"])
         await auditor?.event(
           w.kind == "policy" ? .policyReload : .credentialReload, status: "FAILED_PRECONDITION", reason: "\(error)",
           details: ["kind": w.kind])

@@ -93,7 +93,8 @@ public final class ServerRuntime: Sendable {
     // First, so that it shuts down last (the group stops services in reverse order): the drained calls' spans
     // are exported before the process exits. Tracing never stops serving: if its exporter ends, calls go on.
     if let tracingService {
-      services.append(.init(service: tracingService, successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
+      services.append(
+        .init(service: tracingService, successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
     }
     services += [
       .init(service: GRPCServerService(server: grpcServer, state: state, logger: logger)),
@@ -118,7 +119,10 @@ public final class ServerRuntime: Sendable {
     // Bundles load while the listener starts: /readyz and ServerReady say when they are in.
     let loadModels = Task { [bundles, rollouts] in
       // A model with a rollout planned in the config loads its stable version; the rollout loads the candidate.
-      await bundles?.loadAll(below: Dictionary(config.rollouts.models.compactMap { p in Int(p.candidate).map { (p.model, $0) } }, uniquingKeysWith: { a, _ in a }))
+      await bundles?.loadAll(
+        below: Dictionary(
+          config.rollouts.models.compactMap { p in Int(p.candidate).map { (p.model, $0) } },
+          uniquingKeysWith: { a, _ in a }))
       await rollouts.startPlanned()
     }
     defer { loadModels.cancel() }
@@ -133,7 +137,7 @@ public final class ServerRuntime: Sendable {
     defer { announce.cancel() }
     do {
       try await group.run()
-    } catch where state.isDraining {
+    } catch  where state.isDraining {
       // The grace period ran out and the remaining calls were cancelled (the gRPC server then reports its
       // cancellation as an error): still the bounded, orderly exit SIGTERM asks for.
       logger.warning("shutdown grace period exceeded; remaining calls cancelled", metadata: ["error": "\(error)"])

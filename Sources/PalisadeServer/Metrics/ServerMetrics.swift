@@ -109,7 +109,6 @@ public final class ServerMetrics: TransportObserver, Sendable {
     ).set(to: seconds)
   }
 
-
   // MARK: Pipeline stages
 
   /// The stages a ModelInfer passes through, each timed in `palisade_stage_duration_seconds{stage}`.
@@ -126,18 +125,24 @@ public final class ServerMetrics: TransportObserver, Sendable {
 
   /// Counts a model whose weights changed in memory.
   public func recordIntegrityFailure(model: String) {
-    counter("integrity_failures", "Loaded model files whose in-memory bytes no longer match their signed digest", [("model", model)])
+    counter(
+      "integrity_failures", "Loaded model files whose in-memory bytes no longer match their signed digest",
+      [("model", model)])
   }
 
   /// Counts an audit record written or lost.
   public func recordAudit(success: Bool) {
-    counter("audit_records", "Audit records appended (written) or refused by the log (failed)", [("result", success ? "written" : "failed")])
+    counter(
+      "audit_records", "Audit records appended (written) or refused by the log (failed)",
+      [("result", success ? "written" : "failed")])
   }
 
   /// Counts a bundle load (`loaded`) or a load refused (`refused`: unreadable or vanished directory, a bundle
   /// that does not verify); a refused load leaves the served version in place.
   public func recordModelLoad(result: String) {
-    counter("model_loads", "Bundle loads by result (loaded, refused); a refused load leaves the served version", [("result", result)])
+    counter(
+      "model_loads", "Bundle loads by result (loaded, refused); a refused load leaves the served version",
+      [("result", result)])
   }
 
   /// 1 while the audit log takes records, 0 while it is failed (calls are refused).
@@ -161,17 +166,23 @@ public final class ServerMetrics: TransportObserver, Sendable {
 
   /// Counts a request refused or dropped by the hardening pipeline (reason is a fixed identifier).
   public func recordRejection(reason: String) {
-    counter("rejections", "Requests refused or dropped by validation, screening or scheduling, by reason", [("reason", reason)])
+    counter(
+      "rejections", "Requests refused or dropped by validation, screening or scheduling, by reason",
+      [("reason", reason)])
   }
 
   /// Counts an out-of-distribution request.
   public func recordOutOfDistribution(model: String, action: String) {
-    counter("ood_flagged", "Requests scored out of distribution, by model and action taken", [("model", model), ("action", action)])
+    counter(
+      "ood_flagged", "Requests scored out of distribution, by model and action taken",
+      [("model", model), ("action", action)])
   }
 
   /// Counts an extraction-monitor alarm.
   public func recordExtractionAlarm(model: String, detector: String) {
-    counter("extraction_alarms", "Extraction-monitor alarms by model and detector", [("model", model), ("detector", detector)])
+    counter(
+      "extraction_alarms", "Extraction-monitor alarms by model and detector",
+      [("model", model), ("detector", detector)])
   }
 
   /// Counts an automatic quarantine and sets the number in force.
@@ -184,7 +195,8 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func setQuarantinesActive(_ n: Int) {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "quarantines_active", unitName: "", helpText: "Automatic quarantines in force")
+        namespace: "palisade", metricName: "quarantines_active", unitName: "",
+        helpText: "Automatic quarantines in force")
     ).set(to: Double(n))
   }
 
@@ -211,7 +223,8 @@ public final class ServerMetrics: TransportObserver, Sendable {
   public func batchSizeRecorder(model: String) -> @Sendable (Int) -> Void {
     let histogram = registry.makeValueHistogram(
       descriptor: MetricNameDescriptor(
-        namespace: "palisade", metricName: "batch_size", unitName: "", helpText: "Requests per model execution (dynamic batching)"),
+        namespace: "palisade", metricName: "batch_size", unitName: "",
+        helpText: "Requests per model execution (dynamic batching)"),
       labels: [("model", model)], buckets: [1, 2, 4, 8, 16, 32, 64, 128])
     return { histogram.record(Double($0)) }
   }
@@ -222,7 +235,10 @@ public final class ServerMetrics: TransportObserver, Sendable {
       registry.makeGauge(
         descriptor: MetricNameDescriptor(
           namespace: "palisade", metricName: "feature_drift_psi",
-          unitName: "", helpText: "Population stability index of each input feature over the recent window, against the bundle's reference statistics"),
+          unitName: "",
+          helpText:
+            "Population stability index of each input feature over the recent window, against the bundle's reference statistics"
+        ),
         labels: [("model", model), ("input", input), ("feature", String(f))])
     }
     return { values in for (g, v) in zip(gauges, values) { g.set(to: v) } }
@@ -268,7 +284,9 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "model_version_states",
-        unitName: "", helpText: "Model versions holding per-version state, by cache (scheduler: queues and breakers; screening: monitors)"),
+        unitName: "",
+        helpText:
+          "Model versions holding per-version state, by cache (scheduler: queues and breakers; screening: monitors)"),
       labels: [("cache", cache)]
     ).set(to: Double(count))
   }
@@ -278,7 +296,8 @@ public final class ServerMetrics: TransportObserver, Sendable {
     registry.makeGauge(
       descriptor: MetricNameDescriptor(
         namespace: "palisade", metricName: "models_in_memory",
-        unitName: "", helpText: "Models the runtimes hold in memory: loaded versions, and unloaded ones until their last call ended")
+        unitName: "",
+        helpText: "Models the runtimes hold in memory: loaded versions, and unloaded ones until their last call ended")
     ).set(to: Double(count))
   }
 
@@ -286,17 +305,23 @@ public final class ServerMetrics: TransportObserver, Sendable {
 
   /// Counts a rollout event (`start`, `promote`, `breach`, `rollback`, `abort`) of `model`.
   public func recordRollout(event: String, model: String) {
-    counter("rollout_events", "Rollout starts, promotions, threshold breaches, rollbacks and aborts, by model", [("model", model), ("event", event)])
+    counter(
+      "rollout_events", "Rollout starts, promotions, threshold breaches, rollbacks and aborts, by model",
+      [("model", model), ("event", event)])
   }
 
   /// Counts a call observed by an active rollout (`stable`, `candidate`, or a `shadow` run on the candidate).
   public func recordRolloutCall(model: String, role: String) {
-    counter("rollout_calls", "Calls observed by active rollouts, by model and role (stable, candidate, shadow)", [("model", model), ("role", role)])
+    counter(
+      "rollout_calls", "Calls observed by active rollouts, by model and role (stable, candidate, shadow)",
+      [("model", model), ("role", role)])
   }
 
   /// Counts a shadow run skipped because the shadow bound (`rollouts.shadow_max_concurrent`) was reached.
   public func recordRolloutShadowSkipped(model: String) {
-    counter("rollout_shadow_skipped", "Shadow runs skipped because the shadow bound was reached, by model", [("model", model)])
+    counter(
+      "rollout_shadow_skipped", "Shadow runs skipped because the shadow bound was reached, by model", [("model", model)]
+    )
   }
 
   /// Sets a model's rollout state: 1 active, 2 promoted, 3 rolled back, 4 aborted.

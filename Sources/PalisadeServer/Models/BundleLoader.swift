@@ -146,14 +146,17 @@ public final class BundleLoader: Sendable {
   /// promoted rollout still in the config: anti-rollback would refuse every version below it).
   public func loadAll(below: [String: Int] = [:]) async {
     let newest = Dictionary(grouping: discover(), by: \.name).compactMap { name, found in
-      let limit = below[name].flatMap { candidate in (accepted.acceptedVersion(of: name) ?? 0) < candidate ? candidate : nil }
+      let limit = below[name].flatMap { candidate in
+        (accepted.acceptedVersion(of: name) ?? 0) < candidate ? candidate : nil
+      }
       return found.filter { c in limit.map { c.version < $0 } ?? true }.max { $0.version < $1.version }
     }
     for candidate in newest.sorted(by: { $0.name < $1.name }) {
       do { try await load(candidate) } catch {
         metrics?.recordModelLoad(result: "refused")
         logger.error(
-          "bundle refused", metadata: ["model": "\(candidate.name)", "version": "\(candidate.version)", "reason": "\(error.message)"])
+          "bundle refused",
+          metadata: ["model": "\(candidate.name)", "version": "\(candidate.version)", "reason": "\(error.message)"])
       }
     }
   }
@@ -181,7 +184,9 @@ public final class BundleLoader: Sendable {
       let served = repository.versions(of: name).filter { repository.isReady(name: name, version: $0) }
       logger.error(
         "model load refused",
-        metadata: ["model": "\(name)", "reason": "\(error.message)", "still_serving": "\(served.joined(separator: ","))"])
+        metadata: [
+          "model": "\(name)", "reason": "\(error.message)", "still_serving": "\(served.joined(separator: ","))",
+        ])
       metrics?.recordModelLoad(result: "refused")
       throw error
     }
@@ -203,7 +208,9 @@ public final class BundleLoader: Sendable {
     }
     do throws(PalisadeError) { try await load(candidate, retireOthers: false, record: false) } catch {
       metrics?.recordModelLoad(result: "refused")
-      logger.error("rollout candidate refused", metadata: ["model": "\(name)", "version": "\(version)", "reason": "\(error.message)"])
+      logger.error(
+        "rollout candidate refused",
+        metadata: ["model": "\(name)", "version": "\(version)", "reason": "\(error.message)"])
       throw error
     }
   }
@@ -211,7 +218,8 @@ public final class BundleLoader: Sendable {
   /// Records a promoted candidate as accepted (anti-rollback).
   public func accept(name: String, version: Int) throws(PalisadeError) {
     do throws(BundleError) { try accepted.checkAndRecord(name: name, version: version) } catch {
-      throw PalisadeError(.failedPrecondition, "version \(version) of '\(name.sanitizedForMessage)' not accepted: \(error.reason)")
+      throw PalisadeError(
+        .failedPrecondition, "version \(version) of '\(name.sanitizedForMessage)' not accepted: \(error.reason)")
     }
   }
 
@@ -238,16 +246,20 @@ public final class BundleLoader: Sendable {
       metrics?.recordModelLoad(result: "loaded")
       logger.notice(
         "model loaded",
-        metadata: ["model": "\(name)", "version": "\(version)", "signer": "\(model.descriptor.properties["signer"] ?? "")"])
+        metadata: [
+          "model": "\(name)", "version": "\(version)", "signer": "\(model.descriptor.properties["signer"] ?? "")",
+        ])
       await auditor?.event(
         .modelLoad, model: name, version: version, manifestDigest: model.descriptor.properties["manifest_digest"],
         status: "OK",
         details: [
-          "signer": model.descriptor.properties["signer"] ?? "", "bundle_sha256": model.descriptor.properties["bundle_digest"] ?? "",
+          "signer": model.descriptor.properties["signer"] ?? "",
+          "bundle_sha256": model.descriptor.properties["bundle_digest"] ?? "",
         ])
     } catch let error as PalisadeError {
       if !wasReady { repository.setState(name: name, version: version, .unavailable, reason: error.message) }
-      await auditor?.event(.modelRefused, model: name, version: version, status: "FAILED_PRECONDITION", reason: error.message)
+      await auditor?.event(
+        .modelRefused, model: name, version: version, status: "FAILED_PRECONDITION", reason: error.message)
       throw error
     } catch {
       let e = PalisadeError(.internal, "loading failed", detail: "\(error)")
@@ -286,7 +298,8 @@ public final class BundleLoader: Sendable {
         directory: directory, trust: settings.trust, modelName: candidate.name, now: Date(), keepContents: true)
       manifest = try verified.manifest(now: Date())
       guard manifest.version == candidate.version else {
-        throw BundleError(.invalidManifest, "manifest version \(manifest.version) differs from the directory's \(candidate.version)")
+        throw BundleError(
+          .invalidManifest, "manifest version \(manifest.version) differs from the directory's \(candidate.version)")
       }
       try accepted.check(name: candidate.name, version: manifest.version)
     } catch {
@@ -306,7 +319,9 @@ public final class BundleLoader: Sendable {
     }
     let files = ModelFiles(
       modelFileName: manifest.modelFile,
-      files: Dictionary(sealedFiles.map { ($0.file.name, VerifiedBytes($0.bytes) as any ModelFileBytes) }, uniquingKeysWith: { a, _ in a }))
+      files: Dictionary(
+        sealedFiles.map { ($0.file.name, VerifiedBytes($0.bytes) as any ModelFileBytes) },
+        uniquingKeysWith: { a, _ in a }))
     let descriptor = ModelDescriptor(
       name: manifest.name, version: String(manifest.version), platform: ext,
       inputs: manifest.inputs.compactMap(Self.spec), outputs: manifest.outputs.compactMap(Self.spec),
@@ -318,7 +333,9 @@ public final class BundleLoader: Sendable {
       contract: ModelContract(
         maxBatch: manifest.maxBatch,
         featureRanges: Dictionary(
-          manifest.inputs.compactMap { t in t.featureRange.map { (t.name, ModelContract.FeatureRange(min: $0.min, max: $0.max)) } },
+          manifest.inputs.compactMap { t in
+            t.featureRange.map { (t.name, ModelContract.FeatureRange(min: $0.min, max: $0.max)) }
+          },
           uniquingKeysWith: { a, _ in a }),
         // Manifests have no way to allow NaN or infinities: signed models take finite inputs only.
         allowNonFinite: false, allowEmptyDimensions: manifest.allowEmptyDimensions ?? false),
@@ -330,7 +347,11 @@ public final class BundleLoader: Sendable {
         references: Dictionary(
           manifest.inputs.compactMap { t in
             t.referenceStatistics.map {
-              (t.name, ScreeningProfile.Reference(mean: $0.mean, std: $0.std, covariance: $0.covariance, covarianceDiagonal: $0.covarianceDiagonal))
+              (
+                t.name,
+                ScreeningProfile.Reference(
+                  mean: $0.mean, std: $0.std, covariance: $0.covariance, covarianceDiagonal: $0.covarianceDiagonal)
+              )
             }
           }, uniquingKeysWith: { a, _ in a }),
         threshold: manifest.screeningPolicy?.oodThreshold,
@@ -349,7 +370,9 @@ public final class BundleLoader: Sendable {
     // The same pages the runtime read, every signed file (model file and external data alike), re-hashed from now on.
     integrity?.track(
       model: candidate.name, version: String(manifest.version),
-      files: sealedFiles.map { IntegrityMonitor.TrackedFile(name: $0.file.name, sha256: $0.file.sha256, bytes: $0.bytes) })
+      files: sealedFiles.map {
+        IntegrityMonitor.TrackedFile(name: $0.file.name, sha256: $0.file.sha256, bytes: $0.bytes)
+      })
     return model
   }
 
@@ -367,17 +390,24 @@ public final class BundleLoader: Sendable {
       let shape = spec.shape.map { $0 < 0 ? 1 : $0 }
       // The shape is the manifest's (signed, but still checked): never multiply or allocate unchecked.
       guard let count = TensorShape.elementCount(shape),
-        spec.datatype.elementSize == nil || (TensorShape.byteCount(elements: count, of: spec.datatype).map { $0 <= maxWarmUpBytes } ?? false),
+        spec.datatype.elementSize == nil
+          || (TensorShape.byteCount(elements: count, of: spec.datatype).map { $0 <= maxWarmUpBytes } ?? false),
         count <= maxWarmUpBytes
       else {
         throw PalisadeError(
           .failedPrecondition,
-          "model '\(model.descriptor.name.sanitizedForMessage)': input '\(spec.name.sanitizedForMessage)' is too large to warm up (\(shape))")
+          "model '\(model.descriptor.name.sanitizedForMessage)': input '\(spec.name.sanitizedForMessage)' is too large to warm up (\(shape))"
+        )
       }
       if let bytes = TensorShape.byteCount(elements: count, of: spec.datatype) {
-        inputs.append(try Tensor(name: spec.name, datatype: spec.datatype, shape: shape, storage: .fixed([UInt8](repeating: 0, count: bytes))))
+        inputs.append(
+          try Tensor(
+            name: spec.name, datatype: spec.datatype, shape: shape, storage: .fixed([UInt8](repeating: 0, count: bytes))
+          ))
       } else {
-        inputs.append(try Tensor(name: spec.name, datatype: .bytes, shape: shape, storage: .bytes(Array(repeating: [], count: count))))
+        inputs.append(
+          try Tensor(
+            name: spec.name, datatype: .bytes, shape: shape, storage: .bytes(Array(repeating: [], count: count))))
       }
     }
     _ = try await model.infer(InferenceRequest(inputs: inputs))

@@ -40,7 +40,8 @@ public final class IntegrityMonitor: Service, Sendable {
   let logger: Logger
   private let entries = Mutex<[Entry]>([])
 
-  public init(interval: Duration, repository: ModelRepository, metrics: ServerMetrics, auditor: Auditor, logger: Logger) {
+  public init(interval: Duration, repository: ModelRepository, metrics: ServerMetrics, auditor: Auditor, logger: Logger)
+  {
     self.interval = interval
     self.repository = repository
     self.metrics = metrics
@@ -52,7 +53,10 @@ public final class IntegrityMonitor: Service, Sendable {
   func track(model: String, version: String, files: [TrackedFile]) {
     entries.withLock { e in
       e.removeAll { $0.model == model }
-      e.append(contentsOf: files.map { Entry(model: model, version: version, file: $0.name, expected: $0.sha256, bytes: $0.bytes) })
+      e.append(
+        contentsOf: files.map {
+          Entry(model: model, version: version, file: $0.name, expected: $0.sha256, bytes: $0.bytes)
+        })
     }
   }
 
@@ -60,7 +64,9 @@ public final class IntegrityMonitor: Service, Sendable {
   func forget(model: String) { entries.withLock { $0.removeAll { $0.model == model } } }
 
   /// The files tracked for `model` (names, in load order).
-  public func trackedFiles(model: String) -> [String] { entries.withLock { $0.filter { $0.model == model }.map(\.file) } }
+  public func trackedFiles(model: String) -> [String] {
+    entries.withLock { $0.filter { $0.model == model }.map(\.file) }
+  }
 
   /// Re-hashes every tracked file now; returns the models that failed.
   @discardableResult
@@ -75,15 +81,19 @@ public final class IntegrityMonitor: Service, Sendable {
       let reason = "integrity check failed: \(entry.file) in memory no longer matches its signed digest"
       repository.setState(name: entry.model, version: entry.version, .unavailable, reason: reason)
       metrics.recordIntegrityFailure(model: entry.model)
-      logger.critical("model weights changed in memory", metadata: ["model": "\(entry.model)", "version": "\(entry.version)", "file": "\(entry.file)"])
-      await auditor.event(.integrityFailure, model: entry.model, version: entry.version, status: "UNAVAILABLE", reason: reason)
+      logger.critical(
+        "model weights changed in memory",
+        metadata: ["model": "\(entry.model)", "version": "\(entry.version)", "file": "\(entry.file)"])
+      await auditor.event(
+        .integrityFailure, model: entry.model, version: entry.version, status: "UNAVAILABLE", reason: reason)
     }
     return failed
   }
 
   /// Test hook: corrupts one byte of a tracked file of `model` (the first one, or the one named `file`).
   public func corruptForTesting(model: String, file: String? = nil, offset: Int = 0) {
-    entries.withLock { $0.first { $0.model == model && (file == nil || $0.file == file) } }?.bytes.flipByteForTesting(at: offset)
+    entries.withLock { $0.first { $0.model == model && (file == nil || $0.file == file) } }?.bytes.flipByteForTesting(
+      at: offset)
   }
 
   public func run() async throws {

@@ -67,7 +67,8 @@ public struct InferencePipeline: Sendable {
   }
 
   /// Runs one `ModelInfer` request for `call`; `spans` (nil when tracing is off) records each stage.
-  package func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String, spans: CallSpans?) async throws
+  package func infer(_ request: Inference_ModelInferRequest, call: CallContext, rpc: String, spans: CallSpans?)
+    async throws
     -> Inference_ModelInferResponse
   {
     let started = ContinuousClock.now
@@ -99,7 +100,8 @@ public struct InferencePipeline: Sendable {
       let latency = ContinuousClock.now - started
       let code = StatusMapping.codeName(for: error)
       accessLog.record(
-        call: call, model: request.modelName, version: request.modelVersion, status: code, latency: latency, oodScore: nil)
+        call: call, model: request.modelName, version: request.modelVersion, status: code, latency: latency,
+        oodScore: nil)
       await auditor.call(
         call, rpc: rpc, model: request.modelName, version: trace.descriptor?.version ?? request.modelVersion,
         manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, status: code,
@@ -163,7 +165,8 @@ public struct InferencePipeline: Sendable {
         // Non-finite scores count as the model's error in the rollout (the caller still gets them).
         rollouts.record(
           route,
-          outcome: .init(latency: computeEnd - started, failed: !finite, outOfDistribution: outOfDistribution, labels: labels))
+          outcome: .init(
+            latency: computeEnd - started, failed: !finite, outOfDistribution: outOfDistribution, labels: labels))
         if route.shadow != nil {
           rollouts.shadow(route, inputs: inputs, outOfDistribution: outOfDistribution, stableLabels: labels)
         }
@@ -193,7 +196,8 @@ public struct InferencePipeline: Sendable {
       let total = ContinuousClock.now - started
       made = statistics.recordFailure(descriptor, total: total) || made
       if reachedModel, let route, let rollouts = resolver.rollouts {
-        rollouts.record(route, outcome: .init(latency: total, failed: true, outOfDistribution: outOfDistribution, labels: nil))
+        rollouts.record(
+          route, outcome: .init(latency: total, failed: true, outOfDistribution: outOfDistribution, labels: nil))
       }
       throw error
     }
@@ -207,7 +211,10 @@ extension InferencePipeline {
   {
     do {
       let decoded = try WireTensorDecoder.decode(request)
-      return (try validator.validate(decoded, against: descriptor), try encoder.requestedOutputs(request, descriptor: descriptor))
+      return (
+        try validator.validate(decoded, against: descriptor),
+        try encoder.requestedOutputs(request, descriptor: descriptor)
+      )
     } catch {
       metrics.recordRejection(reason: "invalid_input")
       throw error

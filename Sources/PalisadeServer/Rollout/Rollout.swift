@@ -134,7 +134,9 @@ struct Rollout {
   }
 
   /// Adds an outcome, then judges the candidate: a verdict when the rollout ends here.
-  mutating func observe(_ role: RolloutController.Route.Role, _ outcome: RolloutController.Outcome) -> RolloutController.Verdict? {
+  mutating func observe(_ role: RolloutController.Route.Role, _ outcome: RolloutController.Outcome) -> RolloutController
+    .Verdict?
+  {
     guard state == .active else { return nil }
     switch role {
     case .stable:
@@ -170,11 +172,13 @@ struct Rollout {
     let judged = stable.calls >= plan.minCalls
     let stableErrors = judged ? stable.errorRate : 0
     if candidate.errorRate > stableErrors + plan.maxErrorRateIncrease {
-      return "error rate \(Self.percent(candidate.errorRate)) over \(candidate.calls) calls exceeds the stable version's \(Self.percent(stableErrors)) by more than \(Self.percent(plan.maxErrorRateIncrease))"
+      return
+        "error rate \(Self.percent(candidate.errorRate)) over \(candidate.calls) calls exceeds the stable version's \(Self.percent(stableErrors)) by more than \(Self.percent(plan.maxErrorRateIncrease))"
     }
     let stableOOD = judged ? stable.oodRate : 0
     if candidate.oodRate > stableOOD + plan.maxOODRateIncrease {
-      return "out-of-distribution flag rate \(Self.percent(candidate.oodRate)) exceeds the stable version's \(Self.percent(stableOOD)) by more than \(Self.percent(plan.maxOODRateIncrease))"
+      return
+        "out-of-distribution flag rate \(Self.percent(candidate.oodRate)) exceeds the stable version's \(Self.percent(stableOOD)) by more than \(Self.percent(plan.maxOODRateIncrease))"
     }
     guard full else { return nil }
     let p99 = candidate.p99
@@ -184,7 +188,8 @@ struct Rollout {
     if judged {
       let reference = max(stable.p99, Self.p99RatioFloorMs)
       if p99 > plan.maxP99Ratio * reference {
-        return "p99 latency \(Self.ms(p99)) exceeds \(plan.maxP99Ratio)× the stable version's \(Self.ms(stable.p99)) (floor \(Self.ms(Self.p99RatioFloorMs)))"
+        return
+          "p99 latency \(Self.ms(p99)) exceeds \(plan.maxP99Ratio)× the stable version's \(Self.ms(stable.p99)) (floor \(Self.ms(Self.p99RatioFloorMs)))"
       }
       if plan.mode == .canary, let psi = candidate.psi(against: stable), psi > plan.maxLabelPSI {
         return "output shift: PSI of predicted labels \(String(format: "%.3f", psi)) exceeds \(plan.maxLabelPSI)"
@@ -193,7 +198,8 @@ struct Rollout {
     if plan.mode == .shadow, shadowCompared >= plan.minCalls {
       let agreement = Double(shadowAgreed) / Double(shadowCompared)
       if agreement < plan.minShadowAgreement {
-        return "shadow agreement \(Self.percent(agreement)) over \(shadowCompared) calls is below \(Self.percent(plan.minShadowAgreement))"
+        return
+          "shadow agreement \(Self.percent(agreement)) over \(shadowCompared) calls is below \(Self.percent(plan.minShadowAgreement))"
       }
       if let psi = candidate.psi(against: stable), psi > plan.maxLabelPSI {
         return "output shift: PSI of predicted labels \(String(format: "%.3f", psi)) exceeds \(plan.maxLabelPSI)"

@@ -113,11 +113,14 @@ public final class RolloutController: Sendable {
       if r.mode == .canary {
         let candidate = Self.bucket(key: r.key, principal: principal) < r.share && allows(r.candidate)
         return Route(
-          rolloutID: r.id, model: model, version: candidate ? r.candidate : r.stable, role: candidate ? .candidate : .stable,
+          rolloutID: r.id, model: model, version: candidate ? r.candidate : r.stable,
+          role: candidate ? .candidate : .stable,
           observed: true, shadow: nil)
       }
       let shadow = Double.random(in: 0..<1) < r.share
-      return Route(rolloutID: r.id, model: model, version: r.stable, role: .stable, observed: true, shadow: shadow ? r.candidate : nil)
+      return Route(
+        rolloutID: r.id, model: model, version: r.stable, role: .stable, observed: true,
+        shadow: shadow ? r.candidate : nil)
     case .promoted:
       return Route(rolloutID: r.id, model: model, version: r.candidate, role: .candidate, observed: false, shadow: nil)
     case .rolledBack, .aborted:
@@ -243,7 +246,8 @@ public final class RolloutController: Sendable {
   /// Starts a rollout of `candidate` (nil: the newest bundle on disk) of `model`, with `plan`. The stable version is
   /// the one unpinned calls resolve to now. A candidate not loaded yet is loaded from its signed bundle, without
   /// retiring the stable version and without recording it as accepted (anti-rollback) until it is promoted.
-  public func start(model: String, candidate: String?, plan: RolloutPlan, by principal: String) async throws(PalisadeError)
+  public func start(model: String, candidate: String?, plan: RolloutPlan, by principal: String)
+    async throws(PalisadeError)
     -> Status
   {
     guard !model.isEmpty else { throw PalisadeError(.invalidArgument, "model is required") }
@@ -257,15 +261,22 @@ public final class RolloutController: Sendable {
     } else if let newest = bundles?.newestVersion(of: model) {
       target = String(newest)
     } else {
-      throw PalisadeError(.invalidArgument, "candidate version is required (no bundle directories to pick the newest from)")
+      throw PalisadeError(
+        .invalidArgument, "candidate version is required (no bundle directories to pick the newest from)")
     }
     var stable = try resolveDefault(model)
     // A candidate already loaded is the newest version: the stable one is the newest ready version besides it.
-    if stable == target, let other = repository.versions(of: model).first(where: { $0 != target && repository.isReady(name: model, version: $0) }) {
+    if stable == target,
+      let other = repository.versions(of: model).first(where: {
+        $0 != target && repository.isReady(name: model, version: $0)
+      })
+    {
       stable = other
     }
     guard target != stable else {
-      throw PalisadeError(.invalidArgument, "version \(target.sanitizedForMessage) is already the stable version of '\(model.sanitizedForMessage)'")
+      throw PalisadeError(
+        .invalidArgument,
+        "version \(target.sanitizedForMessage) is already the stable version of '\(model.sanitizedForMessage)'")
     }
     let id = UUID().uuidString.lowercased()
     // Routing state first (the candidate not yet active): unpinned calls keep going to the stable version while
@@ -289,7 +300,8 @@ public final class RolloutController: Sendable {
     if !repository.isReady(name: model, version: target) {
       guard let bundles, let version = Int(target) else {
         clear(model: model, id: id, restoring: previous)
-        throw PalisadeError(.notFound, "version \(target.sanitizedForMessage) of model '\(model.sanitizedForMessage)' is not loaded")
+        throw PalisadeError(
+          .notFound, "version \(target.sanitizedForMessage) of model '\(model.sanitizedForMessage)' is not loaded")
       }
       do throws(PalisadeError) { try await bundles.loadCandidate(name: model, version: version) } catch {
         clear(model: model, id: id, restoring: previous)
@@ -406,7 +418,9 @@ public final class RolloutController: Sendable {
         reason: v.reason, details: details)
       if let bundles, let version = Int(v.candidate) {
         do throws(PalisadeError) { try bundles.accept(name: v.model, version: version) } catch {
-          logger.error("promoted version not recorded as accepted", metadata: ["model": "\(v.model)", "reason": "\(error.message)"])
+          logger.error(
+            "promoted version not recorded as accepted",
+            metadata: ["model": "\(v.model)", "reason": "\(error.message)"])
         }
       }
       // The promoted version serves every unpinned call; the stable one retires, as after a plain load.
@@ -425,7 +439,8 @@ public final class RolloutController: Sendable {
         details: details)
     case .aborted:
       metrics.recordRollout(event: "abort", model: v.model)
-      logger.notice("rollout aborted", metadata: ["model": "\(v.model)", "version": "\(v.candidate)", "reason": "\(v.reason)"])
+      logger.notice(
+        "rollout aborted", metadata: ["model": "\(v.model)", "version": "\(v.candidate)", "reason": "\(v.reason)"])
       await auditor.event(
         .other("rollout_abort"), principal: principal, model: v.model, version: v.candidate, status: "OK",
         reason: v.reason, details: details)
@@ -454,7 +469,9 @@ public final class RolloutController: Sendable {
 
   private func dropRouting(model: String, version: String) {
     let dropped = rollouts.withLock { all -> Verdict? in
-      guard var r = all[model], r.routes, r.stableVersion == version || r.candidateVersion == version else { return nil }
+      guard var r = all[model], r.routes, r.stableVersion == version || r.candidateVersion == version else {
+        return nil
+      }
       // A promotion retires the stable version itself: that ends the routing, nothing else. The rollout stays
       // listed in the status.
       let verdict = r.state == .active ? r.end(.aborted, reason: "version \(version) left the repository") : nil

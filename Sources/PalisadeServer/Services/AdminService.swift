@@ -61,12 +61,15 @@ public struct AdminService: Palisade_V1_Admin.SimpleServiceProtocol {
     }
     let lifted = authorizer.quarantines.lift(principal)
     if lifted {
-      await auditor.event(.quarantineLifted, principal: principal.description, reason: "lifted by \(call.identity.spiffeID)")
+      await auditor.event(
+        .quarantineLifted, principal: principal.description, reason: "lifted by \(call.identity.spiffeID)")
     }
     metrics.setQuarantinesActive(authorizer.quarantines.list().count)
     logger.notice(
       "quarantine lift requested",
-      metadata: ["principal": "\(principal)", "by": "\(call.identity)", "lifted": "\(lifted)", "request_id": "\(call.requestID)"])
+      metadata: [
+        "principal": "\(principal)", "by": "\(call.identity)", "lifted": "\(lifted)", "request_id": "\(call.requestID)",
+      ])
     return .with { $0.lifted = lifted }
   }
 
@@ -84,7 +87,9 @@ public struct AdminService: Palisade_V1_Admin.SimpleServiceProtocol {
     default: throw PalisadeError(.invalidArgument, "mode must be canary or shadow")
     }
     if request.share != 0 {
-      guard request.share > 0, request.share <= 1 else { throw PalisadeError(.invalidArgument, "share must be in (0, 1]") }
+      guard request.share > 0, request.share <= 1 else {
+        throw PalisadeError(.invalidArgument, "share must be in (0, 1]")
+      }
       plan.share = request.share
     }
     if request.promoteAfterCalls != 0 {

@@ -62,8 +62,10 @@ public struct InferenceFastPath: FastUnaryHandler {
       spans?.finish(nil)
       return .message(bytes.buffer)
     } catch {
-      let status = StatusMapping.rpcError(for: error, logger: logger.with(rpc: Self.rpc, peer: call.connection.remoteAddress))
-      metrics.recordRPC(method: Self.rpc, code: StatusMapping.codeName(status.code), duration: ContinuousClock.now - start)
+      let status = StatusMapping.rpcError(
+        for: error, logger: logger.with(rpc: Self.rpc, peer: call.connection.remoteAddress))
+      metrics.recordRPC(
+        method: Self.rpc, code: StatusMapping.codeName(status.code), duration: ContinuousClock.now - start)
       spans?.finish(status)
       return .failure(status.code, status.message)
     }
@@ -155,12 +157,15 @@ public struct InferenceStreamFastPath: FastStreamHandler {
       if let context, let e = error as? PalisadeError, e.code == .unauthenticated {
         logger.notice(
           "stream ended: credentials lapsed",
-          metadata: ["principal": "\(context.identity)", "request_id": "\(context.requestID)", "reason": "\(e.detail ?? "")"])
+          metadata: [
+            "principal": "\(context.identity)", "request_id": "\(context.requestID)", "reason": "\(e.detail ?? "")",
+          ])
         await pipeline.auditor.call(
           context, rpc: Self.rpc, status: "UNAUTHENTICATED", reason: "stream ended: token expired or its key retired")
       }
       let status = StatusMapping.rpcError(for: error, logger: logger)
-      metrics.recordRPC(method: Self.rpc, code: StatusMapping.codeName(status.code), duration: ContinuousClock.now - start)
+      metrics.recordRPC(
+        method: Self.rpc, code: StatusMapping.codeName(status.code), duration: ContinuousClock.now - start)
       return .failure(status.code, status.message)
     }
   }

@@ -124,7 +124,11 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   private static func cancellable<R: Sendable>(_ work: @escaping @Sendable () async throws -> R) async throws -> R {
     let task = Task { try await work() }
     return try await withRPCCancellationHandler {
-      try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
+      try await withTaskCancellationHandler {
+        try await task.value
+      } onCancel: {
+        task.cancel()
+      }
     } onCancelRPC: {
       task.cancel()
     }
@@ -161,8 +165,12 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     } catch let error as PalisadeError where error.code == .unauthenticated {
       logger.notice(
         "stream ended: credentials lapsed",
-        metadata: ["rpc": "\(rpc)", "principal": "\(call.identity)", "request_id": "\(call.requestID)", "reason": "\(error.detail ?? "")"])
-      await pipeline.auditor.call(call, rpc: rpc, status: "UNAUTHENTICATED", reason: "stream ended: token expired or its key retired")
+        metadata: [
+          "rpc": "\(rpc)", "principal": "\(call.identity)", "request_id": "\(call.requestID)",
+          "reason": "\(error.detail ?? "")",
+        ])
+      await pipeline.auditor.call(
+        call, rpc: rpc, status: "UNAUTHENTICATED", reason: "stream ended: token expired or its key retired")
       throw error
     }
   }

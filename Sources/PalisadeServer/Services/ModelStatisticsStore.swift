@@ -5,7 +5,10 @@ import Synchronization
 
 /// Per-model counters behind the `ModelStatistics` RPC (Triton's statistics extension).
 public final class ModelStatisticsStore: Sendable {
-  private struct Key: Hashable { var name: String; var version: String }
+  private struct Key: Hashable {
+    var name: String
+    var version: String
+  }
   private struct Counters {
     var success = (count: UInt64(0), ns: UInt64(0))
     var fail = (count: UInt64(0), ns: UInt64(0))
@@ -64,7 +67,8 @@ public final class ModelStatisticsStore: Sendable {
   }
 
   /// Statistics for the versions in `index` matching `name`/`version` (empty = all).
-  func statistics(for entries: [ModelRepository.IndexEntry], name: String, version: String) -> [Inference_ModelStatistics]
+  func statistics(for entries: [ModelRepository.IndexEntry], name: String, version: String)
+    -> [Inference_ModelStatistics]
   {
     let snapshot = counters.withLock { $0 }
     return entries.filter { (name.isEmpty || $0.name == name) && (version.isEmpty || $0.version == version) }.map {

@@ -27,7 +27,8 @@ import Testing
     let factory = TestBundleFactory()
     try await factory.make(root: pki.path("models"), version: 1)
     let publisher = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
-    let sbom = try pki.write("sbom.cdx.json", #"{"bomFormat":"CycloneDX","specVersion":"1.5","version":1,"components":[]}"#)
+    let sbom = try pki.write(
+      "sbom.cdx.json", #"{"bomFormat":"CycloneDX","specVersion":"1.5","version":1,"components":[]}"#)
     let server = try await TestServer.start(pki: pki, models: []) {
       $0.attestation.key = keyPath
       $0.attestation.sbom = sbom
@@ -39,7 +40,8 @@ import Testing
       try await Task.sleep(for: .milliseconds(50))
     }
     return Attested(
-      server: server, publicKeyPEM: key.publicKey.pemRepresentation, sbomSHA256: EvidenceBuilder.fileSHA256(sbom) ?? "?")
+      server: server, publicKeyPEM: key.publicKey.pemRepresentation, sbomSHA256: EvidenceBuilder.fileSHA256(sbom) ?? "?"
+    )
   }
 
   func exchange(_ server: TestServer, nonce: [UInt8]) async throws -> AttestationExchange {
@@ -62,20 +64,27 @@ import Testing
     expect.sbomSHA256 = [a.sbomSHA256]
     expect.models = [.init(name: "simple", versions: ["1"], signer: "public key")]
     expect.onlyListedModels = true
-    let good = try appraiser.appraise(x.evidence, nonce: n, tlsPublicKeySHA256: x.presentedPublicKeySHA256, expectations: expect)
+    let good = try appraiser.appraise(
+      x.evidence, nonce: n, tlsPublicKeySHA256: x.presentedPublicKeySHA256, expectations: expect)
     let claims = try #require(try JSONSerialization.jsonObject(with: Data(good.claimsJSON)) as? [String: Any])
     #expect(claims["eat_nonce"] as? String == Base64URL.encode(n))
     let measured = try #require(claims["palisade"] as? [String: Any])
-    for key in ["executable_sha256", "sbom_sha256", "policy_sha256", "client_ca_bundle_sha256", "jwks_sha256", "trust_sha256", "tls_spki_sha256"] {
+    for key in [
+      "executable_sha256", "sbom_sha256", "policy_sha256", "client_ca_bundle_sha256", "jwks_sha256", "trust_sha256",
+      "tls_spki_sha256",
+    ] {
       #expect(measured[key] != nil, "missing \(key)")
     }
     let model = try #require((claims["submods"] as? [String: Any])?["model:simple"] as? [String: Any])
     #expect((model["manifest_sha256"] as? String)?.count == 64)
 
-    func refusal(_ evidence: String, nonce: [UInt8]? = n, tls: String? = x.presentedPublicKeySHA256,
-                 expect: EvidenceAppraiser.Expectations? = nil, key: String = a.publicKeyPEM) -> String {
+    func refusal(
+      _ evidence: String, nonce: [UInt8]? = n, tls: String? = x.presentedPublicKeySHA256,
+      expect: EvidenceAppraiser.Expectations? = nil, key: String = a.publicKeyPEM
+    ) -> String {
       do {
-        _ = try EvidenceAppraiser(publicKeyPEM: key).appraise(evidence, nonce: nonce, tlsPublicKeySHA256: tls, expectations: expect)
+        _ = try EvidenceAppraiser(publicKeyPEM: key).appraise(
+          evidence, nonce: nonce, tlsPublicKeySHA256: tls, expectations: expect)
         return "accepted"
       } catch { return error.description }
     }
@@ -91,7 +100,9 @@ import Testing
     payload[payload.count / 2] ^= 0x01
     parts[1] = Base64URL.encode(payload)
     #expect(refusal(parts.joined(separator: ".")).contains("signature does not verify"))
-    #expect(refusal(x.evidence, key: P256.Signing.PrivateKey().publicKey.pemRepresentation).contains("signature does not verify"))
+    #expect(
+      refusal(x.evidence, key: P256.Signing.PrivateKey().publicKey.pemRepresentation).contains(
+        "signature does not verify"))
     // An unexpected model version, signer or executable.
     var newer = expect
     newer.models = [.init(name: "simple", versions: ["2"])]
@@ -130,8 +141,10 @@ import Testing
     let client = try goodClient(a.server)
     let pub = try a.server.pki.write("attestation.pub.pem", a.publicKeyPEM)
     let good = try a.server.pki.write(
-      "expect.yaml", "models: [{name: simple, versions: ['1']}]\nonly_listed_models: true\nsbom_sha256: ['\(a.sbomSHA256)']\n")
-    let otherSBOM = try a.server.pki.write("expect-sbom.yaml", "sbom_sha256: ['\(String(repeating: "2", count: 64))']\n")
+      "expect.yaml",
+      "models: [{name: simple, versions: ['1']}]\nonly_listed_models: true\nsbom_sha256: ['\(a.sbomSHA256)']\n")
+    let otherSBOM = try a.server.pki.write(
+      "expect-sbom.yaml", "sbom_sha256: ['\(String(repeating: "2", count: 64))']\n")
     let bad = try a.server.pki.write("expect-v2.yaml", "models: [{name: simple, versions: ['2']}]\n")
     let token = try a.server.pki.write("token", client.token ?? "")
     let common = [
@@ -139,19 +152,23 @@ import Testing
       a.server.pki.path("server-ca.pem"), "--token-file", token, "--attestation-key", pub,
     ]
     let saved = a.server.pki.path("evidence.jwt")
-    let ok = try await ProcessTests.run(ProcessTests.binary, ["attest", "request"] + common + ["--expect", good, "--save", saved])
+    let ok = try await ProcessTests.run(
+      ProcessTests.binary, ["attest", "request"] + common + ["--expect", good, "--save", saved])
     #expect(ok.status == 0, "\(ok.stderr)")
     #expect(ok.stdout.contains("\"eat_profile\""))
     let refused = try await ProcessTests.run(ProcessTests.binary, ["attest", "request"] + common + ["--expect", bad])
     #expect(refused.status == 1 && refused.stderr.contains("runs version 1, expected one of 2"), "\(refused.stderr)")
-    let wrongBuild = try await ProcessTests.run(ProcessTests.binary, ["attest", "request"] + common + ["--expect", otherSBOM])
+    let wrongBuild = try await ProcessTests.run(
+      ProcessTests.binary, ["attest", "request"] + common + ["--expect", otherSBOM])
     #expect(wrongBuild.status == 1 && wrongBuild.stderr.contains("SBOM digest"), "\(wrongBuild.stderr)")
     // Saved evidence checked offline against a nonce it was not issued for: a replay.
     let replay = try await ProcessTests.run(
-      ProcessTests.binary, ["attest", "verify", saved, "--attestation-key", pub, "--nonce", String(repeating: "ab", count: 32)])
+      ProcessTests.binary,
+      ["attest", "verify", saved, "--attestation-key", pub, "--nonce", String(repeating: "ab", count: 32)])
     #expect(replay.status == 1 && replay.stderr.contains("nonce does not match"), "\(replay.stderr)")
     let malformed = try a.server.pki.write("expect-bad.yaml", "models: [{versions: ['1']}]\n")
-    let badFile = try await ProcessTests.run(ProcessTests.binary, ["attest", "request"] + common + ["--expect", malformed])
+    let badFile = try await ProcessTests.run(
+      ProcessTests.binary, ["attest", "request"] + common + ["--expect", malformed])
     #expect(badFile.status == 1 && badFile.stderr.contains("name"), "\(badFile.stderr)")
     try await a.server.stop()
   }

@@ -40,50 +40,65 @@ import Testing
     let c = try ServerConfig.parse(
       minimal + """
 
-      scheduling:
-        max_concurrent_executions: 3
-        model_max_concurrent_executions: 2
-        queue_limit: 10
-        model_queue_limit: 5
-        batching: {enabled: false, max_batch: 16, max_delay_us: 100}
-        circuit_breaker: {failure_threshold: 2, open_ms: 500, half_open_probes: 3, slow_call_ms: 250}
-      screening:
-        drift_window: 50
-        extraction_monitor: {enabled: false, history: 64, window: 40, normality_threshold: 0.7, ood_share_threshold: 0.25, max_principals: 9}
-      logging: {access_log: false}
-      """, baseDirectory: "/etc/p")
+        scheduling:
+          max_concurrent_executions: 3
+          model_max_concurrent_executions: 2
+          queue_limit: 10
+          model_queue_limit: 5
+          batching: {enabled: false, max_batch: 16, max_delay_us: 100}
+          circuit_breaker: {failure_threshold: 2, open_ms: 500, half_open_probes: 3, slow_call_ms: 250}
+        screening:
+          drift_window: 50
+          extraction_monitor: {enabled: false, history: 64, window: 40, normality_threshold: 0.7, ood_share_threshold: 0.25, max_principals: 9}
+        logging: {access_log: false}
+        """, baseDirectory: "/etc/p")
     #expect(c.scheduling.maxConcurrentExecutions == 3 && c.scheduling.modelMaxConcurrentExecutions == 2)
     #expect(c.scheduling.queueLimit == 10 && c.scheduling.modelQueueLimit == 5)
     #expect(!c.scheduling.batching && c.scheduling.maxBatch == 16 && c.scheduling.maxDelay == .microseconds(100))
-    #expect(c.scheduling.breaker == .init(failureThreshold: 2, openDuration: .milliseconds(500), halfOpenProbes: 3, slowCall: .milliseconds(250)))
+    #expect(
+      c.scheduling.breaker
+        == .init(failureThreshold: 2, openDuration: .milliseconds(500), halfOpenProbes: 3, slowCall: .milliseconds(250))
+    )
     #expect(c.screening.driftWindow == 50 && !c.screening.extractionMonitor)
-    #expect(c.screening.extraction == .init(history: 64, window: 40, normalityThreshold: 0.7, oodShareThreshold: 0.25, maxPrincipals: 9))
+    #expect(
+      c.screening.extraction
+        == .init(history: 64, window: 40, normalityThreshold: 0.7, oodShareThreshold: 0.25, maxPrincipals: 9))
     #expect(!c.logging.accessLog)
     let defaults = try ServerConfig.parse(minimal, baseDirectory: "/etc/p")
     #expect(defaults.scheduling.batching && defaults.scheduling.maxBatch == 32 && defaults.logging.accessLog)
     #expect(error(minimal + "\nscheduling: {queue_limit: 0}")?.description.contains("queue_limit") == true)
     #expect(error(minimal + "\nscheduling: {batching: {max_delay: 3}}")?.description.contains("max_delay") == true)
-    #expect(error(minimal + "\nscreening: {extraction_monitor: {normality_threshold: 2}}")?.description.contains("normality_threshold") == true)
+    #expect(
+      error(minimal + "\nscreening: {extraction_monitor: {normality_threshold: 2}}")?.description.contains(
+        "normality_threshold") == true)
   }
 
   @Test func auditAndEgressSectionsAreReadAndRefusedWithTheReason() throws {
     let c = try ServerConfig.parse(
       minimal + """
 
-      audit: {directory: audit, key: audit.key, durability: batched, checkpoint_every_records: 5}
-      egress: {report_socket: r.sock, report_socket_mode: "0620", proxy: "127.0.0.1:3128", checkpoint_url: "https://c.example/cp"}
-      models: {integrity_check_seconds: 0}
-      attestation: {key: att.key}
-      """, baseDirectory: "/etc/p")
-    #expect(c.audit?.directory == "/etc/p/audit" && c.audit?.durability == "batched" && c.audit?.checkpointEveryRecords == 5)
+        audit: {directory: audit, key: audit.key, durability: batched, checkpoint_every_records: 5}
+        egress: {report_socket: r.sock, report_socket_mode: "0620", proxy: "127.0.0.1:3128", checkpoint_url: "https://c.example/cp"}
+        models: {integrity_check_seconds: 0}
+        attestation: {key: att.key}
+        """, baseDirectory: "/etc/p")
+    #expect(
+      c.audit?.directory == "/etc/p/audit" && c.audit?.durability == "batched" && c.audit?.checkpointEveryRecords == 5)
     #expect(c.egress.reportSocket == "/etc/p/r.sock" && c.egress.reportSocketMode == 0o620)
     #expect(c.egress.proxy == "127.0.0.1:3128" && c.egress.checkpointURL == "https://c.example/cp")
     #expect(c.models.integrityCheckSeconds == 0 && c.attestation.key == "/etc/p/att.key")
     #expect(error(minimal + "\naudit: {directory: a}")?.description.contains("audit.key") == true)
-    #expect(error(minimal + "\naudit: {directory: a, key: k, durability: eventually}")?.description.contains("durability") == true)
-    #expect(error(minimal + "\negress: {checkpoint_url: \"https://c.example\"}")?.description.contains("egress.proxy") == true)
-    #expect(error(minimal + "\negress: {proxy: \"p:1\", checkpoint_url: \"ftp://c\"}")?.description.contains("checkpoint_url") == true)
-    #expect(error(minimal + "\negress: {report_socket_mode: \"rw\"}")?.description.contains("report_socket_mode") == true)
+    #expect(
+      error(minimal + "\naudit: {directory: a, key: k, durability: eventually}")?.description.contains("durability")
+        == true)
+    #expect(
+      error(minimal + "\negress: {checkpoint_url: \"https://c.example\"}")?.description.contains("egress.proxy") == true
+    )
+    #expect(
+      error(minimal + "\negress: {proxy: \"p:1\", checkpoint_url: \"ftp://c\"}")?.description.contains("checkpoint_url")
+        == true)
+    #expect(
+      error(minimal + "\negress: {report_socket_mode: \"rw\"}")?.description.contains("report_socket_mode") == true)
     #expect(error(minimal + "\negress: {proxy: sidecar}")?.description.contains("egress.proxy") == true)
   }
 
@@ -142,29 +157,74 @@ import Testing
     ("", "server", "is required"),
     ("server: {}", "server.tls", "is required"),
     ("server: {tls: {certificate_chain: a, private_key: b}}", "server.tls.client_ca_bundle", "is required"),
-    ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c, extra: 1}}", "server.tls.extra", "unknown setting"),
-    ("server: {listen: 'nocolon', tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.listen", "host:port"),
-    ("server: {listen: 'h:70000', tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.listen", "0 to 65535"),
-    ("server: {limits: {max_message_bytes: 10}, tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.limits.max_message_bytes", "between"),
-    ("server: {limits: {max_message_bytes: lots}, tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.limits.max_message_bytes", "integer"),
+    (
+      "server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c, extra: 1}}", "server.tls.extra",
+      "unknown setting"
+    ),
+    (
+      "server: {listen: 'nocolon', tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.listen",
+      "host:port"
+    ),
+    (
+      "server: {listen: 'h:70000', tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}", "server.listen",
+      "0 to 65535"
+    ),
+    (
+      "server: {limits: {max_message_bytes: 10}, tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}",
+      "server.limits.max_message_bytes", "between"
+    ),
+    (
+      "server: {limits: {max_message_bytes: lots}, tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}",
+      "server.limits.max_message_bytes", "integer"
+    ),
     (Self.ok + Self.authText + "\nlogging: {level: loud}", "logging.level", "one of"),
     (Self.ok + Self.authText + "\nadmin: {enabled: yes please}", "admin.enabled", "true or false"),
     (Self.ok + Self.authText + "\nmodel: {}", "model", "unknown setting"),
     (Self.ok, "auth", "is required"),
     (Self.ok + "\nauth: {audience: p}", "auth.issuers", "at least one"),
     (Self.ok + "\nauth: {issuers: [{issuer: i, jwks: j}]}", "auth.audience", "is required"),
-    (Self.ok + "\nauth: {audience: p, algorithms: [HS256], issuers: [{issuer: i, jwks: j}]}", "auth.algorithms", "never"),
-    (Self.ok + "\nauth: {audience: p, algorithms: [none], issuers: [{issuer: i, jwks: j}]}", "auth.algorithms", "not allowed"),
-    (Self.ok + "\nauth: {audience: p, leeway_seconds: 300, issuers: [{issuer: i, jwks: j}]}", "auth.leeway_seconds", "between 0 and 60"),
-    (Self.ok + "\nauth: {audience: p, issuers: [{issuer: i, kind: spiffe, jwks: j}]}", "auth.issuers[0].trust_domain", "required"),
-    (Self.ok + "\nauth: {audience: p, issuers: [{issuer: i, jwks: j, jku: x}]}", "auth.issuers[0].jku", "unknown setting"),
+    (
+      Self.ok + "\nauth: {audience: p, algorithms: [HS256], issuers: [{issuer: i, jwks: j}]}", "auth.algorithms",
+      "never"
+    ),
+    (
+      Self.ok + "\nauth: {audience: p, algorithms: [none], issuers: [{issuer: i, jwks: j}]}", "auth.algorithms",
+      "not allowed"
+    ),
+    (
+      Self.ok + "\nauth: {audience: p, leeway_seconds: 300, issuers: [{issuer: i, jwks: j}]}", "auth.leeway_seconds",
+      "between 0 and 60"
+    ),
+    (
+      Self.ok + "\nauth: {audience: p, issuers: [{issuer: i, kind: spiffe, jwks: j}]}", "auth.issuers[0].trust_domain",
+      "required"
+    ),
+    (
+      Self.ok + "\nauth: {audience: p, issuers: [{issuer: i, jwks: j, jku: x}]}", "auth.issuers[0].jku",
+      "unknown setting"
+    ),
     (Self.ok + "\nauth: {audience: p, issuers: [{issuer: i, jwks: j}]}", "policy", "is required"),
-    (Self.ok + "\nauth: {audience: p, exempt_rpcs: [ModelInfr], issuers: [{issuer: i, jwks: j}]}", "auth.exempt_rpcs", "unknown RPC"),
-    (Self.ok + Self.authText + "\nmodels: {directories: [m], trust: [{models: x, public_keys: [k]}]}", "models.state_file", "is required"),
+    (
+      Self.ok + "\nauth: {audience: p, exempt_rpcs: [ModelInfr], issuers: [{issuer: i, jwks: j}]}", "auth.exempt_rpcs",
+      "unknown RPC"
+    ),
+    (
+      Self.ok + Self.authText + "\nmodels: {directories: [m], trust: [{models: x, public_keys: [k]}]}",
+      "models.state_file", "is required"
+    ),
     (Self.ok + Self.authText + "\nmodels: {directories: [m], state_file: s}", "models.trust", "is required"),
-    (Self.ok + Self.authText + "\nmodels: {trust: [{models: x}]}", "models.trust[0]", "public_keys or certificate_roots"),
-    (Self.ok + Self.authText + "\nmodels: {trust: [{models: x, certificate_roots: [r]}]}", "models.trust[0].certificate_roots", "signer_subject or signer_san"),
-    (Self.ok + Self.authText + "\nmodels: {trust: [{models: x, certificate_roots: [r], signer_san: 'spiffe://x'}]}", "models.trust[0].signer_san", "dns:, uri: or email:"),
+    (
+      Self.ok + Self.authText + "\nmodels: {trust: [{models: x}]}", "models.trust[0]",
+      "public_keys or certificate_roots"
+    ),
+    (
+      Self.ok + Self.authText + "\nmodels: {trust: [{models: x, certificate_roots: [r]}]}",
+      "models.trust[0].certificate_roots", "signer_subject or signer_san"
+    ),
+    (
+      Self.ok + Self.authText + "\nmodels: {trust: [{models: x, certificate_roots: [r], signer_san: 'spiffe://x'}]}",
+      "models.trust[0].signer_san", "dns:, uri: or email:"
+    ),
     ("server: [1, 2]", "server", "mapping"),
     ("server: {tls: {certificate_chain: a, private_key: b, client_ca_bundle: c}}\nserver: {}", "", "duplicated key"),
     ("- just a list", "", "mapping"),
@@ -179,10 +239,11 @@ import Testing
   }
 
   @Test func errorsCarryLineNumbers() {
-    let e = error("# comment\nserver:\n  tls:\n    certificate_chain: a\n    private_key: b\n    client_ca_bundle: c\n  limits:\n    max_concurrent_streams: 0\n" + Self.authText)
+    let e = error(
+      "# comment\nserver:\n  tls:\n    certificate_chain: a\n    private_key: b\n    client_ca_bundle: c\n  limits:\n    max_concurrent_streams: 0\n"
+        + Self.authText)
     #expect(e?.line == 8, "\(String(describing: e))")
   }
 }
-
 
 import Foundation

@@ -9,7 +9,9 @@ import Testing
 @Suite(.serialized) struct DeployTests {
   static let checks = "\(repositoryRoot)/Tests/Deploy"
   static var isRoot: Bool { getuid() == 0 }
-  static var ipTool: String? { ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) } }
+  static var ipTool: String? {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) }
+  }
 
   /// True while `make run`'s network-namespace demo holds `palisade-srv` (the namespace test would tear it down).
   static var demoNamespaceUp: Bool {
@@ -36,18 +38,28 @@ import Testing
 
   @Test(arguments: [
     ("ENTRYPOINT [\"/usr/local/bin/palisade\"]", "ENTRYPOINT /usr/local/bin/palisade", "exec (JSON) form"),
-    ("CMD [\"serve\", \"--config\", \"/etc/palisade/palisade.yaml\"]", "CMD serve --config /etc/palisade/palisade.yaml",
-     "exec (JSON) form"),
+    (
+      "CMD [\"serve\", \"--config\", \"/etc/palisade/palisade.yaml\"]",
+      "CMD serve --config /etc/palisade/palisade.yaml",
+      "exec (JSON) form"
+    ),
     ("USER 65532:65532", "USER palisade", "numeric"),
     ("USER 65532:65532", "USER 0", "must not be root"),
-    ("COPY --from=build /rootfs/ /", "COPY --from=build /rootfs/ /\nRUN [\"/usr/local/bin/palisade\", \"--help\"]",
-     "RUN in the runtime stage"),
+    (
+      "COPY --from=build /rootfs/ /", "COPY --from=build /rootfs/ /\nRUN [\"/usr/local/bin/palisade\", \"--help\"]",
+      "RUN in the runtime stage"
+    ),
     ("FROM scratch AS runtime", "FROM debian:bookworm-slim AS runtime", "must be minimal"),
     ("deploy/release/build.sh .build/release-image", "swift build -c release", "deploy/release/build.sh"),
-    ("ARG DEBIAN_IMAGE=debian:bookworm-slim@sha256:", "ARG DEBIAN_IMAGE=debian:bookworm-slim\nARG OLD_DIGEST=", "not pinned by digest"),
+    (
+      "ARG DEBIAN_IMAGE=debian:bookworm-slim@sha256:", "ARG DEBIAN_IMAGE=debian:bookworm-slim\nARG OLD_DIGEST=",
+      "not pinned by digest"
+    ),
     ("ARG SWIFT_IMAGE=swift:6.3", "ARG SWIFT_IMAGE=swift:5.10", "Swift 6.3"),
-    ("  CMD [\"/usr/local/bin/palisade\", \"call\", \"health\", \"--quiet\", \"--url\", \"http://127.0.0.1:9464/healthz\"]",
-     "  CMD curl -f http://127.0.0.1:9464/healthz", "HEALTHCHECK must use CMD in exec form"),
+    (
+      "  CMD [\"/usr/local/bin/palisade\", \"call\", \"health\", \"--quiet\", \"--url\", \"http://127.0.0.1:9464/healthz\"]",
+      "  CMD curl -f http://127.0.0.1:9464/healthz", "HEALTHCHECK must use CMD in exec form"
+    ),
   ])
   func containerfileLintRefusesWhatTheImageMustNotBe(original: String, broken: String, message: String) async throws {
     let text = try String(contentsOfFile: "\(repositoryRoot)/deploy/container/Containerfile", encoding: .utf8)
@@ -70,7 +82,10 @@ import Testing
     try ".build*\n.git\n".write(toFile: "\(dir)/.dockerignore", atomically: true, encoding: .utf8)
     let r = try await ProcessTests.run(
       "/usr/bin/python3",
-      ["\(Self.checks)/check_containerfile.py", "\(repositoryRoot)/deploy/container/Containerfile", "\(dir)/.dockerignore"])
+      [
+        "\(Self.checks)/check_containerfile.py", "\(repositoryRoot)/deploy/container/Containerfile",
+        "\(dir)/.dockerignore",
+      ])
     #expect(r.status == 1)
     #expect(r.stdout.contains("certs/out") && r.stdout.contains("**/*.key"), "\(r.stdout)")
   }
@@ -108,8 +123,11 @@ import Testing
     for name in ["one.json", "two.json"] {
       let r = try await ProcessTests.run(
         "/usr/bin/env",
-        ["SOURCE_DATE_EPOCH=1700000000", "/usr/bin/python3", "\(repositoryRoot)/deploy/release/sbom.py", "--binary", binary,
-         "--out", "\(dir)/\(name)", "--libs", "/lib/x86_64-linux-gnu/libc.so.6", "/etc/ssl/certs/ca-certificates.crt"])
+        [
+          "SOURCE_DATE_EPOCH=1700000000", "/usr/bin/python3", "\(repositoryRoot)/deploy/release/sbom.py", "--binary",
+          binary,
+          "--out", "\(dir)/\(name)", "--libs", "/lib/x86_64-linux-gnu/libc.so.6", "/etc/ssl/certs/ca-certificates.crt",
+        ])
       #expect(r.status == 0, "\(r.stderr)")
       outputs.append(try String(contentsOfFile: "\(dir)/\(name)", encoding: .utf8))
     }
@@ -127,11 +145,16 @@ import Testing
     #expect(purls.contains("pkg:swift/github.com/grpc/grpc-swift-2@2.4.3"))
     #expect(purls.contains { $0.hasPrefix("pkg:deb/") && $0.contains("/libc6@") })
     #expect(purls.contains { $0.contains("/ca-certificates@") })
-    #expect(components.contains { $0["name"] as? String == "swift" && ($0["version"] as? String)?.hasPrefix("6.") == true })
+    #expect(
+      components.contains { $0["name"] as? String == "swift" && ($0["version"] as? String)?.hasPrefix("6.") == true })
     // A library no package owns is refused by name rather than left out.
     try "x".write(toFile: "\(dir)/orphan.so", atomically: true, encoding: .utf8)
     let refused = try await ProcessTests.run(
-      "/usr/bin/python3", ["\(repositoryRoot)/deploy/release/sbom.py", "--binary", binary, "--out", "\(dir)/x.json", "--libs", "\(dir)/orphan.so"])
+      "/usr/bin/python3",
+      [
+        "\(repositoryRoot)/deploy/release/sbom.py", "--binary", binary, "--out", "\(dir)/x.json", "--libs",
+        "\(dir)/orphan.so",
+      ])
     #expect(refused.status == 1 && refused.stderr.contains("orphan.so: no Debian package owns it"), "\(refused.stderr)")
   }
 
@@ -155,13 +178,18 @@ import Testing
     let policy = try await ProcessTests.run(ProcessTests.binary, ["policy", "check", "\(base)/policy.yaml"])
     #expect(policy.status == 0, "\(policy.stdout)\(policy.stderr)")
     let pki = try TestPKI()
-    for path in [try await Self.podConfig(pki), try Self.movedConfig(pki, "\(Self.kube)/kserve/palisade.yaml", [("[/mnt/models]", "[models]")])] {
+    for path in [
+      try await Self.podConfig(pki),
+      try Self.movedConfig(pki, "\(Self.kube)/kserve/palisade.yaml", [("[/mnt/models]", "[models]")]),
+    ] {
       let check = try await ProcessTests.run(ProcessTests.binary, ["serve", "--config", path, "--check"])
       #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
     }
     // The sidecar's config: its report socket is the server's, its allowlist lets the checkpoints out.
     var egress = try String(contentsOfFile: "\(base)/egress.yaml", encoding: .utf8)
-    for (mounted, local) in [("[/models]", "[\(pki.path("models"))]"), ("/run/palisade/reports/", "\(pki.path("reports"))/")] {
+    for (mounted, local) in [
+      ("[/models]", "[\(pki.path("models"))]"), ("/run/palisade/reports/", "\(pki.path("reports"))/"),
+    ] {
       #expect(egress.contains(mounted), "the sidecar's config no longer names \(mounted)")
       egress = egress.replacingOccurrences(of: mounted, with: local)
     }
@@ -187,18 +215,28 @@ import Testing
     let port = try await serve.port()
     #expect(port != 0, "\(serve.log)")
     var socket = stat()
-    #expect(stat(pki.path("reports/egress-reports.sock"), &socket) == 0 && socket.st_mode & 0o777 == 0o660, "\(serve.log)")
-    let client = try pki.client("client", sans: [.uniformResourceIdentifier("spiffe://palisade.test/ns/demo/sa/caller")])
+    #expect(
+      stat(pki.path("reports/egress-reports.sock"), &socket) == 0 && socket.st_mode & 0o777 == 0o660, "\(serve.log)")
+    let client = try pki.client(
+      "client", sans: [.uniformResourceIdentifier("spiffe://palisade.test/ns/demo/sa/caller")])
     // No token: refused, and each refusal is an audit record.
     for _ in 0..<3 {
       let r = try await ProcessTests.run(
         ProcessTests.binary,
-        ["call", "ready", "--target", "127.0.0.1:\(port)", "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem")])
+        [
+          "call", "ready", "--target", "127.0.0.1:\(port)", "--cert", client.cert, "--key", client.key, "--ca",
+          pki.path("ca-bundle.pem"),
+        ])
       #expect(r.status != 0 && r.stderr.contains("unauthenticated"), "\(r.stdout)\(r.stderr)")
     }
-    let verify = ["audit", "verify", pki.path("audit/log"), "--key", pki.path("audit.pub.pem"), "--origin", "example.internal/palisade/audit"]
+    let verify = [
+      "audit", "verify", pki.path("audit/log"), "--key", pki.path("audit.pub.pem"), "--origin",
+      "example.internal/palisade/audit",
+    ]
     let before = try await ProcessTests.run(ProcessTests.binary, verify)
-    #expect(before.stdout.contains("3 records") && before.stdout.contains("0 checkpoints"), "\(before.stdout)\(before.stderr)")
+    #expect(
+      before.stdout.contains("3 records") && before.stdout.contains("0 checkpoints"), "\(before.stdout)\(before.stderr)"
+    )
     #expect(try await serve.terminate() == 0, "\(serve.log)")
     #expect(serve.log.contains("palisade stopped"), "\(serve.log)")
     let after = try await ProcessTests.run(ProcessTests.binary, verify)
@@ -213,20 +251,33 @@ import Testing
   static func podConfig(_ pki: TestPKI) async throws -> String {
     try pki.write("issuer-jwks.json", pki.jwksJSON())
     let key = pki.path("publisher.key")
-    #expect(try await ProcessTests.run("/usr/bin/openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]).status == 0)
-    #expect(try await ProcessTests.run("/usr/bin/openssl", ["ec", "-in", key, "-pubout", "-out", pki.path("publisher.pub.pem")]).status == 0)
+    #expect(
+      try await ProcessTests.run(
+        "/usr/bin/openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]
+      ).status == 0)
+    #expect(
+      try await ProcessTests.run(
+        "/usr/bin/openssl", ["ec", "-in", key, "-pubout", "-out", pki.path("publisher.pub.pem")]
+      ).status == 0)
     let keygen = try await ProcessTests.run(
-      ProcessTests.binary, ["audit", "keygen", "--out", pki.path("audit"), "--origin", "example.internal/palisade/audit"])
+      ProcessTests.binary,
+      ["audit", "keygen", "--out", pki.path("audit"), "--origin", "example.internal/palisade/audit"])
     #expect(keygen.status == 0, "\(keygen.stderr)")
-    #expect(try await ProcessTests.run("/usr/bin/openssl", ["genpkey", "-algorithm", "ed25519", "-out", pki.path("attestation.key")]).status == 0)
+    #expect(
+      try await ProcessTests.run(
+        "/usr/bin/openssl", ["genpkey", "-algorithm", "ed25519", "-out", pki.path("attestation.key")]
+      ).status == 0)
     for name in ["audit.key", "attestation.key"] {
       try FileManager.default.setAttributes([.posixPermissions: 0o440], ofItemAtPath: pki.path(name))
     }
-    return try movedConfig(pki, "\(kube)/base/config/palisade.yaml", [
-      ("[/models]", "[models]"), ("/var/lib/palisade/audit/log", "audit/log"),
-      ("/etc/palisade/audit-key/audit.key", "audit.key"), ("/etc/palisade/attestation/attestation.key", "attestation.key"),
-      ("/run/palisade/reports/egress-reports.sock", "reports/egress-reports.sock"),
-    ])
+    return try movedConfig(
+      pki, "\(kube)/base/config/palisade.yaml",
+      [
+        ("[/models]", "[models]"), ("/var/lib/palisade/audit/log", "audit/log"),
+        ("/etc/palisade/audit-key/audit.key", "audit.key"),
+        ("/etc/palisade/attestation/attestation.key", "attestation.key"),
+        ("/run/palisade/reports/egress-reports.sock", "reports/egress-reports.sock"),
+      ])
   }
 
   /// `file` with the mounts every server config shares, and `moves`, replaced by paths in `pki`'s directory.
@@ -235,19 +286,23 @@ import Testing
       try FileManager.default.createDirectory(atPath: pki.path(dir), withIntermediateDirectories: true)
     }
     if !FileManager.default.fileExists(atPath: pki.path("policy/policy.yaml")) {
-      try FileManager.default.copyItem(atPath: "\(kube)/base/config/policy.yaml", toPath: pki.path("policy/policy.yaml"))
+      try FileManager.default.copyItem(
+        atPath: "\(kube)/base/config/policy.yaml", toPath: pki.path("policy/policy.yaml"))
     }
     var config = try String(contentsOfFile: file, encoding: .utf8)
     for (mounted, local) in [
       ("/etc/palisade/tls/tls.crt", "server.pem"), ("/etc/palisade/tls/tls.key", "server.key"),
       ("/etc/palisade/tls/ca.crt", "ca-bundle.pem"), ("/etc/palisade/trust/issuer-jwks.json", "issuer-jwks.json"),
-      ("/etc/palisade/trust/publisher.pub.pem", "publisher.pub.pem"), ("/etc/palisade/policy/policy.yaml", "policy/policy.yaml"),
-      ("/var/lib/palisade/state/accepted-versions.json", "state/accepted-versions.json"), ("/tmp/palisade-unpack", "unpack"),
+      ("/etc/palisade/trust/publisher.pub.pem", "publisher.pub.pem"),
+      ("/etc/palisade/policy/policy.yaml", "policy/policy.yaml"),
+      ("/var/lib/palisade/state/accepted-versions.json", "state/accepted-versions.json"),
+      ("/tmp/palisade-unpack", "unpack"),
     ] + moves {
       #expect(config.contains(mounted), "\(file) no longer names \(mounted)")
       config = config.replacingOccurrences(of: mounted, with: local)
     }
-    return try pki.write("palisade-\(URL(fileURLWithPath: file).deletingLastPathComponent().lastPathComponent).yaml", config)
+    return try pki.write(
+      "palisade-\(URL(fileURLWithPath: file).deletingLastPathComponent().lastPathComponent).yaml", config)
   }
 
   // MARK: the admin-port probe (`palisade call health`)
@@ -310,14 +365,16 @@ import Testing
     .enabled(if: DeployTests.isRoot && DeployTests.ipTool != nil, "needs root and iproute2 (ip netns)"),
     .disabled(
       if: DeployTests.demoNamespaceUp,
-      "make run's network-namespace demo (palisade-srv) is up: stop it (Ctrl-C, or deploy/local/netns-down.sh) to run this test"))
+      "make run's network-namespace demo (palisade-srv) is up: stop it (Ctrl-C, or deploy/local/netns-down.sh) to run this test"
+    ))
   func localNamespaceServerReachesOnlyTheSidecar() async throws {
     let ip = try #require(Self.ipTool)
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netns-\(UUID().uuidString)").path
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let pkiMade = try await ProcessTests.run("\(repositoryRoot)/certs/make-dev-pki.sh", ["\(dir)/pki", "2"])
     #expect(pkiMade.status == 0, "\(pkiMade.stderr)")
-    try "version: 1\nrules:\n  - name: demo\n    principals: [{spiffe_prefix: spiffe://palisade.dev/ns/demo}]\n    rpcs: [\"*\"]\n"
+    try
+      "version: 1\nrules:\n  - name: demo\n    principals: [{spiffe_prefix: spiffe://palisade.dev/ns/demo}]\n    rpcs: [\"*\"]\n"
       .write(toFile: "\(dir)/policy.yaml", atomically: true, encoding: .utf8)
     var config = try String(contentsOfFile: "\(repositoryRoot)/deploy/local/palisade-netns.yaml", encoding: .utf8)
     config = config.replacingOccurrences(of: "../../certs/out/", with: "pki/")
@@ -332,29 +389,38 @@ import Testing
 
     let up = try await ProcessTests.run("\(repositoryRoot)/deploy/local/netns-up.sh", [])
     #expect(up.status == 0, "\(up.stdout)\(up.stderr)")
-    defer { _ = try? Process.run(URL(fileURLWithPath: "\(repositoryRoot)/deploy/local/netns-down.sh"), arguments: []).waitUntilExit() }
+    defer {
+      _ = try? Process.run(URL(fileURLWithPath: "\(repositoryRoot)/deploy/local/netns-down.sh"), arguments: [])
+        .waitUntilExit()
+    }
     let filtered = up.stdout.contains("reaches only 10.231.0.1:3128")
 
-    let serve = try LoggedProcess(ip, ["netns", "exec", "palisade-srv", ProcessTests.binary, "serve", "--config", "\(dir)/palisade.yaml"])
+    let serve = try LoggedProcess(
+      ip, ["netns", "exec", "palisade-srv", ProcessTests.binary, "serve", "--config", "\(dir)/palisade.yaml"])
     defer { serve.kill() }
     let port = try await serve.jsonPort(after: "palisade serving")
     #expect(port != 0, "\(serve.log)")
     // The host reaches the server on the namespace's address (the dev certificate names it).
     let live = try await ProcessTests.run(
       ProcessTests.binary,
-      ["call", "live", "--target", "10.231.0.2:\(port)", "--cert", "\(dir)/pki/client-a.pem", "--key",
-       "\(dir)/pki/client-a.key", "--ca", "\(dir)/pki/ca-bundle.pem"])
+      [
+        "call", "live", "--target", "10.231.0.2:\(port)", "--cert", "\(dir)/pki/client-a.pem", "--key",
+        "\(dir)/pki/client-a.key", "--ca", "\(dir)/pki/ca-bundle.pem",
+      ])
     #expect(live.status == 0 && live.stdout.contains("true"), "\(live.stdout)\(live.stderr)\n\(serve.log)")
 
     // Stand-ins on the host end: the sidecar's port, and another service the host binds.
-    let sidecar = try LoggedProcess("/usr/bin/python3", ["-u", "-m", "http.server", "--bind", "10.231.0.1", "3128", "--directory", dir])
+    let sidecar = try LoggedProcess(
+      "/usr/bin/python3", ["-u", "-m", "http.server", "--bind", "10.231.0.1", "3128", "--directory", dir])
     defer { sidecar.kill() }
-    let other = try LoggedProcess("/usr/bin/python3", ["-u", "-m", "http.server", "--bind", "0.0.0.0", "0", "--directory", dir])
+    let other = try LoggedProcess(
+      "/usr/bin/python3", ["-u", "-m", "http.server", "--bind", "0.0.0.0", "0", "--directory", dir])
     defer { other.kill() }
     #expect(try await sidecar.waitFor("Serving HTTP"), "\(sidecar.log)")
     let otherPort = try await other.httpServerPort()
     func fromNamespace(_ url: String) async throws -> ProcessTests.Result {
-      try await ProcessTests.run(ip, ["netns", "exec", "palisade-srv", ProcessTests.binary, "call", "health", "--timeout", "2", "--url", url])
+      try await ProcessTests.run(
+        ip, ["netns", "exec", "palisade-srv", ProcessTests.binary, "call", "health", "--timeout", "2", "--url", url])
     }
     let toSidecar = try await fromNamespace("http://10.231.0.1:3128/")
     #expect(toSidecar.status == 0, "the namespace cannot reach the sidecar's port: \(toSidecar.stderr)")
@@ -389,4 +455,3 @@ import Testing
     #expect(r.stdout.contains("image runtime OK"), "\(r.stdout)")
   }
 }
-

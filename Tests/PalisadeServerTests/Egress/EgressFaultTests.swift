@@ -63,9 +63,12 @@ import Testing
       audit.origin = "palisade.test/audit"
       $0.audit = audit
       $0.egress = .init(
-        reportSocket: reports, proxy: "unix:\(proxySocket)", checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
+        reportSocket: reports, proxy: "unix:\(proxySocket)",
+        checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
     }
-    for _ in 0..<100 where !FileManager.default.fileExists(atPath: reports) { try await Task.sleep(for: .milliseconds(20)) }
+    for _ in 0..<100 where !FileManager.default.fileExists(atPath: reports) {
+      try await Task.sleep(for: .milliseconds(20))
+    }
     let egressConfig = try pki.write(
       "egress.yaml",
       """
@@ -90,7 +93,9 @@ import Testing
         try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String]
       }
     }
-    func call() async throws { _ = try await withClient(server, try goodClient(server)) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    func call() async throws {
+      _ = try await withClient(server, try goodClient(server)) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
 
     var sidecar = try await startSidecar()
     defer { if sidecar.isRunning { kill(sidecar.processIdentifier, SIGKILL) } }

@@ -48,9 +48,12 @@ import Testing
       audit.origin = "palisade.test/audit"
       $0.audit = audit
       $0.egress = .init(
-        reportSocket: reports, proxy: "unix:\(proxySocket)", checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
+        reportSocket: reports, proxy: "unix:\(proxySocket)",
+        checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
     }
-    for _ in 0..<100 where !FileManager.default.fileExists(atPath: reports) { try await Task.sleep(for: .milliseconds(20)) }
+    for _ in 0..<100 where !FileManager.default.fileExists(atPath: reports) {
+      try await Task.sleep(for: .milliseconds(20))
+    }
     let egressConfig = try pki.write(
       "egress.yaml",
       """
@@ -66,7 +69,9 @@ import Testing
     sidecar.standardError = FileHandle.nullDevice
     try sidecar.run()
     defer { kill(sidecar.processIdentifier, SIGKILL) }
-    for _ in 0..<200 where !FileManager.default.fileExists(atPath: proxySocket) { try await Task.sleep(for: .milliseconds(25)) }
+    for _ in 0..<200 where !FileManager.default.fileExists(atPath: proxySocket) {
+      try await Task.sleep(for: .milliseconds(25))
+    }
 
     // A call makes a record and a checkpoint; the shipper posts it through the sidecar to the collector.
     let caller = try goodClient(server)
@@ -86,7 +91,9 @@ import Testing
     let refused = try await leak.send(
       OutboundRequest(
         url: "http://localhost:\(collectorPort)/checkpoints/x",
-        body: Array("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n".utf8)))
+        body: Array(
+          "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
+            .utf8)))
     #expect(refused.status == 403 && refused.blockedReason != nil)
     await leak.shutdown()
     try await Task.sleep(for: .milliseconds(300))
@@ -114,7 +121,8 @@ import Testing
       s.sendto(sys.argv[2].encode(), sys.argv[1])
       print(os.getpid())
       """
-    let r = try await ProcessTests.run("/usr/bin/env", ["python3", "-c", script, socket, payload, uid.map { String($0) } ?? "-"])
+    let r = try await ProcessTests.run(
+      "/usr/bin/env", ["python3", "-c", script, socket, payload, uid.map { String($0) } ?? "-"])
     #expect(r.status == 0, "the datagram was not sent: \(r.stderr)")
     return Int32(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
   }
@@ -159,7 +167,8 @@ import Testing
     let records = try Self.auditRecords(pki, key)
     let block = try #require(records.first { $0.kind == .egressBlock })
     #expect(block.reason == "canary: canary token (config)" && block.details["event_id"] == "e1")
-    #expect(block.details["sender_uid"] == String(getuid()) && block.details["sender_pid"] == String(pid), "\(block.details)")
+    #expect(
+      block.details["sender_uid"] == String(getuid()) && block.details["sender_pid"] == String(pid), "\(block.details)")
     #expect(records.filter { $0.kind == .egressBlock }.count == 1, "the malformed report is dropped")
   }
 
@@ -177,7 +186,9 @@ import Testing
     }
     #expect(counted, "\(Self.metricsText(server))")
     try await server.stop()
-    #expect(try Self.auditRecords(pki, key).filter { $0.kind == .egressBlock }.isEmpty, "forged records reached the audit log")
+    #expect(
+      try Self.auditRecords(pki, key).filter { $0.kind == .egressBlock }.isEmpty, "forged records reached the audit log"
+    )
   }
 
   @Test(
@@ -188,7 +199,8 @@ import Testing
     // The file system lets nobody in (directory 0755, socket 0666): only the sender check stands in the way.
     chmod(pki.directory.path, 0o755)
     let (server, key) = try await Self.server(pki) { $0.reportSocketMode = 0o666 }
-    _ = try await Self.send(Self.event.replacingOccurrences(of: "\"e1\"", with: "\"forged\""), to: pki.path("r.sock"), asUID: 65534)
+    _ = try await Self.send(
+      Self.event.replacingOccurrences(of: "\"e1\"", with: "\"forged\""), to: pki.path("r.sock"), asUID: 65534)
     let pid = try await Self.send(Self.event, to: pki.path("r.sock"))
     try await Task.sleep(for: .milliseconds(300))
     #expect(Self.metricsText(server).contains(#"reason="unauthenticated_egress_report"} 1"#))
@@ -230,7 +242,8 @@ import Testing
       server:
         tls: {certificate_chain: s.pem, private_key: /abs/s.key, client_ca_bundle: ca.pem}
       """ + ConfigTests.auth
-    let c = try ServerConfig.parse(base + "\negress: {report_socket: r.sock, report_sender_uids: [65533, 0]}\n", baseDirectory: "/etc/p")
+    let c = try ServerConfig.parse(
+      base + "\negress: {report_socket: r.sock, report_sender_uids: [65533, 0]}\n", baseDirectory: "/etc/p")
     #expect(c.egress.reportSenderUIDs == [65533, 0])
     #expect(try ServerConfig.parse(base, baseDirectory: "/etc/p").egress.reportSenderUIDs == nil)
     for bad in ["[]", "[-1]", "[nobody]", "[4294967295]", "[99999999999]"] {

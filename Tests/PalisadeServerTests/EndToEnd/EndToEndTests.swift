@@ -72,7 +72,13 @@ import Testing
     }
     let request = Inference_ModelInferRequest.with {
       $0.modelName = "identity_\(datatype.rawValue.lowercased())"
-      $0.inputs = [.with { $0.name = "IN"; $0.datatype = datatype.rawValue; $0.shape = [1, 2] }]
+      $0.inputs = [
+        .with {
+          $0.name = "IN"
+          $0.datatype = datatype.rawValue
+          $0.shape = [1, 2]
+        }
+      ]
       $0.rawInputContents = [raw]
     }
     let response = try await withClient(server, client) { try await $0.modelInfer(request) }
@@ -88,7 +94,11 @@ import Testing
       try await client.modelStreamInfer(
         requestProducer: { writer in
           try await writer.write(simpleRequest(raw: true))
-          try await writer.write(.with { $0.modelName = "absent"; $0.id = "bad" })
+          try await writer.write(
+            .with {
+              $0.modelName = "absent"
+              $0.id = "bad"
+            })
           try await writer.write(simpleRequest(raw: false))
         },
         onResponse: { response in

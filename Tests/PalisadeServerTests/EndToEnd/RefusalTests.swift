@@ -12,8 +12,11 @@ import X509
 
   @Test func certificateFromUnrelatedCAFailsTheHandshake() async throws {
     let server = try await TestServer.start()
-    let rogue = try server.pki.client("rogue", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/caller")], issuer: server.pki.rogueRoot)
-    let error = await rpcError { _ = try await withClient(server, cert: rogue.cert, key: rogue.key) { try await $0.serverLive(.init()) } }
+    let rogue = try server.pki.client(
+      "rogue", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/caller")], issuer: server.pki.rogueRoot)
+    let error = await rpcError {
+      _ = try await withClient(server, cert: rogue.cert, key: rogue.key) { try await $0.serverLive(.init()) }
+    }
     #expect(error?.code == .unavailable)
     try await server.stop()
   }
@@ -23,7 +26,9 @@ import X509
     let old = try server.pki.client(
       "old", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/old")], notBefore: Date().addingTimeInterval(-7200),
       notAfter: Date().addingTimeInterval(-10))
-    let error = await rpcError { _ = try await withClient(server, cert: old.cert, key: old.key) { try await $0.serverLive(.init()) } }
+    let error = await rpcError {
+      _ = try await withClient(server, cert: old.cert, key: old.key) { try await $0.serverLive(.init()) }
+    }
     #expect(error?.code == .unavailable)
     try await server.stop()
   }
@@ -40,7 +45,9 @@ import X509
     for call in 0..<2 {  // infer and a metadata call both refused
       let error = await rpcError {
         _ = try await withClient(server, cert: c.cert, key: c.key) { client in
-          if call == 0 { _ = try await client.modelInfer(simpleRequest(raw: true)) } else {
+          if call == 0 {
+            _ = try await client.modelInfer(simpleRequest(raw: true))
+          } else {
             _ = try await client.serverMetadata(.init())
           }
         }
@@ -107,7 +114,13 @@ import X509
     var missing = simpleRequest(raw: false)
     missing.inputs.removeLast()
     var extra = simpleRequest(raw: false)
-    extra.inputs.append(.with { $0.name = "INPUT9"; $0.datatype = "INT32"; $0.shape = [1]; $0.contents.intContents = [1] })
+    extra.inputs.append(
+      .with {
+        $0.name = "INPUT9"
+        $0.datatype = "INT32"
+        $0.shape = [1]
+        $0.contents.intContents = [1]
+      })
     let cases: [(Inference_ModelInferRequest, String)] = [
       (wrongType, "INPUT1"), (wrongShape, "INPUT0"), (shortRaw, "INPUT1"), (mixed, "INPUT0"), (overflow, "INPUT0"),
       (missing, "INPUT1"), (extra, "INPUT9"),
@@ -132,7 +145,13 @@ import X509
       .with {
         $0.modelName = "identity_uint8"
         $0.id = id
-        $0.inputs = [.with { $0.name = "IN"; $0.datatype = "UINT8"; $0.shape = [1, Int64(bytes)] }]
+        $0.inputs = [
+          .with {
+            $0.name = "IN"
+            $0.datatype = "UINT8"
+            $0.shape = [1, Int64(bytes)]
+          }
+        ]
         $0.rawInputContents = [Data((0..<bytes).map { UInt8(truncatingIfNeeded: $0) })]
       }
     }
@@ -172,7 +191,13 @@ import X509
     try await withClient(server, client) { client in
       let big = Inference_ModelInferRequest.with {
         $0.modelName = "identity_uint8"
-        $0.inputs = [.with { $0.name = "IN"; $0.datatype = "UINT8"; $0.shape = [1, 8192] }]
+        $0.inputs = [
+          .with {
+            $0.name = "IN"
+            $0.datatype = "UINT8"
+            $0.shape = [1, 8192]
+          }
+        ]
         $0.rawInputContents = [Data(count: 8192)]
       }
       let error = await rpcError { _ = try await client.modelInfer(big) }

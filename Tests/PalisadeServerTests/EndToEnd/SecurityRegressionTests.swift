@@ -20,12 +20,15 @@ import Testing
   @Test func outOfRangeTimeClaimsAreRefusedNotACrash() async throws {
     let server = try await TestServer.start()
     let good = try goodClient(server)
-    for claims: [String: Any] in [["exp": 1e300], ["iat": -1e300], ["exp": 1e300, "iat": -1e300], ["exp": "soon"],
-      ["nbf": 1e300], ["iat": 1.7976931348623157e308]]
-    {
+    for claims: [String: Any] in [
+      ["exp": 1e300], ["iat": -1e300], ["exp": 1e300, "iat": -1e300], ["exp": "soon"],
+      ["nbf": 1e300], ["iat": 1.7976931348623157e308],
+    ] {
       let token = try server.pki.token(for: good.issued, claims: claims)
       let bad = TestClient(cert: good.cert, key: good.key, token: token, issued: good.issued)
-      let error = await rpcError { _ = try await withClient(server, bad) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+      let error = await rpcError {
+        _ = try await withClient(server, bad) { try await $0.modelInfer(simpleRequest(raw: true)) }
+      }
       #expect(error?.code == .unauthenticated, "\(claims)")
     }
     // Still serving.
@@ -73,7 +76,9 @@ import Testing
     let victim = try goodClient(server, "victim")
     // The attacker finds an input that makes the model fail (a model bug), and repeats it.
     for _ in 0..<10 {
-      let error = await rpcError { _ = try await withClient(server, attacker) { try await $0.modelInfer(PoisonableModel.request(poison: true)) } }
+      let error = await rpcError {
+        _ = try await withClient(server, attacker) { try await $0.modelInfer(PoisonableModel.request(poison: true)) }
+      }
       #expect(error?.code == .internalError || error?.code == .unavailable)
     }
     // The circuit opened for the attacker only.
@@ -81,7 +86,9 @@ import Testing
       _ = try await withClient(server, attacker) { try await $0.modelInfer(PoisonableModel.request(poison: false)) }
     }
     #expect(attackerAgain?.code == .unavailable)
-    let served = try await withClient(server, victim) { try await $0.modelInfer(PoisonableModel.request(poison: false)) }
+    let served = try await withClient(server, victim) {
+      try await $0.modelInfer(PoisonableModel.request(poison: false))
+    }
     #expect(served.outputs.count == 1)
     try await server.stop()
   }
@@ -161,7 +168,8 @@ import Testing
             let other = P256.Signing.PrivateKey()
             let jwks = ["keys": [TokenSigningKey.es256(other).jwk(kid: "test-2")]]
             try RotationTests.replace(
-              server.pki.path("jwks.json"), String(decoding: try JSONSerialization.data(withJSONObject: jwks), as: UTF8.self))
+              server.pki.path("jwks.json"),
+              String(decoding: try JSONSerialization.data(withJSONObject: jwks), as: UTF8.self))
             server.runtime.reloader.checkNow()
             try await Task.sleep(for: .seconds(10))
           },
@@ -200,7 +208,9 @@ import Testing
         if seen == 2 { break }
       }
       // ...so the third is refused.
-      let third = await rpcError { try await health.watch(.init()) { response in for try await _ in response.messages {} } }
+      let third = await rpcError {
+        try await health.watch(.init()) { response in for try await _ in response.messages {} }
+      }
       for holder in holders { holder.cancel() }
       return third
     }
@@ -235,7 +245,13 @@ import Testing
     let (stats, index, readyV2) = try await withClient(server, tenant) { client in
       let stats = try await client.modelStatistics(.init())
       let index = try await client.repositoryIndex(.init())
-      let ready = await rpcError { _ = try await client.modelReady(.with { $0.name = "simple"; $0.version = "2" }) }
+      let ready = await rpcError {
+        _ = try await client.modelReady(
+          .with {
+            $0.name = "simple"
+            $0.version = "2"
+          })
+      }
       return (stats, index, ready)
     }
     #expect(Set(stats.modelStats.map(\.name)) == ["simple"])
@@ -256,7 +272,9 @@ import Testing
     let handler = TextLogHandler(label: "t", level: .info)
     let event = LogEvent(
       level: .notice, message: "policy denied",
-      metadata: ["model": "digits\n2026-12-04T00:00:00Z info palisade: forged admin=true", "rid": "\u{1B}[31mred\u{202E}"],
+      metadata: [
+        "model": "digits\n2026-12-04T00:00:00Z info palisade: forged admin=true", "rid": "\u{1B}[31mred\u{202E}",
+      ],
       source: "s", file: "f", function: "g", line: 1)
     let line = handler.format(event)
     #expect(line.filter { $0 == "\n" }.count == 1, "one line per event")
@@ -277,8 +295,11 @@ import Testing
       let port = try await serve.port()
       _ = try await ProcessTests.run(
         ProcessTests.binary,
-        ["call", "infer", "digits\nFORGED-LINE admin=true", "--input", "-", "--target", "127.0.0.1:\(port)", "--cert",
-         client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"), "--token", try pki.token(for: client.issued)],
+        [
+          "call", "infer", "digits\nFORGED-LINE admin=true", "--input", "-", "--target", "127.0.0.1:\(port)", "--cert",
+          client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"), "--token",
+          try pki.token(for: client.issued),
+        ],
         stdin: #"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}]}"#)
       _ = try await serve.terminate()
       let log = serve.log

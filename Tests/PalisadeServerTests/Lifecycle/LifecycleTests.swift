@@ -8,13 +8,22 @@ import Testing
   @Test func gracefulShutdownDrainsInFlightCalls() async throws {
     let (started, startedContinuation) = AsyncStream<Void>.makeStream()
     // A generous grace period: on a loaded CI machine the 1.5 s call must not outlast it.
-    let server = try await TestServer.start(models: [SlowModel(delay: .milliseconds(1500), started: startedContinuation)]) {
+    let server = try await TestServer.start(models: [
+      SlowModel(delay: .milliseconds(1500), started: startedContinuation)
+    ]) {
       $0.server.shutdownGraceSeconds = 60
     }
     let client = try goodClient(server)
     let request = Inference_ModelInferRequest.with {
       $0.modelName = "slow"
-      $0.inputs = [.with { $0.name = "IN"; $0.datatype = "FP32"; $0.shape = [1]; $0.contents.fp32Contents = [4] }]
+      $0.inputs = [
+        .with {
+          $0.name = "IN"
+          $0.datatype = "FP32"
+          $0.shape = [1]
+          $0.contents.fp32Contents = [4]
+        }
+      ]
     }
     let inFlight = Task {
       try await withClient(server, client) { try await $0.modelInfer(request) }

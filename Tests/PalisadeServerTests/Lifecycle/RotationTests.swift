@@ -53,7 +53,9 @@ import Testing
     let deadline = ContinuousClock.now + .seconds(15)
     while ContinuousClock.now < deadline {
       let metrics = try await adminGet(server, "/metrics").1
-      if metrics.contains("palisade_credential_reloads_total{kind=\"\(kind)\",result=\"\(result)\"} \(count)") { return }
+      if metrics.contains("palisade_credential_reloads_total{kind=\"\(kind)\",result=\"\(result)\"} \(count)") {
+        return
+      }
       try await Task.sleep(for: .milliseconds(100))
     }
     Issue.record("no \(result) reload of \(kind)")
@@ -90,9 +92,12 @@ import Testing
     try await waitForReload(server, kind: "server_certificate")
     let served = try await ProcessTests.run(
       "/usr/bin/openssl",
-      ["s_client", "-connect", "127.0.0.1:\(server.port)", "-tls1_3", "-alpn", "h2", "-cert", a.cert, "-key", a.key,
-       "-showcerts"])
-    #expect(served.stdout.contains(TestPKI.pem(newServer.certificate).split(separator: "\n")[2]), "new certificate served")
+      [
+        "s_client", "-connect", "127.0.0.1:\(server.port)", "-tls1_3", "-alpn", "h2", "-cert", a.cert, "-key", a.key,
+        "-showcerts",
+      ])
+    #expect(
+      served.stdout.contains(TestPKI.pem(newServer.certificate).split(separator: "\n")[2]), "new certificate served")
 
     // 2. Client CA bundle: add a new CA, move the caller to it, then retire the old CA.
     let root2 = try TestPKI.makeCA(name: "Root Two", issuer: nil)
@@ -114,7 +119,9 @@ import Testing
     caller.credential.withLock { $0 = bClient }
     try Self.replace(pki.path("ca-bundle.pem"), TestPKI.pem(root2.certificate))
     try await waitForReload(server, kind: "client_ca", count: 2)
-    let retired = await rpcError { _ = try await withClient(server, a) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    let retired = await rpcError {
+      _ = try await withClient(server, a) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
     #expect(retired?.code == .unavailable, "old CA refused at the handshake")
     let (before, after) = try await lingering.value
     #expect(before, "the old connection worked before it aged out")
@@ -122,8 +129,13 @@ import Testing
 
     // 3. JWKS: publish a new kid, move the caller to it, retire the old kid.
     let newKey = P256.Signing.PrivateKey()
-    let both = ["keys": [TokenSigningKey.es256(pki.issuerKey).jwk(kid: "test-1"), TokenSigningKey.es256(newKey).jwk(kid: "test-2")]]
-    try Self.replace(pki.path("jwks.json"), String(decoding: try JSONSerialization.data(withJSONObject: both), as: UTF8.self))
+    let both = [
+      "keys": [
+        TokenSigningKey.es256(pki.issuerKey).jwk(kid: "test-1"), TokenSigningKey.es256(newKey).jwk(kid: "test-2"),
+      ]
+    ]
+    try Self.replace(
+      pki.path("jwks.json"), String(decoding: try JSONSerialization.data(withJSONObject: both), as: UTF8.self))
     try await waitForReload(server, kind: "jwks")
     let identity = try PeerIdentity(certificate: b.issued.certificate)
     let newToken = try TokenMinter.mint(
@@ -135,9 +147,12 @@ import Testing
     caller.credential.withLock { $0 = bNew }
     try await Task.sleep(for: .milliseconds(300))
     let onlyNew = ["keys": [TokenSigningKey.es256(newKey).jwk(kid: "test-2")]]
-    try Self.replace(pki.path("jwks.json"), String(decoding: try JSONSerialization.data(withJSONObject: onlyNew), as: UTF8.self))
+    try Self.replace(
+      pki.path("jwks.json"), String(decoding: try JSONSerialization.data(withJSONObject: onlyNew), as: UTF8.self))
     try await waitForReload(server, kind: "jwks", count: 2)
-    let oldKid = await rpcError { _ = try await withClient(server, bClient) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    let oldKid = await rpcError {
+      _ = try await withClient(server, bClient) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
     #expect(oldKid?.code == .unauthenticated, "retired kid refused")
 
     // 4. Policy: a broken file is refused and the old policy stays; a valid one takes effect.
@@ -146,7 +161,8 @@ import Testing
     _ = try await inferRetryingRefused(server, bNew)
     try Self.replace(
       pki.path("policy.yaml"),
-      TestServer.allowAllPolicy + "\n  - name: unused\n    principals: [{spiffe: \"spiffe://palisade.test/sa/z\"}]\n    rpcs: [ModelInfer]\n")
+      TestServer.allowAllPolicy
+        + "\n  - name: unused\n    principals: [{spiffe: \"spiffe://palisade.test/sa/z\"}]\n    rpcs: [ModelInfer]\n")
     try await waitForReload(server, kind: "policy")
 
     try await Task.sleep(for: .milliseconds(500))

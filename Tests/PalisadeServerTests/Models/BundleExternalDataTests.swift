@@ -21,12 +21,14 @@ import Testing
     var bundle: String { "\(root)/models/mlp/1" }
 
     init() async throws {
-      root = FileManager.default.temporaryDirectory.appendingPathComponent("palisade-ext-bundle-\(UUID().uuidString)").path
+      root =
+        FileManager.default.temporaryDirectory.appendingPathComponent("palisade-ext-bundle-\(UUID().uuidString)").path
       let bundle = "\(root)/models/mlp/1"
       try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
       try FileManager.default.createDirectory(atPath: "\(root)/unpack", withIntermediateDirectories: true)
       for name in [BundleExternalDataTests.modelFile, BundleExternalDataTests.dataFile] {
-        try FileManager.default.copyItem(atPath: "\(BundleExternalDataTests.fixtures)/\(name)", toPath: "\(bundle)/\(name)")
+        try FileManager.default.copyItem(
+          atPath: "\(BundleExternalDataTests.fixtures)/\(name)", toPath: "\(bundle)/\(name)")
       }
       let manifest = BundleManifest(
         name: "mlp", version: 1, created: Date().addingTimeInterval(-60), expires: Date().addingTimeInterval(3600),
@@ -45,7 +47,8 @@ import Testing
       let trust = TrustPolicy(rules: [.init(modelPattern: "mlp", signers: [try .publicKey(pem: factory.publicKeyPEM)])])
       return try BundleLoader(
         settings: .init(
-          directories: ["\(root)/models"], trust: trust, stateFile: "\(root)/state.json", unpackDirectory: "\(root)/unpack"),
+          directories: ["\(root)/models"], trust: trust, stateFile: "\(root)/state.json",
+          unpackDirectory: "\(root)/unpack"),
         runtimes: [ONNXModelRuntime()], repository: repository, logger: Logger(label: "test"), integrity: integrity,
         afterVerificationForTesting: afterVerification)
     }
@@ -55,7 +58,8 @@ import Testing
     let metrics = ServerMetrics()
     let logger = Logger(label: "test")
     return IntegrityMonitor(
-      interval: .seconds(3600), repository: repository, metrics: metrics, auditor: Auditor(log: nil, metrics: metrics, logger: logger),
+      interval: .seconds(3600), repository: repository, metrics: metrics,
+      auditor: Auditor(log: nil, metrics: metrics, logger: logger),
       logger: logger)
   }
 
@@ -78,7 +82,9 @@ import Testing
   @Test func externalDataSwappedAfterVerificationNeverReachesTheRuntime() async throws {
     let sandbox = try await Sandbox()
     defer { sandbox.remove() }
-    let swapped = [UInt8](repeating: 0, count: try FileManager.default.attributesOfItem(atPath: "\(sandbox.bundle)/\(Self.dataFile)")[.size] as? Int ?? 0)
+    let swapped = [UInt8](
+      repeating: 0,
+      count: try FileManager.default.attributesOfItem(atPath: "\(sandbox.bundle)/\(Self.dataFile)")[.size] as? Int ?? 0)
     let bundle = sandbox.bundle
     let repository = ModelRepository()
     let loader = try sandbox.loader(repository: repository) { directory in

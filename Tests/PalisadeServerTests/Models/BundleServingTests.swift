@@ -8,12 +8,13 @@ import Testing
 
 /// Signed bundles through the server: verified at start and on RepositoryModelLoad, hot-swapped under load.
 @Suite struct BundleServingTests {
-  static let policy = TestServer.allowAllPolicy + """
+  static let policy =
+    TestServer.allowAllPolicy + """
 
-      - name: ops
-        principals: [{spiffe: "spiffe://palisade.test/sa/ops"}]
-        rpcs: [RepositoryModelLoad, RepositoryModelUnload]
-    """
+        - name: ops
+          principals: [{spiffe: "spiffe://palisade.test/sa/ops"}]
+          rpcs: [RepositoryModelLoad, RepositoryModelUnload]
+      """
 
   static func start(_ pki: TestPKI, _ factory: TestBundleFactory, root: String) async throws -> TestServer {
     let keyPath = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
@@ -49,10 +50,13 @@ import Testing
     let index = try await withClient(server, client) { try await $0.repositoryIndex(.init()) }
     let byName = Dictionary(uniqueKeysWithValues: index.models.map { ($0.name, $0) })
     #expect(byName["simple"]?.state == "READY")
-    #expect(byName["simple-tampered"]?.reason.contains("model.testmodel") == true, "\(byName["simple-tampered"]?.reason ?? "")")
+    #expect(
+      byName["simple-tampered"]?.reason.contains("model.testmodel") == true,
+      "\(byName["simple-tampered"]?.reason ?? "")")
     #expect(byName["simple-expired"]?.reason.contains("expired") == true, "\(byName["simple-expired"]?.reason ?? "")")
     #expect(byName["simple-stranger"]?.state == "UNAVAILABLE")
-    #expect(byName["untrusted-name"]?.reason.contains("untrusted-name") == true, "\(byName["untrusted-name"]?.reason ?? "")")
+    #expect(
+      byName["untrusted-name"]?.reason.contains("untrusted-name") == true, "\(byName["untrusted-name"]?.reason ?? "")")
     for name in ["simple-tampered", "simple-expired", "simple-stranger", "untrusted-name"] {
       #expect(!server.runtime.repository.isReady(name: name, version: ""))
     }
@@ -123,9 +127,12 @@ import Testing
     let state = try String(contentsOfFile: pki.path("state/accepted.json"), encoding: .utf8)
     #expect(state.contains("\"simple\"") && state.contains("2"))
     // Still serving version 2, and unload works for the admin.
-    #expect(try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }.modelVersion == "2")
+    #expect(
+      try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }.modelVersion == "2")
     try await withClient(server, ops) { _ = try await $0.repositoryModelUnload(.with { $0.modelName = "simple" }) }
-    let gone = await rpcError { _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    let gone = await rpcError {
+      _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
     #expect(gone?.code == .notFound)
     let unknown = await rpcError {
       try await withClient(server, ops) { _ = try await $0.repositoryModelLoad(.with { $0.modelName = "simple-none" }) }
@@ -145,7 +152,8 @@ import Testing
     let server = try await Self.start(pki, factory, root: root)
     try await waitReady(server, "simple", version: "3")
     let client = try goodClient(server)
-    #expect(try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }.modelVersion == "3")
+    #expect(
+      try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }.modelVersion == "3")
     try await server.stop()
   }
 }

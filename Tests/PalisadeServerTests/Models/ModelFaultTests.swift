@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+  import FoundationNetworking
 #endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -38,22 +38,28 @@ import Testing
     try await Self.digitsBundle(models, version: 2, factory)
     try await Shell.run("chown -R \(Self.nobody):\(Self.nobody) \(models) && chmod 000 \(models)/digits/2")
     var e = await Self.load(port, pki, caller)
-    #expect(e?.code == .failedPrecondition && e?.message.contains("Permission denied") == true, "\(String(describing: e))")
+    #expect(
+      e?.code == .failedPrecondition && e?.message.contains("Permission denied") == true, "\(String(describing: e))")
     #expect(try await Self.infer(port, pki, caller), "v1 still serves")
     let index = try await Self.index(port, pki, caller)
     #expect(index.contains { $0.version == "1" && $0.state == "READY" }, "\(index)")
-    #expect(index.contains { $0.version == "2" && $0.state == "UNAVAILABLE" && $0.reason.contains("Permission denied") }, "\(index)")
+    #expect(
+      index.contains { $0.version == "2" && $0.state == "UNAVAILABLE" && $0.reason.contains("Permission denied") },
+      "\(index)")
 
     // 2. The model's directory itself unreadable.
     try await Shell.run("chmod 000 \(models)/digits")
     e = await Self.load(port, pki, caller)
-    #expect(e?.code == .failedPrecondition && e?.message.contains("cannot be read: Permission denied") == true, "\(String(describing: e))")
+    #expect(
+      e?.code == .failedPrecondition && e?.message.contains("cannot be read: Permission denied") == true,
+      "\(String(describing: e))")
     #expect(try await Self.infer(port, pki, caller))
 
     // 3. The model's directory gone, then the whole models directory gone.
     try await Shell.run("chmod 755 \(models)/digits && mv \(models)/digits \(pki.path("digits-away"))")
     e = await Self.load(port, pki, caller)
-    #expect(e?.code == .notFound && e?.message.contains("no bundle for model 'digits'") == true, "\(String(describing: e))")
+    #expect(
+      e?.code == .notFound && e?.message.contains("no bundle for model 'digits'") == true, "\(String(describing: e))")
     try await Shell.run("mv \(models) \(pki.path("models-away"))")
     e = await Self.load(port, pki, caller)
     #expect(e?.code == .notFound, "\(String(describing: e))")
@@ -67,11 +73,13 @@ import Testing
 
     // Back, readable: the reload goes through.
     try await Shell.run(
-      "mv \(pki.path("models-away")) \(models) && mv \(pki.path("digits-away")) \(models)/digits && chmod 755 \(models)/digits/2")
+      "mv \(pki.path("models-away")) \(models) && mv \(pki.path("digits-away")) \(models)/digits && chmod 755 \(models)/digits/2"
+    )
     e = await Self.load(port, pki, caller)
     #expect(e == nil, "\(String(describing: e))")
     let after = try await Self.index(port, pki, caller)
-    #expect(after.contains { $0.version == "2" && $0.state == "READY" } && !after.contains { $0.version == "1" }, "\(after)")
+    #expect(
+      after.contains { $0.version == "2" && $0.state == "READY" } && !after.contains { $0.version == "1" }, "\(after)")
     #expect(try await server.terminate() == 0)
   }
 
@@ -103,7 +111,9 @@ import Testing
           group.addTask {
             while !Task.isCancelled {
               do {
-                try await withInferenceClient(host: "127.0.0.1", port: port, tls: Self.tls(pki, caller), token: caller.token) { c in
+                try await withInferenceClient(
+                  host: "127.0.0.1", port: port, tls: Self.tls(pki, caller), token: caller.token
+                ) { c in
                   while !Task.isCancelled {
                     _ = try await c.modelInfer(Self.digitsRequest())
                     answered.add()
@@ -124,7 +134,9 @@ import Testing
     let reload = Task { await Self.load(port, pki, caller) }
     var sawUnpack = false
     for _ in 0..<4000 {
-      if ((try? FileManager.default.contentsOfDirectory(atPath: unpack)) ?? []).contains(where: { $0.hasPrefix("digits-3-") }) {
+      if ((try? FileManager.default.contentsOfDirectory(atPath: unpack)) ?? []).contains(where: {
+        $0.hasPrefix("digits-3-")
+      }) {
         sawUnpack = true
         break
       }
@@ -147,7 +159,9 @@ import Testing
     // Restart with only v1 on disk: the log recovers, v1 is refused as a rollback.
     let aside = pki.path("aside")
     try FileManager.default.createDirectory(atPath: aside, withIntermediateDirectories: true)
-    for v in [2, 3] { try FileManager.default.moveItem(atPath: "\(models)/digits/\(v).tar.zst", toPath: "\(aside)/\(v).tar.zst") }
+    for v in [2, 3] {
+      try FileManager.default.moveItem(atPath: "\(models)/digits/\(v).tar.zst", toPath: "\(aside)/\(v).tar.zst")
+    }
     let second = try LoggedProcess.serve(config: config)
     defer { second.kill() }
     let port2 = try await second.port()
@@ -155,7 +169,9 @@ import Testing
     #expect(try await second.waitFor("bundle refused"), "\(second.log)")
     let index = try await Self.index(port2, pki, caller)
     #expect(
-      index.contains { $0.version == "1" && $0.state == "UNAVAILABLE" && $0.reason.contains("older than the accepted \(accepted)") },
+      index.contains {
+        $0.version == "1" && $0.state == "UNAVAILABLE" && $0.reason.contains("older than the accepted \(accepted)")
+      },
       "\(index)")
 
     // The newest archive back: loaded from a fresh unpack and verified; whatever the kill left is never used.
@@ -193,14 +209,18 @@ import Testing
       atPath: "\(repositoryRoot)/Tests/Fixtures/mlp_digits.onnx", toPath: "\(dir)/mlp_digits.onnx")
     if paddingMiB > 0 { try await Shell.run("head -c \(paddingMiB)M /dev/urandom > \(dir)/padding.bin") }
     let manifest = BundleManifest(
-      name: "digits", version: version, created: Date().addingTimeInterval(-60), expires: Date().addingTimeInterval(3600),
+      name: "digits", version: version, created: Date().addingTimeInterval(-60),
+      expires: Date().addingTimeInterval(3600),
       modelFile: "mlp_digits.onnx",
       inputs: [
         .init(
           name: "input", datatype: .fp32, shape: [-1, 64],
           featureRange: .init(min: Array(repeating: 0, count: 64), max: Array(repeating: 1, count: 64)))
       ],
-      outputs: [.init(name: "label", datatype: .int64, shape: [-1]), .init(name: "probabilities", datatype: .fp32, shape: [-1, 10])],
+      outputs: [
+        .init(name: "label", datatype: .int64, shape: [-1]),
+        .init(name: "probabilities", datatype: .fp32, shape: [-1, 10]),
+      ],
       maxBatch: 64)
     try Data(try manifest.encodedJSON()).write(to: URL(fileURLWithPath: "\(dir)/manifest.json"))
     _ = try await BundleSigner.sign(directory: dir, key: .p256(factory.key))
@@ -253,7 +273,13 @@ import Testing
   static func digitsRequest() -> Inference_ModelInferRequest {
     .with {
       $0.modelName = "digits"
-      $0.inputs = [.with { $0.name = "input"; $0.datatype = "FP32"; $0.shape = [1, 64] }]
+      $0.inputs = [
+        .with {
+          $0.name = "input"
+          $0.datatype = "FP32"
+          $0.shape = [1, 64]
+        }
+      ]
       $0.rawInputContents = [Data(count: 64 * 4)]
     }
   }
@@ -299,4 +325,3 @@ final class Tally: Sendable {
   func add() { count.add(1, ordering: .relaxed) }
   var value: Int { count.load(ordering: .relaxed) }
 }
-

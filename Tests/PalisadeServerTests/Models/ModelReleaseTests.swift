@@ -14,7 +14,14 @@ import Testing
     .with {
       $0.modelName = "double"
       $0.modelVersion = version
-      $0.inputs = [.with { $0.name = "IN"; $0.datatype = "FP32"; $0.shape = [1, 4]; $0.contents.fp32Contents = [1, 2, 3, 4] }]
+      $0.inputs = [
+        .with {
+          $0.name = "IN"
+          $0.datatype = "FP32"
+          $0.shape = [1, 4]
+          $0.contents.fp32Contents = [1, 2, 3, 4]
+        }
+      ]
     }
   }
 
@@ -41,11 +48,17 @@ import Testing
 
     // Calls on v1, held in the model (running) and behind it (queued) while v2 replaces it.
     let calls = (0..<4).map { _ in
-      Task { try await withClient(server, caller) { [request = request(version: "1")] c in try await c.modelInfer(request) } }
+      Task {
+        try await withClient(server, caller) { [request = request(version: "1")] c in try await c.modelInfer(request) }
+      }
     }
     // One call runs (held by the gate), three wait in the queue.
     for _ in 0..<500 {
-      if v1?.executions.count == 1, try await adminGet(server, "/metrics").1.contains(#"palisade_queue_depth{model="double"} 3"#) { break }
+      if v1?.executions.count == 1,
+        try await adminGet(server, "/metrics").1.contains(#"palisade_queue_depth{model="double"} 3"#)
+      {
+        break
+      }
       try await Task.sleep(for: .milliseconds(10))
     }
     #expect(server.runtime.modelVersionStates.scheduler == 1)
@@ -61,18 +74,22 @@ import Testing
     v1 = nil
     let onV2 = try await withClient(server, caller) { [request = request()] c in try await c.modelInfer(request) }
     #expect(onV2.modelVersion == "2")
-    #expect(try await eventually { server.runtime.modelVersionStates == (1, 1, 1) }, "\(server.runtime.modelVersionStates)")
+    #expect(
+      try await eventually { server.runtime.modelVersionStates == (1, 1, 1) }, "\(server.runtime.modelVersionStates)")
     #expect(try await eventually { weakV1 == nil }, "the replaced version is freed")
 
     // Unloading the model releases the rest.
     repository.remove(name: "double")
     v2 = nil
-    #expect(try await eventually { server.runtime.modelVersionStates == (0, 0, 0) }, "\(server.runtime.modelVersionStates)")
+    #expect(
+      try await eventually { server.runtime.modelVersionStates == (0, 0, 0) }, "\(server.runtime.modelVersionStates)")
     #expect(try await eventually { weakV2 == nil }, "the unloaded version is freed")
     let metrics = try await adminGet(server, "/metrics").1
     #expect(metrics.contains(#"palisade_model_version_states{cache="scheduler"} 0"#), "\(metrics)")
     #expect(metrics.contains(#"palisade_model_version_states{cache="screening"} 0"#))
-    let gone = await rpcError { _ = try await withClient(server, caller) { [request = request()] c in try await c.modelInfer(request) } }
+    let gone = await rpcError {
+      _ = try await withClient(server, caller) { [request = request()] c in try await c.modelInfer(request) }
+    }
     #expect(gone?.code == .notFound)
     try await server.stop()
   }

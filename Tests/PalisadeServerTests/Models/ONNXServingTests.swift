@@ -24,7 +24,10 @@ import Testing
           name: "input", datatype: .fp32, shape: [-1, 64],
           featureRange: .init(min: Array(repeating: 0, count: 64), max: Array(repeating: 1, count: 64)))
       ],
-      outputs: [.init(name: "label", datatype: .int64, shape: [-1]), .init(name: "probabilities", datatype: .fp32, shape: [-1, 10])],
+      outputs: [
+        .init(name: "label", datatype: .int64, shape: [-1]),
+        .init(name: "probabilities", datatype: .fp32, shape: [-1, 10]),
+      ],
       maxBatch: 64)
     try Data(try manifest.encodedJSON()).write(to: URL(fileURLWithPath: "\(dir)/manifest.json"))
     let keyPath = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
@@ -32,9 +35,12 @@ import Testing
       _ = try await BundleSigner.sign(directory: dir, key: .p256(factory.key))
     } else {
       let privatePath = try pki.write("publisher.key", factory.key.pemRepresentation, mode: 0o600)
-      let tool = URL(fileURLWithPath: InteropTests.python).deletingLastPathComponent().appendingPathComponent("model_signing").path
+      let tool = URL(fileURLWithPath: InteropTests.python).deletingLastPathComponent().appendingPathComponent(
+        "model_signing"
+      ).path
       let r = try await ProcessTests.run(
-        tool, ["sign", "key", dir, "--private_key", privatePath, "--signature", "\(dir)/model.sig"], timeout: .seconds(120))
+        tool, ["sign", "key", dir, "--private_key", privatePath, "--signature", "\(dir)/model.sig"],
+        timeout: .seconds(120))
       #expect(r.status == 0, "\(r.stderr)")
     }
     let server = try await TestServer.start(pki: pki, models: []) {
@@ -54,7 +60,13 @@ import Testing
       try await c.modelInfer(
         .with {
           $0.modelName = "digits"
-          $0.inputs = [.with { $0.name = "input"; $0.datatype = "FP32"; $0.shape = [32, 64] }]
+          $0.inputs = [
+            .with {
+              $0.name = "input"
+              $0.datatype = "FP32"
+              $0.shape = [32, 64]
+            }
+          ]
           $0.rawInputContents = [input]
         })
     }
@@ -73,7 +85,13 @@ import Testing
           try await c.modelInfer(
             .with {
               $0.modelName = "digits"
-              $0.inputs = [.with { $0.name = "input"; $0.datatype = "FP32"; $0.shape = [rows, 64] }]
+              $0.inputs = [
+                .with {
+                  $0.name = "input"
+                  $0.datatype = "FP32"
+                  $0.shape = [rows, 64]
+                }
+              ]
               $0.rawInputContents = [values.withUnsafeBytes { Data($0) }]
             })
         }

@@ -15,9 +15,11 @@ import Testing
     let bad = try server.pki.client("py-nosan", sans: [.dnsName("py.example")])
     let r = try await ProcessTests.run(
       Self.python,
-      ["\(repositoryRoot)/Tests/Interop/oip_interop.py", "--port", "\(server.port)", "--cert", good.cert, "--key",
-       good.key, "--ca", server.pki.path("ca-bundle.pem"), "--bad-cert", bad.cert, "--bad-key", bad.key,
-       "--token", try server.pki.token(for: good.issued)],
+      [
+        "\(repositoryRoot)/Tests/Interop/oip_interop.py", "--port", "\(server.port)", "--cert", good.cert, "--key",
+        good.key, "--ca", server.pki.path("ca-bundle.pem"), "--bad-cert", bad.cert, "--bad-key", bad.key,
+        "--token", try server.pki.token(for: good.issued),
+      ],
       timeout: .seconds(120))
     #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
     #expect(r.stdout.contains("interop OK"))
@@ -28,8 +30,10 @@ import Testing
     let descriptor = FileManager.default.temporaryDirectory.appendingPathComponent("oip-\(UUID().uuidString).pb").path
     let protoc = try await ProcessTests.run(
       "/usr/bin/protoc",
-      ["--proto_path=\(repositoryRoot)/proto", "--include_imports", "--descriptor_set_out=\(descriptor)",
-       "\(repositoryRoot)/proto/grpc_service.proto"])
+      [
+        "--proto_path=\(repositoryRoot)/proto", "--include_imports", "--descriptor_set_out=\(descriptor)",
+        "\(repositoryRoot)/proto/grpc_service.proto",
+      ])
     #expect(protoc.status == 0, "\(protoc.stderr)")
     let r = try await ProcessTests.run(Self.python, ["\(repositoryRoot)/scripts/check_proto_wire.py", descriptor])
     #expect(r.status == 0, "\(r.stdout)\(r.stderr)")

@@ -156,15 +156,19 @@ import Testing
     let c = try server.pki.client("tls12", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/tls12")])
     let r = try await Self.run(
       "/usr/bin/openssl",
-      ["s_client", "-connect", "127.0.0.1:\(server.port)", "-tls1_2", "-cert", c.cert, "-key", c.key,
-       "-CAfile", server.pki.path("ca-bundle.pem")])
+      [
+        "s_client", "-connect", "127.0.0.1:\(server.port)", "-tls1_2", "-cert", c.cert, "-key", c.key,
+        "-CAfile", server.pki.path("ca-bundle.pem"),
+      ])
     #expect(r.status != 0)
     #expect(r.stdout.contains("Cipher is (NONE)") || r.stderr.contains("alert protocol version"), "\(r.stderr)")
     // The same client over TLS 1.3 completes the handshake, so the refusal is about the version.
     let ok = try await Self.run(
       "/usr/bin/openssl",
-      ["s_client", "-connect", "127.0.0.1:\(server.port)", "-tls1_3", "-alpn", "h2", "-cert", c.cert, "-key", c.key,
-       "-CAfile", server.pki.path("ca-bundle.pem")])
+      [
+        "s_client", "-connect", "127.0.0.1:\(server.port)", "-tls1_3", "-alpn", "h2", "-cert", c.cert, "-key", c.key,
+        "-CAfile", server.pki.path("ca-bundle.pem"),
+      ])
     #expect(ok.stdout.contains("TLSv1.3"), "\(ok.stdout)")
     try await server.stop()
   }
@@ -173,7 +177,10 @@ import Testing
     let server = try await TestServer.start()
     let r = try await Self.run(
       "/usr/bin/openssl",
-      ["s_client", "-connect", "127.0.0.1:\(server.port)", "-tls1_3", "-alpn", "h2", "-ign_eof", "-CAfile", server.pki.path("ca-bundle.pem")],
+      [
+        "s_client", "-connect", "127.0.0.1:\(server.port)", "-tls1_3", "-alpn", "h2", "-ign_eof", "-CAfile",
+        server.pki.path("ca-bundle.pem"),
+      ],
       stdin: "x")
     #expect(r.stderr.contains("certificate required") || r.stderr.contains("alert"), "\(r.stderr)")
     try await server.stop()
@@ -197,11 +204,12 @@ import Testing
     for (client, expected) in [("client-a", true), ("client-b", true), ("rogue-client", false)] {
       let r = try await Self.run(
         Self.binary,
-        ["call", "live", "--target", "127.0.0.1:\(server.port)", "--cert", "\(dir)/\(client).pem", "--key",
-         "\(dir)/\(client).key", "--ca", "\(dir)/ca-bundle.pem"])
+        [
+          "call", "live", "--target", "127.0.0.1:\(server.port)", "--cert", "\(dir)/\(client).pem", "--key",
+          "\(dir)/\(client).key", "--ca", "\(dir)/ca-bundle.pem",
+        ])
       #expect((r.status == 0) == expected, "\(client): \(r.stderr)")
     }
     try await server.stop()
   }
 }
-

@@ -20,12 +20,14 @@ import Testing
     }
     // A PKI of its own (CI has no certs/out): the dev PKI script into the work directory.
     let pkiDir = "\(work)/pki"
-    let pki = try await ProcessTests.run("\(repositoryRoot)/certs/make-dev-pki.sh", [pkiDir, "2"], timeout: .seconds(60))
+    let pki = try await ProcessTests.run(
+      "\(repositoryRoot)/certs/make-dev-pki.sh", [pkiDir, "2"], timeout: .seconds(60))
     #expect(pki.status == 0, "\(pki.stderr)")
     let soak = try await ProcessTests.run(
       "/usr/bin/env",
       [
-        "PALISADE_BIN=\(ProcessTests.binary)", "PALISADE_PYTHON=\(python)", "PALISADE_PKI=\(pkiDir)", "SOAK_WORK=\(work)",
+        "PALISADE_BIN=\(ProcessTests.binary)", "PALISADE_PYTHON=\(python)", "PALISADE_PKI=\(pkiDir)",
+        "SOAK_WORK=\(work)",
         "\(repositoryRoot)/Benchmarks/soak.sh", "45", "--quick",
       ], timeout: .seconds(150))
     let summaryPath = "\(work)-out/soak.json"
@@ -35,7 +37,8 @@ import Testing
     #expect(summary?["failures"] as? Int == 0, "failed calls: \(summary?["error_samples"] ?? "no summary")")
     #expect((summary?["calls"] as? Int ?? 0) > 1000, "the callers called")
     let after = summary?["after_load"] as? [String: Any]
-    #expect(after?["models_in_memory"] as? Double == 1, "unloaded versions still in memory: \(String(describing: after))")
+    #expect(
+      after?["models_in_memory"] as? Double == 1, "unloaded versions still in memory: \(String(describing: after))")
     #expect((summary?["model_versions_loaded"] as? Int ?? 0) >= 4, "versions were swapped")
   }
 }

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+  import FoundationNetworking
 #endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -37,7 +37,8 @@ func withClient<R: Sendable>(
 /// A good client for `spiffe://palisade.test/sa/<name>` with a valid bound token.
 func goodClient(_ server: TestServer, _ name: String = "caller", scopes: [String] = []) throws -> TestClient {
   let c = try server.pki.client(name, sans: [TestPKI.spiffe("spiffe://palisade.test/sa/\(name)")])
-  return TestClient(cert: c.cert, key: c.key, token: try server.pki.token(for: c.issued, scopes: scopes), issued: c.issued)
+  return TestClient(
+    cert: c.cert, key: c.key, token: try server.pki.token(for: c.issued, scopes: scopes), issued: c.issued)
 }
 
 /// The RPC error `body` throws, or nil if it succeeds.

@@ -56,9 +56,11 @@ import Testing
     let client = try pki.client("steady", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/steady")])
     let r = try await ProcessTests.run(
       InteropTests.python,
-      ["\(repositoryRoot)/Tests/Interop/h2_abuse.py", "run", "--bin", ProcessTests.binary, "--config", config,
-       "--log", pki.path("server.log"), "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"),
-       "--duration", "2.5", "--baseline", "4", "--slow-connections", "20", "--close-wait", "6"],
+      [
+        "\(repositoryRoot)/Tests/Interop/h2_abuse.py", "run", "--bin", ProcessTests.binary, "--config", config,
+        "--log", pki.path("server.log"), "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"),
+        "--duration", "2.5", "--baseline", "4", "--slow-connections", "20", "--close-wait", "6",
+      ],
       timeout: .seconds(300))
     var results: [String: [String: Any]] = [:]
     for line in r.stdout.split(separator: "\n") where line.hasPrefix("RESULT ") {

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 import GRPCCore
 import PalisadeIdentity
@@ -19,8 +19,10 @@ import X509
     let client = try goodClient(server, "h2")
     let r = try await ProcessTests.run(
       InteropTests.python,
-      ["\(repositoryRoot)/Tests/Interop/h2_attacks.py", scenario, "--port", "\(server.port)", "--cert", client.cert,
-       "--key", client.key, "--ca", server.pki.path("ca-bundle.pem"), "--token", client.token ?? ""] + extra,
+      [
+        "\(repositoryRoot)/Tests/Interop/h2_attacks.py", scenario, "--port", "\(server.port)", "--cert", client.cert,
+        "--key", client.key, "--ca", server.pki.path("ca-bundle.pem"), "--token", client.token ?? "",
+      ] + extra,
       timeout: timeout)
     guard let line = r.stdout.split(separator: "\n").first(where: { $0.hasPrefix("RESULT \(scenario) ") }),
       let object = try JSONSerialization.jsonObject(with: Data(line.dropFirst("RESULT \(scenario) ".count).utf8))
@@ -109,7 +111,8 @@ import X509
     #expect(!first.stdout.contains("New Session Ticket"), "no ticket is issued")
     // Without a ticket s_client may have no session to save; if it saved one, offering it must not resume.
     let second = try await ProcessTests.run(
-      "/bin/sh", ["-c", "if [ -s \(session) ]; then sleep 1 | \(common) -sess_in \(session) 2>&1; else echo no-session-saved; fi"])
+      "/bin/sh",
+      ["-c", "if [ -s \(session) ]; then sleep 1 | \(common) -sess_in \(session) 2>&1; else echo no-session-saved; fi"])
     #expect(
       (second.stdout.contains("New, TLSv1.3") || second.stdout.contains("no-session-saved"))
         && !second.stdout.contains("Reused,"), "\(second.stdout)")
@@ -166,7 +169,8 @@ import X509
 
   @Test func aClientChainThroughAnIntermediateWithoutKeyCertSignIsRefused() async throws {
     let server = try await TestServer.start()
-    let notACA = try TestPKI.makeCA(name: "Not For Signing", issuer: server.pki.root, keyUsage: KeyUsage(digitalSignature: true))
+    let notACA = try TestPKI.makeCA(
+      name: "Not For Signing", issuer: server.pki.root, keyUsage: KeyUsage(digitalSignature: true))
     let client = try server.pki.client(
       "sneaky", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/sneaky")], issuer: notACA)
     let token = try server.pki.token(for: client.issued)
@@ -178,7 +182,9 @@ import X509
     #expect(error?.code == .unavailable, "refused in the handshake")
     // The same chain shape with keyCertSign is accepted (the test is about that one bit).
     let good = try server.pki.client("fine", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/fine")])
-    let served = try await withClient(server, cert: good.cert, key: good.key, token: try server.pki.token(for: good.issued)) {
+    let served = try await withClient(
+      server, cert: good.cert, key: good.key, token: try server.pki.token(for: good.issued)
+    ) {
       try await $0.modelInfer(simpleRequest(raw: true))
     }
     #expect(served.outputs.count == 2)
@@ -198,7 +204,9 @@ final class RawSocket: @unchecked Sendable {
     address.sin_port = in_port_t(UInt16(port).bigEndian)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     let result = withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+      }
     }
     guard result == 0 else { throw CocoaError(.fileReadUnknown) }
   }

@@ -198,7 +198,9 @@ public final class Auditor: Sendable {
         certificateThumbprint: call.map { Self.hex($0.identity.thumbprint) }, tokenID: call?.token?.tokenID, rpc: rpc,
         model: model, version: version, manifestDigest: manifestDigest, inputSHA256: inputs.map(Self.digest),
         outputSHA256: outputs.map(Self.digest), status: status, reason: reason,
-        latencyMicros: latency.map { $0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000 },
+        latencyMicros: latency.map {
+          $0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000
+        },
         requestID: call?.requestID))
   }
 
@@ -210,7 +212,8 @@ public final class Auditor: Sendable {
     guard isEnabled else { return }
     await record(
       AuditRecord(
-        kind: kind, principal: principal, model: model, version: version, manifestDigest: manifestDigest, status: status,
+        kind: kind, principal: principal, model: model, version: version, manifestDigest: manifestDigest,
+        status: status,
         reason: reason, details: details))
   }
 

@@ -19,7 +19,9 @@ public struct CallAuthenticator: Sendable {
   let auditor: Auditor?
   private let counter = RequestCounter()
 
-  public init(verifier: TokenVerifier?, exemptRPCs: Set<String>, metrics: ServerMetrics, logger: Logger, auditor: Auditor?) {
+  public init(
+    verifier: TokenVerifier?, exemptRPCs: Set<String>, metrics: ServerMetrics, logger: Logger, auditor: Auditor?
+  ) {
     self.verifier = verifier
     self.exempt = exemptRPCs
     self.metrics = metrics

@@ -23,7 +23,8 @@ public struct StreamCredentials: Sendable {
     do {
       try verifier.revalidate(token, now: now)
     } catch {
-      throw PalisadeError(.unauthenticated, "credentials expired or revoked; open a new stream with a fresh token", detail: "\(error)")
+      throw PalisadeError(
+        .unauthenticated, "credentials expired or revoked; open a new stream with a fresh token", detail: "\(error)")
     }
   }
 

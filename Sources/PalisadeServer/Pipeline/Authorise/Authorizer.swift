@@ -50,7 +50,8 @@ public struct Authorizer: Sendable {
           "rpc": "\(rpc)", "principal": "\(call.identity)", "request_id": "\(call.requestID)",
           "until": "\(entry.until)",
         ])
-      throw PalisadeError(.permissionDenied, "this principal is quarantined until \(ISO8601DateFormatter().string(from: entry.until))")
+      throw PalisadeError(
+        .permissionDenied, "this principal is quarantined until \(ISO8601DateFormatter().string(from: entry.until))")
     }
     let facts = Policy.CallFacts(
       spiffeID: call.identity.spiffeID, subject: call.token?.subject, scopes: call.token?.scopes ?? [], rpc: rpc,
@@ -61,10 +62,13 @@ public struct Authorizer: Sendable {
       logger.notice(
         "policy denied",
         metadata: [
-          "rpc": "\(rpc)", "principal": "\(call.identity)", "model": "\(model ?? "")", "request_id": "\(call.requestID)",
+          "rpc": "\(rpc)", "principal": "\(call.identity)", "model": "\(model ?? "")",
+          "request_id": "\(call.requestID)",
           "reason": "\(decision.reason)",
         ])
-      throw PalisadeError(.permissionDenied, "the policy does not allow \(rpc)\(model.map { " on model '\($0.sanitizedForMessage)'" } ?? "")")
+      throw PalisadeError(
+        .permissionDenied,
+        "the policy does not allow \(rpc)\(model.map { " on model '\($0.sanitizedForMessage)'" } ?? "")")
     }
     if let limit = decision.rateLimit, let rule = decision.rule,
       let wait = limiter.acquire("\(rule)\u{0}\(call.identity.spiffeID)", limit: limit)
@@ -111,7 +115,8 @@ extension Authorizer {
       decision = try authorize(call, rpc: rpc, model: model)
     } catch {
       if error == Auditor.unavailable { throw error }
-      await auditor.call(call, rpc: rpc, model: model, status: StatusMapping.codeName(for: error), reason: error.message)
+      await auditor.call(
+        call, rpc: rpc, model: model, status: StatusMapping.codeName(for: error), reason: error.message)
       throw error
     }
     // Fail closed: an allowed call whose decision cannot be recorded is refused.

@@ -19,7 +19,8 @@ public struct ResponseEncoder: Sendable {
       guard descriptor.outputs.contains(where: { $0.name == output.name }) else {
         throw PalisadeError(
           .invalidArgument,
-          "requested output '\(output.name.sanitizedForMessage)' is not an output of model '\(descriptor.name.sanitizedForMessage)'")
+          "requested output '\(output.name.sanitizedForMessage)' is not an output of model '\(descriptor.name.sanitizedForMessage)'"
+        )
       }
       if !names.contains(output.name) { names.append(output.name) }
     }

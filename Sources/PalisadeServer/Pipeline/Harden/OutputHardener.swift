@@ -64,7 +64,9 @@ public struct OutputHardener: Sendable {
         for r in 0..<rows {
           let base = r * c
           // Highest score first; ties keep the lower class index first.
-          let order = (0..<c).sorted { scores[base + $0] > scores[base + $1] || (scores[base + $0] == scores[base + $1] && $0 < $1) }
+          let order = (0..<c).sorted {
+            scores[base + $0] > scores[base + $1] || (scores[base + $0] == scores[base + $1] && $0 < $1)
+          }
           for i in order.prefix(width) {
             var text = "\(Self.format(scores[base + i], decimals: policy.roundDecimals)):\(i)"
             if let labels = policy.labels, i < labels.count { text += ":\(labels[i])" }

@@ -20,7 +20,10 @@ public final class CircuitBreaker: Sendable {
     public var halfOpenProbes: Int
     /// An execution longer than this counts as a failure (its result is still returned); nil: never.
     public var slowCall: Duration?
-    public init(failureThreshold: Int = 5, openDuration: Duration = .seconds(10), halfOpenProbes: Int = 1, slowCall: Duration? = nil) {
+    public init(
+      failureThreshold: Int = 5, openDuration: Duration = .seconds(10), halfOpenProbes: Int = 1,
+      slowCall: Duration? = nil
+    ) {
       self.failureThreshold = failureThreshold
       self.openDuration = openDuration
       self.halfOpenProbes = halfOpenProbes
@@ -128,7 +131,8 @@ public final class CircuitBreaker: Sendable {
       let whose = scopedToCaller ? "is failing on this caller's requests" : "is failing"
       throw PalisadeError(
         .unavailable,
-        "model '\(model.sanitizedForMessage)' \(whose) and temporarily refused (circuit open); retry after \(String(format: "%.1f", max(0.1, seconds)))s")
+        "model '\(model.sanitizedForMessage)' \(whose) and temporarily refused (circuit open); retry after \(String(format: "%.1f", max(0.1, seconds)))s"
+      )
     }
     return permit
   }
@@ -144,7 +148,9 @@ public final class CircuitBreaker: Sendable {
   }
 
   /// Records an execution's outcome for a request of `principal`; ``Outcome/notCounted`` changes nothing.
-  public func record(_ outcome: Outcome, principal: String = "", duration: Duration = .zero, now: ContinuousClock.Instant = .now) {
+  public func record(
+    _ outcome: Outcome, principal: String = "", duration: Duration = .zero, now: ContinuousClock.Instant = .now
+  ) {
     let failed: Bool
     switch outcome {
     case .notCounted: return
@@ -195,7 +201,9 @@ public final class CircuitBreaker: Sendable {
   }
 
   /// ``record(_:principal:duration:now:)`` for callers that only know success or failure.
-  public func record(success: Bool, principal: String = "", duration: Duration = .zero, now: ContinuousClock.Instant = .now) {
+  public func record(
+    success: Bool, principal: String = "", duration: Duration = .zero, now: ContinuousClock.Instant = .now
+  ) {
     record(success ? .success : .modelFailure, principal: principal, duration: duration, now: now)
   }
 }

@@ -54,7 +54,9 @@ public final class Scheduler: Sendable {
     }
 
     /// Requests one principal may have waiting for one model.
-    public var modelPrincipalQueueLimit: Int { max(1, Int((Double(modelQueueLimit) * principalQueueShare).rounded(.up))) }
+    public var modelPrincipalQueueLimit: Int {
+      max(1, Int((Double(modelQueueLimit) * principalQueueShare).rounded(.up)))
+    }
     /// Requests one principal may have waiting across all models.
     public var principalQueueLimit: Int { max(1, Int((Double(queueLimit) * principalQueueShare).rounded(.up))) }
     public static let defaults = Settings()
@@ -255,7 +257,9 @@ final class ModelQueue: Sendable {
   func submit(inputs: [Tensor], requestedOutputs: [String]?, principal: String) async throws -> Completed {
     // An idle model with nothing waiting runs the request here, in the caller's task: no queue entry, no task to
     // start, no continuation. Under load requests queue (and batch) as below.
-    if let outputs = try await runDirectlyIfIdle(inputs: inputs, requestedOutputs: requestedOutputs, principal: principal) {
+    if let outputs = try await runDirectlyIfIdle(
+      inputs: inputs, requestedOutputs: requestedOutputs, principal: principal)
+    {
       return Completed(outputs: outputs, waited: .zero)
     }
     switch scheduler.slots.reserveQueueSlot(principal: principal) {
@@ -266,7 +270,8 @@ final class ModelQueue: Sendable {
     case .principalShare:
       scheduler.metrics.recordRejection(reason: "principal_queue_share")
       throw PalisadeError(
-        .resourceExhausted, "too many of this caller's requests are waiting (its share of the queue is full); retry later")
+        .resourceExhausted,
+        "too many of this caller's requests are waiting (its share of the queue is full); retry later")
     }
     let id = state.withLock { s -> UInt64 in
       s.nextID += 1
@@ -275,15 +280,23 @@ final class ModelQueue: Sendable {
     return try await withTaskCancellationHandler {
       try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Completed, any Error>) in
         let entry = Entry(
-          id: id, principal: principal, inputs: inputs, requested: requestedOutputs, rows: batchable ? TensorBatch.rows(inputs) : nil,
+          id: id, principal: principal, inputs: inputs, requested: requestedOutputs,
+          rows: batchable ? TensorBatch.rows(inputs) : nil,
           key: TensorBatch.key(inputs), enqueued: .now, continuation: continuation)
         let admitted = state.withLock { s -> Result<Int, PalisadeError> in
           guard s.pending.count < scheduler.settings.modelQueueLimit else {
-            return .failure(PalisadeError(.resourceExhausted, "model '\(model.descriptor.name.sanitizedForMessage)' overloaded: its queue is full; retry later"))
+            return .failure(
+              PalisadeError(
+                .resourceExhausted,
+                "model '\(model.descriptor.name.sanitizedForMessage)' overloaded: its queue is full; retry later"))
           }
           let held = s.byPrincipal[principal, default: 0]
           guard held < scheduler.settings.modelPrincipalQueueLimit else {
-            return .failure(PalisadeError(.resourceExhausted, "too many of this caller's requests are waiting for model '\(model.descriptor.name.sanitizedForMessage)' (its share of the queue is full); retry later"))
+            return .failure(
+              PalisadeError(
+                .resourceExhausted,
+                "too many of this caller's requests are waiting for model '\(model.descriptor.name.sanitizedForMessage)' (its share of the queue is full); retry later"
+              ))
           }
           s.byPrincipal[principal] = held + 1
           s.pending.append(entry)
@@ -294,7 +307,8 @@ final class ModelQueue: Sendable {
         case .success(let n): count = n
         case .failure(let error):
           scheduler.slots.releaseQueueSlot(principal: principal)
-          scheduler.metrics.recordRejection(reason: error.message.contains("share") ? "principal_queue_share" : "queue_full")
+          scheduler.metrics.recordRejection(
+            reason: error.message.contains("share") ? "principal_queue_share" : "queue_full")
           continuation.resume(throwing: error)
           return
         }
@@ -320,7 +334,8 @@ final class ModelQueue: Sendable {
     scheduler.slots.releaseQueueSlot(principal: entry.principal)
     depth(count)
     scheduler.metrics.recordRejection(reason: "deadline_in_queue")
-    entry.continuation.resume(throwing: PalisadeError(.deadlineExceeded, "deadline exceeded while queued; the request was not run"))
+    entry.continuation.resume(
+      throwing: PalisadeError(.deadlineExceeded, "deadline exceeded while queued; the request was not run"))
   }
 
   /// Starts every execution the limits allow.

@@ -29,7 +29,9 @@ enum TensorBatch {
           rows += r[i].shape.first ?? 0
         }
         merged.append(
-          try Tensor(name: template.name, datatype: template.datatype, shape: [rows] + template.shape.dropFirst(), storage: .fixed(raw)))
+          try Tensor(
+            name: template.name, datatype: template.datatype, shape: [rows] + template.shape.dropFirst(),
+            storage: .fixed(raw)))
       case .bytes:
         var elements: [[UInt8]] = []
         for r in requests {
@@ -38,7 +40,9 @@ enum TensorBatch {
           rows += r[i].shape.first ?? 0
         }
         merged.append(
-          try Tensor(name: template.name, datatype: template.datatype, shape: [rows] + template.shape.dropFirst(), storage: .bytes(elements)))
+          try Tensor(
+            name: template.name, datatype: template.datatype, shape: [rows] + template.shape.dropFirst(),
+            storage: .bytes(elements)))
       }
     }
     return merged
@@ -50,7 +54,8 @@ enum TensorBatch {
     var result = [[Tensor]](repeating: [], count: rows.count)
     for output in outputs {
       guard let first = output.shape.first, Int(first) == total, total > 0 else {
-        throw PalisadeError(.internal, "inference failed", detail: "batched output '\(output.name)' has no batch dimension of \(total)")
+        throw PalisadeError(
+          .internal, "inference failed", detail: "batched output '\(output.name)' has no batch dimension of \(total)")
       }
       let tail = Array(output.shape.dropFirst())
       var start = 0
@@ -60,11 +65,15 @@ enum TensorBatch {
         case .fixed(let raw):
           let perRow = raw.count / total
           result[j].append(
-            try Tensor(name: output.name, datatype: output.datatype, shape: shape, storage: .fixed(Array(raw[(start * perRow)..<((start + n) * perRow)]))))
+            try Tensor(
+              name: output.name, datatype: output.datatype, shape: shape,
+              storage: .fixed(Array(raw[(start * perRow)..<((start + n) * perRow)]))))
         case .bytes(let elements):
           let perRow = elements.count / total
           result[j].append(
-            try Tensor(name: output.name, datatype: output.datatype, shape: shape, storage: .bytes(Array(elements[(start * perRow)..<((start + n) * perRow)]))))
+            try Tensor(
+              name: output.name, datatype: output.datatype, shape: shape,
+              storage: .bytes(Array(elements[(start * perRow)..<((start + n) * perRow)]))))
         }
         start += n
       }

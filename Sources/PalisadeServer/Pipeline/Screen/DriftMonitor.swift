@@ -41,9 +41,12 @@ public final class DriftMonitor: Sendable {
     self.publish = publish
     var inputs: [String: Input] = [:]
     for (name, ref) in profile.references where !ref.mean.isEmpty && ref.std.count == ref.mean.count {
-      let features = zip(ref.mean, ref.std).map { m, s in Feature(edges: Statistics.normalDecileEdges.map { m + $0 * s }) }
+      let features = zip(ref.mean, ref.std).map { m, s in
+        Feature(edges: Statistics.normalDecileEdges.map { m + $0 * s })
+      }
       let state = State(
-        ring: [UInt8](repeating: 0, count: self.window * features.count), counts: [Int](repeating: 0, count: features.count * 10))
+        ring: [UInt8](repeating: 0, count: self.window * features.count),
+        counts: [Int](repeating: 0, count: features.count * 10))
       inputs[name] = Input(features: features, state: state)
     }
     self.inputs = inputs

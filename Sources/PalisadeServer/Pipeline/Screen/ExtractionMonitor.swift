@@ -26,7 +26,10 @@ public final class ExtractionMonitor: Sendable {
     public var normalityThreshold: Double
     public var oodShareThreshold: Double
     public var maxPrincipals: Int
-    public init(history: Int = 256, window: Int = 100, normalityThreshold: Double = 0.8, oodShareThreshold: Double = 0.5, maxPrincipals: Int = 10_000) {
+    public init(
+      history: Int = 256, window: Int = 100, normalityThreshold: Double = 0.8, oodShareThreshold: Double = 0.5,
+      maxPrincipals: Int = 10_000
+    ) {
       self.history = history
       self.window = window
       self.normalityThreshold = normalityThreshold
@@ -38,7 +41,10 @@ public final class ExtractionMonitor: Sendable {
 
   /// Why the alarm was raised.
   public struct Alarm: Sendable, Equatable {
-    public enum Detector: String, Sendable { case prada, oodShare = "ood_share" }
+    public enum Detector: String, Sendable {
+      case prada
+      case oodShare = "ood_share"
+    }
     public var detector: Detector
     /// W for PRADA, the share for the OOD detector.
     public var statistic: Double
@@ -222,7 +228,8 @@ public final class ExtractionMonitor: Sendable {
     return converted.withUnsafeBufferPointer { $0.baseAddress.flatMap(project) }
   }
 
-  private func record(principal: String, _ projected: UnsafePointer<Float>, rows: Int, verdicts: RowVerdicts) -> Alarm? {
+  private func record(principal: String, _ projected: UnsafePointer<Float>, rows: Int, verdicts: RowVerdicts) -> Alarm?
+  {
     let d = dimensions
     return state.withLock { s -> Alarm? in
       s.tick &+= 1

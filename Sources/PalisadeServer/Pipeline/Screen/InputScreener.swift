@@ -19,7 +19,9 @@ public final class InputScreener: Sendable {
     /// Whether the extraction monitor runs.
     public var extractionMonitor: Bool
     public var extraction: ExtractionMonitor.Settings
-    public init(driftWindow: Int = 1000, extractionMonitor: Bool = true, extraction: ExtractionMonitor.Settings = .defaults) {
+    public init(
+      driftWindow: Int = 1000, extractionMonitor: Bool = true, extraction: ExtractionMonitor.Settings = .defaults
+    ) {
       self.driftWindow = driftWindow
       self.extractionMonitor = extractionMonitor
       self.extraction = extraction
@@ -114,7 +116,9 @@ public final class InputScreener: Sendable {
   }
 
   /// Screens `inputs` (validated, in declaration order) of a call to `descriptor`'s model.
-  public func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext) async throws(PalisadeError) -> Outcome {
+  public func screen(_ inputs: [Tensor], descriptor: ModelDescriptor, call: CallContext) async throws(PalisadeError)
+    -> Outcome
+  {
     try await screen(inputs, descriptor: descriptor, call: call, state: screen(for: descriptor))
   }
 
@@ -134,7 +138,11 @@ public final class InputScreener: Sendable {
     if let score, let threshold, score.mahalanobis > threshold { ood = true }
     var verdicts = ExtractionMonitor.RowVerdicts.unknown
     if score != nil {
-      if let rows = scored?.rows, let threshold { verdicts = .each(rows.map { $0 > threshold }) } else { verdicts = .all(ood) }
+      if let rows = scored?.rows, let threshold {
+        verdicts = .each(rows.map { $0 > threshold })
+      } else {
+        verdicts = .all(ood)
+      }
     }
     if let extraction = screen.extraction,
       let alarm = extraction.observe(principal: call.identity.spiffeID.description, inputs: inputs, verdicts: verdicts)
@@ -158,7 +166,8 @@ public final class InputScreener: Sendable {
       if action == .reject {
         metrics.recordRejection(reason: "out_of_distribution")
         throw PalisadeError(
-          .invalidArgument, "the inputs lie outside the model's training distribution (screening score above its threshold)")
+          .invalidArgument,
+          "the inputs lie outside the model's training distribution (screening score above its threshold)")
       }
     }
     if let floating { screen.drift?.observe(floating) }
@@ -187,6 +196,9 @@ public final class InputScreener: Sendable {
     await auditor?.event(
       .quarantine, principal: call.identity.spiffeID.description, model: descriptor.name,
       reason: "extraction monitor: \(alarm.detector.rawValue) statistic \(String(format: "%.3f", alarm.statistic))",
-      details: ["until": ISO8601DateFormatter().string(from: now.addingTimeInterval(TimeInterval(containment.quarantineSeconds)))])
+      details: [
+        "until": ISO8601DateFormatter().string(
+          from: now.addingTimeInterval(TimeInterval(containment.quarantineSeconds)))
+      ])
   }
 }

@@ -18,7 +18,9 @@ public struct InputValidator: Sendable {
     var ordered: [Tensor] = []
     ordered.reserveCapacity(descriptor.inputs.count)
     for spec in descriptor.inputs {
-      guard let tensor = byName[spec.name] else { throw PalisadeError.invalidInput(spec.name, "is required but missing") }
+      guard let tensor = byName[spec.name] else {
+        throw PalisadeError.invalidInput(spec.name, "is required but missing")
+      }
       guard tensor.datatype == spec.datatype else {
         throw PalisadeError.invalidInput(
           spec.name, "datatype \(tensor.datatype.rawValue) does not match the declared \(spec.datatype.rawValue)")
@@ -35,7 +37,8 @@ public struct InputValidator: Sendable {
 
   func check(_ tensor: Tensor, spec: TensorSpec, contract: ModelContract) throws(PalisadeError) {
     if !contract.allowEmptyDimensions, tensor.shape.contains(0) {
-      throw PalisadeError.invalidInput(spec.name, "shape \(tensor.shape) has a zero-sized dimension; this model does not accept empty tensors")
+      throw PalisadeError.invalidInput(
+        spec.name, "shape \(tensor.shape) has a zero-sized dimension; this model does not accept empty tensors")
     }
     if let maxBatch = contract.maxBatch, spec.shape.first == -1, let batch = tensor.shape.first, batch > maxBatch {
       throw PalisadeError.invalidInput(spec.name, "batch \(batch) exceeds the model's max_batch \(maxBatch)")

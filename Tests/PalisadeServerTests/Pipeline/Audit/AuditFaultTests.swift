@@ -39,7 +39,9 @@ struct AuditFaultTests {
     #expect(outcome.refused?.message.contains("audit log is unavailable") == true)
     // Every call now: refused at once, with UNAVAILABLE; readiness says so; the metrics count it.
     for _ in 0..<3 {
-      let e = await rpcError { _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+      let e = await rpcError {
+        _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }
+      }
       #expect(e?.code == .unavailable)
     }
     let other = await rpcError { _ = try await withClient(server, caller) { try await $0.serverMetadata(.init()) } }
@@ -55,7 +57,8 @@ struct AuditFaultTests {
     answeredOK += try await Self.waitUntilServing(server, caller)
     #expect(try await adminGet(server, "/readyz").0 == 200)
     let after = Self.metricsText(server)
-    #expect(after.contains("palisade_audit_available 1") && after.contains("palisade_audit_recoveries_total 1"), "\(after)")
+    #expect(
+      after.contains("palisade_audit_available 1") && after.contains("palisade_audit_recoveries_total 1"), "\(after)")
     try await server.stop()
 
     // The log verifies with the CLI, and holds a record for every answer that was given (sync), or at most one
@@ -71,7 +74,9 @@ struct AuditFaultTests {
       #expect(okRecords <= answeredOK && okRecords >= 3)
     }
     let reopened = try #require(records.last { $0.kind == .logOpened }, "the reopening is itself audited")
-    #expect(reopened.reason?.contains("write or fsync failure") == true && reopened.details["failure"]?.contains("No space") == true)
+    #expect(
+      reopened.reason?.contains("write or fsync failure") == true
+        && reopened.details["failure"]?.contains("No space") == true)
   }
 
   @Test func fsyncErrorFromTheBlockLayerRefusesCallsAndTheLogVerifiesAfterARemount() async throws {
@@ -90,7 +95,9 @@ struct AuditFaultTests {
     let outcome = try await Self.callUntilRefused(server, caller)
     answeredOK += outcome.answered
     #expect(outcome.refused?.code == .unavailable, "\(String(describing: outcome.refused))")
-    let e = await rpcError { _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    let e = await rpcError {
+      _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
     #expect(e?.code == .unavailable)
     #expect(Self.metricsText(server).contains("palisade_audit_failures_total 1"))
 
@@ -106,7 +113,8 @@ struct AuditFaultTests {
     #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
     let records = try Self.records("\(disk.mountPoint)/audit", key)
     let okRecords = records.filter { $0.kind == .call && $0.rpc == "ModelInfer" && $0.status == "OK" }.count
-    #expect(okRecords == answeredOK, "records written after the last good fsync were rolled back; answered calls kept theirs")
+    #expect(
+      okRecords == answeredOK, "records written after the last good fsync were rolled back; answered calls kept theirs")
     let reopened = try #require(records.last { $0.kind == .logOpened })
     #expect(reopened.details["failure"]?.contains("fsync") == true, "\(reopened)")
   }
@@ -131,10 +139,14 @@ struct AuditFaultTests {
   }
 
   /// Calls until one is refused (bounded): how many were answered before, and the refusal.
-  static func callUntilRefused(_ server: TestServer, _ caller: TestClient) async throws -> (answered: Int, refused: RPCError?) {
+  static func callUntilRefused(_ server: TestServer, _ caller: TestClient) async throws -> (
+    answered: Int, refused: RPCError?
+  ) {
     var answered = 0
     for _ in 0..<200 {
-      let e = await rpcError { _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+      let e = await rpcError {
+        _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }
+      }
       if let e { return (answered, e) }
       answered += 1
       try await Task.sleep(for: .milliseconds(10))
@@ -148,7 +160,9 @@ struct AuditFaultTests {
     let deadline = ContinuousClock.now + .seconds(30)
     var answered = 0
     while ContinuousClock.now < deadline {
-      let e = await rpcError { _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+      let e = await rpcError {
+        _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }
+      }
       if e == nil {
         answered = 1
         break
@@ -221,10 +235,12 @@ struct LoopDisk {
     // No journal: mkfs leaves the journal area unbacked, and a failed journal commit turns ext4 read-only (then
     // the log stays failed, fail closed, until someone remounts); here the fault hits file data only.
     try await Shell.run(
-      "truncate -s 64m \(root)/back/disk.img && mkfs.ext4 -q -F -O ^has_journal -E lazy_itable_init=0,nodiscard \(root)/back/disk.img")
+      "truncate -s 64m \(root)/back/disk.img && mkfs.ext4 -q -F -O ^has_journal -E lazy_itable_init=0,nodiscard \(root)/back/disk.img"
+    )
     let device: String
     do {
-      device = try await Shell.run("losetup -f --show \(root)/back/disk.img").trimmingCharacters(in: .whitespacesAndNewlines)
+      device = try await Shell.run("losetup -f --show \(root)/back/disk.img").trimmingCharacters(
+        in: .whitespacesAndNewlines)
     } catch {
       Shell.runDetached("umount -l \(root)/back")
       print("AuditFaultTests: skipping the fsync fault: no loop device (\(error))")

@@ -44,7 +44,9 @@ import Testing
     }
     #expect(response.outputs.count == 2)
     let denied = try goodClient(server, "denied")
-    let refusal = await rpcError { _ = try await withClient(server, denied) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    let refusal = await rpcError {
+      _ = try await withClient(server, denied) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
     #expect(refusal?.code == .permissionDenied)
     let badToken = await rpcError {
       _ = try await withClient(server, cert: caller.cert, key: caller.key, token: "not-a-token") {
@@ -89,7 +91,8 @@ import Testing
     let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     let factory = TestBundleFactory()
     try await factory.make(root: pki.path("models"), version: 2)
-    try await factory.make(root: pki.path("models"), name: "expired", version: 1, expires: Date().addingTimeInterval(-10))
+    try await factory.make(
+      root: pki.path("models"), name: "expired", version: 1, expires: Date().addingTimeInterval(-10))
     let publisher = try pki.write("publisher.pub.pem", factory.publicKeyPEM)
     let server = try await TestServer.start(pki: pki, models: []) {
       $0.audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
@@ -155,7 +158,9 @@ import Testing
 
     integrity.corruptForTesting(model: "simple", offset: 3)
     #expect(await integrity.checkNow() == ["simple"])
-    let refused = await rpcError { _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    let refused = await rpcError {
+      _ = try await withClient(server, caller) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
     #expect(refused?.code == .unavailable, "\(String(describing: refused))")
     let index = server.runtime.repository.index()
     #expect(index.first { $0.name == "simple" }?.reason.contains("integrity check failed") == true, "\(index)")

@@ -49,13 +49,28 @@ import Testing
       ("malformed", "Bearer abc.def"),
       ("bad base64", "Bearer \(parts[0]).!!!.\(parts[2])"),
       ("alg none", "Bearer \(try Self.b64(["alg": "none", "typ": "JWT", "kid": "test-1"])).\(parts[1])."),
-      ("HS256 with the public key", "Bearer \(String(decoding: hsInput, as: UTF8.self)).\(Base64URL.encode(Array(hsSignature)))"),
-      ("unknown kid", "Bearer \(try TokenMinter.mint(claims: try Self.claims(pki, me.issued), key: .es256(pki.issuerKey), kid: "nope"))"),
-      ("wrong signature", "Bearer \(try TokenMinter.mint(claims: try Self.claims(pki, me.issued), key: .es256(otherKey), kid: "test-1"))"),
+      (
+        "HS256 with the public key",
+        "Bearer \(String(decoding: hsInput, as: UTF8.self)).\(Base64URL.encode(Array(hsSignature)))"
+      ),
+      (
+        "unknown kid",
+        "Bearer \(try TokenMinter.mint(claims: try Self.claims(pki, me.issued), key: .es256(pki.issuerKey), kid: "nope"))"
+      ),
+      (
+        "wrong signature",
+        "Bearer \(try TokenMinter.mint(claims: try Self.claims(pki, me.issued), key: .es256(otherKey), kid: "test-1"))"
+      ),
       ("flipped signature bit", "Bearer \(parts[0]).\(parts[1]).\(Base64URL.encode(flipped))"),
-      ("expired", "Bearer \(try with { $0["iat"] = Int(now.timeIntervalSince1970) - 600; $0["exp"] = Int(now.timeIntervalSince1970) - 120 })"),
+      (
+        "expired",
+        "Bearer \(try with { $0.merge(["iat": Int(now.timeIntervalSince1970) - 600, "exp": Int(now.timeIntervalSince1970) - 120]) { $1 } })"
+      ),
       ("nbf in the future", "Bearer \(try with { $0["nbf"] = Int(now.timeIntervalSince1970) + 600 })"),
-      ("iat in the future", "Bearer \(try with { $0["iat"] = Int(now.timeIntervalSince1970) + 600; $0["exp"] = Int(now.timeIntervalSince1970) + 800 })"),
+      (
+        "iat in the future",
+        "Bearer \(try with { $0.merge(["iat": Int(now.timeIntervalSince1970) + 600, "exp": Int(now.timeIntervalSince1970) + 800]) { $1 } })"
+      ),
       ("lifetime over the maximum", "Bearer \(try with { $0["exp"] = Int(now.timeIntervalSince1970) + 3600 })"),
       ("wrong aud", "Bearer \(try with { $0["aud"] = "someone-else" })"),
       ("wrong iss", "Bearer \(try with { $0["iss"] = "https://evil.example" })"),
@@ -65,7 +80,10 @@ import Testing
       ("no typ", "Bearer \(try Self.sign(pki, try Self.claims(pki, me.issued), header: ["typ": NSNull()]))"),
       ("missing exp", "Bearer \(try with { $0["exp"] = nil })"),
       ("oversized", "Bearer \(try with { $0["pad"] = String(repeating: "x", count: 10_000) })"),
-      ("jku pointing elsewhere", "Bearer \(try TokenMinter.mint(claims: try Self.claims(pki, me.issued), key: .es256(otherKey), kid: "evil", header: ["jku": "https://evil.example/jwks"]))"),
+      (
+        "jku pointing elsewhere",
+        "Bearer \(try TokenMinter.mint(claims: try Self.claims(pki, me.issued), key: .es256(otherKey), kid: "evil", header: ["jku": "https://evil.example/jwks"]))"
+      ),
     ]
     for (name, header) in cases {
       let error = await rpcError {
@@ -79,12 +97,17 @@ import Testing
       if let header { #expect(error?.message.contains(header.suffix(20)) == false) }
     }
     // The good token works, and ServerLive needs none.
-    let ok = try await withClient(server, cert: me.cert, key: me.key, token: good) { try await $0.modelMetadata(.with { $0.name = "simple" }) }
+    let ok = try await withClient(server, cert: me.cert, key: me.key, token: good) {
+      try await $0.modelMetadata(.with { $0.name = "simple" })
+    }
     #expect(ok.name == "simple")
     let live = try await withClient(server, cert: me.cert, key: me.key) { try await $0.serverLive(.init()) }
     #expect(live.live)
     let metrics = try await adminGet(server, "/metrics").1
-    for reason in ["missing", "algorithm", "kid", "signature", "expired", "lifetime", "audience", "issuer", "binding_mismatch", "binding_missing", "type", "oversized"] {
+    for reason in [
+      "missing", "algorithm", "kid", "signature", "expired", "lifetime", "audience", "issuer", "binding_mismatch",
+      "binding_missing", "type", "oversized",
+    ] {
       #expect(metrics.contains("reason=\"\(reason)\""), "\(reason)")
     }
     try await server.stop()
@@ -97,7 +120,9 @@ import Testing
     let thief = try goodClient(server, "thief")
     _ = try await withClient(server, owner) { try await $0.serverMetadata(.init()) }
     let error = await rpcError {
-      _ = try await withClient(server, cert: thief.cert, key: thief.key, token: owner.token) { try await $0.serverMetadata(.init()) }
+      _ = try await withClient(server, cert: thief.cert, key: thief.key, token: owner.token) {
+        try await $0.serverMetadata(.init())
+      }
     }
     #expect(error?.code == .unauthenticated)
     try await server.stop()
@@ -108,24 +133,32 @@ import Testing
     let pki = try TestPKI()
     let spireKey = P256.Signing.PrivateKey()
     let jwks = String(
-      decoding: try JSONSerialization.data(withJSONObject: ["keys": [TokenSigningKey.es256(spireKey).jwk(kid: "spire-1")]]),
+      decoding: try JSONSerialization.data(withJSONObject: [
+        "keys": [TokenSigningKey.es256(spireKey).jwk(kid: "spire-1")]
+      ]),
       as: UTF8.self)
     let spireJWKS = try pki.write("spire-jwks.json", jwks)
     let server = try await TestServer.start(pki: pki) {
-      $0.auth.issuers.append(.init(issuer: "spiffe://palisade.test", kind: .spiffe, jwks: spireJWKS, trustDomain: "palisade.test"))
+      $0.auth.issuers.append(
+        .init(issuer: "spiffe://palisade.test", kind: .spiffe, jwks: spireJWKS, trustDomain: "palisade.test"))
     }
     let me = try pki.client("svid", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/svid")])
     let now = Int(Date().timeIntervalSince1970)
     func svid(sub: String) throws -> String {
       try TokenMinter.mint(
-        claims: ["sub": sub, "aud": [TestPKI.audience], "iat": now, "exp": now + 300], key: .es256(spireKey), kid: "spire-1")
+        claims: ["sub": sub, "aud": [TestPKI.audience], "iat": now, "exp": now + 300], key: .es256(spireKey),
+        kid: "spire-1")
     }
-    let ok = try await withClient(server, cert: me.cert, key: me.key, token: try svid(sub: "spiffe://palisade.test/sa/svid")) {
+    let ok = try await withClient(
+      server, cert: me.cert, key: me.key, token: try svid(sub: "spiffe://palisade.test/sa/svid")
+    ) {
       try await $0.serverMetadata(.init())
     }
     #expect(ok.name == "palisade")
     let wrongSub = await rpcError {
-      _ = try await withClient(server, cert: me.cert, key: me.key, token: try svid(sub: "spiffe://palisade.test/sa/other")) {
+      _ = try await withClient(
+        server, cert: me.cert, key: me.key, token: try svid(sub: "spiffe://palisade.test/sa/other")
+      ) {
         try await $0.serverMetadata(.init())
       }
     }
@@ -145,7 +178,9 @@ import Testing
       InteropTests.python, ["-c", script, keyPath, TestPKI.issuerName, TestPKI.audience, identity.thumbprintBase64URL])
     #expect(minted.status == 0, "\(minted.stderr)")
     let token = minted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    let viaPy = try await withClient(server, cert: me.cert, key: me.key, token: token) { try await $0.serverMetadata(.init()) }
+    let viaPy = try await withClient(server, cert: me.cert, key: me.key, token: token) {
+      try await $0.serverMetadata(.init())
+    }
     #expect(viaPy.name == "palisade")
     try await server.stop()
   }

@@ -32,7 +32,8 @@ import Testing
     """
 
   @Test func policyDecidesEachCall() async throws {
-    let server = try await TestServer.start(models: [AddSubModel(), IdentityModel(datatype: .fp32)], policy: Self.policy)
+    let server = try await TestServer.start(
+      models: [AddSubModel(), IdentityModel(datatype: .fp32)], policy: Self.policy)
     let a = try goodClient(server, "a")
     let b = try goodClient(server, "b")
     let ops = try goodClient(server, "ops")
@@ -47,11 +48,16 @@ import Testing
     }
     #expect(adminByA?.code == .permissionDenied)
     // b: denied inference by an earlier deny rule, metadata still allowed by the later rule.
-    let inferByB = await rpcError { _ = try await withClient(server, b) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    let inferByB = await rpcError {
+      _ = try await withClient(server, b) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
     #expect(inferByB?.code == .permissionDenied)
-    #expect(try await withClient(server, b) { try await $0.modelMetadata(.with { $0.name = "simple" }) }.name == "simple")
+    #expect(
+      try await withClient(server, b) { try await $0.modelMetadata(.with { $0.name = "simple" }) }.name == "simple")
     // ops: may unload through its explicit admin rule.
-    _ = try await withClient(server, ops) { try await $0.repositoryModelUnload(.with { $0.modelName = "identity_fp32" }) }
+    _ = try await withClient(server, ops) {
+      try await $0.repositoryModelUnload(.with { $0.modelName = "identity_fp32" })
+    }
     #expect(server.runtime.repository.index().map(\.name) == ["simple"])
     try await server.stop()
   }
@@ -75,7 +81,9 @@ import Testing
   @Test func versionConstraintIsCheckedAgainstTheResolvedVersion() async throws {
     let server = try await TestServer.start(models: [AddSubModel(version: "1")], policy: Self.policy)
     let picky = try goodClient(server, "picky")
-    let v1 = await rpcError { _ = try await withClient(server, picky) { try await $0.modelInfer(simpleRequest(raw: true)) } }
+    let v1 = await rpcError {
+      _ = try await withClient(server, picky) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
     #expect(v1?.code == .permissionDenied)
     server.runtime.repository.register(AddSubModel(version: "2"))
     let ok = try await withClient(server, picky) { try await $0.modelInfer(simpleRequest(raw: true)) }

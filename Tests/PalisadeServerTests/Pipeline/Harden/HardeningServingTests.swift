@@ -42,9 +42,14 @@ import Testing
       inputs: [
         .init(
           name: "input", datatype: .fp32, shape: [-1, 64],
-          referenceStatistics: .init(mean: stats.reference.mean, std: stats.reference.std, covarianceDiagonal: stats.reference.covarianceDiagonal))
+          referenceStatistics: .init(
+            mean: stats.reference.mean, std: stats.reference.std, covarianceDiagonal: stats.reference.covarianceDiagonal
+          ))
       ],
-      outputs: [.init(name: "label", datatype: .int64, shape: [-1]), .init(name: "probabilities", datatype: .fp32, shape: [-1, 10])],
+      outputs: [
+        .init(name: "label", datatype: .int64, shape: [-1]),
+        .init(name: "probabilities", datatype: .fp32, shape: [-1, 10]),
+      ],
       labels: ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
       outputPolicy: .init(topK: 3, roundDecimals: 3, padToBucketBytes: 1024),
       screeningPolicy: .init(oodThreshold: stats.suggestedThreshold, action: .flag), maxBatch: 64)
@@ -56,7 +61,13 @@ import Testing
   static func request(_ rows: [[Float]]) -> Inference_ModelInferRequest {
     .with {
       $0.modelName = "digits"
-      $0.inputs = [.with { $0.name = "input"; $0.datatype = "FP32"; $0.shape = [Int64(rows.count), 64] }]
+      $0.inputs = [
+        .with {
+          $0.name = "input"
+          $0.datatype = "FP32"
+          $0.shape = [Int64(rows.count), 64]
+        }
+      ]
       $0.rawInputContents = [rows.flatMap { $0 }.withUnsafeBytes { Data($0) }]
     }
   }
@@ -66,7 +77,9 @@ import Testing
     var out: [String] = []
     var bytes = [UInt8](raw)[...]
     while bytes.count >= 4 {
-      let n = Int(bytes[bytes.startIndex]) | Int(bytes[bytes.startIndex + 1]) << 8 | Int(bytes[bytes.startIndex + 2]) << 16 | Int(bytes[bytes.startIndex + 3]) << 24
+      let n =
+        Int(bytes[bytes.startIndex]) | Int(bytes[bytes.startIndex + 1]) << 8 | Int(bytes[bytes.startIndex + 2]) << 16
+        | Int(bytes[bytes.startIndex + 3]) << 24
       bytes = bytes.dropFirst(4)
       out.append(String(decoding: bytes.prefix(n), as: UTF8.self))
       bytes = bytes.dropFirst(n)
@@ -85,7 +98,8 @@ import Testing
     for _ in 0..<200 where !server.runtime.repository.isReady(name: "digits", version: "1") {
       try await Task.sleep(for: .milliseconds(50))
     }
-    try #require(server.runtime.repository.isReady(name: "digits", version: "1"), "\(server.runtime.repository.index())")
+    try #require(
+      server.runtime.repository.isReady(name: "digits", version: "1"), "\(server.runtime.repository.index())")
     let stream = try SampleFile.read(path: "\(Self.fixtures)/digits_stream.csv")
     let rows = (0..<stream.rows).map { r in stream.values[(r * 64)..<(r * 64 + 64)].map { Float($0) } }
     let caller = try goodClient(server, "caller")
@@ -96,7 +110,10 @@ import Testing
       for r in rows.prefix(10) { out.append(try await c.modelInfer(Self.request([r]))) }
       return (out, try await c.modelMetadata(.with { $0.name = "digits" }))
     }
-    #expect(metadata.outputs.map { "\($0.name):\($0.datatype):\($0.shape)" } == ["label:INT64:[-1]", "probabilities:BYTES:[-1, 3]"])
+    #expect(
+      metadata.outputs.map { "\($0.name):\($0.datatype):\($0.shape)" } == [
+        "label:INT64:[-1]", "probabilities:BYTES:[-1, 3]",
+      ])
     var sizes: Set<Int> = []
     var labels: Set<String> = []
     for response in responses {
@@ -122,13 +139,18 @@ import Testing
         }
       }
     }
-    #expect(refusal?.code == .permissionDenied && refusal?.message.contains("quarantined") == true, "\(String(describing: refusal))")
+    #expect(
+      refusal?.code == .permissionDenied && refusal?.message.contains("quarantined") == true,
+      "\(String(describing: refusal))")
     // The natural caller is untouched.
     _ = try await withClient(server, caller) { c in try await c.modelInfer(Self.request([rows[0]])) }
 
     // Operators see and lift the quarantine; callers may not.
     let admin = try goodClient(server, "admin")
-    func adminCall<R: Sendable>(_ who: TestClient, _ body: @escaping @Sendable (Palisade_V1_Admin.Client<HTTP2ClientTransport.Posix>) async throws -> R) async throws -> R {
+    func adminCall<R: Sendable>(
+      _ who: TestClient,
+      _ body: @escaping @Sendable (Palisade_V1_Admin.Client<HTTP2ClientTransport.Posix>) async throws -> R
+    ) async throws -> R {
       try await withAdminClient(
         host: "127.0.0.1", port: server.port,
         tls: ClientTLSFiles(certificate: who.cert, privateKey: who.key, serverCA: server.pki.path("server-ca.pem")),
@@ -140,15 +162,21 @@ import Testing
     #expect((listed.quarantines.first?.untilUnix ?? 0) > Int64(Date().timeIntervalSince1970) + 500)
     let denied = await rpcError { _ = try await adminCall(caller) { try await $0.listQuarantines(.init()) } }
     #expect(denied?.code == .permissionDenied)
-    let badLift = await rpcError { _ = try await adminCall(admin) { try await $0.liftQuarantine(.with { $0.principal = "prober" }) } }
+    let badLift = await rpcError {
+      _ = try await adminCall(admin) { try await $0.liftQuarantine(.with { $0.principal = "prober" }) }
+    }
     #expect(badLift?.code == .invalidArgument)
-    #expect(try await adminCall(admin) { try await $0.liftQuarantine(.with { $0.principal = "spiffe://palisade.test/sa/prober" }) }.lifted)
+    #expect(
+      try await adminCall(admin) {
+        try await $0.liftQuarantine(.with { $0.principal = "spiffe://palisade.test/sa/prober" })
+      }.lifted)
     _ = try await withClient(server, prober) { c in try await c.modelInfer(Self.request([rows[1]])) }
 
     // Per-stage metrics and the screening counters.
     let (_, metrics) = try await adminGet(server, "/metrics")
     for needle in [
-      #"palisade_stage_duration_seconds_bucket{stage="compute""#, #"palisade_stage_duration_seconds_bucket{stage="screen""#,
+      #"palisade_stage_duration_seconds_bucket{stage="compute""#,
+      #"palisade_stage_duration_seconds_bucket{stage="screen""#,
       #"palisade_stage_duration_seconds_bucket{stage="queue""#,
       #"palisade_extraction_alarms_total{model="digits",detector="ood_share"}"#, "palisade_quarantines_total",
       #"palisade_ood_flagged_total{model="digits",action="flag"}"#, #"palisade_batch_size_bucket{model="digits""#,
@@ -163,12 +191,16 @@ import Testing
     var rejected: RPCError? = nil
     for _ in 0..<100 {
       rejected = await rpcError {
-        _ = try await withClient(server, caller) { c in try await c.modelInfer(Self.request([Array(repeating: 1, count: 64)])) }
+        _ = try await withClient(server, caller) { c in
+          try await c.modelInfer(Self.request([Array(repeating: 1, count: 64)]))
+        }
       }
       if rejected != nil { break }
       try await Task.sleep(for: .milliseconds(50))
     }
-    #expect(rejected?.code == .invalidArgument && rejected?.message.contains("training distribution") == true, "\(String(describing: rejected))")
+    #expect(
+      rejected?.code == .invalidArgument && rejected?.message.contains("training distribution") == true,
+      "\(String(describing: rejected))")
     try await server.stop()
   }
 
@@ -181,7 +213,14 @@ import Testing
     let caller = try goodClient(server)
     let request = Inference_ModelInferRequest.with {
       $0.modelName = "double"
-      $0.inputs = [.with { $0.name = "IN"; $0.datatype = "FP32"; $0.shape = [1, 4]; $0.contents.fp32Contents = [1, 2, 3, 4] }]
+      $0.inputs = [
+        .with {
+          $0.name = "IN"
+          $0.datatype = "FP32"
+          $0.shape = [1, 4]
+          $0.contents.fp32Contents = [1, 2, 3, 4]
+        }
+      ]
     }
     let running = Task { try await withClient(server, caller) { c in try await c.modelInfer(request) } }
     for _ in 0..<400 where model.executions.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
@@ -201,7 +240,9 @@ import Testing
       try await Task.sleep(for: .milliseconds(10))
     }
     let shed = await rpcError { _ = try await withClient(server, caller) { c in try await c.modelInfer(request) } }
-    #expect(shed?.code == .resourceExhausted && shed?.message.contains("queue is full") == true, "\(String(describing: shed))")
+    #expect(
+      shed?.code == .resourceExhausted && shed?.message.contains("queue is full") == true, "\(String(describing: shed))"
+    )
     model.setGate(open: true)
     let queuedResult = await rpcError { _ = try await queued.value }
     #expect(queuedResult == nil, "\(String(describing: queuedResult))")

@@ -62,7 +62,13 @@ import Testing
       var r = Inference_ModelInferResponse()
       r.modelName = "m"
       r.id = String(repeating: "i", count: extra)
-      r.outputs = [.with { $0.name = "probabilities"; $0.datatype = "BYTES"; $0.shape = [1] }]
+      r.outputs = [
+        .with {
+          $0.name = "probabilities"
+          $0.datatype = "BYTES"
+          $0.shape = [1]
+        }
+      ]
       r.rawOutputContents = [Data(label.utf8)]
       padding.pad(&r, bucket: 512)
       let size = try r.serializedBytes() as [UInt8]

@@ -39,7 +39,9 @@ import Testing
       let out = try await task.value
       #expect(out.count == 1)
       #expect(out[0].shape == [Int64(rows[i]), 4])
-      #expect(out[0].values(as: Float.self) == (try request(rows[i], Float(i * 100)))[0].values(as: Float.self)?.map { $0 * 2 })
+      #expect(
+        out[0].values(as: Float.self)
+          == (try request(rows[i], Float(i * 100)))[0].values(as: Float.self)?.map { $0 * 2 })
     }
     #expect(model.executions == [1, 7], "executions: \(model.executions)")
   }
@@ -64,7 +66,9 @@ import Testing
   @Test func withoutBatchingEveryRequestRunsAlone() async throws {
     let model = DoublingModel(gated: true)
     let scheduler = Scheduler(settings: settings(batching: false), metrics: ServerMetrics())
-    let tasks = (0..<3).map { i in Task { try await scheduler.run(model, inputs: try request(1, Float(i)), requestedOutputs: nil) } }
+    let tasks = (0..<3).map { i in
+      Task { try await scheduler.run(model, inputs: try request(1, Float(i)), requestedOutputs: nil) }
+    }
     try await waitQueued(scheduler, 2)
     model.setGate(open: true)
     for t in tasks { _ = try await t.value }
@@ -74,9 +78,13 @@ import Testing
   @Test func aFullQueueShedsWithResourceExhausted() async throws {
     let model = DoublingModel(gated: true)
     let scheduler = Scheduler(settings: settings(queue: 2), metrics: ServerMetrics())
-    let admitted = (0..<3).map { i in Task { try await scheduler.run(model, inputs: try request(1, Float(i)), requestedOutputs: nil) } }
+    let admitted = (0..<3).map { i in
+      Task { try await scheduler.run(model, inputs: try request(1, Float(i)), requestedOutputs: nil) }
+    }
     try await waitQueued(scheduler, 2)
-    await #expect(throws: PalisadeError(.resourceExhausted, "model 'double' overloaded: its queue is full; retry later")) {
+    await #expect(
+      throws: PalisadeError(.resourceExhausted, "model 'double' overloaded: its queue is full; retry later")
+    ) {
       _ = try await scheduler.run(model, inputs: try request(1, 9), requestedOutputs: nil)
     }
     model.setGate(open: true)
@@ -190,17 +198,23 @@ import Testing
     var s = settings(queue: 8)
     s.principalQueueShare = 0.25
     let scheduler = Scheduler(settings: s, metrics: ServerMetrics())
-    let running = Task { try await scheduler.run(model, inputs: try request(1, 0), requestedOutputs: nil, principal: "flood") }
+    let running = Task {
+      try await scheduler.run(model, inputs: try request(1, 0), requestedOutputs: nil, principal: "flood")
+    }
     for _ in 0..<400 where model.executions.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
     // The flooder may hold 2 of the 8 places.
     let queued = (0..<2).map { i in
-      Task { try await scheduler.run(model, inputs: try request(1, Float(i)), requestedOutputs: nil, principal: "flood") }
+      Task {
+        try await scheduler.run(model, inputs: try request(1, Float(i)), requestedOutputs: nil, principal: "flood")
+      }
     }
     try await waitQueued(scheduler, 2)
     await #expect(throws: PalisadeError.self) {
       _ = try await scheduler.run(model, inputs: try request(1, 9), requestedOutputs: nil, principal: "flood")
     }
-    let other = Task { try await scheduler.run(model, inputs: try request(1, 5), requestedOutputs: nil, principal: "other") }
+    let other = Task {
+      try await scheduler.run(model, inputs: try request(1, 5), requestedOutputs: nil, principal: "other")
+    }
     try await waitQueued(scheduler, 3)
     model.setGate(open: true)
     _ = try await running.value

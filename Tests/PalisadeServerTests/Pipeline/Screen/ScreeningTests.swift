@@ -41,10 +41,11 @@ import Testing
     #expect(abs(along.mahalanobis - (2 / 1.901).squareRoot()) < 1e-6)
     #expect(abs(across.mahalanobis - (2 / 0.101).squareRoot()) < 1e-6)
     // The worst row decides; unscreened inputs are ignored.
-    let batch = try #require(diag.score([
-      try Tensor(name: "x", shape: [2, 2], values: [Float(0), 0, 0, 10]),
-      try Tensor(name: "other", shape: [1, 1], values: [Float(1e9)]),
-    ]))
+    let batch = try #require(
+      diag.score([
+        try Tensor(name: "x", shape: [2, 2], values: [Float(0), 0, 0, 10]),
+        try Tensor(name: "other", shape: [1, 1], values: [Float(1e9)]),
+      ]))
     #expect(abs(batch.mahalanobis - 5) < 1e-9)
   }
 
@@ -81,7 +82,10 @@ import Testing
 
   func monitor(_ reference: ReferenceStatisticsBuilder.Result) -> (ExtractionMonitor, OODScorer, Double) {
     let profile = ScreeningProfile(references: ["input": reference.reference], threshold: reference.suggestedThreshold)
-    return (ExtractionMonitor(input: "input", features: 64, settings: .defaults), OODScorer(profile), reference.suggestedThreshold)
+    return (
+      ExtractionMonitor(input: "input", features: 64, settings: .defaults), OODScorer(profile),
+      reference.suggestedThreshold
+    )
   }
 
   func query(_ row: [Double]) throws -> [Tensor] {
@@ -138,7 +142,10 @@ import Testing
     }
     #expect(alarm?.detector == .prada, "after \(sent) queries")
     // Streams are per principal: another caller's state is untouched.
-    #expect(monitor.observe(principal: "spiffe://t/other", inputs: try query(Array(repeating: 0.5, count: 64)), outOfDistribution: false) == nil)
+    #expect(
+      monitor.observe(
+        principal: "spiffe://t/other", inputs: try query(Array(repeating: 0.5, count: 64)), outOfDistribution: false)
+        == nil)
   }
 
   @Test func statisticsFromNpyAndCsvAgree() throws {
@@ -180,7 +187,12 @@ import Testing
     npy = [0x93] + Array("NUMPY".utf8) + [1, 0, 200, 0]
     #expect(refusal("truncated.npy", npy).contains("truncated"))
     let complex = "{'descr': '<c8', 'fortran_order': False, 'shape': (1, 1), }"
-    #expect(refusal("complex.npy", [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(complex.utf8.count), 0] + Array(complex.utf8) + Array(repeating: 0, count: 8)).contains("not supported"))
+    #expect(
+      refusal(
+        "complex.npy",
+        [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(complex.utf8.count), 0] + Array(complex.utf8)
+          + Array(repeating: 0, count: 8)
+      ).contains("not supported"))
     #expect(throws: SampleFileError.self) {
       try ReferenceStatisticsBuilder().build(.init(rows: 1, features: 2, values: [1, 2]), covariance: .diagonal)
     }

@@ -72,7 +72,8 @@ import Testing
     var r = 0
     while r + rowsPerRequest <= s.streamRows {
       let q = try request(s.stream[(r * 784)..<((r + rowsPerRequest) * 784)])
-      #expect(s.monitor.observe(principal: "spiffe://t/natural", inputs: q, verdicts: verdicts(s, q)) == nil, "rows \(r)...")
+      #expect(
+        s.monitor.observe(principal: "spiffe://t/natural", inputs: q, verdicts: verdicts(s, q)) == nil, "rows \(r)...")
       r += rowsPerRequest
     }
   }
@@ -104,9 +105,11 @@ import Testing
     var logger = Logger(label: "test")
     logger.logLevel = .critical
     let screener = InputScreener(
-      settings: .defaults, policy: PolicyStore(policy), quarantines: quarantines, metrics: ServerMetrics(), logger: logger)
+      settings: .defaults, policy: PolicyStore(policy), quarantines: quarantines, metrics: ServerMetrics(),
+      logger: logger)
     let call = CallContext(
-      identity: PeerIdentity(spiffeID: try SPIFFEID(parsing: "spiffe://palisade.test/sa/batch"), thumbprint: [1, 2, 3]),
+      identity: PeerIdentity(
+        spiffeID: try SPIFFEID(parsing: "spiffe://palisade.test/sa/batch"), thumbprint: [1, 2, 3]),
       requestID: "r")
     var r = 0
     var flagged = 0
@@ -133,7 +136,8 @@ import Testing
     while alarm == nil && (r + rowsPerRequest) * 784 <= rows.count {
       let q = try request(rows[(r * 784)..<((r + rowsPerRequest) * 784)])
       alarm = s.monitor.observe(
-        principal: "spiffe://t/synth", inputs: q, outOfDistribution: (s.scorer.score(q)?.mahalanobis ?? 0) > s.threshold)
+        principal: "spiffe://t/synth", inputs: q, outOfDistribution: (s.scorer.score(q)?.mahalanobis ?? 0) > s.threshold
+      )
       r += rowsPerRequest
     }
     #expect(alarm?.detector == .prada, "after \(r) rows")
@@ -147,7 +151,8 @@ import Testing
     while alarm == nil && sent < 500 {
       let q = try request(ArraySlice((0..<784).map { _ in Double(rng.next() % 1000) / 1000 }))
       alarm = s.monitor.observe(
-        principal: "spiffe://t/prober", inputs: q, outOfDistribution: (s.scorer.score(q)?.mahalanobis ?? 0) > s.threshold)
+        principal: "spiffe://t/prober", inputs: q,
+        outOfDistribution: (s.scorer.score(q)?.mahalanobis ?? 0) > s.threshold)
       sent += 1
     }
     #expect(alarm?.detector == .oodShare, "after \(sent) queries")

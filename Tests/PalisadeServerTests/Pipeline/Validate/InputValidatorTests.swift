@@ -7,7 +7,9 @@ import Testing
 @Suite struct InputValidatorTests {
   let descriptor = ModelDescriptor(
     name: "m", version: "1", platform: "t",
-    inputs: [TensorSpec(name: "x", datatype: .fp32, shape: [-1, 3]), TensorSpec(name: "s", datatype: .bytes, shape: [-1])],
+    inputs: [
+      TensorSpec(name: "x", datatype: .fp32, shape: [-1, 3]), TensorSpec(name: "s", datatype: .bytes, shape: [-1]),
+    ],
     outputs: [],
     contract: ModelContract(
       maxBatch: 4, featureRanges: ["x": .init(min: [0, -1, 0], max: [1, 1, 100])], allowNonFinite: false,
@@ -51,7 +53,8 @@ import Testing
 
   @Test func unconstrainedModelsAcceptNonFinite() throws {
     let open = ModelDescriptor(
-      name: "m", version: "1", platform: "t", inputs: [TensorSpec(name: "x", datatype: .fp32, shape: [-1])], outputs: [])
+      name: "m", version: "1", platform: "t", inputs: [TensorSpec(name: "x", datatype: .fp32, shape: [-1])], outputs: []
+    )
     _ = try InputValidator().validate([try Tensor(name: "x", shape: [1], values: [Float.nan])], against: open)
   }
 }
