@@ -258,7 +258,7 @@ let package = Package(
       name: "PalisadeFuzzTargets",
       dependencies: [
         "PalisadeAudit", "PalisadeBundle", "PalisadeCore", "PalisadeEgress", "PalisadeIdentity", "PalisadePolicy",
-        "PalisadeProto", "PalisadeRuntime", "PalisadeServer", "PalisadeWire",
+        "PalisadeProto", "PalisadeRuntime", "PalisadeServer", "PalisadeTPM", "PalisadeWire",
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "SwiftASN1", package: "swift-asn1"),

@@ -17,7 +17,7 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 SCRATCH=${FUZZ_SCRATCH:-.build-fuzz}
 SWIFT=${SWIFT:-swift}
 ALL=(infer-request onnx-model bundle-signature bundle-manifest bundle-archive jwt jwks policy server-config egress-config
-  egress-http egress-inspector audit-segment audit-record audit-checkpoint pem)
+  egress-http egress-inspector audit-segment audit-record audit-checkpoint pem tpm-evidence)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
 

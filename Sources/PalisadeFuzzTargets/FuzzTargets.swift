@@ -12,6 +12,7 @@ import PalisadePolicy
 import PalisadeProto
 import PalisadeRuntime
 import PalisadeServer
+import PalisadeTPM
 import PalisadeWire
 import SwiftASN1
 import SwiftProtobuf
@@ -40,6 +41,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
   case auditRecord = "audit-record"
   case auditCheckpoint = "audit-checkpoint"
   case pem
+  case tpmEvidence = "tpm-evidence"
 
   /// Whether the body needs `async` (signature checks and unpacking are async in the product).
   public var isAsync: Bool { self == .bundleSignature || self == .bundleArchive }
@@ -61,6 +63,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case .auditRecord: Targets.auditRecord(data)
     case .auditCheckpoint: Targets.auditCheckpoint(data)
     case .pem: Targets.pem(data)
+    case .tpmEvidence: Targets.tpmEvidence(data)
     case .bundleSignature, .bundleArchive: return false
     }
     return true
@@ -103,6 +106,13 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         let decoded = try? WireTensorDecoder.decode(request)
       else { return false }
       return (try? InputValidator().validate(decoded, against: descriptor)) != nil
+    case .tpmEvidence:
+      // Each seed is one well-formed structure: it must get through its parser (and the key's P-256 point).
+      if (try? TPMQuoteInfo(marshalled: data)) != nil || (try? TPMECDSASignature(marshalled: data)) != nil {
+        return true
+      }
+      if let key = try? TPMECCPublic(marshalled: data) { return (try? key.p256SigningKey()) != nil }
+      return (try? TPMEventLog.parse(String(decoding: data, as: UTF8.self)).replay()) != nil
     default:
       return nil
     }
@@ -404,6 +414,35 @@ enum Targets {
     _ = try? SPIFFEID(parsing: text)
   }
 }
+
+extension Targets {
+  // MARK: TPM evidence
+
+  /// What a caller's appraisal parses from a server's TPM evidence (outside bytes to the client): the quote's
+  /// TPMS_ATTEST, its TPMT_SIGNATURE, the attestation and endorsement keys' TPMT_PUBLIC (then their names, the P-256
+  /// key and a software MakeCredential against them), and the measurement event log (then its replay).
+  static func tpmEvidence(_ data: [UInt8]) {
+    if let quote = try? TPMQuoteInfo(marshalled: data) {
+      _ = quote.selections.count + quote.pcrDigest.count
+    }
+    if let signature = try? TPMECDSASignature(marshalled: data) {
+      _ = signature.verifies(data, key: fuzzTPMKey.publicKey)
+    }
+    if let key = try? TPMECCPublic(marshalled: data) {
+      _ = try? key.name
+      _ = key.isRestrictedP256SigningKey
+      _ = try? key.p256SigningKey()
+      _ = try? TPMCredential.make(
+        ek: key, objectName: [0x00, 0x0B] + [UInt8](repeating: 1, count: 32), secret: [1, 2, 3])
+    }
+    if let log = try? TPMEventLog.parse(String(decoding: data, as: UTF8.self)) {
+      _ = try? log.replay()
+    }
+  }
+}
+
+/// A fixed key for the signature check (the check's answer does not matter, only that it cannot crash).
+private let fuzzTPMKey = P256.Signing.PrivateKey()
 
 extension String {
   /// Two lowercase hex digits.

@@ -33,6 +33,7 @@ import Testing
       .jwt: ["es256-oauth", "es384-oauth-aud-list", "eddsa-oauth", "eddsa-spiffe-no-iss", "es256-spiffe"],
       .bundleSignature: ["model-sig-key"],
       .auditCheckpoint: ["size-3", "size-1-cosigned"],
+      .tpmEvidence: ["quote-pcr23", "signature-ecdsa-sha256", "ak-public-p256", "ek-public-p256", "event-log"],
       .inferRequest: [
         "digits-typed", "digits-raw", "half-bf16-raw", "text-bytes-raw", "text-bytes-typed", "mixed-typed", "mixed-raw",
       ],
