@@ -27,6 +27,10 @@ struct RolloutCommand: AsyncParsableCommand {
       let response = try await connection.connect { client in
         try await Palisade_V1_Admin.Client(wrapping: client).rolloutStatus(.with { $0.model = model })
       }
+      // stdout stays one JSON object per rollout; the note for a person goes to stderr.
+      if response.rollouts.isEmpty {
+        FileHandle.standardError.write(Data("no rollouts\(model.isEmpty ? "" : " of '\(model)'")\n".utf8))
+      }
       try RolloutCommand.print(response)
     }
   }

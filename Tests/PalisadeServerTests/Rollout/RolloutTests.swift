@@ -369,6 +369,52 @@ import Testing
     try await server.stop()
   }
 
+  /// `palisade rollout` as an operator runs it: a real process against the server, JSON on stdout, the reason of
+  /// a refusal on stderr with a non-zero exit.
+  @Test func rolloutCommandStartsWatchesAndAborts() async throws {
+    let server = try await Self.start(v2: [:]) {
+      $0.rollouts.defaults.promoteAfterCalls = 100_000
+      $0.rollouts.defaults.minCalls = 1000
+    }
+    let op = try goodClient(server, "operator")
+    func cli(_ who: TestClient, _ arguments: [String]) async throws -> ProcessTests.Result {
+      try await ProcessTests.run(
+        ProcessTests.binary,
+        ["rollout"] + arguments + [
+          "--target", "127.0.0.1:\(server.port)", "--cert", who.cert, "--key", who.key, "--ca",
+          server.pki.path("server-ca.pem"), "--token", who.token ?? "",
+        ])
+    }
+    func object(_ text: String) throws -> [String: Any] {
+      let line = try #require(text.split(separator: "\n").first.map(String.init), "no output")
+      return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+    let none = try await cli(op, ["status", "classify"])
+    #expect(none.status == 0 && none.stdout.isEmpty && none.stderr.contains("no rollouts of 'classify'"), "\(none)")
+
+    let started = try await cli(op, ["start", "classify", "--share", "1"])
+    #expect(started.status == 0, "\(started.stderr)")
+    let active = try object(started.stdout)
+    #expect(active["state"] as? String == "active" && active["mode"] as? String == "canary", "\(started.stdout)")
+    #expect((active["candidate"] as? [String: Any])?["version"] as? String == "2")
+
+    let status = try object(try await cli(op, ["status"]).stdout)
+    #expect(status["rollout_id"] as? String == active["rollout_id"] as? String)
+
+    // A caller without the release-managers rule is refused, and the rollout is untouched.
+    let stranger = try goodClient(server, "stranger")
+    let denied = try await cli(stranger, ["abort", "classify"])
+    #expect(denied.status != 0 && denied.stderr.lowercased().contains("permission"), "\(denied)")
+    #expect(try object(try await cli(op, ["status", "classify"]).stdout)["state"] as? String == "active")
+
+    let aborted = try object(try await cli(op, ["abort", "classify", "--reason", "not today"]).stdout)
+    #expect(aborted["state"] as? String == "aborted", "\(aborted)")
+    #expect((aborted["reason"] as? String)?.contains("not today") == true, "\(aborted)")
+    let bad = try await cli(op, ["start", "classify", "--share", "2"])
+    #expect(bad.status != 0 && bad.stderr.contains("--share must be in (0, 1]"), "\(bad)")
+    try await server.stop()
+  }
+
   @Test func aPromotedPlannedRolloutLeftInTheConfigServesTheCandidateAfterARestart() async throws {
     let pki = try TestPKI()
     let factory = TestBundleFactory()
