@@ -144,14 +144,6 @@ public actor EgressClient {
 
   typealias ProxyChannel = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
 
-  /// Whole nanoseconds of `d` (sub-second parts included), saturating instead of overflowing.
-  static func nanoseconds(_ d: Duration) -> Int64 {
-    let (seconds, attoseconds) = d.components
-    let (whole, o1) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-    let (sum, o2) = whole.addingReportingOverflow(attoseconds / 1_000_000_000)
-    return o1 || o2 ? .max : max(sum, 0)
-  }
-
   static func exchange(_ request: OutboundRequest, proxy: ProxyAddress, settings: Settings) async throws
     -> OutboundResponse
   {
@@ -159,7 +151,7 @@ public actor EgressClient {
       throw OutboundError.notAbsoluteURL(request.url)
     }
     let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-      .connectTimeout(.nanoseconds(Self.nanoseconds(settings.connectTimeout)))
+      .connectTimeout(TimeAmount(settings.connectTimeout))
     let initializer: @Sendable (any Channel) -> EventLoopFuture<ProxyChannel> = { channel in
       channel.eventLoop.makeCompletedFuture {
         try channel.pipeline.syncOperations.addHTTPClientHandlers()

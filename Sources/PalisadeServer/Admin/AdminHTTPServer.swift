@@ -159,8 +159,7 @@ final class RequestDeadline: ChannelDuplexHandler {
     timer?.cancel()
     let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
     let onTimeout = self.onTimeout
-    let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
-    timer = context.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) {
+    timer = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
       onTimeout()
       bound.value.close(promise: nil)
     }
