@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `make release-repro`: proves the release build reproducible (docs/release.md). Two clean clones of HEAD, in two
 # directories of different lengths, each built with deploy/release/build.sh from nothing (their own build
-# directories, dependencies fetched anew); the stripped binaries must have the same SHA-256. On a difference it
-# names the ELF sections that differ, so the cause can be found. Takes two full release builds (~15-30 min on 2
-# cores). WORK=DIR keeps the clones somewhere else than a new temporary directory; KEEP=1 keeps them afterwards.
+# directories, dependencies fetched anew; build.sh mounts each on the canonical path /src in its own mount namespace);
+# the stripped, normalised binaries must have the same SHA-256. On a difference it names the ELF sections that
+# differ, so the cause can be found. Takes two full release builds (~15-30 min on 2 cores). WORK=DIR keeps the clones somewhere else than a new temporary directory; KEEP=1 keeps them afterwards.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=${WORK:-$(mktemp -d /tmp/palisade-repro.XXXXXX)}

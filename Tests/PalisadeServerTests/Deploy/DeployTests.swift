@@ -112,6 +112,33 @@ import Testing
     #expect(drift.stderr.contains("swift-nio: pinned 2.99.0"), "\(drift.stderr)")
   }
 
+  /// Two compiles of one Swift file differ in `.swift_modhash` (swiftc hashes its own invocation, temporary object
+  /// paths included) and so in the build-id; after `normalize_elf.py` they are the same bytes, the section is gone,
+  /// the build-id is a content hash, and the program still runs. A file that is not ELF is refused by name.
+  @Test func theReleaseNormaliserRemovesTheCompilersPerInvocationBytes() async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("normalize-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    try "print(\"normalised \\(CommandLine.arguments.count)\")\n".write(
+      toFile: "\(dir)/main.swift", atomically: true, encoding: .utf8)
+    let normalise = "\(repositoryRoot)/deploy/release/normalize_elf.py"
+    var digests: [String] = []
+    for name in ["one", "two"] {
+      let out = try await AuditFaultTests.run(
+        "cd \(dir) && swiftc -O main.swift -o \(name) && objdump -h \(name) | grep -c swift_modhash"
+          + " && strip --strip-all \(name) && python3 \(normalise) \(name) && objdump -h \(name) | grep -c swift_modhash"
+          + " || true; ./\(name); sha256sum \(name)")
+      let lines = out.split(separator: "\n").map(String.init)
+      #expect(lines.first == "1", "the compiler no longer writes .swift_modhash? \(out)")
+      #expect(lines.contains("0"), "the section is still there after normalising: \(out)")
+      #expect(lines.contains("normalised 1"), "the normalised program does not run: \(out)")
+      digests.append(String(lines.last?.prefix(64) ?? ""))
+    }
+    #expect(digests[0].count == 64 && digests[0] == digests[1], "\(digests)")
+    let refused = try await ProcessTests.run("/usr/bin/python3", [normalise, "\(dir)/main.swift"])
+    #expect(refused.status == 2 && refused.stderr.contains("not a 64-bit little-endian ELF"), "\(refused.stderr)")
+  }
+
   /// The SBOM names every Swift package at its exact version, the toolchain and the Debian packages of the
   /// libraries, carries the binary's digest, and is byte-for-byte the same when written twice (deterministic).
   @Test func theSBOMIsCompleteAndDeterministic() async throws {
