@@ -57,6 +57,7 @@ REQUIRED_SIGNALS = {
     "certificate expiry": ("palisade_server_certificate_expiry_seconds", None),
     "breaker open": ("palisade_circuit_breaker_state", None),
     "shedding": ("palisade_rejections_total", "queue_full"),
+    "rollout rollbacks": ("palisade_rollout_events_total", 'event="rollback"'),
 }
 # Functions, keywords and aggregations that may appear in a PromQL expression beside metric names.
 PROMQL_WORDS = {
