@@ -12,6 +12,8 @@
 #   CALLS       latency phase: sequential calls per row (default 1000)
 #   DURATION    throughput phase: seconds at 32 concurrent calls per row (default 8)
 #   NO_DOCS=1   leave docs/benchmarks.md alone (the table is in $PEERS_DIR/results-*/table.md either way)
+#   PALISADE_BIN=PATH  measure this release binary instead of building one (e.g. deploy/release/build.sh's output;
+#               the table then names the checkout's revision, so build it from that revision)
 # Palisade runs three times: audit off (18301), audit batched (18311), audit sync (18321).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,9 +44,14 @@ fi
 [ -x "$P/null_server/null_v2_server" ] || bash "$H/null_server/build.sh" "$P/venv-kserve/bin/python" "$P/null_server"
 
 # 4. Palisade, release.
-SCRATCH=${SCRATCH:-$ROOT/.build-release}
-(cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --product palisade)
-BIN=$(cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --show-bin-path)/palisade
+if [ -n "${PALISADE_BIN:-}" ]; then
+  BIN=$(cd "$(dirname "$PALISADE_BIN")" && pwd)/$(basename "$PALISADE_BIN")
+  [ -x "$BIN" ] || { echo "peers.sh: PALISADE_BIN=$PALISADE_BIN is not an executable" >&2; exit 2; }
+else
+  SCRATCH=${SCRATCH:-$ROOT/.build-release}
+  (cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --product palisade)
+  BIN=$(cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --show-bin-path)/palisade
+fi
 
 # 5. Three Palisade instances on the harness's models and PKI (stopped on exit: only these PIDs).
 OUT=$P/results-$(date +%Y%m%d-%H%M%S)
