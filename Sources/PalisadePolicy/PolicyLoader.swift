@@ -58,7 +58,12 @@ extension Policy {
       for rpc in rpcList where rpc != "*" && !knownRPCs.contains(rpc) {
         throw map.error("rpcs", "unknown RPC '\(rpc)' (known: \(knownRPCs.sorted().joined(separator: ", ")))")
       }
-      let models = try map.strings("models") ?? []
+      let modelList = try map.strings("models")
+      // An empty list would read as "no restriction" (every model): say what is meant instead.
+      if modelList == [] {
+        throw map.error("models", "is an empty list; list model patterns, or remove the key for every model")
+      }
+      let models = modelList ?? []
       if models.contains(where: \.isEmpty) { throw map.error("models", "patterns must not be empty") }
       var versions: VersionConstraint?
       if let text = try map.string("versions") {

@@ -113,11 +113,18 @@ public final class YAMLMap {
     let matches = mapping.filter { $0.key.string == key }
     if matches.count > 1 { throw error(key, "appears more than once") }
     guard let node = matches.first?.value else { return nil }
-    // A plain empty, `~` or `null` scalar is YAML's null: the setting is absent (its default applies).
-    if case .scalar(let s) = node, s.tag == Tag(.null) || (s.style == .plain && Self.nulls.contains(s.string)) {
-      return nil
+    // A key written without a value (`key:`, `key: ~`, `key: null`) is refused rather than read as "absent":
+    // absent often means a permissive default (no rate limit, every model, audit off), so a value lost to a
+    // templating mistake must not quietly become one. Sections are the exception (``map(_:)``).
+    if Self.isNull(node) {
+      throw error(key, "has no value (YAML null): give it one, or remove the key to use its default")
     }
     return node
+  }
+
+  private static func isNull(_ node: Node) -> Bool {
+    guard case .scalar(let s) = node else { return false }
+    return s.tag == Tag(.null) || (s.style == .plain && nulls.contains(s.string))
   }
 
   /// A string value.
@@ -179,8 +186,18 @@ public final class YAMLMap {
     return out
   }
 
-  /// A nested mapping.
+  /// A nested mapping. A section written without a value (`tls:` with every setting commented out) is an empty
+  /// mapping: present, each setting at its default, its required settings still required.
   public func map(_ key: String) throws(YAMLError) -> YAMLMap? {
+    if let present = mapping.first(where: { $0.key.string == key })?.value, Self.isNull(present),
+      mapping.filter({ $0.key.string == key }).count == 1
+    {
+      consumed.insert(key)
+      keyLog?.ask(patternPath(key))
+      return YAMLMap(
+        path: keyPath(key), node: .mapping(Node.Mapping([], .implicit, .any, present.mark)), file: file,
+        keyLog: keyLog, pattern: patternPath(key))
+    }
     guard let node = try value(key) else { return nil }
     guard case .mapping = node else { throw error(key, "must be a mapping") }
     return YAMLMap(path: keyPath(key), node: node, file: file, keyLog: keyLog, pattern: patternPath(key))

@@ -139,6 +139,28 @@ import Testing
         "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    models: [digits]\n    colour: red",
         "rules[0].colour", 7
       ),
+      // A rule whose setting lost its value fails closed, not open (deny becoming allow, every model, no
+      // version constraint, no rate limit).
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    effect: ~",
+        "rules[0].effect", 6
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    models:",
+        "rules[0].models", 6
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    models: []",
+        "rules[0].models", 6
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    versions: null",
+        "rules[0].versions", 6
+      ),
+      (
+        "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'spiffe://td/x'}]\n    rpcs: ['*']\n    rate_limit: ~",
+        "rules[0].rate_limit.per_second", 6
+      ),
       ("version: 1\nquarantine: ['nope']", "quarantine", 2),
       ("version: 1\ncontainment: {extraction: ban}", "containment.extraction", 2),
       ("version: 1\ncontainment: {screening: drop}", "containment.screening", 2),

@@ -39,16 +39,40 @@ import Testing
     try map.finish()
   }
 
-  @Test func emptyDocumentAndNullValuesAreAbsent() throws {
+  @Test func emptyDocumentIsEmptyAndNullValuesAreRefusedByName() throws {
     let empty = try YAMLMap.parse("")
     #expect(empty.keys.isEmpty)
     try empty.finish()
-    let nulls = try YAMLMap.parse("a:\nb: null\nc: ~\nd: \"null\"\n")
-    #expect(try nulls.string("a") == nil)
-    #expect(try nulls.int("b", in: 0...1) == nil)
-    #expect(try nulls.bool("c") == nil)
-    #expect(try nulls.string("d") == "null", "a quoted null is a string")
-    try nulls.finish()
+    // A value lost to a templating mistake must not become the (often permissive) default.
+    for (text, read) in [
+      ("a:\n", { (m: YAMLMap) throws(YAMLError) in _ = try m.string("a") }),
+      ("a: null\n", { (m: YAMLMap) throws(YAMLError) in _ = try m.int("a", in: 0...1) }),
+      ("a: ~\n", { (m: YAMLMap) throws(YAMLError) in _ = try m.bool("a") }),
+      ("a: ~\n", { (m: YAMLMap) throws(YAMLError) in _ = try m.strings("a") }),
+      ("a: !!null ''\n", { (m: YAMLMap) throws(YAMLError) in _ = try m.maps("a") }),
+    ] {
+      let e = refusal(text, read)
+      #expect(e?.path == "a" && e?.message.contains("has no value") == true, "\(text): \(String(describing: e))")
+    }
+    let quoted = try YAMLMap.parse("d: \"null\"\n")
+    #expect(try quoted.string("d") == "null", "a quoted null is a string")
+    try quoted.finish()
+  }
+
+  @Test func aSectionWithoutValueIsAnEmptySectionWhoseRequiredSettingsStillApply() throws {
+    let map = try YAMLMap.parse("tls:\n  # every setting commented out\nlimits: ~\n")
+    let tls = try #require(try map.map("tls"))
+    #expect(tls.keys.isEmpty && tls.path == "tls")
+    try tls.finish()
+    let limits = try #require(try map.map("limits"))
+    #expect(try limits.int("max", in: 0...9) == nil)
+    try map.finish()
+    let e = refusal("rate_limit:\n") { m throws(YAMLError) in
+      guard let r = try m.map("rate_limit"), try r.double("per_second", in: 0...1) != nil else {
+        throw m.error("rate_limit.per_second", "is required")
+      }
+    }
+    #expect(e?.message == "is required")
   }
 
   @Test func unknownKeyIsRefusedWithItsPathAndLine() {

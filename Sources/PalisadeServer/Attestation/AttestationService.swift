@@ -30,6 +30,13 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
   let authorizer: Authorizer
   let logger: Logger
   let auditor: Auditor
+  /// TPM commands block for milliseconds to hundreds of them (a discrete chip): they run one at a time on this
+  /// queue, never on the event loops that serve every other call.
+  private let tpmQueue = DispatchQueue(label: "palisade.attestation.tpm")
+  /// Attest calls holding or waiting for the TPM; beyond ``maxPendingTPM`` they are refused with
+  /// RESOURCE_EXHAUSTED rather than queued without bound.
+  private let tpmPending = Atomic<Int>(0)
+  static let maxPendingTPM = 4
   private let executableDigest = Mutex<String?>(nil)
   /// Hashed once, like the executable: the SBOM ships with the build and does not change while it runs.
   private let sbomDigest = Mutex<String??>(nil)
@@ -62,7 +69,7 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
     }
     var m = measurements(tls: leaf.publicKeySHA256)
     var tpmPart: Palisade_V1_TPMEvidence? = nil
-    if let tpm { tpmPart = try tpmEvidence(tpm, request: request, measurements: &m) }
+    if let tpm { tpmPart = try await tpmEvidence(tpm, request: request, measurements: &m) }
     let evidence: String
     do {
       evidence = try builder.evidence(nonce: Array(request.nonce), measurements: m)
@@ -82,15 +89,38 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
   }
 
   /// Brings the TPM's measurements up to date with `m`, activates the caller's credential challenge when there is
-  /// one, and quotes for the request nonce; `m` then carries the quote's digest, binding the claims to it.
+  /// one, and quotes for the request nonce; `m` then carries the quote's digest, binding the claims to it. Runs on
+  /// the TPM's own queue.
   func tpmEvidence(
     _ tpm: TPMAttestor, request: Palisade_V1_AttestRequest, measurements m: inout EvidenceBuilder.Measurements
-  )
-    throws(PalisadeError) -> Palisade_V1_TPMEvidence
-  {
+  ) async throws(PalisadeError) -> Palisade_V1_TPMEvidence {
+    guard tpmPending.add(1, ordering: .relaxed).newValue <= Self.maxPendingTPM else {
+      tpmPending.subtract(1, ordering: .relaxed)
+      throw PalisadeError(.resourceExhausted, "the TPM is busy with other attestations; retry shortly")
+    }
+    defer { tpmPending.subtract(1, ordering: .relaxed) }
+    let state = m.tpmState
+    let logger = self.logger
+    let result = await withCheckedContinuation {
+      (done: CheckedContinuation<Result<(Palisade_V1_TPMEvidence, String), PalisadeError>, Never>) in
+      tpmQueue.async {
+        done.resume(
+          returning: Result { () throws(PalisadeError) in
+            try Self.tpmEvidence(tpm, state: state, request: request, logger: logger)
+          })
+      }
+    }
+    let (evidence, quoteDigest) = try result.get()
+    m.tpmQuoteSHA256 = quoteDigest
+    return evidence
+  }
+
+  private static func tpmEvidence(
+    _ tpm: TPMAttestor, state: [String: String], request: Palisade_V1_AttestRequest, logger: Logger
+  ) throws(PalisadeError) -> (Palisade_V1_TPMEvidence, String) {
     var activated: [UInt8] = []
     do {
-      try tpm.reconcile(m.tpmState)
+      try tpm.reconcile(state)
       if !request.credentialBlob.isEmpty || !request.encryptedSecret.isEmpty {
         do {
           activated = try tpm.activate(
@@ -100,8 +130,8 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
         }
       }
       let parts = try tpm.evidence(nonce: Array(request.nonce))
-      m.tpmQuoteSHA256 = hexString(SHA256.hash(data: parts.quote.attest))
-      return .with {
+      let quoteDigest = hexString(SHA256.hash(data: parts.quote.attest))
+      let evidence = Palisade_V1_TPMEvidence.with {
         $0.quoteAttest = Data(parts.quote.attest)
         $0.quoteSignature = Data(parts.quote.signature)
         $0.akPublic = Data(parts.akPublic)
@@ -112,6 +142,7 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
         for (index, value) in parts.pcrValues { $0.pcrValues[UInt32(clamping: index)] = Data(value) }
         $0.activatedCredential = Data(activated)
       }
+      return (evidence, quoteDigest)
     } catch let error as PalisadeError {
       throw error
     } catch {
@@ -120,12 +151,16 @@ public final class AttestationService: Palisade_V1_Attestation.SimpleServiceProt
     }
   }
 
-  /// Brings the TPM's measurements up to date (at start and when model versions are retired); errors are logged,
-  /// the next Attest retries.
+  /// Brings the TPM's measurements up to date (at start and when model versions are retired), on the TPM's queue
+  /// (a retirement may come from a caller's thread); errors are logged, the next Attest retries.
   func reconcileTPM() {
     guard let tpm else { return }
-    do { try tpm.reconcile(measurements(tls: "").tpmState) } catch {
-      logger.error("TPM measurement failed", metadata: ["error": "\(error)"])
+    let state = measurements(tls: "").tpmState
+    let logger = self.logger
+    tpmQueue.async {
+      do { try tpm.reconcile(state) } catch {
+        logger.error("TPM measurement failed", metadata: ["error": "\(error)"])
+      }
     }
   }
 

@@ -14,8 +14,9 @@ public struct TracingSettings: Sendable, Equatable {
   public var endpoint = "http://127.0.0.1:4317"
   /// The `service.name` resource attribute.
   public var serviceName = "palisade"
-  /// Share of calls traced when the caller sent no `traceparent` (0...1). A caller's sampled flag is always
-  /// followed: its trace continues when it was sampled upstream and stays unrecorded when it was not.
+  /// Share of calls traced (0...1). A caller's `traceparent` is continued (same trace), but its sampled flag is
+  /// followed only within this share: the span starts before the caller is authenticated, so a caller must not be
+  /// able to make the server record every call. A caller's unsampled flag is always followed.
   public var sampleRatio = 1.0
   /// Finished spans are batched and sent this often (the OTel batch span processor's schedule delay).
   public var exportIntervalMs = 1000

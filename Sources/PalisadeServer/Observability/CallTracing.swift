@@ -16,8 +16,15 @@ import Tracing
 /// allocation for tracing (docs/benchmarks.md, *Tracing off*).
 public struct CallTracer: Sendable {
   let tracer: any Tracer
+  /// `tracing.sample_ratio`: also the share of a caller's *sampled* traces that are recorded. The span starts before
+  /// the caller is authenticated, so a caller's sampled flag alone must not make the server record (and export)
+  /// every one of its calls.
+  let sampleRatio: Double
 
-  init(tracer: any Tracer) { self.tracer = tracer }
+  init(tracer: any Tracer, sampleRatio: Double = 1) {
+    self.tracer = tracer
+    self.sampleRatio = sampleRatio
+  }
 
   /// The tracer and its export service (run it in the server's service group) for `settings`, or nil when tracing
   /// is off. Throws when swift-otel refuses the configuration, or when `OTEL_*` environment variables are set:
@@ -57,7 +64,7 @@ public struct CallTracer: Sendable {
     }
     logger.info(
       "tracing on", metadata: ["endpoint": "\(settings.endpoint)", "sample_ratio": "\(settings.sampleRatio)"])
-    return (CallTracer(tracer: backend.tracer), backend.service)
+    return (CallTracer(tracer: backend.tracer, sampleRatio: settings.sampleRatio), backend.service)
   }
 
   /// Starts the server span of one call now, as a child of the caller's `traceparent` when it sent a valid one
@@ -68,7 +75,9 @@ public struct CallTracer: Sendable {
     let start = DefaultTracerClock.now
     var context = InstrumentationContext.topLevel
     if let traceparent, TraceHeaders.isValid(traceparent) {
-      tracer.extract(TraceHeaders(traceparent: traceparent), into: &context, using: TraceHeaders.Extract())
+      tracer.extract(
+        TraceHeaders(traceparent: TraceHeaders.admitted(traceparent, ratio: sampleRatio)), into: &context,
+        using: TraceHeaders.Extract())
     }
     let root = tracer.startSpan(
       "\(CallSpans.service)/\(rpc)", context: context, ofKind: .server, at: start, function: #function,
@@ -106,6 +115,15 @@ struct TraceHeaders: Sendable, CustomStringConvertible {
     func extract(key: String, from carrier: TraceHeaders) -> String? {
       key == "traceparent" ? carrier.traceparent : nil
     }
+  }
+
+  /// `traceparent` as the tracer should see it: a sampled flag is kept with probability `ratio` (the server's own
+  /// draw, which the caller cannot steer the way it can steer a trace-id ratio), else cleared. The trace still
+  /// continues (same trace id, parent), unrecorded. A valid header is 55 ASCII bytes with the flags last.
+  static func admitted(_ traceparent: String, ratio: Double) -> String {
+    guard ratio < 1, let flags = UInt8(traceparent.suffix(2), radix: 16), flags & 1 == 1 else { return traceparent }
+    if ratio > 0, Double.random(in: 0..<1) < ratio { return traceparent }
+    return String(traceparent.dropLast(2)) + String(format: "%02x", flags & ~1)
   }
 
   /// Version 00 as W3C Trace Context defines it: `00-<32 hex>-<16 hex>-<2 hex>`, lowercase, trace and parent ids

@@ -130,9 +130,13 @@ public struct InferencePipeline: Sendable {
     defer { if made { releaseIfRetired(descriptor) } }
     let permit: CircuitBreaker.Permit
     do { permit = try queue.breaker.admit(principal: principal) } catch {
-      // An open breaker on the candidate is the candidate failing: its rollout counts it.
+      // An open breaker (for every caller, or for this one after its calls made the model fail) is the candidate
+      // failing: the circuit opens on the model's own failures only, never on a caller's refusals or load.
       if let route, let rollouts = resolver.rollouts {
-        rollouts.record(route, outcome: .init(latency: .zero, failed: true, outOfDistribution: false, labels: nil))
+        rollouts.record(
+          route,
+          outcome: .init(
+            principal: principal, latency: .zero, failed: true, outOfDistribution: false, labels: nil))
       }
       throw error
     }
@@ -144,6 +148,7 @@ public struct InferencePipeline: Sendable {
     let started = ContinuousClock.now
     // Set once the call reached the model: only what the model does counts in a rollout's windows.
     var reachedModel = false
+    var modelStarted = started
     var outOfDistribution = false
     do {
       let (inputs, requested) = try validate(request, descriptor: descriptor)
@@ -157,18 +162,23 @@ public struct InferencePipeline: Sendable {
       clock.lap(.screen)
       let computeStart = ContinuousClock.now
       reachedModel = true
+      modelStarted = computeStart
       let completed = try await queue.submit(inputs: inputs, requestedOutputs: requested, principal: principal)
       let outputs = completed.outputs
       let computeEnd = ContinuousClock.now
       if let route, let rollouts = resolver.rollouts {
         let (labels, finite) = RolloutController.labels(outputs)
-        // Non-finite scores count as the model's error in the rollout (the caller still gets them).
+        // Non-finite scores count as the model's error in the rollout (the caller still gets them). The latency
+        // judged is the model's own: the queue wait is everyone's load, which one caller can raise.
         rollouts.record(
           route,
           outcome: .init(
-            latency: computeEnd - started, failed: !finite, outOfDistribution: outOfDistribution, labels: labels))
+            principal: principal, latency: computeEnd - computeStart - completed.waited, failed: !finite,
+            outOfDistribution: outOfDistribution, labels: labels))
         if route.shadow != nil {
-          rollouts.shadow(route, inputs: inputs, outOfDistribution: outOfDistribution, stableLabels: labels)
+          rollouts.shadow(
+            route, principal: principal, validatedFor: descriptor, inputs: inputs,
+            outOfDistribution: outOfDistribution, stableLabels: labels)
         }
         reachedModel = false
       }
@@ -195,9 +205,14 @@ public struct InferencePipeline: Sendable {
     } catch {
       let total = ContinuousClock.now - started
       made = statistics.recordFailure(descriptor, total: total) || made
-      if reachedModel, let route, let rollouts = resolver.rollouts {
+      // Only the model's own failures count: a full queue, the caller's share, a cancellation or a deadline is
+      // the caller's doing (or everyone's load), and must not let one caller roll a candidate back.
+      if reachedModel, let route, let rollouts = resolver.rollouts, CircuitBreaker.Outcome(error) == .modelFailure {
         rollouts.record(
-          route, outcome: .init(latency: total, failed: true, outOfDistribution: outOfDistribution, labels: nil))
+          route,
+          outcome: .init(
+            principal: principal, latency: ContinuousClock.now - modelStarted, failed: true,
+            outOfDistribution: outOfDistribution, labels: nil))
       }
       throw error
     }

@@ -17,11 +17,34 @@ struct RolloutWindow {
   var next = 0
   var labels: [Int: Int] = [:]
   var labelTotal = 0
+  /// Calls per caller (at most `principalCapacity` callers tracked; later ones count as distinct, untracked).
+  static let principalCapacity = 4096
+  var principalCalls: [String: Int] = [:]
+  var untrackedPrincipalCalls = 0
+  /// Calls that count toward promotion: each caller's first `perPrincipalCap`.
+  var countedCalls = 0
+  let perPrincipalCap: Int
 
-  init(version: String) { self.version = version }
+  init(version: String, perPrincipalCap: Int = .max) {
+    self.version = version
+    self.perPrincipalCap = max(1, perPrincipalCap)
+  }
+
+  /// Distinct callers seen (untracked ones beyond the capacity each count once: they are new by construction).
+  var distinctPrincipals: Int { principalCalls.count + untrackedPrincipalCalls }
 
   mutating func add(_ o: RolloutController.Outcome) {
     calls += 1
+    if let seen = principalCalls[o.principal] {
+      principalCalls[o.principal] = seen + 1
+      if seen < perPrincipalCap { countedCalls += 1 }
+    } else if principalCalls.count < Self.principalCapacity {
+      principalCalls[o.principal] = 1
+      countedCalls += 1
+    } else {
+      untrackedPrincipalCalls += 1
+      countedCalls += 1
+    }
     if o.failed { errors += 1 }
     if o.outOfDistribution { outOfDistribution += 1 }
     let ms = Double(o.latency.components.seconds) * 1000 + Double(o.latency.components.attoseconds) / 1e15
@@ -102,6 +125,9 @@ struct Rollout {
   var shadowCompared = 0
   var shadowAgreed = 0
   var shadowSkipped = 0
+  /// The placeholder of a start whose candidate is still loading (it routes every call to the stable version).
+  var loading = false
+  static let loadingReason = "loading the candidate"
 
   init(id: String, model: String, stable: String, candidate: String, plan: RolloutPlan) {
     self.id = id
@@ -111,7 +137,12 @@ struct Rollout {
     self.candidateVersion = candidate
     self.plan = plan
     self.stable = RolloutWindow(version: stable)
-    self.candidate = RolloutWindow(version: candidate)
+    self.candidate = RolloutWindow(version: candidate, perPrincipalCap: Self.perPrincipalCap(plan))
+  }
+
+  /// How many of one caller's calls count toward `promoteAfterCalls`.
+  static func perPrincipalCap(_ plan: RolloutPlan) -> Int {
+    (plan.promoteAfterCalls + plan.minPrincipals - 1) / max(1, plan.minPrincipals)
   }
 
   /// Whether unpinned calls of the model are routed by this rollout (false once a version of it left the
@@ -130,7 +161,7 @@ struct Rollout {
     started = .now
     startedWall = Date()
     stable = RolloutWindow(version: stableVersion)
-    candidate = RolloutWindow(version: candidateVersion)
+    candidate = RolloutWindow(version: candidateVersion, perPrincipalCap: Self.perPrincipalCap(plan))
   }
 
   /// Adds an outcome, then judges the candidate: a verdict when the rollout ends here.
@@ -152,29 +183,35 @@ struct Rollout {
   mutating func judge() -> RolloutController.Verdict? {
     guard state == .active, candidate.calls >= plan.minCalls else { return nil }
     let elapsed = ContinuousClock.now - started
+    let enoughCallers = candidate.distinctPrincipals >= plan.minPrincipals
     let due =
-      candidate.calls >= plan.promoteAfterCalls
-      || (plan.promoteAfterSeconds > 0 && elapsed >= .seconds(plan.promoteAfterSeconds))
+      enoughCallers
+      && (candidate.countedCalls >= plan.promoteAfterCalls
+        || (plan.promoteAfterSeconds > 0 && elapsed >= .seconds(plan.promoteAfterSeconds)))
     let full = due || candidate.calls == plan.minCalls || candidate.calls % Self.fullJudgementEvery == 0
-    if let breach = breach(full: full) { return end(.rolledBack, reason: breach) }
+    if let breach = breach(full: full, steerable: enoughCallers) { return end(.rolledBack, reason: breach) }
     if due {
       return end(
         .promoted,
-        reason: candidate.calls >= plan.promoteAfterCalls
-          ? "\(candidate.calls) candidate calls within every threshold"
-          : "\(plan.promoteAfterSeconds) s within every threshold (\(candidate.calls) candidate calls)")
+        reason: candidate.countedCalls >= plan.promoteAfterCalls
+          ? "\(candidate.calls) candidate calls from \(candidate.distinctPrincipals) callers within every threshold"
+          : "\(plan.promoteAfterSeconds) s within every threshold (\(candidate.calls) candidate calls from \(candidate.distinctPrincipals) callers)"
+      )
     }
     return nil
   }
 
   /// The breached threshold, in words. Rates against the stable version are judged once it has `minCalls` too.
-  func breach(full: Bool) -> String? {
+  /// The model's own failures are judged from the first caller; what callers can steer with their inputs or their
+  /// load (OOD flags, latency, label shift, shadow agreement) only once `steerable`: enough distinct callers.
+  func breach(full: Bool, steerable: Bool) -> String? {
     let judged = stable.calls >= plan.minCalls
     let stableErrors = judged ? stable.errorRate : 0
     if candidate.errorRate > stableErrors + plan.maxErrorRateIncrease {
       return
         "error rate \(Self.percent(candidate.errorRate)) over \(candidate.calls) calls exceeds the stable version's \(Self.percent(stableErrors)) by more than \(Self.percent(plan.maxErrorRateIncrease))"
     }
+    guard steerable else { return nil }
     let stableOOD = judged ? stable.oodRate : 0
     if candidate.oodRate > stableOOD + plan.maxOODRateIncrease {
       return

@@ -63,7 +63,12 @@ public final class RolloutController: Sendable {
 
   /// What one observed call did.
   struct Outcome {
+    /// The caller (its SPIFFE ID): a rollout's verdicts need several of them.
+    var principal: String
+    /// The model's own time (queue wait excluded: that is other callers' load).
     var latency: Duration
+    /// The model failed (a ``CircuitBreaker/Outcome/modelFailure``, an open circuit, non-finite outputs); a
+    /// caller's own refusals and cancellations are not recorded at all.
     var failed: Bool
     var outOfDistribution: Bool
     var labels: [Int]?
@@ -117,7 +122,8 @@ public final class RolloutController: Sendable {
           role: candidate ? .candidate : .stable,
           observed: true, shadow: nil)
       }
-      let shadow = Double.random(in: 0..<1) < r.share
+      // A caller the policy keeps off the candidate's version is not shadowed onto it either.
+      let shadow = Double.random(in: 0..<1) < r.share && allows(r.candidate)
       return Route(
         rolloutID: r.id, model: model, version: r.stable, role: .stable, observed: true,
         shadow: shadow ? r.candidate : nil)
@@ -174,7 +180,12 @@ public final class RolloutController: Sendable {
 
   /// Runs `inputs` on the shadow candidate in its own task when the shadow bound allows, compares its labels with
   /// the stable version's, and records the run in the candidate's window. Never delays or fails the caller.
-  func shadow(_ route: Route, inputs: [Tensor], outOfDistribution: Bool, stableLabels: [Int]?) {
+  /// The inputs were validated against `validatedFor` (the stable version): a candidate that declares other inputs
+  /// or another contract (ranges, batch bound) is not shadowed with them.
+  func shadow(
+    _ route: Route, principal: String, validatedFor stableDescriptor: ModelDescriptor, inputs: [Tensor],
+    outOfDistribution: Bool, stableLabels: [Int]?
+  ) {
     guard let version = route.shadow else { return }
     let limit = settings.shadowMaxConcurrent
     guard shadowsInFlight.add(1, ordering: .relaxed).newValue <= limit else {
@@ -190,10 +201,16 @@ public final class RolloutController: Sendable {
       shadowsInFlight.subtract(1, ordering: .relaxed)
       return
     }
+    guard model.descriptor.inputs == stableDescriptor.inputs, model.descriptor.contract == stableDescriptor.contract
+    else {
+      shadowsInFlight.subtract(1, ordering: .relaxed)
+      return
+    }
     Task(priority: .background) { [self] in
       defer { shadowsInFlight.subtract(1, ordering: .relaxed) }
       let started = ContinuousClock.now
-      var outcome = Outcome(latency: .zero, failed: false, outOfDistribution: outOfDistribution, labels: nil)
+      var outcome = Outcome(
+        principal: principal, latency: .zero, failed: false, outOfDistribution: outOfDistribution, labels: nil)
       do {
         let outputs = try await model.infer(InferenceRequest(inputs: inputs))
         let (labels, finite) = Self.labels(outputs)
@@ -252,12 +269,13 @@ public final class RolloutController: Sendable {
   {
     guard !model.isEmpty else { throw PalisadeError(.invalidArgument, "model is required") }
     guard plan.share > 0, plan.share <= 1 else { throw PalisadeError(.invalidArgument, "share must be in (0, 1]") }
-    if let candidate, Int(candidate).map({ $0 > 0 }) != true {
-      throw PalisadeError(.invalidArgument, "candidate version must be a positive integer")
-    }
     let target: String
     if let candidate {
-      target = candidate
+      // Canonical form ("03" is version 3), as the repository names versions.
+      guard let v = Int(candidate), v > 0, candidate.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+        throw PalisadeError(.invalidArgument, "candidate version must be a positive integer")
+      }
+      target = String(v)
     } else if let newest = bundles?.newestVersion(of: model) {
       target = String(newest)
     } else {
@@ -265,13 +283,20 @@ public final class RolloutController: Sendable {
         .invalidArgument, "candidate version is required (no bundle directories to pick the newest from)")
     }
     var stable = try resolveDefault(model)
-    // A candidate already loaded is the newest version: the stable one is the newest ready version besides it.
-    if stable == target,
-      let other = repository.versions(of: model).first(where: {
-        $0 != target && repository.isReady(name: model, version: $0)
-      })
-    {
-      stable = other
+    // A candidate already loaded as the newest version (a hot load before the rollout): the stable one is the next
+    // newest ready version, never one an earlier rollout rolled back.
+    if stable == target, let t = Int(target) {
+      let rejected = rollouts.withLock { all in
+        all[model].flatMap { $0.state == .rolledBack ? $0.candidateVersion : nil }
+      }
+      let others = repository.versions(of: model).filter {
+        $0 != target && $0 != rejected && repository.isReady(name: model, version: $0)
+      }
+      if others.allSatisfy({ Int($0).map { $0 < t } ?? false }),
+        let next = others.max(by: { (Int($0) ?? 0) < (Int($1) ?? 0) })
+      {
+        stable = next
+      }
     }
     guard target != stable else {
       throw PalisadeError(
@@ -283,17 +308,21 @@ public final class RolloutController: Sendable {
     // the candidate loads, even though it is the newer one.
     var rollout = Rollout(id: id, model: model, stable: stable, candidate: target, plan: plan)
     rollout.state = .aborted
-    rollout.reason = "loading the candidate"
+    rollout.reason = Rollout.loadingReason
+    rollout.loading = true
     // The rollout this one replaces (ended, perhaps still holding a rolled-back candidate off unpinned traffic)
     // comes back if this one cannot start.
     let installed = rollouts.withLock { all -> (ok: Bool, previous: Rollout?) in
-      if let existing = all[model], existing.state == .active { return (false, nil) }
+      // One start at a time: an active rollout, or one whose candidate is still loading, holds the model.
+      if let existing = all[model], existing.state == .active || existing.loading { return (false, nil) }
       let previous = all[model]
       all[model] = rollout
       return (true, previous)
     }
     guard installed.ok else {
-      throw PalisadeError(.failedPrecondition, "model '\(model.sanitizedForMessage)' already has an active rollout")
+      throw PalisadeError(
+        .failedPrecondition,
+        "model '\(model.sanitizedForMessage)' already has an active rollout, or one whose candidate is loading")
     }
     let previous = installed.previous
     refreshRouted()
@@ -312,6 +341,7 @@ public final class RolloutController: Sendable {
       guard var r = all[model], r.id == id else { return nil }
       r.state = .active
       r.reason = ""
+      r.loading = false
       r.restart()
       all[model] = r
       return r.status

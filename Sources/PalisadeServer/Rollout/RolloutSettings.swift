@@ -31,6 +31,11 @@ public struct RolloutPlan: Sendable, Equatable {
   public var maxLabelPSI = 0.25
   /// Shadow mode: rollback when fewer calls than this share give the same label on both versions.
   public var minShadowAgreement = 0.90
+  /// Distinct callers the candidate must have served before a verdict that callers can steer (latency, OOD rate,
+  /// label shift, shadow agreement) and before promotion; each caller counts toward `promoteAfterCalls` with at
+  /// most `promoteAfterCalls / minPrincipals` calls. Canary routing is sticky per caller, so without this one
+  /// caller on the candidate's side could roll it back with chosen inputs, or promote it alone with a burst.
+  public var minPrincipals = 2
 
   public init() {}
 
@@ -47,6 +52,7 @@ public struct RolloutPlan: Sendable, Equatable {
     maxOODRateIncrease = try m.double("max_ood_rate_increase", in: 0...1) ?? maxOODRateIncrease
     maxLabelPSI = try m.double("max_label_psi", in: 0...100) ?? maxLabelPSI
     minShadowAgreement = try m.double("min_shadow_agreement", in: 0...1) ?? minShadowAgreement
+    minPrincipals = try m.int("min_principals", in: 1...10_000) ?? minPrincipals
     if promoteAfterCalls < minCalls { throw m.error("promote_after_calls", "must be at least min_calls (\(minCalls))") }
   }
 }

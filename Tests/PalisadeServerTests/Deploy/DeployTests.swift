@@ -124,7 +124,7 @@ import Testing
     let normalise = "\(repositoryRoot)/deploy/release/normalize_elf.py"
     var digests: [String] = []
     for name in ["one", "two"] {
-      let out = try await AuditFaultTests.run(
+      let out = try await Shell.run(
         "cd \(dir) && swiftc -O main.swift -o \(name) && objdump -h \(name) | grep -c swift_modhash"
           + " && strip --strip-all \(name) && python3 \(normalise) \(name) && objdump -h \(name) | grep -c swift_modhash"
           + " || true; ./\(name); sha256sum \(name)")

@@ -1,7 +1,7 @@
 import Foundation
 import PalisadeAudit
 import PalisadeBundle
-import PalisadeServer
+@testable import PalisadeServer
 import PalisadeTestSupport
 import PalisadeYAML
 import Testing
@@ -165,6 +165,20 @@ import Testing
     }
     #expect(raw.range(of: run.tensor.prefix(16)) == nil, "tensor bytes in the exported bytes")
     #expect(raw.range(of: Data(run.tensor.map { String(format: "%02x", $0) }.joined().prefix(32).utf8)) == nil)
+  }
+
+  /// A caller's sampled flag is kept only within sample_ratio (the server's draw); unsampled stays unsampled; the
+  /// trace and parent ids are carried on either way.
+  @Test func aCallersSampledFlagIsFollowedOnlyWithinTheSampleRatio() {
+    let sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    #expect(TraceHeaders.admitted(sampled, ratio: 1) == sampled)
+    #expect(TraceHeaders.admitted(sampled, ratio: 0) == unsampled)
+    #expect(TraceHeaders.admitted(unsampled, ratio: 0.5) == unsampled)
+    #expect(TraceHeaders.admitted("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03", ratio: 0).hasSuffix("-02"))
+    let kept = (0..<4000).filter { _ in TraceHeaders.admitted(sampled, ratio: 0.25) == sampled }.count
+    #expect((800...1200).contains(kept), "\(kept) of 4000 kept at 0.25")
+    #expect(TraceHeaders.isValid(TraceHeaders.admitted(sampled, ratio: 0)))
   }
 
   @Test func tracingOffExportsNothing() async throws {

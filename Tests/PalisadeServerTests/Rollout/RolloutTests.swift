@@ -284,8 +284,10 @@ import Testing
     #expect(
       server.runtime.repository.isReady(name: "classify", version: "1"),
       "the stable version stays while the candidate loads")
-    let (stable, candidate) = try Self.callersOnBothSides(server, each: 1)
-    let result = await Self.traffic(server, stable + candidate, calls: 70)
+    // Two callers on each side: promotion needs min_principals (2) candidate callers, each counting for at most
+    // half of promote_after_calls.
+    let (stable, candidate) = try Self.callersOnBothSides(server, each: 2)
+    let result = await Self.traffic(server, stable + candidate, calls: 40)
     #expect(result.failures.isEmpty, "\(result.failures.prefix(3))")
     let s = try #require(try await Self.ended(server, op))
     #expect(s.state == "promoted", "\(s)")
@@ -426,6 +428,7 @@ import Testing
     plan.share = 1
     plan.minCalls = 5
     plan.promoteAfterCalls = 5
+    plan.minPrincipals = 1  // one caller: this test is about the restart, RolloutJudgeTests about the callers
     func boot() async throws -> TestServer {
       let server = try await TestServer.start(pki: pki, models: [], policy: Self.policy) {
         $0.models.directories = [root]
@@ -454,6 +457,21 @@ import Testing
   @Test func failingCandidateIsRolledBackAndStaysLoaded() async throws {
     let server = try await Self.start(v2: ["fail": "1"])
     let op = try goodClient(server, "operator")
+    // Versions are canonical: "01" is the stable version 1 (refused, nothing loaded again), "+2" is no version.
+    for (version, message) in [("01", "already the stable version"), ("+2", "positive integer")] {
+      let refused = await rpcError {
+        _ = try await Self.admin(server, op) {
+          try await $0.rolloutStart(
+            .with {
+              $0.model = "classify"
+              $0.candidateVersion = version
+            })
+        }
+      }
+      #expect(
+        refused?.code == .invalidArgument && refused?.message.contains(message) == true,
+        "\(version): \(String(describing: refused))")
+    }
     _ = try await Self.admin(server, op) {
       try await $0.rolloutStart(
         .with {
@@ -504,8 +522,9 @@ import Testing
           $0.share = 0.5
         })
     }
-    let (stable, candidate) = try Self.callersOnBothSides(server, each: 1)
-    let result = await Self.traffic(server, stable + candidate, calls: 40)
+    // Latency is judged once two callers reached the candidate (one caller's load is not the candidate's fault).
+    let (stable, candidate) = try Self.callersOnBothSides(server, each: 2)
+    let result = await Self.traffic(server, stable + candidate, calls: 30)
     #expect(result.failures.isEmpty)
     let s = try #require(try await Self.ended(server, op))
     #expect(s.state == "rolled_back" && s.reason.contains("p99 latency"), "\(s)")
@@ -551,9 +570,9 @@ import Testing
       try await Task.sleep(for: .milliseconds(25))
     }
     #expect(try await Self.status(server, op)?.state == "active")
-    let caller = try goodClient(server, "caller")
-    let result = await Self.traffic(server, [caller], calls: 150)
-    // The caller only ever sees the stable version.
+    let callers = [try goodClient(server, "caller"), try goodClient(server, "caller-2")]
+    let result = await Self.traffic(server, callers, calls: 75)
+    // The callers only ever see the stable version.
     #expect(result.failures.isEmpty && result.versions == ["1": 150], "\(result)")
     let s = try #require(try await Self.ended(server, op))
     #expect(s.state == "rolled_back" && s.reason.contains("shadow agreement"), "\(s)")
