@@ -115,7 +115,7 @@ public func pool2d(
 
 extension Pool2DParams {
   /// Whether the windows tile the input without padding or dilation (every window fully inside).
-  public var isTiled: Bool {
+  var isTiled: Bool {
     padTop == 0 && padLeft == 0 && padBottom == 0 && padRight == 0 && dilationH == 1 && dilationW == 1
       && outHeight > 0 && outWidth > 0
       && (outHeight - 1) * strideH + kernelHeight <= inHeight
