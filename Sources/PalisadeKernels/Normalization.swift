@@ -180,3 +180,76 @@ public func layerNorm(
     }
   }
 }
+
+/// A per-channel multiply-add `y = x * multipliers[c] + addends[c]` over `[batch, channels, spatial]`: an
+/// inference-mode batch normalisation, standalone or fused after a convolution (``PreparedConv2D``). The
+/// constants are copied once into storage this object owns and is immutable after, so kernels holding it read
+/// them through a plain pointer for as long as they live, with no copy or allocation per call.
+public final class ChannelAffine: Sendable {
+  /// Number of channels.
+  public let channels: Int
+  /// `channels` multipliers then `channels` addends.
+  let storage: FloatStorage
+
+  /// `nil` when the two arrays differ in length.
+  public init?(multipliers: [Float], addends: [Float]) {
+    guard multipliers.count == addends.count else { return nil }
+    channels = multipliers.count
+    storage = FloatStorage(count: 2 * channels)
+    for i in 0..<channels {
+      storage.pointer[i] = multipliers[i]
+      storage.pointer[channels + i] = addends[i]
+    }
+  }
+
+  /// `channels` multipliers then `channels` addends.
+  var factors: UnsafePointer<Float> { UnsafePointer(storage.pointer) }
+
+  /// Applies the affine to `batch` images of `channels * spatial` floats, the planes split over `pool`. `x` and
+  /// `y` may be the same buffer.
+  public func apply(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, batch: Int, spatial: Int, pool: WorkerPool? = nil
+  ) {
+    let (f, c) = (factors, channels)
+    parallelRanges(batch * c, work: batch * c * spatial, pool: pool) { range in
+      channelAffine(x, y, mul: f, add: f + c, channels: c, spatial: spatial, planes: range)
+    }
+  }
+}
+
+/// y = x * mul[c] + add[c] over `[batch, channels, spatial]`, planes `planeRange`.
+func channelAffine(
+  _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mul: UnsafePointer<Float>, add: UnsafePointer<Float>,
+  channels: Int, spatial: Int, planes planeRange: Range<Int>
+) {
+  for plane in planeRange {
+    let ch = plane % channels
+    let (p, q) = (SIMD8<Float>(repeating: mul[ch]), SIMD8<Float>(repeating: add[ch]))
+    let rx = UnsafeRawPointer(x + plane * spatial)
+    let ry = UnsafeMutableRawPointer(y + plane * spatial)
+    var j = 0
+    while j + 8 <= spatial {
+      let v = rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+      ry.storeBytes(of: q.addingProduct(v, p), toByteOffset: j * 4, as: SIMD8<Float>.self)
+      j += 8
+    }
+    while j < spatial {
+      y[plane * spatial + j] = x[plane * spatial + j] * mul[ch] + add[ch]
+      j += 1
+    }
+  }
+}
+
+/// Floats allocated once (zeroed) and freed with the object: constants a kernel prepares at plan time.
+final class FloatStorage: @unchecked Sendable {  // written only during its owner's init, read-only after
+  let pointer: UnsafeMutablePointer<Float>
+  let count: Int
+
+  init(count: Int) {
+    self.count = max(count, 0)
+    pointer = .allocate(capacity: max(count, 1))
+    pointer.initialize(repeating: 0, count: max(count, 1))
+  }
+
+  deinit { pointer.deallocate() }
+}

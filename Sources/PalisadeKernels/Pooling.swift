@@ -91,9 +91,134 @@ func poolOutputSize(
   return out
 }
 
+/// Max or average pooling (ONNX `MaxPool` / `AveragePool`), the planes split over `pool`. Geometries whose windows
+/// tile the input (``Pool2DParams/isTiled``, e.g. 2x2 / stride 2) run on direct vector loops; the rest on
+/// ``maxPool2d(_:input:output:)`` and ``avgPool2d(_:input:output:countIncludePad:)``. `params` from
+/// ``Pool2DParams/validated()``.
+public func pool2d(
+  _ params: Pool2DParams, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, max isMax: Bool,
+  countIncludePad: Bool = false, pool: WorkerPool? = nil
+) {
+  guard params.isTiled else {
+    if isMax {
+      maxPool2d(params, input: input, output: output)
+    } else {
+      avgPool2d(params, input: input, output: output, countIncludePad: countIncludePad)
+    }
+    return
+  }
+  let planes = params.batch * params.channels
+  parallelRanges(planes, work: planes * params.inHeight * params.inWidth, pool: pool) { range in
+    tiledPool(params, input, output, max: isMax, planes: range)
+  }
+}
+
+extension Pool2DParams {
+  /// Whether the windows tile the input without padding or dilation (every window fully inside).
+  var isTiled: Bool {
+    padTop == 0 && padLeft == 0 && padBottom == 0 && padRight == 0 && dilationH == 1 && dilationW == 1
+      && outHeight > 0 && outWidth > 0
+      && (outHeight - 1) * strideH + kernelHeight <= inHeight
+      && (outWidth - 1) * strideW + kernelWidth <= inWidth
+  }
+}
+
+/// Max or average pooling for ``Pool2DParams/isTiled`` geometries, over planes `planeRange`.
+func tiledPool(
+  _ p: Pool2DParams, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, max isMax: Bool,
+  planes planeRange: Range<Int>
+) {
+  let planes = p.batch * p.channels
+  let (h, w, oh, ow) = (p.inHeight, p.inWidth, p.outHeight, p.outWidth)
+  let (kh, kw, sh, sw) = (p.kernelHeight, p.kernelWidth, p.strideH, p.strideW)
+  let inv = 1 / Float(kh * kw)
+  if kh == 2 && kw == 2 && sh == 2 && sw == 2 {
+    // 2x2 / stride 2: 16 input columns of two rows -> 8 outputs per step (deinterleave with even/odd halves).
+    let half = SIMD8<Float>(repeating: 0.25)
+    let end = UnsafeRawPointer(x + planes * h * w)
+    @inline(__always) func eight(_ r0: UnsafeRawPointer, _ r1: UnsafeRawPointer, _ j: Int) -> SIMD8<Float> {
+      let a = r0.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
+      let b = r1.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
+      if isMax {
+        let m = a.replacing(with: b, where: b .> a)
+        let (e, o) = (m.evenHalf, m.oddHalf)
+        return e.replacing(with: o, where: o .> e)
+      }
+      let s = a + b
+      return (s.evenHalf + s.oddHalf) * half
+    }
+    for plane in planeRange {
+      let src = UnsafeRawPointer(x + plane * h * w)
+      let dst = y + plane * oh * ow
+      for i in 0..<oh {
+        let r0 = src + (2 * i) * w * 4
+        let r1 = src + (2 * i + 1) * w * 4
+        var j = 0
+        while j + 8 <= ow {
+          UnsafeMutableRawPointer(dst + i * ow + j).storeBytes(of: eight(r0, r1, j), as: SIMD8<Float>.self)
+          j += 8
+        }
+        if j < ow && ow >= 8 {
+          // The last outputs as one more (overlapping) vector: outputs are recomputed, not accumulated.
+          UnsafeMutableRawPointer(dst + i * ow + ow - 8).storeBytes(of: eight(r0, r1, ow - 8), as: SIMD8<Float>.self)
+          j = ow
+        } else if j < ow && r1 + (2 * j + 16) * 4 <= end {
+          // Narrow rows (e.g. 14 -> 7): 16 floats from the row run into the next one (still inside the input);
+          // only the row's own lanes are stored.
+          let out = eight(r0, r1, j)
+          for l in 0..<(ow - j) { dst[i * ow + j + l] = out[l] }
+          j = ow
+        }
+        while j < ow {
+          let v0 = r0.load(fromByteOffset: 2 * j * 4, as: Float.self)
+          let v1 = r0.load(fromByteOffset: (2 * j + 1) * 4, as: Float.self)
+          let v2 = r1.load(fromByteOffset: 2 * j * 4, as: Float.self)
+          let v3 = r1.load(fromByteOffset: (2 * j + 1) * 4, as: Float.self)
+          if isMax {
+            var m = v0
+            if v1 > m || v1 != v1 { m = v1 }
+            if v2 > m || v2 != v2 { m = v2 }
+            if v3 > m || v3 != v3 { m = v3 }
+            dst[i * ow + j] = m
+          } else {
+            // Summed in the vector path's order, so a result does not depend on which path its row took (that
+            // depends on where the plane lies in the batch).
+            dst[i * ow + j] = ((v0 + v2) + (v1 + v3)) * 0.25
+          }
+          j += 1
+        }
+      }
+    }
+    return
+  }
+  for plane in planeRange {
+    let src = x + plane * h * w
+    let dst = y + plane * oh * ow
+    for i in 0..<oh {
+      for j in 0..<ow {
+        let base = src + i * sh * w + j * sw
+        if isMax {
+          var m = -Float.infinity
+          for a in 0..<kh {
+            for b in 0..<kw {
+              let v = base[a * w + b]
+              if v > m || v != v { m = v }
+            }
+          }
+          dst[i * ow + j] = m
+        } else {
+          var s: Float = 0
+          for a in 0..<kh { for b in 0..<kw { s += base[a * w + b] } }
+          dst[i * ow + j] = s * inv
+        }
+      }
+    }
+  }
+}
+
 /// Max pooling; padded positions are ignored (never win). `params` from ``Pool2DParams/validated()``.
 public func maxPool2d(_ params: Pool2DParams, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
-  pool2d(params, input, output) { x, count, _ in
+  reduceWindows(params, input, output) { x, count, _ in
     var m = -Float.infinity
     for i in 0..<count where x[i] > m { m = x[i] }
     return m
@@ -106,7 +231,7 @@ public func avgPool2d(
   _ params: Pool2DParams, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
   countIncludePad: Bool
 ) {
-  pool2d(params, input, output) { x, count, paddedCount in
+  reduceWindows(params, input, output) { x, count, paddedCount in
     var s: Float = 0
     for i in 0..<count { s += x[i] }
     let divisor = countIncludePad ? paddedCount : count
@@ -117,7 +242,7 @@ public func avgPool2d(
 /// Gathers each window's input values into a small stack buffer and reduces it with `reduce(values, count,
 /// countWithPadding)`.
 @inline(__always)
-func pool2d(
+func reduceWindows(
   _ p: Pool2DParams, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>,
   _ reduce: (UnsafePointer<Float>, Int, Int) -> Float
 ) {

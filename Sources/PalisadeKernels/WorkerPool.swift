@@ -361,3 +361,19 @@ private func monotonicNanoseconds() -> Int {
 #else
   @inline(__always) private func spinPause() {}
 #endif
+
+/// Runs `body` over `0..<count` split into up to `threadCount + 1` contiguous ranges on `pool` (the calling thread
+/// joins), or as one range on the calling thread without a pool, with one thread, or for fewer than 2^15 units of
+/// `work` (below that the wake-ups cost more than they save).
+func parallelRanges(_ count: Int, work: Int, pool: WorkerPool?, _ body: (Range<Int>) -> Void) {
+  guard let pool, pool.threadCount > 1, work >= 1 << 15, count > 1 else {
+    body(0..<count)
+    return
+  }
+  let parts = min(count, pool.threadCount + 1)
+  pool.parallelFor(parts) { part in
+    let lo = count * part / parts
+    let hi = count * (part + 1) / parts
+    if lo < hi { body(lo..<hi) }
+  }
+}

@@ -46,75 +46,33 @@ extension NodeLowering {
       ).validated()
     } catch { throw kernelError(error) }
     let out = try ctx.value(.float32, [x.shape[0], w.shape[0], params.outHeight, params.outWidth])
-    // Batches run one image per pool part (each with its own workspace); one image parallelises inside its GEMM.
-    let batch = x.shape[0]
-    let parts = min(batch, 8)
-    var single = params
-    single.batch = 1
-    do { single = try single.validated() } catch { throw kernelError(error) }
     let act = try fusedActivation()
     // A fused BatchNormalization after the activation (Fusion): y = act(conv) * mul[c] + add[c].
-    var post: HostTensor? = nil
+    var post: ChannelAffine? = nil
     if let m = node.attributes["_post_mul"], let a = node.attributes["_post_add"] {
-      guard case .floats(let mul) = m, case .floats(let add) = a, mul.count == w.shape[0], add.count == w.shape[0]
+      guard case .floats(let mul) = m, case .floats(let add) = a, mul.count == w.shape[0],
+        let affine = ChannelAffine(multipliers: mul, addends: add)
       else {
         throw .malformed("\(node.label): fused batch normalisation does not match the output channels")
       }
-      post = HostTensor.floats(mul + add, shape: [2 * w.shape[0]])
+      post = affine
     }
-    let flat: FlatConv? = FlatConv.applies(params, act) ? FlatConv(params, relu: act == .relu, post: post) : nil
-    let direct: DirectConv? =
-      flat == nil && DirectConv.applies(params, act) ? DirectConv(params, relu: act == .relu, post: post) : nil
-    var narrow: ChannelVectorConv? = nil
-    if flat == nil, direct == nil, let wc = consts[1], ChannelVectorConv.applies(params, act, constantWeights: true) {
-      narrow = ChannelVectorConv(params, relu: act == .relu, weight: wc, post: post)
-    }
-    let outChannels = w.shape[0]
-    let outPlane = params.outHeight * params.outWidth
-    let perImage = flat?.scratchCount ?? direct?.scratchCount ?? narrow?.scratchCount ?? single.workspaceCount
-    let perImageTotal = try checkedCount([perImage, parts], limit: Int.max, what: "Conv workspace")
-    let scratch = try checkedCount(
-      [max(perImageTotal, params.workspaceCount), 4], limit: ctx.limits.maxArenaBytes, what: "Conv workspace")
-    let inputStride = x.count / max(batch, 1)
-    let outputStride = out.count / max(batch, 1)
+    // Kernel choice, transposed constant weights and workspace size are settled here, once per plan.
+    let conv: PreparedConv2D
+    do {
+      if let wc = consts[1] {
+        conv = try PreparedConv2D(params, activation: act, constantWeight: wc.floatPointer, post: post)
+        withExtendedLifetime(wc) {}
+      } else {
+        conv = try PreparedConv2D(params, activation: act, post: post)
+      }
+    } catch { throw kernelError(error) }
+    let scratch = try checkedCount([conv.workspaceCount, 4], limit: ctx.limits.maxArenaBytes, what: "Conv workspace")
     return .compute(outputs: [out], scratchBytes: scratch) { ins, outs, ws in
       { base, pool in
-        if batch > 1 && (pool?.threadCount ?? 1) > 1 || flat != nil || direct != nil || narrow != nil {
-          var job = BatchConvJob(
-            single: single, input: ins[0].f(base), weight: ins[1].f(base),
-            bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil, output: outs[0].f(base),
-            workspace: perImage > 0 ? ws.f(base) : nil, workspaceCount: perImage, inputStride: inputStride,
-            outputStride: outputStride, batch: batch, parts: parts, activation: act, direct: direct, narrow: narrow,
-            flat: flat)
-          if batch == 1, flat == nil, let direct, let workspace = job.workspace {
-            direct.run(job.input, job.weight, job.bias, job.output, scratch: workspace, pool: nil)
-          } else if let pool, batch > 1 {
-            withUnsafePointer(to: &job) { p in
-              pool.parallelFor(parts, context: UnsafeRawPointer(p)) { context, part in
-                context.assumingMemoryBound(to: BatchConvJob.self).pointee.run(part: part)
-              }
-            }
-          } else {
-            for part in 0..<parts { job.run(part: part) }
-          }
-          // The direct kernels apply a fused batch normalisation in registers; the GEMM path afterwards.
-          if let post, flat == nil, direct == nil, narrow == nil {
-            let (o, f) = (outs[0].f(base), post.floatPointer)
-            channelAffine(
-              o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
-              planes: 0..<(batch * outChannels))
-          }
-          return
-        }
-        conv2d(
-          params, input: ins[0].f(base), weight: ins[1].f(base), bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil,
-          output: outs[0].f(base), workspace: scratch > 0 ? ws.f(base) : nil, activation: act, pool: pool)
-        if let post {
-          let (o, f) = (outs[0].f(base), post.floatPointer)
-          channelAffine(
-            o, o, mul: f, add: f + outChannels, channels: outChannels, spatial: outPlane,
-            planes: 0..<(batch * outChannels))
-        }
+        conv.run(
+          input: ins[0].f(base), weight: ins[1].f(base), bias: hasBias ? UnsafePointer(ins[2].f(base)) : nil,
+          output: outs[0].f(base), workspace: scratch > 0 ? ws.f(base) : nil, pool: pool)
       }
     }
   }

@@ -63,15 +63,10 @@ extension NodeLowering {
     }
     let batch = x.shape[0]
     let spatial = product(x.shape[2...])
-    let factors = HostTensor.floats(mul + add, shape: [2 * c])
-    let total = x.count
+    guard let affine = ChannelAffine(multipliers: mul, addends: add) else { throw .shape("BatchNormalization factors") }
     return .compute(outputs: [x], scratchBytes: 0) { ins, outs, _ in
       { base, pool in
-        let (s, o) = (ins[0].f(base), outs[0].f(base))
-        let f = factors.floatPointer
-        parallelRanges(batch * c, work: total, pool: pool) { range in
-          channelAffine(s, o, mul: f, add: f + c, channels: c, spatial: spatial, planes: range)
-        }
+        affine.apply(ins[0].f(base), outs[0].f(base), batch: batch, spatial: spatial, pool: pool)
       }
     }
   }

@@ -40,20 +40,10 @@ extension NodeLowering {
     let out = try ctx.value(.float32, [x.shape[0], x.shape[1], params.outHeight, params.outWidth])
     let isMax = node.opType == "MaxPool"
     let includePad = try node.int("count_include_pad", 0) != 0
-    let simple = isSimplePool(params)
-    let total = x.count
     return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in
       { base, pool in
-        if simple {
-          let (s, o) = (ins[0].f(base), outs[0].f(base))
-          parallelRanges(params.batch * params.channels, work: total, pool: pool) { range in
-            simplePool(params, s, o, max: isMax, planes: range)
-          }
-        } else if isMax {
-          maxPool2d(params, input: ins[0].f(base), output: outs[0].f(base))
-        } else {
-          avgPool2d(params, input: ins[0].f(base), output: outs[0].f(base), countIncludePad: includePad)
-        }
+        pool2d(
+          params, input: ins[0].f(base), output: outs[0].f(base), max: isMax, countIncludePad: includePad, pool: pool)
       }
     }
   }

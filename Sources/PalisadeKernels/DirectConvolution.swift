@@ -1,108 +1,112 @@
-import PalisadeKernels
+// Direct convolutions for the small layers of compact CNNs, where im2col + GEMM spends most of its time packing,
+// and ``PreparedConv2D``, which picks one at plan time and splits a batch over the worker pool.
 
-// Kernels the runtime keeps for itself (the vector math, softmax and GELU are PalisadeKernels'):
-// - 2-D pooling whose windows tile the input without padding (the common 2x2 / stride-2 case), as direct loops.
-// - convolution split over the batch across the worker pool (the kernel parallelises inside one GEMM only,
-//   and per-image GEMMs of a small CNN are below its threshold), and the direct convolutions for small CNNs.
-// - the per-channel multiply-add of a batch normalisation.
+/// A 2-D convolution prepared once for one geometry (at plan time): picks a direct kernel when one applies
+/// (``FlatConv`` for stride-1 rows of 12 to 256 outputs, ``DirectConv`` for other wide rows, ``ChannelVectorConv``
+/// for narrow outputs with constant weights), else im2col + GEMM (``conv2d(_:input:weight:bias:output:workspace:activation:pool:)``).
+/// A batch runs one image per pool part, each with its own workspace (per-image GEMMs of a small CNN are below
+/// the GEMM's own parallel threshold). An optional ``ChannelAffine`` (a batch normalisation fused after the
+/// activation) is applied in registers by the direct kernels and in a pass after the GEMM otherwise.
+///
+/// Holds the prepared constants (transposed weights, the affine) by reference: copying it or calling ``run``
+/// allocates nothing.
+public struct PreparedConv2D: Sendable {
+  enum Direct: Sendable {
+    case flat(FlatConv)
+    case rows(DirectConv)
+    case channels(ChannelVectorConv)
 
-/// Whether pooling windows tile the input without padding or dilation (every window fully inside).
-func isSimplePool(_ p: Pool2DParams) -> Bool {
-  p.padTop == 0 && p.padLeft == 0 && p.padBottom == 0 && p.padRight == 0 && p.dilationH == 1 && p.dilationW == 1
-    && (p.outHeight - 1) * p.strideH + p.kernelHeight <= p.inHeight
-    && (p.outWidth - 1) * p.strideW + p.kernelWidth <= p.inWidth
-}
-
-/// Max or average pooling for ``isSimplePool`` geometries, over planes `planeRange`.
-func simplePool(
-  _ p: Pool2DParams, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, max isMax: Bool,
-  planes planeRange: Range<Int>? = nil
-) {
-  let planes = p.batch * p.channels
-  let (h, w, oh, ow) = (p.inHeight, p.inWidth, p.outHeight, p.outWidth)
-  let (kh, kw, sh, sw) = (p.kernelHeight, p.kernelWidth, p.strideH, p.strideW)
-  let inv = 1 / Float(kh * kw)
-  if kh == 2 && kw == 2 && sh == 2 && sw == 2 {
-    // 2x2 / stride 2: 16 input columns of two rows -> 8 outputs per step (deinterleave with even/odd halves).
-    let half = SIMD8<Float>(repeating: 0.25)
-    let end = UnsafeRawPointer(x + planes * h * w)
-    @inline(__always) func eight(_ r0: UnsafeRawPointer, _ r1: UnsafeRawPointer, _ j: Int) -> SIMD8<Float> {
-      let a = r0.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
-      let b = r1.loadUnaligned(fromByteOffset: 2 * j * 4, as: SIMD16<Float>.self)
-      if isMax {
-        let m = a.replacing(with: b, where: b .> a)
-        let (e, o) = (m.evenHalf, m.oddHalf)
-        return e.replacing(with: o, where: o .> e)
-      }
-      let s = a + b
-      return (s.evenHalf + s.oddHalf) * half
-    }
-    for plane in planeRange ?? 0..<planes {
-      let src = UnsafeRawPointer(x + plane * h * w)
-      let dst = y + plane * oh * ow
-      for i in 0..<oh {
-        let r0 = src + (2 * i) * w * 4
-        let r1 = src + (2 * i + 1) * w * 4
-        var j = 0
-        while j + 8 <= ow {
-          UnsafeMutableRawPointer(dst + i * ow + j).storeBytes(of: eight(r0, r1, j), as: SIMD8<Float>.self)
-          j += 8
-        }
-        if j < ow && ow >= 8 {
-          // The last outputs as one more (overlapping) vector: outputs are recomputed, not accumulated.
-          UnsafeMutableRawPointer(dst + i * ow + ow - 8).storeBytes(of: eight(r0, r1, ow - 8), as: SIMD8<Float>.self)
-          j = ow
-        } else if j < ow && r1 + (2 * j + 16) * 4 <= end {
-          // Narrow rows (e.g. 14 -> 7): 16 floats from the row run into the next one (still inside the input);
-          // only the row's own lanes are stored.
-          let out = eight(r0, r1, j)
-          for l in 0..<(ow - j) { dst[i * ow + j + l] = out[l] }
-          j = ow
-        }
-        while j < ow {
-          let v0 = r0.load(fromByteOffset: 2 * j * 4, as: Float.self)
-          let v1 = r0.load(fromByteOffset: (2 * j + 1) * 4, as: Float.self)
-          let v2 = r1.load(fromByteOffset: 2 * j * 4, as: Float.self)
-          let v3 = r1.load(fromByteOffset: (2 * j + 1) * 4, as: Float.self)
-          if isMax {
-            var m = v0
-            if v1 > m || v1 != v1 { m = v1 }
-            if v2 > m || v2 != v2 { m = v2 }
-            if v3 > m || v3 != v3 { m = v3 }
-            dst[i * ow + j] = m
-          } else {
-            // Summed in the vector path's order, so a result does not depend on which path its row took (that
-            // depends on where the plane lies in the batch).
-            dst[i * ow + j] = ((v0 + v2) + (v1 + v3)) * 0.25
-          }
-          j += 1
-        }
+    var scratchCount: Int {
+      switch self {
+      case .flat(let k): k.scratchCount
+      case .rows(let k): k.scratchCount
+      case .channels(let k): k.scratchCount
       }
     }
-    return
   }
-  for plane in planeRange ?? 0..<planes {
-    let src = x + plane * h * w
-    let dst = y + plane * oh * ow
-    for i in 0..<oh {
-      for j in 0..<ow {
-        let base = src + i * sh * w + j * sw
-        if isMax {
-          var m = -Float.infinity
-          for a in 0..<kh {
-            for b in 0..<kw {
-              let v = base[a * w + b]
-              if v > m || v != v { m = v }
-            }
-          }
-          dst[i * ow + j] = m
-        } else {
-          var s: Float = 0
-          for a in 0..<kh { for b in 0..<kw { s += base[a * w + b] } }
-          dst[i * ow + j] = s * inv
-        }
-      }
+
+  let params: Conv2DParams
+  /// `params` for one image.
+  let single: Conv2DParams
+  let activation: Activation
+  let post: ChannelAffine?
+  let direct: Direct?
+  /// Pool parts a batch is split into (image `n` goes to part `n % parts`).
+  let parts: Int
+  /// Floats of workspace per part.
+  let perPart: Int
+  /// Floats of workspace ``run(input:weight:bias:output:workspace:pool:)`` needs (may be 0).
+  public let workspaceCount: Int
+
+  /// - Parameters:
+  ///   - params: from ``Conv2DParams/validated()``.
+  ///   - constantWeight: the `[Cout, Cin / groups, kh, kw]` weights when they are constant (read here, not kept):
+  ///     enables ``ChannelVectorConv``, which pre-transposes them.
+  ///   - post: a per-channel affine applied after the activation; its channels must be `params.outChannels`.
+  public init(
+    _ params: Conv2DParams, activation: Activation, constantWeight: UnsafePointer<Float>? = nil,
+    post: ChannelAffine? = nil
+  ) throws(KernelError) {
+    if let post, post.channels != params.outChannels {
+      throw .invalidParameter("conv: \(post.channels) fused affine channels for \(params.outChannels) outputs")
     }
+    var single = params
+    single.batch = 1
+    single = try single.validated()
+    self.params = params
+    self.single = single
+    self.activation = activation
+    self.post = post
+    let relu = activation == .relu
+    if FlatConv.applies(params, activation) {
+      direct = .flat(FlatConv(params, relu: relu, post: post))
+    } else if DirectConv.applies(params, activation) {
+      direct = .rows(DirectConv(params, relu: relu, post: post))
+    } else if let constantWeight, ChannelVectorConv.applies(params, activation) {
+      direct = .channels(ChannelVectorConv(params, relu: relu, weight: constantWeight, post: post))
+    } else {
+      direct = nil
+    }
+    parts = min(params.batch, 8)
+    perPart = direct?.scratchCount ?? single.workspaceCount
+    let (total, overflow) = perPart.multipliedReportingOverflow(by: parts)
+    guard !overflow else { throw .overflow("conv workspace") }
+    workspaceCount = max(total, params.workspaceCount)
+  }
+
+  /// Runs the convolution on `params.batch` images, split over `pool` when given.
+  /// - Parameters:
+  ///   - bias: `outChannels` values or `nil`.
+  ///   - workspace: ``workspaceCount`` floats (`nil` when that is 0).
+  public func run(
+    input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    output: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?, pool: WorkerPool?
+  ) {
+    let batch = params.batch
+    let outPlane = params.outHeight * params.outWidth
+    if batch > 1 && (pool?.threadCount ?? 1) > 1 || direct != nil {
+      var job = BatchConvJob(
+        single: single, input: input, weight: weight, bias: bias, output: output,
+        workspace: perPart > 0 ? workspace : nil, workspaceCount: perPart,
+        inputStride: params.inChannels * params.inHeight * params.inWidth, outputStride: params.outChannels * outPlane,
+        batch: batch, parts: parts, activation: activation, direct: direct)
+      if let pool, batch > 1 {
+        withUnsafePointer(to: &job) { p in
+          pool.parallelFor(parts, context: UnsafeRawPointer(p)) { context, part in
+            context.assumingMemoryBound(to: BatchConvJob.self).pointee.run(part: part)
+          }
+        }
+      } else {
+        for part in 0..<parts { job.run(part: part) }
+      }
+      // The direct kernels apply the affine in registers.
+      if let post, direct == nil { post.apply(output, output, batch: batch, spatial: outPlane) }
+      return
+    }
+    conv2d(
+      params, input: input, weight: weight, bias: bias, output: output, workspace: workspace, activation: activation,
+      pool: pool)
+    if let post { post.apply(output, output, batch: batch, spatial: outPlane) }
   }
 }
 
@@ -120,87 +124,23 @@ struct BatchConvJob {
   var batch: Int
   var parts: Int
   var activation: Activation
-  var direct: DirectConv?
-  var narrow: ChannelVectorConv?
-  var flat: FlatConv?
+  var direct: PreparedConv2D.Direct?
 
   func run(part: Int) {
     var n = part
     while n < batch {
-      if let flat, let workspace {
-        flat.run(
-          input + n * inputStride, weight, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
-        n += parts
-        continue
+      let (x, y) = (input + n * inputStride, output + n * outputStride)
+      let scratch = workspace.map { $0 + part * workspaceCount }
+      switch (direct, scratch) {
+      case (.flat(let flat), .some(let scratch)): flat.run(x, weight, bias, y, scratch: scratch)
+      case (.channels(let narrow), .some(let scratch)): narrow.run(x, bias, y, scratch: scratch)
+      case (.rows(let rows), .some(let scratch)): rows.run(x, weight, bias, y, scratch: scratch)
+      default:
+        conv2d(
+          single, input: x, weight: weight, bias: bias, output: y, workspace: scratch, activation: activation,
+          pool: nil)
       }
-      if let narrow, let workspace {
-        narrow.run(input + n * inputStride, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
-        n += parts
-        continue
-      }
-      if let direct, let workspace {
-        direct.run(
-          input + n * inputStride, weight, bias, output + n * outputStride, scratch: workspace + part * workspaceCount)
-        n += parts
-        continue
-      }
-      conv2d(
-        single, input: input + n * inputStride, weight: weight, bias: bias, output: output + n * outputStride,
-        workspace: workspace.map { $0 + part * workspaceCount }, activation: activation, pool: nil)
       n += parts
-    }
-  }
-}
-
-/// y = x * mul[c] + add[c] over `[batch, channels, spatial]`, planes `planeRange`.
-func channelAffine(
-  _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mul: UnsafePointer<Float>, add: UnsafePointer<Float>,
-  channels: Int, spatial: Int, planes planeRange: Range<Int>
-) {
-  for plane in planeRange {
-    let ch = plane % channels
-    let (p, q) = (SIMD8<Float>(repeating: mul[ch]), SIMD8<Float>(repeating: add[ch]))
-    let rx = UnsafeRawPointer(x + plane * spatial)
-    let ry = UnsafeMutableRawPointer(y + plane * spatial)
-    var j = 0
-    while j + 8 <= spatial {
-      let v = rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
-      ry.storeBytes(of: q.addingProduct(v, p), toByteOffset: j * 4, as: SIMD8<Float>.self)
-      j += 8
-    }
-    while j < spatial {
-      y[plane * spatial + j] = x[plane * spatial + j] * mul[ch] + add[ch]
-      j += 1
-    }
-  }
-}
-
-/// Runs `body(range)` over `0..<count` items split into up to `parts` contiguous ranges on the pool (serially
-/// without a pool or for small work).
-struct RangeJob {
-  var count: Int
-  var parts: Int
-  var body: (Range<Int>) -> Void
-
-  func run(_ part: Int) {
-    let lo = count * part / parts
-    let hi = count * (part + 1) / parts
-    if lo < hi { body(lo..<hi) }
-  }
-}
-
-func parallelRanges(_ count: Int, work: Int, pool: WorkerPool?, _ body: (Range<Int>) -> Void) {
-  guard let pool, pool.threadCount > 1, work >= 1 << 15, count > 1 else {
-    body(0..<count)
-    return
-  }
-  withoutActuallyEscaping(body) { escaping in
-    let parts = min(count, pool.threadCount + 1)
-    var job = RangeJob(count: count, parts: parts, body: escaping)
-    withUnsafePointer(to: &job) { p in
-      pool.parallelFor(parts, context: UnsafeRawPointer(p)) { context, part in
-        context.assumingMemoryBound(to: RangeJob.self).pointee.run(part)
-      }
     }
   }
 }
@@ -246,8 +186,8 @@ struct DirectConv {
   var outH: Int
   var outW: Int
   var relu: Bool
-  /// A fused batch normalisation after the activation: `Cout` multipliers then `Cout` addends.
-  var post: HostTensor?
+  /// A batch normalisation fused after the activation, applied in registers.
+  var post: ChannelAffine?
 
   static func applies(_ p: Conv2DParams, _ activation: Activation) -> Bool {
     (p.strideW == 1 || p.strideW == 2) && p.strideH >= 1 && p.dilationH == 1 && p.dilationW == 1 && p.groups == 1
@@ -257,7 +197,7 @@ struct DirectConv {
       && p.outHeight > 0 && p.outWidth >= 12  // narrower outputs waste most of the 16-column block
   }
 
-  init(_ p: Conv2DParams, relu: Bool, post: HostTensor? = nil) {
+  init(_ p: Conv2DParams, relu: Bool, post: ChannelAffine?) {
     self.post = post
     cin = p.inChannels
     cout = p.outChannels
@@ -286,10 +226,10 @@ struct DirectConv {
     return row.loadUnaligned(fromByteOffset: col * 4, as: SIMD16<Float>.self).evenHalf
   }
 
-  /// One image: `x` [cin, h, w] -> `y` [cout, outH, outW]; output channels split over `pool` when given.
+  /// One image: `x` [cin, h, w] -> `y` [cout, outH, outW].
   func run(
     _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
-    _ y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>, pool: WorkerPool? = nil
+    _ y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
   ) {
     let (hp, wp) = (paddedH, paddedW)
     scratch.update(repeating: 0, count: cin * hp * wp)
@@ -300,10 +240,8 @@ struct DirectConv {
         copyRow(scratch + (c * hp + dr) * wp + padLeft, x + (c * h + r) * w, w)
       }
     }
-    let blocks = (cout + 3) / 4
-    parallelRanges(blocks, work: cout * outH * outW * cin * kh * kw / 4, pool: pool) { range in
-      compute(weight, bias, y, scratch: UnsafePointer(scratch), blocks: range)
-    }
+    // Images, not output channels, are split over the pool (``PreparedConv2D``).
+    compute(weight, bias, y, scratch: UnsafePointer(scratch), blocks: 0..<((cout + 3) / 4))
   }
 
   /// Output channels `4 * blocks.lowerBound ..< 4 * blocks.upperBound` from the padded input.
@@ -314,8 +252,8 @@ struct DirectConv {
     let (hp, wp) = (paddedH, paddedW)
     let kSize = cin * kh * kw
     let zero = SIMD8<Float>()
-    // Read through a plain pointer in the loops (the tensor is kept alive by `self`).
-    let postFactors: UnsafePointer<Float>? = post.map { UnsafePointer($0.floatPointer) }
+    // Read through a plain pointer in the loops (the storage is kept alive by `self`).
+    let postFactors: UnsafePointer<Float>? = post?.factors
     var oc = blocks.lowerBound * 4
     while oc < min(cout, blocks.upperBound * 4) {
       let group = min(4, cout - oc)
@@ -439,18 +377,20 @@ struct ChannelVectorConv {
   var outW: Int
   var relu: Bool
   /// `[Cin * kh * kw, Cout]`.
-  var weights: HostTensor
-  /// A fused batch normalisation after the activation: `Cout` multipliers then `Cout` addends.
-  var post: HostTensor?
+  var weights: FloatStorage
+  /// A batch normalisation fused after the activation, applied in registers.
+  var post: ChannelAffine?
 
-  static func applies(_ p: Conv2DParams, _ activation: Activation, constantWeights: Bool) -> Bool {
-    constantWeights && p.groups == 1 && p.outChannels % 8 == 0 && p.dilationH == 1 && p.dilationW == 1
+  /// Whether the geometry suits this kernel (it also needs constant weights, to transpose once).
+  static func applies(_ p: Conv2DParams, _ activation: Activation) -> Bool {
+    p.groups == 1 && p.outChannels % 8 == 0 && p.dilationH == 1 && p.dilationW == 1
       && (activation == .identity || activation == .relu) && p.kernelHeight <= 16 && p.kernelWidth <= 16
       && p.strideH <= 8 && p.strideW <= 8 && max(p.padTop, p.padLeft, p.padBottom, p.padRight) <= 16
       && p.outHeight > 0 && p.outWidth > 0
   }
 
-  init(_ p: Conv2DParams, relu: Bool, weight: HostTensor, post: HostTensor? = nil) {
+  /// `weight` is the constant `[Cout, Cin, kh, kw]` weight tensor, transposed here once.
+  init(_ p: Conv2DParams, relu: Bool, weight: UnsafePointer<Float>, post: ChannelAffine?) {
     self.post = post
     cin = p.inChannels
     cout = p.outChannels
@@ -466,8 +406,8 @@ struct ChannelVectorConv {
     outW = p.outWidth
     self.relu = relu
     let k = cin * kh * kw
-    weights = HostTensor(type: .float32, shape: [k, cout])
-    let (src, dst) = (weight.floatPointer, weights.floatPointer)
+    weights = FloatStorage(count: k * cout)
+    let (src, dst) = (weight, weights.pointer)
     for o in 0..<cout { for j in 0..<k { dst[j * cout + o] = src[o * k + j] } }
   }
 
@@ -486,8 +426,8 @@ struct ChannelVectorConv {
         copyRow(scratch + (c * hp + r + padTop) * wp + padLeft, x + (c * h + r) * w, w)
       }
     }
-    let wt = UnsafeRawPointer(weights.floatPointer)
-    let postFactors: UnsafePointer<Float>? = post.map { UnsafePointer($0.floatPointer) }
+    let wt = UnsafeRawPointer(weights.pointer)
+    let postFactors: UnsafePointer<Float>? = post?.factors
     let plane = outH * outW
     let zero = SIMD8<Float>()
     var ocb = 0
@@ -617,8 +557,8 @@ struct FlatConv {
   var outH: Int
   var outW: Int
   var relu: Bool
-  /// A fused batch normalisation after the activation: `Cout` multipliers then `Cout` addends.
-  var post: HostTensor?
+  /// A batch normalisation fused after the activation, applied in registers.
+  var post: ChannelAffine?
 
   static func applies(_ p: Conv2DParams, _ activation: Activation) -> Bool {
     p.strideH == 1 && p.strideW == 1 && p.dilationH == 1 && p.dilationW == 1 && p.groups == 1
@@ -627,7 +567,7 @@ struct FlatConv {
       && p.outHeight > 0 && p.outWidth >= 12 && p.outWidth <= 256  // narrow rows waste the padded columns
   }
 
-  init(_ p: Conv2DParams, relu: Bool, post: HostTensor? = nil) {
+  init(_ p: Conv2DParams, relu: Bool, post: ChannelAffine?) {
     self.post = post
     cin = p.inChannels
     cout = p.outChannels
@@ -690,7 +630,7 @@ struct FlatConv {
     let src = UnsafeRawPointer(shifted)
     let kSize = cin * kh * kw
     let zero = SIMD8<Float>()
-    let postFactors: UnsafePointer<Float>? = post.map { UnsafePointer($0.floatPointer) }
+    let postFactors: UnsafePointer<Float>? = post?.factors
     let channelSize = outH * outW
     var oc = 0
     while oc < cout {
