@@ -88,7 +88,7 @@ public struct InferencePipeline: Sendable {
       try await auditor.callOrRefuse(
         call, rpc: rpc, model: response.modelName, version: response.modelVersion,
         manifestDigest: trace.descriptor?.properties["manifest_digest"], inputs: trace.inputs, outputs: trace.outputs,
-        status: "OK", reason: trace.outOfDistribution ? "served; inputs flagged out of distribution" : nil,
+        status: "OK", reason: trace.servedReason,
         latency: latency)
       spans?.ended(.audit)
       return response
@@ -176,7 +176,7 @@ public struct InferencePipeline: Sendable {
             principal: principal, latency: computeEnd - computeStart - completed.waited, failed: !finite,
             outOfDistribution: outOfDistribution, labels: labels))
         if route.shadow != nil {
-          rollouts.shadow(
+          trace.shadowVersion = rollouts.shadow(
             route, principal: principal, validatedFor: descriptor, inputs: inputs,
             outOfDistribution: outOfDistribution, stableLabels: labels)
         }
@@ -245,8 +245,18 @@ final class CallTrace: @unchecked Sendable {
   var inputs: [Tensor]?
   var outputs: [Tensor]?
   var outOfDistribution = false
+  /// The rollout candidate that was also given this call's inputs (shadow mode), for the call's audit record.
+  var shadowVersion: String?
 
   init(spans: CallSpans?) { self.spans = spans }
+
+  /// The reason of a served call's audit record: what else happened to its inputs.
+  var servedReason: String? {
+    var notes: [String] = []
+    if outOfDistribution { notes.append("inputs flagged out of distribution") }
+    if let shadowVersion { notes.append("inputs also run on candidate version \(shadowVersion) (shadow rollout)") }
+    return notes.isEmpty ? nil : (["served"] + notes).joined(separator: "; ")
+  }
 }
 
 /// Times consecutive pipeline stages into the per-stage histograms, and into the call's spans when it is traced.

@@ -182,11 +182,13 @@ public final class RolloutController: Sendable {
   /// the stable version's, and records the run in the candidate's window. Never delays or fails the caller.
   /// The inputs were validated against `validatedFor` (the stable version): a candidate that declares other inputs
   /// or another contract (ranges, batch bound) is not shadowed with them.
+  /// Returns the candidate's version when it was handed the inputs (the call's audit record names it).
+  @discardableResult
   func shadow(
     _ route: Route, principal: String, validatedFor stableDescriptor: ModelDescriptor, inputs: [Tensor],
     outOfDistribution: Bool, stableLabels: [Int]?
-  ) {
-    guard let version = route.shadow else { return }
+  ) -> String? {
+    guard let version = route.shadow else { return nil }
     let limit = settings.shadowMaxConcurrent
     guard shadowsInFlight.add(1, ordering: .relaxed).newValue <= limit else {
       shadowsInFlight.subtract(1, ordering: .relaxed)
@@ -194,17 +196,17 @@ public final class RolloutController: Sendable {
         if all[route.model]?.id == route.rolloutID { all[route.model]?.shadowSkipped += 1 }
       }
       metrics.recordRolloutShadowSkipped(model: route.model)
-      return
+      return nil
     }
     let model: any ServableModel
     do { model = try repository.resolve(name: route.model, version: version) } catch {
       shadowsInFlight.subtract(1, ordering: .relaxed)
-      return
+      return nil
     }
     guard model.descriptor.inputs == stableDescriptor.inputs, model.descriptor.contract == stableDescriptor.contract
     else {
       shadowsInFlight.subtract(1, ordering: .relaxed)
-      return
+      return nil
     }
     Task(priority: .background) { [self] in
       defer { shadowsInFlight.subtract(1, ordering: .relaxed) }
@@ -231,6 +233,7 @@ public final class RolloutController: Sendable {
       }
       if let verdict { act(verdict) }
     }
+    return version
   }
 
   /// The predicted labels of a call (arg-max per row of the first output when it holds scores, its values when it

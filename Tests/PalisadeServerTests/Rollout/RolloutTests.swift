@@ -564,7 +564,10 @@ import Testing
     plan.promoteAfterCalls = 60
     plan.promoteAfterSeconds = 0
     plan.maxP99Ratio = 1000
-    let server = try await Self.start(v2: ["roll": "1"], planned: plan) { $0.rollouts.shadowMaxConcurrent = 2 }
+    let key = try AuditSigningKey.generate(name: "palisade.dev/audit")
+    let server = try await Self.start(v2: ["roll": "1"], audit: key, planned: plan) {
+      $0.rollouts.shadowMaxConcurrent = 2
+    }
     let op = try goodClient(server, "operator")
     for _ in 0..<200 where !server.runtime.repository.isReady(name: "classify", version: "2") {
       try await Task.sleep(for: .milliseconds(25))
@@ -578,5 +581,12 @@ import Testing
     #expect(s.state == "rolled_back" && s.reason.contains("shadow agreement"), "\(s)")
     #expect(s.shadowCompared >= 30 && s.shadowAgreement < 0.5, "\(s)")
     try await server.stop()
+    // The callers' data went to v2 as well: their call records say so (v1 answered).
+    let log = try AuditVerifier.verify(directory: server.pki.path("audit"), key: key.verifyingKey)
+    let records = try log.records.map { try JSONDecoder().decode(AuditRecord.self, from: Data($0)) }
+    let shadowed = records.filter {
+      $0.kind == .call && $0.version == "1" && $0.reason?.contains("candidate version 2 (shadow rollout)") == true
+    }
+    #expect(shadowed.count >= 30, "\(shadowed.count) call records name the shadow run")
   }
 }
