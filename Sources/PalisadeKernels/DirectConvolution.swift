@@ -167,8 +167,12 @@ func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ 
   }
 }
 
-/// The shape of one 2-D convolution, as the direct kernels use it (read once from ``Conv2DParams`` at plan time).
-struct ConvGeometry {
+/// Direct 2-D convolution (no dilation, one group, horizontal stride 1 or 2; stride-1 convolutions with rows of
+/// 12 to 256 outputs go to ``FlatConv``): the input is copied into a
+/// zero-padded scratch plane, then 16 output columns x 4 output channels are accumulated in registers. For the
+/// small channel counts of compact CNNs this beats im2col + GEMM, whose packing dominates when `Cin * kh * kw`
+/// is small.
+struct DirectConv {
   var cin: Int
   var cout: Int
   var h: Int
@@ -181,31 +185,6 @@ struct ConvGeometry {
   var padLeft: Int
   var outH: Int
   var outW: Int
-
-  init(_ p: Conv2DParams) {
-    cin = p.inChannels
-    cout = p.outChannels
-    h = p.inHeight
-    w = p.inWidth
-    kh = p.kernelHeight
-    kw = p.kernelWidth
-    sh = p.strideH
-    sw = p.strideW
-    padTop = p.padTop
-    padLeft = p.padLeft
-    outH = p.outHeight
-    outW = p.outWidth
-  }
-}
-
-/// Direct 2-D convolution (no dilation, one group, horizontal stride 1 or 2; stride-1 convolutions with rows of
-/// 12 to 256 outputs go to ``FlatConv``): the input is copied into a
-/// zero-padded scratch plane, then 16 output columns x 4 output channels are accumulated in registers. For the
-/// small channel counts of compact CNNs this beats im2col + GEMM, whose packing dominates when `Cin * kh * kw`
-/// is small.
-struct DirectConv {
-  /// The convolution's shape, as planned.
-  var shape: ConvGeometry
   var relu: Bool
   /// A batch normalisation fused after the activation, applied in registers.
   var post: ChannelAffine?
@@ -220,19 +199,30 @@ struct DirectConv {
 
   init(_ p: Conv2DParams, relu: Bool, post: ChannelAffine?) {
     self.post = post
-    shape = ConvGeometry(p)
+    cin = p.inChannels
+    cout = p.outChannels
+    h = p.inHeight
+    w = p.inWidth
+    kh = p.kernelHeight
+    kw = p.kernelWidth
+    sh = p.strideH
+    sw = p.strideW
+    padTop = p.padTop
+    padLeft = p.padLeft
+    outH = p.outHeight
+    outW = p.outWidth
     self.relu = relu
   }
 
-  var paddedH: Int { (shape.outH - 1) * shape.sh + shape.kh }
+  var paddedH: Int { (outH - 1) * sh + kh }
   /// Wide enough for the last 16-column block's loads (16 floats per load for stride 2).
-  var paddedW: Int { max(shape.sw * ((shape.outW + 15) / 16 * 16) + shape.kw + 16, shape.padLeft + shape.w) }
+  var paddedW: Int { max(sw * ((outW + 15) / 16 * 16) + kw + 16, padLeft + w) }
   /// Floats of scratch per image.
-  var scratchCount: Int { shape.cin * paddedH * paddedW }
+  var scratchCount: Int { cin * paddedH * paddedW }
 
   @inline(__always)
   func load8(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float> {
-    if shape.sw == 1 { return row.loadUnaligned(fromByteOffset: col * 4, as: SIMD8<Float>.self) }
+    if sw == 1 { return row.loadUnaligned(fromByteOffset: col * 4, as: SIMD8<Float>.self) }
     return row.loadUnaligned(fromByteOffset: col * 4, as: SIMD16<Float>.self).evenHalf
   }
 
@@ -242,16 +232,16 @@ struct DirectConv {
     _ y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
   ) {
     let (hp, wp) = (paddedH, paddedW)
-    scratch.update(repeating: 0, count: shape.cin * hp * wp)
-    for c in 0..<shape.cin {
-      for r in 0..<shape.h {
-        let dr = r + shape.padTop
+    scratch.update(repeating: 0, count: cin * hp * wp)
+    for c in 0..<cin {
+      for r in 0..<h {
+        let dr = r + padTop
         guard dr < hp else { continue }
-        copyRow(scratch + (c * hp + dr) * wp + shape.padLeft, x + (c * shape.h + r) * shape.w, shape.w)
+        copyRow(scratch + (c * hp + dr) * wp + padLeft, x + (c * h + r) * w, w)
       }
     }
     // Images, not output channels, are split over the pool (``PreparedConv2D``).
-    compute(weight, bias, y, scratch: UnsafePointer(scratch), blocks: 0..<((shape.cout + 3) / 4))
+    compute(weight, bias, y, scratch: UnsafePointer(scratch), blocks: 0..<((cout + 3) / 4))
   }
 
   /// Output channels `4 * blocks.lowerBound ..< 4 * blocks.upperBound` from the padded input.
@@ -260,13 +250,13 @@ struct DirectConv {
     scratch: UnsafePointer<Float>, blocks: Range<Int>
   ) {
     let (hp, wp) = (paddedH, paddedW)
-    let kSize = shape.cin * shape.kh * shape.kw
+    let kSize = cin * kh * kw
     let zero = SIMD8<Float>()
     // Read through a plain pointer in the loops (the storage is kept alive by `self`).
     let postFactors: UnsafePointer<Float>? = post?.factors
     var oc = blocks.lowerBound * 4
-    while oc < min(shape.cout, blocks.upperBound * 4) {
-      let group = min(4, shape.cout - oc)
+    while oc < min(cout, blocks.upperBound * 4) {
+      let group = min(4, cout - oc)
       let w0 = weight + oc * kSize
       let w1 = weight + (oc + min(1, group - 1)) * kSize
       let w2 = weight + (oc + min(2, group - 1)) * kSize
@@ -275,17 +265,17 @@ struct DirectConv {
       let b1 = SIMD8<Float>(repeating: bias?[oc + min(1, group - 1)] ?? 0)
       let b2 = SIMD8<Float>(repeating: bias?[oc + min(2, group - 1)] ?? 0)
       let b3 = SIMD8<Float>(repeating: bias?[oc + min(3, group - 1)] ?? 0)
-      for oh in 0..<shape.outH {
+      for oh in 0..<outH {
         var ow = 0
-        while ow < shape.outW {
+        while ow < outW {
           var (a0, a1, a2, a3) = (b0, b1, b2, b3)
           var (c0, c1, c2, c3) = (b0, b1, b2, b3)
           var k = 0
-          if shape.sw == 1 && shape.kw == 3 {
+          if sw == 1 && kw == 3 {
             // The common 3x3 / stride-1 case, with the three taps of a row unrolled and no stride branch.
-            for ic in 0..<shape.cin {
-              for r in 0..<shape.kh {
-                let row = UnsafeRawPointer(scratch + (ic * hp + oh * shape.sh + r) * wp + ow)
+            for ic in 0..<cin {
+              for r in 0..<kh {
+                let row = UnsafeRawPointer(scratch + (ic * hp + oh * sh + r) * wp + ow)
                 for s in 0..<3 {
                   let v = row.loadUnaligned(fromByteOffset: s * 4, as: SIMD8<Float>.self)
                   let u = row.loadUnaligned(fromByteOffset: (8 + s) * 4, as: SIMD8<Float>.self)
@@ -306,12 +296,12 @@ struct DirectConv {
               }
             }
           } else {
-            for ic in 0..<shape.cin {
-              for r in 0..<shape.kh {
-                let row = UnsafeRawPointer(scratch + (ic * hp + oh * shape.sh + r) * wp)
-                for s in 0..<shape.kw {
-                  let v = load8(row, ow * shape.sw + s)
-                  let u = load8(row, (ow + 8) * shape.sw + s)
+            for ic in 0..<cin {
+              for r in 0..<kh {
+                let row = UnsafeRawPointer(scratch + (ic * hp + oh * sh + r) * wp)
+                for s in 0..<kw {
+                  let v = load8(row, ow * sw + s)
+                  let u = load8(row, (ow + 8) * sw + s)
                   let (p0, p1, p2, p3) = (
                     SIMD8<Float>(repeating: w0[k]), SIMD8<Float>(repeating: w1[k]),
                     SIMD8<Float>(repeating: w2[k]), SIMD8<Float>(repeating: w3[k])
@@ -339,14 +329,14 @@ struct DirectConv {
             c2.replace(with: zero, where: c2 .< zero)
             c3.replace(with: zero, where: c3 .< zero)
           }
-          let n0 = min(8, shape.outW - ow)
-          let n1 = min(8, shape.outW - ow - 8)
+          let n0 = min(8, outW - ow)
+          let n1 = min(8, outW - ow - 8)
           for g in 0..<group {
-            let dst = y + ((oc + g) * shape.outH + oh) * shape.outW + ow
+            let dst = y + ((oc + g) * outH + oh) * outW + ow
             var a = g == 0 ? a0 : (g == 1 ? a1 : (g == 2 ? a2 : a3))
             var c = g == 0 ? c0 : (g == 1 ? c1 : (g == 2 ? c2 : c3))
             if let f = postFactors {
-              let (m, d) = (SIMD8<Float>(repeating: f[oc + g]), SIMD8<Float>(repeating: f[shape.cout + oc + g]))
+              let (m, d) = (SIMD8<Float>(repeating: f[oc + g]), SIMD8<Float>(repeating: f[cout + oc + g]))
               a = d.addingProduct(a, m)
               c = d.addingProduct(c, m)
             }
@@ -373,8 +363,18 @@ struct DirectConv {
 /// vectorising over columns would waste most lanes: for each output pixel, 8..32 output channels accumulate in
 /// registers from broadcast input values and weights pre-transposed to `[Cin * kh * kw, Cout]` at plan time.
 struct ChannelVectorConv {
-  /// The convolution's shape, as planned.
-  var shape: ConvGeometry
+  var cin: Int
+  var cout: Int
+  var h: Int
+  var w: Int
+  var kh: Int
+  var kw: Int
+  var sh: Int
+  var sw: Int
+  var padTop: Int
+  var padLeft: Int
+  var outH: Int
+  var outW: Int
   var relu: Bool
   /// `[Cin * kh * kw, Cout]`.
   var weights: FloatStorage
@@ -392,36 +392,47 @@ struct ChannelVectorConv {
   /// `weight` is the constant `[Cout, Cin, kh, kw]` weight tensor, transposed here once.
   init(_ p: Conv2DParams, relu: Bool, weight: UnsafePointer<Float>, post: ChannelAffine?) {
     self.post = post
-    shape = ConvGeometry(p)
+    cin = p.inChannels
+    cout = p.outChannels
+    h = p.inHeight
+    w = p.inWidth
+    kh = p.kernelHeight
+    kw = p.kernelWidth
+    sh = p.strideH
+    sw = p.strideW
+    padTop = p.padTop
+    padLeft = p.padLeft
+    outH = p.outHeight
+    outW = p.outWidth
     self.relu = relu
-    let k = shape.cin * shape.kh * shape.kw
-    weights = FloatStorage(count: k * shape.cout)
+    let k = cin * kh * kw
+    weights = FloatStorage(count: k * cout)
     let (src, dst) = (weight, weights.pointer)
-    for o in 0..<shape.cout { for j in 0..<k { dst[j * shape.cout + o] = src[o * k + j] } }
+    for o in 0..<cout { for j in 0..<k { dst[j * cout + o] = src[o * k + j] } }
   }
 
-  var paddedH: Int { max((shape.outH - 1) * shape.sh + shape.kh, shape.padTop + shape.h) }
-  var paddedW: Int { max((shape.outW - 1) * shape.sw + shape.kw, shape.padLeft + shape.w) }
-  var scratchCount: Int { shape.cin * paddedH * paddedW }
+  var paddedH: Int { max((outH - 1) * sh + kh, padTop + h) }
+  var paddedW: Int { max((outW - 1) * sw + kw, padLeft + w) }
+  var scratchCount: Int { cin * paddedH * paddedW }
 
   func run(
     _ x: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>,
     scratch: UnsafeMutablePointer<Float>
   ) {
     let (hp, wp) = (paddedH, paddedW)
-    scratch.update(repeating: 0, count: shape.cin * hp * wp)
-    for c in 0..<shape.cin {
-      for r in 0..<shape.h {
-        copyRow(scratch + (c * hp + r + shape.padTop) * wp + shape.padLeft, x + (c * shape.h + r) * shape.w, shape.w)
+    scratch.update(repeating: 0, count: cin * hp * wp)
+    for c in 0..<cin {
+      for r in 0..<h {
+        copyRow(scratch + (c * hp + r + padTop) * wp + padLeft, x + (c * h + r) * w, w)
       }
     }
     let wt = UnsafeRawPointer(weights.pointer)
     let postFactors: UnsafePointer<Float>? = post?.factors
-    let plane = shape.outH * shape.outW
+    let plane = outH * outW
     let zero = SIMD8<Float>()
     var ocb = 0
-    while ocb < shape.cout {
-      let lanes = min(4, (shape.cout - ocb) / 8)
+    while ocb < cout {
+      let lanes = min(4, (cout - ocb) / 8)
       func biasVector(_ j: Int) -> SIMD8<Float> {
         guard let bias, j < lanes else { return zero }
         return UnsafeRawPointer(bias + ocb + 8 * j).loadUnaligned(as: SIMD8<Float>.self)
@@ -446,7 +457,7 @@ struct ChannelVectorConv {
           var a = j == 0 ? a0 : (j == 1 ? a1 : (j == 2 ? a2 : a3))
           if let postFactors {
             let f = UnsafeRawPointer(postFactors)
-            a = f.loadUnaligned(fromByteOffset: (shape.cout + ocb + 8 * j) * 4, as: SIMD8<Float>.self)
+            a = f.loadUnaligned(fromByteOffset: (cout + ocb + 8 * j) * 4, as: SIMD8<Float>.self)
               .addingProduct(a, f.loadUnaligned(fromByteOffset: (ocb + 8 * j) * 4, as: SIMD8<Float>.self))
           }
           let base = y + (ocb + 8 * j) * plane + pixel
@@ -457,8 +468,8 @@ struct ChannelVectorConv {
       // (one pixel's four loads per four FMAs made this loop wait on loads; two pixels' eight accumulators still
       // waited on the FMA latency).
       @inline(__always) func rowOf(_ pixel: Int) -> UnsafeMutablePointer<Float> {
-        let (oh, ow) = (pixel / shape.outW, pixel % shape.outW)
-        let offset: Int = oh &* shape.sh &* wp &+ ow &* shape.sw
+        let (oh, ow) = (pixel / outW, pixel % outW)
+        let offset: Int = oh &* sh &* wp &+ ow &* sw
         return scratch + offset
       }
       var pixel = 0
@@ -468,15 +479,15 @@ struct ChannelVectorConv {
         var (d0, d1, d2, d3) = (b0, b1, b2, b3)
         let (pa, pc, pd) = (rowOf(pixel), rowOf(pixel + 1), rowOf(pixel + 2))
         var k = 0
-        for ic in 0..<shape.cin {
-          for r in 0..<shape.kh {
+        for ic in 0..<cin {
+          for r in 0..<kh {
             let off = (ic &* hp &+ r) &* wp
             let (ra, rc, rd) = (pa + off, pc + off, pd + off)
-            for s in 0..<shape.kw {
+            for s in 0..<kw {
               let v = SIMD8<Float>(repeating: ra[s])
               let u = SIMD8<Float>(repeating: rc[s])
               let t = SIMD8<Float>(repeating: rd[s])
-              let wrow = wt + (k &* shape.cout &+ ocb) &* 4
+              let wrow = wt + (k &* cout &+ ocb) &* 4
               var wv = wrow.loadUnaligned(as: SIMD8<Float>.self)
               a0 = a0.addingProduct(v, wv)
               c0 = c0.addingProduct(u, wv)
@@ -506,12 +517,12 @@ struct ChannelVectorConv {
         var (a0, a1, a2, a3) = (b0, b1, b2, b3)
         let pa = rowOf(pixel)
         var k = 0
-        for ic in 0..<shape.cin {
-          for r in 0..<shape.kh {
+        for ic in 0..<cin {
+          for r in 0..<kh {
             let row = pa + (ic &* hp &+ r) &* wp
-            for s in 0..<shape.kw {
+            for s in 0..<kw {
               let v = SIMD8<Float>(repeating: row[s])
-              let wrow = wt + (k &* shape.cout &+ ocb) &* 4
+              let wrow = wt + (k &* cout &+ ocb) &* 4
               a0 = a0.addingProduct(v, wrow.loadUnaligned(as: SIMD8<Float>.self))
               a1 = a1.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o1 &* 4, as: SIMD8<Float>.self))
               a2 = a2.addingProduct(v, wrow.loadUnaligned(fromByteOffset: o2 &* 4, as: SIMD8<Float>.self))
@@ -535,8 +546,16 @@ struct ChannelVectorConv {
 /// padding columns computed (the 16-column blocks of ``DirectConv`` compute 16 for a 14-wide row). Blocks of 24
 /// outputs x 4 output channels keep 12 accumulators in flight and cost 7 loads per 12 FMAs.
 struct FlatConv {
-  /// The convolution's shape, as planned.
-  var shape: ConvGeometry
+  var cin: Int
+  var cout: Int
+  var h: Int
+  var w: Int
+  var kh: Int
+  var kw: Int
+  var padTop: Int
+  var padLeft: Int
+  var outH: Int
+  var outW: Int
   var relu: Bool
   /// A batch normalisation fused after the activation, applied in registers.
   var post: ChannelAffine?
@@ -550,19 +569,28 @@ struct FlatConv {
 
   init(_ p: Conv2DParams, relu: Bool, post: ChannelAffine?) {
     self.post = post
-    shape = ConvGeometry(p)
+    cin = p.inChannels
+    cout = p.outChannels
+    h = p.inHeight
+    w = p.inWidth
+    kh = p.kernelHeight
+    kw = p.kernelWidth
+    padTop = p.padTop
+    padLeft = p.padLeft
+    outH = p.outHeight
+    outW = p.outWidth
     self.relu = relu
   }
 
   /// Padded plane: `hp` rows of `wp` floats (room for 8-float loads past a row's last tap).
-  var wp: Int { max(shape.outW + shape.kw - 1, shape.padLeft + shape.w) + 8 }
-  var hp: Int { max(shape.outH + shape.kh - 1, shape.padTop + shape.h) }
-  var paddedCount: Int { shape.cin * hp * wp + 16 }
+  var wp: Int { max(outW + kw - 1, padLeft + w) + 8 }
+  var hp: Int { max(outH + kh - 1, padTop + h) }
+  var paddedCount: Int { cin * hp * wp + 16 }
   /// One shifted copy: `hp` rows of `outW`.
-  var shiftedPlane: Int { hp * shape.outW }
+  var shiftedPlane: Int { hp * outW }
   /// Floats of scratch per image: the padded planes, then the shifted copies plus a tail for the last block's
   /// loads past the end.
-  var scratchCount: Int { paddedCount + shape.cin * shape.kw * shiftedPlane + 32 }
+  var scratchCount: Int { paddedCount + cin * kw * shiftedPlane + 32 }
 
   func run(
     _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
@@ -571,9 +599,9 @@ struct FlatConv {
     let (hp, wp) = (hp, wp)
     let plane = hp * wp
     scratch.update(repeating: 0, count: paddedCount)
-    for c in 0..<shape.cin {
-      for r in 0..<shape.h {
-        copyRow(scratch + c * plane + (r + shape.padTop) * wp + shape.padLeft, x + (c * shape.h + r) * shape.w, shape.w)
+    for c in 0..<cin {
+      for r in 0..<h {
+        copyRow(scratch + c * plane + (r + padTop) * wp + padLeft, x + (c * h + r) * w, w)
       }
     }
     let padded = UnsafeRawPointer(scratch)
@@ -581,14 +609,14 @@ struct FlatConv {
     let xPlane = shiftedPlane
     // Rows written in increasing order with whole vectors: a vector past a row's end is overwritten by the
     // next row (the last row's spills into the next copy, or the tail).
-    for c in 0..<shape.cin {
-      for s in 0..<shape.kw {
-        let dst = UnsafeMutableRawPointer(shifted + (c &* shape.kw &+ s) &* xPlane)
+    for c in 0..<cin {
+      for s in 0..<kw {
+        let dst = UnsafeMutableRawPointer(shifted + (c &* kw &+ s) &* xPlane)
         for r in 0..<hp {
           let srcRow = padded + (c &* plane &+ r &* wp &+ s) &* 4
-          let dstRow = dst + r &* shape.outW &* 4
+          let dstRow = dst + r &* outW &* 4
           var j = 0
-          while j < shape.outW {
+          while j < outW {
             dstRow.storeBytes(
               of: srcRow.loadUnaligned(fromByteOffset: j &* 4, as: SIMD8<Float>.self), toByteOffset: j &* 4,
               as: SIMD8<Float>.self)
@@ -598,15 +626,15 @@ struct FlatConv {
       }
     }
     // The tail past the last copy is read by the last block's unused lanes: keep it finite.
-    (shifted + shape.cin * shape.kw * xPlane + (shape.outW + 7) / 8 * 8 - shape.outW).update(repeating: 0, count: 24)
+    (shifted + cin * kw * xPlane + (outW + 7) / 8 * 8 - outW).update(repeating: 0, count: 24)
     let src = UnsafeRawPointer(shifted)
-    let kSize = shape.cin * shape.kh * shape.kw
+    let kSize = cin * kh * kw
     let zero = SIMD8<Float>()
     let postFactors: UnsafePointer<Float>? = post?.factors
-    let channelSize = shape.outH * shape.outW
+    let channelSize = outH * outW
     var oc = 0
-    while oc < shape.cout {
-      let group = min(4, shape.cout - oc)
+    while oc < cout {
+      let group = min(4, cout - oc)
       // Channels past `group` repeat the last one (valid reads; not stored).
       let w0 = weight + oc * kSize
       let w1 = weight + (oc + min(1, group - 1)) * kSize
@@ -622,7 +650,7 @@ struct FlatConv {
         var v = v
         if relu { v.replace(with: zero, where: v .< zero) }
         if let f = postFactors {
-          v = SIMD8<Float>(repeating: f[shape.cout + oc + g]).addingProduct(v, SIMD8<Float>(repeating: f[oc + g]))
+          v = SIMD8<Float>(repeating: f[cout + oc + g]).addingProduct(v, SIMD8<Float>(repeating: f[oc + g]))
         }
         let dst = y + (oc + g) * channelSize + q
         if q + 8 <= channelSize {
@@ -660,18 +688,18 @@ struct FlatConv {
         // Taps (ic, r, s) in weight order: copy `ic * kw + s`, row offset `r * outW`. The 3-tap case is
         // unrolled (a variable 3-trip inner loop costs as much as its FMAs here).
         var k = 0
-        for ic in 0..<shape.cin {
-          let copy = src + (ic &* shape.kw &* xPlane &+ q) &* 4
-          for r in 0..<shape.kh {
-            let row = copy + r &* shape.outW &* 4
-            if shape.kw == 3 {
+        for ic in 0..<cin {
+          let copy = src + (ic &* kw &* xPlane &+ q) &* 4
+          for r in 0..<kh {
+            let row = copy + r &* outW &* 4
+            if kw == 3 {
               tap(row, 0, k)
               tap(row + xPlane &* 4, 0, k &+ 1)
               tap(row + 2 &* xPlane &* 4, 0, k &+ 2)
               k &+= 3
             } else {
-              for s in 0..<shape.kw { tap(row + s &* xPlane &* 4, 0, k &+ s) }
-              k &+= shape.kw
+              for s in 0..<kw { tap(row + s &* xPlane &* 4, 0, k &+ s) }
+              k &+= kw
             }
           }
         }
@@ -696,8 +724,8 @@ struct FlatConv {
     var q = channelSize / 24 * 24
     while q < channelSize {
       var oc8 = 0
-      while oc8 < shape.cout {
-        let group = min(8, shape.cout - oc8)
+      while oc8 < cout {
+        let group = min(8, cout - oc8)
         // Channels past `group` repeat the last one (valid reads; not stored).
         @inline(__always) func channel(_ j: Int) -> Int { oc8 + min(j, group - 1) }
         let (w0, w1, w2, w3) = (
@@ -712,11 +740,10 @@ struct FlatConv {
         var (a0, a1, a2, a3) = (start(0), start(1), start(2), start(3))
         var (a4, a5, a6, a7) = (start(4), start(5), start(6), start(7))
         var k = 0
-        for ic in 0..<shape.cin {
-          for r in 0..<shape.kh {
-            for s in 0..<shape.kw {
-              let u = (src + ((ic &* shape.kw &+ s) &* xPlane &+ r &* shape.outW &+ q) &* 4).loadUnaligned(
-                as: SIMD8<Float>.self)
+        for ic in 0..<cin {
+          for r in 0..<kh {
+            for s in 0..<kw {
+              let u = (src + ((ic &* kw &+ s) &* xPlane &+ r &* outW &+ q) &* 4).loadUnaligned(as: SIMD8<Float>.self)
               a0 = a0.addingProduct(u, SIMD8<Float>(repeating: w0[k]))
               a1 = a1.addingProduct(u, SIMD8<Float>(repeating: w1[k]))
               a2 = a2.addingProduct(u, SIMD8<Float>(repeating: w2[k]))
@@ -734,7 +761,7 @@ struct FlatConv {
             g < 4 ? (g == 0 ? a0 : g == 1 ? a1 : g == 2 ? a2 : a3) : (g == 4 ? a4 : g == 5 ? a5 : g == 6 ? a6 : a7)
           if relu { v.replace(with: zero, where: v .< zero) }
           if let f = postFactors {
-            v = SIMD8<Float>(repeating: f[shape.cout + oc8 + g]).addingProduct(v, SIMD8<Float>(repeating: f[oc8 + g]))
+            v = SIMD8<Float>(repeating: f[cout + oc8 + g]).addingProduct(v, SIMD8<Float>(repeating: f[oc8 + g]))
           }
           let dst = y + (oc8 + g) * channelSize + q
           if q + 8 <= channelSize {
