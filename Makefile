@@ -107,7 +107,7 @@ test-image: deps venv
 # then each target for FUZZ_SECONDS, one at a time. Not part of `make test`, which replays the committed corpora.
 FUZZ_SECONDS ?= 60
 fuzz: deps
-	FUZZ_SECONDS=$(FUZZ_SECONDS) Fuzz/run.sh $(FUZZ_TARGETS)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) Fuzz/run.sh $(FUZZ_TARGETS)
 
 # Remakes the seed corpora and the public keys they are checked against (throwaway keys; no private key is kept).
 fuzz-seeds: venv

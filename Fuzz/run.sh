@@ -6,6 +6,7 @@
 #   Fuzz/run.sh jwt pem              some
 #   FUZZ_SECONDS=600 Fuzz/run.sh     longer
 #   FUZZ_NO_BUILD=1 Fuzz/run.sh      reuse the last build
+#   FUZZ_RUNS=10000000 Fuzz/run.sh   stop a target after this many executions (or FUZZ_SECONDS, whichever first)
 #
 # Per target, Fuzz/work/<target>/ (not committed) holds the growing corpus (seeded from Fuzz/corpus/<target>), the
 # log, and artifacts: crash-*, timeout-* (over 1 s), oom-* (over 2 GiB RSS), leak-*. A finding stops that target;
@@ -40,15 +41,16 @@ for t in "${TARGETS[@]}"; do
   [ -d "Fuzz/corpus/$t" ] || { echo "unknown target $t (no Fuzz/corpus/$t)" >&2; failed=1; continue; }
   w="Fuzz/work/$t"
   mkdir -p "$w/corpus" "$w/artifacts"
-  dict=()
-  [ -f "Fuzz/dict/$t.dict" ] && dict=(-dict="Fuzz/dict/$t.dict")
+  extra=()
+  [ -f "Fuzz/dict/$t.dict" ] && extra=(-dict="Fuzz/dict/$t.dict")
+  [ -n "${FUZZ_RUNS:-}" ] && extra+=(-runs="$FUZZ_RUNS")
   echo "== $t: ${FUZZ_SECONDS}s"
   start=$(date +%s)
   scratch="${TMPDIR:-/tmp}/palisade-fuzz-$t-$$"
   [ -d /dev/shm ] && scratch="/dev/shm/palisade-fuzz-$t-$$"
   PALISADE_FUZZ_TARGET="$t" PALISADE_FUZZ_SCRATCH="$scratch" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
     nice -n 10 "$BIN" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=1 \
-    -print_final_stats=1 -artifact_prefix="$w/artifacts/" "${dict[@]}" "$w/corpus" "Fuzz/corpus/$t" >"$w/log" 2>&1
+    -print_final_stats=1 -artifact_prefix="$w/artifacts/" "${extra[@]}" "$w/corpus" "Fuzz/corpus/$t" >"$w/log" 2>&1
   rc=$?
   rm -rf "$scratch"
   elapsed=$(( $(date +%s) - start ))
