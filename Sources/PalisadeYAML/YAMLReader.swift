@@ -107,7 +107,8 @@ public final class YAMLMap {
   /// The keys present, in file order.
   public var keys: [String] { mapping.compactMap { $0.key.string } }
 
-  private func value(_ key: String) throws(YAMLError) -> Node? {
+  /// `key`'s node, nil when absent. With `nullIsEmptySection`, a null value reads as an empty mapping (``map(_:)``).
+  private func value(_ key: String, nullIsEmptySection: Bool = false) throws(YAMLError) -> Node? {
     consumed.insert(key)
     keyLog?.ask(patternPath(key))
     let matches = mapping.filter { $0.key.string == key }
@@ -116,15 +117,13 @@ public final class YAMLMap {
     // A key written without a value (`key:`, `key: ~`, `key: null`) is refused rather than read as "absent":
     // absent often means a permissive default (no rate limit, every model, audit off), so a value lost to a
     // templating mistake must not quietly become one. Sections are the exception (``map(_:)``).
-    if Self.isNull(node) {
-      throw error(key, "has no value (YAML null): give it one, or remove the key to use its default")
+    if case .scalar(let s) = node, s.tag == Tag(.null) || (s.style == .plain && Self.nulls.contains(s.string)) {
+      guard nullIsEmptySection else {
+        throw error(key, "has no value (YAML null): give it one, or remove the key to use its default")
+      }
+      return .mapping(Node.Mapping([], .implicit, .any, node.mark))
     }
     return node
-  }
-
-  private static func isNull(_ node: Node) -> Bool {
-    guard case .scalar(let s) = node else { return false }
-    return s.tag == Tag(.null) || (s.style == .plain && nulls.contains(s.string))
   }
 
   /// A string value.
@@ -189,16 +188,7 @@ public final class YAMLMap {
   /// A nested mapping. A section written without a value (`tls:` with every setting commented out) is an empty
   /// mapping: present, each setting at its default, its required settings still required.
   public func map(_ key: String) throws(YAMLError) -> YAMLMap? {
-    if let present = mapping.first(where: { $0.key.string == key })?.value, Self.isNull(present),
-      mapping.filter({ $0.key.string == key }).count == 1
-    {
-      consumed.insert(key)
-      keyLog?.ask(patternPath(key))
-      return YAMLMap(
-        path: keyPath(key), node: .mapping(Node.Mapping([], .implicit, .any, present.mark)), file: file,
-        keyLog: keyLog, pattern: patternPath(key))
-    }
-    guard let node = try value(key) else { return nil }
+    guard let node = try value(key, nullIsEmptySection: true) else { return nil }
     guard case .mapping = node else { throw error(key, "must be a mapping") }
     return YAMLMap(path: keyPath(key), node: node, file: file, keyLog: keyLog, pattern: patternPath(key))
   }
