@@ -198,7 +198,7 @@ def check_properties(docs, overlay=True):
     pod = dep["spec"]["template"]["spec"]
     labels = dep["spec"]["template"]["metadata"].get("labels", {})
     psc = pod.get("securityContext", {})
-    names = {c["name"]: c for c in pod.get("containers", [])}
+    names = {c["name"]: c for c in running_containers(pod)}
 
     # Pod level: no API token, no host namespaces, non-root, seccomp.
     if pod.get("automountServiceAccountToken") is not False:
@@ -217,7 +217,15 @@ def check_properties(docs, overlay=True):
     # Containers: the server and the sidecar from one image, non-root, read-only, no capabilities.
     if set(names) != {"server", "egress"}:
         p.append(f"containers must be exactly server and egress, are {sorted(names)}")
-    for c in pod.get("containers", []):
+    # The sidecar outlives the server: a native sidecar gets SIGTERM only after the server has exited, so the
+    # checkpoint the server writes at shutdown still leaves through it (a regular container stops with the server).
+    init_names = [c["name"] for c in pod.get("initContainers", [])]
+    if "egress" in names and names["egress"].get("restartPolicy") != "Always":
+        p.append("egress must be a native sidecar (an init container with restartPolicy: Always): as a regular "
+                 "container it stops with the server and the final audit checkpoint cannot leave")
+    elif "egress" in init_names and "netinit" in init_names and init_names.index("egress") < init_names.index("netinit"):
+        p.append("the egress sidecar must start after netinit (the pod's iptables rules first)")
+    for c in running_containers(pod):
         sc = c.get("securityContext", {})
         n = f"container {c['name']}"
         if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
@@ -267,7 +275,7 @@ def check_properties(docs, overlay=True):
             p.append(f"server: {probe} must probe the admin port (palisade call health or httpGet :9464)")
 
     # The init container: the one place with a capability, and only the network ones.
-    inits = pod.get("initContainers", [])
+    inits = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") != "Always"]
     if len(inits) != 1:
         p.append(f"expected one init container (netinit), found {len(inits)}")
     for c in inits:
@@ -293,7 +301,7 @@ def check_properties(docs, overlay=True):
     claims = {t["metadata"]["name"]: t for t in dep["spec"].get("volumeClaimTemplates", [])}
     for name in set(volumes) & set(claims):
         p.append(f"volume {name} is both a pod volume and a volumeClaimTemplate")
-    for c in pod.get("containers", []):
+    for c in running_containers(pod):
         for m in c.get("volumeMounts", []):
             v = volumes.get(m["name"])
             if v is None and m["name"] not in claims:
@@ -534,12 +542,18 @@ def check_every_control(dep, pod, psc, server, egress, volumes, claims, config, 
     return p
 
 
+def running_containers(pod):
+    """The containers that run for the pod's life: the regular ones and the native sidecars (init containers with
+    restartPolicy: Always)."""
+    return pod.get("containers", []) + [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+
+
 def check_monitoring(docs, pod):
     """The PodMonitor scrapes both admin ports; the alerts cover every required signal and name only exported
     metrics; the dashboard shows the same metrics."""
     p = []
     exported, reasons = exported_metrics()
-    ports = {port["name"]: port["containerPort"] for c in pod.get("containers", []) for port in c.get("ports", [])}
+    ports = {port["name"]: port["containerPort"] for c in running_containers(pod) for port in c.get("ports", [])}
     pm = one(docs, "PodMonitor", p)
     if pm:
         scraped = {e.get("port") for e in pm["spec"].get("podMetricsEndpoints", [])}
@@ -687,7 +701,17 @@ def selftest(docs):
         pod(d)["volumes"].append({"name": "audit", "emptyDir": {}})
 
     def container(d, name):
-        return next(c for c in pod(d)["containers"] if c["name"] == name)
+        return next(c for c in running_containers(pod(d)) if c["name"] == name)
+
+    def sidecar_as_container(d):
+        egress = container(d, "egress")
+        pod(d)["initContainers"].remove(egress)
+        egress.pop("restartPolicy")
+        pod(d)["containers"].append(egress)
+
+    def sidecar_before_netinit(d):
+        inits = pod(d)["initContainers"]
+        inits.insert(0, inits.pop(inits.index(container(d, "egress"))))
 
     def np(d):
         return next(x for x in d if x["kind"] == "NetworkPolicy")["spec"]
@@ -749,6 +773,8 @@ def selftest(docs):
             "expr", "sum(rate(palisade_rejections_total[5m]) > 0"),
         "dashboard on a metric nobody exports": lambda d: dashboard(d, lambda j: j["panels"][1]["targets"][0].__setitem__(
             "expr", "sum(rate(palisade_grpc_calls_total[5m]))")),
+        "sidecar stops with the server": sidecar_as_container,
+        "sidecar before the iptables rules": sidecar_before_netinit,
         "sidecar metrics not scraped": lambda d: next(x for x in d if x["kind"] == "PodMonitor")["spec"].__setitem__(
             "podMetricsEndpoints", [{"port": "admin"}]),
     }

@@ -77,7 +77,9 @@ if [ "$mode" = netns ]; then
     exit 1
   }
   deploy/local/netns-up.sh
-  "$bin" egress --config deploy/local/egress-netns.yaml &
+  # Its own session: Ctrl-C reaches the server only, and cleanup stops the sidecar after the server has exited
+  # (the server ships its final audit checkpoint through it on the way out).
+  setsid "$bin" egress --config deploy/local/egress-netns.yaml &
   sidecar=$!
   echo "run.sh: network-namespace deployment: the server in namespace palisade-srv (10.231.0.2) reaches only the"
   echo "        egress sidecar (pid $sidecar, 10.231.0.1:3128). In another shell:"
@@ -90,7 +92,7 @@ if [ "$mode" = netns ]; then
 else
   echo "run.sh: plain processes on loopback, no network namespace: $why"
   if has_egress; then
-    "$bin" egress --config deploy/local/egress.yaml &
+    setsid "$bin" egress --config deploy/local/egress.yaml &
     sidecar=$!
     echo "run.sh: egress sidecar (pid $sidecar) on 127.0.0.1:3128"
   fi

@@ -96,18 +96,22 @@ public final class ServerRuntime: Sendable {
       services.append(
         .init(service: tracingService, successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
     }
+    // The group stops services in reverse order, each after the one behind it has finished. So after the gRPC
+    // server has drained, the audit log is closed (its final checkpoint written), and only then does the shipper
+    // stop: it sends that final checkpoint while the sidecar is still up.
+    if let proxy = config.egress.proxy, let url = config.egress.checkpointURL, auditor.isEnabled,
+      let shipper = CheckpointShipper(auditor: auditor, proxy: proxy, url: url, logger: logger)
+    {
+      services.append(.init(service: shipper))
+    }
     services += [
+      .init(service: AuditCloser(auditor: auditor)),
       .init(service: GRPCServerService(server: grpcServer, state: state, logger: logger)),
       .init(service: shutdownTrigger, successTerminationBehavior: .gracefullyShutdownGroup),
       .init(service: reloader),
     ]
     if let admin { services.append(.init(service: admin)) }
     if let egressReports { services.append(.init(service: egressReports)) }
-    if let proxy = config.egress.proxy, let url = config.egress.checkpointURL, auditor.isEnabled,
-      let shipper = CheckpointShipper(auditor: auditor, proxy: proxy, url: url, logger: logger)
-    {
-      services.append(.init(service: shipper))
-    }
     if let integrity = bundles?.integrity, config.models.integrityCheckSeconds > 0 {
       services.append(.init(service: integrity))
     }
@@ -142,6 +146,7 @@ public final class ServerRuntime: Sendable {
       // cancellation as an error): still the bounded, orderly exit SIGTERM asks for.
       logger.warning("shutdown grace period exceeded; remaining calls cancelled", metadata: ["error": "\(error)"])
     }
+    // Normally done by `AuditCloser` already; here for a group that ended by an error or cancellation.
     await auditor.close()
     logger.info("palisade stopped")
   }
@@ -199,6 +204,18 @@ struct GRPCServerService: Service {
       state.beginDraining()
       server.beginGracefulShutdown()
     }
+  }
+}
+
+/// Closes the audit log (last records, fsync, final signed checkpoint) at graceful shutdown, once the services
+/// after it in the group, the gRPC server first, have stopped making records. Listed before them.
+struct AuditCloser: Service {
+  let auditor: Auditor
+
+  func run() async throws {
+    // Cancellation (the group failed) also ends the wait; `ServerRuntime.run` then closes the log itself.
+    try? await gracefulShutdown()
+    await auditor.close()
   }
 }
 
