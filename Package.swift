@@ -367,6 +367,8 @@ let package = Package(
       name: "PalisadeTransportTests",
       dependencies: [
         "PalisadeTransport", "PalisadeIdentity", "PalisadeTestSupport", .product(name: "X509", package: "swift-certificates"),
+        .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+        .product(name: "NIOHTTP2", package: "swift-nio-http2"),
       ]
     ),
     .testTarget(

@@ -106,6 +106,8 @@ final class ConnectionManager: ChannelDuplexHandler {
   private var outboundPending = 0
   private var lastOutboundProgress = NIODeadline.now()
   private var stallTimer: Scheduled<Void>?
+  /// Armed while the channel is unwritable (more than NIO's high watermark of bytes waiting for the socket).
+  private var socketStallTimer: Scheduled<Void>?
   private var oversizedHeaderBlocks = 0
 
   init(
@@ -130,7 +132,8 @@ final class ConnectionManager: ChannelDuplexHandler {
   }
 
   func handlerRemoved(context: ChannelHandlerContext) {
-    for timer in [ageTimer, idleTimer, graceTimer, keepaliveTimer, keepaliveTimeoutTimer, stallTimer] {
+    for timer in [ageTimer, idleTimer, graceTimer, keepaliveTimer, keepaliveTimeoutTimer, stallTimer, socketStallTimer]
+    {
       timer?.cancel()
     }
     self.context = nil
@@ -173,7 +176,9 @@ final class ConnectionManager: ChannelDuplexHandler {
     aborted = true
     closing = true
     observer.transportRefused(reason: reason)
-    for timer in [idleTimer, keepaliveTimer, keepaliveTimeoutTimer, stallTimer, graceTimer] { timer?.cancel() }
+    for timer in [idleTimer, keepaliveTimer, keepaliveTimeoutTimer, stallTimer, socketStallTimer, graceTimer] {
+      timer?.cancel()
+    }
     if sendGoAway {
       context.writeAndFlush(
         wrapOutboundOut(
@@ -233,6 +238,28 @@ final class ConnectionManager: ChannelDuplexHandler {
     } else {
       armStall(after: limit - waited)
     }
+  }
+
+  /// The socket stopped taking bytes (the channel is unwritable) or took them again. Response DATA is watched per
+  /// stream (``outboundWritten(_:done:)``); this covers every other byte: trailers-only answers (errors), headers,
+  /// control frames. A peer that never reads the socket and gets only trailers-only answers (no token, say) would
+  /// otherwise hold its connection, and what is queued for it, for as long as it sends a frame now and then.
+  func channelWritabilityChanged(context: ChannelHandlerContext) {
+    if context.channel.isWritable {
+      socketStallTimer?.cancel()
+      socketStallTimer = nil
+    } else if socketStallTimer == nil, !aborted {
+      let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+      socketStallTimer = context.eventLoop.scheduleTask(
+        in: .nanoseconds(protections.writeStallTimeout.totalNanoseconds)
+      ) {
+        let manager = bound.value
+        manager.socketStallTimer = nil
+        guard let context = manager.context, !context.channel.isWritable else { return }
+        manager.closeForAbuse(reason: "write_stalled", sendGoAway: true)
+      }
+    }
+    context.fireChannelWritabilityChanged()
   }
 
   /// A stream refused a header block over the size limit; too many on one connection close it.

@@ -25,6 +25,10 @@ Prints one `RESULT <attack> <json>` line per attack, `RESULT baseline <json>`, a
   ping_flood     PING frames in a loop, acks never read
   streams        HEADERS for MAX_CONCURRENT_STREAMS + 300 streams, never finished
   zero_window    SETTINGS_INITIAL_WINDOW_SIZE = 0 and never a WINDOW_UPDATE, while asking for responses
+  tcp_full       HTTP/2 windows opened wide, a 4 KiB socket receive buffer, requests sent and the socket never
+                 read: the TCP buffers fill and the server's writes stop (no GOAWAY can arrive through a full pipe).
+                 Its answers are trailers-only (no token), so it takes seconds of requests to fill the server's
+                 socket buffer: not in the short run of `make test` (ConnectionManagerTests covers the guard there)
   idle           1,000 TLS connections (valid certificate) that say nothing after the preface
   slow_handshake TCP connections dribbling a TLS ClientHello one byte at a time (no credentials)
   slowloris_grpc TLS connections (valid certificate) dribbling the HTTP/2 preface and a HEADERS frame
@@ -47,13 +51,13 @@ import urllib.request
 
 import hpack
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame,
-                              RstStreamFrame, SettingsFrame)
+                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ATTACKS = ["rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams", "zero_window",
-           "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin"]
+           "tcp_full", "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin"]
 # The counter (and label) each attack must raise; any one of several reasons counts.
 EXPECTED = {
     "rapid_reset": ("transport", ["rapid_reset"]),
@@ -63,6 +67,7 @@ EXPECTED = {
     "ping_flood": ("transport", ["control_frame_flood", "outbound_control_frames"]),
     "streams": ("transport", ["max_concurrent_streams", "stream_errors", "glitches"]),
     "zero_window": ("transport", ["write_stalled", "outbound_buffer"]),
+    "tcp_full": ("transport", ["write_stalled", "outbound_buffer", "max_concurrent_streams"]),
     "idle": ("transport", ["max_connections_per_address"]),
     "slow_handshake": ("transport", ["handshake_timeout"]),
     "slowloris_grpc": ("transport", ["keepalive_timeout", "idle_timeout"]),
@@ -259,8 +264,13 @@ def tls_context(args, with_cert=True):
 class Raw:
     """An HTTP/2 connection spoken frame by frame; reads are polled between writes (one thread per socket)."""
 
-    def __init__(self, args, port, settings=None, ctx=None, preface=True, wait_settings=True):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, args, port, settings=None, ctx=None, preface=True, wait_settings=True, rcvbuf=None):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            # Before connect, so that the window the kernel announces is small from the start.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
         self.tls = (ctx or tls_context(args)).wrap_socket(sock, server_hostname="localhost")
         self.buffer = b""
         self.goaway = None
@@ -518,6 +528,60 @@ def zero_window(args, port, until):
     return out
 
 
+def tcp_state(conn):
+    """The kernel's TCP state of the attacker's socket (1 = ESTABLISHED), read without reading any data."""
+    try:
+        return conn.tls.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return 0
+
+
+def tcp_full(args, port, until):
+    out = Outcome()
+    while time.time() < until:
+        try:
+            c = Raw(args, port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1}, rcvbuf=4096)
+        except (OSError, ssl.SSLError):
+            time.sleep(0.05)
+            continue
+        # HTTP/2 flow control never holds the server back: only TCP does, once this side stops reading.
+        w = WindowUpdateFrame(0)
+        w.window_increment = 2**31 - 1 - 65535
+        sent = c.send(w.serialize())
+        requests = 0
+        stop = max(until, time.time()) + args.close_wait
+        # Requests, 64 at a time, never reading the answers, until the server stops reading too (its answers
+        # cannot leave) or closes. No c.poll(): that would read. The pause after each batch keeps the attacker
+        # within MAX_CONCURRENT_STREAMS without seeing a single answer (the server answers in well under 20 ms), so
+        # that guard does not fire: what is left to stop it is the stalled socket itself.
+        while sent and time.time() < stop and tcp_state(c) == 1:
+            batch = []
+            for _ in range(64):
+                _, frame = c.headers(LIVE)
+                d = DataFrame(c.next_stream - 2)
+                d.data = empty_message()
+                d.flags.add("END_STREAM")
+                batch.append(frame + d.serialize())
+            try:
+                c.tls.settimeout(0.5)
+                c.tls.sendall(b"".join(batch))
+                requests += 64
+            except socket.timeout:
+                pass  # the server has stopped reading: keep checking whether it closes
+            except (OSError, ssl.SSLError):
+                break
+            time.sleep(0.02)
+        # Closed by the server: the socket left ESTABLISHED (FIN or RST) without this side reading anything.
+        while time.time() < stop and tcp_state(c) == 1:
+            time.sleep(0.05)
+        if tcp_state(c) != 1:
+            c._close()
+        out.notes["requests_sent"] = out.notes.get("requests_sent", 0) + requests
+        out.record(c)
+        c.close()
+    return out
+
+
 def idle(args, port, until):
     out = Outcome()
     ctx = tls_context(args)
@@ -686,10 +750,12 @@ def run(args):
             after = metrics(server.admin)
             peak = sampler.reset()
             counted = {r: after.get((family, r), 0) - before.get((family, r), 0) for r in reasons}
+            # Every refusal counted during the attack, for diagnosis (other reasons may close a connection too).
+            moved = {f"{f}:{r}": v - before.get((f, r), 0) for (f, r), v in after.items() if v > before.get((f, r), 0)}
             calls = summary(caller.window(start, end))
             r = {**outcome.result(), "caller": calls, "seconds": round(end - start, 2),
                  "rss_peak_mib": round(peak / 2**20, 1), "rss_growth_mib": round((peak - base_rss) / 2**20, 1),
-                 "metric": f"palisade_{family}_refusals_total", "counted": counted,
+                 "metric": f"palisade_{family}_refusals_total", "counted": counted, "all_counted": moved,
                  "fds_after": server.fds(), "server_alive": server.proc.poll() is None}
             if calls["p99_ms"] and baseline["p99_ms"]:
                 r["p99_ratio"] = round(calls["p99_ms"] / baseline["p99_ms"], 2)

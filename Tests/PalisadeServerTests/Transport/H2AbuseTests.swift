@@ -60,6 +60,7 @@ import Testing
         "\(repositoryRoot)/Tests/Interop/h2_abuse.py", "run", "--bin", ProcessTests.binary, "--config", config,
         "--log", pki.path("server.log"), "--cert", client.cert, "--key", client.key, "--ca", pki.path("ca-bundle.pem"),
         "--duration", "2.5", "--baseline", "4", "--slow-connections", "20", "--close-wait", "6",
+        "--attacks", Self.attacks.joined(separator: ","),
       ],
       timeout: .seconds(300))
     var results: [String: [String: Any]] = [:]
