@@ -104,10 +104,13 @@ final class ConnectionManager: ChannelDuplexHandler {
   private let observer: any TransportObserver
   private var aborted = false
   private var outboundPending = 0
-  private var lastOutboundProgress = NIODeadline.now()
+  private var lastOutboundProgress = NIODeadline.distantPast
   private var stallTimer: Scheduled<Void>?
   /// Armed while the channel is unwritable (more than NIO's high watermark of bytes waiting for the socket).
   private var socketStallTimer: Scheduled<Void>?
+  private var lastSocketWritable = NIODeadline.distantPast
+  /// The event loop's clock (virtual under `EmbeddedEventLoop`, so that tests can move it).
+  private var now: NIODeadline { context?.eventLoop.now ?? .now() }
   private var oversizedHeaderBlocks = 0
 
   init(
@@ -207,14 +210,14 @@ final class ConnectionManager: ChannelDuplexHandler {
       return
     }
     if stallTimer == nil {
-      lastOutboundProgress = .now()
+      lastOutboundProgress = now
       armStall(after: .nanoseconds(protections.writeStallTimeout.totalNanoseconds))
     }
   }
 
   private func outboundDone(_ bytes: Int) {
     outboundPending -= bytes
-    lastOutboundProgress = .now()
+    lastOutboundProgress = now
     if outboundPending <= 0 {
       outboundPending = 0
       stallTimer?.cancel()
@@ -232,7 +235,7 @@ final class ConnectionManager: ChannelDuplexHandler {
     stallTimer = nil
     guard outboundPending > 0, !aborted else { return }
     let limit = TimeAmount.nanoseconds(protections.writeStallTimeout.totalNanoseconds)
-    let waited = NIODeadline.now() - lastOutboundProgress
+    let waited = now - lastOutboundProgress
     if waited >= limit {
       closeForAbuse(reason: "write_stalled", sendGoAway: true)
     } else {
@@ -244,22 +247,34 @@ final class ConnectionManager: ChannelDuplexHandler {
   /// stream (``outboundWritten(_:done:)``); this covers every other byte: trailers-only answers (errors), headers,
   /// control frames. A peer that never reads the socket and gets only trailers-only answers (no token, say) would
   /// otherwise hold its connection, and what is queued for it, for as long as it sends a frame now and then.
+  /// A slow reader is not cut off: response DATA reaching the socket within the timeout counts as progress.
   func channelWritabilityChanged(context: ChannelHandlerContext) {
     if context.channel.isWritable {
       socketStallTimer?.cancel()
       socketStallTimer = nil
     } else if socketStallTimer == nil, !aborted {
-      let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-      socketStallTimer = context.eventLoop.scheduleTask(
-        in: .nanoseconds(protections.writeStallTimeout.totalNanoseconds)
-      ) {
-        let manager = bound.value
-        manager.socketStallTimer = nil
-        guard let context = manager.context, !context.channel.isWritable else { return }
-        manager.closeForAbuse(reason: "write_stalled", sendGoAway: true)
-      }
+      lastSocketWritable = now
+      armSocketStall(after: .nanoseconds(protections.writeStallTimeout.totalNanoseconds))
     }
     context.fireChannelWritabilityChanged()
+  }
+
+  private func armSocketStall(after delay: TimeAmount) {
+    guard let context else { return }
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    socketStallTimer = context.eventLoop.scheduleTask(in: delay) { bound.value.checkSocketStall() }
+  }
+
+  private func checkSocketStall() {
+    socketStallTimer = nil
+    guard let context, !context.channel.isWritable, !aborted else { return }
+    let limit = TimeAmount.nanoseconds(protections.writeStallTimeout.totalNanoseconds)
+    let waited = now - max(lastSocketWritable, lastOutboundProgress)
+    if waited >= limit {
+      closeForAbuse(reason: "write_stalled", sendGoAway: true)
+    } else {
+      armSocketStall(after: limit - waited)
+    }
   }
 
   /// A stream refused a header block over the size limit; too many on one connection close it.
