@@ -73,6 +73,35 @@ public final class BundleLoader: Sendable {
       throw PalisadeError(.failedPrecondition, "cannot create the directory of models.state_file \(settings.stateFile)")
     }
     self.accepted = try AcceptedVersions(path: settings.stateFile)
+    let removed = Self.removeStaleUnpackDirectories(in: settings.unpackDirectory)
+    if removed > 0 {
+      logger.notice(
+        "removed unpack directories left by a server that is gone",
+        metadata: ["count": "\(removed)", "directory": "\(settings.unpackDirectory)"])
+    }
+  }
+
+  /// Names of the per-load unpack directories: `palisade-unpack-<pid>-<name>-<version>-<uuid>`.
+  static let unpackPrefix = "palisade-unpack-"
+
+  /// Removes the unpack directories of processes that are gone (a server killed during an unpack; each load
+  /// unpacks into a new directory, so such a directory is never read again) and returns how many. Runs when the
+  /// loader is made, before this process has unpacked anything, so a directory with this process's own pid (a
+  /// container's server is often pid 1 every time) is stale too. Only real directories (not symbolic links) owned
+  /// by this user, with the prefix and a pid that does not run, are touched: the parent may be a shared /tmp.
+  static func removeStaleUnpackDirectories(in parent: String) -> Int {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: parent) else { return 0 }
+    var removed = 0
+    for entry in entries where entry.hasPrefix(unpackPrefix) {
+      let rest = entry.dropFirst(unpackPrefix.count)
+      guard let dash = rest.firstIndex(of: "-"), let pid = Int32(rest[..<dash]), pid > 0 else { continue }
+      let gone = pid == getpid() || (kill(pid, 0) == -1 && errno == ESRCH)
+      let path = "\(parent)/\(entry)"
+      var info = stat()
+      guard gone, lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid() else { continue }
+      if (try? FileManager.default.removeItem(atPath: path)) != nil { removed += 1 }
+    }
+    return removed
   }
 
   /// Every bundle under the configured directories (directories that cannot be read are logged and skipped).
@@ -277,7 +306,8 @@ public final class BundleLoader: Sendable {
     var unpacked: String?
     if candidate.packed {
       // The archive's model.sig is verified before anything else is written, and only signed files are unpacked.
-      let target = "\(settings.unpackDirectory)/\(candidate.name)-\(candidate.version)-\(UUID().uuidString)"
+      let target =
+        "\(settings.unpackDirectory)/\(Self.unpackPrefix)\(getpid())-\(candidate.name)-\(candidate.version)-\(UUID().uuidString)"
       do {
         directory = try await BundleUnpacker.unpack(
           archive: candidate.path, into: target, trust: settings.trust, modelName: candidate.name, now: Date(),

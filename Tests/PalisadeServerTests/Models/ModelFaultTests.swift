@@ -135,7 +135,7 @@ import Testing
     var sawUnpack = false
     for _ in 0..<4000 {
       if ((try? FileManager.default.contentsOfDirectory(atPath: unpack)) ?? []).contains(where: {
-        $0.hasPrefix("digits-3-")
+        $0.hasPrefix("palisade-unpack-") && $0.contains("-digits-3-")
       }) {
         sawUnpack = true
         break
@@ -166,6 +166,9 @@ import Testing
     defer { second.kill() }
     let port2 = try await second.port()
     #expect(port2 != 0, "the server restarts on the log the kill left: \(second.log)")
+    // What the killed server left half-unpacked is removed by the next one.
+    let remaining = (try? FileManager.default.contentsOfDirectory(atPath: unpack)) ?? []
+    #expect(Set(leftovers).isDisjoint(with: remaining), "left: \(leftovers), after the restart: \(remaining)")
     #expect(try await second.waitFor("bundle refused"), "\(second.log)")
     let index = try await Self.index(port2, pki, caller)
     #expect(
