@@ -178,9 +178,13 @@ public actor EgressClient {
             for (name, value) in request.headers { head.headers.add(name: name, value: value) }
             head.headers.replaceOrAdd(name: "content-length", value: String(request.body.count))
             head.headers.replaceOrAdd(name: "connection", value: "close")
-            try await outbound.write(.head(head))
-            if !request.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: request.body)))) }
-            try await outbound.write(.end(nil))
+            var parts: [HTTPClientRequestPart] = [.head(head)]
+            if !request.body.isEmpty { parts.append(.body(.byteBuffer(ByteBuffer(bytes: request.body)))) }
+            parts.append(.end(nil))
+            // One write and one flush. A proxy that refuses may answer and close before it has read the whole
+            // request: its answer is still in the inbound buffer, so a failed write is not the end of the exchange.
+            var writeError: (any Error)?
+            do { try await outbound.write(contentsOf: parts) } catch { writeError = error }
             var status = 0
             var headers: [(String, String)] = []
             var body: [UInt8] = []
@@ -197,7 +201,8 @@ public actor EgressClient {
               case .end: return OutboundResponse(status: status, headers: headers, body: body)
               }
             }
-            throw OutboundError.proxyUnavailable("the proxy closed the connection before answering")
+            throw OutboundError.proxyUnavailable(
+              "the proxy closed the connection before answering\(writeError.map { " (\($0))" } ?? "")")
           }
         } catch let e as OutboundError {
           throw e

@@ -226,21 +226,33 @@ final class ConnectionManager: ChannelDuplexHandler {
   }
 
   private func armStall(after delay: TimeAmount) {
-    guard let context else { return }
-    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-    stallTimer = context.eventLoop.scheduleTask(in: delay) { bound.value.checkStall() }
+    stallTimer = schedule(after: delay) { $0.checkStall() }
   }
 
   private func checkStall() {
     stallTimer = nil
     guard outboundPending > 0, !aborted else { return }
+    if let left = closeIfStalled(since: lastOutboundProgress) { armStall(after: left) }
+  }
+
+  /// Closes the connection (`write_stalled`) when nothing has moved since `since` for the stall timeout; otherwise
+  /// returns how long until it would have.
+  private func closeIfStalled(since: NIODeadline) -> TimeAmount? {
     let limit = TimeAmount.nanoseconds(protections.writeStallTimeout.totalNanoseconds)
-    let waited = now - lastOutboundProgress
-    if waited >= limit {
+    let waited = now - since
+    guard waited < limit else {
       closeForAbuse(reason: "write_stalled", sendGoAway: true)
-    } else {
-      armStall(after: limit - waited)
+      return nil
     }
+    return limit - waited
+  }
+
+  private func schedule(after delay: TimeAmount, _ check: @escaping @Sendable (ConnectionManager) -> Void)
+    -> Scheduled<Void>?
+  {
+    guard let context else { return nil }
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    return context.eventLoop.scheduleTask(in: delay) { check(bound.value) }
   }
 
   /// The socket stopped taking bytes (the channel is unwritable) or took them again. Response DATA is watched per
@@ -260,21 +272,13 @@ final class ConnectionManager: ChannelDuplexHandler {
   }
 
   private func armSocketStall(after delay: TimeAmount) {
-    guard let context else { return }
-    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-    socketStallTimer = context.eventLoop.scheduleTask(in: delay) { bound.value.checkSocketStall() }
+    socketStallTimer = schedule(after: delay) { $0.checkSocketStall() }
   }
 
   private func checkSocketStall() {
     socketStallTimer = nil
     guard let context, !context.channel.isWritable, !aborted else { return }
-    let limit = TimeAmount.nanoseconds(protections.writeStallTimeout.totalNanoseconds)
-    let waited = now - max(lastSocketWritable, lastOutboundProgress)
-    if waited >= limit {
-      closeForAbuse(reason: "write_stalled", sendGoAway: true)
-    } else {
-      armSocketStall(after: limit - waited)
-    }
+    if let left = closeIfStalled(since: max(lastSocketWritable, lastOutboundProgress)) { armSocketStall(after: left) }
   }
 
   /// A stream refused a header block over the size limit; too many on one connection close it.

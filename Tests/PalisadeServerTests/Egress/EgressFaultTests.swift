@@ -17,10 +17,7 @@ import Testing
     let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     // The collector: logs every post (one JSON line, before answering) and holds its first answer back 3 s.
     let received = pki.path("collected.jsonl")
-    let collector = Process()
-    collector.executableURL = URL(fileURLWithPath: InteropTests.python)
-    collector.arguments = [
-      "-c",
+    let script =
       """
       import http.server, json, sys, time
       first = [True]
@@ -44,49 +41,12 @@ import Testing
       s.handle_error = lambda *a: None
       print(s.server_address[1], flush=True)
       s.serve_forever()
-      """, received,
-    ]
-    let portPipe = Pipe()
-    collector.standardOutput = portPipe
-    collector.standardError = FileHandle.nullDevice
-    try collector.run()
-    defer { kill(collector.processIdentifier, SIGKILL) }
-    let portLine = String(decoding: portPipe.fileHandleForReading.availableData, as: UTF8.self)
-    let collectorPort = try #require(Int(portLine.trimmingCharacters(in: .whitespacesAndNewlines)))
-
-    let proxySocket = pki.path("egress.sock")
-    let reports = pki.path("reports.sock")
-    let server = try await TestServer.start(pki: pki, models: [AddSubModel()]) {
-      var audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
-      audit.checkpointEveryRecords = 1
-      audit.checkpointIntervalSeconds = 1
-      audit.origin = "palisade.test/audit"
-      $0.audit = audit
-      $0.egress = .init(
-        reportSocket: reports, proxy: "unix:\(proxySocket)",
-        checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
-    }
-    for _ in 0..<100 where !FileManager.default.fileExists(atPath: reports) {
-      try await Task.sleep(for: .milliseconds(20))
-    }
-    let egressConfig = try pki.write(
-      "egress.yaml",
       """
-      listen: {host: 127.0.0.1, port: 0, unix_socket: \(proxySocket)}
-      admin: {enabled: false}
-      report_socket: \(reports)
-      destinations:
-        - {name: collector, scheme: http, host: localhost, port: \(collectorPort), methods: [POST], path_prefixes: [/checkpoints/], allow_private: true}
-      """)
-    func startSidecar() async throws -> Process {
-      try? FileManager.default.removeItem(atPath: proxySocket + ".ready")
-      let sidecar = Process()
-      sidecar.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-      sidecar.arguments = ["egress", "--config", egressConfig]
-      sidecar.standardError = FileHandle.nullDevice
-      try sidecar.run()
-      return sidecar
-    }
+    let (collector, collectorPort) = try ShippingRig.collector(script, file: received)
+    defer { kill(collector.processIdentifier, SIGKILL) }
+
+    let rig = try await ShippingRig.server(pki, auditKey: keyPath, collectorPort: collectorPort)
+    let server = rig.server
     func posts() -> [[String: String]] {
       let text = (try? String(contentsOfFile: received, encoding: .utf8)) ?? ""
       return text.split(separator: "\n").compactMap {
@@ -97,7 +57,7 @@ import Testing
       _ = try await withClient(server, try goodClient(server)) { try await $0.modelInfer(simpleRequest(raw: true)) }
     }
 
-    var sidecar = try await startSidecar()
+    var sidecar = try await rig.sidecar()
     defer { if sidecar.isRunning { kill(sidecar.processIdentifier, SIGKILL) } }
     try await call()
     // The first post reaches the collector, which holds its answer: kill the sidecar now, mid-shipping.
@@ -114,7 +74,7 @@ import Testing
     #expect(latestDuringOutage.treeSize >= 4)
 
     // Restarted: shipping resumes; the held post is repeated, with the same key.
-    sidecar = try await startSidecar()
+    sidecar = try await rig.sidecar()
     var latest = try #require(server.runtime.auditor.latestSignedCheckpoint)
     let deadline = ContinuousClock.now + .seconds(60)
     while ContinuousClock.now < deadline {

@@ -14,22 +14,12 @@ import Testing
     let key = try AuditSigningKey.generate(name: "palisade.test/audit")
     let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     let received = pki.path("collected.txt")
-    let (collector, collectorPort) = try Self.startCollector(appendingTo: received)
+    let (collector, collectorPort) = try ShippingRig.collector(ShippingRig.appendingCollector, file: received)
     defer { kill(collector.processIdentifier, SIGKILL) }
-    let proxySocket = pki.path("egress.sock")
-    let reports = pki.path("reports.sock")
-    let server = try await TestServer.start(pki: pki, models: [AddSubModel()]) {
-      var audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
-      audit.checkpointEveryRecords = 1
-      audit.checkpointIntervalSeconds = 1
-      audit.origin = "palisade.test/audit"
-      $0.audit = audit
-      $0.egress = .init(
-        reportSocket: reports, proxy: "unix:\(proxySocket)",
-        checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
-    }
-    let sidecar = try await Self.startSidecar(
-      pki, proxySocket: proxySocket, reports: reports, collectorPort: collectorPort)
+    let rig = try await ShippingRig.server(pki, auditKey: keyPath, collectorPort: collectorPort)
+    let server = rig.server
+    let proxySocket = rig.proxySocket
+    let sidecar = try await rig.sidecar()
     defer { kill(sidecar.processIdentifier, SIGKILL) }
 
     // A call makes a record and a checkpoint; the shipper posts it through the sidecar to the collector.
@@ -70,23 +60,14 @@ import Testing
     let key = try AuditSigningKey.generate(name: "palisade.test/audit")
     let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     let received = pki.path("collected.txt")
-    let (collector, collectorPort) = try Self.startCollector(appendingTo: received)
+    let (collector, collectorPort) = try ShippingRig.collector(ShippingRig.appendingCollector, file: received)
     defer { kill(collector.processIdentifier, SIGKILL) }
-    let proxySocket = pki.path("egress.sock")
-    let reports = pki.path("reports.sock")
     // No checkpoint while serving: only the one written when the log closes covers the calls.
-    let server = try await TestServer.start(pki: pki, models: [AddSubModel()]) {
-      var audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
-      audit.checkpointEveryRecords = 10_000_000
-      audit.checkpointIntervalSeconds = 86_400
-      audit.origin = "palisade.test/audit"
-      $0.audit = audit
-      $0.egress = .init(
-        reportSocket: reports, proxy: "unix:\(proxySocket)",
-        checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
-    }
-    let sidecar = try await Self.startSidecar(
-      pki, proxySocket: proxySocket, reports: reports, collectorPort: collectorPort)
+    let rig = try await ShippingRig.server(
+      pki, auditKey: keyPath, collectorPort: collectorPort, checkpointEveryRecords: 10_000_000,
+      checkpointIntervalSeconds: 86_400)
+    let server = rig.server
+    let sidecar = try await rig.sidecar()
     defer { kill(sidecar.processIdentifier, SIGKILL) }
     let caller = try goodClient(server)
     for _ in 0..<3 {
@@ -102,62 +83,6 @@ import Testing
     let last = try #require(notes.last, "nothing reached the collector")
     let checkpoint = try SignedCheckpoint.verify(note: last, key: key.verifyingKey)
     #expect(checkpoint.treeSize == UInt64(log.records.count), "the last checkpoint shipped covers the whole log")
-  }
-
-  /// A collector outside: a plain Python HTTP server that appends every POST body to `file`, then `\n--\n`.
-  static func startCollector(appendingTo file: String) throws -> (Process, Int) {
-    let collector = Process()
-    collector.executableURL = URL(fileURLWithPath: InteropTests.python)
-    collector.arguments = [
-      "-c",
-      """
-      import http.server, sys
-      class H(http.server.BaseHTTPRequestHandler):
-          def do_POST(self):
-              body = self.rfile.read(int(self.headers.get('content-length', 0)))
-              open(sys.argv[1], 'ab').write(body + b'\\n--\\n')
-              self.send_response(204); self.end_headers()
-          def log_message(self, *a): pass
-      s = http.server.HTTPServer(('127.0.0.1', 0), H)
-      print(s.server_address[1], flush=True)
-      s.serve_forever()
-      """, file,
-    ]
-    let portPipe = Pipe()
-    collector.standardOutput = portPipe
-    try collector.run()
-    let portLine = String(decoding: portPipe.fileHandleForReading.availableData, as: UTF8.self)
-    let port = Int(portLine.trimmingCharacters(in: .whitespacesAndNewlines))
-    if port == nil { kill(collector.processIdentifier, SIGKILL) }
-    return (collector, try #require(port, "the collector did not print its port: \(portLine)"))
-  }
-
-  /// A real `palisade egress` process on `proxySocket` that lets POSTs to the collector's /checkpoints/ through and
-  /// reports blocks to the server's `reports` socket (waited for first: the server binds it).
-  static func startSidecar(_ pki: TestPKI, proxySocket: String, reports: String, collectorPort: Int) async throws
-    -> Process
-  {
-    for _ in 0..<100 where !FileManager.default.fileExists(atPath: reports) {
-      try await Task.sleep(for: .milliseconds(20))
-    }
-    let egressConfig = try pki.write(
-      "egress.yaml",
-      """
-      listen: {host: 127.0.0.1, port: 0, unix_socket: \(proxySocket)}
-      admin: {enabled: false}
-      report_socket: \(reports)
-      destinations:
-        - {name: collector, scheme: http, host: localhost, port: \(collectorPort), methods: [POST], path_prefixes: [/checkpoints/], allow_private: true}
-      """)
-    let sidecar = Process()
-    sidecar.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-    sidecar.arguments = ["egress", "--config", egressConfig]
-    sidecar.standardError = FileHandle.nullDevice
-    try sidecar.run()
-    for _ in 0..<200 where !FileManager.default.fileExists(atPath: proxySocket) {
-      try await Task.sleep(for: .milliseconds(25))
-    }
-    return sidecar
   }
 }
 
