@@ -9,7 +9,8 @@
 #   FUZZ_RUNS=10000000 Fuzz/run.sh   stop a target after this many executions (or FUZZ_SECONDS, whichever first)
 #
 # Per target, Fuzz/work/<target>/ (not committed) holds the growing corpus (seeded from Fuzz/corpus/<target>), the
-# log, and artifacts: crash-*, timeout-* (over 1 s), oom-* (over 2 GiB RSS), leak-*. A finding stops that target;
+# log, and artifacts: crash-*, timeout-* (over 1 s), oom-* (over 2 GiB RSS), leak-*; unreproduced/ keeps timeouts
+# whose input ran fast when run again alone (the fuzzer was starved of CPU), which do not stop it. A finding stops that target;
 # the script goes on with the next and exits 1 at the end. Fix the bug, then move the reproducer to
 # Fuzz/regressions/<target>/ so that `make test` replays it. Results go to Fuzz/work/summary.tsv.
 set -uo pipefail
@@ -43,30 +44,59 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$w/corpus" "$w/artifacts"
   extra=()
   [ -f "Fuzz/dict/$t.dict" ] && extra=(-dict="Fuzz/dict/$t.dict")
-  [ -n "${FUZZ_RUNS:-}" ] && extra+=(-runs="$FUZZ_RUNS")
-  echo "== $t: ${FUZZ_SECONDS}s"
+  echo "== $t: ${FUZZ_SECONDS}s${FUZZ_RUNS:+ or $FUZZ_RUNS executions}"
   start=$(date +%s)
   scratch="${TMPDIR:-/tmp}/palisade-fuzz-$t-$$"
   [ -d /dev/shm ] && scratch="/dev/shm/palisade-fuzz-$t-$$"
-  PALISADE_FUZZ_TARGET="$t" PALISADE_FUZZ_SCRATCH="$scratch" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
-    nice -n 10 "$BIN" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=1 \
-    -print_final_stats=1 -artifact_prefix="$w/artifacts/" "${extra[@]}" "$w/corpus" "Fuzz/corpus/$t" >"$w/log" 2>&1
-  rc=$?
-  rm -rf "$scratch"
-  elapsed=$(( $(date +%s) - start ))
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$w/log" | grep -o '[0-9]*$' | tail -1)
-  speed=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$w/log" | grep -o '[0-9]*$' | tail -1)
-  rss=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$w/log" | grep -o '[0-9]*$' | tail -1)
-  files=$(find "$w/corpus" -type f | wc -l)
-  bytes=$(find "$w/corpus" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
-  finding=none
-  if [ $rc -ne 0 ]; then
-    finding=$(ls -t "$w/artifacts" 2>/dev/null | head -1)
-    finding=${finding:-exit-$rc}
+  fuzz() {
+    PALISADE_FUZZ_TARGET="$t" PALISADE_FUZZ_SCRATCH="$scratch" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" \
+      ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
+      nice -n 10 "$BIN" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=1 "$@"
+  }
+  # libFuzzer's timeout is wall-clock: a process starved of CPU (a build beside it, a stopped process) can report
+  # a fast input as a timeout. A timeout is a finding only if the input, run again on its own, is still slow;
+  # otherwise it is set aside in unreproduced/ and fuzzing resumes for the executions and time left.
+  : >"$w/log"
+  total=0 rss=0 unreproduced=0 finding=none rc=0
+  while :; do
+    run_args=()
+    if [ -n "${FUZZ_RUNS:-}" ]; then
+      [ "$total" -ge "$FUZZ_RUNS" ] && break
+      run_args=(-runs=$((FUZZ_RUNS - total)))
+    fi
+    left=$((FUZZ_SECONDS - ($(date +%s) - start)))
+    [ "$left" -le 0 ] && break
+    fuzz -max_total_time="$left" -print_final_stats=1 -artifact_prefix="$w/artifacts/" "${extra[@]}" "${run_args[@]}" \
+      "$w/corpus" "Fuzz/corpus/$t" >"$w/log.part" 2>&1
+    rc=$?
+    cat "$w/log.part" >>"$w/log"
+    n=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$w/log.part" | grep -o '[0-9]*$' | tail -1)
+    r=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$w/log.part" | grep -o '[0-9]*$' | tail -1)
+    total=$((total + ${n:-0}))
+    [ "${r:-0}" -gt "$rss" ] && rss=$r
+    [ $rc -eq 0 ] && break
+    newest=$(ls -t "$w/artifacts" 2>/dev/null | head -1)
+    if [[ "$newest" == timeout-* ]] && fuzz -runs=3 "$w/artifacts/$newest" >"$w/replay.log" 2>&1; then
+      mkdir -p "$w/unreproduced"
+      mv "$w/artifacts/$newest" "$w/unreproduced/"
+      unreproduced=$((unreproduced + 1))
+      echo "   $newest: not slow when run again on its own (starved, not a finding); resuming"
+      rc=0
+      continue
+    fi
+    finding=${newest:-exit-$rc}
     failed=1
     echo "   FINDING: $w/artifacts/$finding (log: $w/log)"
-  fi
+    break
+  done
+  rm -rf "$scratch" "$w/log.part"
+  elapsed=$(( $(date +%s) - start ))
+  execs=$total
+  speed=$(( total / (elapsed > 0 ? elapsed : 1) ))
+  files=$(find "$w/corpus" -type f | wc -l)
+  bytes=$(find "$w/corpus" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+  [ "$finding" = none ] && [ "$unreproduced" -gt 0 ] && finding="none ($unreproduced timeouts not reproduced)"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$elapsed" "${execs:-?}" "${speed:-?}" \
-    "${rss:-?}" "$files" "$bytes" "$finding" | tee -a "$SUMMARY"
+    "$rss" "$files" "$bytes" "$finding" | tee -a "$SUMMARY"
 done
 exit $failed
