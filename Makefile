@@ -4,8 +4,10 @@ SWIFT ?= swift
 PYTHON ?= python3
 VENV := .venv
 CONFIG ?= deploy/local/palisade.yaml
-# Debian packages the build, the dev PKI and the tests need.
-APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl gnutls-bin libtss2-dev swtpm swtpm-tools tpm2-tools
+# Debian packages the build, the dev PKI and the tests need; iproute2 and nftables for make run's network namespace
+# (with nft the namespace reaches the sidecar's port only, without it any port the host binds).
+APT_PACKAGES := protobuf-compiler openssl libzstd-dev zstd curl gnutls-bin libtss2-dev swtpm swtpm-tools tpm2-tools \
+  iproute2 nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help deps venv build release release-repro sbom pki demo-bundle run test test-image fuzz fuzz-seeds check generate format format-check clean
