@@ -13,8 +13,6 @@ import Testing
 @Suite(.serialized) struct EgressFaultTests {
   @Test func sidecarKilledWhileCheckpointsShipThenRestarted() async throws {
     let pki = try TestPKI()
-    let key = try AuditSigningKey.generate(name: "palisade.test/audit")
-    let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     // The collector: logs every post (one JSON line, before answering) and holds its first answer back 3 s.
     let received = pki.path("collected.jsonl")
     let script =
@@ -45,8 +43,9 @@ import Testing
     let (collector, collectorPort) = try ShippingRig.collector(script, file: received)
     defer { kill(collector.processIdentifier, SIGKILL) }
 
-    let rig = try await ShippingRig.server(pki, auditKey: keyPath, collectorPort: collectorPort)
+    let rig = try await ShippingRig.server(pki, collectorPort: collectorPort)
     let server = rig.server
+    let key = rig.auditKey
     func posts() -> [[String: String]] {
       let text = (try? String(contentsOfFile: received, encoding: .utf8)) ?? ""
       return text.split(separator: "\n").compactMap {

@@ -11,13 +11,12 @@ import Testing
 @Suite struct EgressIntegrationTests {
   @Test func checkpointsShipThroughTheSidecarAndBlocksAreAudited() async throws {
     let pki = try TestPKI()
-    let key = try AuditSigningKey.generate(name: "palisade.test/audit")
-    let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     let received = pki.path("collected.txt")
     let (collector, collectorPort) = try ShippingRig.collector(ShippingRig.appendingCollector, file: received)
     defer { kill(collector.processIdentifier, SIGKILL) }
-    let rig = try await ShippingRig.server(pki, auditKey: keyPath, collectorPort: collectorPort)
+    let rig = try await ShippingRig.server(pki, collectorPort: collectorPort)
     let server = rig.server
+    let key = rig.auditKey
     let proxySocket = rig.proxySocket
     let sidecar = try await rig.sidecar()
     defer { kill(sidecar.processIdentifier, SIGKILL) }
@@ -57,16 +56,14 @@ import Testing
   /// before the server stops, not at the next start (which a pod that is scaled away never has).
   @Test func theFinalCheckpointLeavesThroughTheSidecarAtShutdown() async throws {
     let pki = try TestPKI()
-    let key = try AuditSigningKey.generate(name: "palisade.test/audit")
-    let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     let received = pki.path("collected.txt")
     let (collector, collectorPort) = try ShippingRig.collector(ShippingRig.appendingCollector, file: received)
     defer { kill(collector.processIdentifier, SIGKILL) }
     // No checkpoint while serving: only the one written when the log closes covers the calls.
     let rig = try await ShippingRig.server(
-      pki, auditKey: keyPath, collectorPort: collectorPort, checkpointEveryRecords: 10_000_000,
-      checkpointIntervalSeconds: 86_400)
+      pki, collectorPort: collectorPort, checkpointEveryRecords: 10_000_000, checkpointIntervalSeconds: 86_400)
     let server = rig.server
+    let key = rig.auditKey
     let sidecar = try await rig.sidecar()
     defer { kill(sidecar.processIdentifier, SIGKILL) }
     let caller = try goodClient(server)

@@ -1,4 +1,5 @@
 import Foundation
+import PalisadeAudit
 import PalisadeServer
 import PalisadeTestSupport
 import Testing
@@ -35,10 +36,11 @@ enum ShippingRig {
     return (collector, try #require(port, "the collector did not print its port: \(portLine)"))
   }
 
-  /// A started server with an audit log (origin `palisade.test/audit`) that ships checkpoints to the collector on
-  /// `collectorPort` through the sidecar's Unix socket, and how to start that sidecar.
+  /// A started server with an audit log (origin `palisade.test/audit`, signed with `auditKey`) that ships checkpoints
+  /// to the collector on `collectorPort` through the sidecar's Unix socket, and how to start that sidecar.
   struct Server {
     let server: TestServer
+    let auditKey: AuditSigningKey
     let pki: TestPKI
     let proxySocket: String
     let reports: String
@@ -72,13 +74,14 @@ enum ShippingRig {
   }
 
   static func server(
-    _ pki: TestPKI, auditKey: String, collectorPort: Int, checkpointEveryRecords: Int = 1,
-    checkpointIntervalSeconds: Int = 1
+    _ pki: TestPKI, collectorPort: Int, checkpointEveryRecords: Int = 1, checkpointIntervalSeconds: Int = 1
   ) async throws -> Server {
+    let key = try AuditSigningKey.generate(name: "palisade.test/audit")
+    let keyPath = try pki.write("audit.key", key.privateKeyPEM, mode: 0o600)
     let proxySocket = pki.path("egress.sock")
     let reports = pki.path("reports.sock")
     let server = try await TestServer.start(pki: pki, models: [AddSubModel()]) {
-      var audit = ServerConfig.Audit(directory: pki.path("audit"), key: auditKey)
+      var audit = ServerConfig.Audit(directory: pki.path("audit"), key: keyPath)
       audit.checkpointEveryRecords = checkpointEveryRecords
       audit.checkpointIntervalSeconds = checkpointIntervalSeconds
       audit.origin = "palisade.test/audit"
@@ -88,6 +91,7 @@ enum ShippingRig {
         checkpointURL: "http://localhost:\(collectorPort)/checkpoints/")
     }
     return Server(
-      server: server, pki: pki, proxySocket: proxySocket, reports: reports, collectorPort: collectorPort)
+      server: server, auditKey: key, pki: pki, proxySocket: proxySocket, reports: reports,
+      collectorPort: collectorPort)
   }
 }
