@@ -118,7 +118,10 @@ final class RefuseConnectionHandler: ChannelInboundHandler, Sendable {
 /// Closes a connection whose client is too slow: the request head must be whole within `headerTimeout` of the
 /// connection opening (or of the previous response being written), the whole request within `requestTimeout`, and
 /// while a request is read or a response written there must be progress every `idleTimeout`. No timer runs while the
-/// proxy itself works on a request (inspection, upstream): the upstream timeout covers that.
+/// proxy itself works on a request (inspection, upstream): the upstream timeout covers that. Whatever the phase, a
+/// socket that stays full for `idleTimeout` (NIO's high watermark exceeded: the client reads nothing) closes the
+/// connection as `write_stalled`: a client that pipelines requests and never reads leaves the next answer waiting
+/// before its head reaches this handler, in the phase where no other timer runs.
 ///
 /// Sits after the HTTP decoder, so a half-sent request line is simply "no head yet".
 final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -135,6 +138,7 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
   private var headerDeadline: NIODeadline?
   private var requestDeadline: NIODeadline?
   private var idleDeadline: NIODeadline?
+  private var stallDeadline: NIODeadline?
   private var timer: Scheduled<Void>?
   private var timerDeadline: NIODeadline?
 
@@ -157,6 +161,18 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
   func channelInactive(context: ChannelHandlerContext) {
     stop()
     context.fireChannelInactive()
+  }
+
+  func channelWritabilityChanged(context: ChannelHandlerContext) {
+    if phase != .done {
+      if context.channel.isWritable {
+        stallDeadline = nil
+      } else if stallDeadline == nil {
+        stallDeadline = .now() + settings.idleTimeout
+      }
+      reschedule(context: context)
+    }
+    context.fireChannelWritabilityChanged()
   }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -218,7 +234,7 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
   /// One timer at the earliest deadline; a deadline that moved later is found when the timer fires, so progress
   /// costs no rescheduling.
   private func reschedule(context: ChannelHandlerContext) {
-    let earliest = [headerDeadline, requestDeadline, idleDeadline].compactMap { $0 }.min()
+    let earliest = [headerDeadline, requestDeadline, idleDeadline, stallDeadline].compactMap { $0 }.min()
     guard let earliest, phase != .done else {
       timer?.cancel()
       timer = nil
@@ -243,6 +259,8 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
         "request_timeout"
       } else if let d = idleDeadline, d <= now {
         "idle_timeout"
+      } else if let d = stallDeadline, d <= now {
+        "write_stalled"
       } else {
         nil
       }
@@ -257,6 +275,7 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
     headerDeadline = nil
     requestDeadline = nil
     idleDeadline = nil
+    stallDeadline = nil
     timer?.cancel()
     timer = nil
     timerDeadline = nil

@@ -33,6 +33,8 @@ Prints one `RESULT <attack> <json>` line per attack, `RESULT baseline <json>`, a
   slow_handshake TCP connections dribbling a TLS ClientHello one byte at a time (no credentials)
   slowloris_grpc TLS connections (valid certificate) dribbling the HTTP/2 preface and a HEADERS frame
   slowloris_admin HTTP/1.1 requests to the admin port dribbled one byte at a time (no credentials)
+  admin_unread   HTTP/1.1 requests to the admin port pipelined from a 4 KiB receive buffer and never read (no
+                 credentials): the answers fill the socket, and the connection would hold its admin slot for ever
 """
 import argparse
 import json
@@ -57,7 +59,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ATTACKS = ["rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams", "zero_window",
-           "tcp_full", "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin"]
+           "tcp_full", "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin",
+           "admin_unread"]
 # The counter (and label) each attack must raise; any one of several reasons counts.
 EXPECTED = {
     "rapid_reset": ("transport", ["rapid_reset"]),
@@ -72,6 +75,7 @@ EXPECTED = {
     "slow_handshake": ("transport", ["handshake_timeout"]),
     "slowloris_grpc": ("transport", ["keepalive_timeout", "idle_timeout"]),
     "slowloris_admin": ("admin", ["request_timeout"]),
+    "admin_unread": ("admin", ["write_stalled"]),
 }
 # Attacks on HTTP/2 must end with GOAWAY(ENHANCE_YOUR_CALM).
 EXPECT_CALM = {"rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams",
@@ -720,6 +724,46 @@ def slowloris_admin(args, port, until):
     return dribble(make, payload, until, min(args.slow_connections, 16), 0.25, args.close_wait)
 
 
+def admin_unread(args, port, until):
+    out = Outcome()
+    request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n" * 100
+    conns = []
+    for _ in range(min(args.slow_connections, 8)):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window from the start
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        s.setblocking(False)
+        conns.append([s, time.time(), None])
+    stop = max(until, time.time()) + args.close_wait
+    while time.time() < stop and any(c[2] is None for c in conns):
+        for c in conns:
+            if c[2] is not None:
+                continue
+            # Closed by the server: the socket left ESTABLISHED without this side reading anything.
+            if c[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != 1:
+                c[2] = time.time()
+                continue
+            try:
+                c[0].send(request)
+            except (BlockingIOError, InterruptedError):
+                pass  # the server has stopped reading: its answers cannot leave
+            except OSError:
+                c[2] = time.time()
+        time.sleep(0.05)
+    for sock, opened, ended in conns:
+        out.connections += 1
+        if ended is not None:
+            out.closed += 1
+            if out.first_close_s is None or ended - opened < out.first_close_s:
+                out.first_close_s = round(ended - opened, 3)
+        sock.close()
+    return out
+
+
 # MARK: Driver
 
 def run(args):
@@ -743,7 +787,7 @@ def run(args):
             before = metrics(server.admin)
             sampler.reset()
             start = time.time()
-            port = server.admin if name == "slowloris_admin" else server.port
+            port = server.admin if name in ("slowloris_admin", "admin_unread") else server.port
             outcome = globals()[name](args, port, start + args.duration)
             end = time.time()
             time.sleep(0.3)

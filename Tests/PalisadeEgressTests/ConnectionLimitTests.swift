@@ -69,6 +69,19 @@ struct ConnectionLimitTests {
     await h2.stop()
   }
 
+  @Test("a client that pipelines requests and never reads the answers is closed once the socket stays full")
+  func neverReads() async throws {
+    let h = try await Harness(limits: "idle_timeout_seconds: 1")
+    let sink = try RawSocket(tcpPort: h.proxy.adminBound.port ?? 0, receiveBuffer: 4096)
+    let request = String(repeating: "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n", count: 100)
+    for _ in 0..<200 { sink.sendWithoutWaiting(request) }
+    #expect(
+      try await h.waitForMetric(
+        #"palisade_egress_connections_refused_total{listener="admin",reason="write_stalled"} 1"#))
+    #expect(sink.readAll().closed, "the stalled connection is closed")
+    await h.stop()
+  }
+
   @Test("the connection caps refuse the N+1th connection (per address, then in total) with 503, on both listeners")
   func connectionCaps() async throws {
     let h = try await Harness(

@@ -252,8 +252,13 @@ let palisadeBinary = ProcessInfo.processInfo.environment["PALISADE_BIN"] ?? "\(r
 final class RawSocket {
   let fd: Int32
 
-  init(tcpPort: Int) throws {
+  /// `receiveBuffer` (set before connecting, so that the window is small from the start) plays a client that reads
+  /// little.
+  init(tcpPort: Int, receiveBuffer: Int32? = nil) throws {
     fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    if var size = receiveBuffer {
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_port = in_port_t(UInt16(clamping: tcpPort).bigEndian)
@@ -301,6 +306,13 @@ final class RawSocket {
 
   @discardableResult
   func send(_ text: String) -> Bool { send(Array(text.utf8)) }
+
+  /// Sends what the socket takes now, without blocking (the rest is dropped).
+  func sendWithoutWaiting(_ text: String) {
+    _ = Array(text.utf8).withUnsafeBytes {
+      Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+    }
+  }
 
   /// Reads until the peer closes, or until nothing arrives for `timeoutSeconds` (a bound for a broken test, not a
   /// timing assertion): what arrived, and whether the peer closed.

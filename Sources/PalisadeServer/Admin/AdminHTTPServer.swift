@@ -13,7 +13,8 @@ public import PalisadeTransport
 ///
 /// Nobody authenticates here, so nobody may hold it: at most `maxConnections` are open at once, and a request
 /// must arrive whole within `requestTimeout` of the connection opening or of the previous response (slowloris
-/// and idle keep-alive connections are closed); refusals count in `palisade_admin_refusals_total{reason}`.
+/// and idle keep-alive connections are closed), and a connection whose answers sit unread in a full socket for
+/// `requestTimeout` is closed too; refusals count in `palisade_admin_refusals_total{reason}`.
 public final class AdminHTTPServer: Service, Sendable {
   private let host: String
   private let port: Int
@@ -39,7 +40,20 @@ public final class AdminHTTPServer: Service, Sendable {
   }
 
   public func run() async throws {
-    let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    // Its own thread: nobody authenticates here, so a flood of `/metrics` renders must not queue behind (or in
+    // front of) the inference connections on the shared event loops; the kernel shares the cores between them.
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    do {
+      try await serve(on: group)
+    } catch {
+      try? await group.shutdownGracefully()
+      throw error
+    }
+    try? await group.shutdownGracefully()
+  }
+
+  private func serve(on group: MultiThreadedEventLoopGroup) async throws {
+    let server = try await ServerBootstrap(group: group)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
       .bind(host: host, port: port) { [limiter, metrics, requestTimeout] channel in
         channel.eventLoop.makeCompletedFuture {
@@ -52,7 +66,7 @@ public final class AdminHTTPServer: Service, Sendable {
           }
           try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
           try channel.pipeline.syncOperations.addHandler(
-            RequestDeadline(timeout: requestTimeout) { metrics.recordAdminRefusal(reason: "request_timeout") })
+            RequestDeadline(timeout: requestTimeout) { metrics.recordAdminRefusal(reason: $0) })
           return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
             wrappingChannelSynchronously: channel)
         }
@@ -121,8 +135,12 @@ public final class AdminHTTPServer: Service, Sendable {
   }
 }
 
-/// Closes an HTTP/1 connection whose next request has not arrived in full within `timeout` of the connection
-/// opening or of the previous response: a slow sender (slowloris) and an idle keep-alive connection alike.
+/// Closes an HTTP/1 connection whose client is too slow, in either direction:
+/// - its next request has not arrived in full within `timeout` of the connection opening or of the previous
+///   response (a slow sender, slowloris, and an idle keep-alive connection alike): `request_timeout`;
+/// - the socket has stayed full for `timeout` (more than NIO's high watermark waiting), so no answer is moving: a
+///   client that pipelines requests and never reads would otherwise hold its slot for ever, since no request
+///   deadline runs while an answer waits to be written: `write_stalled`.
 final class RequestDeadline: ChannelDuplexHandler {
   typealias InboundIn = HTTPServerRequestPart
   typealias InboundOut = HTTPServerRequestPart
@@ -130,37 +148,64 @@ final class RequestDeadline: ChannelDuplexHandler {
   typealias OutboundOut = HTTPServerResponsePart
 
   private let timeout: Duration
-  private let onTimeout: @Sendable () -> Void
-  private var timer: Scheduled<Void>?
+  private let onClose: @Sendable (_ reason: String) -> Void
+  private var requestTimer: Scheduled<Void>?
+  private var stallTimer: Scheduled<Void>?
 
-  init(timeout: Duration, onTimeout: @escaping @Sendable () -> Void) {
+  /// `onClose` is told why the handler closed the connection (`request_timeout` or `write_stalled`).
+  init(timeout: Duration, onClose: @escaping @Sendable (_ reason: String) -> Void) {
     self.timeout = timeout
-    self.onTimeout = onTimeout
+    self.onClose = onClose
   }
 
-  func handlerAdded(context: ChannelHandlerContext) { arm(context: context) }
+  func handlerAdded(context: ChannelHandlerContext) {
+    armRequestTimer(context: context)
+    if context.channel.isActive, !context.channel.isWritable { armStallTimer(context: context) }
+  }
 
-  func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+  func handlerRemoved(context: ChannelHandlerContext) {
+    requestTimer?.cancel()
+    stallTimer?.cancel()
+  }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     if case .end = unwrapInboundIn(data) {
-      timer?.cancel()
-      timer = nil
+      requestTimer?.cancel()
+      requestTimer = nil
     }
     context.fireChannelRead(data)
   }
 
   func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-    if case .end = unwrapOutboundIn(data) { arm(context: context) }
+    if case .end = unwrapOutboundIn(data) { armRequestTimer(context: context) }
     context.write(data, promise: promise)
   }
 
-  private func arm(context: ChannelHandlerContext) {
-    timer?.cancel()
+  func channelWritabilityChanged(context: ChannelHandlerContext) {
+    if context.channel.isWritable {
+      stallTimer?.cancel()
+      stallTimer = nil
+    } else if stallTimer == nil {
+      armStallTimer(context: context)
+    }
+    context.fireChannelWritabilityChanged()
+  }
+
+  private func armRequestTimer(context: ChannelHandlerContext) {
+    requestTimer?.cancel()
+    requestTimer = closeLater(context: context, reason: "request_timeout")
+  }
+
+  private func armStallTimer(context: ChannelHandlerContext) {
+    stallTimer?.cancel()
+    stallTimer = closeLater(context: context, reason: "write_stalled")
+  }
+
+  private func closeLater(context: ChannelHandlerContext, reason: String) -> Scheduled<Void> {
     let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-    let onTimeout = self.onTimeout
-    timer = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
-      onTimeout()
+    let onClose = self.onClose
+    return context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+      onClose(reason)
       bound.value.close(promise: nil)
     }
   }

@@ -7,7 +7,8 @@ extension ServerConfig {
     public var listen: HostPort
     /// Open admin connections at once; beyond: closed at once.
     public var maxConnections: Int = 64
-    /// A request must arrive whole within this of the connection opening or the previous response.
+    /// A request must arrive whole within this of the connection opening or the previous response, and answers may
+    /// not sit unread in a full socket for longer.
     public var requestTimeoutSeconds: Int = 10
     public init(enabled: Bool, listen: HostPort) {
       self.enabled = enabled

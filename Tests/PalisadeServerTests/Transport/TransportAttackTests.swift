@@ -165,6 +165,25 @@ import X509
     try await server.stop()
   }
 
+  @Test func theAdminPortClosesAClientThatNeverReadsItsAnswers() async throws {
+    let server = try await TestServer.start { config in config.admin.requestTimeoutSeconds = 1 }
+    // Pipelined requests, never read: the answers fill the client's small receive buffer, then the server's socket
+    // buffer, then NIO's outbound buffer, and the connection would hold its admin slot for ever.
+    let sink = try RawSocket(port: server.adminPort, receiveBuffer: 4096)
+    let request = String(repeating: "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", count: 100)
+    for _ in 0..<200 { sink.sendWithoutWaiting(request) }
+    var metrics = ""
+    for _ in 0..<100 {  // a bound for a broken test (20 s), not a timing assertion
+      metrics = try await adminGet(server, "/metrics").1
+      if metrics.contains(#"palisade_admin_refusals_total{reason="write_stalled"} 1"#) { break }
+      try await Task.sleep(for: .milliseconds(200))
+    }
+    #expect(metrics.contains(#"palisade_admin_refusals_total{reason="write_stalled"} 1"#))
+    #expect(sink.waitForClose(timeout: 30), "the stalled connection is closed")
+    #expect(try await adminGet(server, "/healthz").0 == 200)
+    try await server.stop()
+  }
+
   // MARK: 10. Intermediates that may not sign certificates
 
   @Test func aClientChainThroughAnIntermediateWithoutKeyCertSignIsRefused() async throws {
@@ -197,8 +216,13 @@ final class RawSocket: @unchecked Sendable {
   let fd: Int32
   private var open = true
 
-  init(port: Int) throws {
+  /// `receiveBuffer` (set before connecting, so that the window is small from the start) plays a client that reads
+  /// little.
+  init(port: Int, receiveBuffer: Int32? = nil) throws {
     fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    if var size = receiveBuffer {
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -215,11 +239,18 @@ final class RawSocket: @unchecked Sendable {
     _ = Array(text.utf8).withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
   }
 
+  /// Sends what the socket takes now, without blocking (the rest is dropped).
+  func sendWithoutWaiting(_ text: String) {
+    _ = Array(text.utf8).withUnsafeBytes {
+      Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+    }
+  }
+
   /// Whether the peer closes the connection (EOF or reset) within `timeout` seconds.
   func waitForClose(timeout: Int) -> Bool {
     var tv = timeval(tv_sec: 1, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    var buffer = [UInt8](repeating: 0, count: 4096)
+    var buffer = [UInt8](repeating: 0, count: 65536)
     for _ in 0..<timeout {
       let n = recv(fd, &buffer, buffer.count, 0)
       if n == 0 { return true }
