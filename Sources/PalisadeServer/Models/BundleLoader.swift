@@ -169,23 +169,41 @@ public final class BundleLoader: Sendable {
     return .success(names)
   }
 
-  /// Loads the newest bundle of every model; a bad bundle is reported (and shown in RepositoryIndex) and skipped.
+  /// Loads the newest bundle of every model at start; a bad bundle is reported (and shown in RepositoryIndex) and
+  /// the next older one is tried, down to the version accepted last (anti-rollback refuses anything older), so that
+  /// a half-copied new version does not leave the model unserved when the accepted one is still on disk.
   /// A model in `below` loads its newest bundle below the given version instead (the stable version of a rollout
   /// planned in the config, whose candidate the rollout loads), unless that candidate was accepted already (a
   /// promoted rollout still in the config: anti-rollback would refuse every version below it).
   public func loadAll(below: [String: Int] = [:]) async {
-    let newest = Dictionary(grouping: discover(), by: \.name).compactMap { name, found in
-      let limit = below[name].flatMap { candidate in
-        (accepted.acceptedVersion(of: name) ?? 0) < candidate ? candidate : nil
-      }
-      return found.filter { c in limit.map { c.version < $0 } ?? true }.max { $0.version < $1.version }
-    }
-    for candidate in newest.sorted(by: { $0.name < $1.name }) {
-      do { try await load(candidate) } catch {
-        metrics?.recordModelLoad(result: "refused")
-        logger.error(
-          "bundle refused",
-          metadata: ["model": "\(candidate.name)", "version": "\(candidate.version)", "reason": "\(error.message)"])
+    let byName = Dictionary(grouping: discover(), by: \.name)
+    for (name, found) in byName.sorted(by: { $0.key < $1.key }) {
+      let floor = accepted.acceptedVersion(of: name) ?? 0
+      let limit = below[name].flatMap { candidate in floor < candidate ? candidate : nil }
+      let newestFirst = found.filter { c in limit.map { c.version < $0 } ?? true }.sorted { $0.version > $1.version }
+      var refused: [Int] = []
+      for candidate in newestFirst {
+        do {
+          // Nothing else of this model is loaded yet; the refused newer versions stay listed with their reasons.
+          try await load(candidate, retireOthers: false, record: true)
+          if !refused.isEmpty {
+            logger.warning(
+              "model served from an older bundle: the newer ones were refused",
+              metadata: [
+                "model": "\(name)", "version": "\(candidate.version)",
+                "refused": "\(refused.map(String.init).joined(separator: ","))",
+              ])
+          }
+          break
+        } catch {
+          metrics?.recordModelLoad(result: "refused")
+          logger.error(
+            "bundle refused",
+            metadata: ["model": "\(name)", "version": "\(candidate.version)", "reason": "\(error.message)"])
+          refused.append(candidate.version)
+          // Older ones than the accepted version would be refused too.
+          if candidate.version <= floor { break }
+        }
       }
     }
   }

@@ -65,6 +65,46 @@ import Testing
     try await server.stop()
   }
 
+  @Test func aRefusedNewVersionAtStartFallsBackToTheAcceptedOneNeverBelowIt() async throws {
+    let pki = try TestPKI()
+    let factory = TestBundleFactory()
+    let root = pki.path("models")
+    try await factory.make(root: root, version: 1)
+    try await factory.make(root: root, version: 2)
+    // Version 3 half-copied (a file cut short): refused; version 2 is served instead, version 1 is not touched.
+    let three = try await factory.make(root: root, version: 3)
+    try Data("{\"ki".utf8).write(to: URL(fileURLWithPath: "\(three)/model.testmodel"))
+    var server = try await Self.start(pki, factory, root: root)
+    try await waitReady(server, "simple")
+    let client = try goodClient(server)
+    #expect(
+      try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }.modelVersion == "2")
+    var index = try await withClient(server, client) { try await $0.repositoryIndex(.init()) }.models
+    #expect(index.contains { $0.version == "2" && $0.state == "READY" }, "\(index)")
+    #expect(
+      index.contains { $0.version == "3" && $0.state == "UNAVAILABLE" && $0.reason.contains("model.testmodel") },
+      "\(index)")
+    #expect(!index.contains { $0.version == "1" }, "\(index)")
+    let state = try String(contentsOfFile: pki.path("state/accepted.json"), encoding: .utf8)
+    #expect(state.contains("\"simple\"") && state.contains("2"), "\(state)")
+    try await server.stop()
+
+    // Version 2, accepted, now refused too: version 1 is older than the accepted one and is never loaded.
+    try FileManager.default.removeItem(atPath: three)
+    try Data("{\"ki".utf8).write(to: URL(fileURLWithPath: "\(root)/simple/2/model.testmodel"))
+    server = try await Self.start(pki, factory, root: root)
+    try await Task.sleep(for: .milliseconds(300))
+    index = try await withClient(server, client) { try await $0.repositoryIndex(.init()) }.models
+    #expect(index.contains { $0.version == "2" && $0.state == "UNAVAILABLE" }, "\(index)")
+    #expect(!index.contains { $0.version == "1" }, "\(index)")
+    #expect(!server.runtime.repository.isReady(name: "simple", version: ""))
+    let refused = await rpcError {
+      _ = try await withClient(server, client) { try await $0.modelInfer(simpleRequest(raw: true)) }
+    }
+    #expect(refused?.code == .unavailable, "\(String(describing: refused))")
+    try await server.stop()
+  }
+
   @Test func newVersionSwapsInUnderLoadAndOlderVersionsAreRefused() async throws {
     let pki = try TestPKI()
     let factory = TestBundleFactory()
