@@ -33,6 +33,8 @@ Prints one `RESULT <attack> <json>` line per attack, `RESULT baseline <json>`, a
   slow_handshake TCP connections dribbling a TLS ClientHello one byte at a time (no credentials)
   slowloris_grpc TLS connections (valid certificate) dribbling the HTTP/2 preface and a HEADERS frame
   slowloris_admin HTTP/1.1 requests to the admin port dribbled one byte at a time (no credentials)
+  admin_flood    16 keep-alive connections to the admin port asking for /metrics as fast as the answers come back
+                 (no credentials): the cost of rendering, not of holding connections
   admin_unread   HTTP/1.1 requests to the admin port pipelined from a 4 KiB receive buffer and never read (no
                  credentials): the answers fill the socket, and the connection would hold its admin slot for ever
 """
@@ -60,7 +62,7 @@ LIVE = "/inference.GRPCInferenceService/ServerLive"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ATTACKS = ["rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams", "zero_window",
            "tcp_full", "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin",
-           "admin_unread"]
+           "admin_unread", "admin_flood"]
 # The counter (and label) each attack must raise; any one of several reasons counts.
 EXPECTED = {
     "rapid_reset": ("transport", ["rapid_reset"]),
@@ -76,6 +78,7 @@ EXPECTED = {
     "slowloris_grpc": ("transport", ["keepalive_timeout", "idle_timeout"]),
     "slowloris_admin": ("admin", ["request_timeout"]),
     "admin_unread": ("admin", ["write_stalled"]),
+    "admin_flood": ("admin", ["metrics_cached"]),
 }
 # Attacks on HTTP/2 must end with GOAWAY(ENHANCE_YOUR_CALM).
 EXPECT_CALM = {"rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams",
@@ -168,6 +171,9 @@ def metrics(admin_port):
         m = re.match(r'palisade_(transport|admin)_refusals_total\{reason="([^"]+)"\}\s+([0-9.e+]+)', line)
         if m:
             out[(m.group(1), m.group(2))] = float(m.group(3))
+        m = re.match(r'palisade_admin_metrics_cached_total\s+([0-9.e+]+)', line)
+        if m:
+            out[("admin", "metrics_cached")] = float(m.group(1))
     return out
 
 
@@ -764,6 +770,53 @@ def admin_unread(args, port, until):
     return out
 
 
+def admin_flood(args, port, until):
+    out = Outcome()
+    answered = [0]
+    lock = threading.Lock()
+
+    def hammer():
+        n = 0
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            return
+        buf = b""
+        try:
+            while time.time() < until:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                while b"\r\n\r\n" not in buf:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise OSError("closed")
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(buf) < length:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise OSError("closed")
+                    buf += chunk
+                buf = buf[length:]
+                n += 1
+        except (OSError, AttributeError):
+            pass
+        finally:
+            s.close()
+            with lock:
+                answered[0] += n
+                out.connections += 1
+                out.closed += 1  # the attacker ends these itself: nothing is held afterwards
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.notes["answers"] = answered[0]
+    return out
+
+
 # MARK: Driver
 
 def run(args):
@@ -787,7 +840,7 @@ def run(args):
             before = metrics(server.admin)
             sampler.reset()
             start = time.time()
-            port = server.admin if name in ("slowloris_admin", "admin_unread") else server.port
+            port = server.admin if name.startswith("admin") or name == "slowloris_admin" else server.port
             outcome = globals()[name](args, port, start + args.duration)
             end = time.time()
             time.sleep(0.3)
@@ -799,7 +852,8 @@ def run(args):
             calls = summary(caller.window(start, end))
             r = {**outcome.result(), "caller": calls, "seconds": round(end - start, 2),
                  "rss_peak_mib": round(peak / 2**20, 1), "rss_growth_mib": round((peak - base_rss) / 2**20, 1),
-                 "metric": f"palisade_{family}_refusals_total", "counted": counted, "all_counted": moved,
+                 "metric": "palisade_admin_metrics_cached_total" if reasons == ["metrics_cached"]
+                 else f"palisade_{family}_refusals_total", "counted": counted, "all_counted": moved,
                  "fds_after": server.fds(), "server_alive": server.proc.poll() is None}
             if calls["p99_ms"] and baseline["p99_ms"]:
                 r["p99_ratio"] = round(calls["p99_ms"] / baseline["p99_ms"], 2)

@@ -14,12 +14,15 @@ public import PalisadeTransport
 /// Nobody authenticates here, so nobody may hold it: at most `maxConnections` are open at once, and a request
 /// must arrive whole within `requestTimeout` of the connection opening or of the previous response (slowloris
 /// and idle keep-alive connections are closed), and a connection whose answers sit unread in a full socket for
-/// `requestTimeout` is closed too; refusals count in `palisade_admin_refusals_total{reason}`.
+/// `requestTimeout` is closed too; refusals count in `palisade_admin_refusals_total{reason}`. `/metrics` is rendered
+/// at most `metricsRendersPerSecond` times a second (``MetricsRenderBudget``), and the endpoint has a thread of its
+/// own, so that its traffic cannot take the event loops or much CPU from inference.
 public final class AdminHTTPServer: Service, Sendable {
   private let host: String
   private let port: Int
   private let limiter: ConnectionLimiter
   private let requestTimeout: Duration
+  private let renders: MetricsRenderBudget
   private let state: ServingState
   private let metrics: ServerMetrics
   private let logger: Logger
@@ -28,8 +31,9 @@ public final class AdminHTTPServer: Service, Sendable {
 
   public init(
     host: String, port: Int, state: ServingState, metrics: ServerMetrics, logger: Logger, maxConnections: Int = 64,
-    requestTimeout: Duration = .seconds(10)
+    requestTimeout: Duration = .seconds(10), metricsRendersPerSecond: Int = 20
   ) {
+    self.renders = MetricsRenderBudget(perSecond: metricsRendersPerSecond)
     self.limiter = ConnectionLimiter(maxTotal: max(1, maxConnections), maxPerAddress: max(1, maxConnections))
     self.requestTimeout = requestTimeout
     self.host = host
@@ -128,7 +132,9 @@ public final class AdminHTTPServer: Service, Sendable {
       let why = state.isDraining ? "draining" : "waiting for models: \(missing.joined(separator: ", "))"
       return (.serviceUnavailable, "text/plain", Array("not ready: \(why)\n".utf8))
     case "/metrics":
-      return (.ok, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
+      let (body, fresh) = renders.body(render: metrics.render)
+      if !fresh { metrics.recordAdminMetricsCached() }
+      return (.ok, "text/plain; version=0.0.4; charset=utf-8", body)
     default:
       return (.notFound, "text/plain", Array("not found\n".utf8))
     }

@@ -10,6 +10,8 @@ extension ServerConfig {
     /// A request must arrive whole within this of the connection opening or the previous response, and answers may
     /// not sit unread in a full socket for longer.
     public var requestTimeoutSeconds: Int = 10
+    /// Fresh `/metrics` renders per second; requests beyond it get the last render again.
+    public var maxMetricsRendersPerSecond: Int = 20
     public init(enabled: Bool, listen: HostPort) {
       self.enabled = enabled
       self.listen = listen
@@ -22,6 +24,7 @@ extension ServerConfig {
       if let s = try map.string("listen") { listen = try context.hostPort(s, key: "listen", in: map) }
       try map.int("max_connections", in: 1...100_000, into: &maxConnections)
       try map.int("request_timeout_seconds", in: 1...3600, into: &requestTimeoutSeconds)
+      try map.int("max_metrics_renders_per_second", in: 1...10_000, into: &maxMetricsRendersPerSecond)
     }
   }
 }

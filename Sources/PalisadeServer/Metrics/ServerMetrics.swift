@@ -278,6 +278,14 @@ public final class ServerMetrics: TransportObserver, Sendable {
     counter("admin_refusals", "Admin HTTP connections refused or closed by their limits", [("reason", reason)])
   }
 
+  /// Counts a `/metrics` request answered with the last render, over the render budget.
+  public func recordAdminMetricsCached() {
+    counter(
+      "admin_metrics_cached",
+      "Answers to /metrics that repeated the last render: more were asked for than "
+        + "admin.max_metrics_renders_per_second", [])
+  }
+
   /// Model versions holding per-version state in one cache (`scheduler`: queues and breakers, `screening`:
   /// monitors). It follows the loaded versions: a count that only grows across hot swaps is a leak.
   public func setModelVersionStates(cache: String, _ count: Int) {

@@ -179,6 +179,10 @@ import Testing
     ),
     (Self.ok + Self.authText + "\nlogging: {level: loud}", "logging.level", "one of"),
     (Self.ok + Self.authText + "\nadmin: {enabled: yes please}", "admin.enabled", "true or false"),
+    (
+      Self.ok + Self.authText + "\nadmin: {max_metrics_renders_per_second: 0}", "admin.max_metrics_renders_per_second",
+      "between 1 and 10000"
+    ),
     (Self.ok + Self.authText + "\nmodel: {}", "model", "unknown setting"),
     (Self.ok, "auth", "is required"),
     (Self.ok + "\nauth: {audience: p}", "auth.issuers", "at least one"),

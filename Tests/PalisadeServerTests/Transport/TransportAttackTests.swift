@@ -184,6 +184,19 @@ import X509
     try await server.stop()
   }
 
+  @Test func aFloodOfMetricsRequestsIsAnsweredFromTheLastRenderBeyondTheBudget() async throws {
+    let server = try await TestServer.start { config in config.admin.maxMetricsRendersPerSecond = 2 }
+    var bodies: [String] = []
+    for _ in 0..<10 { bodies.append(try await adminGet(server, "/metrics").1) }
+    #expect(bodies.allSatisfy { $0.contains("palisade_server_certificate_expiry_seconds") }, "every answer is whole")
+    try await Task.sleep(for: .milliseconds(1100))  // the next second: a fresh render shows the count
+    let metrics = try await adminGet(server, "/metrics").1
+    let cached = metrics.split(separator: "\n").first { $0.hasPrefix("palisade_admin_metrics_cached_total ") }
+    let count = cached.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+    #expect(count >= 1, "\(cached ?? "no palisade_admin_metrics_cached_total")")
+    try await server.stop()
+  }
+
   // MARK: 10. Intermediates that may not sign certificates
 
   @Test func aClientChainThroughAnIntermediateWithoutKeyCertSignIsRefused() async throws {
