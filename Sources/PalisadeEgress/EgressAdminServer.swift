@@ -1,21 +1,41 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import PalisadeSupport
 
 /// The sidecar's admin endpoint on its own port (loopback by default): `/healthz`, `/readyz` (the proxy listens,
 /// so the policy loaded) and `/metrics` (Prometheus text). It takes no input beyond the path.
+///
+/// Nobody authenticates here: besides the connection caps and timeouts of ``ConnectionGuard``, `/metrics` is
+/// rendered at most `admin.max_metrics_renders_per_second` times a second, and the endpoint has an event-loop
+/// thread of its own, so that a flood of requests cannot hold up the proxy's connections.
 final class EgressAdminServer: Sendable {
   let proxy: EgressProxy
+  private let renders: MetricsRenderBudget
 
-  init(proxy: EgressProxy) { self.proxy = proxy }
+  init(proxy: EgressProxy) {
+    self.proxy = proxy
+    self.renders = MetricsRenderBudget(perSecond: proxy.config.admin.maxMetricsRendersPerSecond)
+  }
 
   func run() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    do {
+      try await serve(on: group)
+    } catch {
+      try? await group.shutdownGracefully()
+      throw error
+    }
+    try? await group.shutdownGracefully()
+  }
+
+  private func serve(on group: MultiThreadedEventLoopGroup) async throws {
     let config = proxy.config
     let limiter = ConnectionLimiter(
       maxTotal: config.admin.maxConnections, maxPerAddress: config.admin.maxConnectionsPerAddress)
     let settings = ConnectionGuard.Settings(listener: "admin", config: config)
     let metrics = proxy.metrics
-    let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    let server = try await ServerBootstrap(group: group)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
       .bind(host: config.admin.host, port: config.admin.port) { channel in
         channel.eventLoop.makeCompletedFuture { () -> NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>? in
@@ -70,7 +90,10 @@ final class EgressAdminServer: Sendable {
     case "/readyz":
       return proxy.bound.address != nil
         ? (.ok, Array("ready\n".utf8)) : (.serviceUnavailable, Array("not listening\n".utf8))
-    case "/metrics": return (.ok, proxy.metrics.render())
+    case "/metrics":
+      let (body, fresh) = renders.body(render: proxy.metrics.render)
+      if !fresh { proxy.metrics.metricsCached() }
+      return (.ok, body)
     default: return (.notFound, Array("not found\n".utf8))
     }
   }

@@ -22,6 +22,8 @@ public struct EgressConfig: Sendable {
     public var maxConnections = 16
     /// Connections open at once from one source address.
     public var maxConnectionsPerAddress = 8
+    /// Fresh `/metrics` renders per second; requests beyond it get the last render again.
+    public var maxMetricsRendersPerSecond = 20
     public init() {}
   }
 
@@ -189,6 +191,8 @@ public struct EgressConfig: Sendable {
       if c.admin.maxConnectionsPerAddress > c.admin.maxConnections {
         throw m.error("max_connections_per_address", "must not exceed max_connections (\(c.admin.maxConnections))")
       }
+      c.admin.maxMetricsRendersPerSecond =
+        try m.int("max_metrics_renders_per_second", in: 1...10_000) ?? c.admin.maxMetricsRendersPerSecond
       try m.finish()
     }
     if let m = try root.map("tls") {

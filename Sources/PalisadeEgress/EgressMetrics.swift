@@ -59,6 +59,11 @@ public final class EgressMetrics: Sendable {
 
   /// A connection refused at accept (over a cap) or closed for being too slow (a timeout), or a request refused
   /// for the in-flight body budget.
+  /// A `/metrics` request answered with the last render, over the render budget.
+  func metricsCached() {
+    Counter(label: "palisade_egress_admin_metrics_cached_total", factory: factory).increment()
+  }
+
   func connectionRefused(listener: String, reason: String) {
     Counter(
       label: "palisade_egress_connections_refused_total", dimensions: [("listener", listener), ("reason", reason)],

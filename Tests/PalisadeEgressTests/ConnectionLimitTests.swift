@@ -82,6 +82,20 @@ struct ConnectionLimitTests {
     await h.stop()
   }
 
+  @Test("/metrics is rendered at most max_metrics_renders_per_second times a second; the rest get the last render")
+  func metricsRenderBudget() async throws {
+    let h = try await Harness(admin: "max_metrics_renders_per_second: 2")
+    for _ in 0..<10 {
+      let s = try RawSocket(tcpPort: h.proxy.adminBound.port ?? 0)
+      #expect(s.send("GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"))
+      let answer = String(decoding: s.readAll().data, as: UTF8.self)
+      #expect(answer.hasPrefix("HTTP/1.1 200") && answer.contains("palisade_egress_open_connections"))
+    }
+    #expect(
+      h.metricsText.split(separator: "\n").contains { $0.hasPrefix("palisade_egress_admin_metrics_cached_total ") })
+    await h.stop()
+  }
+
   @Test("the connection caps refuse the N+1th connection (per address, then in total) with 503, on both listeners")
   func connectionCaps() async throws {
     let h = try await Harness(

@@ -182,6 +182,8 @@ struct InspectorTests {
       failure("admin: {max_connections: 2, max_connections_per_address: 3}\n")?.path
         == "admin.max_connections_per_address")
     #expect(failure("limits: {header_timeout_seconds: 0}\n")?.path == "limits.header_timeout_seconds")
+    #expect(
+      failure("admin: {max_metrics_renders_per_second: 0}\n")?.path == "admin.max_metrics_renders_per_second")
     let defaults = EgressConfig()
     #expect(
       defaults.headerTimeoutSeconds == 10 && defaults.idleTimeoutSeconds == 30 && defaults.requestTimeoutSeconds == 60)

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import PalisadeSupport
 public import Logging
 public import ServiceLifecycle
 public import PalisadeTransport

@@ -1,7 +1,6 @@
+import PalisadeSupport
 import Synchronization
 import Testing
-
-@testable import PalisadeServer
 
 /// `/metrics` renders per second: the budget, the repeat of the last render beyond it, the next second.
 @Suite struct MetricsRenderBudgetTests {

@@ -1,10 +1,11 @@
 import Synchronization
 
-/// Bounds how often `/metrics` is rendered. Nobody authenticates on the admin port, and a render walks every
-/// metric: a client asking as fast as answers come back (thousands a second) would take CPU from inference. Within
+/// Bounds how often `/metrics` is rendered (the server's admin port and the sidecar's). Nobody authenticates there,
+/// and a render walks every metric: a client asking as fast as answers come back (thousands a second) would take
+/// CPU from the work the process is for (inference, egress). Within
 /// one second, the first `perSecond` requests get a fresh render; the rest get the last render again (at most a
 /// second old), which a scraper polling every few seconds never sees.
-final class MetricsRenderBudget: Sendable {
+public final class MetricsRenderBudget: Sendable {
   private struct State {
     var windowStart: ContinuousClock.Instant
     var renders = 0
@@ -16,14 +17,14 @@ final class MetricsRenderBudget: Sendable {
   private let state: Mutex<State>
 
   /// `now` is the clock, for tests.
-  init(perSecond: Int, now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
+  public init(perSecond: Int, now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
     self.perSecond = max(1, perSecond)
     self.now = now
     self.state = Mutex(State(windowStart: now()))
   }
 
   /// The body to answer with, and whether it was rendered for this request (false: the last render, again).
-  func body(render: () -> [UInt8]) -> (bytes: [UInt8], fresh: Bool) {
+  public func body(render: () -> [UInt8]) -> (bytes: [UInt8], fresh: Bool) {
     let t = now()
     let cached = state.withLock { s -> [UInt8]? in
       if t - s.windowStart >= .seconds(1) {
