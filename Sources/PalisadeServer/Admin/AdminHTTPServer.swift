@@ -12,7 +12,8 @@ public import PalisadeTransport
 /// It serves no data and takes no input beyond the path, so it needs no TLS on loopback; operators who expose it
 /// beyond loopback (Kubernetes probes on the pod IP) should restrict it with a NetworkPolicy.
 ///
-/// Nobody authenticates here, so nobody may hold it: at most `maxConnections` are open at once, and a request
+/// Nobody authenticates here, so nobody may hold it: at most `maxConnections` are open at once
+/// (`maxConnectionsPerAddress` from one source address), and a request
 /// must arrive whole within `requestTimeout` of the connection opening or of the previous response (slowloris
 /// and idle keep-alive connections are closed), and a connection whose answers sit unread in a full socket for
 /// `requestTimeout` is closed too; refusals count in `palisade_admin_refusals_total{reason}`. `/metrics` is rendered
@@ -32,10 +33,11 @@ public final class AdminHTTPServer: Service, Sendable {
 
   public init(
     host: String, port: Int, state: ServingState, metrics: ServerMetrics, logger: Logger, maxConnections: Int = 64,
-    requestTimeout: Duration = .seconds(10), metricsRendersPerSecond: Int = 20
+    maxConnectionsPerAddress: Int = 16, requestTimeout: Duration = .seconds(10), metricsRendersPerSecond: Int = 20
   ) {
     self.renders = MetricsRenderBudget(perSecond: metricsRendersPerSecond)
-    self.limiter = ConnectionLimiter(maxTotal: max(1, maxConnections), maxPerAddress: max(1, maxConnections))
+    self.limiter = ConnectionLimiter(
+      maxTotal: max(1, maxConnections), maxPerAddress: max(1, min(maxConnectionsPerAddress, maxConnections)))
     self.requestTimeout = requestTimeout
     self.host = host
     self.port = port

@@ -226,7 +226,8 @@ struct RuntimeWiring {
     guard admin.enabled else { return nil }
     return AdminHTTPServer(
       host: admin.listen.host, port: admin.listen.port, state: state, metrics: metrics, logger: logger,
-      maxConnections: admin.maxConnections, requestTimeout: .seconds(admin.requestTimeoutSeconds),
+      maxConnections: admin.maxConnections, maxConnectionsPerAddress: admin.maxConnectionsPerAddress,
+      requestTimeout: .seconds(admin.requestTimeoutSeconds),
       metricsRendersPerSecond: admin.maxMetricsRendersPerSecond)
   }
 }

@@ -34,6 +34,11 @@ import Testing
     #expect(c.auth.maxLifetimeSeconds == 900)
     #expect(c.policy.file == "/etc/p/policy.yaml")
     #expect(c.reload.intervalSeconds == 5)
+    #expect(c.admin.maxConnections == 64 && c.admin.maxConnectionsPerAddress == 16)
+    #expect(c.admin.maxMetricsRendersPerSecond == 20)
+    // An unset per-address cap follows a lowered total.
+    let lowered = try ServerConfig.parse(minimal + "\nadmin: {max_connections: 4}", baseDirectory: "/etc/p")
+    #expect(lowered.admin.maxConnectionsPerAddress == 4)
   }
 
   @Test func schedulingScreeningAndAccessLogAreRead() throws {
@@ -179,6 +184,10 @@ import Testing
     ),
     (Self.ok + Self.authText + "\nlogging: {level: loud}", "logging.level", "one of"),
     (Self.ok + Self.authText + "\nadmin: {enabled: yes please}", "admin.enabled", "true or false"),
+    (
+      Self.ok + Self.authText + "\nadmin: {max_connections: 4, max_connections_per_address: 5}",
+      "admin.max_connections_per_address", "must not exceed max_connections (4)"
+    ),
     (
       Self.ok + Self.authText + "\nadmin: {max_metrics_renders_per_second: 0}", "admin.max_metrics_renders_per_second",
       "between 1 and 10000"

@@ -165,6 +165,19 @@ import X509
     try await server.stop()
   }
 
+  @Test func oneAddressCannotTakeEveryAdminSlot() async throws {
+    let server = try await TestServer.start { config in config.admin.maxConnectionsPerAddress = 2 }
+    let held = try (0..<2).map { _ in try RawSocket(port: server.adminPort) }
+    try await Task.sleep(for: .milliseconds(200))
+    let extra = try RawSocket(port: server.adminPort)
+    #expect(extra.waitForClose(timeout: 5), "the third connection from one address is closed at once")
+    for socket in held { socket.close() }
+    try await Task.sleep(for: .milliseconds(300))
+    let metrics = try await adminGet(server, "/metrics").1
+    #expect(metrics.contains(#"palisade_admin_refusals_total{reason="max_connections_per_address"} 1"#))
+    try await server.stop()
+  }
+
   @Test func theAdminPortClosesAClientThatNeverReadsItsAnswers() async throws {
     let server = try await TestServer.start { config in config.admin.requestTimeoutSeconds = 1 }
     // Pipelined requests, never read: the answers fill the client's small receive buffer, then the server's socket
