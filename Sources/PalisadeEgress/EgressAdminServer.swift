@@ -19,14 +19,7 @@ final class EgressAdminServer: Sendable {
   }
 
   func run() async throws {
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    do {
-      try await serve(on: group)
-    } catch {
-      try? await group.shutdownGracefully()
-      throw error
-    }
-    try? await group.shutdownGracefully()
+    try await MultiThreadedEventLoopGroup.withEventLoopGroup(numberOfThreads: 1) { try await serve(on: $0) }
   }
 
   private func serve(on group: MultiThreadedEventLoopGroup) async throws {

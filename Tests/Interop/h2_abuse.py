@@ -423,6 +423,14 @@ class Outcome:
         for code in set(getattr(conn, "goaway_codes", [])):
             self.goaways[code] = self.goaways.get(code, 0) + 1
 
+    def record_end(self, opened, ended):
+        """A plain socket opened at `opened`, closed by the server at `ended` (None: still open)."""
+        self.connections += 1
+        if ended is not None:
+            self.closed += 1
+            if self.first_close_s is None or ended - opened < self.first_close_s:
+                self.first_close_s = round(ended - opened, 3)
+
     def result(self):
         # `goaway`: ENHANCE_YOUR_CALM if any connection got it, else the most common code; `goaways`: connections
         # that received each code.
@@ -667,11 +675,7 @@ def dribble(make, payload, until, count, interval, close_wait):
                 c[3] = time.time()
         time.sleep(interval)
     for sock, sent, opened, ended in conns:
-        out.connections += 1
-        if ended is not None:
-            out.closed += 1
-            if out.first_close_s is None or ended - opened < out.first_close_s:
-                out.first_close_s = round(ended - opened, 3)
+        out.record_end(opened, ended)
         sock.close()
     out.notes["bytes_sent_max"] = max((c[1] for c in conns), default=0)
     return out
@@ -761,11 +765,7 @@ def admin_unread(args, port, until):
                 c[2] = time.time()
         time.sleep(0.05)
     for sock, opened, ended in conns:
-        out.connections += 1
-        if ended is not None:
-            out.closed += 1
-            if out.first_close_s is None or ended - opened < out.first_close_s:
-                out.first_close_s = round(ended - opened, 3)
+        out.record_end(opened, ended)
         sock.close()
     return out
 

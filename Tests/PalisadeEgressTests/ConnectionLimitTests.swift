@@ -74,10 +74,14 @@ struct ConnectionLimitTests {
     let h = try await Harness(limits: "idle_timeout_seconds: 1")
     let sink = try RawSocket(tcpPort: h.proxy.adminBound.port ?? 0, receiveBuffer: 4096)
     let request = String(repeating: "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n", count: 100)
-    for _ in 0..<200 { sink.sendWithoutWaiting(request) }
-    #expect(
-      try await h.waitForMetric(
-        #"palisade_egress_connections_refused_total{listener="admin",reason="write_stalled"} 1"#))
+    let stalled = #"palisade_egress_connections_refused_total{listener="admin",reason="write_stalled"} 1"#
+    // More requests whenever the socket takes them, until the server's buffers are full and the guard fires
+    // (a bound of 20 s for a broken test, not a timing assertion).
+    for _ in 0..<400 where !h.metricsText.contains(stalled) {
+      sink.sendWithoutWaiting(request)
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    #expect(h.metricsText.contains(stalled))
     #expect(sink.readAll().closed, "the stalled connection is closed")
     await h.stop()
   }

@@ -49,14 +49,7 @@ public final class AdminHTTPServer: Service, Sendable {
   public func run() async throws {
     // Its own thread: nobody authenticates here, so a flood of `/metrics` renders must not queue behind (or in
     // front of) the inference connections on the shared event loops; the kernel shares the cores between them.
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    do {
-      try await serve(on: group)
-    } catch {
-      try? await group.shutdownGracefully()
-      throw error
-    }
-    try? await group.shutdownGracefully()
+    try await MultiThreadedEventLoopGroup.withEventLoopGroup(numberOfThreads: 1) { try await serve(on: $0) }
   }
 
   private func serve(on group: MultiThreadedEventLoopGroup) async throws {
