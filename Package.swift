@@ -354,7 +354,7 @@ let package = Package(
     .testTarget(
       name: "PalisadeBundleTests",
       dependencies: [
-        "PalisadeBundle", "CZstd",
+        "PalisadeBundle", "PalisadeIdentity", "CZstd",
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "SwiftASN1", package: "swift-asn1"),

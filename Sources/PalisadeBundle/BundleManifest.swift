@@ -310,17 +310,23 @@ public struct BundleManifest: Sendable, Hashable, Codable {
   /// accepts, and small enough that byte sizes derived from it cannot overflow.
   public static let maxFixedElements = Int64(Int32.max)
 
+  /// What a model name may be, in bundles and therefore in requests.
+  public static let modelNameRule = "1-256 characters of A-Z a-z 0-9 . _ - / (no leading, trailing or double '/')"
+
+  /// Whether `name` follows ``modelNameRule``: ASCII only, so that two names are the same model exactly when their
+  /// bytes are equal (Swift's `String` equality would also equate canonically equivalent Unicode).
+  public static func isValidModelName(_ name: String) -> Bool {
+    !name.isEmpty && name.utf8.count <= 256 && name.unicodeScalars.allSatisfy(isNameScalar)
+      && !name.hasPrefix("/") && !name.hasSuffix("/") && !name.contains("//")
+  }
+
   /// Consistency checks beyond types. Throws naming the field.
   public func validate() throws(BundleError) {
     let file = bundleManifestFileName
     func fail(_ field: String, _ why: String) -> BundleError {
       BundleError(.invalidManifest, "\(file): field '\(field)': \(why)")
     }
-    guard !name.isEmpty, name.utf8.count <= 256, name.unicodeScalars.allSatisfy({ isNameScalar($0) }),
-      !name.hasPrefix("/"), !name.hasSuffix("/"), !name.contains("//")
-    else {
-      throw fail("name", "must be 1-256 characters of A-Z a-z 0-9 . _ - / (no leading, trailing or double '/')")
-    }
+    guard Self.isValidModelName(name) else { throw fail("name", "must be \(Self.modelNameRule)") }
     guard version > 0 else { throw fail("version", "must be a positive integer") }
     guard created <= expires else { throw fail("expires", "is before 'created'") }
     guard RelativePath.parseSigned(modelFile) != nil, modelFile != bundleManifestFileName,

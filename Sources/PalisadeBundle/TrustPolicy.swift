@@ -1,3 +1,4 @@
+import PalisadeIdentity
 public import X509
 import SwiftASN1
 
@@ -108,7 +109,7 @@ public struct SignerIdentityRequirement: Sendable, Hashable {
         return "leaf certificate has a malformed SAN extension"
       }
       let all = Array(sans ?? SubjectAlternativeNames([]))
-      let (values, pattern, separator, label): ([String], String, Character, String) =
+      let (values, pattern, separator, label): ([String], String, Unicode.Scalar, String) =
         switch san {
         case .dns(let p): (all.compactMap { if case .dnsName(let v) = $0 { v } else { nil } }, p, ".", "DNS")
         case .uri(let p):
@@ -120,42 +121,5 @@ public struct SignerIdentityRequirement: Sendable, Hashable {
       }
     }
     return nil
-  }
-}
-
-/// Minimal glob: `*` = any run of characters except the separator, `**` = any run, `?` = one non-separator character.
-/// Everything else is literal, compared by Unicode scalar (not canonical equivalence).
-enum Glob {
-  static func matches(pattern: String, _ text: String, separator: Character) -> Bool {
-    let p = Array(pattern.unicodeScalars)
-    let t = Array(text.unicodeScalars)
-    guard let sep = separator.unicodeScalars.first else { return false }
-    // Memoised recursion over (pattern index, text index); sizes are tiny.
-    var memo = [Int: Bool]()
-    func go(_ i: Int, _ j: Int) -> Bool {
-      let key = i * (t.count + 1) + j
-      if let v = memo[key] { return v }
-      let result: Bool
-      if i == p.count {
-        result = j == t.count
-      } else if p[i] == "*" {
-        let double = i + 1 < p.count && p[i + 1] == "*"
-        let next = double ? i + 2 : i + 1
-        var k = j
-        var found = go(next, k)
-        while !found && k < t.count && (double || t[k] != sep) {
-          k += 1
-          found = go(next, k)
-        }
-        result = found
-      } else if j < t.count && ((p[i] == "?" && t[j] != sep) || p[i] == t[j]) {
-        result = go(i + 1, j + 1)
-      } else {
-        result = false
-      }
-      memo[key] = result
-      return result
-    }
-    return go(0, 0)
   }
 }

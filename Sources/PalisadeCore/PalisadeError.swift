@@ -54,6 +54,14 @@ public struct PalisadeError: Error, Sendable, Equatable, CustomStringConvertible
 }
 
 extension String {
+  /// A caller-supplied string for an audit record or a log line: whole when short (every valid model name and
+  /// version is), else cut at 256 bytes with its length noted, so that a refused call cannot write megabytes.
+  public var boundedForRecord: String {
+    let limit = 256
+    guard utf8.count > limit else { return self }
+    return String(decoding: utf8.prefix(limit), as: UTF8.self) + "…(\(utf8.count) bytes)"
+  }
+
   /// A caller-supplied name made safe to echo: bounded length, control characters replaced.
   public var sanitizedForMessage: String {
     let limit = 128

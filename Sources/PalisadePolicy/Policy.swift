@@ -66,8 +66,10 @@ public struct Policy: Sendable {
         switch p {
         case .spiffe(let id): call.spiffeID == id
         case .spiffePrefix(let prefix): call.spiffeID.isWithin(prefix)
-        case .subject(let s): call.subject == s
-        case .scope(let s): call.scopes.contains(s)
+        // Byte for byte: Swift's `==` would also equate canonically equivalent Unicode (a token's "\u{212A}ate"
+        // with a rule's "Kate"), and the issuer decides who is who by the exact string.
+        case .subject(let s): call.subject.map { $0.utf8.elementsEqual(s.utf8) } ?? false
+        case .scope(let s): call.scopes.contains { $0.utf8.elementsEqual(s.utf8) }
         }
       }
     }
@@ -78,7 +80,7 @@ public struct Policy: Sendable {
 
     func matches(model: String?) -> Bool {
       guard let model, !models.isEmpty else { return true }
-      return models.contains { Glob.matches($0, model) }
+      return models.contains { Glob.matches(pattern: $0, model) }
     }
   }
 
@@ -173,29 +175,4 @@ public struct VersionConstraint: Sendable, Equatable, CustomStringConvertible {
   }
 
   public static func == (a: Self, b: Self) -> Bool { a.description == b.description }
-}
-
-/// Shell-style globs for model names: `*` matches within one `/`-separated segment, `**` across segments, `?` one
-/// character.
-public enum Glob {
-  public static func matches(_ pattern: String, _ name: String) -> Bool {
-    match(Array(pattern.unicodeScalars), 0, Array(name.unicodeScalars), 0)
-  }
-
-  private static func match(_ p: [Unicode.Scalar], _ i: Int, _ s: [Unicode.Scalar], _ j: Int) -> Bool {
-    if i == p.count { return j == s.count }
-    if p[i] == "*" {
-      let crossesSegments = i + 1 < p.count && p[i + 1] == "*"
-      let next = crossesSegments ? i + 2 : i + 1
-      var k = j
-      while true {
-        if match(p, next, s, k) { return true }
-        if k == s.count || (!crossesSegments && s[k] == "/") { return false }
-        k += 1
-      }
-    }
-    guard j < s.count else { return false }
-    if p[i] == "?" { return s[j] != "/" && match(p, i + 1, s, j + 1) }
-    return p[i] == s[j] && match(p, i + 1, s, j + 1)
-  }
 }

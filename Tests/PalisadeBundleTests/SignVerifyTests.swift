@@ -4,6 +4,8 @@ import SwiftASN1
 import Testing
 import X509
 
+import PalisadeIdentity
+
 @testable import PalisadeBundle
 
 @Suite("Sign and verify")

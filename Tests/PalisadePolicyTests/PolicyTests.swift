@@ -77,6 +77,16 @@ import Testing
     #expect(policy.decide(try facts("spiffe://x/y", "ModelStatistics", nil, subject: "svc-report")).allowed)
     #expect(!policy.decide(try facts("spiffe://x/y", "ModelStatistics", nil, subject: "svc-other")).allowed)
     #expect(policy.decide(try facts("spiffe://td/ns/bad", "ModelInfer", "digits")).reason.contains("quarantined"))
+    // Byte for byte, not by Swift's canonical equivalence: a token's lookalike subject or scope is another one.
+    let lookalikes = try Policy.parse(
+      "version: 1\nrules:\n  - name: kate\n    principals: [{subject: \"Kate\"}, {subject: \"Jos\u{00E9}\"}, "
+        + "{scope: \"models:Kadmin\"}]\n    rpcs: [ModelStatistics]\n")
+    #expect(lookalikes.decide(try facts("spiffe://x/y", "ModelStatistics", nil, subject: "Kate")).allowed)
+    for subject in ["\u{212A}ate", "Jose\u{0301}"] {
+      #expect(!lookalikes.decide(try facts("spiffe://x/y", "ModelStatistics", nil, subject: subject)).allowed)
+    }
+    #expect(
+      !lookalikes.decide(try facts("spiffe://x/y", "ModelStatistics", nil, scopes: ["models:\u{212A}admin"])).allowed)
   }
 
   @Test func versionConstraints() throws {
@@ -88,11 +98,11 @@ import Testing
   }
 
   @Test func globs() {
-    #expect(Glob.matches("digits*", "digits-v2"))
-    #expect(!Glob.matches("digits*", "digits/v2"))
-    #expect(Glob.matches("team/**", "team/a/b"))
-    #expect(Glob.matches("a?c", "abc"))
-    #expect(!Glob.matches("a?c", "a/c"))
+    #expect(Glob.matches(pattern: "digits*", "digits-v2"))
+    #expect(!Glob.matches(pattern: "digits*", "digits/v2"))
+    #expect(Glob.matches(pattern: "team/**", "team/a/b"))
+    #expect(Glob.matches(pattern: "a?c", "abc"))
+    #expect(!Glob.matches(pattern: "a?c", "a/c"))
   }
 
   @Test func rateLimitIsPerPrincipalTokenBucket() {

@@ -111,20 +111,27 @@ public final class TokenVerifier: Sendable {
     guard header.hasPrefix("Bearer ") else { throw .malformed("not a Bearer credential") }
     let token = header.dropFirst("Bearer ".count)
     let digest = SHA256.hash(data: Array(token.utf8))
-    if let cached = state.withLock({ $0.cache[digest] }) {
+    if let cached = state.withLock({ s in s.cache[digest].flatMap { $0.generation == s.generation ? $0 : nil } }) {
       try checkLive(cached, now: now)
       try checkBinding(cached, identity: identity)
       return cached
     }
     let verified = try verifyUncached(token, identity: identity, now: now)
+    remember(verified, digest: digest, now: now)
+    return verified
+  }
+
+  /// Caches a verification, unless the issuers were replaced while it ran: it was made with keys that may be
+  /// retired now, and a cached copy would keep the token working until it expires.
+  func remember(_ verified: Verified, digest: SHA256Digest, now: Date) {
     state.withLock { s in
+      guard verified.generation == s.generation else { return }
       if s.cache.count >= settings.cacheEntries {
         s.cache = s.cache.filter { $0.value.expiresAt > now }
         if s.cache.count >= settings.cacheEntries { s.cache.removeAll() }
       }
       s.cache[digest] = verified
     }
-    return verified
   }
 
   /// Re-checks a token that was verified earlier, for calls that outlive a moment (streams): it must not have

@@ -81,21 +81,26 @@ public final class BundleLoader: Sendable {
     }
   }
 
-  /// Names of the per-load unpack directories: `palisade-unpack-<pid>-<name>-<version>-<uuid>`.
+  /// Names of the per-load unpack directories: `palisade-unpack-<pid>-<instance>-<name>-<version>-<uuid>`.
   static let unpackPrefix = "palisade-unpack-"
 
+  /// Tells this process's unpack directories from those of an earlier process with the same pid (a container's
+  /// server is often pid 1 every time): random per process.
+  static let processInstance = String(UInt32.random(in: 1...UInt32.max), radix: 16)
+
   /// Removes the unpack directories of processes that are gone (a server killed during an unpack; each load
-  /// unpacks into a new directory, so such a directory is never read again) and returns how many. Runs when the
-  /// loader is made, before this process has unpacked anything, so a directory with this process's own pid (a
-  /// container's server is often pid 1 every time) is stale too. Only real directories (not symbolic links) owned
-  /// by this user, with the prefix and a pid that does not run, are touched: the parent may be a shared /tmp.
+  /// unpacks into a new directory, so such a directory is never read again) and returns how many: a pid that does
+  /// not run, or this process's pid with another process's instance. Directories of this process (another loader
+  /// in it may be unpacking right now) and of running processes stay. Only real directories (not symbolic links)
+  /// owned by this user, with the prefix, are touched: the parent may be a shared /tmp.
   static func removeStaleUnpackDirectories(in parent: String) -> Int {
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: parent) else { return 0 }
     var removed = 0
     for entry in entries where entry.hasPrefix(unpackPrefix) {
       let rest = entry.dropFirst(unpackPrefix.count)
       guard let dash = rest.firstIndex(of: "-"), let pid = Int32(rest[..<dash]), pid > 0 else { continue }
-      let gone = pid == getpid() || (kill(pid, 0) == -1 && errno == ESRCH)
+      let instance = rest[rest.index(after: dash)...].prefix { $0 != "-" }
+      let gone = pid == getpid() ? instance != processInstance : (kill(pid, 0) == -1 && errno == ESRCH)
       let path = "\(parent)/\(entry)"
       var info = stat()
       guard gone, lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid() else { continue }
@@ -325,7 +330,7 @@ public final class BundleLoader: Sendable {
     if candidate.packed {
       // The archive's model.sig is verified before anything else is written, and only signed files are unpacked.
       let target =
-        "\(settings.unpackDirectory)/\(Self.unpackPrefix)\(getpid())-\(candidate.name)-\(candidate.version)-\(UUID().uuidString)"
+        "\(settings.unpackDirectory)/\(Self.unpackPrefix)\(getpid())-\(Self.processInstance)-\(candidate.name)-\(candidate.version)-\(UUID().uuidString)"
       do {
         directory = try await BundleUnpacker.unpack(
           archive: candidate.path, into: target, trust: settings.trust, modelName: candidate.name, now: Date(),

@@ -18,8 +18,8 @@ public struct AccessLog: Sendable {
     // The metadata is built only when the line will be written (the level may filter it out).
     guard enabled, logger.logLevel <= .info else { return }
     var metadata: Logger.Metadata = [
-      "request_id": "\(call.requestID)", "principal": "\(call.identity.spiffeID)", "model": "\(model)",
-      "version": "\(version)", "status": "\(status)", "latency_us": "\(latency.microseconds)",
+      "request_id": "\(call.requestID)", "principal": "\(call.identity.spiffeID)", "model": "\(model.boundedForRecord)",
+      "version": "\(version.boundedForRecord)", "status": "\(status)", "latency_us": "\(latency.microseconds)",
     ]
     if let oodScore { metadata["ood_score"] = "\(oodScore)" }
     if let jti = call.token?.tokenID { metadata["token_id"] = "\(jti)" }

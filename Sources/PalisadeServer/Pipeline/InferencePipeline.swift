@@ -115,7 +115,7 @@ public struct InferencePipeline: Sendable {
     -> Inference_ModelInferResponse
   {
     var clock = StageClock(metrics: metrics, spans: trace.spans)
-    let decision = try authorizer.authorize(call, rpc: rpc, model: request.modelName)
+    let decision = try authorizer.authorize(call, rpc: rpc, model: request.modelName, version: request.modelVersion)
     clock.lap(.authorise)
     let principal = call.identity.spiffeID.description
     let (model, route) = try resolver.resolve(

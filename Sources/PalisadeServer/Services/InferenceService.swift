@@ -63,9 +63,12 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     guard !request.name.isEmpty else { throw PalisadeError(.invalidArgument, "model name is required") }
     let call = try context.callContext()
     let decision = try await authorizer.authorize(
-      call, rpc: context.descriptor.method, model: request.name, auditor: pipeline.auditor)
+      call, rpc: context.descriptor.method, model: request.name, version: request.version, auditor: pipeline.auditor)
     // The rule's version constraint holds here as for inference: a caller limited to some versions learns
-    // nothing about the others.
+    // nothing about the others, not even whether they exist (a named version is checked before it is looked up).
+    if !request.version.isEmpty {
+      try authorizer.checkVersion(decision, version: request.version, model: request.name)
+    }
     if let model = try? pipeline.resolver.resolve(name: request.name, version: request.version) {
       try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.name)
     }
@@ -88,7 +91,10 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
   {
     let call = try context.callContext()
     let decision = try await authorizer.authorize(
-      call, rpc: context.descriptor.method, model: request.name, auditor: pipeline.auditor)
+      call, rpc: context.descriptor.method, model: request.name, version: request.version, auditor: pipeline.auditor)
+    if !request.version.isEmpty {
+      try authorizer.checkVersion(decision, version: request.version, model: request.name)
+    }
     let model = try pipeline.resolver.resolve(name: request.name, version: request.version)
     try authorizer.checkVersion(decision, version: model.descriptor.version, model: request.name)
     let d = model.descriptor
@@ -101,7 +107,8 @@ public struct InferenceService: Inference_GRPCInferenceService.SimpleServiceProt
     }
     return .with {
       $0.name = d.name
-      $0.versions = repository.versions(of: d.name)
+      // Only the versions the caller's rule allows.
+      $0.versions = repository.versions(of: d.name).filter { decision?.versions?.allows($0) ?? true }
       $0.platform = d.platform
       $0.inputs = d.inputs.map(spec)
       // What callers receive after output hardening (top-k and label-only change datatypes and shapes).

@@ -196,7 +196,8 @@ public final class Auditor: Sendable {
       AuditRecord(
         kind: .call, principal: call?.identity.spiffeID.description,
         certificateThumbprint: call.map { Self.hex($0.identity.thumbprint) }, tokenID: call?.token?.tokenID, rpc: rpc,
-        model: model, version: version, manifestDigest: manifestDigest, inputSHA256: inputs.map(Self.digest),
+        model: model?.boundedForRecord, version: version?.boundedForRecord, manifestDigest: manifestDigest,
+        inputSHA256: inputs.map(Self.digest),
         outputSHA256: outputs.map(Self.digest), status: status, reason: reason,
         latencyMicros: latency.map {
           $0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000

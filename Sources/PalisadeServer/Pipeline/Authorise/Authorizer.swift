@@ -1,5 +1,6 @@
 import Foundation
 public import Logging
+import PalisadeBundle
 public import PalisadeCore
 public import PalisadePolicy
 import Synchronization
@@ -39,7 +40,10 @@ public struct Authorizer: Sendable {
   /// Authorises `rpc` on `model` (nil for model-less RPCs) for `call`. Returns the decision, whose version
   /// constraint the caller checks with ``checkVersion(_:version:model:)`` once the model is resolved.
   @discardableResult
-  public func authorize(_ call: CallContext, rpc: String, model: String?) throws(PalisadeError) -> Policy.Decision? {
+  public func authorize(_ call: CallContext, rpc: String, model: String?, version: String? = nil)
+    throws(PalisadeError) -> Policy.Decision?
+  {
+    try Self.checkNames(model: model, version: version)
     if exempt.contains(rpc) { return nil }
     if !quarantines.isEmpty, let entry = quarantines.active(call.identity.spiffeID) {
       metrics.recordPolicyDenied(rpc: rpc)
@@ -94,6 +98,29 @@ public struct Authorizer: Sendable {
   }
 
   /// Refuses a resolved version outside the deciding rule's constraint.
+  /// A model name no bundle can have, or a version no model can have, is refused before any policy work: the
+  /// policy's globs, the audit record and the logs see only short ASCII names, and names that Swift would call
+  /// equal (canonically equivalent Unicode) cannot reach a model whose rules name it differently.
+  static func checkNames(model: String?, version: String?) throws(PalisadeError) {
+    if let model, !BundleManifest.isValidModelName(model) {
+      throw PalisadeError(.invalidArgument, "the model name must be \(BundleManifest.modelNameRule)")
+    }
+    if let version, !version.isEmpty,
+      version.utf8.count > 64 || !version.utf8.allSatisfy({ isVersionByte($0) })
+    {
+      throw PalisadeError(.invalidArgument, "the model version must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    }
+  }
+
+  private static func isVersionByte(_ b: UInt8) -> Bool {
+    switch b {
+    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+      UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"):
+      true
+    default: false
+    }
+  }
+
   public func checkVersion(_ decision: Policy.Decision?, version: String, model: String) throws(PalisadeError) {
     guard let constraint = decision?.versions, !constraint.allows(version) else { return }
     throw PalisadeError(
@@ -106,13 +133,13 @@ extension Authorizer {
   /// ``authorize(_:rpc:model:)`` with its decision in the audit log (RPCs exempt from tokens are not recorded:
   /// they are liveness and health probes). `ModelInfer` records its own, richer, record in the pipeline.
   @discardableResult
-  public func authorize(_ call: CallContext, rpc: String, model: String?, auditor: Auditor) async throws
-    -> Policy.Decision?
-  {
+  public func authorize(
+    _ call: CallContext, rpc: String, model: String?, version: String? = nil, auditor: Auditor
+  ) async throws -> Policy.Decision? {
     let decision: Policy.Decision?
     do {
       if !exempt.contains(rpc) { try auditor.requireAvailable() }
-      decision = try authorize(call, rpc: rpc, model: model)
+      decision = try authorize(call, rpc: rpc, model: model, version: version)
     } catch {
       if error == Auditor.unavailable { throw error }
       await auditor.call(

@@ -91,6 +91,74 @@ import Testing
     try await server.stop()
   }
 
+  @Test func aPinnedCallerLearnsNothingAboutOtherVersions() async throws {
+    // "picky" may use versions >= 2 only; version 1 exists, version 0 does not: both are refused alike, and the
+    // metadata lists only what the rule allows.
+    let server = try await TestServer.start(
+      models: [AddSubModel(version: "1"), AddSubModel(version: "2")], policy: Self.policy)
+    let picky = try goodClient(server, "picky")
+    try await withClient(server, picky) { client in
+      let meta = try await client.modelMetadata(.with { $0.name = "simple" })
+      #expect(meta.versions == ["2"], "\(meta.versions)")
+      for version in ["1", "0"] {
+        let ready = await rpcError {
+          _ = try await client.modelReady(
+            .with {
+              $0.name = "simple"
+              $0.version = version
+            })
+        }
+        #expect(ready?.code == .permissionDenied, "ModelReady v\(version): \(String(describing: ready))")
+        let metadata = await rpcError {
+          _ = try await client.modelMetadata(
+            .with {
+              $0.name = "simple"
+              $0.version = version
+            })
+        }
+        #expect(metadata?.code == .permissionDenied, "ModelMetadata v\(version): \(String(describing: metadata))")
+      }
+      #expect(
+        try await client.modelReady(
+          .with {
+            $0.name = "simple"
+            $0.version = "2"
+          }
+        ).ready)
+    }
+    try await server.stop()
+  }
+
+  @Test func modelNamesAndVersionsOutsideTheBundleRulesAreRefusedBeforeThePolicy() async throws {
+    let server = try await TestServer.start(policy: Self.policy)
+    let client = try goodClient(server)
+    try await withClient(server, client) { client in
+      // Unbounded names (whose globbing once took seconds and whose records took megabytes), names Swift would
+      // call equal to "simple" or to a rule's pattern (the Kelvin sign for K, a combining accent), path tricks.
+      let names = [
+        String(repeating: "a-", count: 50_000), "\u{212A}simple", "simple\u{0301}", "/simple", "simple/", "a//b", "",
+        "simple\n",
+      ]
+      for name in names {
+        var r = simpleRequest(raw: true)
+        r.modelName = name
+        let e = await rpcError { _ = try await client.modelInfer(r) }
+        #expect(e?.code == .invalidArgument, "\(name.prefix(20)): \(String(describing: e))")
+        #expect(e?.message.contains("model name must be") == true && e?.message.contains("a-a-") == false)
+        let m = await rpcError { _ = try await client.modelMetadata(.with { $0.name = name }) }
+        #expect(m?.code == .invalidArgument, "metadata \(name.prefix(20)): \(String(describing: m))")
+      }
+      var r = simpleRequest(raw: true)
+      r.modelVersion = String(repeating: "9", count: 65)
+      #expect(await rpcError { _ = try await client.modelInfer(r) }?.code == .invalidArgument)
+      r.modelVersion = "1\u{0660}"  // an Arabic-Indic digit
+      #expect(await rpcError { _ = try await client.modelInfer(r) }?.code == .invalidArgument)
+      // The ordinary call still works.
+      _ = try await client.modelInfer(simpleRequest(raw: true))
+    }
+    try await server.stop()
+  }
+
   @Test func everyRPCIsDeniedWithoutARule() async throws {
     // A principal outside every rule: each RPC except the token-exempt ServerLive is PERMISSION_DENIED, which
     // shows that no handler forgets to ask the policy.
