@@ -122,15 +122,22 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     case .headers(let headers):
       if case .awaitingHeaders = route {
         requestHeadersReceived(context: context, headers: headers.headers, endStream: headers.endStream)
-      } else if headers.endStream {
-        inputEnded(context: context)
+      } else {
+        // Request trailers: nothing in them is used, but their block is bounded and counted like the first one
+        // (an HPACK bomb sent as trailers cost the same decoding and escaped both).
+        guard checkHeaderListSize(context: context, headers.headers, what: "request trailers") else { return }
+        if headers.endStream { inputEnded(context: context) }
       }
     case .data(let frame):
       guard case .byteBuffer(var buffer) = frame.data else { return }
       switch route {
       case .generic, .fast, .fastStream:
         deframe(context: context, &buffer)
-        if frame.endStream { inputEnded(context: context) }
+        if frame.endStream {
+          inputEnded(context: context)
+        } else {
+          holdUnaryMessage(context: context)
+        }
       case .awaitingHeaders:
         refuse(context: context, code: .internalError, "DATA before HEADERS", reason: "bad_request")
       case .finished:
@@ -178,17 +185,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
   private func requestHeadersReceived(context: ChannelHandlerContext, headers: HPACKHeaders, endStream: Bool) {
     if endStream { inputClosed = true }
-    // RFC 7541 §4.1 sizes: the bound that matters for memory, checked before anything is read from the block.
-    var size = 0
-    for (name, value, _) in headers { size += name.utf8.count + value.utf8.count + 32 }
-    guard size <= env.maxHeaderListBytes else {
-      refuse(
-        context: context, code: .resourceExhausted,
-        "request headers of \(size) bytes exceed the limit of \(env.maxHeaderListBytes) bytes",
-        reason: "header_list_too_large")
-      manager?.value.oversizedHeaderBlock()
-      return
-    }
+    guard checkHeaderListSize(context: context, headers, what: "request headers") else { return }
     guard headers.first(name: ":method") == "POST" else {
       refuseHTTP(context: context, status: "405")
       return
@@ -228,6 +225,19 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       return
     }
     startGeneric(context: context, headers: headers, method: method)
+  }
+
+  /// RFC 7541 §4.1 sizes: the bound that matters for memory, checked before anything is read from the block. An
+  /// oversized block refuses the stream and counts toward closing the connection.
+  private func checkHeaderListSize(context: ChannelHandlerContext, _ headers: HPACKHeaders, what: String) -> Bool {
+    var size = 0
+    for (name, value, _) in headers { size += name.utf8.count + value.utf8.count + 32 }
+    guard size > env.maxHeaderListBytes else { return true }
+    refuse(
+      context: context, code: .resourceExhausted,
+      "\(what) of \(size) bytes exceed the limit of \(env.maxHeaderListBytes) bytes", reason: "header_list_too_large")
+    manager?.value.oversizedHeaderBlock()
+    return false
   }
 
   private func startGeneric(context: ChannelHandlerContext, headers: HPACKHeaders, method: MethodDescriptor) {
@@ -272,6 +282,9 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   private func deframe(context: ChannelHandlerContext, _ buffer: inout ByteBuffer) {
     while buffer.readableBytes > 0 {
       if var body = partial {
+        // Taken out first: with `partial` still holding the storage, the write below would copy the whole
+        // message so far on every DATA frame (quadratic in its size; 1-byte frames made that a CPU attack).
+        partial = nil
         let n = min(expected - body.readableBytes, buffer.readableBytes)
         guard charge(context: context, n) else { return }
         var chunk = buffer.readSlice(length: n) ?? ByteBuffer()
@@ -362,6 +375,16 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   }
 
   private func messageComplete(context: ChannelHandlerContext, _ message: ByteBuffer) {
+    if case .fast = route {
+      // Held until the request ends: it stays charged and its timer runs (``holdUnaryMessage(context:)``).
+      fastMessages.append(message)
+      if fastMessages.count > 1 {
+        refuse(
+          context: context, code: .internalError, "a unary call takes exactly one request message",
+          reason: "bad_request")
+      }
+      return
+    }
     messageTimer?.cancel()
     messageTimer = nil
     releaseBudget()
@@ -369,12 +392,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     case .generic:
       context.fireChannelRead(wrapInboundOut(.message(MessageBytes(message))))
     case .fast:
-      fastMessages.append(message)
-      if fastMessages.count > 1 {
-        refuse(
-          context: context, code: .internalError, "a unary call takes exactly one request message",
-          reason: "bad_request")
-      }
+      break
     case .fastStream:
       streamInFlight += 1
       streamMessages?.yield(message)
@@ -388,15 +406,28 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
   }
 
+  /// A unary fast-path request whose message is complete but whose END_STREAM has not come: the message is held
+  /// by this stream, so it stays charged to the connection's and the principal's budgets (until the call ends) and
+  /// the message timer keeps running until the request ends. Otherwise a client could park complete messages on
+  /// many streams, outside every budget, for as long as the connection lives. A request whose message and
+  /// END_STREAM arrive together (the usual case) never gets here.
+  private func holdUnaryMessage(context: ChannelHandlerContext) {
+    guard case .fast = route, let message = fastMessages.first, charged < message.readableBytes else { return }
+    guard charge(context: context, message.readableBytes - charged) else { return }
+    if messageTimer == nil { armMessageTimer(context: context) }
+  }
+
   private func armMessageTimer(context: ChannelHandlerContext) {
     let timeout = env.messages.messageTimeout
     let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
     messageTimer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.totalNanoseconds))) {
       let (handler, context) = bound.value
       handler.messageTimer = nil
-      handler.refuse(
-        context: context, code: .resourceExhausted,
-        "request message not received in full within \(timeout.components.seconds)s", reason: "message_timeout")
+      let what =
+        handler.partial == nil && !handler.fastMessages.isEmpty
+        ? "request not ended (END_STREAM) within \(timeout.components.seconds)s of its message"
+        : "request message not received in full within \(timeout.components.seconds)s"
+      handler.refuse(context: context, code: .resourceExhausted, what, reason: "message_timeout")
     }
   }
 
@@ -409,6 +440,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       return
     }
     fastMessages = []
+    messageTimer?.cancel()
+    messageTimer = nil
     let call = FastUnaryCall(
       path: path, headers: requestHeaders, message: message, connection: connection, deadline: deadline)
     let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -424,6 +457,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
   private func respondFast(context: ChannelHandlerContext, _ response: FastUnaryResponse) {
     fastTask = nil
+    releaseBudget()
     deadlineTimer?.cancel()
     guard !trailersSent, !streamClosed else { return }
     route = .finished
@@ -467,15 +501,25 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   }
 
   private func writeStreamMessage(context: ChannelHandlerContext, _ body: ByteBuffer) {
-    streamInFlight -= 1
-    guard !trailersSent, !streamClosed else { return }
+    guard !trailersSent, !streamClosed else {
+      streamInFlight -= 1
+      return
+    }
     if !responseHeadersSent {
       responseHeadersSent = true
       context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders))), promise: nil)
     }
-    writeData(context: context, framed(context: context, body), promise: nil)
+    // In flight until the answer has left the stream (HTTP/2 holds DATA the client's window does not take): a
+    // client that never reads keeps at most `maxMessagesInFlight` answers here, not one per message it sends.
+    let written = context.eventLoop.makePromise(of: Void.self)
+    written.futureResult.assumeIsolated().whenComplete { _ in self.streamAnswerLeft(context: context) }
+    writeData(context: context, framed(context: context, body), promise: written)
     context.flush()
-    if readingPaused, streamInFlight <= maxMessagesInFlight / 2 {
+  }
+
+  private func streamAnswerLeft(context: ChannelHandlerContext) {
+    streamInFlight -= 1
+    if readingPaused, !streamClosed, streamInFlight <= maxMessagesInFlight / 2 {
       readingPaused = false
       context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
       context.read()

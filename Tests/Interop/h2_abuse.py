@@ -21,6 +21,7 @@ Prints one `RESULT <attack> <json>` line per attack, `RESULT baseline <json>`, a
   continuation   HEADERS without END_HEADERS, then CONTINUATION frames that never end the block
   hpack_bomb     a 4 KiB header put in the HPACK dynamic table, then header blocks of 60 one-byte references to
                  it (~240 KiB decoded, just under the decoder's bound, from ~160 bytes)
+  trailer_bomb   the same blocks as request trailers, after an empty message
   settings_flood SETTINGS frames in a loop
   ping_flood     PING frames in a loop, acks never read
   streams        HEADERS for MAX_CONCURRENT_STREAMS + 300 streams, never finished
@@ -60,14 +61,15 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-ATTACKS = ["rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams", "zero_window",
-           "tcp_full", "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin",
+ATTACKS = ["rapid_reset", "continuation", "hpack_bomb", "trailer_bomb", "settings_flood", "ping_flood", "streams",
+           "zero_window", "tcp_full", "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin",
            "admin_unread", "admin_flood"]
 # The counter (and label) each attack must raise; any one of several reasons counts.
 EXPECTED = {
     "rapid_reset": ("transport", ["rapid_reset"]),
     "continuation": ("transport", ["continuation_flood"]),
     "hpack_bomb": ("transport", ["header_list_abuse"]),
+    "trailer_bomb": ("transport", ["header_list_abuse"]),
     "settings_flood": ("transport", ["control_frame_flood"]),
     "ping_flood": ("transport", ["control_frame_flood", "outbound_control_frames"]),
     "streams": ("transport", ["max_concurrent_streams", "stream_errors", "glitches"]),
@@ -81,8 +83,8 @@ EXPECTED = {
     "admin_flood": ("admin", ["metrics_cached"]),
 }
 # Attacks on HTTP/2 must end with GOAWAY(ENHANCE_YOUR_CALM).
-EXPECT_CALM = {"rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams",
-               "zero_window"}
+EXPECT_CALM = {"rapid_reset", "continuation", "hpack_bomb", "trailer_bomb", "settings_flood", "ping_flood",
+               "streams", "zero_window"}
 
 
 # MARK: The server process
@@ -495,6 +497,22 @@ def hpack_bomb(args, port, until):
         # The first block puts it in the dynamic table; later ones refer to it with one byte per header.
         _, frame = c.headers(LIVE, end_stream=True, extra=[bomb] * args.bomb_refs)
         return frame
+    return flood(args, port, until, step)
+
+
+def trailer_bomb(args, port, until):
+    bomb = ("x-bomb", "a" * 4000)
+
+    def step(c):
+        # The same bomb as request trailers, after an empty message: once decoded in full and ignored unchecked.
+        sid, frame = c.headers(LIVE, end_stream=False)
+        d = DataFrame(sid)
+        d.data = empty_message()
+        t = HeadersFrame(sid)
+        t.data = c.encoder.encode([bomb] * args.bomb_refs)
+        t.flags.add("END_HEADERS")
+        t.flags.add("END_STREAM")
+        return frame + d.serialize() + t.serialize()
     return flood(args, port, until, step)
 
 

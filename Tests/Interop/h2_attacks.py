@@ -188,6 +188,21 @@ def halfsent(args):
     result("halfsent", {"streams": outcomes, "live_after": lives})
 
 
+def heldwhole(args):
+    """Streams whose one message is whole but whose request never ends (no END_STREAM), without a token."""
+    c = Client(args)
+    sids = []
+    for _ in range(args.streams):
+        sid = c.open(INFER, None)
+        if c.send_when_possible(sid, struct.pack(">BI", 0, args.send)):
+            c.push(sid, args.send, stop_when_done=False)
+        sids.append(sid)
+    c.wait(sids, timeout=args.wait)
+    outcomes = [{"status": c.streams[s]["status"], "message": c.streams[s]["message"]} for s in sids]
+    live = c.unary(LIVE)
+    result("heldwhole", {"streams": outcomes, "live_after": live["status"]})
+
+
 def bigheader(args):
     c = Client(args)
     first = c.unary(LIVE)
@@ -222,7 +237,7 @@ def resume(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=["oversize", "halfsent", "bigheader", "slowmessage", "resume"])
+    p.add_argument("scenario", choices=["oversize", "halfsent", "heldwhole", "bigheader", "slowmessage", "resume"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)

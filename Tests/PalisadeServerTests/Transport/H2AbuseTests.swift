@@ -3,7 +3,7 @@ import PalisadeTestSupport
 import Testing
 
 /// HTTP/2 and TLS abuse against a real `palisade serve` process (issue 15): `Tests/Interop/h2_abuse.py` runs a
-/// well-behaved caller, then thirteen attacks for ~2.5 s each (the short version of `Benchmarks/h2_abuse.sh`).
+/// well-behaved caller, then fourteen attacks for ~2.5 s each (the short version of `Benchmarks/h2_abuse.sh`).
 ///
 /// Asserted strictly for every attack: the server survives, every abusive connection is closed, HTTP/2 attacks
 /// receive GOAWAY(ENHANCE_YOUR_CALM), the metric for that attack class increases, and the server's RSS stays
@@ -13,12 +13,14 @@ import Testing
 /// scheduler rather than from the server; the release-build figures are in docs/reliability.md.
 @Suite(.serialized) struct H2AbuseTests {
   static let attacks = [
-    "rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams", "zero_window", "idle",
+    "rapid_reset", "continuation", "hpack_bomb", "trailer_bomb", "settings_flood", "ping_flood", "streams",
+    "zero_window", "idle",
     "slow_handshake", "slowloris_grpc", "slowloris_admin", "admin_unread",
     "admin_flood",
   ]
   static let http2Attacks: Set = [
-    "rapid_reset", "continuation", "hpack_bomb", "settings_flood", "ping_flood", "streams", "zero_window",
+    "rapid_reset", "continuation", "hpack_bomb", "trailer_bomb", "settings_flood", "ping_flood", "streams",
+    "zero_window",
   ]
 
   @Test func http2AndTLSAttacksAreCutOffCountedAndBounded() async throws {

@@ -69,6 +69,39 @@ import X509
     try await server.stop()
   }
 
+  @Test func wholeMessagesWhoseRequestNeverEndsAreBoundedAndTimedOut() async throws {
+    let server = try await TestServer.start { config in
+      config.server.limits.maxInflightBytesPerConnection = 8 << 20
+      config.server.limits.messageTimeoutSeconds = 2
+    }
+    // Four streams, no token, each with a whole 3 MiB message and no END_STREAM: held by the server, they count
+    // against the connection's 8 MiB budget (so some are refused at once) and the rest end at the message timeout.
+    // Before, they were released from the budgets and no timer ran: held until the connection's max age.
+    let result = try await attack(
+      server, "heldwhole", ["--streams", "4", "--send", "\(3 << 20)", "--wait", "15"])
+    let streams = result["streams"] as? [[String: Any]] ?? []
+    #expect(streams.count == 4)
+    #expect(streams.allSatisfy { $0["status"] as? Int == 8 }, "every stream is refused RESOURCE_EXHAUSTED: \(streams)")
+    let messages = streams.compactMap { $0["message"] as? String }
+    #expect(messages.contains { $0.contains("this connection") }, "\(messages)")
+    #expect(messages.contains { $0.contains("END_STREAM") }, "\(messages)")
+    #expect(result["live_after"] as? Int == 0, "the connection keeps working")
+    try await server.stop()
+  }
+
+  @Test func aLargeMessageInManyFramesIsReceivedInLinearTime() async throws {
+    let server = try await TestServer.start { config in config.server.limits.messageTimeoutSeconds = 8 }
+    // 60 MiB in ~3,800 DATA frames of 16 KiB. Each frame once copied the whole message so far (~115 GB of copying
+    // in all), so it was not received within the 8 s: refused "not received in full". Received in linear time, it
+    // is whole within seconds and is then refused only because its request never ends.
+    let result = try await attack(
+      server, "heldwhole", ["--streams", "1", "--send", "\(60 << 20)", "--wait", "30"], timeout: .seconds(180))
+    let streams = result["streams"] as? [[String: Any]] ?? []
+    let message = streams.first?["message"] as? String ?? ""
+    #expect(message.contains("END_STREAM"), "received whole: \(streams)")
+    try await server.stop()
+  }
+
   @Test func anOversizedHeaderBlockRefusesThatStreamNotTheConnection() async throws {
     let server = try await TestServer.start()
     let result = try await attack(server, "bigheader")
