@@ -259,6 +259,11 @@ public struct EgressConfig: Sendable {
         let window = try b.int("window_seconds", in: 1...(30 * 86_400)) ?? 3600
         d.byteBudget = ByteBudget(bytes: bytes, windowSeconds: window)
         try b.finish()
+        // A tunnel's bytes are relayed uninspected and uncounted: a budget beside it would promise a bound the
+        // tunnel walks around.
+        if d.allowConnect {
+          throw m.error("byte_budget", "cannot be combined with allow_connect (CONNECT tunnels are not counted)")
+        }
       }
       try m.finish()
       c.destinations.append(d)

@@ -567,12 +567,14 @@ public final class Inspector: Sendable {
     let n = raw.count
     var from = 0
     while let k = find(ktyMember, in: raw, from: from) {
-      from = k + 1
       // The enclosing object, approximately: the nearest braces around "kty" (JWK members are flat).
       var s = k
       while s > 0, raw[s] != UInt8(ascii: "{"), k - s < 16_384 { s -= 1 }
       var e = k
       while e < n, raw[e] != UInt8(ascii: "}"), e - k < 65_536 { e += 1 }
+      // A later "kty" inside this object finds no other "d": go on after it, so that a body of many "kty" costs
+      // linear time, not a 64 KiB scan per occurrence.
+      from = max(k + 1, e)
       let object = UnsafeRawBufferPointer(rebasing: raw[s..<e])
       var at = 0
       while let d = find(dMember, in: object, from: at) {
@@ -603,19 +605,24 @@ public final class Inspector: Sendable {
     while let at = find(marker, in: raw, from: from) {
       var i = at
       var segments = [0]
+      var secondSegment: Int?
       while i < raw.count {
         let c = raw[i]
         if isBase64URL(c) {
           segments[segments.count - 1] += 1
         } else if c == UInt8(ascii: "."), segments.count < 3 {
           segments.append(0)
+          if secondSegment == nil { secondSegment = i + 1 }
         } else {
           break
         }
         i += 1
       }
       if segments.count == 3, segments[0] >= 10, segments[1] >= 8 { return true }
-      from = at + 1
+      // A token starting later in this header segment would have a shorter header and the same other segments:
+      // no better. Go on from the second segment (a token may start there), or after the run: linear time, where
+      // restarting one byte later made a body of repeated "eyJ" quadratic.
+      from = max(at + 1, secondSegment ?? i)
     }
     return false
   }

@@ -97,6 +97,21 @@ struct InspectorTests {
     #expect(i.inspect(uri: "/", headers: [], body: Array("see eyJ.foo.bar and a.b.c".utf8)) == nil)
   }
 
+  @Test("bodies of repeated 'eyJ' or '\"kty\"' are inspected in linear time; a JWT after a near miss is still found")
+  func repeatedMarkers() {
+    let i = Self.inspector { $0.highEntropy.enabled = false }
+    // 1 MiB each: with a rescan from every occurrence these took hours (quadratic), and froze the sidecar.
+    let jwtMarkers = String(repeating: "eyJ", count: 350_000)
+    #expect(i.inspect(uri: "/", headers: [], body: Array(jwtMarkers.utf8)) == nil)
+    let ktys = String(repeating: "\"kty\" ", count: 150_000)
+    #expect(i.inspect(uri: "/", headers: [], body: Array(ktys.utf8)) == nil)
+    // The skip must not skip a token: one whose header starts in the third segment of a near miss.
+    let nearMiss = "eyJxxxxxxxxxx.b.eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIiwiZXhwIjoxfQ.c2lnbmF0dXJl"
+    #expect(i.inspect(uri: "/", headers: [], body: Array(nearMiss.utf8))?.reason == .jwt)
+    let jwk = "\"kty\" \"kty\" {\"kty\":\"EC\",\"crv\":\"P-256\",\"d\":\"MTIzNDU2Nzg5MDEyMzQ1Njc4\"}"
+    #expect(i.inspect(uri: "/", headers: [], body: Array(jwk.utf8))?.reason == .privateKey)
+  }
+
   @Test("address classes: private, loopback, link-local, CGNAT, ULA, multicast, metadata, mapped")
   func addressClasses() throws {
     func cls(_ ip: String) throws -> AddressClass { AddressClass.of(try SocketAddress(ipAddress: ip, port: 1)) }
@@ -168,6 +183,9 @@ struct InspectorTests {
     #expect(unknown?.path == "listen.prot" && unknown?.line == 3)
     #expect(failure("destinations:\n  - {host: a.example, methods: [FETCH]}\n")?.path == "destinations[0].methods")
     #expect(failure("destinations:\n  - {host: '*.example'}\n")?.path == "destinations[0].host")
+    #expect(
+      failure("destinations:\n  - {host: a.example, allow_connect: true, byte_budget: {bytes: 100}}\n")?.path
+        == "destinations[0].byte_budget")
     #expect(failure("inspection:\n  canary_tokens: [short]\n")?.path == "inspection.canary_tokens")
     #expect(failure("inspection:\n  secret_sha256: [abc]\n")?.path == "inspection.secret_sha256")
     #expect(failure("alert_webhook: https://nowhere.example/x\n")?.path == "alert_webhook")
