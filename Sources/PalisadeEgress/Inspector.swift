@@ -97,6 +97,19 @@ public final class Inspector: Sendable {
     while true {
       let f = current.withUnsafeBytes { scan($0, location: location, via: via, decodeRuns: true) }
       if let f { return f }
+      // Two more readings of the same text: a hex dump's bytes (`xxd`, `hexdump -C`: offsets and an ASCII column
+      // around the byte groups), and text whose characters are all below U+0100 read as Latin-1, one byte each
+      // (binary data put in a JSON string: `\u00c4` or its UTF-8 form means the byte 0xC4).
+      if let dump = Self.hexDumpBytes(current), dump.count >= minDecodedBytes,
+        let f = dump.withUnsafeBytes({ scan($0, location: location, via: "hex dump", decodeRuns: false) })
+      {
+        return f
+      }
+      if let latin1 = Self.latin1Bytes(current),
+        let f = latin1.withUnsafeBytes({ scan($0, location: location, via: "as Latin-1", decodeRuns: true) })
+      {
+        return f
+      }
       guard round < Self.maxUnescapeRounds, let next = Self.unescape(current) else { return nil }
       current = next
       round += 1
@@ -128,6 +141,87 @@ public final class Inspector: Sendable {
     }
     if decodeRuns, let f = scanRuns(raw, location: location, via: via) { return f }
     return nil
+  }
+
+  // MARK: other readings
+
+  /// The bytes of the hex-dump lines in `b` (`xxd`: `00000010: 4a5b 6c7d …  J[l}…`; `hexdump -C`:
+  /// `00000010  4a 5b … 6c 7d  4e 00 …  |J[l}…|`), joined in order; nil when there are fewer than two such lines.
+  /// A line is an offset of at least four hex digits followed by a colon or by spaces, then byte groups of an even
+  /// number of digits separated by one space (`hexdump -C` also has one double space mid-line); two spaces end the
+  /// groups (the ASCII column follows).
+  static func hexDumpBytes(_ b: [UInt8]) -> [UInt8]? {
+    let n = b.count
+    var out: [UInt8] = []
+    var lines = 0
+    var i = 0
+    while i < n {
+      var end = i
+      while end < n, !isLineBreak(b[end]) { end += 1 }
+      defer { i = end + 1 }
+      var j = i
+      while j < end, isBlank(b[j]) { j += 1 }
+      let offsetStart = j
+      while j < end, hexValue(b[j]) != nil { j += 1 }
+      guard j - offsetStart >= 4, j < end else { continue }
+      let colon = b[j] == UInt8(ascii: ":")
+      if colon { j += 1 }
+      var spaces = 0
+      while j < end, b[j] == 0x20 {
+        j += 1
+        spaces += 1
+      }
+      guard spaces >= 1, colon || spaces == 2 else { continue }
+      var bytes: [UInt8] = []
+      var doubleSpaceUsed = colon  // xxd has none
+      while j + 1 < end, let hi = hexValue(b[j]), let lo = hexValue(b[j + 1]) {
+        bytes.append(hi << 4 | lo)
+        j += 2
+        guard j < end, b[j] == 0x20 else { continue }
+        var k = j
+        while k < end, b[k] == 0x20 { k += 1 }
+        if k - j == 1 {
+          j = k
+        } else if k - j == 2, !doubleSpaceUsed, k + 2 < end, hexValue(b[k]) != nil, hexValue(b[k + 1]) != nil,
+          b[k + 2] == 0x20
+        {
+          doubleSpaceUsed = true
+          j = k
+        } else {
+          break
+        }
+      }
+      guard !bytes.isEmpty else { continue }
+      out += bytes
+      lines += 1
+    }
+    return lines >= 2 ? out : nil
+  }
+
+  /// `b` read as Latin-1 when it is UTF-8 whose characters are all below U+0100 and some above U+007F: each
+  /// character one byte. Nil otherwise.
+  static func latin1Bytes(_ b: [UInt8]) -> [UInt8]? {
+    var out: [UInt8] = []
+    var i = 0
+    var wide = false
+    while i < b.count {
+      let c = b[i]
+      if c < 0x80 {
+        if wide { out.append(c) }
+        i += 1
+        continue
+      }
+      // Two-byte sequences C2 80 ... C3 BF are U+0080 ... U+00FF; any other non-ASCII byte: not this reading.
+      guard c == 0xC2 || c == 0xC3, i + 1 < b.count, b[i + 1] & 0xC0 == 0x80 else { return nil }
+      if !wide {
+        wide = true
+        out.reserveCapacity(b.count)
+        out.append(contentsOf: b[0..<i])
+      }
+      out.append((c & 0x03) << 6 | (b[i + 1] & 0x3F))
+      i += 2
+    }
+    return wide ? out : nil
   }
 
   // MARK: unescaping

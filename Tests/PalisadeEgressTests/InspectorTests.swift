@@ -38,6 +38,49 @@ struct InspectorTests {
     #expect(i.inspect(uri: "/", headers: [], body: Self.random(100_000)) == nil)
   }
 
+  /// `xxd` and `hexdump -C` as they print `bytes` (16 per line, offsets and an ASCII column).
+  static func xxd(_ bytes: [UInt8]) -> String {
+    stride(from: 0, to: bytes.count, by: 16).map { at in
+      let line = Array(bytes[at..<min(at + 16, bytes.count)])
+      let groups = stride(from: 0, to: line.count, by: 2).map { g in
+        line[g..<min(g + 2, line.count)].map { String(format: "%02x", $0) }.joined()
+      }
+      let hex = groups.joined(separator: " ").padding(toLength: 39, withPad: " ", startingAt: 0)
+      let ascii = String(line.map { (0x20..<0x7F).contains($0) ? Character(Unicode.Scalar($0)) : "." })
+      return String(format: "%08x: ", at) + hex + "  " + ascii
+    }.joined(separator: "\n") + "\n"
+  }
+
+  static func hexdumpC(_ bytes: [UInt8]) -> String {
+    stride(from: 0, to: bytes.count, by: 16).map { at in
+      let line = Array(bytes[at..<min(at + 16, bytes.count)])
+      let first = line.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")
+      let second = line.dropFirst(8).map { String(format: "%02x", $0) }.joined(separator: " ")
+      let hex = (first + "  " + second).padding(toLength: 48, withPad: " ", startingAt: 0)
+      let ascii = String(line.map { (0x20..<0x7F).contains($0) ? Character(Unicode.Scalar($0)) : "." })
+      return String(format: "%08x  ", at) + hex + "  |" + ascii + "|"
+    }.joined(separator: "\n") + String(format: "\n%08x\n", bytes.count)
+  }
+
+  @Test("weights in an xxd or hexdump -C listing, or as a JSON string of Latin-1 characters, are found")
+  func dumpsAndLatin1() {
+    let weights = Self.random(8192)
+    let i = Self.inspector({ $0.highEntropy.enabled = false }, weights: weights)
+    let leak = Array(weights[1000..<(1000 + 1024)])
+    #expect(i.inspect(uri: "/", headers: [], body: Array(Self.xxd(leak).utf8))?.reason == .modelWeights)
+    #expect(i.inspect(uri: "/", headers: [], body: Array(Self.hexdumpC(leak).utf8))?.reason == .modelWeights)
+    // json.dumps({"blob": w.decode("latin-1")}) and its ensure_ascii=False form.
+    let escaped = "{\"blob\": \"" + leak.map { String(format: "\\u%04x", $0) }.joined() + "\"}"
+    #expect(i.inspect(uri: "/", headers: [], body: Array(escaped.utf8))?.reason == .modelWeights)
+    let text = "{\"blob\": \"" + String(leak.map { Character(Unicode.Scalar($0)) }) + "\"}"
+    #expect(i.inspect(uri: "/", headers: [], body: Array(text.utf8))?.reason == .modelWeights)
+    // Dumps of other bytes, and ordinary lines that start with numbers, pass.
+    let other = Self.random(1024)
+    #expect(i.inspect(uri: "/", headers: [], body: Array(Self.xxd(other).utf8)) == nil)
+    let prose = "2024  was a year\n1234: ab cd ef\n0000  the end\ncafé crème brûlée\n"
+    #expect(i.inspect(uri: "/", headers: [], body: Array(prose.utf8)) == nil)
+  }
+
   @Test("constant windows of a weight file (zero padding) are not fingerprinted")
   func zeroPadding() {
     let weights = Self.random(1024) + [UInt8](repeating: 0, count: 4096) + Self.random(1024)
