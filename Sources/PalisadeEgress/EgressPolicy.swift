@@ -101,15 +101,20 @@ struct EgressPolicy: Sendable {
     destinations.first { $0.allowConnect && $0.host == target.host && $0.port == target.port }
   }
 
-  /// Refuses `.`/`..` segments and percent-encoded `/`, `\`, `.` in the path, which upstreams may normalise
+  /// Refuses `.`/`..` segments (also with a `;parameter`, which Tomcat, Jetty and Spring read as the bare segment),
+  /// and percent-encoded `/`, `\`, `.` and `%` (a double encoding) in the path, which upstreams may normalise
   /// differently from a prefix check.
   static func pathIsCanonical(_ pathAndQuery: String) -> Bool {
     let path = pathAndQuery.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
     let lower = path.lowercased()
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || lower.contains("\\") { return false }
-    for segment in path.split(separator: "/", omittingEmptySubsequences: false) where segment == "." || segment == ".."
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || lower.contains("%25")
+      || lower.contains("\\")
     {
       return false
+    }
+    for segment in path.split(separator: "/", omittingEmptySubsequences: false) {
+      let bare = segment.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+      if bare == "." || bare == ".." { return false }
     }
     return true
   }

@@ -747,14 +747,31 @@ public final class Inspector: Sendable {
   /// Hashes, for every token (delimited by whitespace, quotes and `,;&<>()[]{}`): the token, the value after its
   /// first `=` or `:`, and each of its parts between URL delimiters (`/ ? # = : + @ | \ !`), so that
   /// `?key=SECRET`, `/hook/SECRET` and `Bearer SECRET` all match. Returns the matching fingerprint's number.
+  /// Punctuation trimmed from both ends of a token before its fingerprint is checked a second time.
+  private static let trimmable: [Bool] = {
+    var t = [Bool](repeating: false, count: 256)
+    for c in ".*~$%^-!?_+#|".utf8 { t[Int(c)] = true }
+    return t
+  }()
+
   private func matchSecret(_ raw: UnsafeRawBufferPointer) -> Int? {
     let n = raw.count
     let token = Self.tokenDelimiters
     let part = Self.partDelimiters
-    func check(_ start: Int, _ end: Int) -> Int? {
+    func exact(_ start: Int, _ end: Int) -> Int? {
       guard end - start >= Self.minSecretBytes, end - start <= Self.maxSecretBytes else { return nil }
       let digest = SHA256.hash(data: UnsafeRawBufferPointer(rebasing: raw[start..<end]))
       return secretFingerprints[Array(digest)]
+    }
+    // As it stands, and without the punctuation prose and markup put around a word ("the key is hunter2.",
+    // "*hunter2*"), which the delimiters above do not cut off.
+    func check(_ start: Int, _ end: Int) -> Int? {
+      if let hit = exact(start, end) { return hit }
+      var s = start
+      var e = end
+      while s < e, Self.trimmable[Int(raw[s])] { s += 1 }
+      while e > s, Self.trimmable[Int(raw[e - 1])] { e -= 1 }
+      return s != start || e != end ? exact(s, e) : nil
     }
     var i = 0
     while i < n {

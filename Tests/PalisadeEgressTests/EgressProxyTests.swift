@@ -49,6 +49,10 @@ struct EgressProxyTests {
       ("POST", h.url("/admin"), "path"),
       ("POST", h.url("/ingest/../admin"), "path"),
       ("POST", h.url("/ingest/%2e%2e/admin"), "path"),
+      // Read as "/ingest/../admin" by Tomcat, Jetty and Spring; a double encoding.
+      ("POST", h.url("/ingest/..;/admin"), "path"),
+      ("POST", h.url("/ingest/.;x/y"), "path"),
+      ("POST", h.url("/ingest/%252e%252e/admin"), "path"),
     ]
     for (method, url, reason) in cases {
       let r = try await h.send(url, method: method)

@@ -112,6 +112,11 @@ struct InspectorTests {
     #expect(i.inspect(uri: "/", headers: [], body: Array("{\"p\": \"\(secret)\"}".utf8))?.reason == .secret)
     #expect(i.inspect(uri: "/?password=\(secret)", headers: [], body: [])?.reason == .secret)
     #expect(i.inspect(uri: "/", headers: [], body: Array("s3cr3t-database".utf8)) == nil)
+    // Prose and markup around it: a full stop, emphasis, a value with trailing punctuation.
+    for text in ["the key is \(secret).", "*\(secret)*", "token=\(secret).", "~\(secret)~!", "is it \(secret)?"] {
+      #expect(i.inspect(uri: "/", headers: [], body: Array(text.utf8))?.reason == .secret, "\(text)")
+    }
+    #expect(i.inspect(uri: "/", headers: [], body: Array("s3cr3t-database-password-2".utf8)) == nil)
   }
 
   @Test("long high-entropy runs are refused; ordinary text and short base64 pass")
