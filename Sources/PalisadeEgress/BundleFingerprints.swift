@@ -11,6 +11,8 @@ public enum BundleFingerprints {
     public var canaries: [Canary] = []
     public var weights: WeightIndex?
     public var bundles: [String] = []
+    /// Packed bundles (`*.tar.zst`) found on the way: not read, so their weights and canaries are NOT fingerprinted.
+    public var packed: [String] = []
   }
 
   public enum Failure: Error, CustomStringConvertible {
@@ -39,9 +41,12 @@ public enum BundleFingerprints {
       }
       guard depth < 3, let items = try? fm.contentsOfDirectory(at: url, includingPropertiesForKeys: [.isDirectoryKey])
       else { return }
-      for item in items.sorted(by: { $0.path < $1.path })
-      where (try? item.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) == true {
-        walk(item, depth: depth + 1)
+      for item in items.sorted(by: { $0.path < $1.path }) {
+        if (try? item.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) == true {
+          walk(item, depth: depth + 1)
+        } else if item.lastPathComponent.hasSuffix(".tar.zst") {
+          result.packed.append(item.path)
+        }
       }
     }
     for d in directories {

@@ -46,6 +46,13 @@ public final class EgressProxy: Sendable {
     summary =
       "\(config.destinations.count) destinations, \(canaries.count) canary tokens, \(found.bundles.count) bundles, "
       + "\(found.weights?.count ?? 0) weight windows"
+      + (found.packed.isEmpty ? "" : "; \(found.packed.count) packed bundles NOT fingerprinted")
+    if !found.packed.isEmpty {
+      // Not refused (the proxy still guards everything else), but said loudly: these weights could leave.
+      logger.warning(
+        "packed bundles in inspection.bundle_directories are not read: their weights and canaries are not fingerprinted; point bundle_directories at unpacked bundles",
+        metadata: ["packed": "\(found.packed.prefix(10).joined(separator: ", "))", "count": "\(found.packed.count)"])
+    }
     var tls = TLSConfiguration.makeClientConfiguration()
     tls.minimumTLSVersion = .tlsv12
     tls.certificateVerification = .fullVerification

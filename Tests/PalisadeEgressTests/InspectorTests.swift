@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Logging
 import NIOCore
 import PalisadeEgress
 import PalisadeYAML
@@ -79,6 +80,23 @@ struct InspectorTests {
     #expect(i.inspect(uri: "/", headers: [], body: Array(Self.xxd(other).utf8)) == nil)
     let prose = "2024  was a year\n1234: ab cd ef\n0000  the end\ncafé crème brûlée\n"
     #expect(i.inspect(uri: "/", headers: [], body: Array(prose.utf8)) == nil)
+  }
+
+  @Test("packed bundles in bundle_directories are named as not fingerprinted, in the summary and a warning")
+  func packedBundlesAreNamed() throws {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("egress-packed-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: root) }
+    let unpacked = root.appendingPathComponent("digits/1")
+    try FileManager.default.createDirectory(at: unpacked, withIntermediateDirectories: true)
+    try Data(#"{"name": "digits", "version": 1}"#.utf8).write(to: unpacked.appendingPathComponent("manifest.json"))
+    try Data(Self.random(4096)).write(to: unpacked.appendingPathComponent("model.onnx"))
+    try Data([0x28, 0xB5, 0x2F, 0xFD]).write(to: root.appendingPathComponent("digits/2.tar.zst"))
+    let found = try BundleFingerprints.load(directories: [root.path], settings: EgressConfig.Weights())
+    #expect(found.bundles.count == 1 && found.packed == [root.appendingPathComponent("digits/2.tar.zst").path])
+    let config = try EgressConfig.parse(
+      "destinations: [{host: a.example}]\ninspection: {bundle_directories: [\(root.path)]}\n", file: "e.yaml")
+    let proxy = try EgressProxy(config: config, logger: Logger(label: "test"))
+    #expect(proxy.summary.contains("1 bundles") && proxy.summary.contains("1 packed bundles NOT fingerprinted"))
   }
 
   @Test("constant windows of a weight file (zero padding) are not fingerprinted")
