@@ -58,7 +58,7 @@ extension NodeLowering {
   /// start, start + delta, ... below limit, from constant scalars.
   func lowerRange() throws(RuntimeError) -> Lowering {
     let (a, b, c) = (try input(0), try input(1), try input(2))
-    guard let s = consts[0], let l = consts[1], let d = consts[2], s.count == 1, l.count == 1, d.count == 1 else {
+    guard let s = constant(0), let l = constant(1), let d = constant(2), s.count == 1, l.count == 1, d.count == 1 else {
       throw RuntimeError(.unsupported, "Range with non-constant inputs")
     }
     guard a.type == b.type, b.type == c.type else { throw .shape("Range inputs differ in type") }

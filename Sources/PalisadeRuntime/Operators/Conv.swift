@@ -60,7 +60,7 @@ extension NodeLowering {
     // Kernel choice, transposed constant weights and workspace size are settled here, once per plan.
     let conv: PreparedConv2D
     do {
-      if let wc = consts[1] {
+      if let wc = constant(1) {
         conv = try PreparedConv2D(params, activation: act, constantWeight: wc.floatPointer, post: post)
         withExtendedLifetime(wc) {}
       } else {

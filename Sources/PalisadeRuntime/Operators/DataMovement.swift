@@ -103,7 +103,7 @@ extension NodeLowering {
     let inner = product(x.shape[(axis + 1)...])
     let es = x.type.size
     let n = idx.count
-    if let c = consts[1] {
+    if let c = constant(1) {
       var indices: [Int] = []
       for v in c.int64Values {
         // Indices come from the file: range-checked as Int64 before they become Int.

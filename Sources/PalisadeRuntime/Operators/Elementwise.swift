@@ -142,7 +142,7 @@ extension NodeLowering {
     var hi = Float.infinity
     for (i, slot) in [(1, 0), (2, 1)] {
       guard optionalInput(i) != nil else { continue }
-      guard let c = consts[i], c.count == 1, c.type == .float32 else {
+      guard let c = constant(i), c.count == 1, c.type == .float32 else {
         throw RuntimeError(.unsupported, "Clip bounds must be scalar constants")
       }
       if slot == 0 { lo = c.floatPointer[0] } else { hi = c.floatPointer[0] }

@@ -117,7 +117,7 @@ extension NodeLowering {
     // Constant weights (the usual case) are packed once here into the GEMM kernel's panel layout: no packing and
     // no strided reads of W on every call.
     let packed: PackedGemmB? =
-      if let wc = consts.count > 1 ? consts[1] : nil, wc.type == .float32, wc.count == k * n, act != .gelu {
+      if let wc = constant(1), wc.type == .float32, wc.count == k * n, act != .gelu {
         PackedGemmB(k: k, n: n, b: wc.floatPointer, ldb: max(n, 1))
       } else { nil }
     return .compute(outputs: [out], scratchBytes: 0) { ins, outs, _ in

@@ -46,7 +46,7 @@ extension NodeLowering {
     let c = x.shape[1]
     var params: [HostTensor] = []
     for i in 1...4 {
-      guard let t = consts[i], t.type == .float32, t.count == c else {
+      guard let t = constant(i), t.type == .float32, t.count == c else {
         throw RuntimeError(.unsupported, "BatchNormalization parameters must be constant [\(c)] tensors")
       }
       params.append(t)

@@ -46,7 +46,7 @@ extension NodeLowering {
     var axes: [Int]? = nil
     if axesFromInput {
       if optionalInput(1) != nil {
-        guard let c = consts[1], c.type == .int64 else {
+        guard let c = constant(1), c.type == .int64 else {
           throw RuntimeError(.unsupported, "reduction axes must be a constant")
         }
         axes = c.int64Values.map { Int(clamping: $0) }

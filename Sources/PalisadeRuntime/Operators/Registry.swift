@@ -149,7 +149,7 @@ struct NodeLowering {
   /// An optional INT64 input that must be known at plan time (shapes, axes, slice bounds).
   func constInts(_ i: Int, _ what: String) throws(RuntimeError) -> [Int]? {
     guard i < ins.count, ins[i] != nil else { return nil }
-    guard let c = consts[i] else {
+    guard let c = constant(i) else {
       throw RuntimeError(.unsupported, "\(what) must be a constant (data-dependent shapes are not supported)")
     }
     guard c.type == .int64 else { throw .shape("\(what) must be INT64") }
