@@ -501,25 +501,15 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   }
 
   private func writeStreamMessage(context: ChannelHandlerContext, _ body: ByteBuffer) {
-    guard !trailersSent, !streamClosed else {
-      streamInFlight -= 1
-      return
-    }
+    streamInFlight -= 1
+    guard !trailersSent, !streamClosed else { return }
     if !responseHeadersSent {
       responseHeadersSent = true
       context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders))), promise: nil)
     }
-    // In flight until the answer has left the stream (HTTP/2 holds DATA the client's window does not take): a
-    // client that never reads keeps at most `maxMessagesInFlight` answers here, not one per message it sends.
-    let written = context.eventLoop.makePromise(of: Void.self)
-    written.futureResult.assumeIsolated().whenComplete { _ in self.streamAnswerLeft(context: context) }
-    writeData(context: context, framed(context: context, body), promise: written)
+    writeData(context: context, framed(context: context, body), promise: nil)
     context.flush()
-  }
-
-  private func streamAnswerLeft(context: ChannelHandlerContext) {
-    streamInFlight -= 1
-    if readingPaused, !streamClosed, streamInFlight <= maxMessagesInFlight / 2 {
+    if readingPaused, streamInFlight <= maxMessagesInFlight / 2 {
       readingPaused = false
       context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
       context.read()

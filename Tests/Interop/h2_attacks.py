@@ -22,6 +22,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -203,6 +204,28 @@ def heldwhole(args):
     result("heldwhole", {"streams": outcomes, "live_after": live["status"]})
 
 
+def streamunread(args):
+    """ModelStreamInfer with the client's stream window at 0 (no answer can reach it), sending 1 KiB messages for
+    as long as the server's flow control lets it, up to --send bytes; reports how much got through."""
+    c = Client(args)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.flush()
+    sid = c.open("/inference.GRPCInferenceService/ModelStreamInfer", args.token)
+    # model_name "simple", no inputs (each answered with an error message on the stream), padded to 1 KiB with an
+    # unknown field (15, bytes), which protobuf readers skip.
+    body = b"\x0a\x06simple" + b"\x7a\xf2\x07" + b"x" * 1010
+    message = struct.pack(">BI", 0, len(body)) + body
+    sent = 0
+    deadline = time.time() + args.wait
+    while sent < args.send and not c.closed:
+        left = deadline - time.time()
+        if left <= 0 or not c.send_when_possible(sid, message, timeout=left):
+            break
+        sent += len(message)
+    s = c.streams[sid]
+    result("streamunread", {"sent": sent, "connection_closed": c.closed, "status": s["status"], "reset": s["reset"]})
+
+
 def bigheader(args):
     c = Client(args)
     first = c.unary(LIVE)
@@ -237,7 +260,7 @@ def resume(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=["oversize", "halfsent", "heldwhole", "bigheader", "slowmessage", "resume"])
+    p.add_argument("scenario", choices=["oversize", "halfsent", "heldwhole", "streamunread", "bigheader", "slowmessage", "resume"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
