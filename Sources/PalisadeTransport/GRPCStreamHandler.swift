@@ -99,9 +99,12 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   // Calls in progress.
   private let cancellation = StreamCancellation()
   private var fastTask: Task<Void, Never>?
-  // A fast-path stream: its messages, and how many await their answer.
+  // A fast-path stream: its messages, and the budget charge of each one whose answer has not left yet (in order;
+  // `streamHead` is the first not yet answered, so answering does not shift the array).
   private var streamMessages: AsyncStream<ByteBuffer>.Continuation?
-  private var streamInFlight = 0
+  private var streamCharges: [Int] = []
+  private var streamHead = 0
+  private var streamInFlight: Int { streamCharges.count - streamHead }
   private var readingPaused = false
   private var deadlineTimer: Scheduled<Void>?
 
@@ -367,11 +370,31 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     return true
   }
 
+  /// Releases what this stream holds in the budgets: the message being received and, on a fast-path stream, every
+  /// message whose answer has not left.
   private func releaseBudget() {
-    guard charged > 0 else { return }
-    connectionBudget.release(charged, from: "")
-    env.principalBudget.release(charged, from: connection.principalKey)
+    var held = charged
     charged = 0
+    for i in streamHead..<streamCharges.count { held += streamCharges[i] }
+    streamCharges = []
+    streamHead = 0
+    guard held > 0 else { return }
+    connectionBudget.release(held, from: "")
+    env.principalBudget.release(held, from: connection.principalKey)
+  }
+
+  /// The oldest unanswered stream message got its answer out: its bytes leave the budgets.
+  private func releaseOldestStreamMessage() {
+    guard streamHead < streamCharges.count else { return }
+    let n = streamCharges[streamHead]
+    streamHead += 1
+    if streamHead == streamCharges.count {
+      streamCharges.removeAll(keepingCapacity: true)
+      streamHead = 0
+    }
+    guard n > 0 else { return }
+    connectionBudget.release(n, from: "")
+    env.principalBudget.release(n, from: connection.principalKey)
   }
 
   private func messageComplete(context: ChannelHandlerContext, _ message: ByteBuffer) {
@@ -387,14 +410,22 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
     messageTimer?.cancel()
     messageTimer = nil
-    releaseBudget()
+    if case .fastStream = route {
+      // A stream message stays charged to the budgets until its answer has left, as a unary one does: otherwise
+      // up to `maxMessagesInFlight` whole messages per stream would wait outside every budget. (A message that came
+      // in one DATA frame was never charged while it was received.)
+      guard charge(context: context, message.readableBytes - charged) else { return }
+      streamCharges.append(charged)
+      charged = 0
+    } else {
+      releaseBudget()
+    }
     switch route {
     case .generic:
       context.fireChannelRead(wrapInboundOut(.message(MessageBytes(message))))
     case .fast:
       break
     case .fastStream:
-      streamInFlight += 1
       streamMessages?.yield(message)
       if streamInFlight >= maxMessagesInFlight, !readingPaused {
         // Enough waiting for answers: stop reading; HTTP/2 flow control now holds the client.
@@ -501,15 +532,27 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   }
 
   private func writeStreamMessage(context: ChannelHandlerContext, _ body: ByteBuffer) {
-    streamInFlight -= 1
-    guard !trailersSent, !streamClosed else { return }
+    guard !trailersSent, !streamClosed else {
+      releaseOldestStreamMessage()
+      return
+    }
     if !responseHeadersSent {
       responseHeadersSent = true
       context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders))), promise: nil)
     }
-    writeData(context: context, framed(context: context, body), promise: nil)
+    // The message stays in flight until its answer has left the stream, not when the answer is handed to HTTP/2:
+    // NIOHTTP2 holds DATA that the client's window does not take (and this write's promise with it), so a client
+    // that never reads stops being read after `maxMessagesInFlight` answers instead of filling the server with
+    // answers it will never take.
+    let left = context.eventLoop.makePromise(of: Void.self)
+    left.futureResult.assumeIsolated().whenComplete { _ in self.streamAnswerLeft(context: context) }
+    writeData(context: context, framed(context: context, body), promise: left)
     context.flush()
-    if readingPaused, streamInFlight <= maxMessagesInFlight / 2 {
+  }
+
+  private func streamAnswerLeft(context: ChannelHandlerContext) {
+    releaseOldestStreamMessage()
+    if readingPaused, !streamClosed, streamInFlight <= maxMessagesInFlight / 2 {
       readingPaused = false
       context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
       context.read()
@@ -520,6 +563,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     fastTask = nil
     streamMessages?.finish()
     streamMessages = nil
+    releaseBudget()
     deadlineTimer?.cancel()
     guard !trailersSent, !streamClosed else { return }
     route = .finished

@@ -8,6 +8,7 @@ Each scenario prints one `RESULT <name> <json>` line; the Swift test that runs t
                 streams beyond them (per connection, then per principal), and the connection keeps working.
   bigheader     a 64 KiB header block on one stream: that stream is refused, the connection goes on.
   slowmessage   a message started and never finished: refused when the message deadline passes.
+  streamunread  ModelStreamInfer from a client whose window is 0: the server must stop reading once answers pile up.
   resume        a TLS session resumed on reconnect: the server must not resume (no identity would follow), and a
                 call on the new connection must succeed.
 """
@@ -22,6 +23,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 
 LIVE = "/inference.GRPCInferenceService/ServerLive"
@@ -204,24 +206,42 @@ def heldwhole(args):
     result("heldwhole", {"streams": outcomes, "live_after": live["status"]})
 
 
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
 def streamunread(args):
-    """ModelStreamInfer with the client's stream window at 0 (no answer can reach it), sending 1 KiB messages for
-    as long as the server's flow control lets it, up to --send bytes; reports how much got through."""
+    """ModelStreamInfer with the client's stream window at 0 (no answer can reach it), sending --size byte messages
+    for as long as the server's flow control lets it, up to --send bytes or --wait seconds; reports how much got
+    through."""
     c = Client(args)
     c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
     c.flush()
     sid = c.open("/inference.GRPCInferenceService/ModelStreamInfer", args.token)
-    # model_name "simple", no inputs (each answered with an error message on the stream), padded to 1 KiB with an
-    # unknown field (15, bytes), which protobuf readers skip.
-    body = b"\x0a\x06simple" + b"\x7a\xf2\x07" + b"x" * 1010
+    # model_name "simple", no inputs (each answered with an error message on the stream), padded to --size bytes
+    # with an unknown field (15, bytes), which protobuf readers skip.
+    pad = max(0, args.size - 8 - 1 - 4)
+    body = b"\x0a\x06simple" + b"\x7a" + varint(pad) + b"x" * pad
     message = struct.pack(">BI", 0, len(body)) + body
     sent = 0
     deadline = time.time() + args.wait
-    while sent < args.send and not c.closed:
+    # In DATA frames of at most the peer's frame size, each sent once flow control allows it.
+    while sent < args.send and not c.closed and not c.streams[sid]["done"]:
+        chunk = message[sent % len(message):][:c.conn.max_outbound_frame_size]
         left = deadline - time.time()
-        if left <= 0 or not c.send_when_possible(sid, message, timeout=left):
-            break
-        sent += len(message)
+        try:
+            if left <= 0 or not c.send_when_possible(sid, chunk, timeout=left):
+                break
+        except h2.exceptions.StreamClosedError:
+            break  # the server ended the stream (its answer waits behind the zero window)
+        sent += len(chunk)
     s = c.streams[sid]
     result("streamunread", {"sent": sent, "connection_closed": c.closed, "status": s["status"], "reset": s["reset"]})
 
@@ -272,6 +292,7 @@ def main():
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--declared", type=int, default=60 << 20)
     p.add_argument("--send", type=int, default=16 << 20)
+    p.add_argument("--size", type=int, default=1024, help="streamunread: bytes per message body")
     p.add_argument("--wait", type=float, default=10)
     args = p.parse_args()
     globals()[args.scenario](args)

@@ -102,6 +102,36 @@ import X509
     try await server.stop()
   }
 
+  @Test func aStreamClientThatNeverReadsIsNoLongerRead() async throws {
+    let server = try await TestServer.start()
+    // ModelStreamInfer with the client's window at 0: no answer can leave. Answers used to count as delivered once
+    // handed to HTTP/2, so the server read all 8 MiB (and would have read for ever, holding every answer); now a
+    // message stays in flight until its answer leaves, reading stops after 32 and flow control holds the client
+    // at the stream window (1 MiB, up to 2 MiB for a stream opened before the client acknowledged the server's
+    // SETTINGS: NIOHTTP2 adds the settings change to the stream's target window).
+    let result = try await attack(server, "streamunread", ["--send", "\(8 << 20)", "--wait", "5"])
+    let sent = result["sent"] as? Int ?? -1
+    #expect(sent > 32 << 10 && sent < 3 << 20, "held at the window: \(result)")
+    #expect(result["connection_closed"] as? Bool == false)
+    let live = try await withClient(server, try goodClient(server, "other")) { try await $0.serverLive(.init()).live }
+    #expect(live, "the server serves others")
+    try await server.stop()
+  }
+
+  @Test func waitingStreamMessagesAreChargedToTheBudgetsUntilAnswered() async throws {
+    let server = try await TestServer.start { $0.server.limits.maxInflightBytesPerConnection = 4 << 20 }
+    // 256 KiB messages on a stream whose answers cannot leave: the 32 that may wait would hold 8 MiB, over the
+    // connection's 4 MiB budget. They stay charged until answered, so the stream is refused at the budget.
+    // Before, a whole stream message left the budgets when it was handed to the model, so 32 per stream (each up
+    // to the message limit) waited outside them.
+    let result = try await attack(
+      server, "streamunread", ["--size", "\(256 << 10)", "--send", "\(16 << 20)", "--wait", "5"])
+    #expect((result["sent"] as? Int ?? 0) < 8 << 20, "\(result)")
+    let metrics = try await adminGet(server, "/metrics").1
+    #expect(metrics.contains(#"palisade_transport_refusals_total{reason="inflight_connection_budget"}"#), "\(result)")
+    try await server.stop()
+  }
+
   @Test func anOversizedHeaderBlockRefusesThatStreamNotTheConnection() async throws {
     let server = try await TestServer.start()
     let result = try await attack(server, "bigheader")
