@@ -11,6 +11,9 @@ import Synchronization
 ///   deadline never moves the breaker;
 /// - when the consecutive failures all came from one principal, the circuit opens for that principal only (its
 ///   requests are what fails); it opens for everyone only when at least two principals' requests failed;
+/// - the same holds for half-open probes: a failed probe shuts that principal out and hands the probe on; the
+///   circuit opens again for everyone only when probes of two principals failed (one caller whose requests make
+///   the model fail could otherwise keep it closed to everyone by always taking the probe);
 /// - a half-open probe that ends without reaching the model (refused in validation, cancelled in the queue) hands
 ///   its probe back through ``release(_:)``, so a probe can never be held by a request that will not run.
 public final class CircuitBreaker: Sendable {
@@ -69,6 +72,8 @@ public final class CircuitBreaker: Sendable {
     var failing: Set<String> = []
     var openedAt: ContinuousClock.Instant? = nil
     var probes = 0
+    /// Principals whose half-open probes failed (at most two are needed).
+    var failedProbes: Set<String> = []
     /// Principals for whom alone the circuit is open, and since when.
     var openFor: [String: ContinuousClock.Instant] = [:]
   }
@@ -187,8 +192,22 @@ public final class CircuitBreaker: Sendable {
         s.failures = 0
         s.failing.removeAll()
         s.probes = 0
+        s.failedProbes.removeAll()
         return .closed
-      case (.halfOpen, true), (.open, true):
+      case (.halfOpen, true):
+        s.failedProbes.insert(principal)
+        if s.failedProbes.count < 2 {
+          // One caller's probe failed: shut that caller out and let the next caller probe.
+          s.openFor[principal] = now
+          if s.probes > 0 { s.probes -= 1 }
+          return nil
+        }
+        s.state = .open
+        s.openedAt = now
+        s.probes = 0
+        s.failedProbes.removeAll()
+        return .open
+      case (.open, true):
         s.state = .open
         s.openedAt = now
         s.probes = 0

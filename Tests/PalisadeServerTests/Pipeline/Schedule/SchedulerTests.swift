@@ -144,13 +144,35 @@ import Testing
     breaker.record(success: false, principal: "b", now: t0)
     #expect(breaker.state == .open)
     #expect(throws: PalisadeError.self) { try breaker.admit(now: t0 + .seconds(9)) }
-    try breaker.admit(now: t0 + .seconds(10))
-    breaker.record(success: false, now: t0 + .seconds(11))
+    // Probes of two callers fail: the model is still failing, open again for everyone.
+    #expect(try breaker.admit(principal: "a", now: t0 + .seconds(10)) == .probe)
+    breaker.record(success: false, principal: "a", now: t0 + .seconds(11))
+    #expect(breaker.state == .halfOpen)
+    #expect(try breaker.admit(principal: "b", now: t0 + .seconds(11)) == .probe)
+    breaker.record(success: false, principal: "b", now: t0 + .seconds(11))
     #expect(breaker.state == .open)
     #expect(throws: PalisadeError.self) { try breaker.admit(now: t0 + .seconds(20)) }
     try breaker.admit(now: t0 + .seconds(21))
     breaker.record(success: true, now: t0 + .seconds(21))
     #expect(breaker.state == .closed)
+  }
+
+  @Test func oneCallerCannotKeepTheCircuitOpenByTakingEveryProbe() throws {
+    let breaker = CircuitBreaker(model: "m", settings: .init(failureThreshold: 2, openDuration: .seconds(10)))
+    let t0 = ContinuousClock.now
+    breaker.record(.modelFailure, principal: "a", now: t0)
+    breaker.record(.modelFailure, principal: "b", now: t0)
+    #expect(breaker.state == .open)
+    // The attacker, whose requests make the model fail, is first to take the half-open probe, and fails it...
+    #expect(try breaker.admit(principal: "attacker", now: t0 + .seconds(10)) == .probe)
+    breaker.record(.modelFailure, principal: "attacker", now: t0 + .seconds(10))
+    // ...which shuts it out, not everyone: the circuit stays half-open and the victim probes next.
+    #expect(breaker.state == .halfOpen)
+    #expect(throws: PalisadeError.self) { try breaker.admit(principal: "attacker", now: t0 + .seconds(11)) }
+    #expect(try breaker.admit(principal: "victim", now: t0 + .seconds(11)) == .probe)
+    breaker.record(.success, principal: "victim", now: t0 + .seconds(11))
+    #expect(breaker.state == .closed)
+    #expect(try breaker.admit(principal: "victim", now: t0 + .seconds(12)) == .pass)
   }
 
   @Test func slowExecutionsCountAsFailures() throws {
