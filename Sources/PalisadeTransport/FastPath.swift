@@ -76,3 +76,8 @@ public enum FastStreamEnd: Sendable {
 /// Request messages of one fast-path stream that may be waiting for their answers before the transport stops
 /// reading from the client.
 public let maxMessagesInFlight = 32
+
+/// Fast-path requests up to this size are served on the event loop that read them (no thread wake-up to start the
+/// call or to write its answer); larger ones run on the concurrency pool, so that decoding and screening a large
+/// tensor never holds up the other connections of that event loop.
+public let eventLoopRequestLimit = 64 << 10

@@ -77,6 +77,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   private let connection: PeerConnection
   private let connectionBudget: InflightBudget
   private let manager: NIOLoopBound<ConnectionManager>?
+  private let taskExecutor: EventLoopTaskExecutor
   private var route = Route.awaitingHeaders
   private var path = ""
   private var requestHeaders = HPACKHeaders()
@@ -110,12 +111,13 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
   init(
     env: StreamEnvironment, connection: PeerConnection, connectionBudget: InflightBudget,
-    manager: NIOLoopBound<ConnectionManager>? = nil
+    manager: NIOLoopBound<ConnectionManager>? = nil, taskExecutor: EventLoopTaskExecutor
   ) {
     self.env = env
     self.connection = connection
     self.connectionBudget = connectionBudget
     self.manager = manager
+    self.taskExecutor = taskExecutor
   }
 
   // MARK: Inbound
@@ -477,9 +479,13 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       path: path, headers: requestHeaders, message: message, connection: connection, deadline: deadline)
     let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
     let loop = context.eventLoop
-    fastTask = Task {
+    // A small call runs on this connection's event loop (``EventLoopTaskExecutor``): starting it and writing its
+    // answer wake no other thread. Measured on digits b1 (release, 32 in flight): 86-90 -> 76-77 us of server CPU
+    // per call, one caller's p50 407-411 -> 389-390 us. A large one runs on the concurrency pool.
+    let executor: EventLoopTaskExecutor? = message.readableBytes <= eventLoopRequestLimit ? taskExecutor : nil
+    fastTask = Task(executorPreference: executor) {
       let response = await handler.handle(call)
-      loop.execute {
+      onLoop(loop) {
         let (handler, context) = bound.value
         handler.respondFast(context: context, response)
       }
@@ -517,14 +523,16 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     let call = FastStreamCall(path: path, headers: headers, connection: connection, deadline: deadline)
     let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
     let loop = context.eventLoop
-    fastTask = Task {
+    // On the event loop, as a small unary call; the handler moves a large message's work off it
+    // (``eventLoopRequestLimit``).
+    fastTask = Task(executorPreference: taskExecutor) {
       let end = await handler.serve(call, messages: messages) { response in
-        loop.execute {
+        onLoop(loop) {
           let (handler, context) = bound.value
           handler.writeStreamMessage(context: context, response)
         }
       }
-      loop.execute {
+      onLoop(loop) {
         let (handler, context) = bound.value
         handler.finishStream(context: context, end)
       }
@@ -795,5 +803,15 @@ extension Duration {
 extension Status.Code {
   init(_ code: RPCError.Code) {
     self = Status.Code(rawValue: code.rawValue) ?? .unknown
+  }
+}
+
+/// Runs `body` now when already on `loop` (the fast path's tasks run there), else as the loop's next task. The
+/// tasks' code runs on the loop throughout (their executor preference), so answers keep their order either way.
+private func onLoop(_ loop: any EventLoop, _ body: @escaping @Sendable () -> Void) {
+  if loop.inEventLoop {
+    body()
+  } else {
+    loop.execute(body)
   }
 }

@@ -239,6 +239,7 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
     let loopBoundManager = NIOLoopBound(manager, eventLoop: channel.eventLoop)
     let (connectionConfiguration, streamConfiguration) = Self.http2Configuration(configuration)
     let connectionBudget = InflightBudget(limit: configuration.messages.maxInflightBytesPerConnection)
+    let taskExecutor = EventLoopTaskExecutor(channel.eventLoop)
     _ = try sync.configureHTTP2Pipeline(
       mode: .server, connectionConfiguration: connectionConfiguration, streamConfiguration: streamConfiguration,
       streamDelegate: StreamTracker(manager: loopBoundManager)
@@ -246,7 +247,8 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
       stream.eventLoop.makeCompletedFuture {
         try stream.pipeline.syncOperations.addHandler(
           GRPCStreamHandler(
-            env: env, connection: connection, connectionBudget: connectionBudget, manager: loopBoundManager))
+            env: env, connection: connection, connectionBudget: connectionBudget, manager: loopBoundManager,
+            taskExecutor: taskExecutor))
       }
     }
     try sync.addHandler(manager)

@@ -120,35 +120,19 @@ public struct InferenceStreamFastPath: FastStreamHandler {
       try await credentials.whileValid(session) {
         for await message in messages {
           try credentials.check(session)
-          let spans = tracer?.startCall(rpc: Self.rpc, traceparent: traceparent)
-          spans?.identified(requestID: session.requestID)
-          spans?.skipAuthentication()
-          var reply = Inference_ModelStreamInferResponse()
-          let request: Inference_ModelInferRequest
-          do {
-            request = try Inference_ModelInferRequest(serializedBytes: MessageBytes(message))
-          } catch {
-            let refused = PalisadeError(.invalidArgument, "a request is not a valid ModelInferRequest message")
-            spans?.failed(refused, stage: .validate)
-            spans?.finish(refused)
-            reply.errorMessage = "INVALID_ARGUMENT: \(refused.message)"
-            respond(try Self.serialized(reply))
-            continue
+          // The stream's task runs on its connection's event loop; a large request's work (decoding, screening,
+          // computing) goes to the concurrency pool. The answer is written from the loop either way, in order.
+          let answer: ByteBuffer
+          if message.readableBytes <= eventLoopRequestLimit {
+            answer = try await Self.answer(
+              message, session: session, pipeline: pipeline, tracer: tracer, traceparent: traceparent, logger: logger)
+          } else {
+            answer = try await withTaskExecutorPreference(globalConcurrentExecutor) {
+              try await Self.answer(
+                message, session: session, pipeline: pipeline, tracer: tracer, traceparent: traceparent, logger: logger)
+            }
           }
-          do {
-            reply.inferResponse = try await pipeline.infer(request, call: session, rpc: Self.rpc, spans: spans)
-            spans?.finish(nil)
-          } catch let error where !(error is CancellationError) {
-            spans?.finish(error)
-            let status = StatusMapping.rpcError(for: error, logger: logger)
-            reply.errorMessage = "\(StatusMapping.codeName(status.code)): \(status.message)"
-            reply.inferResponse.id = request.id
-            reply.inferResponse.modelName = request.modelName
-          } catch {
-            spans?.finish(error)
-            throw error
-          }
-          respond(try Self.serialized(reply))
+          respond(answer)
         }
       }
       metrics.recordRPC(method: Self.rpc, code: "OK", duration: ContinuousClock.now - start)
@@ -168,6 +152,42 @@ public struct InferenceStreamFastPath: FastStreamHandler {
         method: Self.rpc, code: StatusMapping.codeName(status.code), duration: ContinuousClock.now - start)
       return .failure(status.code, status.message)
     }
+  }
+
+  /// One stream message's answer: the inference response, or `error_message` for a message that fails (the stream
+  /// goes on, as Triton's does). Only cancellation ends the stream from here.
+  static func answer(
+    _ message: ByteBuffer, session: CallContext, pipeline: InferencePipeline, tracer: CallTracer?,
+    traceparent: String?, logger: Logger
+  ) async throws -> ByteBuffer {
+    let spans = tracer?.startCall(rpc: Self.rpc, traceparent: traceparent)
+    spans?.identified(requestID: session.requestID)
+    spans?.skipAuthentication()
+    var reply = Inference_ModelStreamInferResponse()
+    let request: Inference_ModelInferRequest
+    do {
+      request = try Inference_ModelInferRequest(serializedBytes: MessageBytes(message))
+    } catch {
+      let refused = PalisadeError(.invalidArgument, "a request is not a valid ModelInferRequest message")
+      spans?.failed(refused, stage: .validate)
+      spans?.finish(refused)
+      reply.errorMessage = "INVALID_ARGUMENT: \(refused.message)"
+      return try serialized(reply)
+    }
+    do {
+      reply.inferResponse = try await pipeline.infer(request, call: session, rpc: Self.rpc, spans: spans)
+      spans?.finish(nil)
+    } catch let error where !(error is CancellationError) {
+      spans?.finish(error)
+      let status = StatusMapping.rpcError(for: error, logger: logger)
+      reply.errorMessage = "\(StatusMapping.codeName(status.code)): \(status.message)"
+      reply.inferResponse.id = request.id
+      reply.inferResponse.modelName = request.modelName
+    } catch {
+      spans?.finish(error)
+      throw error
+    }
+    return try serialized(reply)
   }
 
   static func serialized(_ reply: Inference_ModelStreamInferResponse) throws -> ByteBuffer {
