@@ -157,12 +157,18 @@ import Testing
     #expect(breaker.state == .closed)
   }
 
-  @Test func oneCallerCannotKeepTheCircuitOpenByTakingEveryProbe() throws {
+  /// A breaker (threshold 2, open for 10 s) that two callers' failures opened at the returned instant.
+  func openedByTwoCallers() -> (CircuitBreaker, ContinuousClock.Instant) {
     let breaker = CircuitBreaker(model: "m", settings: .init(failureThreshold: 2, openDuration: .seconds(10)))
     let t0 = ContinuousClock.now
     breaker.record(.modelFailure, principal: "a", now: t0)
     breaker.record(.modelFailure, principal: "b", now: t0)
     #expect(breaker.state == .open)
+    return (breaker, t0)
+  }
+
+  @Test func oneCallerCannotKeepTheCircuitOpenByTakingEveryProbe() throws {
+    let (breaker, t0) = openedByTwoCallers()
     // The attacker, whose requests make the model fail, is first to take the half-open probe, and fails it...
     #expect(try breaker.admit(principal: "attacker", now: t0 + .seconds(10)) == .probe)
     breaker.record(.modelFailure, principal: "attacker", now: t0 + .seconds(10))
@@ -199,11 +205,7 @@ import Testing
   }
 
   @Test func aHalfOpenProbeThatNeverRunsIsHandedBack() throws {
-    let breaker = CircuitBreaker(model: "m", settings: .init(failureThreshold: 2, openDuration: .seconds(10)))
-    let t0 = ContinuousClock.now
-    breaker.record(.modelFailure, principal: "a", now: t0)
-    breaker.record(.modelFailure, principal: "b", now: t0)
-    #expect(breaker.state == .open)
+    let (breaker, t0) = openedByTwoCallers()
     // A probe taken by a request that is then refused in validation (it never reaches the model)...
     let probe = try breaker.admit(now: t0 + .seconds(10))
     #expect(probe == .probe)
