@@ -4,8 +4,7 @@ import NIOCore
 /// (a small model computed inline) is served on the thread that read it: no wake-up of a concurrency-pool thread
 /// to start the call and none of the event loop to write its answer. Anything the call awaits on another executor
 /// (an actor, the worker pool) still runs there and comes back here.
-final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
-  // @unchecked: holds only the event loop, which is Sendable and safe to use from any thread.
+final class EventLoopTaskExecutor: TaskExecutor, Sendable {
   let loop: any EventLoop
 
   init(_ loop: any EventLoop) { self.loop = loop }

@@ -380,9 +380,14 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     for i in streamHead..<streamCharges.count { held += streamCharges[i] }
     streamCharges = []
     streamHead = 0
-    guard held > 0 else { return }
-    connectionBudget.release(held, from: "")
-    env.principalBudget.release(held, from: connection.principalKey)
+    giveBack(held)
+  }
+
+  /// Returns `n` bytes to the connection's and the principal's budgets.
+  private func giveBack(_ n: Int) {
+    guard n > 0 else { return }
+    connectionBudget.release(n, from: "")
+    env.principalBudget.release(n, from: connection.principalKey)
   }
 
   /// The oldest unanswered stream message got its answer out: its bytes leave the budgets.
@@ -394,9 +399,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       streamCharges.removeAll(keepingCapacity: true)
       streamHead = 0
     }
-    guard n > 0 else { return }
-    connectionBudget.release(n, from: "")
-    env.principalBudget.release(n, from: connection.principalKey)
+    giveBack(n)
   }
 
   private func messageComplete(context: ChannelHandlerContext, _ message: ByteBuffer) {

@@ -122,17 +122,13 @@ public struct InferenceStreamFastPath: FastStreamHandler {
           try credentials.check(session)
           // The stream's task runs on its connection's event loop; a large request's work (decoding, screening,
           // computing) goes to the concurrency pool. The answer is written from the loop either way, in order.
-          let answer: ByteBuffer
-          if message.readableBytes <= eventLoopRequestLimit {
-            answer = try await Self.answer(
-              message, session: session, pipeline: pipeline, tracer: tracer, traceparent: traceparent, logger: logger)
-          } else {
-            answer = try await withTaskExecutorPreference(globalConcurrentExecutor) {
+          let executor: (any TaskExecutor)? =
+            message.readableBytes <= eventLoopRequestLimit ? nil : globalConcurrentExecutor
+          respond(
+            try await withTaskExecutorPreference(executor) {
               try await Self.answer(
                 message, session: session, pipeline: pipeline, tracer: tracer, traceparent: traceparent, logger: logger)
-            }
-          }
-          respond(answer)
+            })
         }
       }
       metrics.recordRPC(method: Self.rpc, code: "OK", duration: ContinuousClock.now - start)

@@ -76,6 +76,16 @@ public final class CircuitBreaker: Sendable {
     var failedProbes: Set<String> = []
     /// Principals for whom alone the circuit is open, and since when.
     var openFor: [String: ContinuousClock.Instant] = [:]
+
+    /// Opens the circuit for `principal` alone, keeping at most ``CircuitBreaker/maxPrincipalCircuits`` of them
+    /// (expired ones are dropped first, then all if that is not enough).
+    mutating func shutOut(_ principal: String, now: ContinuousClock.Instant, openDuration: Duration) {
+      if openFor.count >= CircuitBreaker.maxPrincipalCircuits {
+        openFor = openFor.filter { now - $0.value < openDuration }
+        if openFor.count >= CircuitBreaker.maxPrincipalCircuits { openFor.removeAll() }
+      }
+      openFor[principal] = now
+    }
   }
 
   /// Principals tracked with a circuit of their own at once; beyond it the oldest are forgotten.
@@ -177,11 +187,7 @@ public final class CircuitBreaker: Sendable {
         s.failing.removeAll()
         if principals.count < 2 {
           // One caller's requests failing: refuse that caller, not the model.
-          if s.openFor.count >= Self.maxPrincipalCircuits {
-            s.openFor = s.openFor.filter { now - $0.value < settings.openDuration }
-            if s.openFor.count >= Self.maxPrincipalCircuits { s.openFor.removeAll() }
-          }
-          s.openFor[principal] = now
+          s.shutOut(principal, now: now, openDuration: settings.openDuration)
           return nil
         }
         s.state = .open
@@ -198,7 +204,7 @@ public final class CircuitBreaker: Sendable {
         s.failedProbes.insert(principal)
         if s.failedProbes.count < 2 {
           // One caller's probe failed: shut that caller out and let the next caller probe.
-          s.openFor[principal] = now
+          s.shutOut(principal, now: now, openDuration: settings.openDuration)
           if s.probes > 0 { s.probes -= 1 }
           return nil
         }
