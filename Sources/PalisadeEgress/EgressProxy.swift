@@ -498,9 +498,17 @@ public final class EgressProxy: Sendable {
     return out
   }
 
+  /// The upstream's response headers as relayed: hop-by-hop headers removed, and the sidecar's own
+  /// `x-palisade-egress-*` headers too, which only the sidecar may set. Relayed, an upstream's
+  /// `x-palisade-egress-block` made the server's outbound client take a delivered request for a policy refusal
+  /// (dropped from its queue, never retried, reported as blocked by egress policy).
   static func responseHeaders(_ headers: HTTPHeaders) -> HTTPHeaders {
     var out = HTTPHeaders()
-    for (name, value) in headers where !hopByHop.contains(name.lowercased()) { out.add(name: name, value: value) }
+    for (name, value) in headers {
+      let lower = name.lowercased()
+      if hopByHop.contains(lower) || lower.hasPrefix("x-palisade-egress-") { continue }
+      out.add(name: name, value: value)
+    }
     return out
   }
 }

@@ -26,6 +26,23 @@ struct EgressProxyTests {
     await h.stop()
   }
 
+  @Test("an upstream cannot pass for the sidecar: its x-palisade-egress-* headers are not relayed")
+  func upstreamCannotSpoofARefusal() async throws {
+    let h = try await Harness()
+    let r = try await h.send(h.url("/ingest/spoof"), headers: [("x-spoof-block", "1")], body: Array("x".utf8))
+    #expect(r.status == 200)
+    #expect(r.blockedReason == nil, "\(r.headers)")
+    #expect(!r.headers.contains { $0.0.lowercased().hasPrefix("x-palisade-egress-") }, "\(r.headers)")
+    #expect(r.headers.contains { $0.0 == "x-upstream" }, "other upstream headers still pass")
+    // The outbound queue takes it as delivered, not refused by policy.
+    let client = EgressClient(proxy: .tcp(host: "127.0.0.1", port: h.proxy.bound.port ?? 0))
+    try await client.enqueue(OutboundRequest(url: h.url("/ingest/spoof"), headers: [("x-spoof-block", "1")]))
+    try await waitUntil { await client.delivered.count + client.refused.count >= 1 }
+    let (delivered, refused) = (await client.delivered.count, await client.refused.count)
+    #expect(delivered == 1 && refused == 0)
+    await h.stop()
+  }
+
   @Test("the Unix socket listener applies the same policy")
   func unixSocket() async throws {
     let h = try await Harness()

@@ -83,6 +83,11 @@ final class TestHTTPSServer: @unchecked Sendable {
         var headers = HTTPHeaders()
         headers.add(name: "content-length", value: String(reply.readableBytes))
         headers.add(name: "x-upstream", value: "test")
+        if h.headers.contains(name: "x-spoof-block") {
+          // An upstream claiming to be the sidecar's refusal (any case).
+          headers.add(name: "X-Palisade-Egress-Block", value: "destination")
+          headers.add(name: "x-palisade-egress-event", value: "spoofed")
+        }
         context.write(
           wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: .ok, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(reply))), promise: nil)
