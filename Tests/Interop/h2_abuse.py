@@ -28,8 +28,9 @@ Prints one `RESULT <attack> <json>` line per attack, `RESULT baseline <json>`, a
   zero_window    SETTINGS_INITIAL_WINDOW_SIZE = 0 and never a WINDOW_UPDATE, while asking for responses
   tcp_full       HTTP/2 windows opened wide, a 4 KiB socket receive buffer, requests sent and the socket never
                  read: the TCP buffers fill and the server's writes stop (no GOAWAY can arrive through a full pipe).
-                 Its answers are trailers-only (no token), so it takes seconds of requests to fill the server's
-                 socket buffer: not in the short run of `make test` (ConnectionManagerTests covers the guard there)
+                 Its answers are small (ServerLive, token-exempt by default, so served), so it takes seconds of
+                 requests to fill the server's socket buffer: not in the short run of `make test`
+                 (ConnectionManagerTests covers the guard there)
   idle           1,000 TLS connections (valid certificate) that say nothing after the preface
   slow_handshake TCP connections dribbling a TLS ClientHello one byte at a time (no credentials)
   slowloris_grpc TLS connections (valid certificate) dribbling the HTTP/2 preface and a HEADERS frame
