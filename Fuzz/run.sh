@@ -11,7 +11,9 @@
 # Per target, Fuzz/work/<target>/ (not committed) holds the growing corpus (seeded from Fuzz/corpus/<target>), the
 # log, and artifacts: crash-*, timeout-* (over 1 s), oom-* (over 2 GiB RSS), leak-*; unreproduced/ keeps timeouts
 # whose input ran fast when run again alone (the fuzzer was starved of CPU), which do not stop it. A finding stops that target;
-# the script goes on with the next and exits 1 at the end. Fix the bug, then move the reproducer to
+# the script goes on with the next and exits 1 at the end. Stopping the script (Ctrl-C, SIGTERM) ends the running
+# fuzzer with SIGINT and records its executions as "stopped by hand" (a crash, leak, OOM or timeout written meanwhile
+# is still a finding); later targets are not started. Fix the bug, then move the reproducer to
 # Fuzz/regressions/<target>/ so that `make test` replays it. Results go to Fuzz/work/summary.tsv.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,15 @@ mkdir -p Fuzz/work
 SUMMARY=Fuzz/work/summary.tsv
 [ -f "$SUMMARY" ] || printf 'date\ttarget\tseconds\texecs\texecs_per_s\tpeak_rss_mb\tcorpus_files\tcorpus_bytes\tfinding\n' >"$SUMMARY"
 failed=0
+# A stop by hand: libFuzzer, sent SIGINT, prints its final stats and exits; its executions are kept.
+stopping=0 fuzz_pid=""
+stop() {
+  stopping=1
+  [ -n "$fuzz_pid" ] && { pkill -INT -P "$fuzz_pid" 2>/dev/null; kill -INT "$fuzz_pid" 2>/dev/null; }
+}
+trap stop INT TERM
 for t in "${TARGETS[@]}"; do
+  [ "$stopping" -eq 1 ] && break
   [ -d "Fuzz/corpus/$t" ] || { echo "unknown target $t (no Fuzz/corpus/$t)" >&2; failed=1; continue; }
   w="Fuzz/work/$t"
   mkdir -p "$w/corpus" "$w/artifacts"
@@ -59,6 +69,7 @@ for t in "${TARGETS[@]}"; do
   : >"$w/log"
   total=0 rss=0 unreproduced=0 finding=none rc=0
   while :; do
+    [ "$stopping" -eq 1 ] && break
     run_args=()
     if [ -n "${FUZZ_RUNS:-}" ]; then
       [ "$total" -ge "$FUZZ_RUNS" ] && break
@@ -66,15 +77,28 @@ for t in "${TARGETS[@]}"; do
     fi
     left=$((FUZZ_SECONDS - ($(date +%s) - start)))
     [ "$left" -le 0 ] && break
+    found_before=$(ls "$w/artifacts" | grep -cv '^slow-unit')
+    # In the background, so that a stop signal reaches the trap at once (bash runs traps only between commands).
     fuzz -max_total_time="$left" -print_final_stats=1 -artifact_prefix="$w/artifacts/" "${extra[@]}" "${run_args[@]}" \
-      "$w/corpus" "Fuzz/corpus/$t" >"$w/log.part" 2>&1
-    rc=$?
+      "$w/corpus" "Fuzz/corpus/$t" >"$w/log.part" 2>&1 &
+    fuzz_pid=$!
+    rc=0
+    while :; do
+      wait "$fuzz_pid"
+      rc=$?
+      # A wait cut short by the trap returns >128 while the fuzzer is still writing its final stats.
+      kill -0 "$fuzz_pid" 2>/dev/null || break
+    done
+    fuzz_pid=""
     cat "$w/log.part" >>"$w/log"
     n=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$w/log.part" | grep -o '[0-9]*$' | tail -1)
     r=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$w/log.part" | grep -o '[0-9]*$' | tail -1)
     total=$((total + ${n:-0}))
     [ "${r:-0}" -gt "$rss" ] && rss=$r
     [ $rc -eq 0 ] && break
+    if [ "$stopping" -eq 1 ] && [ "$(ls "$w/artifacts" | grep -cv '^slow-unit')" -eq "$found_before" ]; then
+      break  # libFuzzer's exit on SIGINT, nothing found (a slow-unit file is libFuzzer's report, not a finding)
+    fi
     newest=$(ls -t "$w/artifacts" 2>/dev/null | head -1)
     if [[ "$newest" == timeout-* ]] && fuzz -runs=3 "$w/artifacts/$newest" >"$w/replay.log" 2>&1; then
       mkdir -p "$w/unreproduced"
@@ -96,6 +120,7 @@ for t in "${TARGETS[@]}"; do
   files=$(find "$w/corpus" -type f | wc -l)
   bytes=$(find "$w/corpus" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
   [ "$finding" = none ] && [ "$unreproduced" -gt 0 ] && finding="none ($unreproduced timeouts not reproduced)"
+  [ "$stopping" -eq 1 ] && [ "$finding" = none ] && finding="none (stopped by hand)"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$elapsed" "${execs:-?}" "${speed:-?}" \
     "$rss" "$files" "$bytes" "$finding" | tee -a "$SUMMARY"
 done
