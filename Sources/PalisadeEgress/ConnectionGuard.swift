@@ -258,7 +258,9 @@ final class RequestTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler
       } else if let d = requestDeadline, d <= now {
         "request_timeout"
       } else if let d = idleDeadline, d <= now {
-        "idle_timeout"
+        // No progress while the socket is full is the client not reading: named for that whichever of the two
+        // timers (both `idleTimeout` long) fired first, which under load was a race.
+        context.channel.isWritable ? "idle_timeout" : "write_stalled"
       } else if let d = stallDeadline, d <= now {
         "write_stalled"
       } else {
