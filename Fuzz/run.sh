@@ -44,7 +44,7 @@ failed=0
 stopping=0 fuzz_pid=""
 stop() {
   stopping=1
-  [ -n "$fuzz_pid" ] && { pkill -INT -P "$fuzz_pid" 2>/dev/null; kill -INT "$fuzz_pid" 2>/dev/null; }
+  [ -n "$fuzz_pid" ] && kill -INT "$fuzz_pid" 2>/dev/null
 }
 trap stop INT TERM
 for t in "${TARGETS[@]}"; do
@@ -58,10 +58,13 @@ for t in "${TARGETS[@]}"; do
   start=$(date +%s)
   scratch="${TMPDIR:-/tmp}/palisade-fuzz-$t-$$"
   [ -d /dev/shm ] && scratch="/dev/shm/palisade-fuzz-$t-$$"
+  # Always run in a subshell, which `exec` turns into the fuzzer: its PID is then the fuzzer's own (the stop signal
+  # reaches it directly), and no forked copy of this script is left for `pkill -f Fuzz/run.sh` to kill, which would
+  # orphan the fuzzer instead of stopping it.
   fuzz() {
     PALISADE_FUZZ_TARGET="$t" PALISADE_FUZZ_SCRATCH="$scratch" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" \
       ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
-      nice -n 10 "$BIN" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=1 "$@"
+      exec nice -n 10 "$BIN" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=1 "$@"
   }
   # libFuzzer's timeout is wall-clock: a process starved of CPU (a build beside it, a stopped process) can report
   # a fast input as a timeout. A timeout is a finding only if the input, run again on its own, is still slow;
@@ -100,7 +103,7 @@ for t in "${TARGETS[@]}"; do
       break  # libFuzzer's exit on SIGINT, nothing found (a slow-unit file is libFuzzer's report, not a finding)
     fi
     newest=$(ls -t "$w/artifacts" 2>/dev/null | head -1)
-    if [[ "$newest" == timeout-* ]] && fuzz -runs=3 "$w/artifacts/$newest" >"$w/replay.log" 2>&1; then
+    if [[ "$newest" == timeout-* ]] && (fuzz -runs=3 "$w/artifacts/$newest") >"$w/replay.log" 2>&1; then
       mkdir -p "$w/unreproduced"
       mv "$w/artifacts/$newest" "$w/unreproduced/"
       unreproduced=$((unreproduced + 1))

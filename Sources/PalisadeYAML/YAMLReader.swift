@@ -57,7 +57,11 @@ public final class YAMLMap {
     -> YAMLMap
   {
     let root: Node?
-    do { root = try Yams.compose(yaml: text) } catch {
+    // The basic resolver: every implicit scalar stays a string and this reader types values itself (`int`, `bool`),
+    // so YAML 1.1's implicit types (`yes`, `0x1F`, timestamps) never decide anything and no regular expression runs
+    // per scalar. UTF-8 named explicitly: Yams's default encoding reads `YAMS_DEFAULT_ENCODING` from the environment
+    // on every parse (and prints when it is set), and how a file is read must not depend on the environment.
+    do { root = try Yams.compose(yaml: text, .basic, .default, .utf8) } catch {
       throw YAMLError(file: file, path: "", line: Self.line(of: error), message: "not valid YAML (\(error))")
     }
     guard let root else {
