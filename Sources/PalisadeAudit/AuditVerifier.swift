@@ -47,14 +47,26 @@ public enum AuditVerifier {
     }
     let segments: [(name: String, firstIndex: UInt64)]
     do { segments = try LogFiles.segments(in: directory) } catch { throw Failure(file: directory, reason: "\(error)") }
+    return try verify(segments: segments, key: key, origin: origin) { name throws(Failure) in
+      let path = directory + "/" + name
+      if name == LogFiles.checkpoints, !FileManager.default.fileExists(atPath: path) { return nil }
+      do { return try POSIXFile.readAll(path) } catch { throw Failure(file: name, reason: "\(error)") }
+    }
+  }
+
+  /// The checks of ``verify(directory:key:origin:)`` on the files' bytes, with no file system access of its own
+  /// (the fuzz target hands it bytes): `segments` are the segment files in order, as named on disk with the first
+  /// index their name carries; `read` returns a file's bytes, one segment at a time, or nil for a file that does
+  /// not exist (the checkpoints file may be absent; a segment may not).
+  package static func verify(
+    segments: [(name: String, firstIndex: UInt64)], key: AuditVerifyingKey, origin: String? = nil,
+    read: (String) throws(Failure) -> [UInt8]?
+  ) throws(Failure) -> VerifiedLog {
     var tree = MerkleTreeStore()
     var records: [[UInt8]] = []
     var locations: [(segment: Int, offset: UInt64)] = []
     for (i, seg) in segments.enumerated() {
-      let bytes: [UInt8]
-      do { bytes = try POSIXFile.readAll(directory + "/" + seg.name) } catch {
-        throw Failure(file: seg.name, reason: "\(error)")
-      }
+      guard let bytes = try read(seg.name) else { throw Failure(file: seg.name, reason: "the segment is missing") }
       guard bytes.count >= Frame.headerSize,
         Array(bytes.prefix(Frame.headerSize)) == Frame.fileHeader(magic: Frame.segmentMagic, firstIndex: seg.firstIndex)
       else {
@@ -87,12 +99,7 @@ public enum AuditVerifier {
     }
 
     var checkpoints: [SignedCheckpoint] = []
-    let cpPath = directory + "/" + LogFiles.checkpoints
-    if FileManager.default.fileExists(atPath: cpPath) {
-      let bytes: [UInt8]
-      do { bytes = try POSIXFile.readAll(cpPath) } catch {
-        throw Failure(file: LogFiles.checkpoints, reason: "\(error)")
-      }
+    if let bytes = try read(LogFiles.checkpoints) {
       if !bytes.isEmpty {
         guard bytes.count >= Frame.headerSize, Array(bytes.prefix(8)) == Frame.checkpointMagic else {
           throw Failure(file: LogFiles.checkpoints, offset: 0, reason: "checkpoints file header is missing or damaged")

@@ -118,7 +118,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     }
   }
 
-  /// Removes the scratch directory the file-based bodies (archive, audit segment) write in.
+  /// Removes the scratch directory the file-based body (the bundle archive) writes in.
   public static func removeScratch() {
     try? FileManager.default.removeItem(atPath: Targets.scratch)
   }
@@ -371,14 +371,13 @@ enum Targets {
   static let auditKey: AuditVerifyingKey? = try? AuditVerifyingKey(verifierKey: FuzzKeys.auditVerifierKey)
 
   /// A segment file as found on disk, read by the verifier (`palisade audit verify`), which frames, checks and
-  /// decodes every record and rebuilds the tree.
+  /// decodes every record and rebuilds the tree. The bytes go in directly, not through a file: the directory
+  /// listing and file reads around them see no outside bytes, and skipping them makes the target tens of times faster.
   static func auditSegment(_ data: [UInt8]) {
     guard let auditKey else { return }
-    let dir = scratch + "/audit"
-    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    let path = dir + "/segment-00000000000000000000.log"
-    guard FileManager.default.createFile(atPath: path, contents: Data(data)) else { return }
-    _ = try? AuditVerifier.verify(directory: dir, key: auditKey)
+    _ = try? AuditVerifier.verify(segments: [("segment-00000000000000000000.log", 0)], key: auditKey) { name in
+      name == "checkpoints.log" ? nil : data
+    }
   }
 
   /// One record's canonical JSON (frames carry a CRC, so mutations of a segment rarely reach this decoder).
