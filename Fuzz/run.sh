@@ -54,6 +54,11 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$w/corpus" "$w/artifacts"
   extra=()
   [ -f "Fuzz/dict/$t.dict" ] && extra=(-dict="Fuzz/dict/$t.dict")
+  # The async targets run each input in a task, whose memory the concurrency runtime frees after the input returns:
+  # every input looks like a leak to libFuzzer's per-input malloc/free count, which then scans the whole heap after
+  # each one (~90% of bundle-archive's time). Leaks are still found: LeakSanitizer's check at exit runs (a report
+  # there fails the run), it only no longer names the input.
+  case "$t" in bundle-signature | bundle-archive) extra+=(-detect_leaks=0) ;; esac
   echo "== $t: ${FUZZ_SECONDS}s${FUZZ_RUNS:+ or $FUZZ_RUNS executions}"
   start=$(date +%s)
   scratch="${TMPDIR:-/tmp}/palisade-fuzz-$t-$$"
@@ -111,9 +116,14 @@ for t in "${TARGETS[@]}"; do
       rc=0
       continue
     fi
+    if [ "$(ls "$w/artifacts" | grep -cv '^slow-unit')" -eq "$found_before" ]; then
+      # No new artifact: a report libFuzzer did not save an input for (a leak found by the check at exit).
+      newest=""
+      grep -q 'LeakSanitizer: detected memory leaks' "$w/log.part" && newest="leak-at-exit"
+    fi
     finding=${newest:-exit-$rc}
     failed=1
-    echo "   FINDING: $w/artifacts/$finding (log: $w/log)"
+    echo "   FINDING: $finding (artifacts: $w/artifacts, log: $w/log)"
     break
   done
   rm -rf "$scratch" "$w/log.part"

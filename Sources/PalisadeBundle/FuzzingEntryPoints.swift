@@ -21,9 +21,4 @@ package enum BundleParsers {
   package static func manifest(_ bytes: [UInt8]) throws(BundleError) {
     try BundleManifest.decode(bytes).validate()
   }
-
-  /// zstd-compresses `bytes` (the archive fuzz target turns a mutated tar into a .tar.zst with it).
-  package static func zstdCompress(_ bytes: [UInt8], level: Int32) throws(BundleError) -> [UInt8] {
-    try ZstdCompressor.compress(bytes, level: level)
-  }
 }

@@ -137,10 +137,20 @@ public final class YAMLMap {
     return scalar.string
   }
 
-  /// An integer in `range`.
+  /// An integer in `range`, written as YAML 1.2's core schema writes one (``YAMLNumber/integer(_:)``).
   public func int(_ key: String, in range: ClosedRange<Int>) throws(YAMLError) -> Int? {
     guard let node = try value(key) else { return nil }
-    guard case .scalar = node, let v = node.int else { throw error(key, "must be an integer") }
+    guard case .scalar(let s) = node, s.style == .plain else { throw error(key, "must be an integer") }
+    let v: Int
+    switch YAMLNumber.integer(s.string) {
+    case .value(let value): v = value
+    case .leadingZero:
+      throw error(
+        key,
+        "must be an integer without leading zeros, got '\(s.string)' (write 0o… for octal; YAML 1.1 reads it as octal)")
+    case .tooLarge: throw error(key, "must be between \(range.lowerBound) and \(range.upperBound), got \(s.string)")
+    case .invalid: throw error(key, "must be an integer")
+    }
     guard range.contains(v) else {
       throw error(key, "must be between \(range.lowerBound) and \(range.upperBound), got \(v)")
     }
@@ -150,7 +160,9 @@ public final class YAMLMap {
   /// A number (integer or decimal) in `range`.
   public func double(_ key: String, in range: ClosedRange<Double>) throws(YAMLError) -> Double? {
     guard let node = try value(key) else { return nil }
-    guard case .scalar = node, let v = node.float, v.isFinite else { throw error(key, "must be a number") }
+    guard case .scalar(let s) = node, s.style == .plain, let v = YAMLNumber.decimal(s.string) else {
+      throw error(key, "must be a number")
+    }
     guard range.contains(v) else {
       throw error(key, "must be between \(range.lowerBound) and \(range.upperBound), got \(v)")
     }
@@ -225,5 +237,87 @@ public final class YAMLMap {
           file: file, path: keyPath(name), line: key.mark?.line, message: "unknown setting (known here: \(known))")
       }
     }
+  }
+}
+
+/// Numbers as this reader accepts them, parsed here rather than by Yams's YAML 1.1 constructors: those read `1:30` as
+/// base 60 (and trap on overflow there: a fuzzed `port: +55555557155555555555:12727` stopped the process, so a
+/// policy reload could have) and `0443` as octal 291, surprises a configuration file must not hold.
+enum YAMLNumber {
+  enum Integer: Equatable {
+    case value(Int)
+    /// Decimal digits after a leading 0: octal to YAML 1.1 tools, decimal to YAML 1.2 ones, so refused.
+    case leadingZero
+    case tooLarge
+    case invalid
+  }
+
+  /// YAML 1.2 core schema integers: `[-+]?[0-9]+`, `0o[0-7]+`, `0x[0-9a-fA-F]+`, with `_` allowed between digits
+  /// (as YAML 1.1 allowed, `1_000_000`).
+  static func integer(_ text: String) -> Integer {
+    var body = Substring(text)
+    var sign = ""
+    if let first = body.first, first == "-" || first == "+" {
+      sign = first == "-" ? "-" : ""
+      body = body.dropFirst()
+    }
+    var radix = 10
+    if body.hasPrefix("0x") {
+      radix = 16
+      body = body.dropFirst(2)
+    } else if body.hasPrefix("0o") {
+      radix = 8
+      body = body.dropFirst(2)
+    }
+    guard let digits = withoutSeparators(body, isDigit: { $0.isHexDigit && Int(String($0), radix: radix) != nil })
+    else { return .invalid }
+    if radix == 10, digits.count > 1, digits.first == "0" { return .leadingZero }
+    guard let value = Int(sign + digits, radix: radix) else { return .tooLarge }
+    return .value(value)
+  }
+
+  /// A finite decimal, `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?`: no `.inf`, `.nan`, hex floats or
+  /// base 60.
+  static func decimal(_ text: String) -> Double? {
+    let chars = Array(text.utf8)
+    var i = 0
+    func skipDigits() -> Int {
+      let start = i
+      while i < chars.count, chars[i] >= UInt8(ascii: "0"), chars[i] <= UInt8(ascii: "9") { i += 1 }
+      return i - start
+    }
+    func skipSign() { if i < chars.count, chars[i] == UInt8(ascii: "-") || chars[i] == UInt8(ascii: "+") { i += 1 } }
+    skipSign()
+    var mantissa = skipDigits()
+    if i < chars.count, chars[i] == UInt8(ascii: ".") {
+      i += 1
+      mantissa += skipDigits()
+    }
+    guard mantissa > 0 else { return nil }
+    if i < chars.count, chars[i] == UInt8(ascii: "e") || chars[i] == UInt8(ascii: "E") {
+      i += 1
+      skipSign()
+      guard skipDigits() > 0 else { return nil }
+    }
+    guard i == chars.count, let value = Double(text), value.isFinite else { return nil }
+    return value
+  }
+
+  /// `text` without `_` separators, each between two digits; nil when empty, when a character is not a digit, or
+  /// when a separator is not between digits.
+  private static func withoutSeparators(_ text: Substring, isDigit: (Character) -> Bool) -> String? {
+    var out = ""
+    var previousIsDigit = false
+    for c in text {
+      if c == "_" {
+        guard previousIsDigit else { return nil }
+        previousIsDigit = false
+      } else {
+        guard isDigit(c) else { return nil }
+        out.append(c)
+        previousIsDigit = true
+      }
+    }
+    return previousIsDigit ? out : nil
   }
 }

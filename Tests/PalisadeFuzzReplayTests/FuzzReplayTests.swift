@@ -32,6 +32,8 @@ import Testing
     let valid: [FuzzTarget: [String]] = [
       .jwt: ["es256-oauth", "es384-oauth-aud-list", "eddsa-oauth", "eddsa-spiffe-no-iss", "es256-spiffe"],
       .bundleSignature: ["model-sig-key"],
+      // A shipped .tar.zst, and a tar the target frames as zstd itself.
+      .bundleArchive: ["signed-tar-zst", "signed-tar"],
       .auditCheckpoint: ["size-3", "size-1-cosigned"],
       .tpmEvidence: ["quote-pcr23", "signature-ecdsa-sha256", "ak-public-p256", "ek-public-p256", "event-log"],
       .inferRequest: [

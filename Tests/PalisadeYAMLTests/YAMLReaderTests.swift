@@ -136,6 +136,46 @@ import Testing
     }
   }
 
+  /// Numbers are read as YAML 1.2's core schema writes them. YAML 1.1's base 60 trapped on overflow inside Yams
+  /// (found by the egress-config fuzz target; `Fuzz/regressions/egress-config/` keeps the input) and read `1:30`
+  /// as 90; its leading-zero octal read `0443` as 291.
+  @Test func numbersAreReadAsYAML12WritesThem() throws {
+    let good: [(String, Int)] = [
+      ("42", 42), ("-5", -5), ("+7", 7), ("0", 0), ("0x1F", 31), ("0o17", 15), ("1_000_000", 1_000_000),
+      ("9223372036854775807", Int.max),
+    ]
+    for (text, value) in good {
+      #expect(try YAMLMap.parse("n: \(text)\n").int("n", in: Int.min...Int.max) == value, "\(text)")
+    }
+    let bad: [(String, String)] = [
+      ("+55555557155555555555:12727", "must be an integer"),
+      ("1:0:0:0:0:0:0:0:0:0:0:0", "must be an integer"),
+      ("1:30", "must be an integer"),
+      (
+        "0443", "must be an integer without leading zeros, got '0443' (write 0o… for octal; YAML 1.1 reads it as octal)"
+      ),
+      ("9223372036854775808", "must be between 0 and 10, got 9223372036854775808"),
+      ("'5'", "must be an integer"), ("0b101", "must be an integer"), ("1__0", "must be an integer"),
+      ("_1", "must be an integer"), ("1_", "must be an integer"), ("0x", "must be an integer"),
+      ("+", "must be an integer"),
+      ("1.0", "must be an integer"), ("0o8", "must be an integer"),
+    ]
+    for (text, message) in bad {
+      let e = refusal("n: \(text)\n") { m throws(YAMLError) in _ = try m.int("n", in: 0...10) }
+      #expect(e?.message == message, "\(text)")
+    }
+    let decimals: [(String, Double)] = [
+      ("0.25", 0.25), (".5", 0.5), ("1e3", 1000), ("-2.5E-1", -0.25), ("3", 3), ("1.", 1),
+    ]
+    for (text, value) in decimals {
+      #expect(try YAMLMap.parse("x: \(text)\n").double("x", in: -1e9...1e9) == value, "\(text)")
+    }
+    for text in ["1:30", "0x1p3", "1_0.5", "1e", ".", "1e400", "\"0.5\"", "inf", "-.inf", "nan", "1.5.2"] {
+      let e = refusal("x: \(text)\n") { m throws(YAMLError) in _ = try m.double("x", in: -1e9...1e9) }
+      #expect(e?.message == "must be a number", "\(text)")
+    }
+  }
+
   @Test func malformedDocumentsAreRefusedWithALine() {
     for text in ["a: [1, 2\n", "a: b: c\n", "\t- x\n", "key: \"unterminated\n"] {
       let e = refusal(text) { _ throws(YAMLError) in }
