@@ -120,6 +120,8 @@ import Testing
     arguments: [
       ("version: 2\nrules: []", "version", 1),
       ("rules: []", "version", 1),
+      // YAML 1.1's base 60: once a trap inside Yams (a policy reload stopped the server), now a refusal.
+      ("version: 1:0:0:0:0:0:0:0:0:0:0:0\nrules: []", "version", 1),
       (
         "version: 1\nrules:\n  - name: a\n    principals: [{spiffe: 'https://x'}]\n    rpcs: ['*']",
         "rules[0].principals[0].spiffe", 4
