@@ -3,6 +3,8 @@
 # latency, the server's RSS, what each attacker sees and the metric that counts it. Not part of `make test`
 # (H2AbuseTests runs a short version). Needs the dev PKI (`make pki`) and the venv (`make venv`).
 # Usage: Benchmarks/h2_abuse.sh [SECONDS_PER_ATTACK] [ATTACKS]   (default 15, all; prints a table)
+# H2_ABUSE_PIN=1 runs the server and the caller on CPU 0 and the attacking client on CPU 1 (taskset), so that on a
+# two-core machine the attacker's own client does not take CPU from what it is measured against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-15}
@@ -53,4 +55,5 @@ YAML
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $bin, $seconds s per attack"
 .venv/bin/python Tests/Interop/h2_abuse.py run --bin "$bin" --config "$dir/palisade.yaml" --log "$dir/server.log" \
   --cert "$pki/client-a.pem" --key "$pki/client-a.key" --ca "$pki/ca-bundle.pem" \
-  --attacks "$attacks" --duration "$seconds" --baseline 15 --warmup 3 --settle 2 --close-wait 15
+  --attacks "$attacks" --duration "$seconds" --baseline 15 --warmup 3 --settle 2 --close-wait 15 \
+  ${H2_ABUSE_PIN:+--server-cpus 0 --attacker-cpus 1}

@@ -90,10 +90,15 @@ EXPECT_CALM = {"rapid_reset", "continuation", "hpack_bomb", "trailer_bomb", "set
 
 # MARK: The server process
 
+def pinned(cmd, cpus):
+    """`cmd` run on the CPUs listed in `cpus` ("0", "0-1"), or as is when none are given."""
+    return ["taskset", "-c", cpus] + cmd if cpus else cmd
+
+
 class Server:
-    def __init__(self, binary, config, log_path):
+    def __init__(self, binary, config, log_path, cpus=None):
         self.log = open(log_path, "w+")
-        self.proc = subprocess.Popen([binary, "serve", "--config", config], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(pinned([binary, "serve", "--config", config], cpus), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.port = self.admin = None
         self.lines = []
@@ -232,7 +237,7 @@ class Caller:
     def __init__(self, args, port):
         cmd = [sys.executable, os.path.abspath(__file__), "caller", "--port", str(port), "--cert", args.cert,
                "--key", args.key, "--ca", args.ca]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(pinned(cmd, args.server_cpus), stdout=subprocess.PIPE, text=True)
         self.samples = []
         self.lock = threading.Lock()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -840,7 +845,7 @@ def admin_flood(args, port, until):
 
 def run(args):
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-    server = Server(args.bin, args.config, args.log)
+    server = Server(args.bin, args.config, args.log, args.server_cpus)
     sampler = RSSSampler(server)
     caller = Caller(args, server.port)
     results = {}
@@ -917,7 +922,13 @@ def main():
     p.add_argument("--idle-connections", type=int, default=1000)
     p.add_argument("--slow-connections", type=int, default=50)
     p.add_argument("--bomb-refs", type=int, default=60, help="4 KiB references per block (decoder limit 256 KiB)")
+    p.add_argument("--server-cpus", help="run the server and the caller on these CPUs (taskset list, e.g. 0)")
+    p.add_argument("--attacker-cpus", help="run the attackers (this process) on these CPUs (e.g. 1), so that the "
+                   "attacking client does not take CPU from the server and caller it is measured against")
     args = p.parse_args()
+    if args.mode == "run" and args.attacker_cpus:
+        os.sched_setaffinity(0, {int(c) for part in args.attacker_cpus.split(",") for c in
+                                 (range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1))})
     if args.mode == "caller":
         caller_main(args)
     else:
