@@ -71,6 +71,8 @@ for t in "${TARGETS[@]}"; do
       ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
       exec nice -n 10 "$BIN" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=1 "$@"
   }
+  # Artifacts that are findings (libFuzzer's slow-unit-* file reports the slowest input, it is not one).
+  findings() { ls "$w/artifacts" | grep -cv '^slow-unit'; }
   # libFuzzer's timeout is wall-clock: a process starved of CPU (a build beside it, a stopped process) can report
   # a fast input as a timeout. A timeout is a finding only if the input, run again on its own, is still slow;
   # otherwise it is set aside in unreproduced/ and fuzzing resumes for the executions and time left.
@@ -85,7 +87,7 @@ for t in "${TARGETS[@]}"; do
     fi
     left=$((FUZZ_SECONDS - ($(date +%s) - start)))
     [ "$left" -le 0 ] && break
-    found_before=$(ls "$w/artifacts" | grep -cv '^slow-unit')
+    found_before=$(findings)
     # In the background, so that a stop signal reaches the trap at once (bash runs traps only between commands).
     fuzz -max_total_time="$left" -print_final_stats=1 -artifact_prefix="$w/artifacts/" "${extra[@]}" "${run_args[@]}" \
       "$w/corpus" "Fuzz/corpus/$t" >"$w/log.part" 2>&1 &
@@ -104,8 +106,8 @@ for t in "${TARGETS[@]}"; do
     total=$((total + ${n:-0}))
     [ "${r:-0}" -gt "$rss" ] && rss=$r
     [ $rc -eq 0 ] && break
-    if [ "$stopping" -eq 1 ] && [ "$(ls "$w/artifacts" | grep -cv '^slow-unit')" -eq "$found_before" ]; then
-      break  # libFuzzer's exit on SIGINT, nothing found (a slow-unit file is libFuzzer's report, not a finding)
+    if [ "$stopping" -eq 1 ] && [ "$(findings)" -eq "$found_before" ]; then
+      break  # libFuzzer's exit on SIGINT, nothing found
     fi
     newest=$(ls -t "$w/artifacts" 2>/dev/null | head -1)
     if [[ "$newest" == timeout-* ]] && (fuzz -runs=3 "$w/artifacts/$newest") >"$w/replay.log" 2>&1; then
@@ -116,7 +118,7 @@ for t in "${TARGETS[@]}"; do
       rc=0
       continue
     fi
-    if [ "$(ls "$w/artifacts" | grep -cv '^slow-unit')" -eq "$found_before" ]; then
+    if [ "$(findings)" -eq "$found_before" ]; then
       # No new artifact: a report libFuzzer did not save an input for (a leak found by the check at exit).
       newest=""
       grep -q 'LeakSanitizer: detected memory leaks' "$w/log.part" && newest="leak-at-exit"
