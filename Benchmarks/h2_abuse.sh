@@ -55,5 +55,6 @@ YAML
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $bin, $seconds s per attack"
 .venv/bin/python Tests/Interop/h2_abuse.py run --bin "$bin" --config "$dir/palisade.yaml" --log "$dir/server.log" \
   --cert "$pki/client-a.pem" --key "$pki/client-a.key" --ca "$pki/ca-bundle.pem" \
+  --attacker-cert "$pki/client-b.pem" --attacker-key "$pki/client-b.key" \
   --attacks "$attacks" --duration "$seconds" --baseline 15 --warmup 3 --settle 2 --close-wait 15 \
   ${H2_ABUSE_PIN:+--server-cpus 0 --attacker-cpus 1}

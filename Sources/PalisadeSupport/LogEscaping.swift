@@ -66,7 +66,7 @@ public struct TextLogHandler: LogHandler {
   }
 
   public func log(event: LogEvent) {
-    FileHandle.standardError.write(Data(format(event).utf8))
+    StandardError.write(format(event))
   }
 
   package func format(_ event: LogEvent) -> String {

@@ -12,6 +12,8 @@ struct StreamEnvironment: Sendable {
   let fastPaths: [String: any FastUnaryHandler]
   let fastStreams: [String: any FastStreamHandler]
   let principalBudget: InflightBudget
+  let callBudget: CallBudget
+  let tokenExemptMethods: Set<String>
   let observer: any TransportObserver
   let logger: Logger
   let localAddress: String
@@ -82,6 +84,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
   private var path = ""
   private var requestHeaders = HPACKHeaders()
   private var deadline: ContinuousClock.Instant?
+  /// A token-exempt call, charged to the unauthorized-call budget when its headers arrived.
+  private var chargedAsExempt = false
 
   // Stream state.
   private var inputClosed = false
@@ -150,6 +154,10 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       }
     case .rstStream:
       inputClosed = true
+      if chargedAsExempt, !trailersSent {
+        chargedAsExempt = false
+        env.callBudget.refund(connection.callBudgetKey)
+      }
       peerGone()
     default:
       break
@@ -204,6 +212,22 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
       return
     }
     self.path = path
+    if let manager, manager.value.isClosingForAbuse {
+      // Frames read in the same burst as the one that closed the connection: no new work for them.
+      refuse(context: context, code: .unavailable, "the connection is closing", reason: "connection_closing")
+      return
+    }
+    if env.tokenExemptMethods.contains(method.method) {
+      guard env.callBudget.take(connection.callBudgetKey) else {
+        refuse(
+          context: context, code: .resourceExhausted,
+          "over the budget of \(Int(env.callBudget.perSecond)) calls a second without a token or permission",
+          reason: "unauthorized_call_budget")
+        manager?.value.closeForAbuse(reason: "unauthorized_call_flood", sendGoAway: true)
+        return
+      }
+      chargedAsExempt = true
+    }
     if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" {
       refuse(
         context: context, code: .unimplemented,
@@ -656,6 +680,7 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     trailersSent = true
     messageTimer?.cancel()
     deadlineTimer?.cancel()
+    chargeIfUnauthorized(status.code)
     var headers: HPACKHeaders = responseHeadersSent ? [:] : Self.responseHeaders
     headers.add(name: "grpc-status", value: String(status.code.rawValue))
     if !status.message.isEmpty { headers.add(name: "grpc-message", value: Self.percentEncoded(status.message)) }
@@ -692,10 +717,25 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
   }
 
+  /// A call refused for who is asking, or for a method that does not exist, did no authorized work: it counts
+  /// against the principal's budget (``CallBudget``) unless its headers were charged already (token-exempt).
+  /// Checked when the answer is written, because only the pipeline knows whether a token was good.
+  private func chargeIfUnauthorized(_ code: Status.Code) {
+    guard !chargedAsExempt else { return }
+    switch code {
+    case .unauthenticated, .permissionDenied, .unimplemented: break
+    default: return
+    }
+    if !env.callBudget.take(connection.callBudgetKey) {
+      manager?.value.closeForAbuse(reason: "unauthorized_call_flood", sendGoAway: true)
+    }
+  }
+
   private func refuseHTTP(context: ChannelHandlerContext, status: String) {
     env.observer.transportRefused(reason: "bad_request")
     route = .finished
     trailersSent = true
+    chargeIfUnauthorized(.unimplemented)
     let headers: HPACKHeaders = [":status": status]
     context.write(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
     if !inputClosed { context.write(wrapOutboundOut(.rstStream(.noError)), promise: nil) }

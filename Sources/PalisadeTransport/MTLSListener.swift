@@ -74,6 +74,7 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
   private let fastStreams: [String: any FastStreamHandler]
   private let limiter: ConnectionLimiter
   private let principalBudget: InflightBudget
+  private let callBudget: CallBudget
   private let nextConnection = Atomic<UInt64>(0)
 
   private struct State {
@@ -118,6 +119,9 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
       maxTotal: configuration.connections.maxConnections,
       maxPerAddress: configuration.connections.maxConnectionsPerAddress)
     self.principalBudget = InflightBudget(limit: configuration.messages.maxInflightBytesPerPrincipal)
+    self.callBudget = CallBudget(
+      perSecond: configuration.protections.unauthorizedCallsPerSecond,
+      burst: configuration.protections.unauthorizedCallBurst)
   }
 
   /// A resumed TLS 1.3 session skips certificate verification, so it would reach the server with no identity
@@ -140,7 +144,8 @@ public final class MTLSServerTransport: ServerTransport, Sendable {
   ) async throws {
     let env = StreamEnvironment(
       messages: configuration.messages, maxHeaderListBytes: configuration.streams.maxHeaderListBytes,
-      fastPaths: fastPaths, fastStreams: fastStreams, principalBudget: principalBudget, observer: observer,
+      fastPaths: fastPaths, fastStreams: fastStreams, principalBudget: principalBudget, callBudget: callBudget,
+      tokenExemptMethods: configuration.tokenExemptMethods, observer: observer,
       logger: logger,
       localAddress: "\(configuration.host):\(configuration.port)",
       startGeneric: { channel, method, connection, cancellation in

@@ -39,6 +39,15 @@ public final class PeerConnection: Sendable {
     case .failure: "connection:\(self.id)"
     }
   }
+
+  /// The key of the unauthorized-call budget (``CallBudget``): the SPIFFE ID, or the source address for a peer
+  /// without one, so that reconnecting does not buy a fresh budget.
+  var callBudgetKey: String {
+    switch identity {
+    case .success(let id): id.spiffeID.description
+    case .failure: "address:\(remoteHost)"
+    }
+  }
 }
 
 /// What the transport tells a handler about the stream it serves (in `ServerContext.transportSpecific`).

@@ -133,13 +133,22 @@ public struct TransportConfiguration: Sendable, Equatable {
     /// Response bytes pending with no progress for this long: the peer does not read (a zero flow-control
     /// window, or a full socket). The connection is closed (Palisade, default 30 s). Reason `write_stalled`.
     public var writeStallTimeout: Duration
+    /// Calls that do no authorized work, per principal (SPIFFE ID) across its connections, per second
+    /// (Palisade, default 200): token-exempt RPCs (``TransportConfiguration/tokenExemptMethods``, served without a
+    /// token and so without the policy's rate limits) and calls answered UNAUTHENTICATED, PERMISSION_DENIED or
+    /// UNIMPLEMENTED. Each costs about what serving a small call does. A principal over its budget has the
+    /// connection that asked closed; its calls with a valid token are not counted. Reason `unauthorized_call_flood`.
+    public var unauthorizedCallsPerSecond: Int
+    /// The burst of the budget above (default 1,000).
+    public var unauthorizedCallBurst: Int
 
     public init(
       maxResetFrames: Int = 200, maxStreamErrors: Int = 200, maxControlFrames: Int = 200,
       rateWindow: Duration = .seconds(30), maxSequentialContinuationFrames: Int = 5,
       maxBufferedControlFrames: Int = 10_000, maxSequentialEmptyDataFrames: Int = 1, maxRecentlyResetStreams: Int = 32,
       maxConnectionGlitches: Int = 200, maxOversizedHeaderBlocks: Int = 8,
-      maxOutboundBytesPerConnection: Int = 64 << 20, writeStallTimeout: Duration = .seconds(30)
+      maxOutboundBytesPerConnection: Int = 64 << 20, writeStallTimeout: Duration = .seconds(30),
+      unauthorizedCallsPerSecond: Int = 200, unauthorizedCallBurst: Int = 1000
     ) {
       self.maxResetFrames = max(1, maxResetFrames)
       self.maxStreamErrors = max(1, maxStreamErrors)
@@ -153,6 +162,8 @@ public struct TransportConfiguration: Sendable, Equatable {
       self.maxOversizedHeaderBlocks = max(0, maxOversizedHeaderBlocks)
       self.maxOutboundBytesPerConnection = max(64 << 10, maxOutboundBytesPerConnection)
       self.writeStallTimeout = max(.seconds(1), writeStallTimeout)
+      self.unauthorizedCallsPerSecond = max(1, unauthorizedCallsPerSecond)
+      self.unauthorizedCallBurst = max(1, unauthorizedCallBurst)
     }
     public static let defaults = Protections()
   }
@@ -163,10 +174,14 @@ public struct TransportConfiguration: Sendable, Equatable {
   public var streams: Streams
   public var messages: Messages
   public var protections: Protections
+  /// Methods (the last `:path` component, as `auth.exempt_rpcs` names them) served without a token: each call
+  /// counts against ``Protections/unauthorizedCallsPerSecond``.
+  public var tokenExemptMethods: Set<String>
 
   public init(
     host: String = "127.0.0.1", port: Int = 8443, connections: Connections = .defaults, streams: Streams = .defaults,
-    messages: Messages = .defaults, protections: Protections = .defaults
+    messages: Messages = .defaults, protections: Protections = .defaults,
+    tokenExemptMethods: Set<String> = ["ServerLive", "Check", "Watch"]
   ) {
     self.host = host
     self.port = port
@@ -174,6 +189,7 @@ public struct TransportConfiguration: Sendable, Equatable {
     self.streams = streams
     self.messages = messages
     self.protections = protections
+    self.tokenExemptMethods = tokenExemptMethods
   }
 }
 
@@ -185,7 +201,7 @@ public protocol TransportObserver: Sendable {
   /// `message_timeout`, `bad_request`; connections closed for abuse (GOAWAY ENHANCE_YOUR_CALM, see
   /// ``TransportConfiguration/Protections``): `rapid_reset`, `stream_errors`, `glitches`, `control_frame_flood`,
   /// `continuation_flood`, `outbound_control_frames`, `empty_data_flood`, `header_list_abuse`, `outbound_buffer`,
-  /// `write_stalled`, `max_concurrent_streams` (a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS: NIOHTTP2 sends
+  /// `write_stalled`, `unauthorized_call_flood`, `max_concurrent_streams` (a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS: NIOHTTP2 sends
   /// GOAWAY(PROTOCOL_ERROR), then ENHANCE_YOUR_CALM follows); and `header_block_too_large`, `protocol_error` (GOAWAY with that code), `keepalive_timeout`
   /// (a server PING not answered: also the end of a slowloris that stops sending whole frames), `idle_timeout`.
   func transportRefused(reason: String)

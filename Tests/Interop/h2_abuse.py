@@ -26,6 +26,9 @@ Prints one `RESULT <attack> <json>` line per attack, `RESULT baseline <json>`, a
   ping_flood     PING frames in a loop, acks never read
   streams        HEADERS for MAX_CONCURRENT_STREAMS + 300 streams, never finished
   zero_window    SETTINGS_INITIAL_WINDOW_SIZE = 0 and never a WINDOW_UPDATE, while asking for responses
+  live_flood     ServerLive calls (token-exempt, so served) as fast as the answers come back, reading them, and
+                 reconnecting at once when closed
+  bad_token_flood the same with ModelInfer and a bearer token that is not a JWT (refused UNAUTHENTICATED)
   tcp_full       HTTP/2 windows opened wide, a 4 KiB socket receive buffer, requests sent and the socket never
                  read: the TCP buffers fill and the server's writes stop (no GOAWAY can arrive through a full pipe).
                  Its answers are small (ServerLive, token-exempt by default, so served), so it takes seconds of
@@ -63,7 +66,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ATTACKS = ["rapid_reset", "continuation", "hpack_bomb", "trailer_bomb", "settings_flood", "ping_flood", "streams",
-           "zero_window", "tcp_full", "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin",
+           "zero_window", "tcp_full", "live_flood", "bad_token_flood", "idle", "slow_handshake", "slowloris_grpc", "slowloris_admin",
            "admin_unread", "admin_flood"]
 # The counter (and label) each attack must raise; any one of several reasons counts.
 EXPECTED = {
@@ -75,7 +78,9 @@ EXPECTED = {
     "ping_flood": ("transport", ["control_frame_flood", "outbound_control_frames"]),
     "streams": ("transport", ["max_concurrent_streams", "stream_errors", "glitches"]),
     "zero_window": ("transport", ["write_stalled", "outbound_buffer"]),
-    "tcp_full": ("transport", ["write_stalled", "outbound_buffer", "max_concurrent_streams"]),
+    "tcp_full": ("transport", ["write_stalled", "outbound_buffer", "max_concurrent_streams", "unauthorized_call_flood"]),
+    "live_flood": ("transport", ["unauthorized_call_flood"]),
+    "bad_token_flood": ("transport", ["unauthorized_call_flood"]),
     "idle": ("transport", ["max_connections_per_address"]),
     "slow_handshake": ("transport", ["handshake_timeout"]),
     "slowloris_grpc": ("transport", ["keepalive_timeout", "idle_timeout"]),
@@ -85,7 +90,7 @@ EXPECTED = {
 }
 # Attacks on HTTP/2 must end with GOAWAY(ENHANCE_YOUR_CALM).
 EXPECT_CALM = {"rapid_reset", "continuation", "hpack_bomb", "trailer_bomb", "settings_flood", "ping_flood",
-               "streams", "zero_window"}
+               "streams", "zero_window", "live_flood", "bad_token_flood"}
 
 
 # MARK: The server process
@@ -273,7 +278,9 @@ def summary(calls):
 def tls_context(args, with_cert=True):
     ctx = ssl.create_default_context(cafile=args.ca)
     if with_cert:
-        ctx.load_cert_chain(args.cert, args.key)
+        # The attackers speak as their own principal when given one, as a misbehaving workload would; the
+        # caller always uses --cert.
+        ctx.load_cert_chain(args.attacker_cert or args.cert, args.attacker_key or args.key)
     ctx.set_alpn_protocols(["h2"])
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     return ctx
@@ -299,6 +306,8 @@ class Raw:
         self.next_stream = 1
         self.encoder = hpack.Encoder()
         self.settings_acked = False
+        self.answered = 0  # streams the server ended (trailers or RST_STREAM)
+        self.answer_pings = False  # as a well-behaved client does; most attackers here do not
         if preface:
             s = SettingsFrame(0)
             for k, v in (settings or {}).items():
@@ -369,6 +378,17 @@ class Raw:
                 if self.goaway is None:
                     self.goaway = frame.error_code
                 self.goaway_codes.append(frame.error_code)
+            elif (isinstance(frame, HeadersFrame) and "END_STREAM" in frame.flags) or isinstance(frame, RstStreamFrame):
+                self.answered += 1
+            elif isinstance(frame, PingFrame) and "ACK" not in frame.flags and self.answer_pings:
+                frame.parse_body(memoryview(body))
+                ack = PingFrame(0, opaque_data=frame.opaque_data)
+                ack.flags.add("ACK")
+                try:
+                    self.tls.settimeout(2)
+                    self.tls.sendall(ack.serialize())
+                except (OSError, ssl.SSLError):
+                    pass
             elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags and not self.settings_acked:
                 self.settings_acked = True
                 ack = SettingsFrame(0)
@@ -546,6 +566,52 @@ def streams(args, port, until):
             return b""
         return b"".join(c.headers(INFER)[1] for _ in range(20))
     return flood(args, port, until, step)
+
+
+def call_flood(args, port, until, path, extra=()):
+    """Unary calls as fast as their answers come back, reading every answer and reconnecting at once when closed:
+    the flood of calls that cost the server a call each and do no authorized work. At most 64 in flight, so that
+    MAX_CONCURRENT_STREAMS is never what stops it, and the server's keepalive PINGs answered, so that a slow
+    server's keepalive timeout is not what stops it either."""
+    out = Outcome()
+    sent = 0
+    while time.time() < until:
+        try:
+            c = Raw(args, port)
+        except (OSError, ssl.SSLError):
+            time.sleep(0.05)
+            continue
+        c.answer_pings = True
+        stop = max(until, time.time()) + args.close_wait
+        started = 0
+        while time.time() < stop and not c.closed:
+            batch = []
+            while started - c.answered < 64:
+                sid, frame = c.headers(path, extra=extra)
+                d = DataFrame(sid)
+                d.data = empty_message()
+                d.flags.add("END_STREAM")
+                batch.append(frame + d.serialize())
+                started += 1
+            if batch and not c.send(b"".join(batch)):
+                break
+            c.poll(0.005)
+        c.wait_closed(args.close_wait)
+        sent += started
+        out.record(c)
+        c.close()
+    out.notes["requests_sent"] = sent
+    return out
+
+
+def live_flood(args, port, until):
+    # ServerLive needs no token (auth.exempt_rpcs), so each is served, and the policy's rate limits never apply.
+    return call_flood(args, port, until, LIVE)
+
+
+def bad_token_flood(args, port, until):
+    # A bearer token that is not a JWT: each call is refused UNAUTHENTICATED after the token is parsed.
+    return call_flood(args, port, until, INFER, extra=[("authorization", "Bearer not.a.token")])
 
 
 def zero_window(args, port, until):
@@ -913,6 +979,8 @@ def main():
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--ca", required=True)
+    p.add_argument("--attacker-cert", help="the attackers' client certificate (default: --cert, the caller's)")
+    p.add_argument("--attacker-key")
     p.add_argument("--attacks", default="all")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per attack")
     p.add_argument("--baseline", type=float, default=5.0)

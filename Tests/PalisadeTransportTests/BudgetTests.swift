@@ -46,4 +46,43 @@ import Testing
     #expect(budget.charge(100, to: "a"))
     #expect(!budget.charge(Int.max, to: "c"), "no overflow on huge charges")
   }
+
+  @Test func callBudgetRefillsAtItsRateUpToItsBurst() {
+    let budget = CallBudget(perSecond: 10, burst: 3)
+    let t0 = ContinuousClock.now
+    #expect(budget.take("spiffe://td/a", now: t0))
+    #expect(budget.take("spiffe://td/a", now: t0))
+    #expect(budget.take("spiffe://td/a", now: t0))
+    #expect(!budget.take("spiffe://td/a", now: t0), "the burst is spent")
+    #expect(budget.take("spiffe://td/b", now: t0), "another principal has its own budget")
+    #expect(!budget.take("spiffe://td/a", now: t0 + .milliseconds(50)), "half a call refilled is not a call")
+    #expect(budget.take("spiffe://td/a", now: t0 + .milliseconds(100)), "one call a tenth of a second")
+    #expect(!budget.take("spiffe://td/a", now: t0 + .milliseconds(100)))
+    #expect(budget.left("spiffe://td/a", now: t0 + .seconds(60)) == 3, "never more than the burst")
+  }
+
+  @Test func aRefusedTakeChargesNothingAndARefundGivesOneBack() {
+    let budget = CallBudget(perSecond: 1, burst: 2)
+    let t0 = ContinuousClock.now
+    #expect(budget.take("k", now: t0) && budget.take("k", now: t0))
+    for _ in 0..<100 { #expect(!budget.take("k", now: t0)) }
+    #expect(budget.left("k", now: t0 + .seconds(1)) == 1, "refusals did not run the bucket into debt")
+    budget.refund("k")
+    budget.refund("k")
+    budget.refund("k")
+    #expect(budget.left("k", now: t0 + .seconds(1)) == 2, "refunds stop at the burst")
+    budget.refund("never-seen")
+    #expect(budget.tracked == 1, "a refund for an unknown key creates nothing")
+  }
+
+  @Test func fullBucketsAreForgottenSoTheTableStaysBounded() {
+    let budget = CallBudget(perSecond: 1000, burst: 10)
+    let t0 = ContinuousClock.now
+    for i in 0..<5000 { #expect(budget.take("p\(i)", now: t0)) }
+    #expect(budget.tracked == 5000, "none full yet, none forgotten")
+    // A second later those are full again; the next prune (the table doubled) forgets them.
+    for i in 0..<4000 { #expect(budget.take("q\(i)", now: t0 + .seconds(1))) }
+    #expect(budget.tracked < 5000, "full buckets pruned: \(budget.tracked)")
+    #expect(budget.left("p1", now: t0 + .seconds(1)) == 10, "a forgotten principal starts full, as it would have been")
+  }
 }

@@ -49,11 +49,14 @@ extension ServerConfig {
     public var leewaySeconds: Int
     public var maxLifetimeSeconds: Int
 
+    /// `exempt_rpcs` when the file says nothing: liveness and health.
+    public static let defaultExemptRPCs = ["ServerLive", "Check", "Watch"]
+
     /// The only signature algorithms a token may use.
     static let allowedAlgorithms = ["ES256", "ES384", "EdDSA"]
 
     public init(
-      audience: String, issuers: [Issuer], exemptRPCs: [String] = ["ServerLive", "Check", "Watch"],
+      audience: String, issuers: [Issuer], exemptRPCs: [String] = Auth.defaultExemptRPCs,
       algorithms: [String] = ["ES256", "ES384", "EdDSA"], types: [String] = ["JWT", "at+jwt"], leewaySeconds: Int = 30,
       maxLifetimeSeconds: Int = 900
     ) {

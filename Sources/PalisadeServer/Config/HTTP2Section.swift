@@ -16,6 +16,8 @@ extension ServerConfig {
     public var maxOversizedHeaderBlocks = 8
     public var maxOutboundBytesPerConnection = 64 << 20
     public var writeStallTimeoutSeconds = 30
+    public var unauthorizedCallsPerSecond = 200
+    public var unauthorizedCallBurst = 1000
     public init() {}
     public static let defaults = HTTP2()
 
@@ -32,6 +34,8 @@ extension ServerConfig {
       try map.int("max_oversized_header_blocks", in: 0...10_000, into: &maxOversizedHeaderBlocks)
       try map.int("max_outbound_bytes_per_connection", in: (64 << 10)...(1 << 34), into: &maxOutboundBytesPerConnection)
       try map.int("write_stall_timeout_seconds", in: 1...3600, into: &writeStallTimeoutSeconds)
+      try map.int("unauthorized_calls_per_second", in: 1...1_000_000, into: &unauthorizedCallsPerSecond)
+      try map.int("unauthorized_call_burst", in: 1...10_000_000, into: &unauthorizedCallBurst)
     }
   }
 }

@@ -158,7 +158,8 @@ struct RuntimeWiring {
     bound: BoundAddress
   ) throws -> MTLSServerTransport {
     try MTLSServerTransport(
-      configuration: ServerRuntime.transportConfiguration(config.server), certificates: credentials.certificates,
+      configuration: ServerRuntime.transportConfiguration(config.server, exemptRPCs: credentials.exemptRPCs),
+      certificates: credentials.certificates,
       verifier: credentials.verifier,
       fastPaths: [
         InferenceFastPath(

@@ -151,8 +151,11 @@ public final class ServerRuntime: Sendable {
     logger.info("palisade stopped")
   }
 
-  /// The transport's limits from the `server` section.
-  public static func transportConfiguration(_ server: ServerConfig.Server) -> TransportConfiguration {
+  /// The transport's limits from the `server` section; `exemptRPCs` (`auth.exempt_rpcs`) are the calls the
+  /// unauthorized-call budget counts at their headers.
+  public static func transportConfiguration(
+    _ server: ServerConfig.Server, exemptRPCs: Set<String> = Set(ServerConfig.Auth.defaultExemptRPCs)
+  ) -> TransportConfiguration {
     let c = server.connection
     let l = server.limits
     let h = server.http2
@@ -176,7 +179,9 @@ public final class ServerRuntime: Sendable {
         maxRecentlyResetStreams: h.maxRecentlyResetStreams, maxConnectionGlitches: h.maxConnectionGlitches,
         maxOversizedHeaderBlocks: h.maxOversizedHeaderBlocks,
         maxOutboundBytesPerConnection: h.maxOutboundBytesPerConnection,
-        writeStallTimeout: .seconds(h.writeStallTimeoutSeconds)))
+        writeStallTimeout: .seconds(h.writeStallTimeoutSeconds),
+        unauthorizedCallsPerSecond: h.unauthorizedCallsPerSecond, unauthorizedCallBurst: h.unauthorizedCallBurst),
+      tokenExemptMethods: exemptRPCs)
   }
 
   /// The bundle trust policy from the configuration's trust rules; errors name the key file.

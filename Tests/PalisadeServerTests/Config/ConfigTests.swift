@@ -107,6 +107,30 @@ import Testing
     #expect(error(minimal + "\negress: {proxy: sidecar}")?.description.contains("egress.proxy") == true)
   }
 
+  @Test func unauthorizedCallBudgetIsConfiguredAndReachesTheTransport() throws {
+    func config(_ http2: String) -> String {
+      """
+      server:
+        tls: {certificate_chain: s.pem, private_key: s.key, client_ca_bundle: ca.pem}
+        http2: {\(http2)}
+      """ + ConfigTests.auth
+    }
+    let c = try ServerConfig.parse(
+      config("unauthorized_calls_per_second: 50, unauthorized_call_burst: 120"), baseDirectory: "/etc/p")
+    #expect(c.server.http2.unauthorizedCallsPerSecond == 50 && c.server.http2.unauthorizedCallBurst == 120)
+    let transport = ServerRuntime.transportConfiguration(c.server, exemptRPCs: ["ServerLive"])
+    #expect(transport.protections.unauthorizedCallsPerSecond == 50)
+    #expect(transport.protections.unauthorizedCallBurst == 120)
+    #expect(transport.tokenExemptMethods == ["ServerLive"], "auth.exempt_rpcs decide what is charged at headers")
+    let defaults = try ServerConfig.parse(minimal, baseDirectory: "/")
+    #expect(
+      ServerRuntime.transportConfiguration(defaults.server).tokenExemptMethods == ["ServerLive", "Check", "Watch"])
+    for bad in ["unauthorized_calls_per_second: 0", "unauthorized_call_burst: 0", "unauthorized_call_burst: -5"] {
+      let e = error(config(bad))
+      #expect(e?.description.contains(String(bad.prefix { $0 != ":" })) == true, "\(bad): \(String(describing: e))")
+    }
+  }
+
   @Test func annotatedExampleParses() throws {
     let c = try ServerConfig.load(path: "\(repositoryRoot)/deploy/palisade.example.yaml")
     #expect(c.server.limits.maxConcurrentStreams == 128)

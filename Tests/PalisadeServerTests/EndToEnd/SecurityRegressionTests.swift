@@ -286,6 +286,30 @@ import Testing
     #expect(LogEscaping.escape("spiffe://palisade.test/sa/x") == "spiffe://palisade.test/sa/x")
   }
 
+  @Test func jsonLogLinesAreOneValidObjectWhateverTheValues() throws {
+    let handler = JSONLogHandler(label: "palisade", level: .info)
+    let event = LogEvent(
+      level: .notice, message: "token \"refused\"",
+      metadata: [
+        "model": "digits\n{\"forged\":true}", "rid": "\u{1B}[31m\u{202E}\\", "msg": "not the message",
+        "é": "ünïcode \u{1F600}",
+      ],
+      source: "s", file: "f", function: "g", line: 1)
+    let line = handler.format(event)
+    #expect(line.filter { $0 == "\n" }.count == 1 && line.hasSuffix("}\n"), "one line per event: \(line)")
+    let object = try #require(
+      try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String], "valid JSON: \(line)")
+    #expect(object["msg"] == "token \"refused\"", "the handler's own fields win over metadata of that name")
+    #expect(object["model"] == "digits\\n{\"forged\":true}")
+    #expect(object["rid"] == "\\u{1B}[31m\\u{202E}\\\\")
+    #expect(object["é"] == "ünïcode \u{1F600}")
+    #expect(object["level"] == "notice" && object["logger"] == "palisade")
+    let time = try #require(object["time"])
+    #expect(time.wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil, "RFC 3339 UTC: \(time)")
+    let keys = line.matches(of: /"([a-zé]+)":/).map { String($0.1) }
+    #expect(keys == keys.sorted() && keys.count == 7, "keys sorted, each once: \(keys)")
+  }
+
   @Test func aModelNameWithANewlineStaysOnOneLineInTheServerLog() async throws {
     let pki = try TestPKI()
     let client = try pki.client("inj", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/inj")])
