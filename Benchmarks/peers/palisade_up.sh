@@ -2,6 +2,7 @@
 # Starts Palisade (a given binary) on the peer harness's models and mTLS PKI, so run_peers.py can measure it in the
 # same run as KServe and the C++ null server: models digits_mlp and wide_mlp signed as bundles, allow-all policy
 # with a rate limit far above the load, token issuer made here. AUDIT=none|batched|sync (default none).
+# LOG_LEVEL (default warning; `info` is the server's default, with one access-log line per inference).
 # Usage: palisade_up.sh BIN [PORT]  -> prints "export PAL_PID=... PEERS_TOKEN=..." ; stop with kill $PAL_PID
 # (Benchmarks/peers.sh runs it three times: audit none, batched, sync.)
 set -euo pipefail
@@ -54,7 +55,7 @@ admin:
   listen: "127.0.0.1:$((PORT + 1))"
 logging:
   format: json
-  level: warning
+  level: ${LOG_LEVEL:-warning}
 EOC
 "$B" serve --config "$D/palisade.yaml" > "$D/server.log" 2>&1 &
 PID=$!
