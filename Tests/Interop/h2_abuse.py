@@ -384,20 +384,20 @@ class Raw:
                 frame.parse_body(memoryview(body))
                 ack = PingFrame(0, opaque_data=frame.opaque_data)
                 ack.flags.add("ACK")
-                try:
-                    self.tls.settimeout(2)
-                    self.tls.sendall(ack.serialize())
-                except (OSError, ssl.SSLError):
-                    pass
+                self._send_ack(ack)
             elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags and not self.settings_acked:
                 self.settings_acked = True
                 ack = SettingsFrame(0)
                 ack.flags.add("ACK")
-                try:
-                    self.tls.settimeout(2)
-                    self.tls.sendall(ack.serialize())
-                except (OSError, ssl.SSLError):
-                    pass
+                self._send_ack(ack)
+
+    def _send_ack(self, frame):
+        """An ACK sent from inside a read; a failure shows up as the connection's end on the next read."""
+        try:
+            self.tls.settimeout(2)
+            self.tls.sendall(frame.serialize())
+        except (OSError, ssl.SSLError):
+            pass
 
     def wait_closed(self, timeout):
         deadline = time.time() + timeout
