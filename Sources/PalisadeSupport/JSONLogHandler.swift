@@ -25,59 +25,63 @@ public struct JSONLogHandler: LogHandler {
   }
 
   public func log(event: LogEvent) {
-    StandardError.write(format(event))
+    StandardError.write(line(event))
   }
 
   package func format(_ event: LogEvent) -> String {
-    // The handler's own fields win over metadata of the same name, so no metadata can pose as the message.
-    var fields: [String: String] = [:]
-    // JSON escapes C0 controls itself; the same escaping as the text format also neutralises separators, bidi
-    // controls and C1, for whoever prints these values later.
-    for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
-      fields[LogEscaping.escape(key)] = "\(LogEscaping.escape(value))"
-    }
-    fields["time"] = Self.timestamp()
-    fields["level"] = event.level.rawValue
-    fields["msg"] = LogEscaping.escape("\(event.message)")
-    fields["logger"] = label
-    var line = "{"
-    line.reserveCapacity(256)
-    for (i, key) in fields.keys.sorted().enumerated() {
-      if i > 0 { line += "," }
-      Self.appendString(key, to: &line)
-      line += ":"
-      Self.appendString(fields[key] ?? "", to: &line)
-    }
-    line += "}\n"
-    return line
+    String(decoding: line(event), as: UTF8.self)
   }
 
-  /// `value` as a JSON string (RFC 8259 §7): quotes, backslashes and C0 controls escaped.
-  static func appendString(_ value: String, to out: inout String) {
-    out += "\""
-    var plain = true
-    for byte in value.utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5C {
-      plain = false
-      break
+  /// The event's line as UTF-8 bytes, newline included.
+  package func line(_ event: LogEvent) -> [UInt8] {
+    // In priority order: the handler's own fields (so no metadata can pose as the message), then the event's
+    // metadata, then the handler's. JSON escapes C0 controls itself; the same escaping as the text format also
+    // neutralises separators, bidi controls and C1, for whoever prints these values later.
+    var fields: [(key: String, value: String)] = [
+      ("level", event.level.rawValue), ("logger", label), ("msg", LogEscaping.escape("\(event.message)")),
+      ("time", Self.timestamp()),
+    ]
+    let own = event.metadata ?? [:]
+    fields.reserveCapacity(4 + own.count + metadata.count)
+    for (key, value) in own { fields.append((LogEscaping.escape(key), "\(LogEscaping.escape(value))")) }
+    for (key, value) in metadata where own[key] == nil {
+      fields.append((LogEscaping.escape(key), "\(LogEscaping.escape(value))"))
     }
-    if plain {
-      out += value
-    } else {
-      for scalar in value.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case _ where scalar.value < 0x20:
-          let hex = String(scalar.value, radix: 16)
-          out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-        default: out.unicodeScalars.append(scalar)
-        }
+    // Sorted by key; of equal keys (two raw keys can escape alike) the first in priority order is kept.
+    let order = fields.indices.sorted { (fields[$0].key, $0) < (fields[$1].key, $1) }
+    var out: [UInt8] = [UInt8(ascii: "{")]
+    out.reserveCapacity(320)
+    var previous: String?
+    for i in order where fields[i].key != previous {
+      if previous != nil { out.append(UInt8(ascii: ",")) }
+      previous = fields[i].key
+      Self.appendString(fields[i].key, to: &out)
+      out.append(UInt8(ascii: ":"))
+      Self.appendString(fields[i].value, to: &out)
+    }
+    out.append(UInt8(ascii: "}"))
+    out.append(UInt8(ascii: "\n"))
+    return out
+  }
+
+  /// `value` as a JSON string (RFC 8259 §7): quotes, backslashes and C0 controls escaped; everything else is
+  /// copied as UTF-8.
+  static func appendString(_ value: String, to out: inout [UInt8]) {
+    out.append(UInt8(ascii: "\""))
+    for byte in value.utf8 {
+      switch byte {
+      case UInt8(ascii: "\""): out.append(contentsOf: [0x5C, 0x22])
+      case UInt8(ascii: "\\"): out.append(contentsOf: [0x5C, 0x5C])
+      case UInt8(ascii: "\n"): out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
+      case UInt8(ascii: "\r"): out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+      case UInt8(ascii: "\t"): out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
+      case 0..<0x20:
+        let hex = Array("0123456789abcdef".utf8)
+        out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+      default: out.append(byte)
       }
     }
-    out += "\""
+    out.append(UInt8(ascii: "\""))
   }
 
   /// RFC 3339 UTC with milliseconds, `2026-12-05T20:21:56.123Z`, from the system clock without a formatter.
@@ -87,13 +91,33 @@ public struct JSONLogHandler: LogHandler {
     var seconds = now.tv_sec
     var parts = tm()
     gmtime_r(&seconds, &parts)
-    func digits(_ value: Int, _ width: Int) -> String {
-      let s = String(value)
-      return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+    var out: [UInt8] = []
+    out.reserveCapacity(24)
+    func digits(_ value: Int, _ width: Int) {
+      var divisor = 1
+      for _ in 1..<width { divisor *= 10 }
+      var v = max(0, value)
+      while divisor > 0 {
+        out.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: (v / divisor) % 10))
+        v %= divisor
+        divisor /= 10
+      }
     }
-    return digits(Int(parts.tm_year) + 1900, 4) + "-" + digits(Int(parts.tm_mon) + 1, 2) + "-"
-      + digits(Int(parts.tm_mday), 2) + "T" + digits(Int(parts.tm_hour), 2) + ":" + digits(Int(parts.tm_min), 2) + ":"
-      + digits(Int(parts.tm_sec), 2) + "." + digits(Int(now.tv_nsec) / 1_000_000, 3) + "Z"
+    digits(Int(parts.tm_year) + 1900, 4)
+    out.append(UInt8(ascii: "-"))
+    digits(Int(parts.tm_mon) + 1, 2)
+    out.append(UInt8(ascii: "-"))
+    digits(Int(parts.tm_mday), 2)
+    out.append(UInt8(ascii: "T"))
+    digits(Int(parts.tm_hour), 2)
+    out.append(UInt8(ascii: ":"))
+    digits(Int(parts.tm_min), 2)
+    out.append(UInt8(ascii: ":"))
+    digits(Int(parts.tm_sec), 2)
+    out.append(UInt8(ascii: "."))
+    digits(Int(now.tv_nsec) / 1_000_000, 3)
+    out.append(UInt8(ascii: "Z"))
+    return String(decoding: out, as: UTF8.self)
   }
 }
 
@@ -102,17 +126,24 @@ public struct JSONLogHandler: LogHandler {
 enum StandardError {
   static func write(_ line: String) {
     var line = line
-    line.withUTF8 { bytes in
-      var offset = 0
-      while offset < bytes.count {
-        let n = Foundation.write(2, bytes.baseAddress.map { $0 + offset }, bytes.count - offset)
-        if n > 0 {
-          offset += n
-        } else if n < 0, errno == EINTR {
-          continue
-        } else {
-          return
-        }
+    line.withUTF8 { write($0) }
+  }
+
+  static func write(_ line: [UInt8]) {
+    line.withUnsafeBufferPointer { write($0) }
+  }
+
+  private static func write(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let base = bytes.baseAddress else { return }
+    var offset = 0
+    while offset < bytes.count {
+      let n = Foundation.write(2, base + offset, bytes.count - offset)
+      if n > 0 {
+        offset += n
+      } else if n < 0, errno == EINTR {
+        continue
+      } else {
+        return
       }
     }
   }

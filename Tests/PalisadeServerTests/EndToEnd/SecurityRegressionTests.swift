@@ -287,7 +287,9 @@ import Testing
   }
 
   @Test func jsonLogLinesAreOneValidObjectWhateverTheValues() throws {
-    let handler = JSONLogHandler(label: "palisade", level: .info)
+    var handler = JSONLogHandler(label: "palisade", level: .info)
+    handler[metadataKey: "model"] = "from the handler"
+    handler[metadataKey: "pod"] = "palisade-0"
     let event = LogEvent(
       level: .notice, message: "token \"refused\"",
       metadata: [
@@ -300,14 +302,15 @@ import Testing
     let object = try #require(
       try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String], "valid JSON: \(line)")
     #expect(object["msg"] == "token \"refused\"", "the handler's own fields win over metadata of that name")
-    #expect(object["model"] == "digits\\n{\"forged\":true}")
+    #expect(object["model"] == "digits\\n{\"forged\":true}", "the event's metadata wins over the handler's")
+    #expect(object["pod"] == "palisade-0")
     #expect(object["rid"] == "\\u{1B}[31m\\u{202E}\\\\")
     #expect(object["é"] == "ünïcode \u{1F600}")
     #expect(object["level"] == "notice" && object["logger"] == "palisade")
     let time = try #require(object["time"])
     #expect(time.wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil, "RFC 3339 UTC: \(time)")
     let keys = line.matches(of: /"([a-zé]+)":/).map { String($0.1) }
-    #expect(keys == keys.sorted() && keys.count == 7, "keys sorted, each once: \(keys)")
+    #expect(keys == keys.sorted() && keys.count == 8, "keys sorted, each once: \(keys)")
   }
 
   @Test func aModelNameWithANewlineStaysOnOneLineInTheServerLog() async throws {
