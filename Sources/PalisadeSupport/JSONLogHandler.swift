@@ -47,7 +47,8 @@ public struct JSONLogHandler: LogHandler {
     for (key, value) in metadata where own[key] == nil {
       fields.append((LogEscaping.escape(key), "\(LogEscaping.escape(value))"))
     }
-    // Sorted by key; of equal keys (two raw keys can escape alike) the first in priority order is kept.
+    // Sorted by key; of equal keys (metadata named like one of the handler's own fields) the first in priority
+    // order is kept.
     let order = fields.indices.sorted { (fields[$0].key, $0) < (fields[$1].key, $1) }
     var out: [UInt8] = [UInt8(ascii: "{")]
     out.reserveCapacity(320)

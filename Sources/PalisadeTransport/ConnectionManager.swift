@@ -171,12 +171,12 @@ final class ConnectionManager: ChannelDuplexHandler {
     }
   }
 
-  /// Counts `reason`, sends GOAWAY(ENHANCE_YOUR_CALM) unless NIOHTTP2 already sent one, stops reading and closes
-  /// the connection shortly after: closing at once, with the flood still unread in the socket, would reset the
-  /// connection and the peer might never see the GOAWAY.
   /// Closed for abuse: streams whose frames were read in the same burst are refused without new work.
   var isClosingForAbuse: Bool { aborted }
 
+  /// Counts `reason`, sends GOAWAY(ENHANCE_YOUR_CALM) unless NIOHTTP2 already sent one, stops reading and closes
+  /// the connection shortly after: closing at once, with the flood still unread in the socket, would reset the
+  /// connection and the peer might never see the GOAWAY.
   func closeForAbuse(reason: String, sendGoAway: Bool) {
     guard let context, !aborted else { return }
     aborted = true

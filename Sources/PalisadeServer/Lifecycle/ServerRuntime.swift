@@ -153,9 +153,9 @@ public final class ServerRuntime: Sendable {
 
   /// The transport's limits from the `server` section; `exemptRPCs` (`auth.exempt_rpcs`) are the calls the
   /// unauthorized-call budget counts at their headers.
-  public static func transportConfiguration(
-    _ server: ServerConfig.Server, exemptRPCs: Set<String> = Set(ServerConfig.Auth.defaultExemptRPCs)
-  ) -> TransportConfiguration {
+  public static func transportConfiguration(_ server: ServerConfig.Server, exemptRPCs: Set<String>)
+    -> TransportConfiguration
+  {
     let c = server.connection
     let l = server.limits
     let h = server.http2

@@ -124,7 +124,8 @@ import Testing
     #expect(transport.tokenExemptMethods == ["ServerLive"], "auth.exempt_rpcs decide what is charged at headers")
     let defaults = try ServerConfig.parse(minimal, baseDirectory: "/")
     #expect(
-      ServerRuntime.transportConfiguration(defaults.server).tokenExemptMethods == ["ServerLive", "Check", "Watch"])
+      ServerRuntime.transportConfiguration(defaults.server, exemptRPCs: Set(defaults.auth.exemptRPCs))
+        .tokenExemptMethods == ["ServerLive", "Check", "Watch"])
     for bad in ["unauthorized_calls_per_second: 0", "unauthorized_call_burst: 0", "unauthorized_call_burst: -5"] {
       let e = error(config(bad))
       #expect(e?.description.contains(String(bad.prefix { $0 != ":" })) == true, "\(bad): \(String(describing: e))")
@@ -136,7 +137,7 @@ import Testing
     #expect(c.server.limits.maxConcurrentStreams == 128)
     // The example documents the HTTP/2 guards' defaults, which are swift-nio-http2's own where it has them.
     #expect(c.server.http2 == .defaults)
-    #expect(ServerRuntime.transportConfiguration(c.server).protections == .defaults)
+    #expect(ServerRuntime.transportConfiguration(c.server, exemptRPCs: Set(c.auth.exemptRPCs)).protections == .defaults)
     #expect(c.models.trust.count == 2)
     #expect(c.models.trust[1].signerSAN == "uri:spiffe://palisade.dev/ns/team-a/*")
   }
