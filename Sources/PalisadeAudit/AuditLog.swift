@@ -503,8 +503,12 @@ final class WriterState: @unchecked Sendable {
   }
 
   func start() {
-    let thread = Thread { [self] in self.run() }
-    thread.name = "palisade-audit-writer"
+    let thread = Thread { [self] in
+      // Named from the thread itself: on Linux a name set before `start()` never reached the kernel, and the writer
+      // showed up in `top -H` and `perf` under its creator's name (an event loop's). The kernel keeps 15 bytes.
+      Thread.current.name = "palisade-audit"
+      self.run()
+    }
     thread.start()
   }
 

@@ -203,7 +203,20 @@ private final class PoolCore: @unchecked Sendable {
     threads.removeAll()
   }
 
+  /// A name of its own (a thread inherits its creator's, an event loop's), so `top -H` and `perf` tell the workers
+  /// apart. Written to `/proc/thread-self/comm`: glibc's `pthread_setname_np` is not visible to Swift here.
+  private static func nameThisThread(_ name: String) {
+    #if os(Linux)
+      let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
+      guard fd >= 0 else { return }
+      var bytes = Array(name.utf8.prefix(15))
+      _ = write(fd, &bytes, bytes.count)
+      close(fd)
+    #endif
+  }
+
   private func workerLoop(index: Int) {
+    Self.nameThisThread("palisade-kern-\(index % 100)")
     // Allocate this thread's packing buffers now, not on the first inference.
     GemmScratch.warmUp()
     pthread_mutex_lock(mutex)

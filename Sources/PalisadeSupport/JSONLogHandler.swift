@@ -86,40 +86,7 @@ public struct JSONLogHandler: LogHandler {
   }
 
   /// RFC 3339 UTC with milliseconds, `2026-12-05T20:21:56.123Z`, from the system clock without a formatter.
-  static func timestamp() -> String {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    var seconds = now.tv_sec
-    var parts = tm()
-    gmtime_r(&seconds, &parts)
-    var out: [UInt8] = []
-    out.reserveCapacity(24)
-    func digits(_ value: Int, _ width: Int) {
-      var divisor = 1
-      for _ in 1..<width { divisor *= 10 }
-      var v = max(0, value)
-      while divisor > 0 {
-        out.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: (v / divisor) % 10))
-        v %= divisor
-        divisor /= 10
-      }
-    }
-    digits(Int(parts.tm_year) + 1900, 4)
-    out.append(UInt8(ascii: "-"))
-    digits(Int(parts.tm_mon) + 1, 2)
-    out.append(UInt8(ascii: "-"))
-    digits(Int(parts.tm_mday), 2)
-    out.append(UInt8(ascii: "T"))
-    digits(Int(parts.tm_hour), 2)
-    out.append(UInt8(ascii: ":"))
-    digits(Int(parts.tm_min), 2)
-    out.append(UInt8(ascii: ":"))
-    digits(Int(parts.tm_sec), 2)
-    out.append(UInt8(ascii: "."))
-    digits(Int(now.tv_nsec) / 1_000_000, 3)
-    out.append(UInt8(ascii: "Z"))
-    return String(decoding: out, as: UTF8.self)
-  }
+  static func timestamp() -> String { RFC3339.now() }
 }
 
 /// Log lines to file descriptor 2 with `write(2)`: no buffering to lose at exit, and an error (a closed or full

@@ -17,6 +17,10 @@ so that each attack lasts its whole window. For each attack it records:
 
 Prints one `RESULT <attack> <json>` line per attack, `RESULT baseline <json>`, and a table.
 
+`burst` mode (no driver, no caller): against a running server (`--port`), sends `--burst N` ServerLive calls in one
+write on one connection, reads until the server closes it, and prints `BURST <json>`: the grpc-status of each
+answered stream, streams reset, the GOAWAY code. A test of the unauthorized-call budget's refusals within one read.
+
   rapid_reset    HEADERS + RST_STREAM(CANCEL) in a loop (CVE-2023-44487)
   continuation   HEADERS without END_HEADERS, then CONTINUATION frames that never end the block
   hpack_bomb     a 4 KiB header put in the HPACK dynamic table, then header blocks of 60 one-byte references to
@@ -604,6 +608,59 @@ def call_flood(args, port, until, path, extra=()):
     return out
 
 
+def burst_main(args):
+    """`--burst` ServerLive calls in one TLS write: the server reads them in one go, so the calls after the one that
+    spends the principal's budget are read after their connection started closing."""
+    c = Raw(args, args.port)
+    decoder = hpack.Decoder()
+    statuses, resets = {}, 0
+    frames = []
+    for _ in range(args.burst):
+        sid, frame = c.headers(LIVE)
+        d = DataFrame(sid)
+        d.data = empty_message()
+        d.flags.add("END_STREAM")
+        frames.append(frame + d.serialize())
+    c.send(b"".join(frames))
+    # Read every frame ourselves (Raw.poll would consume HEADERS without decoding them).
+    deadline = time.time() + args.close_wait
+    buffer = b""
+    while time.time() < deadline:
+        r, _, _ = select.select([c.tls], [], [], 0.2)
+        if not r and not c.tls.pending():
+            continue
+        try:
+            data = c.tls.recv(1 << 16)
+        except (socket.timeout, ssl.SSLWantReadError):
+            continue
+        except (OSError, ssl.SSLError):
+            data = b""
+        if not data:
+            c.closed = True
+            break
+        buffer += data
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(buffer[9:9 + length]))
+            buffer = buffer[9 + length:]
+            if isinstance(frame, HeadersFrame):
+                # Every block is decoded, in order, to keep the HPACK table in step.
+                headers = dict(decoder.decode(frame.data))
+                status = headers.get("grpc-status", headers.get(b"grpc-status"))
+                if status is not None:
+                    status = status.decode() if isinstance(status, bytes) else status
+                    statuses[status] = statuses.get(status, 0) + 1
+            elif isinstance(frame, RstStreamFrame):
+                resets += 1
+            elif isinstance(frame, GoAwayFrame):
+                c.goaway_codes.append(frame.error_code)
+    print("BURST " + json.dumps({"sent": args.burst, "statuses": statuses, "resets": resets,
+                                  "goaways": c.goaway_codes, "closed": c.closed}), flush=True)
+    c.close()
+
+
 def live_flood(args, port, until):
     # ServerLive needs no token (auth.exempt_rpcs), so each is served, and the policy's rate limits never apply.
     return call_flood(args, port, until, LIVE)
@@ -971,7 +1028,7 @@ def table(baseline, results):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["run", "caller"])
+    p.add_argument("mode", choices=["run", "caller", "burst"])
     p.add_argument("--bin")
     p.add_argument("--config")
     p.add_argument("--log", default="/tmp/palisade-h2-abuse.log")
@@ -982,6 +1039,7 @@ def main():
     p.add_argument("--attacker-cert", help="the attackers' client certificate (default: --cert, the caller's)")
     p.add_argument("--attacker-key")
     p.add_argument("--attacks", default="all")
+    p.add_argument("--burst", type=int, default=40, help="burst mode: ServerLive calls sent in one write")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per attack")
     p.add_argument("--baseline", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
@@ -999,6 +1057,8 @@ def main():
                                  (range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1))})
     if args.mode == "caller":
         caller_main(args)
+    elif args.mode == "burst":
+        burst_main(args)
     else:
         run(args)
 

@@ -150,4 +150,34 @@ import Testing
     #expect(try Tensor(name: "x", shape: [3], values: [1, -2, .greatestFiniteMagnitude] as [Float]).allFinite)
     #expect(try Tensor(name: "x", shape: [2], values: [Int32.max, 0]).allFinite)
   }
+
+  /// The check reads 64 bytes at a time and then the tail: a bad value is found in every lane of every chunk and in
+  /// the tail, whatever its sign or payload, and the largest finite values pass everywhere.
+  @Test func aNonFiniteValueIsFoundAtEveryPositionOfALongTensor() throws {
+    let count = 77  // chunks of 16, 32 and 8 lanes plus a tail, for each width
+    let floats: [(DataType, Int, [UInt64], UInt64)] = [
+      (.fp32, 4, [0x7F80_0000, 0xFF80_0000, 0x7FC0_0001, 0xFFFF_FFFF], 0x7F7F_FFFF),
+      (.fp64, 8, [0x7FF0_0000_0000_0000, 0xFFF8_0000_0000_0000, 0x7FF0_0000_0000_0001], 0xFFEF_FFFF_FFFF_FFFF),
+      (.fp16, 2, [0x7C00, 0xFC00, 0x7E01], 0x7BFF),
+      (.bf16, 2, [0x7F80, 0xFF80, 0x7FC1], 0xFF7F),
+    ]
+    func bytes(_ values: [UInt64], width: Int) -> [UInt8] {
+      values.flatMap { v in (0..<width).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+    }
+    for (datatype, width, bads, largest) in floats {
+      let finite = try Tensor(
+        name: "x", datatype: datatype, shape: [Int64(count)],
+        storage: .fixed(bytes(Array(repeating: largest, count: count), width: width)))
+      #expect(finite.allFinite, "\(datatype): largest finite value everywhere")
+      for bad in bads {
+        for position in 0..<count {
+          var values = [UInt64](repeating: largest, count: count)
+          values[position] = bad
+          let tensor = try Tensor(
+            name: "x", datatype: datatype, shape: [Int64(count)], storage: .fixed(bytes(values, width: width)))
+          #expect(!tensor.allFinite, "\(datatype) \(String(bad, radix: 16)) at \(position)")
+        }
+      }
+    }
+  }
 }

@@ -115,6 +115,7 @@ public final class EgressReportReceiver: Service, Sendable {
       let stop = StopFlag()
       let (stream, continuation) = AsyncStream<([UInt8], Sender?)>.makeStream(bufferingPolicy: .bufferingNewest(1024))
       let reader = Thread {
+        Thread.current.name = "palisade-egress"
         var buffer = [UInt8](repeating: 0, count: 65_536)
         // Room for exactly one SCM_CREDENTIALS message (CMSG_SPACE(12) = 32 bytes), which the kernel puts first: file
         // descriptors a sender attaches (SCM_RIGHTS) find no room, are never installed here, and the datagram is

@@ -313,6 +313,19 @@ import Testing
     #expect(keys == keys.sorted() && keys.count == 8, "keys sorted, each once: \(keys)")
   }
 
+  @Test func rfc3339TimesMatchFoundationsFormatter() {
+    // The refused-call message and the quarantine record format times without a formatter (creating one cost tens
+    // of microseconds on a path a quarantined caller drives); the text must stay what ISO8601DateFormatter wrote.
+    let reference = ISO8601DateFormatter()
+    for seconds in [0.0, 951_782_400.5, 1_796_511_935.999, 4_102_444_799.0, -1.5] {
+      let date = Date(timeIntervalSince1970: seconds)
+      #expect(RFC3339.string(secondsSince1970: seconds) == reference.string(from: date), "at \(seconds)")
+    }
+    #expect(RFC3339.string(secondsSince1970: .infinity) == "invalid-time")
+    #expect(RFC3339.string(secondsSince1970: .nan) == "invalid-time")
+    #expect(RFC3339.now().wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil)
+  }
+
   @Test func aModelNameWithANewlineStaysOnOneLineInTheServerLog() async throws {
     let pki = try TestPKI()
     let client = try pki.client("inj", sans: [TestPKI.spiffe("spiffe://palisade.test/sa/inj")])

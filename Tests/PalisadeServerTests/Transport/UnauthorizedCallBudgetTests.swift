@@ -57,6 +57,40 @@ import Testing
     try await server.stop()
   }
 
+  /// Forty ServerLive calls in one TLS write: the server reads them in one go. The burst of 5 is served, the next
+  /// call is refused and closes the connection, and no later stream of that read is served, answered or charged:
+  /// the GOAWAY names the last stream the server took up, and swift-nio-http2 drops the streams above it. (The
+  /// handler's own `connection_closing` refusal is the fallback for a stream taken up before the close whose
+  /// headers arrive after it.)
+  @Test func streamsReadAfterTheConnectionStartedClosingGetNoWork() async throws {
+    let server = try await Self.server()
+    let attacker = try goodClient(server, "burster")
+    let r = try await ProcessTests.run(
+      InteropTests.python,
+      [
+        "\(repositoryRoot)/Tests/Interop/h2_abuse.py", "burst", "--port", "\(server.port)", "--cert", attacker.cert,
+        "--key", attacker.key, "--ca", server.pki.path("server-ca.pem"), "--burst", "40", "--close-wait", "10",
+      ],
+      timeout: .seconds(60))
+    let line = try #require(
+      r.stdout.split(separator: "\n").first { $0.hasPrefix("BURST ") }, "no result: \(r.stdout)\n\(r.stderr)")
+    let result = try #require(
+      try JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any], "\(line)")
+    let statuses = result["statuses"] as? [String: Int] ?? [:]
+    // 1 a second refills the budget, so a slow machine may serve one more.
+    let served = statuses["0"] ?? 0
+    #expect(served >= 5 && served <= 6, "the burst is served, no more: \(result)")
+    #expect(statuses["8"] == 1, "one call is refused RESOURCE_EXHAUSTED: \(result)")
+    #expect(
+      statuses.keys.allSatisfy { ["0", "8", "14"].contains($0) },
+      "the rest get no answer, or UNAVAILABLE: \(result)")
+    #expect(result["closed"] as? Bool == true, "the connection is closed: \(result)")
+    #expect((result["goaways"] as? [Int] ?? []).first == 11, "GOAWAY(ENHANCE_YOUR_CALM) first: \(result)")
+    #expect(try await Self.refusals(server, "unauthorized_call_budget") == 1, "one call met the budget")
+    #expect(try await Self.refusals(server, "unauthorized_call_flood") == 1, "one connection was closed for it")
+    try await server.stop()
+  }
+
   @Test func callsRefusedForTheirTokenAreChargedAndCloseTheConnectionWhenTheBudgetIsSpent() async throws {
     let server = try await Self.server()
     let caller = try goodClient(server, "guesser")

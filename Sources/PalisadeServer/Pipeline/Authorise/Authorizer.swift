@@ -1,6 +1,7 @@
 import Foundation
 public import Logging
 import PalisadeBundle
+import PalisadeSupport
 public import PalisadeCore
 public import PalisadePolicy
 import Synchronization
@@ -55,7 +56,8 @@ public struct Authorizer: Sendable {
           "until": "\(entry.until)",
         ])
       throw PalisadeError(
-        .permissionDenied, "this principal is quarantined until \(ISO8601DateFormatter().string(from: entry.until))")
+        .permissionDenied,
+        "this principal is quarantined until \(RFC3339.string(secondsSince1970: entry.until.timeIntervalSince1970))")
     }
     let facts = Policy.CallFacts(
       spiffeID: call.identity.spiffeID, subject: call.token?.subject, scopes: call.token?.scopes ?? [], rpc: rpc,

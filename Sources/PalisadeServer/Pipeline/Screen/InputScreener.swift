@@ -2,6 +2,7 @@ import Foundation
 public import Logging
 public import PalisadeCore
 import PalisadePolicy
+import PalisadeSupport
 public import PalisadeScreening
 import Synchronization
 
@@ -197,8 +198,8 @@ public final class InputScreener: Sendable {
       .quarantine, principal: call.identity.spiffeID.description, model: descriptor.name,
       reason: "extraction monitor: \(alarm.detector.rawValue) statistic \(String(format: "%.3f", alarm.statistic))",
       details: [
-        "until": ISO8601DateFormatter().string(
-          from: now.addingTimeInterval(TimeInterval(containment.quarantineSeconds)))
+        "until": RFC3339.string(
+          secondsSince1970: now.addingTimeInterval(TimeInterval(containment.quarantineSeconds)).timeIntervalSince1970)
       ])
   }
 }

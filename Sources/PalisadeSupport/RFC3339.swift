@@ -1,0 +1,61 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
+/// RFC 3339 UTC times (`2026-12-05T20:21:56Z`, or with milliseconds `...56.123Z`) built from `gmtime_r`.
+///
+/// `ISO8601DateFormatter` costs tens of microseconds to create; paths an attacker can drive (a refused call's
+/// message, a log line) format times with this instead.
+public enum RFC3339 {
+  /// Seconds since 1970 (UTC), as `ISO8601DateFormatter`'s default output: whole seconds, `Z`.
+  public static func string(secondsSince1970: Double) -> String {
+    guard secondsSince1970.isFinite, let whole = Int(exactly: secondsSince1970.rounded(.down)) else {
+      return "invalid-time"
+    }
+    return format(seconds: whole, milliseconds: nil)
+  }
+
+  /// The system clock now, with milliseconds.
+  public static func now() -> String {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return format(seconds: Int(now.tv_sec), milliseconds: Int(now.tv_nsec) / 1_000_000)
+  }
+
+  static func format(seconds: Int, milliseconds: Int?) -> String {
+    var t = time_t(seconds)
+    var parts = tm()
+    guard gmtime_r(&t, &parts) != nil else { return "invalid-time" }
+    var out: [UInt8] = []
+    out.reserveCapacity(24)
+    func digits(_ value: Int, _ width: Int) {
+      var divisor = 1
+      for _ in 1..<width { divisor *= 10 }
+      var v = max(0, value)
+      while divisor > 0 {
+        out.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: (v / divisor) % 10))
+        v %= divisor
+        divisor /= 10
+      }
+    }
+    digits(Int(parts.tm_year) + 1900, 4)
+    out.append(UInt8(ascii: "-"))
+    digits(Int(parts.tm_mon) + 1, 2)
+    out.append(UInt8(ascii: "-"))
+    digits(Int(parts.tm_mday), 2)
+    out.append(UInt8(ascii: "T"))
+    digits(Int(parts.tm_hour), 2)
+    out.append(UInt8(ascii: ":"))
+    digits(Int(parts.tm_min), 2)
+    out.append(UInt8(ascii: ":"))
+    digits(Int(parts.tm_sec), 2)
+    if let milliseconds {
+      out.append(UInt8(ascii: "."))
+      digits(milliseconds, 3)
+    }
+    out.append(UInt8(ascii: "Z"))
+    return String(decoding: out, as: UTF8.self)
+  }
+}
