@@ -213,7 +213,8 @@ final class GRPCStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
     self.path = path
     if let manager, manager.value.isClosingForAbuse {
-      // Frames read in the same burst as the one that closed the connection: no new work for them.
+      // A stream taken up before the connection was closed for abuse, its headers read after: no new work. (Streams
+      // above the GOAWAY's last stream ID never get here: swift-nio-http2 drops them.)
       refuse(context: context, code: .unavailable, "the connection is closing", reason: "connection_closing")
       return
     }

@@ -198,7 +198,7 @@ public protocol TransportObserver: Sendable {
   /// A connection or stream was refused before reaching the service; `reason` is a short metric label:
   /// `max_connections`, `max_connections_per_address`, `handshake_timeout`, `handshake_failed`,
   /// `header_list_too_large`, `message_too_large`, `inflight_connection_budget`, `inflight_principal_budget`,
-  /// `message_timeout`, `bad_request`, `unauthorized_call_budget` (a token-exempt call over its principal's budget), `connection_closing` (a stream read after its connection was closed for abuse); connections closed for abuse (GOAWAY ENHANCE_YOUR_CALM, see
+  /// `message_timeout`, `bad_request`, `unauthorized_call_budget` (a token-exempt call over its principal's budget), `connection_closing` (a stream taken up before its connection was closed for abuse, whose headers were read after); connections closed for abuse (GOAWAY ENHANCE_YOUR_CALM, see
   /// ``TransportConfiguration/Protections``): `rapid_reset`, `stream_errors`, `glitches`, `control_frame_flood`,
   /// `continuation_flood`, `outbound_control_frames`, `empty_data_flood`, `header_list_abuse`, `outbound_buffer`,
   /// `write_stalled`, `unauthorized_call_flood`, `max_concurrent_streams` (a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS: NIOHTTP2 sends
