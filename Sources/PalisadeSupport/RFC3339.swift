@@ -30,10 +30,12 @@ public enum RFC3339 {
     guard gmtime_r(&t, &parts) != nil else { return "invalid-time" }
     var out: [UInt8] = []
     out.reserveCapacity(24)
+    // At least `width` digits, all of them for a larger value (a year after 9999 is not cut to its last four).
     func digits(_ value: Int, _ width: Int) {
+      var v = max(0, value)
       var divisor = 1
       for _ in 1..<width { divisor *= 10 }
-      var v = max(0, value)
+      while divisor <= v / 10 { divisor *= 10 }
       while divisor > 0 {
         out.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: (v / divisor) % 10))
         v %= divisor

@@ -321,6 +321,7 @@ import Testing
       let date = Date(timeIntervalSince1970: seconds)
       #expect(RFC3339.string(secondsSince1970: seconds) == reference.string(from: date), "at \(seconds)")
     }
+    #expect(RFC3339.string(secondsSince1970: 253_402_300_800) == "10000-01-01T00:00:00Z", "no year cut to 4 digits")
     #expect(RFC3339.string(secondsSince1970: .infinity) == "invalid-time")
     #expect(RFC3339.string(secondsSince1970: .nan) == "invalid-time")
     #expect(RFC3339.now().wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil)
