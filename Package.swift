@@ -83,7 +83,9 @@ let package = Package(
     // Authorisation policy as code: rules, decisions, rate limits.
     .target(
       name: "PalisadePolicy",
-      dependencies: ["PalisadeIdentity", "PalisadeYAML", .product(name: "Crypto", package: "swift-crypto")],
+      dependencies: [
+        "PalisadeIdentity", "PalisadeYAML", "PalisadeSupport", .product(name: "Crypto", package: "swift-crypto"),
+      ],
       swiftSettings: strict
     ),
     // SIMD compute kernels and the worker pool. Standard library only.
@@ -131,7 +133,7 @@ let package = Package(
     .target(
       name: "PalisadeTransport",
       dependencies: [
-        "PalisadeIdentity",
+        "PalisadeIdentity", "PalisadeSupport",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),

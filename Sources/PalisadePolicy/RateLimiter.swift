@@ -1,13 +1,10 @@
 import Foundation
+import PalisadeSupport
 import Synchronization
 
 /// Per-principal token buckets, one per (rule, principal), refilled continuously.
 public final class RateLimiter: Sendable {
-  private struct Bucket {
-    var tokens: Double
-    var updated: ContinuousClock.Instant
-  }
-  private let buckets = Mutex<[String: Bucket]>([:])
+  private let buckets = Mutex<[String: TokenBucket]>([:])
   private let maxBuckets: Int
 
   public init(maxBuckets: Int = 100_000) {
@@ -22,18 +19,9 @@ public final class RateLimiter: Sendable {
         all = all.filter { $0.value.tokens < limit.burst }
         if all.count >= maxBuckets { all.removeAll() }
       }
-      var bucket = all[key] ?? Bucket(tokens: limit.burst, updated: now)
-      let elapsed =
-        Double((now - bucket.updated).components.seconds)
-        + Double((now - bucket.updated).components.attoseconds) / 1e18
-      bucket.tokens = min(limit.burst, bucket.tokens + elapsed * limit.perSecond)
-      bucket.updated = now
+      var bucket = all[key] ?? TokenBucket(burst: limit.burst, at: now)
       defer { all[key] = bucket }
-      if bucket.tokens >= 1 {
-        bucket.tokens -= 1
-        return nil
-      }
-      return (1 - bucket.tokens) / limit.perSecond
+      return bucket.take(perSecond: limit.perSecond, burst: limit.burst, now: now)
     }
   }
 }

@@ -43,9 +43,7 @@ public struct EgressEvent: Codable, Sendable, Equatable {
   ) {
     schema = Self.schemaV1
     type = "blocked"
-    let f = ISO8601DateFormatter()
-    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    self.time = f.string(from: time)
+    self.time = RFC3339.string(secondsSince1970: time.timeIntervalSince1970, milliseconds: true)
     id = UUID().uuidString.lowercased()
     self.reason = reason
     self.location = location

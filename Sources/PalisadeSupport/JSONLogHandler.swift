@@ -39,7 +39,7 @@ public struct JSONLogHandler: LogHandler {
     // neutralises separators, bidi controls and C1, for whoever prints these values later.
     var fields: [(key: String, value: String)] = [
       ("level", event.level.rawValue), ("logger", label), ("msg", LogEscaping.escape("\(event.message)")),
-      ("time", Self.timestamp()),
+      ("time", RFC3339.now()),
     ]
     let own = event.metadata ?? [:]
     fields.reserveCapacity(4 + own.count + metadata.count)
@@ -84,9 +84,6 @@ public struct JSONLogHandler: LogHandler {
     }
     out.append(UInt8(ascii: "\""))
   }
-
-  /// RFC 3339 UTC with milliseconds, `2026-12-05T20:21:56.123Z`, from the system clock without a formatter.
-  static func timestamp() -> String { RFC3339.now() }
 }
 
 /// Log lines to file descriptor 2 with `write(2)`: no buffering to lose at exit, and an error (a closed or full

@@ -70,7 +70,7 @@ public struct TextLogHandler: LogHandler {
   }
 
   package func format(_ event: LogEvent) -> String {
-    var line = "\(JSONLogHandler.timestamp()) \(event.level) \(label): \(LogEscaping.escape("\(event.message)"))"
+    var line = "\(RFC3339.now()) \(event.level) \(label): \(LogEscaping.escape("\(event.message)"))"
     let merged = metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 })
     for key in merged.keys.sorted() {
       guard let value = merged[key] else { continue }

@@ -9,12 +9,17 @@
 /// `ISO8601DateFormatter` costs tens of microseconds to create; paths an attacker can drive (a refused call's
 /// message, a log line) format times with this instead.
 public enum RFC3339 {
-  /// Seconds since 1970 (UTC), as `ISO8601DateFormatter`'s default output: whole seconds, `Z`.
-  public static func string(secondsSince1970: Double) -> String {
-    guard secondsSince1970.isFinite, let whole = Int(exactly: secondsSince1970.rounded(.down)) else {
-      return "invalid-time"
+  /// Seconds since 1970 (UTC), as `ISO8601DateFormatter` writes them: whole seconds (rounded down) by default,
+  /// or rounded to the millisecond as with its `.withFractionalSeconds`.
+  public static func string(secondsSince1970: Double, milliseconds: Bool = false) -> String {
+    guard secondsSince1970.isFinite else { return "invalid-time" }
+    guard milliseconds else {
+      guard let whole = Int(exactly: secondsSince1970.rounded(.down)) else { return "invalid-time" }
+      return format(seconds: whole, milliseconds: nil)
     }
-    return format(seconds: whole, milliseconds: nil)
+    guard let total = Int(exactly: (secondsSince1970 * 1000).rounded()) else { return "invalid-time" }
+    let (seconds, ms) = (total.quotientAndRemainder(dividingBy: 1000))
+    return ms < 0 ? format(seconds: seconds - 1, milliseconds: ms + 1000) : format(seconds: seconds, milliseconds: ms)
   }
 
   /// The system clock now, with milliseconds.

@@ -1,3 +1,4 @@
+import PalisadeSupport
 import Synchronization
 
 /// Open connections, in total and per source address (pre-authentication: an address is all we know).
@@ -85,14 +86,10 @@ final class InflightBudget: Sendable {
 /// otherwise spend the server's CPU on them without limit (the `tcp_full` flood: ~5,600 `ServerLive` calls a
 /// second). Charged by the stream handler; a principal with nothing left has its connection closed.
 final class CallBudget: Sendable {
-  private struct Bucket {
-    var tokens: Double
-    var at: ContinuousClock.Instant
-  }
   let perSecond: Double
   let burst: Double
   private struct State {
-    var buckets: [String: Bucket] = [:]
+    var buckets: [String: TokenBucket] = [:]
     /// Full buckets (no state a fresh one would not hold) are forgotten when the table grows past this; it
     /// doubles over what is left, so pruning stays amortized O(1) per call however many principals are active.
     var pruneAbove = 4096
@@ -107,15 +104,12 @@ final class CallBudget: Sendable {
   /// Takes one call from `key`'s bucket; false (nothing taken) when it is empty.
   func take(_ key: String, now: ContinuousClock.Instant = .now) -> Bool {
     state.withLock { s in
-      var bucket = refilled(s.buckets[key], now: now)
-      guard bucket.tokens >= 1 else {
-        s.buckets[key] = bucket
-        return false
-      }
-      bucket.tokens -= 1
+      var bucket = s.buckets[key] ?? TokenBucket(burst: burst, at: now)
+      let refused = bucket.take(perSecond: perSecond, burst: burst, now: now) != nil
       s.buckets[key] = bucket
+      if refused { return false }
       if s.buckets.count > s.pruneAbove {
-        s.buckets = s.buckets.filter { refilled($0.value, now: now).tokens < burst }
+        s.buckets = s.buckets.filter { $0.value.refilled(perSecond: perSecond, burst: burst, now: now).tokens < burst }
         s.pruneAbove = max(4096, 2 * s.buckets.count)
       }
       return true
@@ -125,24 +119,15 @@ final class CallBudget: Sendable {
   /// Gives back a call taken for a stream the client reset before it was answered (rapid reset has its own
   /// guard in NIOHTTP2; counting those here as well would cut such clients off under the wrong reason).
   func refund(_ key: String) {
-    state.withLock { s in
-      guard var bucket = s.buckets[key] else { return }
-      bucket.tokens = min(burst, bucket.tokens + 1)
-      s.buckets[key] = bucket
-    }
+    state.withLock { s in s.buckets[key]?.giveBack(burst: burst) }
   }
 
   /// Calls left in `key`'s bucket now (for tests).
   func left(_ key: String, now: ContinuousClock.Instant = .now) -> Double {
-    state.withLock { refilled($0.buckets[key], now: now).tokens }
-  }
-
-  private func refilled(_ bucket: Bucket?, now: ContinuousClock.Instant) -> Bucket {
-    guard let bucket else { return Bucket(tokens: burst, at: now) }
-    let elapsed = now - bucket.at
-    guard elapsed > .zero else { return bucket }
-    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-    return Bucket(tokens: min(burst, bucket.tokens + seconds * perSecond), at: now)
+    state.withLock {
+      ($0.buckets[key] ?? TokenBucket(burst: burst, at: now)).refilled(perSecond: perSecond, burst: burst, now: now)
+        .tokens
+    }
   }
 
   /// Principals tracked now (for tests).

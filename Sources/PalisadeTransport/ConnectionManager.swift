@@ -171,7 +171,8 @@ final class ConnectionManager: ChannelDuplexHandler {
     }
   }
 
-  /// Closed for abuse: streams whose frames were read in the same burst are refused without new work.
+  /// Closed for abuse: a stream taken up before the close whose headers are read after it is refused without new
+  /// work (swift-nio-http2 drops the streams above the GOAWAY's last stream ID itself).
   var isClosingForAbuse: Bool { aborted }
 
   /// Counts `reason`, sends GOAWAY(ENHANCE_YOUR_CALM) unless NIOHTTP2 already sent one, stops reading and closes

@@ -311,6 +311,9 @@ class Raw:
         self.encoder = hpack.Encoder()
         self.settings_acked = False
         self.answered = 0  # streams the server ended (trailers or RST_STREAM)
+        self.statuses = None  # a dict to count each answer's grpc-status in (burst mode); None: not decoded
+        self.decoder = hpack.Decoder()
+        self.resets = 0
         self.answer_pings = False  # as a well-behaved client does; most attackers here do not
         if preface:
             s = SettingsFrame(0)
@@ -377,6 +380,12 @@ class Raw:
                 return
             body = self.buffer[9:9 + length]
             self.buffer = self.buffer[9 + length:]
+            if isinstance(frame, HeadersFrame) and self.statuses is not None:
+                # Every block decoded, in order, to keep the HPACK table in step.
+                frame.parse_body(memoryview(body))
+                status = dict(self.decoder.decode(frame.data)).get("grpc-status")
+                if status is not None:
+                    self.statuses[status] = self.statuses.get(status, 0) + 1
             if isinstance(frame, GoAwayFrame):
                 frame.parse_body(memoryview(body))
                 if self.goaway is None:
@@ -384,6 +393,8 @@ class Raw:
                 self.goaway_codes.append(frame.error_code)
             elif (isinstance(frame, HeadersFrame) and "END_STREAM" in frame.flags) or isinstance(frame, RstStreamFrame):
                 self.answered += 1
+                if isinstance(frame, RstStreamFrame):
+                    self.resets += 1
             elif isinstance(frame, PingFrame) and "ACK" not in frame.flags and self.answer_pings:
                 frame.parse_body(memoryview(body))
                 ack = PingFrame(0, opaque_data=frame.opaque_data)
@@ -612,8 +623,7 @@ def burst_main(args):
     """`--burst` ServerLive calls in one TLS write: the server reads them in one go, so the calls after the one that
     spends the principal's budget are read after their connection started closing."""
     c = Raw(args, args.port)
-    decoder = hpack.Decoder()
-    statuses, resets = {}, 0
+    c.statuses = {}
     frames = []
     for _ in range(args.burst):
         sid, frame = c.headers(LIVE)
@@ -622,41 +632,8 @@ def burst_main(args):
         d.flags.add("END_STREAM")
         frames.append(frame + d.serialize())
     c.send(b"".join(frames))
-    # Read every frame ourselves (Raw.poll would consume HEADERS without decoding them).
-    deadline = time.time() + args.close_wait
-    buffer = b""
-    while time.time() < deadline:
-        r, _, _ = select.select([c.tls], [], [], 0.2)
-        if not r and not c.tls.pending():
-            continue
-        try:
-            data = c.tls.recv(1 << 16)
-        except (socket.timeout, ssl.SSLWantReadError):
-            continue
-        except (OSError, ssl.SSLError):
-            data = b""
-        if not data:
-            c.closed = True
-            break
-        buffer += data
-        while len(buffer) >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
-            if len(buffer) < 9 + length:
-                break
-            frame.parse_body(memoryview(buffer[9:9 + length]))
-            buffer = buffer[9 + length:]
-            if isinstance(frame, HeadersFrame):
-                # Every block is decoded, in order, to keep the HPACK table in step.
-                headers = dict(decoder.decode(frame.data))
-                status = headers.get("grpc-status", headers.get(b"grpc-status"))
-                if status is not None:
-                    status = status.decode() if isinstance(status, bytes) else status
-                    statuses[status] = statuses.get(status, 0) + 1
-            elif isinstance(frame, RstStreamFrame):
-                resets += 1
-            elif isinstance(frame, GoAwayFrame):
-                c.goaway_codes.append(frame.error_code)
-    print("BURST " + json.dumps({"sent": args.burst, "statuses": statuses, "resets": resets,
+    c.wait_closed(args.close_wait)
+    print("BURST " + json.dumps({"sent": args.burst, "statuses": c.statuses, "resets": c.resets,
                                   "goaways": c.goaway_codes, "closed": c.closed}), flush=True)
     c.close()
 

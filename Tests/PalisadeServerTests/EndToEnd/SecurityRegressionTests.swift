@@ -321,6 +321,18 @@ import Testing
       let date = Date(timeIntervalSince1970: seconds)
       #expect(RFC3339.string(secondsSince1970: seconds) == reference.string(from: date), "at \(seconds)")
     }
+    let fractional = ISO8601DateFormatter()
+    fractional.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    for seconds in [0.0, 0.0009, 0.9996, 1.1234, 951_782_400.5, 1_796_511_935.999, 1_796_511_935.9996, -1.5, -0.0004] {
+      let date = Date(timeIntervalSince1970: seconds)
+      #expect(
+        RFC3339.string(secondsSince1970: seconds, milliseconds: true) == fractional.string(from: date),
+        "at \(seconds), with milliseconds")
+    }
+    let event = EgressEvent(
+      reason: "r", location: "l", detail: "d", destination: nil, method: "GET", scheme: "https", host: "h", port: 443,
+      bodyBytes: 0, time: Date(timeIntervalSince1970: 1_796_511_935.1234))
+    #expect(event.time == "2026-12-05T23:05:35.123Z", "the egress sidecar's events are stamped the same way")
     #expect(RFC3339.string(secondsSince1970: 253_402_300_800) == "10000-01-01T00:00:00Z", "no year cut to 4 digits")
     #expect(RFC3339.string(secondsSince1970: .infinity) == "invalid-time")
     #expect(RFC3339.string(secondsSince1970: .nan) == "invalid-time")
